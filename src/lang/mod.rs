@@ -1,0 +1,16 @@
+//! The objective-file language of LANGUAGE.md: source text and diagnostics
+//! ([`source`]), the syntax tree ([`ast`]), the parser ([`parse`]) and the printer
+//! ([`print`]).
+//!
+//! Invariant: nothing here evaluates numbers beyond reading literals; meaning is
+//! given to the tree by [`crate::problem`].
+
+pub mod ast;
+pub mod parse;
+pub mod print;
+pub mod source;
+
+pub use ast::{Expr, Program};
+pub use parse::{parse, parse_expr};
+pub use print::{print_expr, print_program};
+pub use source::{Diagnostic, Source, Span};

@@ -1,0 +1,1099 @@
+//! The checked problem: a parsed file given meaning. Names are resolved (each defined
+//! once, before use), params evaluated (with `--set` overrides), shapes checked, and
+//! every expression compiled to a [`Tape`]: the objective f, the noise covariance
+//! Σ(x) of MODELS.md §1 (`noise sd|diag|cov`), and the observables.
+//!
+//! A structural analysis on the syntax tree records whether f is a polynomial of
+//! degree ≤ 2 (a quadratic) and whether Σ is constant; exact-moment code relies on it.
+//!
+//! Invariant: every error names the file, line and column of its cause; evaluation
+//! never returns a non-finite number, it returns an error naming the expression and
+//! the point instead.
+
+use crate::lang::ast::*;
+use crate::lang::source::suggest;
+use crate::lang::{Diagnostic, Source, Span, parse, parse_expr};
+use crate::tape::{Derivs, Func, NonFinite, Tape, TapeBuilder, Val, integer_exponent};
+use nalgebra::{DMatrix, DVector, SymmetricEigen};
+use serde::Serialize;
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::path::Path;
+
+/// Statement keywords (reserved, like `pi` and the function names).
+pub const KEYWORDS: [&str; 9] =
+    ["param", "var", "let", "minimize", "noise", "observe", "data", "batch", "sampling"];
+
+/// Functions that take other than one plain argument, or are not yet available.
+const SPECIAL_FUNCTIONS: [&str; 4] = ["pow", "mean", "sum", "prod"];
+
+/// Relative tolerance for symmetry and PSD checks of Σ: entries written differently
+/// (`0.3` and `0.1*3`) differ by an ulp, and an eigendecomposition of a d×d matrix
+/// with d ≤ a few hundred loses a few more; 1e-12 sits far above that and far below
+/// any real asymmetry.
+pub const SYMMETRY_TOL: f64 = 1e-12;
+
+/// Every way building or evaluating a problem can fail.
+#[derive(Debug, thiserror::Error)]
+pub enum ProblemError {
+    /// The file could not be read.
+    #[error("cannot read `{path}`: {message}")]
+    Io {
+        /// The path.
+        path: String,
+        /// The system's reason.
+        message: String,
+    },
+    /// The text does not follow the grammar.
+    #[error("{0}")]
+    Syntax(Box<Diagnostic>),
+    /// The text parses but means nothing valid (names, arity, shapes, constants).
+    #[error("{0}")]
+    Check(Box<Diagnostic>),
+    /// A command-line value (`--set`, `--at`) is wrong.
+    #[error("{0}")]
+    Usage(String),
+    /// Evaluation met a non-finite number or an invalid Σ(x) at a point.
+    #[error("{0}")]
+    Eval(Box<Diagnostic>),
+}
+
+impl ProblemError {
+    /// Process exit status: 2 for bad input, 1 for a failure while running.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            ProblemError::Eval(_) => 1,
+            _ => 2,
+        }
+    }
+}
+
+/// `--set NAME=VALUE` overrides of params, in the order given.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    values: Vec<(String, f64)>,
+}
+
+impl Overrides {
+    /// No overrides.
+    pub fn none() -> Overrides {
+        Overrides::default()
+    }
+
+    /// Adds one override.
+    pub fn set(mut self, name: impl Into<String>, value: f64) -> Overrides {
+        self.values.push((name.into(), value));
+        self
+    }
+
+    /// Parses `NAME=VALUE` items (as given to `--set`).
+    pub fn parse<S: AsRef<str>>(items: &[S]) -> Result<Overrides, ProblemError> {
+        let mut out = Overrides::default();
+        for item in items {
+            let item = item.as_ref();
+            let (name, value) = item.split_once('=').ok_or_else(|| {
+                ProblemError::Usage(format!("--set `{item}`: expected NAME=VALUE, e.g. lambda=4"))
+            })?;
+            let value: f64 = value.trim().parse().map_err(|_| {
+                ProblemError::Usage(format!(
+                    "--set `{item}`: `{}` is not a number",
+                    value.trim()
+                ))
+            })?;
+            if !value.is_finite() {
+                return Err(ProblemError::Usage(format!("--set `{item}`: the value must be finite")));
+            }
+            out.values.push((name.trim().to_string(), value));
+        }
+        Ok(out)
+    }
+
+    fn get(&self, name: &str) -> Option<f64> {
+        self.values.iter().rev().find(|(n, _)| n == name).map(|&(_, v)| v)
+    }
+}
+
+/// The kind of gradient noise (MODELS.md §1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NoiseKind {
+    /// No `noise` statement: Σ = 0 (plain gradient descent).
+    None,
+    /// `noise sd s`: Σ = s² I.
+    Sd,
+    /// `noise diag [v…]`: Σ = diag(v).
+    Diag,
+    /// `noise cov [[…]]`: Σ in full.
+    Cov,
+}
+
+impl fmt::Display for NoiseKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            NoiseKind::None => "none",
+            NoiseKind::Sd => "sd",
+            NoiseKind::Diag => "diag",
+            NoiseKind::Cov => "cov",
+        })
+    }
+}
+
+/// Polynomial degree of an expression, as read off its syntax tree (an upper bound:
+/// `0*x^3` counts as degree 3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Degree {
+    /// A polynomial of at most this degree (0: constant).
+    Poly(u32),
+    /// Not a polynomial.
+    Other,
+}
+
+impl Degree {
+    fn max(self, o: Degree) -> Degree {
+        match (self, o) {
+            (Degree::Poly(a), Degree::Poly(b)) => Degree::Poly(a.max(b)),
+            _ => Degree::Other,
+        }
+    }
+
+    fn is_const(self) -> bool {
+        self == Degree::Poly(0)
+    }
+}
+
+/// What later commands need to know about the problem's shape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Structure {
+    /// Degree of f when it is a polynomial.
+    pub objective_degree: Option<u32>,
+    /// f is a polynomial of degree ≤ 2.
+    pub quadratic: bool,
+    /// Σ does not depend on the variables.
+    pub constant_noise: bool,
+}
+
+/// Everything [`Problem::derivatives`] computes at one point.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Derivatives {
+    /// The point.
+    pub point: DVector<f64>,
+    /// f(x)
+    pub value: f64,
+    /// ∇f(x)
+    pub gradient: DVector<f64>,
+    /// ∇²f(x)
+    pub hessian: DMatrix<f64>,
+    /// Σ(x), symmetric PSD (checked).
+    pub noise_cov: DMatrix<f64>,
+    /// Observable values, in declaration order.
+    pub observables: Vec<f64>,
+}
+
+/// Layout of the noise tape's outputs.
+#[derive(Clone, Debug)]
+struct NoiseTape {
+    kind: NoiseKind,
+    tape: Tape,
+    /// Pairs of output indices (row-major i·d + j, j·d + i) whose symmetry can only be
+    /// checked at evaluation time.
+    runtime_symmetry: Vec<(usize, usize)>,
+    span: Span,
+}
+
+/// A checked, compiled problem.
+///
+/// ```
+/// use hasme::Problem;
+/// let p = Problem::from_str("param a = 3\nvar x = 1, y = 2\nminimize a*x^2 + x*y\nnoise sd 0.1").unwrap();
+/// let d = p.derivatives(&p.start()).unwrap();
+/// assert_eq!(d.value, 5.0);
+/// assert_eq!(d.gradient.as_slice(), &[8.0, 1.0]);
+/// assert_eq!(d.hessian[(0, 1)], 1.0);
+/// assert!((d.noise_cov[(0, 0)] - 0.01).abs() < 1e-15);
+/// ```
+#[derive(Clone, Debug)]
+pub struct Problem {
+    source: Source,
+    variables: Vec<String>,
+    start: Vec<f64>,
+    params: Vec<(String, f64)>,
+    objective: Tape,
+    noise: NoiseTape,
+    observable_names: Vec<String>,
+    observables: Tape,
+    structure: Structure,
+    warnings: Vec<Diagnostic>,
+}
+
+impl Problem {
+    /// Parses and checks a problem given as a string (named `<string>` in errors).
+    pub fn from_str(text: &str) -> Result<Problem, ProblemError> {
+        Problem::from_source(Source::new("<string>", text), &Overrides::none())
+    }
+
+    /// Reads, parses and checks a file.
+    pub fn from_file(path: impl AsRef<Path>, overrides: &Overrides) -> Result<Problem, ProblemError> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|e| ProblemError::Io {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        let source = Source::from_bytes(path.display().to_string(), bytes).map_err(ProblemError::Syntax)?;
+        Problem::from_source(source, overrides)
+    }
+
+    /// Parses and checks a source with param overrides.
+    pub fn from_source(source: Source, overrides: &Overrides) -> Result<Problem, ProblemError> {
+        let program = parse(&source).map_err(ProblemError::Syntax)?;
+        Checker::new(&source, overrides).check(&program).map_err(|e| match e {
+            CheckFailure::Diag(d) => ProblemError::Check(d),
+            CheckFailure::Usage(m) => ProblemError::Usage(m),
+        })
+    }
+
+    /// The source the problem came from.
+    pub fn source(&self) -> &Source {
+        &self.source
+    }
+
+    /// Number of variables d.
+    pub fn dim(&self) -> usize {
+        self.variables.len()
+    }
+
+    /// Variable names, in declaration order.
+    pub fn variables(&self) -> &[String] {
+        &self.variables
+    }
+
+    /// The start point.
+    pub fn start(&self) -> Vec<f64> {
+        self.start.clone()
+    }
+
+    /// Params with their values (after overrides), in declaration order.
+    pub fn params(&self) -> &[(String, f64)] {
+        &self.params
+    }
+
+    /// Observable names, in order.
+    pub fn observable_names(&self) -> &[String] {
+        &self.observable_names
+    }
+
+    /// The noise kind.
+    pub fn noise_kind(&self) -> NoiseKind {
+        self.noise.kind
+    }
+
+    /// Shape facts: quadratic objective, constant noise.
+    pub fn structure(&self) -> Structure {
+        self.structure
+    }
+
+    /// Warnings found while checking (e.g. `abs`, unused `let`).
+    pub fn warnings(&self) -> &[Diagnostic] {
+        &self.warnings
+    }
+
+    /// The compiled objective.
+    pub fn objective_tape(&self) -> &Tape {
+        &self.objective
+    }
+
+    fn check_point(&self, x: &[f64]) -> Result<(), ProblemError> {
+        if x.len() != self.dim() {
+            return Err(ProblemError::Usage(format!(
+                "the point has {} coordinates but the problem has {} variables",
+                x.len(),
+                self.dim()
+            )));
+        }
+        if let Some(i) = x.iter().position(|v| !v.is_finite()) {
+            return Err(ProblemError::Usage(format!(
+                "coordinate `{}` of the point is not finite",
+                self.variables[i]
+            )));
+        }
+        Ok(())
+    }
+
+    /// Formats a point as `(x = 0.1, y = 2)`.
+    pub fn format_point(&self, x: &[f64]) -> String {
+        let parts: Vec<String> =
+            self.variables.iter().zip(x).map(|(n, v)| format!("{n} = {v}")).collect();
+        format!("({})", parts.join(", "))
+    }
+
+    fn eval_error(&self, nf: NonFinite, x: &[f64]) -> ProblemError {
+        let expr = self.source.snippet(nf.span).to_string();
+        let expr = if expr.chars().count() > 60 {
+            format!("{}…", expr.chars().take(60).collect::<String>())
+        } else {
+            expr
+        };
+        let message = if nf.in_derivative {
+            format!("a derivative of `{expr}` is not finite at {}", self.format_point(x))
+        } else {
+            format!("`{expr}` evaluates to {} at {}", nf.value, self.format_point(x))
+        };
+        let label = if nf.in_derivative {
+            "not differentiable here"
+        } else {
+            "not a finite number here"
+        };
+        ProblemError::Eval(Box::new(self.source.diagnostic(nf.span, message, label)))
+    }
+
+    /// f(x).
+    pub fn value(&self, x: &[f64]) -> Result<f64, ProblemError> {
+        self.check_point(x)?;
+        let v = self.objective.values(x).map_err(|nf| self.eval_error(nf, x))?;
+        Ok(v[0])
+    }
+
+    /// Value, gradient and Hessian of f at x.
+    pub fn objective_derivatives(&self, x: &[f64]) -> Result<Derivs, ProblemError> {
+        self.check_point(x)?;
+        let mut d = self.objective.derivatives(x).map_err(|nf| self.eval_error(nf, x))?;
+        Ok(d.remove(0))
+    }
+
+    /// Σ(x), checked symmetric and positive semidefinite.
+    pub fn noise_cov(&self, x: &[f64]) -> Result<DMatrix<f64>, ProblemError> {
+        self.check_point(x)?;
+        let values = self.noise.tape.values(x).map_err(|nf| self.eval_error(nf, x))?;
+        self.assemble_noise(&values, x)
+    }
+
+    fn assemble_noise(&self, values: &[f64], x: &[f64]) -> Result<DMatrix<f64>, ProblemError> {
+        let d = self.dim();
+        let sigma = match self.noise.kind {
+            NoiseKind::None => DMatrix::zeros(d, d),
+            NoiseKind::Sd => DMatrix::identity(d, d) * values[0],
+            NoiseKind::Diag => DMatrix::from_diagonal(&DVector::from_column_slice(values)),
+            NoiseKind::Cov => DMatrix::from_row_slice(d, d, values),
+        };
+        for &(a, b) in &self.noise.runtime_symmetry {
+            let (va, vb) = (values[a], values[b]);
+            if (va - vb).abs() > SYMMETRY_TOL * va.abs().max(vb.abs()).max(f64::MIN_POSITIVE) {
+                return Err(self.noise_error(
+                    format!(
+                        "Σ(x) is not symmetric at {}: entry ({}, {}) = {va} but entry ({}, {}) = {vb}",
+                        self.format_point(x),
+                        a / d + 1,
+                        a % d + 1,
+                        b / d + 1,
+                        b % d + 1
+                    ),
+                    "this covariance",
+                ));
+            }
+        }
+        if let Some(min) = min_eigenvalue_if_negative(&sigma) {
+            return Err(self.noise_error(
+                format!(
+                    "Σ(x) is not positive semidefinite at {}: smallest eigenvalue {min:e}",
+                    self.format_point(x)
+                ),
+                "this covariance",
+            ));
+        }
+        Ok(sigma)
+    }
+
+    fn noise_error(&self, message: String, label: &str) -> ProblemError {
+        ProblemError::Eval(Box::new(self.source.diagnostic(self.noise.span, message, label)))
+    }
+
+    /// Value, gradient and Hessian of every entry of Σ(x), row-major (entry i·d + j).
+    pub fn noise_cov_derivatives(&self, x: &[f64]) -> Result<Vec<Derivs>, ProblemError> {
+        self.check_point(x)?;
+        let d = self.dim();
+        let outs = self.noise.tape.derivatives(x).map_err(|nf| self.eval_error(nf, x))?;
+        let zero = Derivs {
+            value: 0.0,
+            gradient: DVector::zeros(d),
+            hessian: DMatrix::zeros(d, d),
+        };
+        let mut entries = vec![zero; d * d];
+        match self.noise.kind {
+            NoiseKind::None => {}
+            NoiseKind::Sd => (0..d).for_each(|i| entries[i * d + i] = outs[0].clone()),
+            NoiseKind::Diag => (0..d).for_each(|i| entries[i * d + i] = outs[i].clone()),
+            NoiseKind::Cov => entries = outs,
+        }
+        Ok(entries)
+    }
+
+    /// Observable values at x, in order.
+    pub fn observables(&self, x: &[f64]) -> Result<Vec<f64>, ProblemError> {
+        self.check_point(x)?;
+        self.observables.values(x).map_err(|nf| self.eval_error(nf, x))
+    }
+
+    /// Value, gradient and Hessian of every observable at x.
+    pub fn observable_derivatives(&self, x: &[f64]) -> Result<Vec<Derivs>, ProblemError> {
+        self.check_point(x)?;
+        self.observables.derivatives(x).map_err(|nf| self.eval_error(nf, x))
+    }
+
+    /// f, ∇f, ∇²f, Σ and the observables at x.
+    pub fn derivatives(&self, x: &[f64]) -> Result<Derivatives, ProblemError> {
+        let f = self.objective_derivatives(x)?;
+        Ok(Derivatives {
+            point: DVector::from_column_slice(x),
+            value: f.value,
+            gradient: f.gradient,
+            hessian: f.hessian,
+            noise_cov: self.noise_cov(x)?,
+            observables: self.observables(x)?,
+        })
+    }
+
+    /// A point from `name=value` assignments (as given to `--at`), starting from the
+    /// start point; values may be constant expressions over params (`pi/4`, `2*a`).
+    pub fn point_from_assignments(&self, spec: &str) -> Result<Vec<f64>, ProblemError> {
+        let mut x = self.start();
+        if spec.trim().is_empty() {
+            return Ok(x);
+        }
+        for item in spec.split(',') {
+            let (name, value) = item.split_once('=').ok_or_else(|| {
+                ProblemError::Usage(format!("--at `{item}`: expected NAME=VALUE, e.g. x=0.1"))
+            })?;
+            let name = name.trim();
+            let i = self.variables.iter().position(|v| v == name).ok_or_else(|| {
+                let hint = suggest(name, self.variables.iter().map(String::as_str))
+                    .map_or(String::new(), |s| format!("; did you mean `{s}`?"));
+                ProblemError::Usage(format!("--at: `{name}` is not a variable{hint}"))
+            })?;
+            x[i] = self.constant(value.trim()).map_err(|m| {
+                ProblemError::Usage(format!("--at `{}`: {m}", item.trim()))
+            })?;
+        }
+        Ok(x)
+    }
+
+    /// Evaluates a constant expression over numbers, `pi` and params.
+    pub fn constant(&self, text: &str) -> Result<f64, String> {
+        let src = Source::new("value", text);
+        let expr = parse_expr(&src).map_err(|d| d.message.clone())?;
+        let mut names = HashMap::new();
+        for (i, (n, v)) in self.params.iter().enumerate() {
+            names.insert(n.clone(), Binding { kind: BindingKind::Param(*v), span: Span::default(), stmt: i });
+        }
+        let overrides = Overrides::none();
+        let mut checker = Checker::new(&src, &overrides);
+        checker.names = names;
+        let mut b = TapeBuilder::new(0);
+        match checker.compile(&expr, usize::MAX, &mut b, Some("a value"), &[]) {
+            Ok((Val::Const(c), _)) => Ok(c),
+            Ok(_) => Err("expected a constant".to_string()),
+            Err(CheckFailure::Diag(d)) => Err(d.message.clone()),
+            Err(CheckFailure::Usage(m)) => Err(m),
+        }
+    }
+}
+
+/// The smallest eigenvalue of a symmetric matrix when it is negative beyond round-off
+/// (relative [`SYMMETRY_TOL`] of the largest magnitude).
+pub fn min_eigenvalue_if_negative(m: &DMatrix<f64>) -> Option<f64> {
+    if m.nrows() == 0 {
+        return None;
+    }
+    let eig = SymmetricEigen::new(m.clone()).eigenvalues;
+    let scale = eig.iter().fold(0.0f64, |a, v| a.max(v.abs()));
+    let min = eig.iter().copied().fold(f64::INFINITY, f64::min);
+    (min < -SYMMETRY_TOL * scale.max(f64::MIN_POSITIVE)).then_some(min)
+}
+
+// ---- the checker --------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug)]
+enum BindingKind {
+    Param(f64),
+    Var(usize),
+    Let(usize),
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Binding {
+    kind: BindingKind,
+    span: Span,
+    /// Index of the statement that defines it.
+    stmt: usize,
+}
+
+enum CheckFailure {
+    Diag(Box<Diagnostic>),
+    Usage(String),
+}
+
+type CheckResult<T> = Result<T, CheckFailure>;
+
+struct LetDef {
+    expr: Expr,
+    stmt: usize,
+}
+
+struct Checker<'a> {
+    source: &'a Source,
+    overrides: &'a Overrides,
+    names: HashMap<String, Binding>,
+    params: Vec<(String, f64)>,
+    vars: Vec<(String, f64)>,
+    lets: Vec<(String, Span, LetDef)>,
+    used_lets: HashSet<usize>,
+    warned: HashSet<Span>,
+    warnings: Vec<Diagnostic>,
+}
+
+impl<'a> Checker<'a> {
+    fn new(source: &'a Source, overrides: &'a Overrides) -> Checker<'a> {
+        Checker {
+            source,
+            overrides,
+            names: HashMap::new(),
+            params: Vec::new(),
+            vars: Vec::new(),
+            lets: Vec::new(),
+            used_lets: HashSet::new(),
+            warned: HashSet::new(),
+            warnings: Vec::new(),
+        }
+    }
+
+    fn err(&self, span: Span, message: impl Into<String>, label: impl Into<String>) -> CheckFailure {
+        CheckFailure::Diag(Box::new(self.source.diagnostic(span, message, label)))
+    }
+
+    fn pos(&self, span: Span) -> String {
+        let p = self.source.position(span.start);
+        format!("{}:{}", p.line, p.column)
+    }
+
+    fn define(&mut self, ident: &Ident, kind: BindingKind, stmt: usize) -> CheckResult<()> {
+        let name = ident.name.as_str();
+        if name == "pi" || KEYWORDS.contains(&name) || Func::from_name(name).is_some() || SPECIAL_FUNCTIONS.contains(&name)
+        {
+            let what = if name == "pi" {
+                "the constant π"
+            } else if KEYWORDS.contains(&name) {
+                "a statement keyword"
+            } else {
+                "a built-in function"
+            };
+            return Err(self.err(
+                ident.span,
+                format!("`{name}` is reserved ({what}) and cannot be defined"),
+                "choose another name",
+            ));
+        }
+        if let Some(prev) = self.names.get(name) {
+            let d = self
+                .source
+                .diagnostic(ident.span, format!("`{name}` is defined twice"), "second definition")
+                .with_note(format!("first defined at {}", self.pos(prev.span)));
+            return Err(CheckFailure::Diag(Box::new(d)));
+        }
+        self.names.insert(name.to_string(), Binding { kind, span: ident.span, stmt });
+        Ok(())
+    }
+
+    fn unsupported(&self, span: Span, what: &str) -> CheckFailure {
+        self.err(
+            span,
+            format!("{what} are not available in this version of hasme"),
+            "not supported yet",
+        )
+    }
+
+    fn check(mut self, program: &Program) -> CheckResult<Problem> {
+        let mut minimize: Option<(&Expr, Span, usize)> = None;
+        let mut noise: Option<(&Noise, Span, usize)> = None;
+        let mut observes: Vec<(&Ident, &Expr, usize)> = Vec::new();
+
+        // Pass 1: declarations, params and start values, in file order.
+        for (k, st) in program.statements.iter().enumerate() {
+            match &st.kind {
+                StatementKind::Param { name, size, value } => {
+                    if let Some(s) = size {
+                        return Err(self.unsupported(s.span(), "vector params"));
+                    }
+                    let expr = match value {
+                        ParamValue::Scalar(e) => e,
+                        ParamValue::List(l) => return Err(self.unsupported(l.span, "vector params")),
+                    };
+                    let mut b = TapeBuilder::new(0);
+                    let (v, _) = self.compile(expr, k, &mut b, Some("a param value"), &[])?;
+                    let v = v.as_const().unwrap_or(f64::NAN);
+                    let v = self.overrides.get(&name.name).unwrap_or(v);
+                    self.define(name, BindingKind::Param(v), k)?;
+                    self.params.push((name.name.clone(), v));
+                }
+                StatementKind::Var(decls) => {
+                    for d in decls {
+                        if let Some(s) = &d.size {
+                            return Err(self.unsupported(s.span(), "vector variables"));
+                        }
+                        let start = match &d.init {
+                            Some(e) => {
+                                let mut b = TapeBuilder::new(0);
+                                let (v, _) = self.compile(e, k, &mut b, Some("a start value"), &[])?;
+                                v.as_const().unwrap_or(f64::NAN)
+                            }
+                            None => 0.0,
+                        };
+                        let index = self.vars.len();
+                        self.define(&d.name, BindingKind::Var(index), k)?;
+                        self.vars.push((d.name.name.clone(), start));
+                    }
+                }
+                StatementKind::Let { name, value } => {
+                    let index = self.lets.len();
+                    self.define(name, BindingKind::Let(index), k)?;
+                    self.lets.push((name.name.clone(), name.span, LetDef { expr: value.clone(), stmt: k }));
+                }
+                StatementKind::Minimize(e) => {
+                    if let Some((_, first, _)) = minimize {
+                        let d = self
+                            .source
+                            .diagnostic(st.span, "more than one `minimize` statement", "second objective")
+                            .with_note(format!("the first is at {}", self.pos(first)));
+                        return Err(CheckFailure::Diag(Box::new(d)));
+                    }
+                    minimize = Some((e, st.span, k));
+                }
+                StatementKind::Noise(n) => {
+                    if let Some((_, first, _)) = noise {
+                        let d = self
+                            .source
+                            .diagnostic(st.span, "more than one `noise` statement", "second noise")
+                            .with_note(format!("the first is at {}", self.pos(first)));
+                        return Err(CheckFailure::Diag(Box::new(d)));
+                    }
+                    noise = Some((n, st.span, k));
+                }
+                StatementKind::Observe { name, value } => {
+                    if let Some((prev, _, _)) = observes.iter().find(|(n, _, _)| n.name == name.name) {
+                        let d = self
+                            .source
+                            .diagnostic(name.span, format!("observable `{}` is defined twice", name.name), "second definition")
+                            .with_note(format!("first defined at {}", self.pos(prev.span)));
+                        return Err(CheckFailure::Diag(Box::new(d)));
+                    }
+                    observes.push((name, value, k));
+                }
+                StatementKind::Data { .. } => {
+                    return Err(self.unsupported(st.span, "`data` statements (finite sums)"));
+                }
+                StatementKind::Batch(_) | StatementKind::Sampling(_) => {
+                    return Err(self.unsupported(st.span, "`batch` and `sampling` statements (finite sums)"));
+                }
+            }
+        }
+        for (name, _) in &self.overrides.values {
+            if !self.params.iter().any(|(p, _)| p == name) {
+                let hint = suggest(name, self.params.iter().map(|(p, _)| p.as_str()))
+                    .map_or(String::new(), |s| format!("; did you mean `{s}`?"));
+                let known = if self.params.is_empty() {
+                    " (the file declares no params)".to_string()
+                } else {
+                    String::new()
+                };
+                return Err(CheckFailure::Usage(format!(
+                    "--set: `{name}` is not a param of {}{known}{hint}",
+                    self.source.name()
+                )));
+            }
+        }
+        let Some((objective_expr, _, objective_stmt)) = minimize else {
+            let end = self.source.text().len();
+            return Err(self.err(
+                Span::new(end, end),
+                "the file has no `minimize` statement",
+                "expected `minimize EXPR` somewhere in the file",
+            ));
+        };
+        let d = self.vars.len();
+
+        // Pass 2: compile. Lets are compiled into each tape once, in order; the tape
+        // drops the ones it does not use.
+        let mut b = TapeBuilder::new(d);
+        let lets = self.compile_lets(&mut b)?;
+        let (f, degree) = self.compile(objective_expr, objective_stmt, &mut b, None, &lets)?;
+        let objective = b.finish(&[(f, objective_expr.span())]);
+
+        let noise_tape = match noise {
+            None => CompiledNoise {
+                tape: NoiseTape {
+                    kind: NoiseKind::None,
+                    tape: TapeBuilder::new(d).finish(&[]),
+                    runtime_symmetry: Vec::new(),
+                    span: Span::default(),
+                },
+                constant: true,
+            },
+            Some((n, span, k)) => self.compile_noise(n, span, k, d)?,
+        };
+        let constant_noise = noise_tape.constant;
+
+        let mut b = TapeBuilder::new(d);
+        let lets = self.compile_lets(&mut b)?;
+        let mut outputs = Vec::new();
+        let mut observable_names = Vec::new();
+        if observes.is_empty() {
+            // Default observables: every variable and the squared norm.
+            let mut norm2 = Val::Const(0.0);
+            for (i, (name, _)) in self.vars.iter().enumerate() {
+                let v = b.var(i, Span::default());
+                outputs.push((v, Span::default()));
+                observable_names.push(name.clone());
+                let sq = b.mul(v, v, Span::default()).map_err(|_| self.internal())?;
+                norm2 = b.add(norm2, sq, Span::default()).map_err(|_| self.internal())?;
+            }
+            outputs.push((norm2, Span::default()));
+            observable_names.push("norm2".to_string());
+        } else {
+            for (name, e, k) in &observes {
+                let (v, _) = self.compile(e, *k, &mut b, None, &lets)?;
+                outputs.push((v, e.span()));
+                observable_names.push(name.name.clone());
+            }
+        }
+        let observables = b.finish(&outputs);
+
+        for (i, (name, span, _)) in self.lets.iter().enumerate() {
+            if !self.used_lets.contains(&i) {
+                self.warnings.push(self.source.diagnostic(
+                    *span,
+                    format!("`{name}` is defined but never used"),
+                    "unused let",
+                ));
+            }
+        }
+        self.warnings.sort_by_key(|w| (w.line, w.column));
+
+        let objective_degree = match degree {
+            Degree::Poly(n) => Some(n),
+            Degree::Other => None,
+        };
+        Ok(Problem {
+            source: self.source.clone(),
+            variables: self.vars.iter().map(|(n, _)| n.clone()).collect(),
+            start: self.vars.iter().map(|&(_, s)| s).collect(),
+            params: self.params,
+            objective,
+            noise: noise_tape.tape,
+            observable_names,
+            observables,
+            structure: Structure {
+                objective_degree,
+                quadratic: objective_degree.is_some_and(|n| n <= 2),
+                constant_noise,
+            },
+            warnings: self.warnings,
+        })
+    }
+
+    fn internal(&self) -> CheckFailure {
+        self.err(Span::default(), "internal error while compiling", "please report this file")
+    }
+
+    fn compile_lets(&mut self, b: &mut TapeBuilder) -> CheckResult<Vec<(Val, Degree)>> {
+        let mut out: Vec<(Val, Degree)> = Vec::with_capacity(self.lets.len());
+        for i in 0..self.lets.len() {
+            let (expr, stmt) = {
+                let def = &self.lets[i].2;
+                (def.expr.clone(), def.stmt)
+            };
+            let v = self.compile(&expr, stmt, b, None, &out)?;
+            out.push(v);
+        }
+        Ok(out)
+    }
+
+    fn compile_noise(&mut self, n: &Noise, span: Span, k: usize, d: usize) -> CheckResult<CompiledNoise> {
+        let mut b = TapeBuilder::new(d);
+        let lets = self.compile_lets(&mut b)?;
+        let mut constant = true;
+        let mut runtime_symmetry = Vec::new();
+        let (kind, outputs) = match n {
+            Noise::Sd(e) => {
+                let (s, deg) = self.compile(e, k, &mut b, None, &lets)?;
+                constant &= deg.is_const();
+                let var = b.mul(s, s, e.span()).map_err(|_| self.err(e.span(), "the noise variance overflows", "too large"))?;
+                (NoiseKind::Sd, vec![(var, e.span())])
+            }
+            Noise::Diag(list) => {
+                if list.items.len() != d {
+                    return Err(self.err(
+                        list.span,
+                        format!("`noise diag` needs {d} entries (one variance per variable), found {}", list.items.len()),
+                        format!("expected {d} entries"),
+                    ));
+                }
+                let mut outs = Vec::new();
+                for e in &list.items {
+                    let (v, deg) = self.compile(e, k, &mut b, None, &lets)?;
+                    constant &= deg.is_const();
+                    if let Val::Const(c) = v
+                        && c < 0.0
+                    {
+                        return Err(self.err(e.span(), format!("a variance must be ≥ 0, found {c}"), "negative variance"));
+                    }
+                    outs.push((v, e.span()));
+                }
+                (NoiseKind::Diag, outs)
+            }
+            Noise::Cov { rows, span: mspan } => {
+                if rows.len() != d {
+                    return Err(self.err(
+                        *mspan,
+                        format!("`noise cov` needs a {d}×{d} matrix, found {} rows", rows.len()),
+                        format!("expected {d} rows"),
+                    ));
+                }
+                let mut vals: Vec<(Val, Span)> = Vec::with_capacity(d * d);
+                for (i, row) in rows.iter().enumerate() {
+                    if row.items.len() != d {
+                        return Err(self.err(
+                            row.span,
+                            format!("row {} of `noise cov` has {} entries; the matrix must be {d}×{d}", i + 1, row.items.len()),
+                            format!("expected {d} entries"),
+                        ));
+                    }
+                    for e in &row.items {
+                        let (v, deg) = self.compile(e, k, &mut b, None, &lets)?;
+                        constant &= deg.is_const();
+                        vals.push((v, e.span()));
+                    }
+                }
+                for i in 0..d {
+                    for j in i + 1..d {
+                        let (a, sa) = vals[i * d + j];
+                        let (c, _) = vals[j * d + i];
+                        match (a, c) {
+                            (Val::Const(x), Val::Const(y)) => {
+                                if (x - y).abs() > SYMMETRY_TOL * x.abs().max(y.abs()) {
+                                    return Err(self.err(
+                                        sa,
+                                        format!(
+                                            "the covariance is not symmetric: entry ({}, {}) = {x} but entry ({}, {}) = {y}",
+                                            i + 1,
+                                            j + 1,
+                                            j + 1,
+                                            i + 1
+                                        ),
+                                        "must equal its mirror entry",
+                                    ));
+                                }
+                            }
+                            (x, y) if x == y => {}
+                            _ => runtime_symmetry.push((i * d + j, j * d + i)),
+                        }
+                    }
+                }
+                if vals.iter().all(|(v, _)| v.as_const().is_some()) {
+                    let m = DMatrix::from_row_iterator(d, d, vals.iter().map(|(v, _)| v.as_const().unwrap_or(0.0)));
+                    if let Some(min) = min_eigenvalue_if_negative(&m) {
+                        return Err(self.err(
+                            *mspan,
+                            format!("the covariance is not positive semidefinite (smallest eigenvalue {min:e})"),
+                            "not a covariance matrix",
+                        ));
+                    }
+                }
+                (NoiseKind::Cov, vals)
+            }
+        };
+        Ok(CompiledNoise {
+            tape: NoiseTape { kind, tape: b.finish(&outputs), runtime_symmetry, span },
+            constant,
+        })
+    }
+
+    fn fold_error(&self, span: Span, value: f64) -> CheckFailure {
+        let expr = self.source.snippet(span);
+        self.err(
+            span,
+            format!("`{expr}` is not a finite number (it evaluates to {value})"),
+            "not finite",
+        )
+    }
+
+    fn resolve(&mut self, name: &str, span: Span, stmt: usize, constant: Option<&str>) -> CheckResult<Binding> {
+        let Some(&b) = self.names.get(name) else {
+            if name == "pi" {
+                return Ok(Binding { kind: BindingKind::Param(std::f64::consts::PI), span, stmt: 0 });
+            }
+            if Func::from_name(name).is_some() || SPECIAL_FUNCTIONS.contains(&name) {
+                return Err(self.err(span, format!("`{name}` is a function; call it as `{name}(…)`"), "a function, not a value"));
+            }
+            let mut candidates: Vec<&str> = self.names.keys().map(String::as_str).collect();
+            candidates.sort();
+            candidates.push("pi");
+            let hint = suggest(name, candidates)
+                .map_or(String::new(), |s| format!("; did you mean `{s}`?"));
+            return Err(self.err(span, format!("unknown name `{name}`{hint}"), "not defined"));
+        };
+        if b.stmt >= stmt && stmt != usize::MAX {
+            let d = self
+                .source
+                .diagnostic(span, format!("`{name}` is used before it is defined"), "not yet defined")
+                .with_note(format!("`{name}` is defined at {}", self.pos(b.span)));
+            return Err(CheckFailure::Diag(Box::new(d)));
+        }
+        if let Some(what) = constant {
+            let kind = match b.kind {
+                BindingKind::Param(_) => None,
+                BindingKind::Var(_) => Some("a variable"),
+                BindingKind::Let(_) => Some("a `let` (which may depend on variables)"),
+            };
+            if let Some(kind) = kind {
+                return Err(self.err(
+                    span,
+                    format!("{what} must be a constant, but `{name}` is {kind}"),
+                    "expected numbers, `pi` and params only",
+                ));
+            }
+        }
+        Ok(b)
+    }
+
+    /// Compiles one expression: a single forward pass over its post-order nodes that
+    /// also computes the polynomial degree of every node.
+    fn compile(
+        &mut self,
+        expr: &Expr,
+        stmt: usize,
+        b: &mut TapeBuilder,
+        constant: Option<&str>,
+        lets: &[(Val, Degree)],
+    ) -> CheckResult<(Val, Degree)> {
+        let mut vals: Vec<(Val, Degree)> = Vec::with_capacity(expr.nodes.len());
+        for node in &expr.nodes {
+            let span = node.span;
+            let at = |id: NodeId| vals[id as usize];
+            let out = match &node.kind {
+                NodeKind::Num { value, .. } => (Val::Const(*value), Degree::Poly(0)),
+                NodeKind::Name(name) => {
+                    let binding = self.resolve(name, span, stmt, constant)?;
+                    match binding.kind {
+                        BindingKind::Param(v) => (Val::Const(v), Degree::Poly(0)),
+                        BindingKind::Var(i) => (b.var(i, span), Degree::Poly(1)),
+                        BindingKind::Let(i) => {
+                            self.used_lets.insert(i);
+                            *lets.get(i).ok_or_else(|| self.internal())?
+                        }
+                    }
+                }
+                NodeKind::Neg(a) => {
+                    let (v, deg) = at(*a);
+                    (b.neg(v, span).map_err(|c| self.fold_error(span, c))?, deg)
+                }
+                NodeKind::Binary { op, lhs, rhs } => {
+                    let ((x, dx), (y, dy)) = (at(*lhs), at(*rhs));
+                    let r = match op {
+                        BinOp::Add => b.add(x, y, span),
+                        BinOp::Sub => b.sub(x, y, span),
+                        BinOp::Mul => b.mul(x, y, span),
+                        BinOp::Div => b.div(x, y, span),
+                        BinOp::Pow => b.pow(x, y, span),
+                    };
+                    let v = r.map_err(|c| self.fold_error(span, c))?;
+                    (v, binary_degree(*op, dx, y, dy))
+                }
+                NodeKind::Call { func, args } => {
+                    let name = func.name.as_str();
+                    let want = match name {
+                        "pow" => 2,
+                        "mean" => return Err(self.unsupported(span, "`mean(…)` finite sums")),
+                        "sum" | "prod" => {
+                            return Err(self.err(
+                                span,
+                                format!("`{name}` needs an index range: `{name}(i = 1..n, EXPR)`"),
+                                "expected `i = A..B` as the first argument",
+                            ));
+                        }
+                        _ => match Func::from_name(name) {
+                            Some(_) => 1,
+                            None => {
+                                let all = Func::ALL.iter().map(|f| f.name()).chain(["pow"]);
+                                let hint = suggest(name, all)
+                                    .map_or(String::new(), |s| format!("; did you mean `{s}`?"));
+                                return Err(self.err(
+                                    func.span,
+                                    format!("unknown function `{name}`{hint}"),
+                                    "not a built-in function",
+                                ));
+                            }
+                        },
+                    };
+                    if args.len() != want {
+                        let plural = if want == 1 { "" } else { "s" };
+                        return Err(self.err(
+                            span,
+                            format!("`{name}` takes {want} argument{plural}, found {}", args.len()),
+                            format!("expected {want} argument{plural}"),
+                        ));
+                    }
+                    if name == "pow" {
+                        let ((x, dx), (y, dy)) = (at(args[0]), at(args[1]));
+                        let v = b.pow(x, y, span).map_err(|c| self.fold_error(span, c))?;
+                        (v, binary_degree(BinOp::Pow, dx, y, dy))
+                    } else {
+                        let f = Func::from_name(name).ok_or_else(|| self.internal())?;
+                        let (x, dx) = at(args[0]);
+                        if f == Func::Abs && x.as_const().is_none() && self.warned.insert(span) {
+                            self.warnings.push(self.source.diagnostic(
+                                span,
+                                "`abs` is not differentiable at 0 (hasme takes the derivative +1 there)",
+                                "non-smooth",
+                            ));
+                        }
+                        let v = b.func(f, x, span).map_err(|c| self.fold_error(span, c))?;
+                        (v, if dx.is_const() { Degree::Poly(0) } else { Degree::Other })
+                    }
+                }
+                NodeKind::Index { .. } => return Err(self.unsupported(span, "indexed names (`w[i]`, vector variables)")),
+                NodeKind::Column { .. } => return Err(self.unsupported(span, "data columns (`DATA.col`, finite sums)")),
+                NodeKind::Reduce { .. } => return Err(self.unsupported(span, "`sum`/`prod` over an index")),
+            };
+            vals.push(out);
+        }
+        let result = vals.pop().ok_or_else(|| self.internal())?;
+        if constant.is_some() && result.0.as_const().is_none() {
+            return Err(self.internal());
+        }
+        Ok(result)
+    }
+}
+
+struct CompiledNoise {
+    tape: NoiseTape,
+    constant: bool,
+}
+
+fn binary_degree(op: BinOp, dx: Degree, y: Val, dy: Degree) -> Degree {
+    match op {
+        BinOp::Add | BinOp::Sub => dx.max(dy),
+        BinOp::Mul => match (dx, dy) {
+            (Degree::Poly(a), Degree::Poly(b)) => Degree::Poly(a.saturating_add(b)),
+            _ => Degree::Other,
+        },
+        BinOp::Div => {
+            if dy.is_const() {
+                dx
+            } else {
+                Degree::Other
+            }
+        }
+        BinOp::Pow => match (dx, y.as_const().and_then(integer_exponent)) {
+            (Degree::Poly(0), _) if dy.is_const() => Degree::Poly(0),
+            (Degree::Poly(a), Some(n)) if n >= 0 => Degree::Poly(a.saturating_mul(n as u32)),
+            _ => Degree::Other,
+        },
+    }
+}

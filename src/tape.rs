@@ -1,0 +1,809 @@
+//! Compiled expressions: a flat tape of instructions over slots, evaluated by one
+//! generic loop over any num-dual number type (`D: DualNum<Primitive = f64>`), so
+//! values, gradients and Hessians all come from the same code.
+//!
+//! Instruction `k` writes slot `k` and reads only earlier slots, so evaluation is a
+//! single forward loop: no recursion, and no allocation per instruction (the slot
+//! buffer is reserved once per call). Constant subexpressions are folded at compile
+//! time with the same scalar code ([`Func::apply`] on `f64`), repeated subexpressions
+//! share a slot (hash-consing), and instructions no output needs are dropped.
+//!
+//! Derivatives: for dimension d ≤ 8 one pass with statically sized second-order duals
+//! (`Dual2SVec64<d>`); above that, 8×8 blocks of the Hessian with
+//! `HyperDualVec64<U8, U8>` (one pass per block pair on or above the diagonal), which
+//! stays allocation-free for any d.
+
+use crate::lang::Span;
+use nalgebra::{Const, DMatrix, DVector, U1, U8};
+use num_dual::{Derivative, Dual2SVec64, DualNum, HyperDualVec};
+use std::collections::HashMap;
+
+/// Built-in functions of LANGUAGE.md (one argument each; `pow` is an instruction).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Func {
+    /// `exp`
+    Exp,
+    /// `log` (natural)
+    Log,
+    /// `sqrt`
+    Sqrt,
+    /// `sin`
+    Sin,
+    /// `cos`
+    Cos,
+    /// `tan`
+    Tan,
+    /// `tanh`
+    Tanh,
+    /// `sinh`
+    Sinh,
+    /// `cosh`
+    Cosh,
+    /// `atan`
+    Atan,
+    /// `sigmoid(x) = 1/(1 + e^{-x})`
+    Sigmoid,
+    /// `softplus(x) = log(1 + e^x)`
+    Softplus,
+    /// `log1p(x) = log(1 + x)`
+    Log1p,
+    /// `expm1(x) = e^x − 1`
+    Expm1,
+    /// `abs` (not differentiable at 0; the derivative there is taken as +1)
+    Abs,
+}
+
+impl Func {
+    /// Every unary function, for lookups and suggestions.
+    pub const ALL: [Func; 15] = [
+        Func::Exp,
+        Func::Log,
+        Func::Sqrt,
+        Func::Sin,
+        Func::Cos,
+        Func::Tan,
+        Func::Tanh,
+        Func::Sinh,
+        Func::Cosh,
+        Func::Atan,
+        Func::Sigmoid,
+        Func::Softplus,
+        Func::Log1p,
+        Func::Expm1,
+        Func::Abs,
+    ];
+
+    /// The name used in objective files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Func::Exp => "exp",
+            Func::Log => "log",
+            Func::Sqrt => "sqrt",
+            Func::Sin => "sin",
+            Func::Cos => "cos",
+            Func::Tan => "tan",
+            Func::Tanh => "tanh",
+            Func::Sinh => "sinh",
+            Func::Cosh => "cosh",
+            Func::Atan => "atan",
+            Func::Sigmoid => "sigmoid",
+            Func::Softplus => "softplus",
+            Func::Log1p => "log1p",
+            Func::Expm1 => "expm1",
+            Func::Abs => "abs",
+        }
+    }
+
+    /// Looks a function up by name.
+    pub fn from_name(name: &str) -> Option<Func> {
+        Func::ALL.into_iter().find(|f| f.name() == name)
+    }
+
+    /// Applies the function to any number type. `sigmoid` and `softplus` branch on
+    /// the sign so neither overflows (`softplus(x) = x + log1p(e^{−x})` for x > 0).
+    #[inline]
+    pub fn apply<D: DualNum<Primitive = f64>>(self, x: &D) -> D {
+        match self {
+            Func::Exp => x.exp(),
+            Func::Log => x.ln(),
+            Func::Sqrt => x.sqrt(),
+            Func::Sin => x.sin(),
+            Func::Cos => x.cos(),
+            Func::Tan => x.tan(),
+            Func::Tanh => x.tanh(),
+            Func::Sinh => x.sinh(),
+            Func::Cosh => x.cosh(),
+            Func::Atan => x.atan(),
+            Func::Sigmoid => {
+                if x.re() >= 0.0 {
+                    ((-x.clone()).exp() + 1.0).recip()
+                } else {
+                    let e = x.exp();
+                    e.clone() / (e + 1.0)
+                }
+            }
+            Func::Softplus => {
+                if x.re() > 0.0 {
+                    x.clone() + (-x.clone()).exp().ln_1p()
+                } else {
+                    x.exp().ln_1p()
+                }
+            }
+            Func::Log1p => x.ln_1p(),
+            Func::Expm1 => x.exp_m1(),
+            Func::Abs => {
+                if x.re() >= 0.0 {
+                    x.clone()
+                } else {
+                    -x.clone()
+                }
+            }
+        }
+    }
+}
+
+/// Slot index.
+pub type Slot = u32;
+
+/// One instruction; it writes the slot with its own index.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Op {
+    /// Coordinate `i` of the point.
+    Var(u32),
+    /// A constant (only when an output is constant; constants otherwise live inside
+    /// the instructions that use them).
+    Const(f64),
+    /// `a + b`
+    Add(Slot, Slot),
+    /// `a − b`
+    Sub(Slot, Slot),
+    /// `a · b`
+    Mul(Slot, Slot),
+    /// `a / b`
+    Div(Slot, Slot),
+    /// `a^b` for a non-constant exponent: `exp(b log a)`, needs `a > 0`.
+    Pow(Slot, Slot),
+    /// `a + c`
+    AddConst(Slot, f64),
+    /// `c − a`
+    ConstSub(f64, Slot),
+    /// `c · a`
+    MulConst(Slot, f64),
+    /// `a / c`
+    DivConst(Slot, f64),
+    /// `c / a`
+    ConstDiv(f64, Slot),
+    /// `−a`
+    Neg(Slot),
+    /// `a^n`, an exact integer power (valid for negative `a`).
+    PowI(Slot, i32),
+    /// `a^c` for a constant non-integer `c`.
+    PowF(Slot, f64),
+    /// `c^a` for a constant base: `exp(a log c)`.
+    ConstPow(f64, Slot),
+    /// `f(a)`
+    Func(Func, Slot),
+}
+
+impl Op {
+    /// A hashable identity for hash-consing (floats by their bits).
+    fn key(&self) -> (u8, u64, u64) {
+        let b = |c: f64| c.to_bits();
+        match *self {
+            Op::Var(i) => (0, i as u64, 0),
+            Op::Const(c) => (1, b(c), 0),
+            Op::Add(a, c) => (2, a as u64, c as u64),
+            Op::Sub(a, c) => (3, a as u64, c as u64),
+            Op::Mul(a, c) => (4, a as u64, c as u64),
+            Op::Div(a, c) => (5, a as u64, c as u64),
+            Op::Pow(a, c) => (6, a as u64, c as u64),
+            Op::AddConst(a, c) => (7, a as u64, b(c)),
+            Op::ConstSub(c, a) => (8, a as u64, b(c)),
+            Op::MulConst(a, c) => (9, a as u64, b(c)),
+            Op::DivConst(a, c) => (10, a as u64, b(c)),
+            Op::ConstDiv(c, a) => (11, a as u64, b(c)),
+            Op::Neg(a) => (12, a as u64, 0),
+            Op::PowI(a, n) => (13, a as u64, n as u64),
+            Op::PowF(a, c) => (14, a as u64, b(c)),
+            Op::ConstPow(c, a) => (15, a as u64, b(c)),
+            Op::Func(f, a) => (16 + f as u8, a as u64, 0),
+        }
+    }
+
+    fn operands(&self) -> [Option<Slot>; 2] {
+        match *self {
+            Op::Var(_) | Op::Const(_) => [None, None],
+            Op::Add(a, b) | Op::Sub(a, b) | Op::Mul(a, b) | Op::Div(a, b) | Op::Pow(a, b) => {
+                [Some(a), Some(b)]
+            }
+            Op::AddConst(a, _)
+            | Op::ConstSub(_, a)
+            | Op::MulConst(a, _)
+            | Op::DivConst(a, _)
+            | Op::ConstDiv(_, a)
+            | Op::Neg(a)
+            | Op::PowI(a, _)
+            | Op::PowF(a, _)
+            | Op::ConstPow(_, a)
+            | Op::Func(_, a) => [Some(a), None],
+        }
+    }
+
+    fn remap(&mut self, map: &[Slot]) {
+        let m = |s: &mut Slot| *s = map[*s as usize];
+        match self {
+            Op::Var(_) | Op::Const(_) => {}
+            Op::Add(a, b) | Op::Sub(a, b) | Op::Mul(a, b) | Op::Div(a, b) | Op::Pow(a, b) => {
+                m(a);
+                m(b);
+            }
+            Op::AddConst(a, _)
+            | Op::ConstSub(_, a)
+            | Op::MulConst(a, _)
+            | Op::DivConst(a, _)
+            | Op::ConstDiv(_, a)
+            | Op::Neg(a)
+            | Op::PowI(a, _)
+            | Op::PowF(a, _)
+            | Op::ConstPow(_, a)
+            | Op::Func(_, a) => m(a),
+        }
+    }
+}
+
+/// Evaluates one instruction. `s` holds the slots written so far.
+#[inline(always)]
+fn step<D: DualNum<Primitive = f64>>(op: Op, s: &[D], x: &[D]) -> D {
+    let at = |i: Slot| &s[i as usize];
+    match op {
+        Op::Var(i) => x[i as usize].clone(),
+        Op::Const(c) => D::from(c),
+        Op::Add(a, b) => at(a).clone() + at(b),
+        Op::Sub(a, b) => at(a).clone() - at(b),
+        Op::Mul(a, b) => at(a).clone() * at(b),
+        Op::Div(a, b) => at(a).clone() / at(b),
+        Op::Pow(a, b) => at(a).powd(at(b).clone()),
+        Op::AddConst(a, c) => at(a).clone() + c,
+        Op::ConstSub(c, a) => -at(a).clone() + c,
+        Op::MulConst(a, c) => at(a).clone() * c,
+        Op::DivConst(a, c) => at(a).clone() / c,
+        Op::ConstDiv(c, a) => at(a).recip() * c,
+        Op::Neg(a) => -at(a).clone(),
+        Op::PowI(a, n) => at(a).powi(n),
+        Op::PowF(a, c) => at(a).powf(c),
+        Op::ConstPow(c, a) => (at(a).clone() * c.ln()).exp(),
+        Op::Func(f, a) => f.apply(at(a)),
+    }
+}
+
+/// Number types the tape can report non-finite parts of.
+pub trait TapeScalar: DualNum<Primitive = f64> {
+    /// Whether the value and every derivative part are finite.
+    fn all_finite(&self) -> bool;
+}
+
+impl TapeScalar for f64 {
+    fn all_finite(&self) -> bool {
+        self.is_finite()
+    }
+}
+
+fn derivative_finite<R: nalgebra::Dim, C: nalgebra::Dim>(d: &Derivative<f64, R, C>) -> bool
+where
+    nalgebra::DefaultAllocator: nalgebra::allocator::Allocator<R, C>,
+{
+    d.0.as_ref().is_none_or(|m| m.iter().all(|v| v.is_finite()))
+}
+
+impl<const N: usize> TapeScalar for Dual2SVec64<N> {
+    fn all_finite(&self) -> bool {
+        self.re.is_finite() && derivative_finite(&self.v1) && derivative_finite(&self.v2)
+    }
+}
+
+type Block = HyperDualVec<f64, U8, U8>;
+
+impl TapeScalar for Block {
+    fn all_finite(&self) -> bool {
+        self.re.is_finite()
+            && derivative_finite(&self.eps1)
+            && derivative_finite(&self.eps2)
+            && derivative_finite(&self.eps1eps2)
+    }
+}
+
+/// Value, gradient and Hessian of one output at one point.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Derivs {
+    /// f(x)
+    pub value: f64,
+    /// ∇f(x)
+    pub gradient: DVector<f64>,
+    /// ∇²f(x), symmetric
+    pub hessian: DMatrix<f64>,
+}
+
+/// A non-finite number met while evaluating a tape.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NonFinite {
+    /// Which instruction first produced it.
+    pub op: usize,
+    /// Where that instruction comes from in the source.
+    pub span: Span,
+    /// Its value (the real part).
+    pub value: f64,
+    /// True when the value is finite but a derivative is not (e.g. `sqrt` at 0).
+    pub in_derivative: bool,
+}
+
+/// A compiled multi-output expression over `dim` variables.
+#[derive(Clone, Debug)]
+pub struct Tape {
+    dim: usize,
+    ops: Vec<Op>,
+    spans: Vec<Span>,
+    outputs: Vec<Slot>,
+}
+
+impl Tape {
+    /// Number of variables.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// Number of outputs.
+    pub fn outputs(&self) -> usize {
+        self.outputs.len()
+    }
+
+    /// Number of instructions.
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// Whether the tape has no instructions (every output would be absent).
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    /// The instructions, for inspection.
+    pub fn ops(&self) -> &[Op] {
+        &self.ops
+    }
+
+    /// Runs the tape over any number type into `slots` (cleared first; its capacity
+    /// is reused across calls).
+    pub fn eval_into<D: TapeScalar>(&self, x: &[D], slots: &mut Vec<D>) -> Result<(), NonFinite> {
+        debug_assert_eq!(x.len(), self.dim);
+        slots.clear();
+        slots.reserve(self.ops.len());
+        for &op in &self.ops {
+            let v = step(op, slots, x);
+            slots.push(v);
+        }
+        if self.outputs.iter().all(|&o| slots[o as usize].all_finite()) {
+            Ok(())
+        } else {
+            Err(self.first_non_finite(slots))
+        }
+    }
+
+    fn first_non_finite<D: TapeScalar>(&self, slots: &[D]) -> NonFinite {
+        let at = |k: usize, in_derivative| NonFinite {
+            op: k,
+            span: self.spans[k],
+            value: slots[k].re(),
+            in_derivative,
+        };
+        // Prefer the first non-finite value; else the first non-finite derivative.
+        if let Some(k) = slots.iter().position(|s| !s.re().is_finite()) {
+            return at(k, false);
+        }
+        let k = slots.iter().position(|s| !s.all_finite()).unwrap_or(0);
+        at(k, true)
+    }
+
+    /// Values of every output.
+    pub fn values(&self, x: &[f64]) -> Result<Vec<f64>, NonFinite> {
+        let mut slots = Vec::new();
+        self.eval_into(x, &mut slots)?;
+        Ok(self.outputs.iter().map(|&o| slots[o as usize]).collect())
+    }
+
+    /// Value, gradient and Hessian of every output.
+    pub fn derivatives(&self, x: &[f64]) -> Result<Vec<Derivs>, NonFinite> {
+        assert_eq!(x.len(), self.dim, "point dimension must match the tape");
+        macro_rules! fixed {
+            ($($n:literal)*) => {
+                match self.dim {
+                    0 => self.derivatives_zero_dim(),
+                    $($n => self.derivatives_static::<$n>(x),)*
+                    _ => self.derivatives_blocked(x),
+                }
+            };
+        }
+        fixed!(1 2 3 4 5 6 7 8)
+    }
+
+    fn derivatives_zero_dim(&self) -> Result<Vec<Derivs>, NonFinite> {
+        let values = self.values(&[])?;
+        Ok(values
+            .into_iter()
+            .map(|value| Derivs {
+                value,
+                gradient: DVector::zeros(0),
+                hessian: DMatrix::zeros(0, 0),
+            })
+            .collect())
+    }
+
+    fn derivatives_static<const N: usize>(&self, x: &[f64]) -> Result<Vec<Derivs>, NonFinite> {
+        let xs: Vec<Dual2SVec64<N>> = (0..N)
+            .map(|i| Dual2SVec64::<N>::from_re(x[i]).derivative(i))
+            .collect();
+        let mut slots = Vec::with_capacity(self.ops.len());
+        self.eval_into(&xs, &mut slots)?;
+        Ok(self
+            .outputs
+            .iter()
+            .map(|&o| {
+                let s = &slots[o as usize];
+                let g = s.v1.clone().unwrap_generic(U1, Const::<N>);
+                let h = s.v2.clone().unwrap_generic(Const::<N>, Const::<N>);
+                Derivs {
+                    value: s.re,
+                    gradient: DVector::from_iterator(N, g.iter().copied()),
+                    hessian: DMatrix::from_iterator(N, N, h.iter().copied()),
+                }
+            })
+            .collect())
+    }
+
+    /// Hessian by 8×8 blocks: directions of block `I` in `eps1`, of block `J` in
+    /// `eps2`; `eps1eps2` is the block `H[I, J]`.
+    fn derivatives_blocked(&self, x: &[f64]) -> Result<Vec<Derivs>, NonFinite> {
+        let d = self.dim;
+        let blocks = d.div_ceil(8);
+        let mut out: Vec<Derivs> = self
+            .outputs
+            .iter()
+            .map(|_| Derivs {
+                value: 0.0,
+                gradient: DVector::zeros(d),
+                hessian: DMatrix::zeros(d, d),
+            })
+            .collect();
+        let mut xs: Vec<Block> = Vec::with_capacity(d);
+        let mut slots: Vec<Block> = Vec::with_capacity(self.ops.len());
+        for bi in 0..blocks {
+            for bj in bi..blocks {
+                xs.clear();
+                for (k, &xk) in x.iter().enumerate() {
+                    let mut v = Block::from_re(xk);
+                    if k / 8 == bi {
+                        v.eps1 = Derivative::derivative_generic(U8, U1, k % 8);
+                    }
+                    if k / 8 == bj {
+                        v.eps2 = Derivative::derivative_generic(U1, U8, k % 8);
+                    }
+                    xs.push(v);
+                }
+                self.eval_into(&xs, &mut slots)?;
+                for (res, &o) in out.iter_mut().zip(&self.outputs) {
+                    let s = &slots[o as usize];
+                    res.value = s.re;
+                    let e1 = s.eps1.clone().unwrap_generic(U8, U1);
+                    let e2 = s.eps2.clone().unwrap_generic(U1, U8);
+                    let h = s.eps1eps2.clone().unwrap_generic(U8, U8);
+                    for a in 0..8 {
+                        let i = bi * 8 + a;
+                        if i < d {
+                            res.gradient[i] = e1[a];
+                        }
+                        let j = bj * 8 + a;
+                        if j < d {
+                            res.gradient[j] = e2[a];
+                        }
+                    }
+                    for a in 0..8 {
+                        for b in 0..8 {
+                            let (i, j) = (bi * 8 + a, bj * 8 + b);
+                            if i < d && j < d {
+                                res.hessian[(i, j)] = h[(a, b)];
+                                res.hessian[(j, i)] = h[(a, b)];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A compile-time value: a folded constant or a slot.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Val {
+    /// Known at compile time.
+    Const(f64),
+    /// Computed at evaluation time.
+    Slot(Slot),
+}
+
+impl Val {
+    /// The constant, if it is one.
+    pub fn as_const(self) -> Option<f64> {
+        match self {
+            Val::Const(c) => Some(c),
+            Val::Slot(_) => None,
+        }
+    }
+}
+
+/// Builds a [`Tape`]: constant folding, hash-consing, dead-code elimination.
+///
+/// Every constructor returns `Err(value)` when a folded constant is not finite, so the
+/// caller can point at the expression at fault.
+#[derive(Debug)]
+pub struct TapeBuilder {
+    dim: usize,
+    ops: Vec<Op>,
+    spans: Vec<Span>,
+    cache: HashMap<(u8, u64, u64), Slot>,
+}
+
+impl TapeBuilder {
+    /// A builder over `dim` variables.
+    pub fn new(dim: usize) -> TapeBuilder {
+        TapeBuilder { dim, ops: Vec::new(), spans: Vec::new(), cache: HashMap::new() }
+    }
+
+    fn emit(&mut self, op: Op, span: Span) -> Val {
+        let key = op.key();
+        if let Some(&s) = self.cache.get(&key) {
+            return Val::Slot(s);
+        }
+        let s = self.ops.len() as Slot;
+        self.ops.push(op);
+        self.spans.push(span);
+        self.cache.insert(key, s);
+        Val::Slot(s)
+    }
+
+    fn fold(c: f64) -> Result<Val, f64> {
+        if c.is_finite() { Ok(Val::Const(c)) } else { Err(c) }
+    }
+
+    /// Coordinate `i`.
+    pub fn var(&mut self, i: usize, span: Span) -> Val {
+        self.emit(Op::Var(i as u32), span)
+    }
+
+    /// `a + b`
+    pub fn add(&mut self, a: Val, b: Val, span: Span) -> Result<Val, f64> {
+        Ok(match (a, b) {
+            (Val::Const(x), Val::Const(y)) => return Self::fold(x + y),
+            (Val::Slot(s), Val::Const(c)) | (Val::Const(c), Val::Slot(s)) => {
+                if c == 0.0 {
+                    Val::Slot(s)
+                } else {
+                    self.emit(Op::AddConst(s, c), span)
+                }
+            }
+            (Val::Slot(x), Val::Slot(y)) => self.emit(Op::Add(x, y), span),
+        })
+    }
+
+    /// `a − b`
+    pub fn sub(&mut self, a: Val, b: Val, span: Span) -> Result<Val, f64> {
+        Ok(match (a, b) {
+            (Val::Const(x), Val::Const(y)) => return Self::fold(x - y),
+            (Val::Slot(s), Val::Const(c)) => {
+                if c == 0.0 {
+                    Val::Slot(s)
+                } else {
+                    self.emit(Op::AddConst(s, -c), span)
+                }
+            }
+            (Val::Const(c), Val::Slot(s)) => self.emit(Op::ConstSub(c, s), span),
+            (Val::Slot(x), Val::Slot(y)) => self.emit(Op::Sub(x, y), span),
+        })
+    }
+
+    /// `a · b`
+    pub fn mul(&mut self, a: Val, b: Val, span: Span) -> Result<Val, f64> {
+        Ok(match (a, b) {
+            (Val::Const(x), Val::Const(y)) => return Self::fold(x * y),
+            (Val::Slot(s), Val::Const(c)) | (Val::Const(c), Val::Slot(s)) => {
+                if c == 1.0 {
+                    Val::Slot(s)
+                } else {
+                    self.emit(Op::MulConst(s, c), span)
+                }
+            }
+            (Val::Slot(x), Val::Slot(y)) => self.emit(Op::Mul(x, y), span),
+        })
+    }
+
+    /// `a / b`
+    pub fn div(&mut self, a: Val, b: Val, span: Span) -> Result<Val, f64> {
+        Ok(match (a, b) {
+            (Val::Const(x), Val::Const(y)) => return Self::fold(x / y),
+            (Val::Slot(s), Val::Const(c)) => {
+                if c == 0.0 {
+                    return Err(f64::INFINITY);
+                }
+                if c == 1.0 { Val::Slot(s) } else { self.emit(Op::DivConst(s, c), span) }
+            }
+            (Val::Const(c), Val::Slot(s)) => self.emit(Op::ConstDiv(c, s), span),
+            (Val::Slot(x), Val::Slot(y)) => self.emit(Op::Div(x, y), span),
+        })
+    }
+
+    /// `−a`
+    pub fn neg(&mut self, a: Val, span: Span) -> Result<Val, f64> {
+        Ok(match a {
+            Val::Const(c) => Val::Const(-c),
+            Val::Slot(s) => self.emit(Op::Neg(s), span),
+        })
+    }
+
+    /// `a^b`. A constant exponent with an integer value is an exact integer power.
+    pub fn pow(&mut self, a: Val, b: Val, span: Span) -> Result<Val, f64> {
+        Ok(match (a, b) {
+            (Val::Const(x), Val::Const(y)) => {
+                return Self::fold(match integer_exponent(y) {
+                    Some(n) => x.powi(n),
+                    None => x.powf(y),
+                });
+            }
+            (Val::Slot(s), Val::Const(c)) => match integer_exponent(c) {
+                Some(1) => Val::Slot(s),
+                Some(n) => self.emit(Op::PowI(s, n), span),
+                None => self.emit(Op::PowF(s, c), span),
+            },
+            (Val::Const(c), Val::Slot(s)) => {
+                if c <= 0.0 {
+                    // c^x for c ≤ 0 is undefined for most x: say so now, not at run time.
+                    return Err(f64::NAN);
+                }
+                self.emit(Op::ConstPow(c, s), span)
+            }
+            (Val::Slot(x), Val::Slot(y)) => self.emit(Op::Pow(x, y), span),
+        })
+    }
+
+    /// `f(a)`
+    pub fn func(&mut self, f: Func, a: Val, span: Span) -> Result<Val, f64> {
+        Ok(match a {
+            Val::Const(c) => return Self::fold(f.apply(&c)),
+            Val::Slot(s) => self.emit(Op::Func(f, s), span),
+        })
+    }
+
+    /// Finishes with the given outputs, keeping only the instructions they need.
+    pub fn finish(mut self, outputs: &[(Val, Span)]) -> Tape {
+        let mut out_slots = Vec::with_capacity(outputs.len());
+        for &(v, span) in outputs {
+            let s = match v {
+                Val::Slot(s) => s,
+                Val::Const(c) => match self.emit(Op::Const(c), span) {
+                    Val::Slot(s) => s,
+                    Val::Const(_) => unreachable!("emit always returns a slot"),
+                },
+            };
+            out_slots.push(s);
+        }
+        // Dead-code elimination: operands always precede users, so one backward pass.
+        let n = self.ops.len();
+        let mut live = vec![false; n];
+        for &s in &out_slots {
+            live[s as usize] = true;
+        }
+        for k in (0..n).rev() {
+            if live[k] {
+                for o in self.ops[k].operands().into_iter().flatten() {
+                    live[o as usize] = true;
+                }
+            }
+        }
+        let mut map = vec![0; n];
+        let mut ops = Vec::new();
+        let mut spans = Vec::new();
+        for k in 0..n {
+            if live[k] {
+                map[k] = ops.len() as Slot;
+                let mut op = self.ops[k];
+                op.remap(&map);
+                ops.push(op);
+                spans.push(self.spans[k]);
+            }
+        }
+        let outputs = out_slots.iter().map(|&s| map[s as usize]).collect();
+        Tape { dim: self.dim, ops, spans, outputs }
+    }
+}
+
+/// The exponent as an `i32` when it is an integer in range (exact integer power).
+pub fn integer_exponent(c: f64) -> Option<i32> {
+    (c.fract() == 0.0 && c.abs() <= 1024.0).then_some(c as i32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sp() -> Span {
+        Span::default()
+    }
+
+    #[test]
+    fn folds_constants_and_shares_repeats() {
+        let mut b = TapeBuilder::new(1);
+        let x = b.var(0, sp());
+        let two = b.add(Val::Const(1.0), Val::Const(1.0), sp()).unwrap();
+        assert_eq!(two, Val::Const(2.0));
+        let a = b.pow(x, two, sp()).unwrap();
+        let a2 = b.pow(x, two, sp()).unwrap();
+        assert_eq!(a, a2);
+        let sum = b.add(a, a2, sp()).unwrap();
+        let tape = b.finish(&[(sum, sp())]);
+        assert_eq!(tape.len(), 3); // x, x^2, x^2 + x^2
+        let d = tape.derivatives(&[3.0]).unwrap();
+        assert_eq!(d[0].value, 18.0);
+        assert_eq!(d[0].gradient[0], 12.0);
+        assert_eq!(d[0].hessian[(0, 0)], 4.0);
+    }
+
+    #[test]
+    fn drops_dead_code() {
+        let mut b = TapeBuilder::new(2);
+        let x = b.var(0, sp());
+        let y = b.var(1, sp());
+        let _unused = b.func(Func::Exp, y, sp()).unwrap();
+        let t = b.finish(&[(x, sp())]);
+        assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn non_finite_constant_is_refused() {
+        let mut b = TapeBuilder::new(0);
+        assert!(b.func(Func::Log, Val::Const(-1.0), sp()).is_err());
+        assert!(b.div(Val::Const(1.0), Val::Const(0.0), sp()).is_err());
+    }
+
+    #[test]
+    fn blocked_hessian_matches_static() {
+        // f = Σ_i x_i^2 x_{i+1} + exp(x_0 x_{n-1}), dimension 3 and 11 (blocked path).
+        for d in [3usize, 11] {
+            let mut b = TapeBuilder::new(d);
+            let xs: Vec<Val> = (0..d).map(|i| b.var(i, sp())).collect();
+            let mut acc = Val::Const(0.0);
+            for i in 0..d - 1 {
+                let sq = b.pow(xs[i], Val::Const(2.0), sp()).unwrap();
+                let t = b.mul(sq, xs[i + 1], sp()).unwrap();
+                acc = b.add(acc, t, sp()).unwrap();
+            }
+            let p = b.mul(xs[0], xs[d - 1], sp()).unwrap();
+            let e = b.func(Func::Exp, p, sp()).unwrap();
+            acc = b.add(acc, e, sp()).unwrap();
+            let tape = b.finish(&[(acc, sp())]);
+            let x: Vec<f64> = (0..d).map(|i| 0.1 * (i as f64) - 0.3).collect();
+            let got = &tape.derivatives(&x).unwrap()[0];
+            // Hand-derived Hessian.
+            let mut h = DMatrix::zeros(d, d);
+            for i in 0..d - 1 {
+                h[(i, i)] += 2.0 * x[i + 1];
+                h[(i, i + 1)] += 2.0 * x[i];
+                h[(i + 1, i)] += 2.0 * x[i];
+            }
+            let ex = (x[0] * x[d - 1]).exp();
+            h[(0, 0)] += x[d - 1] * x[d - 1] * ex;
+            h[(d - 1, d - 1)] += x[0] * x[0] * ex;
+            h[(0, d - 1)] += ex + x[0] * x[d - 1] * ex;
+            h[(d - 1, 0)] += ex + x[0] * x[d - 1] * ex;
+            // 1e-14: a few roundings of O(1) quantities.
+            assert!((&got.hessian - &h).abs().max() < 1e-14, "d = {d}");
+        }
+    }
+}
