@@ -7,6 +7,7 @@
 pub mod models;
 pub mod lang;
 pub mod tape;
+pub mod inspect;
 pub mod problem;
 
 pub use problem::{Derivatives, Overrides, Problem, ProblemError};

@@ -11,6 +11,7 @@
 //! the point instead.
 
 use crate::lang::ast::*;
+use crate::models::{Local, ModelError};
 use crate::lang::source::suggest;
 use crate::lang::{Diagnostic, Source, Span, parse, parse_expr};
 use crate::tape::{Derivs, Func, NonFinite, Tape, TapeBuilder, Val, integer_exponent};
@@ -56,13 +57,16 @@ pub enum ProblemError {
     /// Evaluation met a non-finite number or an invalid Σ(x) at a point.
     #[error("{0}")]
     Eval(Box<Diagnostic>),
+    /// The local data could not be handed to the models (see [`ModelError`]).
+    #[error("{0}")]
+    Model(#[from] ModelError),
 }
 
 impl ProblemError {
     /// Process exit status: 2 for bad input, 1 for a failure while running.
     pub fn exit_code(&self) -> i32 {
         match self {
-            ProblemError::Eval(_) => 1,
+            ProblemError::Eval(_) | ProblemError::Model(_) => 1,
             _ => 2,
         }
     }
@@ -449,6 +453,12 @@ impl Problem {
             noise_cov: self.noise_cov(x)?,
             observables: self.observables(x)?,
         })
+    }
+
+    /// The local data every SDE model reads at x: ∇f, ∇²f and Σ (MODELS.md §2).
+    pub fn local(&self, x: &[f64]) -> Result<Local, ProblemError> {
+        let d = self.derivatives(x)?;
+        Ok(Local::new(d.point, d.gradient, d.hessian, d.noise_cov)?)
     }
 
     /// A point from `name=value` assignments (as given to `--at`), starting from the

@@ -1,0 +1,352 @@
+//! What `hasme check` and `hasme derive` report: a problem's summary, and the
+//! derivatives (and, given η, every model's coefficients) at a point. Each report is a
+//! plain data structure with a stable JSON form (serde) and a text form (`Display`).
+//!
+//! JSON contract of `derive` (documented in the README): `file`, `variables`,
+//! `params`, `point`, `value`, `gradient`, `hessian` (row-major nested arrays),
+//! `noise_kind`, `noise_cov`, `observables` (name → value, in declaration order).
+
+use crate::models::{
+    Model, ModelError, ModelKind, ModelOptions, diffusion_series_terms, drift_series_terms,
+};
+use crate::problem::{NoiseKind, Problem, ProblemError, Structure};
+use nalgebra::DMatrix;
+use serde::Serialize;
+use serde_json::{Map, Value};
+use std::fmt;
+
+/// Summary of a checked problem (`hasme check`).
+#[derive(Clone, Debug, Serialize)]
+pub struct CheckSummary {
+    /// The file.
+    pub file: String,
+    /// Number of variables.
+    pub dimension: usize,
+    /// Variable names.
+    pub variables: Vec<String>,
+    /// Start point.
+    pub start: Vec<f64>,
+    /// Params (after overrides).
+    pub params: Map<String, Value>,
+    /// Noise kind.
+    pub noise_kind: NoiseKind,
+    /// Quadratic objective, constant noise.
+    pub structure: Structure,
+    /// Observable names.
+    pub observables: Vec<String>,
+    /// Warnings, each printed as `file:line:col: …`.
+    pub warnings: Vec<String>,
+}
+
+impl CheckSummary {
+    /// Summarises a problem.
+    ///
+    /// ```
+    /// use hasme::{Problem, inspect::CheckSummary};
+    /// let p = Problem::from_str("var x\nminimize x^2\nnoise sd 0.1").unwrap();
+    /// let s = CheckSummary::new(&p);
+    /// assert!(s.structure.quadratic && s.structure.constant_noise);
+    /// ```
+    pub fn new(problem: &Problem) -> CheckSummary {
+        CheckSummary {
+            file: problem.source().name().to_string(),
+            dimension: problem.dim(),
+            variables: problem.variables().to_vec(),
+            start: problem.start(),
+            params: params_map(problem),
+            noise_kind: problem.noise_kind(),
+            structure: problem.structure(),
+            observables: problem.observable_names().to_vec(),
+            warnings: problem
+                .warnings()
+                .iter()
+                .map(|w| format!("{}:{}:{}: {}", w.file, w.line, w.column, w.message))
+                .collect(),
+        }
+    }
+}
+
+fn params_map(problem: &Problem) -> Map<String, Value> {
+    problem.params().iter().map(|(n, v)| (n.clone(), Value::from(*v))).collect()
+}
+
+fn yes_no(b: bool) -> &'static str {
+    if b { "yes" } else { "no" }
+}
+
+impl fmt::Display for CheckSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{}: ok", self.file)?;
+        let vars: Vec<String> = self
+            .variables
+            .iter()
+            .zip(&self.start)
+            .map(|(n, s)| format!("{n} = {}", num(*s)))
+            .collect();
+        writeln!(f, "  variables      {} (start {})", self.dimension, vars.join(", "))?;
+        let params: Vec<String> =
+            self.params.iter().map(|(n, v)| format!("{n} = {v}")).collect();
+        writeln!(f, "  params         {}", if params.is_empty() { "none".into() } else { params.join(", ") })?;
+        writeln!(f, "  noise          {}", self.noise_kind)?;
+        let degree = self
+            .structure
+            .objective_degree
+            .map_or("not a polynomial".to_string(), |d| format!("polynomial of degree {d}"));
+        writeln!(f, "  quadratic      {} ({degree})", yes_no(self.structure.quadratic))?;
+        writeln!(f, "  constant noise {}", yes_no(self.structure.constant_noise))?;
+        writeln!(f, "  observables    {}", self.observables.join(", "))?;
+        if self.warnings.is_empty() {
+            write!(f, "  warnings       none")
+        } else {
+            write!(f, "  warnings       {}", self.warnings.len())?;
+            for w in &self.warnings {
+                write!(f, "\n    warning: {w}")?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Derivatives at a point (`hasme derive`). `models`, `eta` and `series` are filled
+/// by the caller when η is given.
+#[derive(Clone, Debug, Serialize)]
+pub struct DeriveReport {
+    /// The file.
+    pub file: String,
+    /// Variable names.
+    pub variables: Vec<String>,
+    /// Params (after overrides).
+    pub params: Map<String, Value>,
+    /// The point.
+    pub point: Vec<f64>,
+    /// f(x)
+    pub value: f64,
+    /// ∇f(x)
+    pub gradient: Vec<f64>,
+    /// ∇²f(x), row-major.
+    pub hessian: Vec<Vec<f64>>,
+    /// Noise kind.
+    pub noise_kind: NoiseKind,
+    /// Σ(x), row-major.
+    pub noise_cov: Vec<Vec<f64>>,
+    /// Observable values by name.
+    pub observables: Map<String, Value>,
+    /// Step size, when model coefficients were asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eta: Option<f64>,
+    /// Model coefficients by model name.
+    #[serde(skip_serializing_if = "Map::is_empty")]
+    pub models: Map<String, Value>,
+    /// Backward-error series terms, when asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub series: Option<Value>,
+    /// Text blocks appended to the text form (models, series).
+    #[serde(skip)]
+    pub text_sections: Vec<String>,
+}
+
+impl DeriveReport {
+    /// f, ∇f, ∇²f, Σ and the observables of a problem at a point.
+    ///
+    /// ```
+    /// use hasme::{Problem, inspect::DeriveReport};
+    /// let p = Problem::from_str("var x = 2\nminimize x^3").unwrap();
+    /// let r = DeriveReport::new(&p, &[2.0]).unwrap();
+    /// assert_eq!((r.value, r.gradient[0], r.hessian[0][0]), (8.0, 12.0, 12.0));
+    /// ```
+    pub fn new(problem: &Problem, x: &[f64]) -> Result<DeriveReport, ProblemError> {
+        let d = problem.derivatives(x)?;
+        Ok(DeriveReport {
+            file: problem.source().name().to_string(),
+            variables: problem.variables().to_vec(),
+            params: params_map(problem),
+            point: x.to_vec(),
+            value: d.value,
+            gradient: d.gradient.iter().copied().collect(),
+            hessian: rows(&d.hessian),
+            noise_kind: problem.noise_kind(),
+            noise_cov: rows(&d.noise_cov),
+            observables: problem
+                .observable_names()
+                .iter()
+                .zip(&d.observables)
+                .map(|(n, v)| (n.clone(), Value::from(*v)))
+                .collect(),
+            eta: None,
+            models: Map::new(),
+            series: None,
+            text_sections: Vec::new(),
+        })
+    }
+}
+
+/// A matrix as row-major nested vectors (the JSON layout of every matrix).
+pub fn rows(m: &DMatrix<f64>) -> Vec<Vec<f64>> {
+    (0..m.nrows()).map(|i| m.row(i).iter().copied().collect()).collect()
+}
+
+/// A number for text output: the shortest exact form when short, else 10 significant
+/// digits in scientific notation.
+pub fn num(v: f64) -> String {
+    // −0 (from negating a zero gradient) reads as a sign error; print it as 0.
+    let v = if v == 0.0 { 0.0 } else { v };
+    let s = format!("{v}");
+    if s.len() <= 12 { s } else { format!("{v:.9e}") }
+}
+
+/// A vector for text output.
+pub fn vector(v: &[f64]) -> String {
+    let parts: Vec<String> = v.iter().map(|x| num(*x)).collect();
+    format!("[{}]", parts.join(", "))
+}
+
+/// A matrix for text output: one row per line, columns aligned, indented.
+pub fn matrix(m: &[Vec<f64>], indent: usize) -> String {
+    let cells: Vec<Vec<String>> = m.iter().map(|r| r.iter().map(|x| num(*x)).collect()).collect();
+    let width = cells.iter().flatten().map(String::len).max().unwrap_or(1);
+    let pad = " ".repeat(indent);
+    cells
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let row: Vec<String> = r.iter().map(|c| format!("{c:>width$}")).collect();
+            let lead = if i == 0 { String::new() } else { pad.clone() };
+            format!("{lead}[{}]", row.join("  "))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl fmt::Display for DeriveReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let point: Vec<String> = self
+            .variables
+            .iter()
+            .zip(&self.point)
+            .map(|(n, v)| format!("{n} = {}", num(*v)))
+            .collect();
+        writeln!(f, "{} at ({})", self.file, point.join(", "))?;
+        if let Some(eta) = self.eta {
+            writeln!(f, "  eta        {}", num(eta))?;
+        }
+        writeln!(f, "  f          {}", num(self.value))?;
+        writeln!(f, "  gradient   {}", vector(&self.gradient))?;
+        writeln!(f, "  hessian    {}", matrix(&self.hessian, 13))?;
+        writeln!(f, "  noise_cov  {}   ({})", matrix(&self.noise_cov, 13), self.noise_kind)?;
+        write!(f, "  observables")?;
+        let width = self.observables.keys().map(String::len).max().unwrap_or(0);
+        for (n, v) in &self.observables {
+            let v = v.as_f64().map_or(String::new(), num);
+            write!(f, "\n    {n:<width$}  {v}")?;
+        }
+        for s in &self.text_sections {
+            write!(f, "\n{s}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Which models `derive` adds, for which step size.
+#[derive(Clone, Debug)]
+pub struct ModelRequest {
+    /// The step size η.
+    pub eta: f64,
+    /// The models, in the order to report them.
+    pub models: Vec<ModelKind>,
+    /// Number of backward-error series terms to print (0: none).
+    pub series_terms: usize,
+    /// Fail on (default) or clip a non-PSD Σ or Γ.
+    pub options: ModelOptions,
+}
+
+impl DeriveReport {
+    /// Adds each requested model's drift and diffusion (and the series terms) at the
+    /// report's point. A model that fails (e.g. `ηλ_max ≥ 1` for `hasme`) is reported
+    /// under `models.NAME.error` and in the returned list of failures; the others are
+    /// still computed.
+    ///
+    /// ```
+    /// use hasme::{Problem, inspect::{DeriveReport, ModelRequest}, models::{ModelKind, ModelOptions}};
+    /// let p = Problem::from_str("var x = 1\nminimize x^2\nnoise sd 0.5").unwrap();
+    /// let mut r = DeriveReport::new(&p, &[1.0]).unwrap();
+    /// let req = ModelRequest { eta: 0.1, models: ModelKind::all().to_vec(), series_terms: 2, options: ModelOptions::default() };
+    /// let failures = r.add_models(&p, &req).unwrap();
+    /// assert!(failures.is_empty());
+    /// let drift = r.models["sme2"]["drift"][0].as_f64().unwrap();
+    /// assert!((drift - (-2.0 - 0.05 * 2.0 * 2.0)).abs() < 1e-12); // −g − (η/2)Hg
+    /// ```
+    pub fn add_models(
+        &mut self,
+        problem: &Problem,
+        request: &ModelRequest,
+    ) -> Result<Vec<(ModelKind, ModelError)>, ProblemError> {
+        let local = problem.local(&self.point)?;
+        let eta = request.eta;
+        self.eta = Some(eta);
+        let mut failures = Vec::new();
+        let mut text = String::from("  models");
+        let width = request.models.iter().map(|m| m.to_string().len()).max().unwrap_or(0);
+        for kind in &request.models {
+            let name = kind.to_string();
+            match kind.coefficients_with(&local, eta, &request.options) {
+                Ok(c) => {
+                    let diffusion = rows(&c.diffusion);
+                    let mut entry = Map::new();
+                    entry.insert("drift".into(), Value::from(c.drift.iter().copied().collect::<Vec<f64>>()));
+                    entry.insert("diffusion".into(), serde_json::to_value(&diffusion).unwrap_or(Value::Null));
+                    entry.insert("weak_order".into(), Value::from(kind.weak_order()));
+                    entry.insert("warnings".into(), Value::from(c.warnings.clone()));
+                    self.models.insert(name.clone(), Value::Object(entry));
+                    let drift: Vec<f64> = c.drift.iter().copied().collect();
+                    text.push_str(&format!("\n    {name:<width$}  drift      {}", vector(&drift)));
+                    let pad = width + 17;
+                    text.push_str(&format!(
+                        "\n    {:<width$}  diffusion  {}",
+                        "",
+                        matrix(&diffusion, pad)
+                    ));
+                    for w in &c.warnings {
+                        text.push_str(&format!("\n    {:<width$}  warning: {w}", ""));
+                    }
+                }
+                Err(e) => {
+                    let mut entry = Map::new();
+                    entry.insert("error".into(), Value::from(e.to_string()));
+                    self.models.insert(name.clone(), Value::Object(entry));
+                    text.push_str(&format!("\n    {name:<width$}  error: {e}"));
+                    failures.push((*kind, e));
+                }
+            }
+        }
+        self.text_sections.push(text);
+        if request.series_terms > 0 {
+            let k = request.series_terms;
+            let series = (|| -> Result<Value, ModelError> {
+                let drift = drift_series_terms(&local, eta, k)?;
+                let diffusion = diffusion_series_terms(&local, eta, k)?;
+                let mut text = String::from(
+                    "  series (drift term k = −(ηH)^k g/(k+1); diffusion term k = η 𝒬^k(Σ)/(k+1), 𝒬(S) = S − PSPᵀ, P = I − ηH)",
+                );
+                for (i, (b, g)) in drift.iter().zip(&diffusion).enumerate() {
+                    let b: Vec<f64> = b.iter().copied().collect();
+                    text.push_str(&format!("\n    k = {i:<3}  drift      {}", vector(&b)));
+                    text.push_str(&format!("\n{:13}diffusion  {}", "", matrix(&rows(g), 24)));
+                }
+                self.text_sections.push(text);
+                Ok(serde_json::json!({
+                    "drift": drift.iter().map(|t| t.iter().copied().collect::<Vec<f64>>()).collect::<Vec<_>>(),
+                    "diffusion": diffusion.iter().map(rows).collect::<Vec<_>>(),
+                }))
+            })();
+            match series {
+                Ok(v) => self.series = Some(v),
+                Err(e) => {
+                    self.series = Some(serde_json::json!({ "error": e.to_string() }));
+                    self.text_sections.push(format!("  series  error: {e}"));
+                    failures.push((ModelKind::Series(k as u32), e));
+                }
+            }
+        }
+        Ok(failures)
+    }
+}
