@@ -1,1 +1,76 @@
-fn main() {}
+//! The cost of model coefficients at one point (spec MODELS.md §2), measured as a ratio
+//! against a baseline in the same run: one symmetric eigendecomposition of `H` at the
+//! same dimension. `hasme` needs three (H, and Σ and Γ for their PSD checks and the
+//! symmetric square root σ), plus a handful of d×d products, so its ratio to the
+//! baseline is the number to watch.
+//!
+//! Each benchmark is one function taking the group and the local data, so further
+//! rows (e.g. the derivative cost of producing that local data) slot in beside them.
+//! Run: `cargo bench --bench models`; ids are `models/<what>/<d>`.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, BenchmarkId, Criterion, criterion_group, criterion_main};
+use hasme::models::{Local, Model, ModelKind};
+use nalgebra::{DMatrix, DVector, SymmetricEigen};
+
+/// The dimensions measured: tiny, small, and where the O(d³) terms dominate.
+const DIMS: [usize; 3] = [2, 8, 32];
+
+/// Deterministic local data of dimension `d` (no RNG, same numbers on every machine):
+/// an indefinite symmetric `H`, a full-rank PSD `Σ = BBᵀ/d + I/10`, and `η` at half of
+/// `1/λ_max`, inside the domain of the resummed models.
+fn bench_case(d: usize) -> (Local, f64) {
+    let h = DMatrix::from_fn(d, d, |i, j| {
+        let (i, j) = (i as f64, j as f64);
+        (i * j + 1.0).sin() + (j * i + 1.0).sin() + if i == j { 2.0 } else { 0.0 }
+    });
+    let b = DMatrix::from_fn(d, d, |i, j| (i as f64 + 2.0 * j as f64 + 0.5).cos());
+    let sigma = &b * b.transpose() / d as f64 + DMatrix::identity(d, d) * 0.1;
+    let gradient = DVector::from_fn(d, |i, _| (i as f64 + 1.0).sin());
+    let point = DVector::from_fn(d, |i, _| 0.1 * i as f64);
+    let lambda_max = h.symmetric_eigenvalues().max().max(1.0);
+    let local = Local::new(point, gradient, h, sigma).expect("the bench data is valid");
+    (local, 0.5 / lambda_max)
+}
+
+/// Baseline: one symmetric eigendecomposition (values and vectors) of `H`.
+fn eigendecomposition(group: &mut BenchmarkGroup<'_, WallTime>, local: &Local) {
+    group.bench_with_input(
+        BenchmarkId::new("eigendecomposition", local.dim()),
+        local,
+        |bench, local| {
+            bench.iter(|| SymmetricEigen::new(black_box(local.hessian.clone())));
+        },
+    );
+}
+
+/// `hasme` drift, diffusion and factor, as a simulator calls it at each step.
+fn hasme_coefficients(group: &mut BenchmarkGroup<'_, WallTime>, local: &Local, eta: f64) {
+    group.bench_with_input(
+        BenchmarkId::new("hasme", local.dim()),
+        local,
+        |bench, local| {
+            bench.iter(|| ModelKind::Hasme.coefficients(black_box(local), black_box(eta)));
+        },
+    );
+}
+
+fn models(c: &mut Criterion) {
+    let mut group = c.benchmark_group("models");
+    // Short and fixed, so the whole bench runs in well under a minute: these are
+    // microsecond-scale calls, and 2 s gives criterion thousands of samples.
+    group.warm_up_time(Duration::from_millis(500));
+    group.measurement_time(Duration::from_secs(2));
+    for d in DIMS {
+        let (local, eta) = bench_case(d);
+        eigendecomposition(&mut group, &local);
+        hasme_coefficients(&mut group, &local, eta);
+    }
+    group.finish();
+}
+
+criterion_group!(benches, models);
+criterion_main!(benches);

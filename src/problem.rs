@@ -14,7 +14,9 @@ use crate::lang::ast::*;
 use crate::models::{Local, ModelError};
 use crate::lang::source::suggest;
 use crate::lang::{Diagnostic, Source, Span, parse, parse_expr};
-use crate::tape::{Derivs, Func, NonFinite, Tape, TapeBuilder, Val, integer_exponent};
+use crate::tape::{
+    Derivs, Func, Jets, NonFinite, Tape, TapeBuilder, Val, Workspace, integer_exponent,
+};
 use nalgebra::{DMatrix, DVector, SymmetricEigen};
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
@@ -361,6 +363,29 @@ impl Problem {
         self.check_point(x)?;
         let mut d = self.objective.derivatives(x).map_err(|nf| self.eval_error(nf, x))?;
         Ok(d.remove(0))
+    }
+
+    /// Value, gradient and Hessian of f at x into reusable buffers (no allocation
+    /// after the first call): the form for hot loops.
+    ///
+    /// ```
+    /// use hasme::Problem;
+    /// use hasme::tape::{Jets, Workspace};
+    /// let p = Problem::from_str("var x, y\nminimize x^2*y").unwrap();
+    /// let (mut ws, mut jets) = (Workspace::default(), Jets::default());
+    /// p.objective_derivatives_with(&[3.0, 2.0], &mut ws, &mut jets).unwrap();
+    /// assert_eq!(jets.values[0], 18.0);
+    /// assert_eq!(jets.gradient(0), &[12.0, 9.0]);
+    /// assert_eq!(jets.hessian(0), &[4.0, 6.0, 6.0, 0.0]);
+    /// ```
+    pub fn objective_derivatives_with(
+        &self,
+        x: &[f64],
+        ws: &mut Workspace,
+        jets: &mut Jets,
+    ) -> Result<(), ProblemError> {
+        self.check_point(x)?;
+        self.objective.derivatives_with(x, ws, jets).map_err(|nf| self.eval_error(nf, x))
     }
 
     /// Σ(x), checked symmetric and positive semidefinite.

@@ -14,7 +14,7 @@
 //! stays allocation-free for any d.
 
 use crate::lang::Span;
-use nalgebra::{Const, DMatrix, DVector, U1, U8};
+use nalgebra::{DMatrix, DVector, U1, U8};
 use num_dual::{Derivative, Dual2SVec64, DualNum, HyperDualVec};
 use std::collections::HashMap;
 
@@ -410,71 +410,76 @@ impl Tape {
         Ok(self.outputs.iter().map(|&o| slots[o as usize]).collect())
     }
 
-    /// Value, gradient and Hessian of every output.
+    /// Value, gradient and Hessian of every output (allocating; see
+    /// [`Tape::derivatives_with`] for the allocation-free form).
     pub fn derivatives(&self, x: &[f64]) -> Result<Vec<Derivs>, NonFinite> {
+        let mut ws = Workspace::default();
+        let mut jets = Jets::default();
+        self.derivatives_with(x, &mut ws, &mut jets)?;
+        Ok((0..self.outputs.len()).map(|k| jets.derivs(k)).collect())
+    }
+
+    /// Value, gradient and Hessian of every output into `jets`, reusing the buffers
+    /// of `ws` and `jets`: after the first call at a given size, no allocation.
+    pub fn derivatives_with(
+        &self,
+        x: &[f64],
+        ws: &mut Workspace,
+        jets: &mut Jets,
+    ) -> Result<(), NonFinite> {
         assert_eq!(x.len(), self.dim, "point dimension must match the tape");
+        jets.reset(self.dim, self.outputs.len());
         macro_rules! fixed {
-            ($($n:literal)*) => {
+            ($($n:literal => $field:ident),*) => {
                 match self.dim {
-                    0 => self.derivatives_zero_dim(),
-                    $($n => self.derivatives_static::<$n>(x),)*
-                    _ => self.derivatives_blocked(x),
+                    $($n => self.derivatives_static::<$n>(x, &mut ws.$field, jets),)*
+                    _ => self.derivatives_blocked(x, ws, jets),
                 }
             };
         }
-        fixed!(1 2 3 4 5 6 7 8)
+        fixed!(1 => s1, 2 => s2, 3 => s3, 4 => s4, 5 => s5, 6 => s6, 7 => s7, 8 => s8)
     }
 
-    fn derivatives_zero_dim(&self) -> Result<Vec<Derivs>, NonFinite> {
-        let values = self.values(&[])?;
-        Ok(values
-            .into_iter()
-            .map(|value| Derivs {
-                value,
-                gradient: DVector::zeros(0),
-                hessian: DMatrix::zeros(0, 0),
-            })
-            .collect())
-    }
-
-    fn derivatives_static<const N: usize>(&self, x: &[f64]) -> Result<Vec<Derivs>, NonFinite> {
-        let xs: Vec<Dual2SVec64<N>> = (0..N)
-            .map(|i| Dual2SVec64::<N>::from_re(x[i]).derivative(i))
-            .collect();
-        let mut slots = Vec::with_capacity(self.ops.len());
-        self.eval_into(&xs, &mut slots)?;
-        Ok(self
-            .outputs
-            .iter()
-            .map(|&o| {
-                let s = &slots[o as usize];
-                let g = s.v1.clone().unwrap_generic(U1, Const::<N>);
-                let h = s.v2.clone().unwrap_generic(Const::<N>, Const::<N>);
-                Derivs {
-                    value: s.re,
-                    gradient: DVector::from_iterator(N, g.iter().copied()),
-                    hessian: DMatrix::from_iterator(N, N, h.iter().copied()),
-                }
-            })
-            .collect())
+    fn derivatives_static<const N: usize>(
+        &self,
+        x: &[f64],
+        slots: &mut Vec<Dual2SVec64<N>>,
+        jets: &mut Jets,
+    ) -> Result<(), NonFinite> {
+        let xs: [Dual2SVec64<N>; N] =
+            std::array::from_fn(|i| Dual2SVec64::<N>::from_re(x[i]).derivative(i));
+        self.eval_into(&xs, slots)?;
+        for (k, &o) in self.outputs.iter().enumerate() {
+            let s = &slots[o as usize];
+            jets.values[k] = s.re;
+            if let Some(g) = &s.v1.0 {
+                jets.gradients[k * N..(k + 1) * N].copy_from_slice(g.as_slice());
+            }
+            if let Some(h) = &s.v2.0 {
+                // Symmetric, so column-major storage is also row-major.
+                jets.hessians[k * N * N..(k + 1) * N * N].copy_from_slice(h.as_slice());
+            }
+        }
+        Ok(())
     }
 
     /// Hessian by 8×8 blocks: directions of block `I` in `eps1`, of block `J` in
-    /// `eps2`; `eps1eps2` is the block `H[I, J]`.
-    fn derivatives_blocked(&self, x: &[f64]) -> Result<Vec<Derivs>, NonFinite> {
+    /// `eps2`; `eps1eps2` is the block `H[I, J]`. Blocks on or above the diagonal only.
+    fn derivatives_blocked(&self, x: &[f64], ws: &mut Workspace, jets: &mut Jets) -> Result<(), NonFinite> {
         let d = self.dim;
+        if d == 0 {
+            let mut slots = std::mem::take(&mut ws.f);
+            let r = self.eval_into(&[], &mut slots);
+            for (k, &o) in self.outputs.iter().enumerate() {
+                if r.is_ok() {
+                    jets.values[k] = slots[o as usize];
+                }
+            }
+            ws.f = slots;
+            return r;
+        }
         let blocks = d.div_ceil(8);
-        let mut out: Vec<Derivs> = self
-            .outputs
-            .iter()
-            .map(|_| Derivs {
-                value: 0.0,
-                gradient: DVector::zeros(d),
-                hessian: DMatrix::zeros(d, d),
-            })
-            .collect();
-        let mut xs: Vec<Block> = Vec::with_capacity(d);
-        let mut slots: Vec<Block> = Vec::with_capacity(self.ops.len());
+        let (xs, slots) = (&mut ws.block_x, &mut ws.block);
         for bi in 0..blocks {
             for bj in bi..blocks {
                 xs.clear();
@@ -488,36 +493,97 @@ impl Tape {
                     }
                     xs.push(v);
                 }
-                self.eval_into(&xs, &mut slots)?;
-                for (res, &o) in out.iter_mut().zip(&self.outputs) {
+                self.eval_into(xs, slots)?;
+                for (k, &o) in self.outputs.iter().enumerate() {
                     let s = &slots[o as usize];
-                    res.value = s.re;
-                    let e1 = s.eps1.clone().unwrap_generic(U8, U1);
-                    let e2 = s.eps2.clone().unwrap_generic(U1, U8);
-                    let h = s.eps1eps2.clone().unwrap_generic(U8, U8);
-                    for a in 0..8 {
-                        let i = bi * 8 + a;
-                        if i < d {
-                            res.gradient[i] = e1[a];
-                        }
-                        let j = bj * 8 + a;
-                        if j < d {
-                            res.gradient[j] = e2[a];
+                    jets.values[k] = s.re;
+                    let grad = &mut jets.gradients[k * d..(k + 1) * d];
+                    if let Some(e1) = &s.eps1.0 {
+                        for a in 0..8.min(d - bi * 8) {
+                            grad[bi * 8 + a] = e1[a];
                         }
                     }
-                    for a in 0..8 {
-                        for b in 0..8 {
-                            let (i, j) = (bi * 8 + a, bj * 8 + b);
-                            if i < d && j < d {
-                                res.hessian[(i, j)] = h[(a, b)];
-                                res.hessian[(j, i)] = h[(a, b)];
+                    if let Some(e2) = &s.eps2.0 {
+                        for a in 0..8.min(d - bj * 8) {
+                            grad[bj * 8 + a] = e2[a];
+                        }
+                    }
+                    if let Some(h) = &s.eps1eps2.0 {
+                        let hess = &mut jets.hessians[k * d * d..(k + 1) * d * d];
+                        for a in 0..8.min(d - bi * 8) {
+                            for b in 0..8.min(d - bj * 8) {
+                                let (i, j) = (bi * 8 + a, bj * 8 + b);
+                                hess[i * d + j] = h[(a, b)];
+                                hess[j * d + i] = h[(a, b)];
                             }
                         }
                     }
                 }
             }
         }
-        Ok(out)
+        Ok(())
+    }
+}
+
+/// Reusable evaluation buffers, one per number type, so repeated derivative calls
+/// allocate nothing.
+#[derive(Clone, Debug, Default)]
+pub struct Workspace {
+    s1: Vec<Dual2SVec64<1>>,
+    s2: Vec<Dual2SVec64<2>>,
+    s3: Vec<Dual2SVec64<3>>,
+    s4: Vec<Dual2SVec64<4>>,
+    s5: Vec<Dual2SVec64<5>>,
+    s6: Vec<Dual2SVec64<6>>,
+    s7: Vec<Dual2SVec64<7>>,
+    s8: Vec<Dual2SVec64<8>>,
+    block: Vec<Block>,
+    block_x: Vec<Block>,
+    f: Vec<f64>,
+}
+
+/// Values, gradients and Hessians of every output of a tape at one point, in flat
+/// buffers (gradients `k·d + i`, Hessians row-major `k·d² + i·d + j`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Jets {
+    dim: usize,
+    /// Output values.
+    pub values: Vec<f64>,
+    /// Gradients, output after output.
+    pub gradients: Vec<f64>,
+    /// Hessians, output after output, each row-major.
+    pub hessians: Vec<f64>,
+}
+
+impl Jets {
+    fn reset(&mut self, dim: usize, outputs: usize) {
+        self.dim = dim;
+        self.values.clear();
+        self.values.resize(outputs, 0.0);
+        self.gradients.clear();
+        self.gradients.resize(outputs * dim, 0.0);
+        self.hessians.clear();
+        self.hessians.resize(outputs * dim * dim, 0.0);
+    }
+
+    /// Gradient of output `k`.
+    pub fn gradient(&self, k: usize) -> &[f64] {
+        &self.gradients[k * self.dim..(k + 1) * self.dim]
+    }
+
+    /// Hessian of output `k`, row-major.
+    pub fn hessian(&self, k: usize) -> &[f64] {
+        let d2 = self.dim * self.dim;
+        &self.hessians[k * d2..(k + 1) * d2]
+    }
+
+    /// Output `k` as owned matrices.
+    pub fn derivs(&self, k: usize) -> Derivs {
+        Derivs {
+            value: self.values[k],
+            gradient: DVector::from_column_slice(self.gradient(k)),
+            hessian: DMatrix::from_row_slice(self.dim, self.dim, self.hessian(k)),
+        }
     }
 }
 

@@ -156,8 +156,9 @@ fn symmetrised(
     for i in 0..d {
         for j in 0..i {
             let asymmetry = (a[(i, j)] - a[(j, i)]).abs();
-            // `!(≤)` so that an overflowing difference (inf) is also rejected.
-            if !(asymmetry <= tolerance) {
+            // The entries are finite, so the difference is finite or +inf (overflow),
+            // and an overflowing difference is rejected too.
+            if asymmetry > tolerance {
                 return Err(ModelError::NotSymmetric {
                     quantity,
                     row: i,

@@ -108,9 +108,13 @@ impl Psd {
         recompose(&self.eigen, |mu| mu.max(0.0))
     }
 
-    /// The symmetric PSD square root of the clipped matrix, `V diag(√max(μ, 0)) Vᵀ`.
+    /// The symmetric PSD square root of the clipped matrix, `V diag(√μ₊) Vᵀ`, where
+    /// eigenvalues below `PSD_TOLERANCE · scale` count as 0. Why also the small positive
+    /// ones: they are round-off as much as the small negative ones, and the square root
+    /// would blow a round-off eigenvalue of 1e−18 up to a spurious 1e−9 in σ.
     pub(crate) fn sqrt(&self) -> DMatrix<f64> {
-        recompose(&self.eigen, |mu| mu.max(0.0).sqrt())
+        let floor = PSD_TOLERANCE * self.scale;
+        recompose(&self.eigen, |mu| if mu > floor { mu.sqrt() } else { 0.0 })
     }
 }
 
@@ -132,8 +136,9 @@ impl Spectrum {
         let e = eigen(hessian.clone(), "the Hessian", point)?;
         let lambda_max = e.eigenvalues.max();
         let product = eta * lambda_max;
-        // `!(<)`: an overflowing product is outside the domain too.
-        if !(product < 1.0) {
+        // η and λ_max are finite, so the product is finite or ±inf, never NaN; +inf is
+        // outside the domain too.
+        if product >= 1.0 {
             return Err(ModelError::StepSizeTooLarge {
                 lambda_max,
                 eta,
