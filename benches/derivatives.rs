@@ -48,14 +48,17 @@ fn rosenbrock_hand<D: DualNum<Primitive = f64> + Copy>(v: SVector<D, 8>) -> D {
 
 fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("derivatives");
-    g.warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
+    g.warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
 
     let saddle = Problem::from_str(SADDLE).expect("saddle parses");
     let xs = [0.3, -0.7];
     let (mut ws, mut jets) = (Workspace::default(), Jets::default());
     g.bench_function("saddle/tape", |b| {
         b.iter(|| {
-            saddle.objective_derivatives_with(black_box(&xs), &mut ws, &mut jets).expect("finite");
+            saddle
+                .objective_derivatives_with(black_box(&xs), &mut ws, &mut jets)
+                .expect("finite");
             jets.values[0]
         })
     });
@@ -68,7 +71,9 @@ fn bench(c: &mut Criterion) {
     let xr: Vec<f64> = (0..8).map(|i| 0.1 * i as f64 - 0.2).collect();
     g.bench_function("rosenbrock8/tape", |b| {
         b.iter(|| {
-            rosen.objective_derivatives_with(black_box(&xr), &mut ws, &mut jets).expect("finite");
+            rosen
+                .objective_derivatives_with(black_box(&xr), &mut ws, &mut jets)
+                .expect("finite");
             jets.values[0]
         })
     });

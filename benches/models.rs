@@ -4,8 +4,9 @@
 //! symmetric square root σ), plus a handful of d×d products, so its ratio to the
 //! baseline is the number to watch.
 //!
-//! Each benchmark is one function taking the group and the local data, so further
-//! rows (e.g. the derivative cost of producing that local data) slot in beside them.
+//! A third row per dimension times the derivatives (value, gradient, Hessian of a
+//! smooth d-variable objective from its tape), so the report can say what the models
+//! cost relative to producing their input.
 //! Run: `cargo bench --bench models`; ids are `models/<what>/<d>`.
 
 use std::hint::black_box;
@@ -13,7 +14,9 @@ use std::time::Duration;
 
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, BenchmarkId, Criterion, criterion_group, criterion_main};
+use hasme::Problem;
 use hasme::models::{Local, Model, ModelKind};
+use hasme::tape::{Jets, Workspace};
 use nalgebra::{DMatrix, DVector, SymmetricEigen};
 
 /// The dimensions measured: tiny, small, and where the O(d³) terms dominate.
@@ -58,6 +61,40 @@ fn hasme_coefficients(group: &mut BenchmarkGroup<'_, WallTime>, local: &Local, e
     );
 }
 
+/// A smooth non-quadratic objective in `d` variables, written out in the file language:
+/// a chain of quartic couplings plus a cosine per coordinate.
+fn chain_problem(d: usize) -> Problem {
+    let vars: Vec<String> = (1..=d)
+        .map(|i| format!("x{i} = {}", 0.1 * i as f64))
+        .collect();
+    let mut terms: Vec<String> = (1..d)
+        .map(|i| format!("0.25*(x{i}^2 - x{})^2", i + 1))
+        .collect();
+    terms.extend((1..=d).map(|i| format!("0.5*x{i}^2 + 0.1*cos(x{i})")));
+    Problem::from_str(&format!(
+        "var {}\nminimize {}",
+        vars.join(", "),
+        terms.join(" + ")
+    ))
+    .expect("the bench objective parses")
+}
+
+/// The derivative cost the model coefficients are compared with: value, gradient and
+/// Hessian of a `d`-variable objective from its compiled tape.
+fn derivatives(group: &mut BenchmarkGroup<'_, WallTime>, d: usize) {
+    let problem = chain_problem(d);
+    let x = problem.start();
+    let (mut ws, mut jets) = (Workspace::default(), Jets::default());
+    group.bench_function(BenchmarkId::new("derivatives", d), |bench| {
+        bench.iter(|| {
+            problem
+                .objective_derivatives_with(black_box(&x), &mut ws, &mut jets)
+                .expect("finite");
+            jets.values[0]
+        });
+    });
+}
+
 fn models(c: &mut Criterion) {
     let mut group = c.benchmark_group("models");
     // Short and fixed, so the whole bench runs in well under a minute: these are
@@ -68,6 +105,7 @@ fn models(c: &mut Criterion) {
         let (local, eta) = bench_case(d);
         eigendecomposition(&mut group, &local);
         hasme_coefficients(&mut group, &local, eta);
+        derivatives(&mut group, d);
     }
     group.finish();
 }

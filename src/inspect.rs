@@ -67,7 +67,11 @@ impl CheckSummary {
 }
 
 fn params_map(problem: &Problem) -> Map<String, Value> {
-    problem.params().iter().map(|(n, v)| (n.clone(), Value::from(*v))).collect()
+    problem
+        .params()
+        .iter()
+        .map(|(n, v)| (n.clone(), Value::from(*v)))
+        .collect()
 }
 
 fn yes_no(b: bool) -> &'static str {
@@ -83,17 +87,43 @@ impl fmt::Display for CheckSummary {
             .zip(&self.start)
             .map(|(n, s)| format!("{n} = {}", num(*s)))
             .collect();
-        writeln!(f, "  variables      {} (start {})", self.dimension, vars.join(", "))?;
-        let params: Vec<String> =
-            self.params.iter().map(|(n, v)| format!("{n} = {v}")).collect();
-        writeln!(f, "  params         {}", if params.is_empty() { "none".into() } else { params.join(", ") })?;
+        writeln!(
+            f,
+            "  variables      {} (start {})",
+            self.dimension,
+            vars.join(", ")
+        )?;
+        let params: Vec<String> = self
+            .params
+            .iter()
+            .map(|(n, v)| format!("{n} = {v}"))
+            .collect();
+        writeln!(
+            f,
+            "  params         {}",
+            if params.is_empty() {
+                "none".into()
+            } else {
+                params.join(", ")
+            }
+        )?;
         writeln!(f, "  noise          {}", self.noise_kind)?;
         let degree = self
             .structure
             .objective_degree
-            .map_or("not a polynomial".to_string(), |d| format!("polynomial of degree {d}"));
-        writeln!(f, "  quadratic      {} ({degree})", yes_no(self.structure.quadratic))?;
-        writeln!(f, "  constant noise {}", yes_no(self.structure.constant_noise))?;
+            .map_or("not a polynomial".to_string(), |d| {
+                format!("polynomial of degree {d}")
+            });
+        writeln!(
+            f,
+            "  quadratic      {} ({degree})",
+            yes_no(self.structure.quadratic)
+        )?;
+        writeln!(
+            f,
+            "  constant noise {}",
+            yes_no(self.structure.constant_noise)
+        )?;
         writeln!(f, "  observables    {}", self.observables.join(", "))?;
         if self.warnings.is_empty() {
             write!(f, "  warnings       none")
@@ -182,7 +212,9 @@ impl DeriveReport {
 
 /// A matrix as row-major nested vectors (the JSON layout of every matrix).
 pub fn rows(m: &DMatrix<f64>) -> Vec<Vec<f64>> {
-    (0..m.nrows()).map(|i| m.row(i).iter().copied().collect()).collect()
+    (0..m.nrows())
+        .map(|i| m.row(i).iter().copied().collect())
+        .collect()
 }
 
 /// A number for text output: the shortest exact form when short, else 10 significant
@@ -202,7 +234,10 @@ pub fn vector(v: &[f64]) -> String {
 
 /// A matrix for text output: one row per line, columns aligned, indented.
 pub fn matrix(m: &[Vec<f64>], indent: usize) -> String {
-    let cells: Vec<Vec<String>> = m.iter().map(|r| r.iter().map(|x| num(*x)).collect()).collect();
+    let cells: Vec<Vec<String>> = m
+        .iter()
+        .map(|r| r.iter().map(|x| num(*x)).collect())
+        .collect();
     let width = cells.iter().flatten().map(String::len).max().unwrap_or(1);
     let pad = " ".repeat(indent);
     cells
@@ -232,7 +267,12 @@ impl fmt::Display for DeriveReport {
         writeln!(f, "  f          {}", num(self.value))?;
         writeln!(f, "  gradient   {}", vector(&self.gradient))?;
         writeln!(f, "  hessian    {}", matrix(&self.hessian, 13))?;
-        writeln!(f, "  noise_cov  {}   ({})", matrix(&self.noise_cov, 13), self.noise_kind)?;
+        writeln!(
+            f,
+            "  noise_cov  {}   ({})",
+            matrix(&self.noise_cov, 13),
+            self.noise_kind
+        )?;
         write!(f, "  observables")?;
         let width = self.observables.keys().map(String::len).max().unwrap_or(0);
         for (n, v) in &self.observables {
@@ -285,20 +325,34 @@ impl DeriveReport {
         self.eta = Some(eta);
         let mut failures = Vec::new();
         let mut text = String::from("  models");
-        let width = request.models.iter().map(|m| m.to_string().len()).max().unwrap_or(0);
+        let width = request
+            .models
+            .iter()
+            .map(|m| m.to_string().len())
+            .max()
+            .unwrap_or(0);
         for kind in &request.models {
             let name = kind.to_string();
             match kind.coefficients_with(&local, eta, &request.options) {
                 Ok(c) => {
                     let diffusion = rows(&c.diffusion);
                     let mut entry = Map::new();
-                    entry.insert("drift".into(), Value::from(c.drift.iter().copied().collect::<Vec<f64>>()));
-                    entry.insert("diffusion".into(), serde_json::to_value(&diffusion).unwrap_or(Value::Null));
+                    entry.insert(
+                        "drift".into(),
+                        Value::from(c.drift.iter().copied().collect::<Vec<f64>>()),
+                    );
+                    entry.insert(
+                        "diffusion".into(),
+                        serde_json::to_value(&diffusion).unwrap_or(Value::Null),
+                    );
                     entry.insert("weak_order".into(), Value::from(kind.weak_order()));
                     entry.insert("warnings".into(), Value::from(c.warnings.clone()));
                     self.models.insert(name.clone(), Value::Object(entry));
                     let drift: Vec<f64> = c.drift.iter().copied().collect();
-                    text.push_str(&format!("\n    {name:<width$}  drift      {}", vector(&drift)));
+                    text.push_str(&format!(
+                        "\n    {name:<width$}  drift      {}",
+                        vector(&drift)
+                    ));
                     let pad = width + 17;
                     text.push_str(&format!(
                         "\n    {:<width$}  diffusion  {}",

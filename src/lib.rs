@@ -4,10 +4,10 @@
 //! compiled tape ([`tape`]) → derivatives → model coefficients ([`models`]).
 //! See `ARCHITECTURE.md` for the code map and the invariants.
 
-pub mod models;
-pub mod lang;
-pub mod tape;
 pub mod inspect;
+pub mod lang;
+pub mod models;
 pub mod problem;
+pub mod tape;
 
 pub use problem::{Derivatives, Overrides, Problem, ProblemError};

@@ -12,7 +12,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "hasme", version, about = "SGD and its stochastic modified equations (GF, SME-1, SME-2, HA-SME)")]
+#[command(
+    name = "hasme",
+    version,
+    about = "SGD and its stochastic modified equations (GF, SME-1, SME-2, HA-SME)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -107,7 +111,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Derive { file, at, set, eta, model, series, psd, json } => {
+        Command::Derive {
+            file,
+            at,
+            set,
+            eta,
+            model,
+            series,
+            psd,
+            json,
+        } => {
             let problem = Problem::from_file(&file, &Overrides::parse(&set)?)?;
             let x = problem.point_from_assignments(at.as_deref().unwrap_or(""))?;
             let mut report = DeriveReport::new(&problem, &x)?;
@@ -120,7 +133,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             if let Some(eta) = eta {
                 if !(eta.is_finite() && eta > 0.0) {
-                    return Err(ProblemError::Usage(format!("--eta must be a finite number > 0, got {eta}")).into());
+                    return Err(ProblemError::Usage(format!(
+                        "--eta must be a finite number > 0, got {eta}"
+                    ))
+                    .into());
                 }
                 let request = ModelRequest {
                     eta,
@@ -144,7 +160,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 println!("{report}");
             }
-            Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
+            Ok(if failed {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
         }
     }
 }
@@ -159,7 +179,10 @@ fn parse_models(names: &[String]) -> Result<Vec<ModelKind>, ProblemError> {
         let kinds = if n == "all" {
             ModelKind::all().to_vec()
         } else {
-            vec![n.parse::<ModelKind>().map_err(|e| ProblemError::Usage(format!("--model: {e}")))?]
+            vec![
+                n.parse::<ModelKind>()
+                    .map_err(|e| ProblemError::Usage(format!("--model: {e}")))?,
+            ]
         };
         for k in kinds {
             if !out.contains(&k) {

@@ -11,9 +11,9 @@
 //! the point instead.
 
 use crate::lang::ast::*;
-use crate::models::{Local, ModelError};
 use crate::lang::source::suggest;
 use crate::lang::{Diagnostic, Source, Span, parse, parse_expr};
+use crate::models::{Local, ModelError};
 use crate::tape::{
     Derivs, Func, Jets, NonFinite, Tape, TapeBuilder, Val, Workspace, integer_exponent,
 };
@@ -22,10 +22,12 @@ use serde::Serialize;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::path::Path;
+use std::str::FromStr;
 
 /// Statement keywords (reserved, like `pi` and the function names).
-pub const KEYWORDS: [&str; 9] =
-    ["param", "var", "let", "minimize", "noise", "observe", "data", "batch", "sampling"];
+pub const KEYWORDS: [&str; 9] = [
+    "param", "var", "let", "minimize", "noise", "observe", "data", "batch", "sampling",
+];
 
 /// Functions that take other than one plain argument, or are not yet available.
 const SPECIAL_FUNCTIONS: [&str; 4] = ["pow", "mean", "sum", "prod"];
@@ -98,7 +100,9 @@ impl Overrides {
         for item in items {
             let item = item.as_ref();
             let (name, value) = item.split_once('=').ok_or_else(|| {
-                ProblemError::Usage(format!("--set `{item}`: expected NAME=VALUE, e.g. lambda=4"))
+                ProblemError::Usage(format!(
+                    "--set `{item}`: expected NAME=VALUE, e.g. lambda=4"
+                ))
             })?;
             let value: f64 = value.trim().parse().map_err(|_| {
                 ProblemError::Usage(format!(
@@ -107,7 +111,9 @@ impl Overrides {
                 ))
             })?;
             if !value.is_finite() {
-                return Err(ProblemError::Usage(format!("--set `{item}`: the value must be finite")));
+                return Err(ProblemError::Usage(format!(
+                    "--set `{item}`: the value must be finite"
+                )));
             }
             out.values.push((name.trim().to_string(), value));
         }
@@ -115,7 +121,11 @@ impl Overrides {
     }
 
     fn get(&self, name: &str) -> Option<f64> {
-        self.values.iter().rev().find(|(n, _)| n == name).map(|&(_, v)| v)
+        self.values
+            .iter()
+            .rev()
+            .find(|(n, _)| n == name)
+            .map(|&(_, v)| v)
     }
 }
 
@@ -233,28 +243,38 @@ pub struct Problem {
 
 impl Problem {
     /// Parses and checks a problem given as a string (named `<string>` in errors).
+    ///
+    /// An inherent constructor, so callers need no trait import; [`FromStr`] is
+    /// implemented as well (`"…".parse::<Problem>()`).
+    #[allow(clippy::should_implement_trait)]
     pub fn from_str(text: &str) -> Result<Problem, ProblemError> {
         Problem::from_source(Source::new("<string>", text), &Overrides::none())
     }
 
     /// Reads, parses and checks a file.
-    pub fn from_file(path: impl AsRef<Path>, overrides: &Overrides) -> Result<Problem, ProblemError> {
+    pub fn from_file(
+        path: impl AsRef<Path>,
+        overrides: &Overrides,
+    ) -> Result<Problem, ProblemError> {
         let path = path.as_ref();
         let bytes = std::fs::read(path).map_err(|e| ProblemError::Io {
             path: path.display().to_string(),
             message: e.to_string(),
         })?;
-        let source = Source::from_bytes(path.display().to_string(), bytes).map_err(ProblemError::Syntax)?;
+        let source =
+            Source::from_bytes(path.display().to_string(), bytes).map_err(ProblemError::Syntax)?;
         Problem::from_source(source, overrides)
     }
 
     /// Parses and checks a source with param overrides.
     pub fn from_source(source: Source, overrides: &Overrides) -> Result<Problem, ProblemError> {
         let program = parse(&source).map_err(ProblemError::Syntax)?;
-        Checker::new(&source, overrides).check(&program).map_err(|e| match e {
-            CheckFailure::Diag(d) => ProblemError::Check(d),
-            CheckFailure::Usage(m) => ProblemError::Usage(m),
-        })
+        Checker::new(&source, overrides)
+            .check(&program)
+            .map_err(|e| match e {
+                CheckFailure::Diag(d) => ProblemError::Check(d),
+                CheckFailure::Usage(m) => ProblemError::Usage(m),
+            })
     }
 
     /// The source the problem came from.
@@ -326,8 +346,12 @@ impl Problem {
 
     /// Formats a point as `(x = 0.1, y = 2)`.
     pub fn format_point(&self, x: &[f64]) -> String {
-        let parts: Vec<String> =
-            self.variables.iter().zip(x).map(|(n, v)| format!("{n} = {v}")).collect();
+        let parts: Vec<String> = self
+            .variables
+            .iter()
+            .zip(x)
+            .map(|(n, v)| format!("{n} = {v}"))
+            .collect();
         format!("({})", parts.join(", "))
     }
 
@@ -339,9 +363,16 @@ impl Problem {
             expr
         };
         let message = if nf.in_derivative {
-            format!("a derivative of `{expr}` is not finite at {}", self.format_point(x))
+            format!(
+                "a derivative of `{expr}` is not finite at {}",
+                self.format_point(x)
+            )
         } else {
-            format!("`{expr}` evaluates to {} at {}", nf.value, self.format_point(x))
+            format!(
+                "`{expr}` evaluates to {} at {}",
+                nf.value,
+                self.format_point(x)
+            )
         };
         let label = if nf.in_derivative {
             "not differentiable here"
@@ -354,14 +385,20 @@ impl Problem {
     /// f(x).
     pub fn value(&self, x: &[f64]) -> Result<f64, ProblemError> {
         self.check_point(x)?;
-        let v = self.objective.values(x).map_err(|nf| self.eval_error(nf, x))?;
+        let v = self
+            .objective
+            .values(x)
+            .map_err(|nf| self.eval_error(nf, x))?;
         Ok(v[0])
     }
 
     /// Value, gradient and Hessian of f at x.
     pub fn objective_derivatives(&self, x: &[f64]) -> Result<Derivs, ProblemError> {
         self.check_point(x)?;
-        let mut d = self.objective.derivatives(x).map_err(|nf| self.eval_error(nf, x))?;
+        let mut d = self
+            .objective
+            .derivatives(x)
+            .map_err(|nf| self.eval_error(nf, x))?;
         Ok(d.remove(0))
     }
 
@@ -385,13 +422,19 @@ impl Problem {
         jets: &mut Jets,
     ) -> Result<(), ProblemError> {
         self.check_point(x)?;
-        self.objective.derivatives_with(x, ws, jets).map_err(|nf| self.eval_error(nf, x))
+        self.objective
+            .derivatives_with(x, ws, jets)
+            .map_err(|nf| self.eval_error(nf, x))
     }
 
     /// Σ(x), checked symmetric and positive semidefinite.
     pub fn noise_cov(&self, x: &[f64]) -> Result<DMatrix<f64>, ProblemError> {
         self.check_point(x)?;
-        let values = self.noise.tape.values(x).map_err(|nf| self.eval_error(nf, x))?;
+        let values = self
+            .noise
+            .tape
+            .values(x)
+            .map_err(|nf| self.eval_error(nf, x))?;
         self.assemble_noise(&values, x)
     }
 
@@ -432,14 +475,22 @@ impl Problem {
     }
 
     fn noise_error(&self, message: String, label: &str) -> ProblemError {
-        ProblemError::Eval(Box::new(self.source.diagnostic(self.noise.span, message, label)))
+        ProblemError::Eval(Box::new(self.source.diagnostic(
+            self.noise.span,
+            message,
+            label,
+        )))
     }
 
     /// Value, gradient and Hessian of every entry of Σ(x), row-major (entry i·d + j).
     pub fn noise_cov_derivatives(&self, x: &[f64]) -> Result<Vec<Derivs>, ProblemError> {
         self.check_point(x)?;
         let d = self.dim();
-        let outs = self.noise.tape.derivatives(x).map_err(|nf| self.eval_error(nf, x))?;
+        let outs = self
+            .noise
+            .tape
+            .derivatives(x)
+            .map_err(|nf| self.eval_error(nf, x))?;
         let zero = Derivs {
             value: 0.0,
             gradient: DVector::zeros(d),
@@ -458,13 +509,17 @@ impl Problem {
     /// Observable values at x, in order.
     pub fn observables(&self, x: &[f64]) -> Result<Vec<f64>, ProblemError> {
         self.check_point(x)?;
-        self.observables.values(x).map_err(|nf| self.eval_error(nf, x))
+        self.observables
+            .values(x)
+            .map_err(|nf| self.eval_error(nf, x))
     }
 
     /// Value, gradient and Hessian of every observable at x.
     pub fn observable_derivatives(&self, x: &[f64]) -> Result<Vec<Derivs>, ProblemError> {
         self.check_point(x)?;
-        self.observables.derivatives(x).map_err(|nf| self.eval_error(nf, x))
+        self.observables
+            .derivatives(x)
+            .map_err(|nf| self.eval_error(nf, x))
     }
 
     /// f, ∇f, ∇²f, Σ and the observables at x.
@@ -498,14 +553,18 @@ impl Problem {
                 ProblemError::Usage(format!("--at `{item}`: expected NAME=VALUE, e.g. x=0.1"))
             })?;
             let name = name.trim();
-            let i = self.variables.iter().position(|v| v == name).ok_or_else(|| {
-                let hint = suggest(name, self.variables.iter().map(String::as_str))
-                    .map_or(String::new(), |s| format!("; did you mean `{s}`?"));
-                ProblemError::Usage(format!("--at: `{name}` is not a variable{hint}"))
-            })?;
-            x[i] = self.constant(value.trim()).map_err(|m| {
-                ProblemError::Usage(format!("--at `{}`: {m}", item.trim()))
-            })?;
+            let i = self
+                .variables
+                .iter()
+                .position(|v| v == name)
+                .ok_or_else(|| {
+                    let hint = suggest(name, self.variables.iter().map(String::as_str))
+                        .map_or(String::new(), |s| format!("; did you mean `{s}`?"));
+                    ProblemError::Usage(format!("--at: `{name}` is not a variable{hint}"))
+                })?;
+            x[i] = self
+                .constant(value.trim())
+                .map_err(|m| ProblemError::Usage(format!("--at `{}`: {m}", item.trim())))?;
         }
         Ok(x)
     }
@@ -516,7 +575,14 @@ impl Problem {
         let expr = parse_expr(&src).map_err(|d| d.message.clone())?;
         let mut names = HashMap::new();
         for (i, (n, v)) in self.params.iter().enumerate() {
-            names.insert(n.clone(), Binding { kind: BindingKind::Param(*v), span: Span::default(), stmt: i });
+            names.insert(
+                n.clone(),
+                Binding {
+                    kind: BindingKind::Param(*v),
+                    span: Span::default(),
+                    stmt: i,
+                },
+            );
         }
         let overrides = Overrides::none();
         let mut checker = Checker::new(&src, &overrides);
@@ -528,6 +594,14 @@ impl Problem {
             Err(CheckFailure::Diag(d)) => Err(d.message.clone()),
             Err(CheckFailure::Usage(m)) => Err(m),
         }
+    }
+}
+
+impl FromStr for Problem {
+    type Err = ProblemError;
+
+    fn from_str(text: &str) -> Result<Problem, ProblemError> {
+        Problem::from_str(text)
     }
 }
 
@@ -599,7 +673,12 @@ impl<'a> Checker<'a> {
         }
     }
 
-    fn err(&self, span: Span, message: impl Into<String>, label: impl Into<String>) -> CheckFailure {
+    fn err(
+        &self,
+        span: Span,
+        message: impl Into<String>,
+        label: impl Into<String>,
+    ) -> CheckFailure {
         CheckFailure::Diag(Box::new(self.source.diagnostic(span, message, label)))
     }
 
@@ -610,7 +689,10 @@ impl<'a> Checker<'a> {
 
     fn define(&mut self, ident: &Ident, kind: BindingKind, stmt: usize) -> CheckResult<()> {
         let name = ident.name.as_str();
-        if name == "pi" || KEYWORDS.contains(&name) || Func::from_name(name).is_some() || SPECIAL_FUNCTIONS.contains(&name)
+        if name == "pi"
+            || KEYWORDS.contains(&name)
+            || Func::from_name(name).is_some()
+            || SPECIAL_FUNCTIONS.contains(&name)
         {
             let what = if name == "pi" {
                 "the constant π"
@@ -628,11 +710,22 @@ impl<'a> Checker<'a> {
         if let Some(prev) = self.names.get(name) {
             let d = self
                 .source
-                .diagnostic(ident.span, format!("`{name}` is defined twice"), "second definition")
+                .diagnostic(
+                    ident.span,
+                    format!("`{name}` is defined twice"),
+                    "second definition",
+                )
                 .with_note(format!("first defined at {}", self.pos(prev.span)));
             return Err(CheckFailure::Diag(Box::new(d)));
         }
-        self.names.insert(name.to_string(), Binding { kind, span: ident.span, stmt });
+        self.names.insert(
+            name.to_string(),
+            Binding {
+                kind,
+                span: ident.span,
+                stmt,
+            },
+        );
         Ok(())
     }
 
@@ -658,7 +751,9 @@ impl<'a> Checker<'a> {
                     }
                     let expr = match value {
                         ParamValue::Scalar(e) => e,
-                        ParamValue::List(l) => return Err(self.unsupported(l.span, "vector params")),
+                        ParamValue::List(l) => {
+                            return Err(self.unsupported(l.span, "vector params"));
+                        }
                     };
                     let mut b = TapeBuilder::new(0);
                     let (v, _) = self.compile(expr, k, &mut b, Some("a param value"), &[])?;
@@ -675,7 +770,8 @@ impl<'a> Checker<'a> {
                         let start = match &d.init {
                             Some(e) => {
                                 let mut b = TapeBuilder::new(0);
-                                let (v, _) = self.compile(e, k, &mut b, Some("a start value"), &[])?;
+                                let (v, _) =
+                                    self.compile(e, k, &mut b, Some("a start value"), &[])?;
                                 v.as_const().unwrap_or(f64::NAN)
                             }
                             None => 0.0,
@@ -688,13 +784,24 @@ impl<'a> Checker<'a> {
                 StatementKind::Let { name, value } => {
                     let index = self.lets.len();
                     self.define(name, BindingKind::Let(index), k)?;
-                    self.lets.push((name.name.clone(), name.span, LetDef { expr: value.clone(), stmt: k }));
+                    self.lets.push((
+                        name.name.clone(),
+                        name.span,
+                        LetDef {
+                            expr: value.clone(),
+                            stmt: k,
+                        },
+                    ));
                 }
                 StatementKind::Minimize(e) => {
                     if let Some((_, first, _)) = minimize {
                         let d = self
                             .source
-                            .diagnostic(st.span, "more than one `minimize` statement", "second objective")
+                            .diagnostic(
+                                st.span,
+                                "more than one `minimize` statement",
+                                "second objective",
+                            )
                             .with_note(format!("the first is at {}", self.pos(first)));
                         return Err(CheckFailure::Diag(Box::new(d)));
                     }
@@ -711,10 +818,16 @@ impl<'a> Checker<'a> {
                     noise = Some((n, st.span, k));
                 }
                 StatementKind::Observe { name, value } => {
-                    if let Some((prev, _, _)) = observes.iter().find(|(n, _, _)| n.name == name.name) {
+                    if let Some((prev, _, _)) =
+                        observes.iter().find(|(n, _, _)| n.name == name.name)
+                    {
                         let d = self
                             .source
-                            .diagnostic(name.span, format!("observable `{}` is defined twice", name.name), "second definition")
+                            .diagnostic(
+                                name.span,
+                                format!("observable `{}` is defined twice", name.name),
+                                "second definition",
+                            )
                             .with_note(format!("first defined at {}", self.pos(prev.span)));
                         return Err(CheckFailure::Diag(Box::new(d)));
                     }
@@ -724,7 +837,8 @@ impl<'a> Checker<'a> {
                     return Err(self.unsupported(st.span, "`data` statements (finite sums)"));
                 }
                 StatementKind::Batch(_) | StatementKind::Sampling(_) => {
-                    return Err(self.unsupported(st.span, "`batch` and `sampling` statements (finite sums)"));
+                    return Err(self
+                        .unsupported(st.span, "`batch` and `sampling` statements (finite sums)"));
                 }
             }
         }
@@ -786,7 +900,9 @@ impl<'a> Checker<'a> {
                 outputs.push((v, Span::default()));
                 observable_names.push(name.clone());
                 let sq = b.mul(v, v, Span::default()).map_err(|_| self.internal())?;
-                norm2 = b.add(norm2, sq, Span::default()).map_err(|_| self.internal())?;
+                norm2 = b
+                    .add(norm2, sq, Span::default())
+                    .map_err(|_| self.internal())?;
             }
             outputs.push((norm2, Span::default()));
             observable_names.push("norm2".to_string());
@@ -833,7 +949,11 @@ impl<'a> Checker<'a> {
     }
 
     fn internal(&self) -> CheckFailure {
-        self.err(Span::default(), "internal error while compiling", "please report this file")
+        self.err(
+            Span::default(),
+            "internal error while compiling",
+            "please report this file",
+        )
     }
 
     fn compile_lets(&mut self, b: &mut TapeBuilder) -> CheckResult<Vec<(Val, Degree)>> {
@@ -849,7 +969,13 @@ impl<'a> Checker<'a> {
         Ok(out)
     }
 
-    fn compile_noise(&mut self, n: &Noise, span: Span, k: usize, d: usize) -> CheckResult<CompiledNoise> {
+    fn compile_noise(
+        &mut self,
+        n: &Noise,
+        span: Span,
+        k: usize,
+        d: usize,
+    ) -> CheckResult<CompiledNoise> {
         let mut b = TapeBuilder::new(d);
         let lets = self.compile_lets(&mut b)?;
         let mut constant = true;
@@ -858,14 +984,19 @@ impl<'a> Checker<'a> {
             Noise::Sd(e) => {
                 let (s, deg) = self.compile(e, k, &mut b, None, &lets)?;
                 constant &= deg.is_const();
-                let var = b.mul(s, s, e.span()).map_err(|_| self.err(e.span(), "the noise variance overflows", "too large"))?;
+                let var = b
+                    .mul(s, s, e.span())
+                    .map_err(|_| self.err(e.span(), "the noise variance overflows", "too large"))?;
                 (NoiseKind::Sd, vec![(var, e.span())])
             }
             Noise::Diag(list) => {
                 if list.items.len() != d {
                     return Err(self.err(
                         list.span,
-                        format!("`noise diag` needs {d} entries (one variance per variable), found {}", list.items.len()),
+                        format!(
+                            "`noise diag` needs {d} entries (one variance per variable), found {}",
+                            list.items.len()
+                        ),
                         format!("expected {d} entries"),
                     ));
                 }
@@ -876,7 +1007,11 @@ impl<'a> Checker<'a> {
                     if let Val::Const(c) = v
                         && c < 0.0
                     {
-                        return Err(self.err(e.span(), format!("a variance must be ≥ 0, found {c}"), "negative variance"));
+                        return Err(self.err(
+                            e.span(),
+                            format!("a variance must be ≥ 0, found {c}"),
+                            "negative variance",
+                        ));
                     }
                     outs.push((v, e.span()));
                 }
@@ -886,7 +1021,10 @@ impl<'a> Checker<'a> {
                 if rows.len() != d {
                     return Err(self.err(
                         *mspan,
-                        format!("`noise cov` needs a {d}×{d} matrix, found {} rows", rows.len()),
+                        format!(
+                            "`noise cov` needs a {d}×{d} matrix, found {} rows",
+                            rows.len()
+                        ),
                         format!("expected {d} rows"),
                     ));
                 }
@@ -895,7 +1033,11 @@ impl<'a> Checker<'a> {
                     if row.items.len() != d {
                         return Err(self.err(
                             row.span,
-                            format!("row {} of `noise cov` has {} entries; the matrix must be {d}×{d}", i + 1, row.items.len()),
+                            format!(
+                                "row {} of `noise cov` has {} entries; the matrix must be {d}×{d}",
+                                i + 1,
+                                row.items.len()
+                            ),
                             format!("expected {d} entries"),
                         ));
                     }
@@ -931,7 +1073,11 @@ impl<'a> Checker<'a> {
                     }
                 }
                 if vals.iter().all(|(v, _)| v.as_const().is_some()) {
-                    let m = DMatrix::from_row_iterator(d, d, vals.iter().map(|(v, _)| v.as_const().unwrap_or(0.0)));
+                    let m = DMatrix::from_row_iterator(
+                        d,
+                        d,
+                        vals.iter().map(|(v, _)| v.as_const().unwrap_or(0.0)),
+                    );
                     if let Some(min) = min_eigenvalue_if_negative(&m) {
                         return Err(self.err(
                             *mspan,
@@ -944,7 +1090,12 @@ impl<'a> Checker<'a> {
             }
         };
         Ok(CompiledNoise {
-            tape: NoiseTape { kind, tape: b.finish(&outputs), runtime_symmetry, span },
+            tape: NoiseTape {
+                kind,
+                tape: b.finish(&outputs),
+                runtime_symmetry,
+                span,
+            },
             constant,
         })
     }
@@ -958,13 +1109,27 @@ impl<'a> Checker<'a> {
         )
     }
 
-    fn resolve(&mut self, name: &str, span: Span, stmt: usize, constant: Option<&str>) -> CheckResult<Binding> {
+    fn resolve(
+        &mut self,
+        name: &str,
+        span: Span,
+        stmt: usize,
+        constant: Option<&str>,
+    ) -> CheckResult<Binding> {
         let Some(&b) = self.names.get(name) else {
             if name == "pi" {
-                return Ok(Binding { kind: BindingKind::Param(std::f64::consts::PI), span, stmt: 0 });
+                return Ok(Binding {
+                    kind: BindingKind::Param(std::f64::consts::PI),
+                    span,
+                    stmt: 0,
+                });
             }
             if Func::from_name(name).is_some() || SPECIAL_FUNCTIONS.contains(&name) {
-                return Err(self.err(span, format!("`{name}` is a function; call it as `{name}(…)`"), "a function, not a value"));
+                return Err(self.err(
+                    span,
+                    format!("`{name}` is a function; call it as `{name}(…)`"),
+                    "a function, not a value",
+                ));
             }
             let mut candidates: Vec<&str> = self.names.keys().map(String::as_str).collect();
             candidates.sort();
@@ -976,7 +1141,11 @@ impl<'a> Checker<'a> {
         if b.stmt >= stmt && stmt != usize::MAX {
             let d = self
                 .source
-                .diagnostic(span, format!("`{name}` is used before it is defined"), "not yet defined")
+                .diagnostic(
+                    span,
+                    format!("`{name}` is used before it is defined"),
+                    "not yet defined",
+                )
                 .with_note(format!("`{name}` is defined at {}", self.pos(b.span)));
             return Err(CheckFailure::Diag(Box::new(d)));
         }
@@ -1070,7 +1239,10 @@ impl<'a> Checker<'a> {
                         let plural = if want == 1 { "" } else { "s" };
                         return Err(self.err(
                             span,
-                            format!("`{name}` takes {want} argument{plural}, found {}", args.len()),
+                            format!(
+                                "`{name}` takes {want} argument{plural}, found {}",
+                                args.len()
+                            ),
                             format!("expected {want} argument{plural}"),
                         ));
                     }
@@ -1089,12 +1261,25 @@ impl<'a> Checker<'a> {
                             ));
                         }
                         let v = b.func(f, x, span).map_err(|c| self.fold_error(span, c))?;
-                        (v, if dx.is_const() { Degree::Poly(0) } else { Degree::Other })
+                        (
+                            v,
+                            if dx.is_const() {
+                                Degree::Poly(0)
+                            } else {
+                                Degree::Other
+                            },
+                        )
                     }
                 }
-                NodeKind::Index { .. } => return Err(self.unsupported(span, "indexed names (`w[i]`, vector variables)")),
-                NodeKind::Column { .. } => return Err(self.unsupported(span, "data columns (`DATA.col`, finite sums)")),
-                NodeKind::Reduce { .. } => return Err(self.unsupported(span, "`sum`/`prod` over an index")),
+                NodeKind::Index { .. } => {
+                    return Err(self.unsupported(span, "indexed names (`w[i]`, vector variables)"));
+                }
+                NodeKind::Column { .. } => {
+                    return Err(self.unsupported(span, "data columns (`DATA.col`, finite sums)"));
+                }
+                NodeKind::Reduce { .. } => {
+                    return Err(self.unsupported(span, "`sum`/`prod` over an index"));
+                }
             };
             vals.push(out);
         }

@@ -483,7 +483,12 @@ impl Tape {
 
     /// Hessian by 8×8 blocks: directions of block `I` in `eps1`, of block `J` in
     /// `eps2`; `eps1eps2` is the block `H[I, J]`. Blocks on or above the diagonal only.
-    fn derivatives_blocked(&self, x: &[f64], ws: &mut Workspace, jets: &mut Jets) -> Result<(), NonFinite> {
+    fn derivatives_blocked(
+        &self,
+        x: &[f64],
+        ws: &mut Workspace,
+        jets: &mut Jets,
+    ) -> Result<(), NonFinite> {
         let d = self.dim;
         if d == 0 {
             let mut slots = std::mem::take(&mut ws.f);
@@ -643,7 +648,12 @@ pub struct TapeBuilder {
 impl TapeBuilder {
     /// A builder over `dim` variables.
     pub fn new(dim: usize) -> TapeBuilder {
-        TapeBuilder { dim, ops: Vec::new(), spans: Vec::new(), cache: HashMap::new() }
+        TapeBuilder {
+            dim,
+            ops: Vec::new(),
+            spans: Vec::new(),
+            cache: HashMap::new(),
+        }
     }
 
     fn emit(&mut self, op: Op, span: Span) -> Val {
@@ -659,7 +669,11 @@ impl TapeBuilder {
     }
 
     fn fold(c: f64) -> Result<Val, f64> {
-        if c.is_finite() { Ok(Val::Const(c)) } else { Err(c) }
+        if c.is_finite() {
+            Ok(Val::Const(c))
+        } else {
+            Err(c)
+        }
     }
 
     /// Coordinate `i`.
@@ -721,7 +735,11 @@ impl TapeBuilder {
                 if c == 0.0 {
                     return Err(f64::INFINITY);
                 }
-                if c == 1.0 { Val::Slot(s) } else { self.emit(Op::DivConst(s, c), span) }
+                if c == 1.0 {
+                    Val::Slot(s)
+                } else {
+                    self.emit(Op::DivConst(s, c), span)
+                }
             }
             (Val::Const(c), Val::Slot(s)) => self.emit(Op::ConstDiv(c, s), span),
             (Val::Slot(x), Val::Slot(y)) => self.emit(Op::Div(x, y), span),
@@ -808,7 +826,12 @@ impl TapeBuilder {
             }
         }
         let outputs = out_slots.iter().map(|&s| map[s as usize]).collect();
-        Tape { dim: self.dim, ops, spans, outputs }
+        Tape {
+            dim: self.dim,
+            ops,
+            spans,
+            outputs,
+        }
     }
 }
 

@@ -58,7 +58,9 @@ impl Expr {
 
     /// A one-node expression.
     pub fn leaf(kind: NodeKind, span: Span) -> Expr {
-        Expr { nodes: vec![Node { kind, span }] }
+        Expr {
+            nodes: vec![Node { kind, span }],
+        }
     }
 }
 

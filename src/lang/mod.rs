@@ -1,6 +1,6 @@
 //! The objective-file language of LANGUAGE.md: source text and diagnostics
-//! ([`source`]), the syntax tree ([`ast`]), the parser ([`parse`]) and the printer
-//! ([`print`]).
+//! ([`source`]), the syntax tree ([`ast`]), the parser ([`mod@parse`]) and the printer
+//! ([`mod@print`]).
 //!
 //! Invariant: nothing here evaluates numbers beyond reading literals; meaning is
 //! given to the tree by [`crate::problem`].

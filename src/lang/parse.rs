@@ -107,12 +107,13 @@ fn blank_bracketed(source: &Source) -> Result<Blanked, Box<Diagnostic>> {
                 open.push(i);
                 if open.len() > MAX_NESTING {
                     return Err(Box::new(
-                        source.diagnostic(
-                            Span::new(i, i + 1),
-                            format!("brackets nested more than {MAX_NESTING} deep"),
-                            "too deep",
-                        )
-                        .with_note("split the expression with `let` statements"),
+                        source
+                            .diagnostic(
+                                Span::new(i, i + 1),
+                                format!("brackets nested more than {MAX_NESTING} deep"),
+                                "too deep",
+                            )
+                            .with_note("split the expression with `let` statements"),
                     ));
                 }
             }
@@ -126,8 +127,12 @@ fn blank_bracketed(source: &Source) -> Result<Blanked, Box<Diagnostic>> {
     }
     // Only ASCII bytes were replaced by ASCII spaces, and comment bytes (which may be
     // multi-byte characters) were replaced whole, so the text stays UTF-8.
-    let text = String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
-    Ok(Blanked { text, unclosed: open })
+    let text = String::from_utf8(bytes)
+        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+    Ok(Blanked {
+        text,
+        unclosed: open,
+    })
 }
 
 fn parse_rule<'i>(
@@ -167,9 +172,9 @@ fn describe(rule: Rule) -> Option<&'static str> {
         string | string_inner => "a quoted file name",
         sampling_mode => "`with-replacement` or `without-replacement`",
         kw_sd | kw_diag | kw_cov | noise_sd | noise_diag | noise_cov => "`sd`, `diag` or `cov`",
-        kw_param | kw_var | kw_let | kw_minimize | kw_noise | kw_observe | kw_data
-        | kw_batch | kw_sampling | param_stmt | var_stmt | let_stmt | minimize_stmt
-        | noise_stmt | observe_stmt | data_stmt | batch_stmt | sampling_stmt => {
+        kw_param | kw_var | kw_let | kw_minimize | kw_noise | kw_observe | kw_data | kw_batch
+        | kw_sampling | param_stmt | var_stmt | let_stmt | minimize_stmt | noise_stmt
+        | observe_stmt | data_stmt | batch_stmt | sampling_stmt => {
             "a statement (`param`, `var`, `let`, `minimize`, `noise`, `observe`, …)"
         }
         var_decl => "a variable name",
@@ -225,7 +230,11 @@ fn syntax_error(err: &pest::error::Error<Rule>, text: &str, source: &Source) -> 
         }
         _ => format!("expected {}, found {found}", join_or(&expected)),
     };
-    let len = if rest.is_empty() || at_line_end { 0 } else { found_len(rest) };
+    let len = if rest.is_empty() || at_line_end {
+        0
+    } else {
+        found_len(rest)
+    };
     source.diagnostic(
         Span::new(pos, pos + len),
         message,
@@ -248,7 +257,11 @@ fn found_len(rest: &str) -> usize {
         .map(|(i, c)| i + c.len_utf8())
         .last()
         .unwrap_or(0);
-    if word > 0 { word } else { rest.chars().next().map_or(0, char::len_utf8) }
+    if word > 0 {
+        word
+    } else {
+        rest.chars().next().map_or(0, char::len_utf8)
+    }
 }
 
 fn describe_found(rest: &str) -> String {
@@ -274,14 +287,20 @@ fn span_of(pair: &Pair<Rule>) -> Span {
 }
 
 fn ident_of(pair: Pair<Rule>) -> Ident {
-    Ident { name: pair.as_str().to_string(), span: span_of(&pair) }
+    Ident {
+        name: pair.as_str().to_string(),
+        span: span_of(&pair),
+    }
 }
 
 fn build_statement(pair: Pair<Rule>, source: &Source) -> Result<Statement, Box<Diagnostic>> {
     let span = span_of(&pair);
     let rule = pair.as_rule();
     // Skip the keyword token that starts every statement.
-    let mut inner = pair.into_inner().filter(|p| !is_keyword(p.as_rule())).peekable();
+    let mut inner = pair
+        .into_inner()
+        .filter(|p| !is_keyword(p.as_rule()))
+        .peekable();
     let mut next = || inner.next().ok_or_else(|| internal(source));
     let kind = match rule {
         Rule::param_stmt => {
@@ -320,13 +339,19 @@ fn build_statement(pair: Pair<Rule>, source: &Source) -> Result<Statement, Box<D
         }
         Rule::let_stmt => {
             let name = ident_of(next()?);
-            StatementKind::Let { name, value: build_expr(next()?, source)? }
+            StatementKind::Let {
+                name,
+                value: build_expr(next()?, source)?,
+            }
         }
         Rule::minimize_stmt => StatementKind::Minimize(build_expr(next()?, source)?),
         Rule::noise_stmt => {
             let n = next()?;
             let nrule = n.as_rule();
-            let body = n.into_inner().find(|p| !is_keyword(p.as_rule())).ok_or_else(|| internal(source))?;
+            let body = n
+                .into_inner()
+                .find(|p| !is_keyword(p.as_rule()))
+                .ok_or_else(|| internal(source))?;
             StatementKind::Noise(match nrule {
                 Rule::noise_sd => Noise::Sd(build_expr(body, source)?),
                 Rule::noise_diag => Noise::Diag(build_list(body, source)?),
@@ -342,14 +367,20 @@ fn build_statement(pair: Pair<Rule>, source: &Source) -> Result<Statement, Box<D
         }
         Rule::observe_stmt => {
             let name = ident_of(next()?);
-            StatementKind::Observe { name, value: build_expr(next()?, source)? }
+            StatementKind::Observe {
+                name,
+                value: build_expr(next()?, source)?,
+            }
         }
         Rule::data_stmt => {
             let name = ident_of(next()?);
             let body = next()?;
             let source_kind = if body.as_rule() == Rule::string {
                 let span = span_of(&body);
-                let path = body.into_inner().next().map_or(String::new(), |p| p.as_str().to_string());
+                let path = body
+                    .into_inner()
+                    .next()
+                    .map_or(String::new(), |p| p.as_str().to_string());
                 DataSource::File { path, span }
             } else {
                 let mut parts = body.into_inner();
@@ -359,10 +390,15 @@ fn build_statement(pair: Pair<Rule>, source: &Source) -> Result<Statement, Box<D
                     .into_inner()
                     .map(ident_of)
                     .collect();
-                let rows = parts.map(|r| build_list(r, source)).collect::<Result<Vec<_>, _>>()?;
+                let rows = parts
+                    .map(|r| build_list(r, source))
+                    .collect::<Result<Vec<_>, _>>()?;
                 DataSource::Inline { header, rows }
             };
-            StatementKind::Data { name, source: source_kind }
+            StatementKind::Data {
+                name,
+                source: source_kind,
+            }
         }
         Rule::batch_stmt => StatementKind::Batch(build_expr(next()?, source)?),
         Rule::sampling_stmt => {
@@ -404,13 +440,19 @@ fn build_size(pair: Pair<Rule>, source: &Source) -> Result<Expr, Box<Diagnostic>
 
 fn build_list(pair: Pair<Rule>, source: &Source) -> Result<List, Box<Diagnostic>> {
     let span = span_of(&pair);
-    let items = pair.into_inner().map(|e| build_expr(e, source)).collect::<Result<Vec<_>, _>>()?;
+    let items = pair
+        .into_inner()
+        .map(|e| build_expr(e, source))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(List { items, span })
 }
 
 /// Builds one expression from its `expr` pair.
 fn build_expr(pair: Pair<Rule>, source: &Source) -> Result<Expr, Box<Diagnostic>> {
-    let mut b = Builder { nodes: Vec::new(), source };
+    let mut b = Builder {
+        nodes: Vec::new(),
+        source,
+    };
     b.expr(pair)?;
     Ok(Expr { nodes: b.nodes })
 }
@@ -547,7 +589,16 @@ impl Builder<'_> {
                 let lo = self.expr(lo_p)?;
                 let hi = self.expr(hi_p)?;
                 let body = self.expr(body_p)?;
-                Ok(self.push(NodeKind::Reduce { kind, index, lo, hi, body }, span))
+                Ok(self.push(
+                    NodeKind::Reduce {
+                        kind,
+                        index,
+                        lo,
+                        hi,
+                        body,
+                    },
+                    span,
+                ))
             }
             Rule::indexed => {
                 let mut parts = p.into_inner();

@@ -17,14 +17,18 @@ pub fn print_expr(expr: &Expr) -> String {
             NodeKind::Num { text, .. } => (text.clone(), ATOM),
             NodeKind::Name(n) => (n.clone(), ATOM),
             NodeKind::Column { data, column } => (format!("{}.{}", data.name, column.name), ATOM),
-            NodeKind::Index { name, index } => {
-                (format!("{}[{}]", name.name, take(*index).0), ATOM)
-            }
+            NodeKind::Index { name, index } => (format!("{}[{}]", name.name, take(*index).0), ATOM),
             NodeKind::Call { func, args } => {
                 let args: Vec<String> = args.iter().map(|a| take(*a).0).collect();
                 (format!("{}({})", func.name, args.join(", ")), ATOM)
             }
-            NodeKind::Reduce { kind, index, lo, hi, body } => {
+            NodeKind::Reduce {
+                kind,
+                index,
+                lo,
+                hi,
+                body,
+            } => {
                 let (lo, hi, body) = (take(*lo).0, take(*hi).0, take(*body).0);
                 let k = match kind {
                     ReduceKind::Sum => "sum",
@@ -34,7 +38,11 @@ pub fn print_expr(expr: &Expr) -> String {
             }
             NodeKind::Neg(a) => {
                 let (s, p) = take(*a);
-                let s = if p < NEG_PRECEDENCE { format!("({s})") } else { s };
+                let s = if p < NEG_PRECEDENCE {
+                    format!("({s})")
+                } else {
+                    s
+                };
                 (format!("-{s}"), NEG_PRECEDENCE)
             }
             NodeKind::Binary { op, lhs, rhs } => {
@@ -70,7 +78,9 @@ pub fn print_program(program: &Program) -> String {
     for st in &program.statements {
         let line = match &st.kind {
             StatementKind::Param { name, size, value } => {
-                let size = size.as_ref().map_or(String::new(), |s| format!("[{}]", print_expr(s)));
+                let size = size
+                    .as_ref()
+                    .map_or(String::new(), |s| format!("[{}]", print_expr(s)));
                 let value = match value {
                     ParamValue::Scalar(e) => print_expr(e),
                     ParamValue::List(l) => print_list(l),
@@ -81,15 +91,22 @@ pub fn print_program(program: &Program) -> String {
                 let parts: Vec<String> = decls
                     .iter()
                     .map(|d| {
-                        let size =
-                            d.size.as_ref().map_or(String::new(), |s| format!("[{}]", print_expr(s)));
-                        let init = d.init.as_ref().map_or(String::new(), |e| format!(" = {}", print_expr(e)));
+                        let size = d
+                            .size
+                            .as_ref()
+                            .map_or(String::new(), |s| format!("[{}]", print_expr(s)));
+                        let init = d
+                            .init
+                            .as_ref()
+                            .map_or(String::new(), |e| format!(" = {}", print_expr(e)));
                         format!("{}{size}{init}", d.name.name)
                     })
                     .collect();
                 format!("var {}", parts.join(", "))
             }
-            StatementKind::Let { name, value } => format!("let {} = {}", name.name, print_expr(value)),
+            StatementKind::Let { name, value } => {
+                format!("let {} = {}", name.name, print_expr(value))
+            }
             StatementKind::Minimize(e) => format!("minimize {}", print_expr(e)),
             StatementKind::Noise(Noise::Sd(e)) => format!("noise sd {}", print_expr(e)),
             StatementKind::Noise(Noise::Diag(l)) => format!("noise diag {}", print_list(l)),
@@ -110,7 +127,9 @@ pub fn print_program(program: &Program) -> String {
                 }
             },
             StatementKind::Batch(e) => format!("batch {}", print_expr(e)),
-            StatementKind::Sampling(Sampling::WithReplacement) => "sampling with-replacement".into(),
+            StatementKind::Sampling(Sampling::WithReplacement) => {
+                "sampling with-replacement".into()
+            }
             StatementKind::Sampling(Sampling::WithoutReplacement) => {
                 "sampling without-replacement".into()
             }

@@ -44,7 +44,10 @@ pub struct Position {
 impl Source {
     /// A source with a display name (usually the file path).
     pub fn new(name: impl Into<String>, text: impl Into<String>) -> Source {
-        Source { name: name.into(), text: text.into() }
+        Source {
+            name: name.into(),
+            text: text.into(),
+        }
     }
 
     /// Reads bytes that must be UTF-8; a bad byte is a diagnostic at its position.
@@ -105,10 +108,15 @@ impl Source {
         let end = floor_char(&self.text, span.end.max(start));
         let position = self.position(start);
         let line_start = self.text[..start].rfind('\n').map_or(0, |i| i + 1);
-        let line_end = self.text[start..].find('\n').map_or(self.text.len(), |i| start + i);
+        let line_end = self.text[start..]
+            .find('\n')
+            .map_or(self.text.len(), |i| start + i);
         let line_text = self.text[line_start..line_end].trim_end_matches('\r');
         // Carets cover the span on its first line, at least one character.
-        let caret_len = self.text[start..end.min(line_end).max(start)].chars().count().max(1);
+        let caret_len = self.text[start..end.min(line_end).max(start)]
+            .chars()
+            .count()
+            .max(1);
         let prefix = &self.text[line_start..start.min(line_start + line_text.len())];
         Diagnostic {
             file: self.name.clone(),
@@ -171,7 +179,11 @@ impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let gutter = self.line.to_string().len();
         let pad = " ".repeat(gutter);
-        writeln!(f, "{}:{}:{}: error: {}", self.file, self.line, self.column, self.message)?;
+        writeln!(
+            f,
+            "{}:{}:{}: error: {}",
+            self.file, self.line, self.column, self.message
+        )?;
         writeln!(f, "{pad} |")?;
         writeln!(f, "{} | {}", self.line, self.line_text)?;
         write!(
@@ -237,8 +249,14 @@ mod tests {
         let s = Source::new("f.hasme", "minimize lamda*x");
         let d = s.diagnostic(Span::new(9, 14), "unknown name `lamda`", "not defined");
         let text = d.to_string();
-        assert!(text.starts_with("f.hasme:1:10: error: unknown name `lamda`"), "{text}");
-        assert!(text.contains("1 | minimize lamda*x\n  |          ^^^^^ not defined"), "{text}");
+        assert!(
+            text.starts_with("f.hasme:1:10: error: unknown name `lamda`"),
+            "{text}"
+        );
+        assert!(
+            text.contains("1 | minimize lamda*x\n  |          ^^^^^ not defined"),
+            "{text}"
+        );
     }
 
     #[test]
