@@ -67,11 +67,10 @@ impl CheckSummary {
 }
 
 fn params_map(problem: &Problem) -> Map<String, Value> {
-    problem
-        .params()
-        .iter()
-        .map(|(n, v)| (n.clone(), Value::from(*v)))
-        .collect()
+    let scalars = problem.params().iter().map(|(n, v)| (n.clone(), Value::from(*v)));
+    let vectors =
+        problem.param_vectors().iter().map(|(n, v)| (n.clone(), Value::from(v.clone())));
+    scalars.chain(vectors).collect()
 }
 
 fn yes_no(b: bool) -> &'static str {

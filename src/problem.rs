@@ -38,6 +38,22 @@ const SPECIAL_FUNCTIONS: [&str; 4] = ["pow", "mean", "sum", "prod"];
 /// any real asymmetry.
 pub const SYMMETRY_TOL: f64 = 1e-12;
 
+/// Most variables a problem may have: derivatives are dense (a d×d Hessian per point),
+/// so 5000 variables already mean 200 MB per Hessian.
+pub const MAX_DIMENSION: usize = 5000;
+
+/// A vector variable `w[n]`: coordinates `start..start + len` of the point, named
+/// `w[1]` … `w[n]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct VectorVar {
+    /// Its name.
+    pub name: String,
+    /// Index of `w[1]` among the coordinates.
+    pub start: usize,
+    /// Its length n.
+    pub len: usize,
+}
+
 /// Every way building or evaluating a problem can fail.
 #[derive(Debug, thiserror::Error)]
 pub enum ProblemError {
@@ -231,8 +247,10 @@ struct NoiseTape {
 pub struct Problem {
     source: Source,
     variables: Vec<String>,
+    vectors: Vec<VectorVar>,
     start: Vec<f64>,
     params: Vec<(String, f64)>,
+    param_vectors: Vec<(String, Vec<f64>)>,
     objective: Tape,
     noise: NoiseTape,
     observable_names: Vec<String>,
@@ -297,9 +315,19 @@ impl Problem {
         self.start.clone()
     }
 
-    /// Params with their values (after overrides), in declaration order.
+    /// Scalar params with their values (after overrides), in declaration order.
     pub fn params(&self) -> &[(String, f64)] {
         &self.params
+    }
+
+    /// Vector params (`param a[3] = [1, 2, 3]`) with their values, in declaration order.
+    pub fn param_vectors(&self) -> &[(String, Vec<f64>)] {
+        &self.param_vectors
+    }
+
+    /// Vector variables (`var w[n]`), in declaration order.
+    pub fn vectors(&self) -> &[VectorVar] {
+        &self.vectors
     }
 
     /// Observable names, in order.
@@ -548,11 +576,19 @@ impl Problem {
         if spec.trim().is_empty() {
             return Ok(x);
         }
-        for item in spec.split(',') {
+        for item in split_top_level(spec) {
             let (name, value) = item.split_once('=').ok_or_else(|| {
                 ProblemError::Usage(format!("--at `{item}`: expected NAME=VALUE, e.g. x=0.1"))
             })?;
             let name = name.trim();
+            if let Some(v) = self.vectors.iter().find(|v| v.name == name) {
+                // `w=0.5` sets every coordinate of the vector variable `w`.
+                let value = self
+                    .constant(value.trim())
+                    .map_err(|m| ProblemError::Usage(format!("--at `{}`: {m}", item.trim())))?;
+                x[v.start..v.start + v.len].iter_mut().for_each(|c| *c = value);
+                continue;
+            }
             let i = self
                 .variables
                 .iter()
@@ -584,9 +620,16 @@ impl Problem {
                 },
             );
         }
+        for (i, (n, _)) in self.param_vectors.iter().enumerate() {
+            names.insert(
+                n.clone(),
+                Binding { kind: BindingKind::ParamVec(i), span: Span::default(), stmt: 0 },
+            );
+        }
         let overrides = Overrides::none();
         let mut checker = Checker::new(&src, &overrides);
         checker.names = names;
+        checker.param_vecs = self.param_vectors.clone();
         let mut b = TapeBuilder::new(0);
         match checker.compile(&expr, usize::MAX, &mut b, Some("a value"), &[]) {
             Ok((Val::Const(c), _)) => Ok(c),
@@ -603,6 +646,25 @@ impl FromStr for Problem {
     fn from_str(text: &str) -> Result<Problem, ProblemError> {
         Problem::from_str(text)
     }
+}
+
+/// Splits `a=1,b=pow(2, 3)` at the commas outside brackets.
+fn split_top_level(spec: &str) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let (mut depth, mut start) = (0i32, 0);
+    for (i, c) in spec.char_indices() {
+        match c {
+            '(' | '[' => depth += 1,
+            ')' | ']' => depth -= 1,
+            ',' if depth == 0 => {
+                parts.push(&spec[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&spec[start..]);
+    parts
 }
 
 /// The smallest eigenvalue of a symmetric matrix when it is negative beyond round-off
@@ -622,8 +684,17 @@ pub fn min_eigenvalue_if_negative(m: &DMatrix<f64>) -> Option<f64> {
 #[derive(Clone, Copy, Debug)]
 enum BindingKind {
     Param(f64),
+    /// Index into `Checker::param_vecs`.
+    ParamVec(usize),
     Var(usize),
+    /// Coordinates `start..start + len`.
+    VarVec {
+        start: usize,
+        len: usize,
+    },
     Let(usize),
+    /// A `sum`/`prod` index, bound to one value while its body is compiled.
+    Index(f64),
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -651,9 +722,12 @@ struct Checker<'a> {
     overrides: &'a Overrides,
     names: HashMap<String, Binding>,
     params: Vec<(String, f64)>,
+    param_vecs: Vec<(String, Vec<f64>)>,
     vars: Vec<(String, f64)>,
+    vector_vars: Vec<VectorVar>,
     lets: Vec<(String, Span, LetDef)>,
     used_lets: HashSet<usize>,
+    loop_stack: Vec<(String, i64)>,
     warned: HashSet<Span>,
     warnings: Vec<Diagnostic>,
 }
@@ -665,9 +739,12 @@ impl<'a> Checker<'a> {
             overrides,
             names: HashMap::new(),
             params: Vec::new(),
+            param_vecs: Vec::new(),
             vars: Vec::new(),
+            vector_vars: Vec::new(),
             lets: Vec::new(),
             used_lets: HashSet::new(),
+            loop_stack: Vec::new(),
             warned: HashSet::new(),
             warnings: Vec::new(),
         }
@@ -737,6 +814,26 @@ impl<'a> Checker<'a> {
         )
     }
 
+    /// A constant expression's value (numbers, `pi`, params, loop indices).
+    fn constant_of(&mut self, e: &Expr, stmt: usize, what: &str) -> CheckResult<f64> {
+        let mut b = TapeBuilder::new(0);
+        let (v, _) = self.compile(e, stmt, &mut b, Some(what), &[])?;
+        v.as_const().ok_or_else(|| self.internal())
+    }
+
+    /// The length of a vector: a constant integer in 1..=MAX_DIMENSION.
+    fn size_of(&mut self, e: &Expr, stmt: usize) -> CheckResult<usize> {
+        let v = self.constant_of(e, stmt, "a vector length")?;
+        if v.fract() != 0.0 || v < 1.0 || v > MAX_DIMENSION as f64 {
+            return Err(self.err(
+                e.span(),
+                format!("a vector length must be an integer from 1 to {MAX_DIMENSION}, found {v}"),
+                "not a valid length",
+            ));
+        }
+        Ok(v as usize)
+    }
+
     fn check(mut self, program: &Program) -> CheckResult<Problem> {
         let mut minimize: Option<(&Expr, Span, usize)> = None;
         let mut noise: Option<(&Noise, Span, usize)> = None;
@@ -746,39 +843,81 @@ impl<'a> Checker<'a> {
         for (k, st) in program.statements.iter().enumerate() {
             match &st.kind {
                 StatementKind::Param { name, size, value } => {
-                    if let Some(s) = size {
-                        return Err(self.unsupported(s.span(), "vector params"));
+                    if let Some(size) = size {
+                        let n = self.size_of(size, k)?;
+                        let mut values = match value {
+                            ParamValue::Scalar(e) => vec![self.constant_of(e, k, "a param value")?; n],
+                            ParamValue::List(l) => {
+                                if l.items.len() != n {
+                                    return Err(self.err(
+                                        l.span,
+                                        format!("`{}` is declared with {n} entries but the list has {}", name.name, l.items.len()),
+                                        format!("expected {n} entries"),
+                                    ));
+                                }
+                                let mut v = Vec::with_capacity(n);
+                                for e in &l.items {
+                                    v.push(self.constant_of(e, k, "a param value")?);
+                                }
+                                v
+                            }
+                        };
+                        if let Some(all) = self.overrides.get(&name.name) {
+                            values.iter_mut().for_each(|v| *v = all);
+                        }
+                        for (i, v) in values.iter_mut().enumerate() {
+                            if let Some(o) = self.overrides.get(&format!("{}[{}]", name.name, i + 1)) {
+                                *v = o;
+                            }
+                        }
+                        let index = self.param_vecs.len();
+                        self.define(name, BindingKind::ParamVec(index), k)?;
+                        self.param_vecs.push((name.name.clone(), values));
+                        continue;
                     }
                     let expr = match value {
                         ParamValue::Scalar(e) => e,
                         ParamValue::List(l) => {
-                            return Err(self.unsupported(l.span, "vector params"));
+                            return Err(self.err(
+                                l.span,
+                                format!("a list needs a vector param: `param {}[{}] = […]`", name.name, l.items.len()),
+                                "a list for a scalar param",
+                            ));
                         }
                     };
-                    let mut b = TapeBuilder::new(0);
-                    let (v, _) = self.compile(expr, k, &mut b, Some("a param value"), &[])?;
-                    let v = v.as_const().unwrap_or(f64::NAN);
+                    let v = self.constant_of(expr, k, "a param value")?;
                     let v = self.overrides.get(&name.name).unwrap_or(v);
                     self.define(name, BindingKind::Param(v), k)?;
                     self.params.push((name.name.clone(), v));
                 }
                 StatementKind::Var(decls) => {
                     for d in decls {
-                        if let Some(s) = &d.size {
-                            return Err(self.unsupported(s.span(), "vector variables"));
-                        }
                         let start = match &d.init {
-                            Some(e) => {
-                                let mut b = TapeBuilder::new(0);
-                                let (v, _) =
-                                    self.compile(e, k, &mut b, Some("a start value"), &[])?;
-                                v.as_const().unwrap_or(f64::NAN)
-                            }
+                            Some(e) => self.constant_of(e, k, "a start value")?,
                             None => 0.0,
                         };
                         let index = self.vars.len();
-                        self.define(&d.name, BindingKind::Var(index), k)?;
-                        self.vars.push((d.name.name.clone(), start));
+                        match &d.size {
+                            None => {
+                                self.define(&d.name, BindingKind::Var(index), k)?;
+                                self.vars.push((d.name.name.clone(), start));
+                            }
+                            Some(size) => {
+                                let len = self.size_of(size, k)?;
+                                if self.vars.len() + len > MAX_DIMENSION {
+                                    return Err(self.err(
+                                        size.span(),
+                                        format!("more than {MAX_DIMENSION} variables in all"),
+                                        "too many variables",
+                                    ));
+                                }
+                                self.define(&d.name, BindingKind::VarVec { start: index, len }, k)?;
+                                for i in 1..=len {
+                                    self.vars.push((format!("{}[{i}]", d.name.name), start));
+                                }
+                                self.vector_vars.push(VectorVar { name: d.name.name.clone(), start: index, len });
+                            }
+                        }
                     }
                 }
                 StatementKind::Let { name, value } => {
@@ -843,10 +982,14 @@ impl<'a> Checker<'a> {
             }
         }
         for (name, _) in &self.overrides.values {
-            if !self.params.iter().any(|(p, _)| p == name) {
-                let hint = suggest(name, self.params.iter().map(|(p, _)| p.as_str()))
+            let vector_entry = self.param_vecs.iter().any(|(p, v)| {
+                p == name || (1..=v.len()).any(|i| *name == format!("{p}[{i}]"))
+            });
+            if !vector_entry && !self.params.iter().any(|(p, _)| p == name) {
+                let all = self.params.iter().map(|(p, _)| p.as_str());
+                let hint = suggest(name, all.chain(self.param_vecs.iter().map(|(p, _)| p.as_str())))
                     .map_or(String::new(), |s| format!("; did you mean `{s}`?"));
-                let known = if self.params.is_empty() {
+                let known = if self.params.is_empty() && self.param_vecs.is_empty() {
                     " (the file declares no params)".to_string()
                 } else {
                     String::new()
@@ -933,6 +1076,8 @@ impl<'a> Checker<'a> {
         Ok(Problem {
             source: self.source.clone(),
             variables: self.vars.iter().map(|(n, _)| n.clone()).collect(),
+            vectors: self.vector_vars,
+            param_vectors: self.param_vecs,
             start: self.vars.iter().map(|&(_, s)| s).collect(),
             params: self.params,
             objective,
@@ -990,18 +1135,24 @@ impl<'a> Checker<'a> {
                 (NoiseKind::Sd, vec![(var, e.span())])
             }
             Noise::Diag(list) => {
-                if list.items.len() != d {
-                    return Err(self.err(
-                        list.span,
-                        format!(
-                            "`noise diag` needs {d} entries (one variance per variable), found {}",
-                            list.items.len()
-                        ),
-                        format!("expected {d} entries"),
-                    ));
-                }
-                let mut outs = Vec::new();
+                // An entry that is a bare vector param (`noise diag [v, 0.1]` with
+                // `param v[n]`) stands for all its entries, so long diagonals need not
+                // be written out.
+                let mut outs: Vec<(Val, Span)> = Vec::new();
                 for e in &list.items {
+                    if let [Node { kind: NodeKind::Name(n), span }] = e.nodes.as_slice()
+                        && let Some(Binding { kind: BindingKind::ParamVec(p), .. }) =
+                            self.names.get(n).copied()
+                    {
+                        self.resolve(n, *span, k, None)?;
+                        for &c in &self.param_vecs[p].1 {
+                            if c < 0.0 {
+                                return Err(self.err(*span, format!("a variance must be ≥ 0, but `{n}` has the entry {c}"), "negative variance"));
+                            }
+                            outs.push((Val::Const(c), *span));
+                        }
+                        continue;
+                    }
                     let (v, deg) = self.compile(e, k, &mut b, None, &lets)?;
                     constant &= deg.is_const();
                     if let Val::Const(c) = v
@@ -1014,6 +1165,16 @@ impl<'a> Checker<'a> {
                         ));
                     }
                     outs.push((v, e.span()));
+                }
+                if outs.len() != d {
+                    return Err(self.err(
+                        list.span,
+                        format!(
+                            "`noise diag` needs {d} entries (one variance per variable), found {}",
+                            outs.len()
+                        ),
+                        format!("expected {d} entries"),
+                    ));
                 }
                 (NoiseKind::Diag, outs)
             }
@@ -1138,7 +1299,7 @@ impl<'a> Checker<'a> {
                 .map_or(String::new(), |s| format!("; did you mean `{s}`?"));
             return Err(self.err(span, format!("unknown name `{name}`{hint}"), "not defined"));
         };
-        if b.stmt >= stmt && stmt != usize::MAX {
+        if b.stmt >= stmt && stmt != usize::MAX && !matches!(b.kind, BindingKind::Index(_)) {
             let d = self
                 .source
                 .diagnostic(
@@ -1151,8 +1312,8 @@ impl<'a> Checker<'a> {
         }
         if let Some(what) = constant {
             let kind = match b.kind {
-                BindingKind::Param(_) => None,
-                BindingKind::Var(_) => Some("a variable"),
+                BindingKind::Param(_) | BindingKind::ParamVec(_) | BindingKind::Index(_) => None,
+                BindingKind::Var(_) | BindingKind::VarVec { .. } => Some("a variable"),
                 BindingKind::Let(_) => Some("a `let` (which may depend on variables)"),
             };
             if let Some(kind) = kind {
@@ -1166,8 +1327,10 @@ impl<'a> Checker<'a> {
         Ok(b)
     }
 
-    /// Compiles one expression: a single forward pass over its post-order nodes that
-    /// also computes the polynomial degree of every node.
+    /// Compiles one expression: a forward pass over its post-order nodes that also
+    /// computes the polynomial degree of every node. `sum`/`prod` bodies are skipped by
+    /// that pass and compiled once per index value instead (unrolled), with the index
+    /// bound as a constant; that recursion is bounded by the bracket-nesting cap.
     fn compile(
         &mut self,
         expr: &Expr,
@@ -1176,119 +1339,315 @@ impl<'a> Checker<'a> {
         constant: Option<&str>,
         lets: &[(Val, Degree)],
     ) -> CheckResult<(Val, Degree)> {
-        let mut vals: Vec<(Val, Degree)> = Vec::with_capacity(expr.nodes.len());
-        for node in &expr.nodes {
-            let span = node.span;
-            let at = |id: NodeId| vals[id as usize];
-            let out = match &node.kind {
-                NodeKind::Num { value, .. } => (Val::Const(*value), Degree::Poly(0)),
-                NodeKind::Name(name) => {
-                    let binding = self.resolve(name, span, stmt, constant)?;
-                    match binding.kind {
-                        BindingKind::Param(v) => (Val::Const(v), Degree::Poly(0)),
-                        BindingKind::Var(i) => (b.var(i, span), Degree::Poly(1)),
-                        BindingKind::Let(i) => {
-                            self.used_lets.insert(i);
-                            *lets.get(i).ok_or_else(|| self.internal())?
-                        }
-                    }
-                }
-                NodeKind::Neg(a) => {
-                    let (v, deg) = at(*a);
-                    (b.neg(v, span).map_err(|c| self.fold_error(span, c))?, deg)
-                }
-                NodeKind::Binary { op, lhs, rhs } => {
-                    let ((x, dx), (y, dy)) = (at(*lhs), at(*rhs));
-                    let r = match op {
-                        BinOp::Add => b.add(x, y, span),
-                        BinOp::Sub => b.sub(x, y, span),
-                        BinOp::Mul => b.mul(x, y, span),
-                        BinOp::Div => b.div(x, y, span),
-                        BinOp::Pow => b.pow(x, y, span),
-                    };
-                    let v = r.map_err(|c| self.fold_error(span, c))?;
-                    (v, binary_degree(*op, dx, y, dy))
-                }
-                NodeKind::Call { func, args } => {
-                    let name = func.name.as_str();
-                    let want = match name {
-                        "pow" => 2,
-                        "mean" => return Err(self.unsupported(span, "`mean(…)` finite sums")),
-                        "sum" | "prod" => {
-                            return Err(self.err(
-                                span,
-                                format!("`{name}` needs an index range: `{name}(i = 1..n, EXPR)`"),
-                                "expected `i = A..B` as the first argument",
-                            ));
-                        }
-                        _ => match Func::from_name(name) {
-                            Some(_) => 1,
-                            None => {
-                                let all = Func::ALL.iter().map(|f| f.name()).chain(["pow"]);
-                                let hint = suggest(name, all)
-                                    .map_or(String::new(), |s| format!("; did you mean `{s}`?"));
-                                return Err(self.err(
-                                    func.span,
-                                    format!("unknown function `{name}`{hint}"),
-                                    "not a built-in function",
-                                ));
-                            }
-                        },
-                    };
-                    if args.len() != want {
-                        let plural = if want == 1 { "" } else { "s" };
-                        return Err(self.err(
-                            span,
-                            format!(
-                                "`{name}` takes {want} argument{plural}, found {}",
-                                args.len()
-                            ),
-                            format!("expected {want} argument{plural}"),
-                        ));
-                    }
-                    if name == "pow" {
-                        let ((x, dx), (y, dy)) = (at(args[0]), at(args[1]));
-                        let v = b.pow(x, y, span).map_err(|c| self.fold_error(span, c))?;
-                        (v, binary_degree(BinOp::Pow, dx, y, dy))
-                    } else {
-                        let f = Func::from_name(name).ok_or_else(|| self.internal())?;
-                        let (x, dx) = at(args[0]);
-                        if f == Func::Abs && x.as_const().is_none() && self.warned.insert(span) {
-                            self.warnings.push(self.source.diagnostic(
-                                span,
-                                "`abs` is not differentiable at 0 (hasme takes the derivative +1 there)",
-                                "non-smooth",
-                            ));
-                        }
-                        let v = b.func(f, x, span).map_err(|c| self.fold_error(span, c))?;
-                        (
-                            v,
-                            if dx.is_const() {
-                                Degree::Poly(0)
-                            } else {
-                                Degree::Other
-                            },
-                        )
-                    }
-                }
-                NodeKind::Index { .. } => {
-                    return Err(self.unsupported(span, "indexed names (`w[i]`, vector variables)"));
-                }
-                NodeKind::Column { .. } => {
-                    return Err(self.unsupported(span, "data columns (`DATA.col`, finite sums)"));
-                }
-                NodeKind::Reduce { .. } => {
-                    return Err(self.unsupported(span, "`sum`/`prod` over an index"));
-                }
-            };
-            vals.push(out);
+        let n = expr.nodes.len();
+        if n == 0 {
+            return Err(self.internal());
         }
-        let result = vals.pop().ok_or_else(|| self.internal())?;
+        let layout = Layout::of(expr);
+        let mut vals: Vec<(Val, Degree)> = vec![(Val::Const(0.0), Degree::Poly(0)); n];
+        let mut ctx = Ctx { expr, layout: &layout, stmt, constant, lets, budget: UNROLL_BUDGET };
+        self.compile_range(&mut ctx, b, 0, n - 1, &mut vals)?;
+        let result = vals[n - 1];
         if constant.is_some() && result.0.as_const().is_none() {
             return Err(self.internal());
         }
         Ok(result)
     }
+
+    fn compile_range(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        b: &mut TapeBuilder,
+        first: usize,
+        last: usize,
+        vals: &mut [(Val, Degree)],
+    ) -> CheckResult<()> {
+        let mut k = first;
+        while k <= last {
+            // The body of a `sum`/`prod` inside this range: leave it to its Reduce node.
+            if let Some((body_root, owner)) = ctx.layout.body_at[k]
+                && owner <= last
+            {
+                k = body_root + 1;
+                continue;
+            }
+            let node = &ctx.expr.nodes[k];
+            let out = self.compile_node(ctx, b, node, vals)?;
+            vals[k] = out;
+            k += 1;
+        }
+        Ok(())
+    }
+
+    fn compile_node(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        b: &mut TapeBuilder,
+        node: &Node,
+        vals: &mut [(Val, Degree)],
+    ) -> CheckResult<(Val, Degree)> {
+        let span = node.span;
+        let at = |vals: &[(Val, Degree)], id: NodeId| vals[id as usize];
+        Ok(match &node.kind {
+            NodeKind::Num { value, .. } => (Val::Const(*value), Degree::Poly(0)),
+            NodeKind::Name(name) => {
+                let binding = self.resolve(name, span, ctx.stmt, ctx.constant)?;
+                match binding.kind {
+                    BindingKind::Param(v) | BindingKind::Index(v) => (Val::Const(v), Degree::Poly(0)),
+                    BindingKind::Var(i) => (b.var(i, span), Degree::Poly(1)),
+                    BindingKind::Let(i) => {
+                        self.used_lets.insert(i);
+                        *ctx.lets.get(i).ok_or_else(|| self.internal())?
+                    }
+                    BindingKind::ParamVec(p) => {
+                        let len = self.param_vecs[p].1.len();
+                        return Err(self.err(
+                            span,
+                            format!("`{name}` is a vector of {len} entries; index it, e.g. `{name}[1]`"),
+                            "a vector, not a number",
+                        ));
+                    }
+                    BindingKind::VarVec { len, .. } => {
+                        return Err(self.err(
+                            span,
+                            format!("`{name}` is a vector of {len} variables; index it, e.g. `{name}[1]`"),
+                            "a vector, not a number",
+                        ));
+                    }
+                }
+            }
+            NodeKind::Index { name, index } => {
+                let binding = self.resolve(&name.name, name.span, ctx.stmt, ctx.constant)?;
+                let ispan = ctx.expr.nodes[*index as usize].span;
+                let (len, what) = match binding.kind {
+                    BindingKind::ParamVec(p) => (self.param_vecs[p].1.len(), "param"),
+                    BindingKind::VarVec { len, .. } => (len, "variable"),
+                    _ => {
+                        return Err(self.err(
+                            name.span,
+                            format!("`{}` is not a vector, so it cannot be indexed", name.name),
+                            "not a vector",
+                        ));
+                    }
+                };
+                let i = match at(vals, *index).0 {
+                    Val::Const(c) if c.fract() == 0.0 => c,
+                    Val::Const(c) => {
+                        return Err(self.loop_err(ispan, format!("an index must be an integer, found {c}"), "not an integer"));
+                    }
+                    Val::Slot(_) => {
+                        return Err(self.err(
+                            ispan,
+                            "an index must be a constant (numbers, params and loop indices)",
+                            "depends on the variables",
+                        ));
+                    }
+                };
+                if i < 1.0 || i > len as f64 {
+                    return Err(self.loop_err(
+                        ispan,
+                        format!("index {i} is out of range for the {what} vector `{}` (valid: 1..{len})", name.name),
+                        "out of range",
+                    ));
+                }
+                let i = i as usize - 1;
+                match binding.kind {
+                    BindingKind::ParamVec(p) => (Val::Const(self.param_vecs[p].1[i]), Degree::Poly(0)),
+                    BindingKind::VarVec { start, .. } => (b.var(start + i, span), Degree::Poly(1)),
+                    _ => return Err(self.internal()),
+                }
+            }
+            NodeKind::Reduce { kind, index, lo, hi, body } => {
+                let lo_v = self.loop_bound(at(vals, *lo).0, ctx.expr.nodes[*lo as usize].span)?;
+                let hi_v = self.loop_bound(at(vals, *hi).0, ctx.expr.nodes[*hi as usize].span)?;
+                let body = *body as usize;
+                let body_start = ctx.layout.start[body];
+                let iterations = (hi_v - lo_v + 1).max(0) as u64;
+                let cost = iterations.saturating_mul((body - body_start + 1) as u64);
+                if cost > ctx.budget {
+                    return Err(self.err(
+                        span,
+                        format!("this `{}` unrolls to {cost} nodes, more than the {UNROLL_BUDGET} allowed", reduce_name(*kind)),
+                        "too large to unroll",
+                    ));
+                }
+                ctx.budget -= cost;
+                if let Some(prev) = self.names.get(&index.name) {
+                    let what = if matches!(prev.kind, BindingKind::Index(_)) { "an enclosing loop index" } else { "an existing name" };
+                    return Err(self.err(
+                        index.span,
+                        format!("loop index `{}` shadows {what}", index.name),
+                        "choose another index name",
+                    ));
+                }
+                let (mut acc, mut deg) = match kind {
+                    ReduceKind::Sum => (Val::Const(0.0), Degree::Poly(0)),
+                    ReduceKind::Prod => (Val::Const(1.0), Degree::Poly(0)),
+                };
+                for i in lo_v..=hi_v {
+                    self.names.insert(
+                        index.name.clone(),
+                        Binding { kind: BindingKind::Index(i as f64), span: index.span, stmt: 0 },
+                    );
+                    self.loop_stack.push((index.name.clone(), i));
+                    let r = self.compile_range(ctx, b, body_start, body, vals);
+                    self.loop_stack.pop();
+                    self.names.remove(&index.name);
+                    r?;
+                    let (v, d) = vals[body];
+                    let combined = match kind {
+                        ReduceKind::Sum => b.add(acc, v, span),
+                        ReduceKind::Prod => b.mul(acc, v, span),
+                    };
+                    acc = combined.map_err(|c| self.fold_error(span, c))?;
+                    deg = match kind {
+                        ReduceKind::Sum => deg.max(d),
+                        ReduceKind::Prod => binary_degree(BinOp::Mul, deg, Val::Const(0.0), d),
+                    };
+                }
+                (acc, deg)
+            }
+            NodeKind::Neg(a) => {
+                let (v, deg) = at(vals, *a);
+                (b.neg(v, span).map_err(|c| self.fold_error(span, c))?, deg)
+            }
+            NodeKind::Binary { op, lhs, rhs } => {
+                let ((x, dx), (y, dy)) = (at(vals, *lhs), at(vals, *rhs));
+                let r = match op {
+                    BinOp::Add => b.add(x, y, span),
+                    BinOp::Sub => b.sub(x, y, span),
+                    BinOp::Mul => b.mul(x, y, span),
+                    BinOp::Div => b.div(x, y, span),
+                    BinOp::Pow => b.pow(x, y, span),
+                };
+                let v = r.map_err(|c| self.fold_error(span, c))?;
+                (v, binary_degree(*op, dx, y, dy))
+            }
+            NodeKind::Call { func, args } => {
+                let name = func.name.as_str();
+                let want = match name {
+                    "pow" => 2,
+                    "mean" => return Err(self.unsupported(span, "`mean(…)` finite sums")),
+                    "sum" | "prod" => {
+                        return Err(self.err(
+                            span,
+                            format!("`{name}` needs an index range: `{name}(i = 1..n, EXPR)`"),
+                            "expected `i = A..B` as the first argument",
+                        ));
+                    }
+                    _ => match Func::from_name(name) {
+                        Some(_) => 1,
+                        None => {
+                            let all = Func::ALL.iter().map(|f| f.name()).chain(["pow", "sum", "prod"]);
+                            let hint = suggest(name, all)
+                                .map_or(String::new(), |s| format!("; did you mean `{s}`?"));
+                            return Err(self.err(
+                                func.span,
+                                format!("unknown function `{name}`{hint}"),
+                                "not a built-in function",
+                            ));
+                        }
+                    },
+                };
+                if args.len() != want {
+                    let plural = if want == 1 { "" } else { "s" };
+                    return Err(self.err(
+                        span,
+                        format!("`{name}` takes {want} argument{plural}, found {}", args.len()),
+                        format!("expected {want} argument{plural}"),
+                    ));
+                }
+                if name == "pow" {
+                    let ((x, dx), (y, dy)) = (at(vals, args[0]), at(vals, args[1]));
+                    let v = b.pow(x, y, span).map_err(|c| self.fold_error(span, c))?;
+                    (v, binary_degree(BinOp::Pow, dx, y, dy))
+                } else {
+                    let f = Func::from_name(name).ok_or_else(|| self.internal())?;
+                    let (x, dx) = at(vals, args[0]);
+                    if f == Func::Abs && x.as_const().is_none() && self.warned.insert(span) {
+                        self.warnings.push(self.source.diagnostic(
+                            span,
+                            "`abs` is not differentiable at 0 (hasme takes the derivative +1 there)",
+                            "non-smooth",
+                        ));
+                    }
+                    let v = b.func(f, x, span).map_err(|c| self.fold_error(span, c))?;
+                    (v, if dx.is_const() { Degree::Poly(0) } else { Degree::Other })
+                }
+            }
+            NodeKind::Column { .. } => {
+                return Err(self.unsupported(span, "data columns (`DATA.col`, finite sums)"));
+            }
+        })
+    }
+
+    /// A loop bound: an integer constant.
+    fn loop_bound(&self, v: Val, span: Span) -> CheckResult<i64> {
+        match v {
+            Val::Const(c) if c.fract() == 0.0 && c.abs() <= 1e15 => Ok(c as i64),
+            Val::Const(c) => Err(self.loop_err(span, format!("a loop bound must be an integer, found {c}"), "not an integer")),
+            Val::Slot(_) => Err(self.err(
+                span,
+                "a loop bound must be a constant (numbers, params and enclosing loop indices)",
+                "depends on the variables",
+            )),
+        }
+    }
+
+    /// An error inside `sum`/`prod` bodies names the loop indices' values.
+    fn loop_err(&self, span: Span, message: String, label: &str) -> CheckFailure {
+        let mut d = self.source.diagnostic(span, message, label);
+        if !self.loop_stack.is_empty() {
+            let at: Vec<String> = self.loop_stack.iter().map(|(n, v)| format!("{n} = {v}")).collect();
+            d = d.with_note(format!("when {}", at.join(", ")));
+        }
+        CheckFailure::Diag(Box::new(d))
+    }
+}
+
+/// Most nodes one expression may unroll to (sum of iterations × body sizes): keeps a
+/// typo like `sum(i = 1..1e9, …)` from hanging the checker.
+pub const UNROLL_BUDGET: u64 = 20_000_000;
+
+fn reduce_name(kind: ReduceKind) -> &'static str {
+    match kind {
+        ReduceKind::Sum => "sum",
+        ReduceKind::Prod => "prod",
+    }
+}
+
+/// Where each subtree starts in the post-order arena, and which nodes begin the body
+/// of a `sum`/`prod` (with that body's root and the Reduce node owning it).
+struct Layout {
+    start: Vec<usize>,
+    body_at: Vec<Option<(usize, usize)>>,
+}
+
+impl Layout {
+    fn of(expr: &Expr) -> Layout {
+        let n = expr.nodes.len();
+        let mut start: Vec<usize> = (0..n).collect();
+        let mut body_at = vec![None; n];
+        for (k, node) in expr.nodes.iter().enumerate() {
+            for c in node.kind.children() {
+                start[k] = start[k].min(start[c as usize]);
+            }
+            if let NodeKind::Reduce { body, .. } = node.kind {
+                body_at[start[body as usize]] = Some((body as usize, k));
+            }
+        }
+        Layout { start, body_at }
+    }
+}
+
+/// What every node of one expression compiles against.
+struct Ctx<'e> {
+    expr: &'e Expr,
+    layout: &'e Layout,
+    stmt: usize,
+    constant: Option<&'e str>,
+    lets: &'e [(Val, Degree)],
+    budget: u64,
 }
 
 struct CompiledNoise {
