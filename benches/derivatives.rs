@@ -9,7 +9,7 @@
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use hasme::Problem;
-use hasme::tape::{Jets, Workspace};
+use hasme::tape::{HessianMethod, Jets, Workspace};
 use nalgebra::SVector;
 use num_dual::{Dual2SVec64, DualNum, hessian};
 use std::hint::black_box;
@@ -62,6 +62,20 @@ fn bench(c: &mut Criterion) {
             jets.values[0]
         })
     });
+    for (name, method) in [
+        ("saddle/tape-static", HessianMethod::Static),
+        ("saddle/tape-reverse", HessianMethod::Reverse),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                saddle
+                    .objective_tape()
+                    .derivatives_by(method, black_box(&xs), &mut ws, &mut jets)
+                    .expect("finite");
+                jets.values[0]
+            })
+        });
+    }
     let xv = SVector::<f64, 2>::from(xs);
     g.bench_function("saddle/hand", |b| {
         b.iter(|| hessian(saddle_hand::<Dual2SVec64<2>>, black_box(&xv)))
@@ -77,6 +91,20 @@ fn bench(c: &mut Criterion) {
             jets.values[0]
         })
     });
+    for (name, method) in [
+        ("rosenbrock8/tape-static", HessianMethod::Static),
+        ("rosenbrock8/tape-reverse", HessianMethod::Reverse),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                rosen
+                    .objective_tape()
+                    .derivatives_by(method, black_box(&xr), &mut ws, &mut jets)
+                    .expect("finite");
+                jets.values[0]
+            })
+        });
+    }
     let xrv = SVector::<f64, 8>::from_iterator(xr.iter().copied());
     g.bench_function("rosenbrock8/hand", |b| {
         b.iter(|| hessian(rosenbrock_hand::<Dual2SVec64<8>>, black_box(&xrv)))
