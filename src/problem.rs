@@ -385,6 +385,13 @@ impl Problem {
 
     fn eval_error(&self, nf: NonFinite, x: &[f64]) -> ProblemError {
         let expr = self.source.snippet(nf.span).to_string();
+        // Only the default observables have no source text; of them only `norm2` can
+        // overflow (the coordinates themselves are finite).
+        let expr = if expr.is_empty() {
+            "norm2 = Σ x_i² (the default observable)".to_string()
+        } else {
+            expr
+        };
         let expr = if expr.chars().count() > 60 {
             format!("{}…", expr.chars().take(60).collect::<String>())
         } else {
@@ -586,7 +593,9 @@ impl Problem {
                 let value = self
                     .constant(value.trim())
                     .map_err(|m| ProblemError::Usage(format!("--at `{}`: {m}", item.trim())))?;
-                x[v.start..v.start + v.len].iter_mut().for_each(|c| *c = value);
+                x[v.start..v.start + v.len]
+                    .iter_mut()
+                    .for_each(|c| *c = value);
                 continue;
             }
             let i = self
@@ -623,7 +632,11 @@ impl Problem {
         for (i, (n, _)) in self.param_vectors.iter().enumerate() {
             names.insert(
                 n.clone(),
-                Binding { kind: BindingKind::ParamVec(i), span: Span::default(), stmt: 0 },
+                Binding {
+                    kind: BindingKind::ParamVec(i),
+                    span: Span::default(),
+                    stmt: 0,
+                },
             );
         }
         let overrides = Overrides::none();
@@ -728,6 +741,9 @@ struct Checker<'a> {
     lets: Vec<(String, Span, LetDef)>,
     used_lets: HashSet<usize>,
     loop_stack: Vec<(String, i64)>,
+    /// Every name the file declares, with its first definition: to tell "used before
+    /// it is defined" from "unknown".
+    declared: HashMap<String, Span>,
     warned: HashSet<Span>,
     warnings: Vec<Diagnostic>,
 }
@@ -745,6 +761,7 @@ impl<'a> Checker<'a> {
             lets: Vec::new(),
             used_lets: HashSet::new(),
             loop_stack: Vec::new(),
+            declared: HashMap::new(),
             warned: HashSet::new(),
             warnings: Vec::new(),
         }
@@ -839,6 +856,17 @@ impl<'a> Checker<'a> {
         let mut noise: Option<(&Noise, Span, usize)> = None;
         let mut observes: Vec<(&Ident, &Expr, usize)> = Vec::new();
 
+        for st in &program.statements {
+            let names: Vec<&Ident> = match &st.kind {
+                StatementKind::Param { name, .. } | StatementKind::Let { name, .. } => vec![name],
+                StatementKind::Var(decls) => decls.iter().map(|d| &d.name).collect(),
+                _ => Vec::new(),
+            };
+            for n in names {
+                self.declared.entry(n.name.clone()).or_insert(n.span);
+            }
+        }
+
         // Pass 1: declarations, params and start values, in file order.
         for (k, st) in program.statements.iter().enumerate() {
             match &st.kind {
@@ -846,12 +874,18 @@ impl<'a> Checker<'a> {
                     if let Some(size) = size {
                         let n = self.size_of(size, k)?;
                         let mut values = match value {
-                            ParamValue::Scalar(e) => vec![self.constant_of(e, k, "a param value")?; n],
+                            ParamValue::Scalar(e) => {
+                                vec![self.constant_of(e, k, "a param value")?; n]
+                            }
                             ParamValue::List(l) => {
                                 if l.items.len() != n {
                                     return Err(self.err(
                                         l.span,
-                                        format!("`{}` is declared with {n} entries but the list has {}", name.name, l.items.len()),
+                                        format!(
+                                            "`{}` is declared with {n} entries but the list has {}",
+                                            name.name,
+                                            l.items.len()
+                                        ),
                                         format!("expected {n} entries"),
                                     ));
                                 }
@@ -866,7 +900,9 @@ impl<'a> Checker<'a> {
                             values.iter_mut().for_each(|v| *v = all);
                         }
                         for (i, v) in values.iter_mut().enumerate() {
-                            if let Some(o) = self.overrides.get(&format!("{}[{}]", name.name, i + 1)) {
+                            if let Some(o) =
+                                self.overrides.get(&format!("{}[{}]", name.name, i + 1))
+                            {
                                 *v = o;
                             }
                         }
@@ -880,7 +916,11 @@ impl<'a> Checker<'a> {
                         ParamValue::List(l) => {
                             return Err(self.err(
                                 l.span,
-                                format!("a list needs a vector param: `param {}[{}] = […]`", name.name, l.items.len()),
+                                format!(
+                                    "a list needs a vector param: `param {}[{}] = […]`",
+                                    name.name,
+                                    l.items.len()
+                                ),
                                 "a list for a scalar param",
                             ));
                         }
@@ -915,7 +955,11 @@ impl<'a> Checker<'a> {
                                 for i in 1..=len {
                                     self.vars.push((format!("{}[{i}]", d.name.name), start));
                                 }
-                                self.vector_vars.push(VectorVar { name: d.name.name.clone(), start: index, len });
+                                self.vector_vars.push(VectorVar {
+                                    name: d.name.name.clone(),
+                                    start: index,
+                                    len,
+                                });
                             }
                         }
                     }
@@ -982,13 +1026,17 @@ impl<'a> Checker<'a> {
             }
         }
         for (name, _) in &self.overrides.values {
-            let vector_entry = self.param_vecs.iter().any(|(p, v)| {
-                p == name || (1..=v.len()).any(|i| *name == format!("{p}[{i}]"))
-            });
+            let vector_entry = self
+                .param_vecs
+                .iter()
+                .any(|(p, v)| p == name || (1..=v.len()).any(|i| *name == format!("{p}[{i}]")));
             if !vector_entry && !self.params.iter().any(|(p, _)| p == name) {
                 let all = self.params.iter().map(|(p, _)| p.as_str());
-                let hint = suggest(name, all.chain(self.param_vecs.iter().map(|(p, _)| p.as_str())))
-                    .map_or(String::new(), |s| format!("; did you mean `{s}`?"));
+                let hint = suggest(
+                    name,
+                    all.chain(self.param_vecs.iter().map(|(p, _)| p.as_str())),
+                )
+                .map_or(String::new(), |s| format!("; did you mean `{s}`?"));
                 let known = if self.params.is_empty() && self.param_vecs.is_empty() {
                     " (the file declares no params)".to_string()
                 } else {
@@ -1140,14 +1188,25 @@ impl<'a> Checker<'a> {
                 // be written out.
                 let mut outs: Vec<(Val, Span)> = Vec::new();
                 for e in &list.items {
-                    if let [Node { kind: NodeKind::Name(n), span }] = e.nodes.as_slice()
-                        && let Some(Binding { kind: BindingKind::ParamVec(p), .. }) =
-                            self.names.get(n).copied()
+                    if let [
+                        Node {
+                            kind: NodeKind::Name(n),
+                            span,
+                        },
+                    ] = e.nodes.as_slice()
+                        && let Some(Binding {
+                            kind: BindingKind::ParamVec(p),
+                            ..
+                        }) = self.names.get(n).copied()
                     {
                         self.resolve(n, *span, k, None)?;
                         for &c in &self.param_vecs[p].1 {
                             if c < 0.0 {
-                                return Err(self.err(*span, format!("a variance must be ≥ 0, but `{n}` has the entry {c}"), "negative variance"));
+                                return Err(self.err(
+                                    *span,
+                                    format!("a variance must be ≥ 0, but `{n}` has the entry {c}"),
+                                    "negative variance",
+                                ));
                             }
                             outs.push((Val::Const(c), *span));
                         }
@@ -1292,6 +1351,17 @@ impl<'a> Checker<'a> {
                     "a function, not a value",
                 ));
             }
+            if let Some(&later) = self.declared.get(name) {
+                let d = self
+                    .source
+                    .diagnostic(
+                        span,
+                        format!("`{name}` is used before it is defined"),
+                        "not yet defined",
+                    )
+                    .with_note(format!("`{name}` is defined at {}", self.pos(later)));
+                return Err(CheckFailure::Diag(Box::new(d)));
+            }
             let mut candidates: Vec<&str> = self.names.keys().map(String::as_str).collect();
             candidates.sort();
             candidates.push("pi");
@@ -1299,17 +1369,6 @@ impl<'a> Checker<'a> {
                 .map_or(String::new(), |s| format!("; did you mean `{s}`?"));
             return Err(self.err(span, format!("unknown name `{name}`{hint}"), "not defined"));
         };
-        if b.stmt >= stmt && stmt != usize::MAX && !matches!(b.kind, BindingKind::Index(_)) {
-            let d = self
-                .source
-                .diagnostic(
-                    span,
-                    format!("`{name}` is used before it is defined"),
-                    "not yet defined",
-                )
-                .with_note(format!("`{name}` is defined at {}", self.pos(b.span)));
-            return Err(CheckFailure::Diag(Box::new(d)));
-        }
         if let Some(what) = constant {
             let kind = match b.kind {
                 BindingKind::Param(_) | BindingKind::ParamVec(_) | BindingKind::Index(_) => None,
@@ -1323,6 +1382,17 @@ impl<'a> Checker<'a> {
                     "expected numbers, `pi` and params only",
                 ));
             }
+        }
+        if b.stmt >= stmt && stmt != usize::MAX && !matches!(b.kind, BindingKind::Index(_)) {
+            let d = self
+                .source
+                .diagnostic(
+                    span,
+                    format!("`{name}` is used before it is defined"),
+                    "not yet defined",
+                )
+                .with_note(format!("`{name}` is defined at {}", self.pos(b.span)));
+            return Err(CheckFailure::Diag(Box::new(d)));
         }
         Ok(b)
     }
@@ -1345,7 +1415,14 @@ impl<'a> Checker<'a> {
         }
         let layout = Layout::of(expr);
         let mut vals: Vec<(Val, Degree)> = vec![(Val::Const(0.0), Degree::Poly(0)); n];
-        let mut ctx = Ctx { expr, layout: &layout, stmt, constant, lets, budget: UNROLL_BUDGET };
+        let mut ctx = Ctx {
+            expr,
+            layout: &layout,
+            stmt,
+            constant,
+            lets,
+            budget: UNROLL_BUDGET,
+        };
         self.compile_range(&mut ctx, b, 0, n - 1, &mut vals)?;
         let result = vals[n - 1];
         if constant.is_some() && result.0.as_const().is_none() {
@@ -1393,7 +1470,9 @@ impl<'a> Checker<'a> {
             NodeKind::Name(name) => {
                 let binding = self.resolve(name, span, ctx.stmt, ctx.constant)?;
                 match binding.kind {
-                    BindingKind::Param(v) | BindingKind::Index(v) => (Val::Const(v), Degree::Poly(0)),
+                    BindingKind::Param(v) | BindingKind::Index(v) => {
+                        (Val::Const(v), Degree::Poly(0))
+                    }
                     BindingKind::Var(i) => (b.var(i, span), Degree::Poly(1)),
                     BindingKind::Let(i) => {
                         self.used_lets.insert(i);
@@ -1403,7 +1482,9 @@ impl<'a> Checker<'a> {
                         let len = self.param_vecs[p].1.len();
                         return Err(self.err(
                             span,
-                            format!("`{name}` is a vector of {len} entries; index it, e.g. `{name}[1]`"),
+                            format!(
+                                "`{name}` is a vector of {len} entries; index it, e.g. `{name}[1]`"
+                            ),
                             "a vector, not a number",
                         ));
                     }
@@ -1433,7 +1514,11 @@ impl<'a> Checker<'a> {
                 let i = match at(vals, *index).0 {
                     Val::Const(c) if c.fract() == 0.0 => c,
                     Val::Const(c) => {
-                        return Err(self.loop_err(ispan, format!("an index must be an integer, found {c}"), "not an integer"));
+                        return Err(self.loop_err(
+                            ispan,
+                            format!("an index must be an integer, found {c}"),
+                            "not an integer",
+                        ));
                     }
                     Val::Slot(_) => {
                         return Err(self.err(
@@ -1452,12 +1537,20 @@ impl<'a> Checker<'a> {
                 }
                 let i = i as usize - 1;
                 match binding.kind {
-                    BindingKind::ParamVec(p) => (Val::Const(self.param_vecs[p].1[i]), Degree::Poly(0)),
+                    BindingKind::ParamVec(p) => {
+                        (Val::Const(self.param_vecs[p].1[i]), Degree::Poly(0))
+                    }
                     BindingKind::VarVec { start, .. } => (b.var(start + i, span), Degree::Poly(1)),
                     _ => return Err(self.internal()),
                 }
             }
-            NodeKind::Reduce { kind, index, lo, hi, body } => {
+            NodeKind::Reduce {
+                kind,
+                index,
+                lo,
+                hi,
+                body,
+            } => {
                 let lo_v = self.loop_bound(at(vals, *lo).0, ctx.expr.nodes[*lo as usize].span)?;
                 let hi_v = self.loop_bound(at(vals, *hi).0, ctx.expr.nodes[*hi as usize].span)?;
                 let body = *body as usize;
@@ -1473,7 +1566,11 @@ impl<'a> Checker<'a> {
                 }
                 ctx.budget -= cost;
                 if let Some(prev) = self.names.get(&index.name) {
-                    let what = if matches!(prev.kind, BindingKind::Index(_)) { "an enclosing loop index" } else { "an existing name" };
+                    let what = if matches!(prev.kind, BindingKind::Index(_)) {
+                        "an enclosing loop index"
+                    } else {
+                        "an existing name"
+                    };
                     return Err(self.err(
                         index.span,
                         format!("loop index `{}` shadows {what}", index.name),
@@ -1487,7 +1584,11 @@ impl<'a> Checker<'a> {
                 for i in lo_v..=hi_v {
                     self.names.insert(
                         index.name.clone(),
-                        Binding { kind: BindingKind::Index(i as f64), span: index.span, stmt: 0 },
+                        Binding {
+                            kind: BindingKind::Index(i as f64),
+                            span: index.span,
+                            stmt: 0,
+                        },
                     );
                     self.loop_stack.push((index.name.clone(), i));
                     let r = self.compile_range(ctx, b, body_start, body, vals);
@@ -1538,7 +1639,10 @@ impl<'a> Checker<'a> {
                     _ => match Func::from_name(name) {
                         Some(_) => 1,
                         None => {
-                            let all = Func::ALL.iter().map(|f| f.name()).chain(["pow", "sum", "prod"]);
+                            let all = Func::ALL
+                                .iter()
+                                .map(|f| f.name())
+                                .chain(["pow", "sum", "prod"]);
                             let hint = suggest(name, all)
                                 .map_or(String::new(), |s| format!("; did you mean `{s}`?"));
                             return Err(self.err(
@@ -1553,7 +1657,10 @@ impl<'a> Checker<'a> {
                     let plural = if want == 1 { "" } else { "s" };
                     return Err(self.err(
                         span,
-                        format!("`{name}` takes {want} argument{plural}, found {}", args.len()),
+                        format!(
+                            "`{name}` takes {want} argument{plural}, found {}",
+                            args.len()
+                        ),
                         format!("expected {want} argument{plural}"),
                     ));
                 }
@@ -1572,7 +1679,14 @@ impl<'a> Checker<'a> {
                         ));
                     }
                     let v = b.func(f, x, span).map_err(|c| self.fold_error(span, c))?;
-                    (v, if dx.is_const() { Degree::Poly(0) } else { Degree::Other })
+                    (
+                        v,
+                        if dx.is_const() {
+                            Degree::Poly(0)
+                        } else {
+                            Degree::Other
+                        },
+                    )
                 }
             }
             NodeKind::Column { .. } => {
@@ -1585,7 +1699,11 @@ impl<'a> Checker<'a> {
     fn loop_bound(&self, v: Val, span: Span) -> CheckResult<i64> {
         match v {
             Val::Const(c) if c.fract() == 0.0 && c.abs() <= 1e15 => Ok(c as i64),
-            Val::Const(c) => Err(self.loop_err(span, format!("a loop bound must be an integer, found {c}"), "not an integer")),
+            Val::Const(c) => Err(self.loop_err(
+                span,
+                format!("a loop bound must be an integer, found {c}"),
+                "not an integer",
+            )),
             Val::Slot(_) => Err(self.err(
                 span,
                 "a loop bound must be a constant (numbers, params and enclosing loop indices)",
@@ -1598,7 +1716,11 @@ impl<'a> Checker<'a> {
     fn loop_err(&self, span: Span, message: String, label: &str) -> CheckFailure {
         let mut d = self.source.diagnostic(span, message, label);
         if !self.loop_stack.is_empty() {
-            let at: Vec<String> = self.loop_stack.iter().map(|(n, v)| format!("{n} = {v}")).collect();
+            let at: Vec<String> = self
+                .loop_stack
+                .iter()
+                .map(|(n, v)| format!("{n} = {v}"))
+                .collect();
             d = d.with_note(format!("when {}", at.join(", ")));
         }
         CheckFailure::Diag(Box::new(d))

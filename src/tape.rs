@@ -112,7 +112,16 @@ impl Func {
             Func::Sin => x.cos(),
             Func::Cos => -x.sin(),
             Func::Tan => y.clone() * y + 1.0,
-            Func::Tanh => -(y.clone() * y) + 1.0,
+            Func::Tanh => {
+                // sech²(x) = 4e/(1 + e)², e = exp(−2|x|): exact where 1 − tanh² rounds to 0.
+                let e = if x.re() >= 0.0 {
+                    (x.clone() * -2.0).exp()
+                } else {
+                    (x.clone() * 2.0).exp()
+                };
+                let one_plus = e.clone() + 1.0;
+                e * 4.0 / (one_plus.clone() * one_plus)
+            }
             Func::Sinh => x.cosh(),
             Func::Cosh => x.sinh(),
             Func::Atan => (x.clone() * x + 1.0).recip(),
@@ -135,7 +144,18 @@ impl Func {
             Func::Sin => x.sin(),
             Func::Cos => x.cos(),
             Func::Tan => x.tan(),
-            Func::Tanh => x.tanh(),
+            Func::Tanh => {
+                // tanh(x) = −m/(m + 2), m = expm1(−2|x|) carrying the sign: no overflow
+                // and no cancellation, so the derivatives stay right for large |x|
+                // (sinh/cosh would give ∞/∞) and the value for small |x|.
+                if x.re() >= 0.0 {
+                    let m = (x.clone() * -2.0).exp_m1();
+                    -m.clone() / (m + 2.0)
+                } else {
+                    let m = (x.clone() * 2.0).exp_m1();
+                    m.clone() / (m + 2.0)
+                }
+            }
             Func::Sinh => x.sinh(),
             Func::Cosh => x.cosh(),
             Func::Atan => x.atan(),
@@ -296,7 +316,7 @@ fn step<D: DualNum<Primitive = f64>>(op: Op, s: &[D], x: &[D], out: &mut D) {
         Op::ConstDiv(c, a) => *out = at(a).recip() * c,
         Op::Neg(a) => *out = -at(a).clone(),
         Op::PowI(a, n) => *out = at(a).powi(n),
-        Op::PowF(a, c) => *out = at(a).powf(c),
+        Op::PowF(a, c) => *out = powf(at(a), c),
         Op::ConstPow(c, a) => *out = (at(a).clone() * c.ln()).exp(),
         Op::Func(f, a) => *out = outlined(|| f.apply(at(a))),
     }
@@ -308,6 +328,25 @@ fn step<D: DualNum<Primitive = f64>>(op: Op, s: &[D], x: &[D], out: &mut D) {
 #[inline(never)]
 fn outlined<D>(f: impl FnOnce() -> D) -> D {
     f()
+}
+
+/// `a^c` for a constant non-integer `c`. num-dual forms `a^(c−3)·a³`, which is ∞·0 at
+/// `a = 0`; there the j-th derivative of `a^c` is 0 when `c > j` and infinite when
+/// `c < j`, so: when `c` exceeds every derivative order the type carries, the exact
+/// result is zero in every part; otherwise some derivative is infinite, and `sqrt(a)`
+/// (value 0, infinite derivative parts) carries exactly that, so the error reports a
+/// non-differentiable point rather than a NaN value.
+#[inline]
+fn powf<D: DualNum<Primitive = f64>>(a: &D, c: f64) -> D {
+    if a.re() == 0.0 && c > 0.0 {
+        if c > D::NDERIV as f64 {
+            D::from(0.0)
+        } else {
+            a.sqrt()
+        }
+    } else {
+        a.powf(c)
+    }
 }
 
 /// Number types the tape can report non-finite parts of.
@@ -524,7 +563,12 @@ impl Tape {
     ) -> Result<(), NonFinite> {
         let d = self.dim;
         let n = self.ops.len();
-        let Workspace { rev_x, rev_vals, rev_adj, .. } = ws;
+        let Workspace {
+            rev_x,
+            rev_vals,
+            rev_adj,
+            ..
+        } = ws;
         rev_adj.clear();
         rev_adj.resize(n, Dual64::from(0.0));
         for j in 0..d {
@@ -568,7 +612,11 @@ impl Tape {
                 }
             }
         }
-        let finite = jets.gradients.iter().chain(&jets.hessians).all(|v| v.is_finite());
+        let finite = jets
+            .gradients
+            .iter()
+            .chain(&jets.hessians)
+            .all(|v| v.is_finite());
         if finite {
             Ok(())
         } else {
@@ -781,7 +829,13 @@ pub enum HessianMethod {
 /// `v` holds the forward values. The local partial derivatives are written from the
 /// forward results where that is cheaper (`exp` reuses its value, `tanh` uses 1 − v²).
 #[inline]
-fn adjoint<D: DualNum<Primitive = f64> + Copy>(op: Op, v: &[D], slot: usize, vbar: D, adj: &mut [D]) {
+fn adjoint<D: DualNum<Primitive = f64> + Copy>(
+    op: Op,
+    v: &[D],
+    slot: usize,
+    vbar: D,
+    adj: &mut [D],
+) {
     let out = v[slot];
     let at = |i: Slot| v[i as usize];
     match op {
@@ -819,7 +873,7 @@ fn adjoint<D: DualNum<Primitive = f64> + Copy>(op: Op, v: &[D], slot: usize, vba
                 adj[a as usize] += vbar * at(a).powi(n - 1) * f64::from(n);
             }
         }
-        Op::PowF(a, c) => adj[a as usize] += vbar * at(a).powf(c - 1.0) * c,
+        Op::PowF(a, c) => adj[a as usize] += vbar * powf(&at(a), c - 1.0) * c,
         Op::ConstPow(c, a) => adj[a as usize] += vbar * out * c.ln(),
         Op::Func(f, a) => adj[a as usize] += vbar * f.derivative(&at(a), &out),
     }
@@ -1187,12 +1241,20 @@ mod tests {
         let tape = p.objective_tape();
         let mut ws = Workspace::default();
         let mut reference = Jets::default();
-        let first = if x.len() <= 8 { HessianMethod::Static } else { HessianMethod::Blocked };
-        tape.derivatives_by(first, x, &mut ws, &mut reference).unwrap();
+        let first = if x.len() <= 8 {
+            HessianMethod::Static
+        } else {
+            HessianMethod::Blocked
+        };
+        tape.derivatives_by(first, x, &mut ws, &mut reference)
+            .unwrap();
         for method in [HessianMethod::Blocked, HessianMethod::Reverse] {
             let mut jets = Jets::default();
             tape.derivatives_by(method, x, &mut ws, &mut jets).unwrap();
-            let scale = reference.hessians.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+            let scale = reference
+                .hessians
+                .iter()
+                .fold(1.0f64, |m, v| m.max(v.abs()));
             // 1e-12 relative: the methods apply the same chain rule in different orders.
             for (a, b) in jets.gradients.iter().zip(&reference.gradients) {
                 assert!((a - b).abs() <= 1e-12 * scale, "{method:?}: {a} vs {b}");
@@ -1205,7 +1267,10 @@ mod tests {
         let mut g = Jets::default();
         tape.gradients_with(x, &mut ws, &mut g).unwrap();
         for (a, b) in g.gradients.iter().zip(&reference.gradients) {
-            assert!((a - b).abs() <= 1e-12 * (1.0 + b.abs()), "gradient: {a} vs {b}");
+            assert!(
+                (a - b).abs() <= 1e-12 * (1.0 + b.abs()),
+                "gradient: {a} vs {b}"
+            );
         }
     }
 
@@ -1219,9 +1284,15 @@ mod tests {
     #[test]
     fn reverse_and_blocked_agree_above_eight_variables() {
         // Eleven variables: the three of EVERY_OP coupled to a chain of eight more.
-        let chain: Vec<String> = (4..=11).map(|i| format!("x{i}^2*x{} + sin(x{i})", i - 1)).collect();
+        let chain: Vec<String> = (4..=11)
+            .map(|i| format!("x{i}^2*x{} + sin(x{i})", i - 1))
+            .collect();
         let vars: Vec<String> = (1..=11).map(|i| format!("x{i}")).collect();
-        let text = format!("var {}\nminimize {EVERY_OP} + {}", vars.join(", "), chain.join(" + "));
+        let text = format!(
+            "var {}\nminimize {EVERY_OP} + {}",
+            vars.join(", "),
+            chain.join(" + ")
+        );
         let x: Vec<f64> = (0..11).map(|i| 0.1 * i as f64 - 0.45).collect();
         all_methods_agree(&text, &x);
     }
@@ -1234,7 +1305,12 @@ mod tests {
         .unwrap();
         let err = p
             .objective_tape()
-            .derivatives_by(HessianMethod::Reverse, &[0.0; 9], &mut Workspace::default(), &mut Jets::default())
+            .derivatives_by(
+                HessianMethod::Reverse,
+                &[0.0; 9],
+                &mut Workspace::default(),
+                &mut Jets::default(),
+            )
             .unwrap_err();
         assert!(err.in_derivative);
     }

@@ -94,8 +94,9 @@ fn blank_bracketed(source: &Source) -> Result<Blanked, Box<Diagnostic>> {
         match b {
             b'"' => in_string = true,
             b'#' => {
+                // A comment ends at any newline the grammar knows, `\r` alone included.
                 let depth = open.len();
-                while i < bytes.len() && bytes[i] != b'\n' {
+                while i < bytes.len() && bytes[i] != b'\n' && bytes[i] != b'\r' {
                     if depth > 0 {
                         bytes[i] = b' ';
                     }
@@ -172,9 +173,9 @@ fn describe(rule: Rule) -> Option<&'static str> {
         string | string_inner => "a quoted file name",
         sampling_mode => "`with-replacement` or `without-replacement`",
         kw_sd | kw_diag | kw_cov | noise_sd | noise_diag | noise_cov => "`sd`, `diag` or `cov`",
-        kw_param | kw_var | kw_let | kw_minimize | kw_noise | kw_observe | kw_data | kw_batch
-        | kw_sampling | param_stmt | var_stmt | let_stmt | minimize_stmt | noise_stmt
-        | observe_stmt | data_stmt | batch_stmt | sampling_stmt => {
+        file | kw_param | kw_var | kw_let | kw_minimize | kw_noise | kw_observe | kw_data
+        | kw_batch | kw_sampling | param_stmt | var_stmt | let_stmt | minimize_stmt
+        | noise_stmt | observe_stmt | data_stmt | batch_stmt | sampling_stmt => {
             "a statement (`param`, `var`, `let`, `minimize`, `noise`, `observe`, …)"
         }
         var_decl => "a variable name",
@@ -220,7 +221,14 @@ fn syntax_error(err: &pest::error::Error<Rule>, text: &str, source: &Source) -> 
     if expected.iter().any(|e| e == "an operator") && !at_line_end {
         push(&mut expected, "the end of the line".to_string());
     }
-    let found = describe_found(rest);
+    let mut found = describe_found(rest);
+    // A misspelt statement keyword: suggest the keyword.
+    if expected.iter().any(|e| e.starts_with("a statement")) {
+        let word = &rest[..found_len(rest)];
+        if let Some(k) = super::source::suggest(word, crate::problem::KEYWORDS) {
+            found = format!("{found}; did you mean `{k}`?");
+        }
+    }
     let before = text[..pos.min(text.len())].trim_end_matches([' ', '\t', '\r']);
     let prev = before.chars().last();
     let wants_expr = expected.iter().any(|e| e == "an expression");
@@ -565,7 +573,11 @@ impl Builder<'_> {
             Rule::name => Ok(self.push(NodeKind::Name(p.as_str().to_string()), span)),
             Rule::paren => {
                 let inner = p.into_inner().next().ok_or_else(|| internal(self.source))?;
-                self.expr(inner)
+                let id = self.expr(inner)?;
+                // The parenthesised expression spans its brackets, so diagnostics
+                // quote `(x + 1)^0.5` whole rather than `x + 1)^0.5`.
+                self.nodes[id as usize].span = span;
+                Ok(id)
             }
             Rule::call => {
                 let mut parts = p.into_inner();
