@@ -478,8 +478,8 @@ fn comment_ending_in_carriage_return_keeps_the_nesting_cap() {
     );
 }
 
-/// The same hole, deep enough to overflow a 2 MiB stack while building the tree. Run
-/// with `--ignored`: it aborts the whole test process until the hole is closed.
+/// The same hole, deep enough to overflow a 2 MiB stack while building the tree, had the
+/// nesting cap not applied after such a comment.
 #[test]
 fn comment_ending_in_carriage_return_cannot_overflow_the_stack() {
     let depth = 500;
