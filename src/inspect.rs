@@ -9,7 +9,7 @@
 use crate::models::{
     Model, ModelError, ModelKind, ModelOptions, diffusion_series_terms, drift_series_terms,
 };
-use crate::problem::{NoiseKind, Problem, ProblemError, Structure};
+use crate::problem::{NoiseKind, Problem, ProblemError, Structure, VectorVar};
 use nalgebra::DMatrix;
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -26,6 +26,8 @@ pub struct CheckSummary {
     pub variables: Vec<String>,
     /// Start point.
     pub start: Vec<f64>,
+    /// Vector variables (name, first coordinate, length).
+    pub vectors: Vec<VectorVar>,
     /// Params (after overrides).
     pub params: Map<String, Value>,
     /// Noise kind.
@@ -53,6 +55,7 @@ impl CheckSummary {
             dimension: problem.dim(),
             variables: problem.variables().to_vec(),
             start: problem.start(),
+            vectors: problem.vectors().to_vec(),
             params: params_map(problem),
             noise_kind: problem.noise_kind(),
             structure: problem.structure(),
@@ -67,9 +70,14 @@ impl CheckSummary {
 }
 
 fn params_map(problem: &Problem) -> Map<String, Value> {
-    let scalars = problem.params().iter().map(|(n, v)| (n.clone(), Value::from(*v)));
-    let vectors =
-        problem.param_vectors().iter().map(|(n, v)| (n.clone(), Value::from(v.clone())));
+    let scalars = problem
+        .params()
+        .iter()
+        .map(|(n, v)| (n.clone(), Value::from(*v)));
+    let vectors = problem
+        .param_vectors()
+        .iter()
+        .map(|(n, v)| (n.clone(), Value::from(v.clone())));
     scalars.chain(vectors).collect()
 }
 
@@ -80,12 +88,32 @@ fn yes_no(b: bool) -> &'static str {
 impl fmt::Display for CheckSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "{}: ok", self.file)?;
-        let vars: Vec<String> = self
-            .variables
-            .iter()
-            .zip(&self.start)
-            .map(|(n, s)| format!("{n} = {}", num(*s)))
-            .collect();
+        // Vector variables print as one item, `w[1..n] = v` (or the range of values).
+        let mut vars: Vec<String> = Vec::new();
+        let mut i = 0;
+        while i < self.variables.len() {
+            match self.vectors.iter().find(|v| v.start == i) {
+                Some(v) => {
+                    let s = &self.start[i..i + v.len];
+                    let (lo, hi) = s
+                        .iter()
+                        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| {
+                            (a.min(x), b.max(x))
+                        });
+                    let value = if lo == hi {
+                        num(lo)
+                    } else {
+                        format!("{} … {}", num(lo), num(hi))
+                    };
+                    vars.push(format!("{}[1..{}] = {value}", v.name, v.len));
+                    i += v.len;
+                }
+                None => {
+                    vars.push(format!("{} = {}", self.variables[i], num(self.start[i])));
+                    i += 1;
+                }
+            }
+        }
         writeln!(
             f,
             "  variables      {} (start {})",
@@ -123,7 +151,16 @@ impl fmt::Display for CheckSummary {
             "  constant noise {}",
             yes_no(self.structure.constant_noise)
         )?;
-        writeln!(f, "  observables    {}", self.observables.join(", "))?;
+        let shown = if self.observables.len() > 12 {
+            let head = self.observables[..10].join(", ");
+            format!(
+                "{head}, … ({} in all; --json lists them)",
+                self.observables.len()
+            )
+        } else {
+            self.observables.join(", ")
+        };
+        writeln!(f, "  observables    {shown}")?;
         if self.warnings.is_empty() {
             write!(f, "  warnings       none")
         } else {

@@ -856,6 +856,11 @@ impl<'a> Checker<'a> {
         let mut noise: Option<(&Noise, Span, usize)> = None;
         let mut observes: Vec<(&Ident, &Expr, usize)> = Vec::new();
 
+        if let Some((name, value)) = self.overrides.values.iter().find(|(_, v)| !v.is_finite()) {
+            return Err(CheckFailure::Usage(format!(
+                "--set {name}: the value must be finite, got {value}"
+            )));
+        }
         for st in &program.statements {
             let names: Vec<&Ident> = match &st.kind {
                 StatementKind::Param { name, .. } | StatementKind::Let { name, .. } => vec![name],

@@ -206,9 +206,16 @@ impl std::error::Error for Diagnostic {}
 
 /// The closest candidate to `name` by edit distance, if close enough to suggest.
 pub fn suggest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    // Edit distance is quadratic in the lengths: names longer than any sensible
+    // identifier get no suggestion rather than a slow one.
+    const LONGEST: usize = 64;
+    if name.len() > LONGEST {
+        return None;
+    }
     let limit = (name.chars().count() / 3).max(1);
     candidates
         .into_iter()
+        .filter(|c| c.len() <= LONGEST)
         .map(|c| (edit_distance(name, c), c))
         .filter(|&(d, c)| d <= limit && c != name)
         .min_by_key(|&(d, _)| d)
