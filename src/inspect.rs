@@ -123,7 +123,29 @@ impl fmt::Display for CheckSummary {
         let params: Vec<String> = self
             .params
             .iter()
-            .map(|(n, v)| format!("{n} = {v}"))
+            .map(|(n, v)| match v.as_array() {
+                Some(items) => {
+                    let xs: Vec<f64> = items.iter().filter_map(Value::as_f64).collect();
+                    if xs.windows(2).all(|w| w[0] == w[1]) {
+                        format!(
+                            "{n}[1..{}] = {}",
+                            xs.len(),
+                            xs.first().map_or(String::new(), |x| num(*x))
+                        )
+                    } else if xs.len() <= 6 {
+                        format!("{n} = {}", vector(&xs))
+                    } else {
+                        format!(
+                            "{n}[1..{}] = [{}, {}, …, {}]",
+                            xs.len(),
+                            num(xs[0]),
+                            num(xs[1]),
+                            num(xs[xs.len() - 1])
+                        )
+                    }
+                }
+                None => format!("{n} = {}", v.as_f64().map_or(v.to_string(), num)),
+            })
             .collect();
         writeln!(
             f,
