@@ -373,3 +373,58 @@ fn indefinite_exact_diffusion_needs_explicit_clip() {
     let w = v["models"]["hasme-exact"]["warnings"].as_array().unwrap();
     assert_eq!(w.len(), 1, "clipping is announced");
 }
+
+#[test]
+fn vector_variables_through_the_cli() {
+    // Chained Rosenbrock at its minimum w = (1, …, 1): f = 0, ∇f = 0, and the Hessian
+    // is tridiagonal with H[1][1] = 802, H[1][2] = −400 (closed form).
+    let v = json(&hasme(&[
+        "derive",
+        "examples/rosenbrock.hasme",
+        "--set",
+        "n=12",
+        "--at",
+        "w=1",
+        "--json",
+    ]));
+    let names = v["variables"].as_array().unwrap();
+    assert_eq!(names.len(), 12);
+    assert_eq!(names[0], "w[1]");
+    assert_eq!(names[11], "w[12]");
+    assert_eq!(v["value"], 0.0);
+    assert!(f64s(&v["gradient"]).iter().all(|g| *g == 0.0));
+    let h0 = f64s(&v["hessian"][0]);
+    assert!(close(h0[0], 802.0, 1e-14) && close(h0[1], -400.0, 1e-14));
+    assert_eq!(h0[2], 0.0);
+    assert_eq!(v["observables"]["dist2"], 0.0);
+    // One coordinate moved: --at w[3]=0.
+    let v = json(&hasme(&[
+        "derive",
+        "examples/rosenbrock.hasme",
+        "--at",
+        "w=1,w[3]=0",
+        "--json",
+    ]));
+    assert_eq!(f64s(&v["point"])[2], 0.0);
+    assert!(close(
+        v["observables"]["dist2"].as_f64().unwrap(),
+        1.0,
+        1e-15
+    ));
+}
+
+#[test]
+fn vector_index_out_of_range_exits_2_with_position() {
+    let f = temp_file(
+        "range.hasme",
+        "param n = 3\nvar w[n]\nminimize sum(i = 1..n, w[i+1]^2)\n",
+    );
+    let o = hasme(&["check", f.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    assert!(
+        err.contains("range.hasme:3:26: error: index 4 is out of range"),
+        "{err}"
+    );
+    assert!(err.contains("= note: when i = 3"), "{err}");
+}
