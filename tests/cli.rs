@@ -2,6 +2,9 @@
 //! statuses (0 ok, 2 bad input, 1 failure while running), and error positions.
 //! Expected numbers come from closed forms written out in each test.
 
+// Matrix entries read clearest as (i, j) loops.
+#![allow(clippy::needless_range_loop)]
+
 use serde_json::Value;
 use std::path::PathBuf;
 use std::process::{Command, Output};
