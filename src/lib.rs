@@ -1,13 +1,20 @@
 //! hasme: stochastic gradient descent and its stochastic modified equations.
 //!
 //! The pipeline follows the data: text ([`lang`]) → checked problem ([`problem`]) →
-//! compiled tape ([`tape`]) → derivatives → model coefficients ([`models`]).
-//! See `ARCHITECTURE.md` for the code map and the invariants.
+//! compiled tape ([`tape`]) → derivatives → model coefficients ([`models`]) → exact
+//! Gaussian moments on quadratics ([`moments`]), drawn by [`plot`], written by
+//! [`output`]; Monte Carlo of SGD beside the models ([`sim`]) with streaming
+//! statistics ([`stats`]). See `ARCHITECTURE.md` for the code map and the invariants.
 
 pub mod inspect;
 pub mod lang;
 pub mod models;
+pub mod moments;
+pub mod output;
+pub mod plot;
 pub mod problem;
+pub mod sim;
+pub mod stats;
 pub mod tape;
 
 pub use problem::{Derivatives, Overrides, Problem, ProblemError};

@@ -7,6 +7,10 @@ use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
 use hasme::inspect::{CheckSummary, DeriveReport, ModelRequest};
 use hasme::models::{ModelKind, ModelOptions, PsdPolicy};
+use hasme::moments::{self, MomentsConfig, MomentsError};
+use hasme::output::{self, OutputError};
+use hasme::sim::progress::PathProgress;
+use hasme::sim::{SimConfig, SimError, simulate_with_progress};
 use hasme::{Overrides, Problem, ProblemError};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -64,6 +68,106 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Exact Gaussian moments of SGD and each model on a quadratic with constant noise:
+    /// mean error, relative covariance error and W2 distance to SGD at t = kη.
+    Moments(MomentsArgs),
+    /// Monte Carlo: SGD and each SDE model simulated side by side, coupled and
+    /// reproducible; means, standard errors and coupled differences at t = kη.
+    Simulate(SimulateArgs),
+}
+
+#[derive(clap::Args)]
+struct MomentsArgs {
+    /// The objective file (.hasme): quadratic, with constant noise.
+    file: PathBuf,
+    /// Step size η.
+    #[arg(long, allow_hyphen_values = true)]
+    eta: f64,
+    /// Number of SGD steps.
+    #[arg(long)]
+    steps: usize,
+    /// Report every N-th step (and always step 0 and the last). Default: ⌈steps/200⌉.
+    #[arg(long, value_name = "N")]
+    every: Option<usize>,
+    /// Models to compare (gf, sme1, sme2, hasme, hasme-exact, series:K, or all);
+    /// repeatable or comma-separated. Default: all.
+    #[arg(
+        long = "models",
+        visible_alias = "model",
+        value_delimiter = ',',
+        value_name = "NAME"
+    )]
+    models: Vec<String>,
+    /// Override a param: NAME=VALUE (repeatable).
+    #[arg(long = "set", value_name = "NAME=VALUE")]
+    set: Vec<String>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Also write the comparison as CSV (one row per step and model).
+    #[arg(long, value_name = "PATH")]
+    csv: Option<PathBuf>,
+    /// Also write a plot of W2 against t (SVG).
+    #[arg(long, value_name = "PATH.svg")]
+    plot: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct SimulateArgs {
+    /// The objective file (.hasme).
+    file: PathBuf,
+    /// SGD step size η.
+    #[arg(long, allow_hyphen_values = true)]
+    eta: f64,
+    /// Horizon T, a multiple of η.
+    #[arg(long, allow_hyphen_values = true)]
+    horizon: f64,
+    /// Number of paths.
+    #[arg(long, default_value_t = 10_000)]
+    paths: u64,
+    /// Models to simulate beside SGD (gf, sme1, sme2, hasme, hasme-exact, series:K, or
+    /// all); repeatable or comma-separated. Default: all.
+    #[arg(
+        long = "models",
+        visible_alias = "model",
+        value_delimiter = ',',
+        value_name = "NAME"
+    )]
+    models: Vec<String>,
+    /// SDE substeps per SGD step.
+    #[arg(long, default_value_t = 8)]
+    substeps: usize,
+    /// Integrator: talay-tubaro (weak order 2) or em (Euler–Maruyama, weak order 1).
+    #[arg(long, default_value = "talay-tubaro")]
+    scheme: String,
+    /// coupled (common random numbers with SGD) or independent.
+    #[arg(long, default_value = "coupled")]
+    coupling: String,
+    /// Seed of the random streams.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Worker threads (default: all cores). The numbers do not depend on it.
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Save every K-th SGD step (the horizon is always saved).
+    #[arg(long, default_value_t = 1, value_name = "K")]
+    every: u64,
+    /// Paths handed to the threads at a time (memory bound). The numbers do not depend
+    /// on it.
+    #[arg(long, hide = true)]
+    batch: Option<u64>,
+    /// Override a param: NAME=VALUE (repeatable).
+    #[arg(long = "set", value_name = "NAME=VALUE")]
+    set: Vec<String>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Write the output to PATH (atomically) instead of stdout.
+    #[arg(long, value_name = "PATH")]
+    out: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -79,9 +183,16 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(err) => {
-            let code = match err.downcast_ref::<ProblemError>() {
-                Some(e) => e.exit_code(),
-                None => 2,
+            let code = if let Some(e) = err.downcast_ref::<ProblemError>() {
+                e.exit_code()
+            } else if let Some(e) = err.downcast_ref::<MomentsError>() {
+                e.exit_code()
+            } else if let Some(e) = err.downcast_ref::<OutputError>() {
+                e.exit_code()
+            } else if let Some(e) = err.downcast_ref::<SimError>() {
+                e.exit_code()
+            } else {
+                2
             };
             let text = err.to_string();
             if text.contains(": error: ") {
@@ -94,8 +205,19 @@ fn main() -> ExitCode {
     }
 }
 
+/// Writes to stdout. A closed pipe (`hasme … | head`) ends the program quietly rather
+/// than panicking.
+fn emit(text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        r => Ok(r?),
+    }
+}
+
 fn print_json(value: &impl serde::Serialize) -> Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    emit(&format!("{}\n", serde_json::to_string_pretty(value)?))?;
     Ok(())
 }
 
@@ -107,7 +229,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if json {
                 print_json(&summary)?;
             } else {
-                println!("{summary}");
+                emit(&format!("{summary}\n"))?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -158,7 +280,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if json {
                 print_json(&report)?;
             } else {
-                println!("{report}");
+                emit(&format!("{report}\n"))?;
             }
             Ok(if failed {
                 ExitCode::from(1)
@@ -166,7 +288,56 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 ExitCode::SUCCESS
             })
         }
+        Command::Moments(args) => run_moments(args),
+        Command::Simulate(args) => run_simulate(args),
     }
+}
+
+/// `hasme moments`: checks the output paths first (so a typo fails before the work),
+/// compares, writes the files atomically, prints; exit 1 when a model failed.
+fn run_moments(args: MomentsArgs) -> Result<ExitCode> {
+    let problem = Problem::from_file(&args.file, &Overrides::parse(&args.set)?)?;
+    let mut config = MomentsConfig::new(args.eta, args.steps)?;
+    if let Some(every) = args.every {
+        config = config.with_every(every)?;
+    }
+    config = config.with_models(parse_models(&args.models)?)?;
+    if let Some(path) = &args.plot {
+        let svg = path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("svg"));
+        if !svg {
+            return Err(ProblemError::Usage(format!(
+                "--plot `{}`: only SVG plots are supported; use a .svg file name",
+                path.display()
+            ))
+            .into());
+        }
+    }
+    for path in args.csv.iter().chain(&args.plot) {
+        output::check_target(path)?;
+    }
+    let report = moments::compare(&problem, &config)?;
+    for (kind, err) in report.failures() {
+        eprintln!("error: model `{kind}`: {err}");
+    }
+    if let Some(path) = &args.csv {
+        output::write_atomic(path, report.to_csv().as_bytes())?;
+    }
+    if let Some(path) = &args.plot {
+        let svg = report.w2_plot().to_svg()?;
+        output::write_atomic(path, svg.as_bytes())?;
+    }
+    if args.json {
+        print_json(&report)?;
+    } else {
+        emit(&format!("{report}"))?;
+    }
+    Ok(if report.failures().is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn parse_models(names: &[String]) -> Result<Vec<ModelKind>, ProblemError> {
@@ -191,4 +362,59 @@ fn parse_models(names: &[String]) -> Result<Vec<ModelKind>, ProblemError> {
         }
     }
     Ok(out)
+}
+
+/// `hasme simulate`: checks the output path first, simulates with a progress bar,
+/// prints (or writes atomically) text or JSON; divergences are reported, not errors.
+fn run_simulate(args: SimulateArgs) -> Result<ExitCode> {
+    let problem = Problem::from_file(&args.file, &Overrides::parse(&args.set)?)?;
+    if let Some(path) = &args.out {
+        output::check_target(path)?;
+    }
+    let usage = |m: String| ProblemError::Usage(m);
+    let mut config = SimConfig::new(args.eta, args.horizon, args.paths);
+    config.models = parse_models(&args.models)?;
+    config.substeps = args.substeps;
+    config.scheme = args
+        .scheme
+        .parse()
+        .map_err(|m| usage(format!("--scheme: {m}")))?;
+    config.coupling = args
+        .coupling
+        .parse()
+        .map_err(|m| usage(format!("--coupling: {m}")))?;
+    config.seed = args.seed;
+    config.every = args.every;
+    config.threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    config.batch = args.batch.unwrap_or(0);
+    let progress = PathProgress::stderr(config.paths, args.quiet);
+    let result = simulate_with_progress(&problem, &config, &|n| progress.inc(n));
+    progress.finish();
+    let result = result?;
+    let text = if args.json {
+        let mut value = result.to_json();
+        if let Some(map) = value.as_object_mut() {
+            map.insert("file".into(), args.file.display().to_string().into());
+        }
+        serde_json::to_string_pretty(&value)? + "\n"
+    } else {
+        format!("{result}\n")
+    };
+    match &args.out {
+        Some(path) => output::write_atomic(path, text.as_bytes())?,
+        None => emit(&text)?,
+    }
+    if result.total_diverged() > 0 && (args.json || args.out.is_some()) {
+        for (p, name) in result.processes.iter().enumerate() {
+            if let Some(d) = &result.first_divergence[p] {
+                eprintln!(
+                    "warning: {name} diverged on {} of {} paths (first: path {}, step {}): {}",
+                    result.diverged[p], result.paths, d.path, d.step, d.reason
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

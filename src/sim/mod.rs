@@ -1,0 +1,1047 @@
+//! Monte Carlo simulation of SGD and of its SDE models side by side, coupled and
+//! reproducible (spec MODELS.md §1, §2, §4).
+//!
+//! For each path `p = 0, 1, …, paths − 1`:
+//!
+//! * SGD: `x_{k+1} = x_k − η(∇f(x_k) + z_k)`, `z_k = −Σ(x_k)^{1/2} ξ_k`, `ξ_k ~ N(0, I)`,
+//!   with Σ factored at every step when it depends on x;
+//! * each model `dX = b(X) dt + σ(X) dW` ([`terms`]), integrated by a [`Scheme`] with
+//!   `m` substeps of `h = η/m` per SGD step, on a Brownian path whose increments over
+//!   `[kη, (k+1)η]` sum to `√η ξ_k` (coupled, the default) or are independent of SGD's
+//!   noise ([`brownian`]).
+//!
+//! The split follows diffrax: *terms* (the models' drift and diffusion factor),
+//! *schemes* (integrators that step and declare a weak order), *Brownian paths* (noise
+//! and coupling), and *what to save* (the observables at times `0, Kη, 2Kη, …, T`,
+//! summarised by streaming [`crate::stats`]).
+//!
+//! Statistics, per saved time and observable φ: for SGD and every model the mean of φ
+//! with its standard error and the sample variance; for every model, the mean of the
+//! coupled difference `φ(X_t) − φ(x_k)` and its standard error.
+//!
+//! Divergence: a process (SGD or a model) whose state becomes non-finite, or whose
+//! evaluation leaves its domain (a non-finite f, ∇f, Σ or observable; `ηλ_max ≥ 1`
+//! for the HA-SME models; an indefinite Γ), stops on that path. It is counted, the
+//! first such event (smallest path index) is reported with its step, time, point and
+//! reason, and the path is left out of that process's statistics *at every time*, so
+//! each process's statistics describe one fixed set of paths; a difference uses the
+//! paths on which neither SGD nor the model diverged. A Σ(x) that is finite but not
+//! symmetric positive semidefinite is the problem's fault, not the path's: the run
+//! stops with an error naming the path, step and point.
+//!
+//! Invariant: the same seed gives the same numbers on any number of threads and any
+//! batch size. Paths read their own random streams ([`brownian`]); paths are grouped in
+//! chunks of [`CHUNK_PATHS`] consecutive indices, each chunk summarised in path order,
+//! and the chunk summaries merged in chunk order.
+//!
+//! ```
+//! use hasme::Problem;
+//! use hasme::models::ModelKind;
+//! use hasme::sim::{SimConfig, simulate};
+//!
+//! let problem = Problem::from_str("var x = 1\nminimize 0.5*x^2 + cos(x)\nnoise sd 0.5")?;
+//! let mut config = SimConfig::new(0.1, 1.0, 2000);
+//! config.models = vec![ModelKind::Sme1, ModelKind::Hasme];
+//! let result = simulate(&problem, &config)?;
+//! assert_eq!(result.times.len(), 11);
+//! let x = &result.observables[0]; // default observables: `x`, then `norm2`
+//! assert_eq!(x.name, "x");
+//! let hasme = &x.processes[2];     // sgd, sme1, hasme
+//! let diff = hasme.diff_mean.as_ref().unwrap()[10].unwrap();
+//! let diff_se = hasme.diff_stderr.as_ref().unwrap()[10].unwrap();
+//! let se = hasme.stderr[10].unwrap();
+//! // Coupling: the difference is known far more precisely than either mean.
+//! assert!(diff_se < se / 20.0, "{diff} ± {diff_se} vs ± {se}");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+pub mod brownian;
+mod linalg;
+pub mod progress;
+pub mod schemes;
+pub mod terms;
+
+use std::fmt;
+
+use rayon::prelude::*;
+use serde_json::{Map, Value, json};
+
+use crate::models::ModelKind;
+use crate::problem::{Problem, ProblemError};
+use crate::stats::WelfordGrid;
+
+pub use brownian::{BrownianPath, Coupling, MAX_STEPS};
+pub use schemes::{EulerMaruyama, Scheme, SchemeKind, TalayTubaro};
+pub use terms::{Failure, Term};
+
+use terms::{Evaluator, ModelTerm, NoiseSource, sgd_step};
+
+/// Paths per reduction chunk. Fixed (not a setting) because the last bits of every
+/// statistic depend on it: chunks are summarised in path order and merged in chunk
+/// order, whatever the threads and batches.
+pub const CHUNK_PATHS: u64 = 256;
+
+/// Largest accepted number of substeps per SGD step (a guard against typos: 2²⁰
+/// substeps of a 2-d problem already cost seconds per path).
+pub const MAX_SUBSTEPS: usize = 1 << 20;
+
+/// What to simulate and how. Build with [`SimConfig::new`] (defaults below), adjust the
+/// public fields, and [`simulate`] checks everything once before starting.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SimConfig {
+    /// SGD step size η > 0.
+    pub eta: f64,
+    /// Horizon T ≥ 0; must be a multiple of η (to 1e−9 relative): the run takes
+    /// `N = round(T/η)` steps and reports `Nη`.
+    pub horizon: f64,
+    /// Number of paths (≥ 1).
+    pub paths: u64,
+    /// SDE models simulated beside SGD (default: the five named models).
+    pub models: Vec<ModelKind>,
+    /// Substeps `m` per SGD step (default 8): the SDE step is `h = η/m`.
+    pub substeps: usize,
+    /// The integrator (default [`SchemeKind::TalayTubaro`]).
+    pub scheme: SchemeKind,
+    /// Coupled (default) or independent noise.
+    pub coupling: Coupling,
+    /// The seed (default 0).
+    pub seed: u64,
+    /// Save every `K`-th SGD step (default 1); the horizon is always saved.
+    pub every: u64,
+    /// Worker threads (default 1). Does not change the numbers.
+    pub threads: usize,
+    /// Paths handed to the thread pool at a time (default 16 chunks per thread);
+    /// bounds memory. Does not change the numbers.
+    pub batch: u64,
+}
+
+impl SimConfig {
+    /// A configuration with the defaults listed on each field.
+    pub fn new(eta: f64, horizon: f64, paths: u64) -> SimConfig {
+        SimConfig {
+            eta,
+            horizon,
+            paths,
+            models: ModelKind::all().to_vec(),
+            substeps: 8,
+            scheme: SchemeKind::default(),
+            coupling: Coupling::default(),
+            seed: 0,
+            every: 1,
+            threads: 1,
+            batch: 0,
+        }
+    }
+
+    /// Checks the configuration; returns the number of SGD steps and the saved steps.
+    fn plan(&self) -> Result<(u64, Vec<u64>), SimError> {
+        let bad = |m: String| Err(SimError::Config(m));
+        if !(self.eta.is_finite() && self.eta > 0.0) {
+            return bad(format!("η must be a finite number > 0, got {}", self.eta));
+        }
+        if !(self.horizon.is_finite() && self.horizon >= 0.0) {
+            return bad(format!(
+                "the horizon must be a finite number ≥ 0, got {}",
+                self.horizon
+            ));
+        }
+        let ratio = self.horizon / self.eta;
+        let steps = ratio.round();
+        // 1e-9: horizons typed in decimal (1.0 with η = 0.1, 0.3 with η = 0.1) are
+        // multiples up to a few ulps of the quotient; a real mismatch is far larger.
+        if (ratio - steps).abs() > 1e-9 * ratio.max(1.0) {
+            let (lo, hi) = (ratio.floor() * self.eta, ratio.ceil() * self.eta);
+            return bad(format!(
+                "the horizon {} is not a multiple of η = {}: use {lo} or {hi}",
+                self.horizon, self.eta
+            ));
+        }
+        if steps >= MAX_STEPS as f64 {
+            return bad(format!(
+                "{steps} steps is too many (at most {MAX_STEPS}); raise η or shorten the horizon"
+            ));
+        }
+        let steps = steps as u64;
+        if self.paths == 0 {
+            return bad("the number of paths must be at least 1".into());
+        }
+        if self.substeps == 0 || self.substeps > MAX_SUBSTEPS {
+            return bad(format!(
+                "the number of substeps must be between 1 and {MAX_SUBSTEPS}, got {}",
+                self.substeps
+            ));
+        }
+        if self.every == 0 {
+            return bad("--every must be at least 1".into());
+        }
+        if self.threads == 0 {
+            return bad("the number of threads must be at least 1".into());
+        }
+        for (i, m) in self.models.iter().enumerate() {
+            if self.models[..i].contains(m) {
+                return bad(format!("model `{m}` is listed twice"));
+            }
+        }
+        let mut saved: Vec<u64> = (0..=steps).step_by(self.every as usize).collect();
+        if saved.last() != Some(&steps) {
+            saved.push(steps);
+        }
+        Ok((steps, saved))
+    }
+}
+
+/// Where and why a process first diverged.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Divergence {
+    /// The path index.
+    pub path: u64,
+    /// The SGD step `k` during which it happened (from `t = kη` to `(k+1)η`), or the
+    /// saved step whose observable failed.
+    pub step: u64,
+    /// `kη`.
+    pub time: f64,
+    /// The process's state at `t = kη`, the last one known finite (for Talay–Tubaro,
+    /// the `h/2` copy).
+    pub point: Vec<f64>,
+    /// What went wrong.
+    pub reason: String,
+}
+
+/// One process's statistics for one observable, aligned with [`SimResult::times`].
+/// `None` where no path survived (for standard errors and variances: fewer than two),
+/// or where the statistic overflowed f64 (a surviving path about to blow up); never
+/// NaN.
+///
+/// Each path contributes one value per time: `φ(x_k)` for SGD, `φ(X_t)` for a model
+/// under Euler–Maruyama, and the extrapolated `2φ(X^{h/2}_t) − φ(X^h_t)` under
+/// Talay–Tubaro. The mean and its standard error estimate `E φ`; `variance` is the
+/// sample variance of those per-path values, which under Talay–Tubaro is `Var φ(X_t)`
+/// only up to the strong error of the scheme (use a second-moment observable such as
+/// `x^2` for an `O(h²)`-accurate variance).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Series {
+    /// `sgd` or the model's name.
+    pub name: String,
+    /// Mean of φ.
+    pub mean: Vec<Option<f64>>,
+    /// Standard error of the mean.
+    pub stderr: Vec<Option<f64>>,
+    /// Sample variance of φ across paths.
+    pub variance: Vec<Option<f64>>,
+    /// Mean of the coupled difference model − SGD (`None` for SGD itself).
+    pub diff_mean: Option<Vec<Option<f64>>>,
+    /// Its standard error.
+    pub diff_stderr: Option<Vec<Option<f64>>>,
+}
+
+/// The statistics of one observable: SGD first, then the models in the order asked.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ObservableStats {
+    /// The observable's name.
+    pub name: String,
+    /// One series per process.
+    pub processes: Vec<Series>,
+}
+
+/// Everything a simulation reports. Nothing in it depends on the number of threads or
+/// the batch size.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SimResult {
+    /// Saved times `0, Kη, …, T`.
+    pub times: Vec<f64>,
+    /// SGD steps `N = T/η`.
+    pub steps: u64,
+    /// Number of paths.
+    pub paths: u64,
+    /// The seed.
+    pub seed: u64,
+    /// η.
+    pub eta: f64,
+    /// `Nη`.
+    pub horizon: f64,
+    /// Save interval K.
+    pub every: u64,
+    /// Substeps per SGD step.
+    pub substeps: usize,
+    /// The scheme.
+    pub scheme: SchemeKind,
+    /// The coupling.
+    pub coupling: Coupling,
+    /// Process names: `sgd`, then the models.
+    pub processes: Vec<String>,
+    /// Per observable, per process.
+    pub observables: Vec<ObservableStats>,
+    /// Paths on which each process diverged.
+    pub diverged: Vec<u64>,
+    /// Paths on which neither SGD nor the model diverged (the coupled pairs), per model
+    /// (`None` for SGD).
+    pub pairs: Vec<Option<u64>>,
+    /// The first divergence of each process (smallest path index).
+    pub first_divergence: Vec<Option<Divergence>>,
+    /// Variable names, for printing points.
+    pub variables: Vec<String>,
+}
+
+/// Why a simulation could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    /// A setting is invalid (exit status 2).
+    #[error("{0}")]
+    Config(String),
+    /// The problem cannot be evaluated at its start point.
+    #[error("at the start point: {0}")]
+    Start(ProblemError),
+    /// Σ(x) is not a covariance at a point a path reached (exit status 1).
+    #[error("path {path}, step {step} (t = {time}): {source}")]
+    Problem {
+        /// The path index.
+        path: u64,
+        /// The SGD step.
+        step: u64,
+        /// `kη`.
+        time: f64,
+        /// The problem's error, naming the point.
+        source: ProblemError,
+    },
+    /// The thread pool could not be built.
+    #[error("cannot start {threads} worker threads: {message}")]
+    Threads {
+        /// Threads asked for.
+        threads: usize,
+        /// The system's reason.
+        message: String,
+    },
+}
+
+impl SimError {
+    /// Process exit status: 2 for bad settings or input, 1 for a failure while running.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            SimError::Config(_) => 2,
+            SimError::Start(e) => e.exit_code(),
+            SimError::Problem { .. } | SimError::Threads { .. } => 1,
+        }
+    }
+}
+
+/// Runs the simulation.
+pub fn simulate(problem: &Problem, config: &SimConfig) -> Result<SimResult, SimError> {
+    simulate_with_progress(problem, config, &|_| {})
+}
+
+/// [`simulate`], calling `progress(n)` each time `n` more paths are done (from any
+/// worker thread).
+pub fn simulate_with_progress(
+    problem: &Problem,
+    config: &SimConfig,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<SimResult, SimError> {
+    match config.scheme {
+        SchemeKind::EulerMaruyama => run(problem, config, EulerMaruyama, progress),
+        SchemeKind::TalayTubaro => run(problem, config, TalayTubaro, progress),
+    }
+}
+
+/// Layout of the statistics grid: values `(t, o, p)` then differences `(t, o, m)`.
+#[derive(Clone, Copy, Debug)]
+struct Layout {
+    times: usize,
+    observables: usize,
+    processes: usize,
+}
+
+impl Layout {
+    fn value(&self, t: usize, o: usize, p: usize) -> usize {
+        (t * self.observables + o) * self.processes + p
+    }
+
+    fn diff(&self, t: usize, o: usize, m: usize) -> usize {
+        let models = self.processes - 1;
+        self.times * self.observables * self.processes + (t * self.observables + o) * models + m
+    }
+
+    fn cells(&self) -> usize {
+        self.times * self.observables * (2 * self.processes - 1)
+    }
+}
+
+/// Everything fixed for a run, shared by the workers.
+struct Plan<'p> {
+    problem: &'p Problem,
+    config: &'p SimConfig,
+    noise: NoiseSource,
+    start: Vec<f64>,
+    steps: u64,
+    saved: Vec<u64>,
+    layout: Layout,
+}
+
+/// The summary of a chunk of consecutive paths.
+struct ChunkStats {
+    grid: WelfordGrid,
+    diverged: Vec<u64>,
+    first: Vec<Option<Divergence>>,
+}
+
+impl ChunkStats {
+    fn new(layout: &Layout) -> ChunkStats {
+        ChunkStats {
+            grid: WelfordGrid::new(layout.cells()),
+            diverged: vec![0; layout.processes],
+            first: vec![None; layout.processes],
+        }
+    }
+
+    /// Appends `other`, which summarises later paths.
+    fn merge(&mut self, other: ChunkStats) {
+        self.grid.merge(&other.grid);
+        for (a, b) in self.diverged.iter_mut().zip(&other.diverged) {
+            *a += b;
+        }
+        for (a, b) in self.first.iter_mut().zip(other.first) {
+            if a.is_none() {
+                *a = b;
+            }
+        }
+    }
+}
+
+/// One worker's buffers; simulates whole chunks.
+struct Worker<'p, S: Scheme> {
+    plan: &'p Plan<'p>,
+    scheme: S,
+    brownian: BrownianPath,
+    sgd: Evaluator<'p>,
+    terms: Vec<ModelTerm<'p>>,
+    /// SGD's state.
+    x: Vec<f64>,
+    /// Models' states, `copies × d` each.
+    states: Vec<Vec<f64>>,
+    /// Which processes are still running on the current path.
+    alive: Vec<bool>,
+    /// The state of the process being stepped at the start of the step (for reports).
+    step_start: Vec<f64>,
+    /// φ per (saved time, observable, process) of the current path.
+    values: Vec<f64>,
+    tmp: Vec<f64>,
+    copy_values: Vec<f64>,
+}
+
+/// Observable values at `x`, or why they cannot be had.
+fn observe(problem: &Problem, x: &[f64]) -> Result<Vec<f64>, String> {
+    if x.iter().any(|v| !v.is_finite()) {
+        return Err("the state is not finite".into());
+    }
+    problem.observables(x).map_err(|e| e.to_string())
+}
+
+impl<'p, S: Scheme + Copy> Worker<'p, S> {
+    fn new(plan: &'p Plan<'p>, scheme: S) -> Worker<'p, S> {
+        let c = plan.config;
+        let d = plan.problem.dim();
+        let grid = c.substeps * scheme.increments_per_substep();
+        let terms = c
+            .models
+            .iter()
+            .map(|&k| ModelTerm::new(k, c.eta, Evaluator::new(plan.problem, &plan.noise)))
+            .collect();
+        let l = plan.layout;
+        Worker {
+            plan,
+            scheme,
+            brownian: BrownianPath::new(c.seed, d, c.eta, grid, c.coupling),
+            sgd: Evaluator::new(plan.problem, &plan.noise),
+            terms,
+            x: vec![0.0; d],
+            states: vec![vec![0.0; d * scheme.copies()]; c.models.len()],
+            alive: vec![true; l.processes],
+            step_start: vec![0.0; d],
+            values: vec![0.0; l.times * l.observables * l.processes],
+            tmp: vec![0.0; d],
+            copy_values: vec![0.0; scheme.copies() * l.observables],
+        }
+    }
+
+    fn run_chunk(
+        &mut self,
+        chunk: u64,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<ChunkStats, SimError> {
+        let mut stats = ChunkStats::new(&self.plan.layout);
+        let first = chunk * CHUNK_PATHS;
+        let last = (first + CHUNK_PATHS).min(self.plan.config.paths);
+        for path in first..last {
+            self.run_path(path, &mut stats)?;
+        }
+        progress(last - first);
+        Ok(stats)
+    }
+
+    /// Marks process `p` diverged on `path` at `step`, last known at `point`.
+    fn diverge(
+        &mut self,
+        stats: &mut ChunkStats,
+        p: usize,
+        (path, step): (u64, u64),
+        point: &[f64],
+        reason: String,
+    ) {
+        self.alive[p] = false;
+        stats.diverged[p] += 1;
+        if stats.first[p].is_none() {
+            stats.first[p] = Some(Divergence {
+                path,
+                step,
+                time: step as f64 * self.plan.config.eta,
+                point: point.to_vec(),
+                reason,
+            });
+        }
+    }
+
+    /// Records φ of every live process at saved time index `t` (after `step` steps).
+    fn record(&mut self, stats: &mut ChunkStats, path: u64, t: usize, step: u64) {
+        let l = self.plan.layout;
+        let problem = self.plan.problem;
+        if self.alive[0] {
+            match observe(problem, &self.x) {
+                Ok(v) => {
+                    for (o, &v) in v.iter().enumerate() {
+                        self.values[l.value(t, o, 0)] = v;
+                    }
+                }
+                Err(reason) => {
+                    let x = self.x.clone();
+                    self.diverge(stats, 0, (path, step), &x, reason);
+                }
+            }
+        }
+        let d = self.x.len();
+        let copies = self.scheme.copies();
+        for m in 0..self.terms.len() {
+            if !self.alive[m + 1] {
+                continue;
+            }
+            let mut failed = None;
+            for c in 0..copies {
+                match observe(problem, &self.states[m][c * d..(c + 1) * d]) {
+                    Ok(v) => {
+                        for (o, &v) in v.iter().enumerate() {
+                            self.copy_values[o * copies + c] = v;
+                        }
+                    }
+                    Err(reason) => {
+                        failed = Some(reason);
+                        break;
+                    }
+                }
+            }
+            match failed {
+                Some(reason) => {
+                    let x = self.states[m][(copies - 1) * d..].to_vec();
+                    self.diverge(stats, m + 1, (path, step), &x, reason);
+                }
+                None => {
+                    for o in 0..l.observables {
+                        let v = self
+                            .scheme
+                            .combine(&self.copy_values[o * copies..(o + 1) * copies]);
+                        self.values[l.value(t, o, m + 1)] = v;
+                    }
+                }
+            }
+        }
+    }
+
+    /// SGD step `k` of `path`.
+    fn step_sgd(&mut self, stats: &mut ChunkStats, path: u64, k: u64) -> Result<(), SimError> {
+        let eta = self.plan.config.eta;
+        self.step_start.copy_from_slice(&self.x);
+        let r = sgd_step(
+            &mut self.sgd,
+            eta,
+            &mut self.x,
+            self.brownian.xi(),
+            &mut self.tmp,
+        );
+        let reason = match r {
+            Ok(()) if self.x.iter().all(|v| v.is_finite()) => return Ok(()),
+            Ok(()) => "the SGD iterate became non-finite".to_string(),
+            Err(Failure::Diverged(reason)) => reason,
+            Err(Failure::Fatal(source)) => {
+                return Err(SimError::Problem {
+                    path,
+                    step: k,
+                    time: k as f64 * eta,
+                    source,
+                });
+            }
+        };
+        let start = std::mem::take(&mut self.step_start);
+        self.diverge(stats, 0, (path, k), &start, reason);
+        self.step_start = start;
+        Ok(())
+    }
+
+    /// The substeps of model `m` over SGD step `k` of `path`.
+    fn step_model(
+        &mut self,
+        stats: &mut ChunkStats,
+        path: u64,
+        k: u64,
+        m: usize,
+    ) -> Result<(), SimError> {
+        let config = self.plan.config;
+        let d = self.x.len();
+        let h = config.eta / config.substeps as f64;
+        let per_substep = self.scheme.increments_per_substep() * d;
+        let state = &mut self.states[m];
+        self.step_start.copy_from_slice(&state[state.len() - d..]);
+        let increments = self.brownian.increments();
+        let mut outcome = Ok(());
+        for dw in increments.chunks_exact(per_substep) {
+            outcome = self.scheme.step(&mut self.terms[m], state, h, dw);
+            if outcome.is_err() {
+                break;
+            }
+        }
+        let reason = match outcome {
+            Ok(()) if state.iter().all(|v| v.is_finite()) => return Ok(()),
+            Ok(()) => format!("the {} state became non-finite", config.models[m]),
+            Err(Failure::Diverged(reason)) => reason,
+            Err(Failure::Fatal(source)) => {
+                return Err(SimError::Problem {
+                    path,
+                    step: k,
+                    time: k as f64 * config.eta,
+                    source,
+                });
+            }
+        };
+        let start = std::mem::take(&mut self.step_start);
+        self.diverge(stats, m + 1, (path, k), &start, reason);
+        self.step_start = start;
+        Ok(())
+    }
+
+    fn run_path(&mut self, path: u64, stats: &mut ChunkStats) -> Result<(), SimError> {
+        let plan = self.plan;
+        let d = self.x.len();
+        self.brownian.start_path(path);
+        self.x.copy_from_slice(&plan.start);
+        for s in &mut self.states {
+            for c in s.chunks_mut(d) {
+                c.copy_from_slice(&plan.start);
+            }
+        }
+        self.alive.fill(true);
+        let mut next_save = 0;
+        if plan.saved[0] == 0 {
+            self.record(stats, path, 0, 0);
+            next_save = 1;
+        }
+        for k in 0..plan.steps {
+            if !self.alive.iter().any(|&a| a) {
+                break;
+            }
+            self.brownian.draw_step(k);
+            if self.alive[0] {
+                self.step_sgd(stats, path, k)?;
+            }
+            for m in 0..self.terms.len() {
+                if self.alive[m + 1] {
+                    self.step_model(stats, path, k, m)?;
+                }
+            }
+            if plan.saved.get(next_save) == Some(&(k + 1)) {
+                self.record(stats, path, next_save, k + 1);
+                next_save += 1;
+            }
+        }
+        let l = plan.layout;
+        for p in 0..l.processes {
+            if !self.alive[p] {
+                continue;
+            }
+            for t in 0..l.times {
+                for o in 0..l.observables {
+                    let i = l.value(t, o, p);
+                    stats.grid.push(i, self.values[i]);
+                    if p > 0 && self.alive[0] {
+                        let diff = self.values[i] - self.values[l.value(t, o, 0)];
+                        stats.grid.push(l.diff(t, o, p - 1), diff);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn run<S: Scheme + Copy>(
+    problem: &Problem,
+    config: &SimConfig,
+    scheme: S,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<SimResult, SimError> {
+    let (steps, saved) = config.plan()?;
+    let start = problem.start();
+    // Evaluate everything once at the start point, so a problem that is invalid there
+    // fails before any path runs, with the problem's own message.
+    problem
+        .objective_derivatives(&start)
+        .map_err(SimError::Start)?;
+    problem.observables(&start).map_err(SimError::Start)?;
+    let noise = NoiseSource::for_problem(problem, &start).map_err(SimError::Start)?;
+    let layout = Layout {
+        times: saved.len(),
+        observables: problem.observable_names().len(),
+        processes: config.models.len() + 1,
+    };
+    let plan = Plan {
+        problem,
+        config,
+        noise,
+        start,
+        steps,
+        saved,
+        layout,
+    };
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(config.threads)
+        .build()
+        .map_err(|e| SimError::Threads {
+            threads: config.threads,
+            message: e.to_string(),
+        })?;
+    let chunks = config.paths.div_ceil(CHUNK_PATHS);
+    let wave = if config.batch == 0 {
+        16 * config.threads as u64
+    } else {
+        config.batch.div_ceil(CHUNK_PATHS)
+    }
+    .max(1);
+    let mut total = ChunkStats::new(&layout);
+    pool.install(|| -> Result<(), SimError> {
+        let mut first = 0;
+        while first < chunks {
+            let last = (first + wave).min(chunks);
+            let done: Vec<Result<ChunkStats, SimError>> = (first..last)
+                .into_par_iter()
+                .map_init(
+                    || Worker::new(&plan, scheme),
+                    |w, c| w.run_chunk(c, progress),
+                )
+                .collect();
+            // Merged in chunk order: the invariant that makes threads invisible.
+            for r in done {
+                total.merge(r?);
+            }
+            first = last;
+        }
+        Ok(())
+    })?;
+    Ok(finish(&plan, total))
+}
+
+/// `Some(x)` for finite `x`: statistics never carry NaN or infinities.
+fn finite(x: Option<f64>) -> Option<f64> {
+    x.filter(|v| v.is_finite())
+}
+
+fn finish(plan: &Plan<'_>, total: ChunkStats) -> SimResult {
+    let config = plan.config;
+    let l = plan.layout;
+    let mut processes = vec!["sgd".to_string()];
+    processes.extend(config.models.iter().map(|m| m.to_string()));
+    let observables = plan
+        .problem
+        .observable_names()
+        .iter()
+        .enumerate()
+        .map(|(o, name)| ObservableStats {
+            name: name.clone(),
+            processes: processes
+                .iter()
+                .enumerate()
+                .map(|(p, pname)| {
+                    let cell = |t| total.grid.cell(l.value(t, o, p));
+                    let series = |f: &dyn Fn(usize) -> Option<f64>| -> Vec<Option<f64>> {
+                        (0..l.times).map(|t| finite(f(t))).collect()
+                    };
+                    let diff = |t| total.grid.cell(l.diff(t, o, p - 1));
+                    Series {
+                        name: pname.clone(),
+                        mean: series(&|t| cell(t).mean()),
+                        stderr: series(&|t| cell(t).stderr()),
+                        variance: series(&|t| cell(t).variance()),
+                        diff_mean: (p > 0).then(|| series(&|t| diff(t).mean())),
+                        diff_stderr: (p > 0).then(|| series(&|t| diff(t).stderr())),
+                    }
+                })
+                .collect(),
+        })
+        .collect();
+    let pairs = (0..l.processes)
+        .map(|p| {
+            (p > 0).then(|| {
+                if l.observables == 0 {
+                    0
+                } else {
+                    total.grid.cell(l.diff(0, 0, p - 1)).count()
+                }
+            })
+        })
+        .collect();
+    SimResult {
+        times: plan.saved.iter().map(|&k| k as f64 * config.eta).collect(),
+        steps: plan.steps,
+        paths: config.paths,
+        seed: config.seed,
+        eta: config.eta,
+        horizon: plan.steps as f64 * config.eta,
+        every: config.every,
+        substeps: config.substeps,
+        scheme: config.scheme,
+        coupling: config.coupling,
+        processes,
+        observables,
+        diverged: total.diverged,
+        pairs,
+        first_divergence: total.first,
+        variables: plan.problem.variables().to_vec(),
+    }
+}
+
+fn opt(x: Option<f64>) -> Value {
+    x.map_or(Value::Null, |v| json!(v))
+}
+
+fn opts(xs: &[Option<f64>]) -> Value {
+    Value::Array(xs.iter().map(|&x| opt(x)).collect())
+}
+
+impl SimResult {
+    /// The JSON form (the contract of `hasme simulate --json`): `times`, `paths`,
+    /// `seed`, `eta`, `horizon`, `steps`, `every`, `scheme`, `substeps`, `coupling`,
+    /// `models`, `observables.NAME.PROCESS.{mean, stderr, variance}` and, for models,
+    /// `.diff_mean`/`.diff_stderr` (lists aligned with `times`, `null` where no path
+    /// survived), `diverged.PROCESS`, `pairs.MODEL`, and `first_divergence.PROCESS`
+    /// (`path`, `step`, `time`, `point`, `reason`) for each process that diverged.
+    pub fn to_json(&self) -> Value {
+        let mut observables = Map::new();
+        for o in &self.observables {
+            let mut per = Map::new();
+            for s in &o.processes {
+                let mut m = Map::new();
+                m.insert("mean".into(), opts(&s.mean));
+                m.insert("stderr".into(), opts(&s.stderr));
+                m.insert("variance".into(), opts(&s.variance));
+                if let (Some(dm), Some(ds)) = (&s.diff_mean, &s.diff_stderr) {
+                    m.insert("diff_mean".into(), opts(dm));
+                    m.insert("diff_stderr".into(), opts(ds));
+                }
+                per.insert(s.name.clone(), Value::Object(m));
+            }
+            observables.insert(o.name.clone(), Value::Object(per));
+        }
+        let mut diverged = Map::new();
+        let mut pairs = Map::new();
+        let mut first = Map::new();
+        for (p, name) in self.processes.iter().enumerate() {
+            diverged.insert(name.clone(), json!(self.diverged[p]));
+            if let Some(n) = self.pairs[p] {
+                pairs.insert(name.clone(), json!(n));
+            }
+            if let Some(f) = &self.first_divergence[p] {
+                first.insert(
+                    name.clone(),
+                    json!({
+                        "path": f.path,
+                        "step": f.step,
+                        "time": f.time,
+                        "point": f.point.iter().map(|&v| opt(Some(v).filter(|v| v.is_finite()))).collect::<Vec<_>>(),
+                        "reason": f.reason,
+                    }),
+                );
+            }
+        }
+        json!({
+            "times": self.times,
+            "paths": self.paths,
+            "seed": self.seed,
+            "eta": self.eta,
+            "horizon": self.horizon,
+            "steps": self.steps,
+            "every": self.every,
+            "scheme": self.scheme.to_string(),
+            "weak_order": self.scheme.weak_order(),
+            "substeps": self.substeps,
+            "coupling": self.coupling.to_string(),
+            "models": self.processes[1..],
+            "variables": self.variables,
+            "observables": observables,
+            "diverged": diverged,
+            "pairs": pairs,
+            "first_divergence": first,
+        })
+    }
+
+    /// Total divergences over all processes.
+    pub fn total_diverged(&self) -> u64 {
+        self.diverged.iter().sum()
+    }
+
+    fn format_point(&self, x: &[f64]) -> String {
+        let parts: Vec<String> = self
+            .variables
+            .iter()
+            .zip(x)
+            .map(|(n, v)| format!("{n} = {v}"))
+            .collect();
+        format!("({})", parts.join(", "))
+    }
+}
+
+fn cell(x: Option<f64>) -> String {
+    x.map_or("—".to_string(), |v| format!("{v:.6e}"))
+}
+
+impl fmt::Display for SimResult {
+    /// A summary at the horizon: per observable, each process's mean ± standard error
+    /// and each model's coupled difference to SGD; then the divergences.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{} paths, η = {}, horizon {} ({} steps), {} with {} substeps (weak order {}), {}, seed {}",
+            self.paths,
+            self.eta,
+            self.horizon,
+            self.steps,
+            self.scheme,
+            self.substeps,
+            self.scheme.weak_order(),
+            self.coupling,
+            self.seed
+        )?;
+        let last = self.times.len() - 1;
+        for o in &self.observables {
+            writeln!(f, "\nobservable `{}` at t = {}", o.name, self.times[last])?;
+            writeln!(
+                f,
+                "  {:<14} {:>14} {:>12} {:>14} {:>12}",
+                "process", "mean", "± stderr", "minus sgd", "± stderr"
+            )?;
+            for s in &o.processes {
+                let (dm, ds) = match (&s.diff_mean, &s.diff_stderr) {
+                    (Some(dm), Some(ds)) => (cell(dm[last]), cell(ds[last])),
+                    _ => (String::new(), String::new()),
+                };
+                writeln!(
+                    f,
+                    "  {:<14} {:>14} {:>12} {:>14} {:>12}",
+                    s.name,
+                    cell(s.mean[last]),
+                    cell(s.stderr[last]),
+                    dm,
+                    ds
+                )?;
+            }
+        }
+        if self.total_diverged() == 0 {
+            write!(f, "\nno path diverged")?;
+        } else {
+            write!(
+                f,
+                "\ndiverged paths (left out of that process's statistics):"
+            )?;
+            for (p, name) in self.processes.iter().enumerate() {
+                if let Some(d) = &self.first_divergence[p] {
+                    write!(
+                        f,
+                        "\n  {name}: {} of {}; first on path {}, step {} (t = {}), from {}: {}",
+                        self.diverged[p],
+                        self.paths,
+                        d.path,
+                        d.step,
+                        d.time,
+                        self.format_point(&d.point),
+                        d.reason
+                    )?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn horizons_must_be_multiples_of_eta() {
+        let c = SimConfig::new(0.1, 0.3, 10);
+        assert_eq!(c.plan().unwrap().0, 3);
+        let c = SimConfig::new(0.1, 0.35, 10);
+        let e = c.plan().unwrap_err();
+        assert!(
+            e.to_string().contains("use 0.30000000000000004 or 0.4")
+                || e.to_string().contains("0.4"),
+            "{e}"
+        );
+        assert_eq!(e.exit_code(), 2);
+    }
+
+    #[test]
+    fn saved_steps_include_the_horizon() {
+        let mut c = SimConfig::new(0.1, 1.0, 10);
+        c.every = 3;
+        assert_eq!(c.plan().unwrap().1, vec![0, 3, 6, 9, 10]);
+        c.every = 20;
+        assert_eq!(c.plan().unwrap().1, vec![0, 10]);
+        let c = SimConfig::new(0.1, 0.0, 10);
+        assert_eq!(c.plan().unwrap().1, vec![0]);
+    }
+
+    #[test]
+    fn bad_settings_are_config_errors() {
+        let base = SimConfig::new(0.1, 1.0, 10);
+        let cases: [fn(&mut SimConfig); 8] = [
+            |c| c.eta = -1.0,
+            |c| c.eta = f64::NAN,
+            |c| c.horizon = f64::INFINITY,
+            |c| c.paths = 0,
+            |c| c.substeps = 0,
+            |c| c.every = 0,
+            |c| c.threads = 0,
+            |c| c.models = vec![ModelKind::Gf, ModelKind::Gf],
+        ];
+        for f in cases {
+            let mut c = base.clone();
+            f(&mut c);
+            assert!(matches!(c.plan(), Err(SimError::Config(_))), "{c:?}");
+        }
+    }
+
+    #[test]
+    fn layout_cells_do_not_overlap() {
+        let l = Layout {
+            times: 3,
+            observables: 2,
+            processes: 4,
+        };
+        let mut seen = vec![false; l.cells()];
+        for t in 0..3 {
+            for o in 0..2 {
+                for p in 0..4 {
+                    assert!(!std::mem::replace(&mut seen[l.value(t, o, p)], true));
+                }
+                for m in 0..3 {
+                    assert!(!std::mem::replace(&mut seen[l.diff(t, o, m)], true));
+                }
+            }
+        }
+        assert!(seen.into_iter().all(|s| s));
+    }
+}

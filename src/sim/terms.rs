@@ -1,0 +1,595 @@
+//! Terms: the drift `b(x)` and a diffusion factor `σ(x)` (`σσᵀ = Γ`) of each SDE model
+//! at the simulator's current point, and SGD's own step (spec MODELS.md §1–2).
+//!
+//! This is the models' mathematics ([`crate::models`]) recomputed without allocation:
+//! `Model::coefficients` builds a few nalgebra matrices and three eigendecompositions
+//! per call (≈ 4 µs at d = 2, measured), which a simulator pays at every substep of
+//! every path. Here the same formulas run on reusable row-major buffers with a Jacobi
+//! eigensolver (`sim::linalg`): `gf` and `series:K` (hence `sme1 = series:0`,
+//! `sme2 = series:1`) by their series, `hasme` and `hasme-exact` through one
+//! eigendecomposition of `H`; `σ` is the symmetric PSD square root of `Γ`, as the
+//! models' `factor`, with the same round-off floor ([`PSD_TOLERANCE`]). The unit tests
+//! check every model against `Model::coefficients` at random points.
+//!
+//! Domain failures are the models' own [`ModelError`]s (`ηλ_max ≥ 1`, an indefinite Γ,
+//! overflow); the simulator counts them as divergences of the path for that model.
+
+use crate::models::{Local, Model, ModelError, ModelKind, PSD_TOLERANCE, Point, ell};
+use crate::problem::{NoiseKind, Problem, ProblemError};
+use crate::tape::{Jets, Workspace};
+use nalgebra::{DMatrix, DVector};
+
+use super::linalg::{
+    EigenScratch, JACOBI_MAX_DIM, NoConvergence, mat_mul, mat_tr_mul, mat_tr_vec, mat_vec,
+    sym_eigen, sym_sqrt, symmetrise,
+};
+
+/// Why a process stopped at a point.
+#[derive(Debug)]
+pub enum Failure {
+    /// The path left the domain of the process (a non-finite state or evaluation,
+    /// `ηλ_max ≥ 1`, an indefinite diffusion…): counted as a divergence, with the
+    /// reason.
+    Diverged(String),
+    /// The problem itself is invalid at a finite point (Σ(x) not symmetric positive
+    /// semidefinite): the run stops with this error.
+    Fatal(ProblemError),
+}
+
+/// Σ(x), evaluated as cheaply as the problem allows: once when it is constant.
+#[derive(Clone, Debug)]
+pub(crate) enum NoiseSource {
+    /// No noise (Σ = 0).
+    Zero,
+    /// Σ and its symmetric square root, constant.
+    Constant { cov: Vec<f64>, sqrt: Vec<f64> },
+    /// Σ(x) from the problem at each point.
+    State,
+}
+
+impl NoiseSource {
+    /// Chooses the cheapest source for `problem`, evaluating Σ at `start` once when it
+    /// is constant.
+    pub(crate) fn for_problem(
+        problem: &Problem,
+        start: &[f64],
+    ) -> Result<NoiseSource, ProblemError> {
+        if problem.noise_kind() == NoiseKind::None {
+            return Ok(NoiseSource::Zero);
+        }
+        if !problem.structure().constant_noise {
+            return Ok(NoiseSource::State);
+        }
+        let d = problem.dim();
+        let cov: Vec<f64> = problem.noise_cov(start)?.as_slice().to_vec();
+        if cov.iter().all(|&v| v == 0.0) {
+            return Ok(NoiseSource::Zero);
+        }
+        let mut sqrt = vec![0.0; d * d];
+        let mut scratch = EigenScratch::new(d);
+        sym_sqrt(d, &cov, PSD_TOLERANCE, &mut scratch, &mut sqrt)
+            .map_err(|_| eigen_problem(start))?;
+        Ok(NoiseSource::Constant { cov, sqrt })
+    }
+}
+
+fn eigen_problem(x: &[f64]) -> ProblemError {
+    ProblemError::Model(ModelError::EigenFailed {
+        quantity: "the noise covariance",
+        reason: "no convergence within the iteration budget",
+        point: Point(x.to_vec()),
+    })
+}
+
+/// Evaluates f's gradient and Hessian and Σ at points, into reusable buffers.
+#[derive(Debug)]
+pub(crate) struct Evaluator<'p> {
+    pub problem: &'p Problem,
+    pub noise: &'p NoiseSource,
+    ws: Workspace,
+    jets: Jets,
+    /// Σ(x) when state-dependent (row-major; Σ is symmetric so storage order is moot).
+    cov: Vec<f64>,
+    /// Σ(x)^{1/2} when state-dependent and asked for.
+    sqrt: Vec<f64>,
+    scratch: EigenScratch,
+}
+
+impl<'p> Evaluator<'p> {
+    pub(crate) fn new(problem: &'p Problem, noise: &'p NoiseSource) -> Evaluator<'p> {
+        let d = problem.dim();
+        Evaluator {
+            problem,
+            noise,
+            ws: Workspace::default(),
+            jets: Jets::default(),
+            cov: vec![0.0; d * d],
+            sqrt: vec![0.0; d * d],
+            scratch: EigenScratch::new(d),
+        }
+    }
+
+    /// Gradient and Hessian of f at `x` (into `self.jets`).
+    fn derivatives(&mut self, x: &[f64]) -> Result<(), Failure> {
+        if let Some(i) = x.iter().position(|v| !v.is_finite()) {
+            return Err(Failure::Diverged(format!(
+                "the state is not finite (coordinate {} = {})",
+                i + 1,
+                x[i]
+            )));
+        }
+        self.problem
+            .objective_derivatives_with(x, &mut self.ws, &mut self.jets)
+            .map_err(|e| Failure::Diverged(e.to_string()))
+    }
+
+    /// Σ(x) (state-dependent case) into `self.cov`; the symmetric square root too when
+    /// `with_sqrt`. Non-finite Σ is a divergence; a finite Σ that is not symmetric PSD
+    /// is fatal.
+    fn state_noise(&mut self, x: &[f64], with_sqrt: bool) -> Result<(), Failure> {
+        let d = x.len();
+        match self.problem.noise_cov(x) {
+            Ok(m) => self.cov.copy_from_slice(m.as_slice()),
+            Err(e) => {
+                // Tell a non-finite Σ (the path went where the noise is undefined: a
+                // divergence) from a finite Σ that is not a covariance (the problem is
+                // wrong there: fatal) by evaluating the entries without the checks.
+                return Err(match self.problem.noise_cov_derivatives(x) {
+                    Err(_) => Failure::Diverged(e.to_string()),
+                    Ok(_) => Failure::Fatal(e),
+                });
+            }
+        }
+        if with_sqrt {
+            sym_sqrt(
+                d,
+                &self.cov,
+                PSD_TOLERANCE,
+                &mut self.scratch,
+                &mut self.sqrt,
+            )
+            .map_err(|NoConvergence| {
+                Failure::Diverged(format!(
+                    "the eigendecomposition of Σ(x) did not converge at {}",
+                    Point(x.to_vec())
+                ))
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// One SGD step in place: `x ← x − η(∇f(x) + z)`, `z = −Σ(x)^{1/2} ξ` (MODELS.md §1, §4).
+pub(crate) fn sgd_step(
+    ev: &mut Evaluator<'_>,
+    eta: f64,
+    x: &mut [f64],
+    xi: &[f64],
+    tmp: &mut [f64],
+) -> Result<(), Failure> {
+    let d = x.len();
+    ev.derivatives(x)?;
+    let noise = ev.noise;
+    let sqrt: Option<&[f64]> = match noise {
+        NoiseSource::Zero => None,
+        NoiseSource::Constant { sqrt, .. } => Some(sqrt),
+        NoiseSource::State => {
+            ev.state_noise(x, true)?;
+            Some(&ev.sqrt)
+        }
+    };
+    let g = ev.jets.gradient(0);
+    match sqrt {
+        Some(s) => {
+            mat_vec(d, s, xi, tmp);
+            for i in 0..d {
+                x[i] += eta * (tmp[i] - g[i]);
+            }
+        }
+        None => {
+            for i in 0..d {
+                x[i] -= eta * g[i];
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A drift and a diffusion factor at a point: what a [`super::Scheme`] steps with.
+pub trait Term {
+    /// Evaluates the coefficients at `x`; returns the drift and, unless the diffusion
+    /// is zero, the factor `σ` (row-major `d×d`).
+    fn eval(&mut self, x: &[f64]) -> Result<(&[f64], Option<&[f64]>), Failure>;
+}
+
+/// The coefficients of one model, evaluated without allocation.
+#[derive(Debug)]
+pub(crate) struct ModelTerm<'p> {
+    kind: ModelKind,
+    eta: f64,
+    ev: Evaluator<'p>,
+    drift: Vec<f64>,
+    factor: Vec<f64>,
+    // Scratch.
+    u: Vec<f64>,
+    lambda: Vec<f64>,
+    m1: Vec<f64>,
+    m2: Vec<f64>,
+    m3: Vec<f64>,
+    v1: Vec<f64>,
+    v2: Vec<f64>,
+}
+
+impl<'p> ModelTerm<'p> {
+    pub(crate) fn new(kind: ModelKind, eta: f64, ev: Evaluator<'p>) -> ModelTerm<'p> {
+        let d = ev.problem.dim();
+        let z = |n| vec![0.0; n];
+        ModelTerm {
+            kind,
+            eta,
+            ev,
+            drift: z(d),
+            factor: z(d * d),
+            u: z(d * d),
+            lambda: z(d),
+            m1: z(d * d),
+            m2: z(d * d),
+            m3: z(d * d),
+            v1: z(d),
+            v2: z(d),
+        }
+    }
+}
+
+impl Term for ModelTerm<'_> {
+    fn eval(&mut self, x: &[f64]) -> Result<(&[f64], Option<&[f64]>), Failure> {
+        let d = x.len();
+        self.ev.derivatives(x)?;
+        let noise = self.ev.noise;
+        let needs_noise = self.kind != ModelKind::Gf;
+        // Σ and, when the model's factor is √η Σ^{1/2}, its square root.
+        let one_term = d <= JACOBI_MAX_DIM && matches!(self.kind.series_order(), Some(k) if k <= 1);
+        let (cov, sqrt): (Option<&[f64]>, Option<&[f64]>) = match noise {
+            _ if !needs_noise => (None, None),
+            NoiseSource::Zero => (None, None),
+            NoiseSource::Constant { cov, sqrt } => (Some(cov), Some(sqrt)),
+            NoiseSource::State => {
+                self.ev.state_noise(x, one_term)?;
+                (Some(&self.ev.cov), one_term.then_some(&self.ev.sqrt[..]))
+            }
+        };
+        let g = self.ev.jets.gradient(0);
+        let h = self.ev.jets.hessian(0);
+        let eta = self.eta;
+        if d > JACOBI_MAX_DIM {
+            // Large d: the models' own (allocating) code, whose O(d³) work dominates.
+            let zero;
+            let sigma = match cov {
+                Some(c) => c,
+                None => {
+                    zero = vec![0.0; d * d];
+                    &zero[..]
+                }
+            };
+            let local = Local::new(
+                DVector::from_column_slice(x),
+                DVector::from_column_slice(g),
+                DMatrix::from_row_slice(d, d, h),
+                DMatrix::from_row_slice(d, d, sigma),
+            )
+            .map_err(|e| Failure::Diverged(e.to_string()))?;
+            let c = self
+                .kind
+                .coefficients(&local, eta)
+                .map_err(|e| Failure::Diverged(e.to_string()))?;
+            self.drift.copy_from_slice(c.drift.as_slice());
+            // σ is symmetric: column-major storage is row-major too.
+            self.factor.copy_from_slice(c.factor.as_slice());
+            let noisy = c.factor.iter().any(|&v| v != 0.0);
+            return Ok((&self.drift, noisy.then_some(&self.factor[..])));
+        }
+        let point = || Point(x.to_vec());
+        let diverged = |e: ModelError| Failure::Diverged(e.to_string());
+        let noisy = match self.kind {
+            ModelKind::Gf => {
+                for (b, gi) in self.drift.iter_mut().zip(g) {
+                    *b = -gi;
+                }
+                false
+            }
+            ModelKind::Hasme | ModelKind::HasmeExact => {
+                // H = U diag(λ) Uᵀ.
+                self.m1.copy_from_slice(h);
+                symmetrise(d, &mut self.m1);
+                sym_eigen(d, &mut self.m1, &mut self.u, &mut self.lambda).map_err(|_| {
+                    diverged(ModelError::EigenFailed {
+                        quantity: "the Hessian",
+                        reason: "no convergence within the iteration budget",
+                        point: point(),
+                    })
+                })?;
+                let lambda_max = self
+                    .lambda
+                    .iter()
+                    .copied()
+                    .fold(f64::NEG_INFINITY, f64::max);
+                let product = eta * lambda_max;
+                if product >= 1.0 {
+                    return Err(diverged(ModelError::StepSizeTooLarge {
+                        lambda_max,
+                        eta,
+                        product,
+                        inverse_lambda_max: 1.0 / lambda_max,
+                        point: point(),
+                    }));
+                }
+                // drift = −U diag(ℓ(1 − ηλ_i)) Uᵀ g.
+                mat_tr_vec(d, &self.u, g, &mut self.v1);
+                for i in 0..d {
+                    self.v1[i] *= -ell(1.0 - eta * self.lambda[i]);
+                }
+                mat_vec(d, &self.u, &self.v1, &mut self.drift);
+                match cov {
+                    None => false,
+                    Some(cov) => {
+                        // Σ̂ = UᵀΣU, weighted entrywise, then Γ = U (Σ̂ ∘ W) Uᵀ.
+                        mat_mul(d, cov, &self.u, &mut self.m2);
+                        mat_tr_mul(d, &self.u, &self.m2, &mut self.m1);
+                        let p = |i: usize| 1.0 - eta * self.lambda[i];
+                        if self.kind == ModelKind::HasmeExact {
+                            // L_ij = ℓ(p_i p_j), symmetric: one logarithm per pair.
+                            for i in 0..d {
+                                for j in i..d {
+                                    let w = eta * ell(p(i) * p(j));
+                                    self.m1[i * d + j] *= w;
+                                    if j != i {
+                                        self.m1[j * d + i] *= w;
+                                    }
+                                }
+                            }
+                        } else {
+                            // s_i = ℓ(p_i²)^{1/2}, weights s_i s_j.
+                            for i in 0..d {
+                                self.v2[i] = ell(p(i) * p(i)).sqrt();
+                            }
+                            for i in 0..d {
+                                for j in 0..d {
+                                    self.m1[i * d + j] *= eta * (self.v2[i] * self.v2[j]);
+                                }
+                            }
+                        }
+                        mat_mul(d, &self.u, &self.m1, &mut self.m2);
+                        for i in 0..d {
+                            for j in 0..d {
+                                let mut s = 0.0;
+                                for k in 0..d {
+                                    s += self.m2[i * d + k] * self.u[j * d + k];
+                                }
+                                self.m3[i * d + j] = s;
+                            }
+                        }
+                        symmetrise(d, &mut self.m3);
+                        self.factor_of_gamma(x)?;
+                        true
+                    }
+                }
+            }
+            kind => {
+                // series:K (sme1 = series:0, sme2 = series:1): drift −Σ_{k≤K} (ηH)^k g/(k+1).
+                let order = kind.series_order().unwrap_or(0) as usize;
+                self.v1.copy_from_slice(g);
+                for (b, gi) in self.drift.iter_mut().zip(g) {
+                    *b = -gi;
+                }
+                for k in 1..=order {
+                    mat_vec(d, h, &self.v1, &mut self.v2);
+                    let c = -1.0 / (k as f64 + 1.0);
+                    for i in 0..d {
+                        self.v1[i] = eta * self.v2[i];
+                        self.drift[i] += c * self.v1[i];
+                    }
+                }
+                match (cov, sqrt) {
+                    (None, _) => false,
+                    (Some(_), Some(sqrt)) if order <= 1 => {
+                        // Γ = ηΣ: σ = √η Σ^{1/2}.
+                        let s = eta.sqrt();
+                        for (f, r) in self.factor.iter_mut().zip(sqrt) {
+                            *f = s * r;
+                        }
+                        true
+                    }
+                    (Some(cov), _) => {
+                        // Γ = η Σ_{k<K} 𝒬^k(Σ)/(k+1), 𝒬(S) = AS + SA − ASA, A = ηH.
+                        let terms = order.max(1);
+                        self.m1.copy_from_slice(cov);
+                        for (g_, s) in self.m3.iter_mut().zip(cov) {
+                            *g_ = eta * s;
+                        }
+                        for k in 1..terms {
+                            // m2 = A S (A = ηH), then S ← AS + (AS)ᵀ − ASA.
+                            mat_mul(d, h, &self.m1, &mut self.m2);
+                            self.m2.iter_mut().for_each(|v| *v *= eta);
+                            for i in 0..d {
+                                for j in 0..d {
+                                    let mut asa = 0.0;
+                                    for l in 0..d {
+                                        asa += self.m2[i * d + l] * h[l * d + j];
+                                    }
+                                    self.m1[i * d + j] =
+                                        self.m2[i * d + j] + self.m2[j * d + i] - eta * asa;
+                                }
+                            }
+                            symmetrise(d, &mut self.m1);
+                            let c = eta / (k as f64 + 1.0);
+                            for (g_, s) in self.m3.iter_mut().zip(&self.m1) {
+                                *g_ += c * s;
+                            }
+                        }
+                        self.factor_of_gamma(x)?;
+                        true
+                    }
+                }
+            }
+        };
+        if !self.drift.iter().all(|v| v.is_finite())
+            || (noisy && !self.factor.iter().all(|v| v.is_finite()))
+        {
+            return Err(diverged(ModelError::Overflow {
+                quantity: "the drift or the diffusion factor",
+                point: point(),
+            }));
+        }
+        Ok((&self.drift, noisy.then_some(&self.factor[..])))
+    }
+}
+
+impl ModelTerm<'_> {
+    /// `self.factor = Γ^{1/2}` for `Γ = self.m3`, after the PSD check of Γ.
+    fn factor_of_gamma(&mut self, x: &[f64]) -> Result<(), Failure> {
+        let d = x.len();
+        let point = || Point(x.to_vec());
+        if !self.m3.iter().all(|v| v.is_finite()) {
+            return Err(Failure::Diverged(
+                ModelError::Overflow {
+                    quantity: "the diffusion Γ",
+                    point: point(),
+                }
+                .to_string(),
+            ));
+        }
+        let spread = sym_sqrt(
+            d,
+            &self.m3,
+            PSD_TOLERANCE,
+            &mut self.ev.scratch,
+            &mut self.factor,
+        )
+        .map_err(|_| {
+            Failure::Diverged(
+                ModelError::EigenFailed {
+                    quantity: "the diffusion Γ",
+                    reason: "no convergence within the iteration budget",
+                    point: point(),
+                }
+                .to_string(),
+            )
+        })?;
+        if spread.min < -PSD_TOLERANCE * spread.scale {
+            let e = if self.kind == ModelKind::HasmeExact {
+                ModelError::ExactDiffusionIndefinite {
+                    min_eigenvalue: spread.min,
+                    scale: spread.scale,
+                    point: point(),
+                }
+            } else {
+                ModelError::DiffusionIndefinite {
+                    model: self.kind.to_string(),
+                    min_eigenvalue: spread.min,
+                    scale: spread.scale,
+                    point: point(),
+                }
+            };
+            return Err(Failure::Diverged(e.to_string()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::Model;
+    use proptest::prelude::*;
+
+    fn problem(h: [f64; 3], sigma: [f64; 3], state: bool) -> Problem {
+        let extra = if state { "*(1 + 0.1*x^2)" } else { "" };
+        Problem::from_str(&format!(
+            "var x = 0.3, y = -0.2\n\
+             minimize 0.5*{}*x^2 + {}*x*y + 0.5*{}*y^2 + 0.1*x^3 + 0.05*cos(y)\n\
+             noise cov [[{}{extra}, {}], [{}, {}]]",
+            h[0], h[1], h[2], sigma[0], sigma[1], sigma[1], sigma[2]
+        ))
+        .expect("a valid problem")
+    }
+
+    fn assert_close(a: &[f64], b: &[f64], what: &str) {
+        let scale = b.iter().fold(1e-300f64, |m, v| m.max(v.abs()));
+        for (x, y) in a.iter().zip(b) {
+            // 1e-11 relative: two backward-stable eigensolvers (Jacobi here, QR in the
+            // models) differ by a few hundred ulps at d = 2.
+            assert!((x - y).abs() <= 1e-11 * scale, "{what}: {a:?} vs {b:?}");
+        }
+    }
+
+    proptest! {
+        /// Drift and factor agree with `Model::coefficients` for every model, for
+        /// constant and state-dependent noise, inside and outside the domains.
+        #[test]
+        fn terms_agree_with_the_models(
+            h in (-3.0f64..3.0, -1.0f64..1.0, -3.0f64..3.0),
+            s in (0.01f64..1.0, -0.9f64..0.9, 0.01f64..1.0),
+            x in (-1.0f64..1.0, -1.0f64..1.0),
+            eta in 0.01f64..0.5,
+            state in any::<bool>(),
+        ) {
+            let sigma = [s.0, s.1 * (s.0 * s.2).sqrt(), s.2];
+            let p = problem([h.0, h.1, h.2], sigma, state);
+            let x = [x.0, x.1];
+            let noise = NoiseSource::for_problem(&p, &p.start()).expect("Σ is valid");
+            let local = p.local(&x).expect("finite");
+            for kind in ModelKind::all().into_iter().chain([ModelKind::Series(3)]) {
+                let mut term = ModelTerm::new(kind, eta, Evaluator::new(&p, &noise));
+                let ours = term.eval(&x);
+                match (kind.coefficients(&local, eta), ours) {
+                    (Ok(c), Ok((drift, factor))) => {
+                        assert_close(drift, c.drift.as_slice(), &format!("{kind} drift"));
+                        let zero = vec![0.0; 4];
+                        assert_close(factor.unwrap_or(&zero), c.factor.as_slice(), &format!("{kind} factor"));
+                    }
+                    (Err(e), Err(Failure::Diverged(reason))) => {
+                        let (a, b) = (e.to_string(), reason);
+                        // Same failure; the numbers in the message may differ in the last digits.
+                        let head = |m: &str| m.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+                        prop_assert_eq!(head(&a), head(&b));
+                    }
+                    (c, o) => prop_assert!(false, "{kind}: models {c:?}, terms {o:?}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn sgd_step_moves_with_the_noise() {
+        let p = problem([2.0, 0.0, 1.0], [0.25, 0.0, 0.04], false);
+        let noise = NoiseSource::for_problem(&p, &p.start()).unwrap();
+        let mut ev = Evaluator::new(&p, &noise);
+        let mut x = [0.3, -0.2];
+        let g = p.objective_derivatives(&x).unwrap().gradient;
+        let mut tmp = [0.0; 2];
+        sgd_step(&mut ev, 0.1, &mut x, &[1.0, -1.0], &mut tmp).unwrap();
+        // x − η g + η Σ^{1/2} ξ with Σ^{1/2} = diag(0.5, 0.2).
+        assert!((x[0] - (0.3 - 0.1 * g[0] + 0.1 * 0.5)).abs() < 1e-15);
+        assert!((x[1] - (-0.2 - 0.1 * g[1] - 0.1 * 0.2)).abs() < 1e-15);
+    }
+
+    #[test]
+    fn non_psd_noise_is_fatal_and_non_finite_noise_diverges() {
+        let p = Problem::from_str("var x = 0\nminimize x^2\nnoise cov [[1 - x, 0], [0, 1]]").err();
+        // A 2×2 covariance needs two variables; build a 1-d one instead.
+        assert!(p.is_some());
+        let p = Problem::from_str("var x = 0\nminimize x^2\nnoise diag [1 - x]").unwrap();
+        let noise = NoiseSource::for_problem(&p, &p.start()).unwrap();
+        let mut ev = Evaluator::new(&p, &noise);
+        let mut tmp = [0.0];
+        let mut x = [2.0];
+        let r = sgd_step(&mut ev, 0.1, &mut x, &[0.0], &mut tmp);
+        assert!(matches!(r, Err(Failure::Fatal(_))), "{r:?}");
+        let p = Problem::from_str("var x = 0\nminimize x^2\nnoise diag [sqrt(1 - x)]").unwrap();
+        let noise = NoiseSource::for_problem(&p, &p.start()).unwrap();
+        let mut ev = Evaluator::new(&p, &noise);
+        let mut x = [2.0];
+        let r = sgd_step(&mut ev, 0.1, &mut x, &[0.0], &mut tmp);
+        assert!(matches!(r, Err(Failure::Diverged(_))), "{r:?}");
+    }
+}
