@@ -487,6 +487,21 @@ impl Tape {
         at(k, true)
     }
 
+    /// Values of every output into `out`, reusing `slots`: no allocation once `slots`
+    /// has grown.
+    pub fn values_with(
+        &self,
+        x: &[f64],
+        slots: &mut Vec<f64>,
+        out: &mut [f64],
+    ) -> Result<(), NonFinite> {
+        self.eval_into(x, slots)?;
+        for (o, &k) in out.iter_mut().zip(&self.outputs) {
+            *o = slots[k as usize];
+        }
+        Ok(())
+    }
+
     /// Values of every output.
     pub fn values(&self, x: &[f64]) -> Result<Vec<f64>, NonFinite> {
         let mut slots = Vec::new();

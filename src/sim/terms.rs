@@ -15,7 +15,7 @@
 //! overflow); the simulator counts them as divergences of the path for that model.
 
 use crate::models::{Local, Model, ModelError, ModelKind, PSD_TOLERANCE, Point, ell};
-use crate::problem::{NoiseKind, Problem, ProblemError};
+use crate::problem::{NoiseBuffers, NoiseKind, Problem, ProblemError};
 use crate::tape::{Jets, Workspace};
 use nalgebra::{DMatrix, DVector};
 
@@ -90,6 +90,8 @@ pub(crate) struct Evaluator<'p> {
     jets: Jets,
     /// Σ(x) when state-dependent (row-major; Σ is symmetric so storage order is moot).
     cov: Vec<f64>,
+    /// Reused by `Problem::noise_cov_into`, so evaluating Σ(x) allocates nothing.
+    noise_buffers: NoiseBuffers,
     /// Σ(x)^{1/2} when state-dependent and asked for.
     sqrt: Vec<f64>,
     scratch: EigenScratch,
@@ -104,6 +106,7 @@ impl<'p> Evaluator<'p> {
             ws: Workspace::default(),
             jets: Jets::default(),
             cov: vec![0.0; d * d],
+            noise_buffers: NoiseBuffers::default(),
             sqrt: vec![0.0; d * d],
             scratch: EigenScratch::new(d),
         }
@@ -128,8 +131,11 @@ impl<'p> Evaluator<'p> {
     /// is fatal.
     fn state_noise(&mut self, x: &[f64], with_sqrt: bool) -> Result<(), Failure> {
         let d = x.len();
-        match self.problem.noise_cov(x) {
-            Ok(m) => self.cov.copy_from_slice(m.as_slice()),
+        match self
+            .problem
+            .noise_cov_into(x, &mut self.noise_buffers, &mut self.cov)
+        {
+            Ok(()) => {}
             Err(e) => {
                 // Tell a non-finite Σ (the path went where the noise is undefined: a
                 // divergence) from a finite Σ that is not a covariance (the problem is
