@@ -36,6 +36,8 @@ pub struct CheckSummary {
     pub structure: Structure,
     /// Observable names.
     pub observables: Vec<String>,
+    /// The `escape when …` region, if any.
+    pub escape: Option<String>,
     /// Warnings, each printed as `file:line:col: …`.
     pub warnings: Vec<String>,
 }
@@ -60,6 +62,7 @@ impl CheckSummary {
             noise_kind: problem.noise_kind(),
             structure: problem.structure(),
             observables: problem.observable_names().to_vec(),
+            escape: problem.escape_region().map(str::to_string),
             warnings: problem
                 .warnings()
                 .iter()
@@ -183,6 +186,9 @@ impl fmt::Display for CheckSummary {
             self.observables.join(", ")
         };
         writeln!(f, "  observables    {shown}")?;
+        if let Some(e) = &self.escape {
+            writeln!(f, "  escape when    {e}")?;
+        }
         if self.warnings.is_empty() {
             write!(f, "  warnings       none")
         } else {

@@ -12,7 +12,7 @@
 
 use crate::lang::ast::*;
 use crate::lang::source::suggest;
-use crate::lang::{Diagnostic, Source, Span, parse, parse_expr};
+use crate::lang::{Diagnostic, Source, Span, parse, parse_expr, print_expr};
 use crate::models::{Local, ModelError};
 use crate::tape::{
     Derivs, Func, Jets, NonFinite, Tape, TapeBuilder, Val, Workspace, integer_exponent,
@@ -25,8 +25,8 @@ use std::path::Path;
 use std::str::FromStr;
 
 /// Statement keywords (reserved, like `pi` and the function names).
-pub const KEYWORDS: [&str; 9] = [
-    "param", "var", "let", "minimize", "noise", "observe", "data", "batch", "sampling",
+pub const KEYWORDS: [&str; 10] = [
+    "param", "var", "let", "minimize", "noise", "observe", "data", "batch", "sampling", "escape",
 ];
 
 /// Functions that take other than one plain argument, or are not yet available.
@@ -221,6 +221,14 @@ pub struct Derivatives {
     pub observables: Vec<f64>,
 }
 
+/// The `escape when LHS > RHS` region: a tape for the margin LHS − RHS.
+#[derive(Clone, Debug)]
+struct EscapeRegion {
+    tape: Tape,
+    /// `LHS > RHS`, as printed from the syntax tree.
+    text: String,
+}
+
 /// Layout of the noise tape's outputs.
 #[derive(Clone, Debug)]
 struct NoiseTape {
@@ -255,6 +263,7 @@ pub struct Problem {
     noise: NoiseTape,
     observable_names: Vec<String>,
     observables: Tape,
+    escape: Option<EscapeRegion>,
     structure: Structure,
     warnings: Vec<Diagnostic>,
 }
@@ -602,6 +611,39 @@ impl Problem {
         })
     }
 
+    /// The escape region of an `escape when LHS > RHS` statement, as text, if the file
+    /// has one.
+    pub fn escape_region(&self) -> Option<&str> {
+        self.escape.as_ref().map(|e| e.text.as_str())
+    }
+
+    /// The escape margin LHS − RHS at x (escaped when > 0), or `None` when the file has
+    /// no `escape` statement. `slots` is reused: no allocation once it has grown.
+    ///
+    /// ```
+    /// use hasme::Problem;
+    /// let p = Problem::from_str("var x, y\nminimize x^2 - y^2\nescape when x^2 + y^2 > 1").unwrap();
+    /// assert_eq!(p.escape_region(), Some("x^2 + y^2 > 1"));
+    /// let mut slots = Vec::new();
+    /// assert_eq!(p.escape_margin_with(&[2.0, 0.0], &mut slots).unwrap(), Some(3.0));
+    /// ```
+    pub fn escape_margin_with(
+        &self,
+        x: &[f64],
+        slots: &mut Vec<f64>,
+    ) -> Result<Option<f64>, ProblemError> {
+        let Some(escape) = &self.escape else {
+            return Ok(None);
+        };
+        self.check_point(x)?;
+        let mut out = [0.0];
+        escape
+            .tape
+            .values_with(x, slots, &mut out)
+            .map_err(|nf| self.eval_error(nf, x))?;
+        Ok(Some(out[0]))
+    }
+
     /// The local data every SDE model reads at x: ∇f, ∇²f and Σ (MODELS.md §2).
     pub fn local(&self, x: &[f64]) -> Result<Local, ProblemError> {
         let d = self.derivatives(x)?;
@@ -932,6 +974,7 @@ impl<'a> Checker<'a> {
         let mut minimize: Option<(&Expr, Span, usize)> = None;
         let mut noise: Option<(&Noise, Span, usize)> = None;
         let mut observes: Vec<(&Ident, &Expr, usize)> = Vec::new();
+        let mut escape: Option<(&Expr, &Expr, Span, usize)> = None;
 
         if let Some((name, value)) = self.overrides.values.iter().find(|(_, v)| !v.is_finite()) {
             return Err(CheckFailure::Usage(format!(
@@ -1105,6 +1148,20 @@ impl<'a> Checker<'a> {
                     return Err(self
                         .unsupported(st.span, "`batch` and `sampling` statements (finite sums)"));
                 }
+                StatementKind::Escape { lhs, rhs } => {
+                    if let Some((_, _, first, _)) = escape {
+                        let d = self
+                            .source
+                            .diagnostic(
+                                st.span,
+                                "more than one `escape` statement",
+                                "second escape region",
+                            )
+                            .with_note(format!("the first is at {}", self.pos(first)));
+                        return Err(CheckFailure::Diag(Box::new(d)));
+                    }
+                    escape = Some((lhs, rhs, st.span, k));
+                }
             }
         }
         for (name, _) in &self.overrides.values {
@@ -1188,6 +1245,22 @@ impl<'a> Checker<'a> {
         }
         let observables = b.finish(&outputs);
 
+        let escape = match escape {
+            None => None,
+            Some((lhs, rhs, span, k)) => {
+                let mut b = TapeBuilder::new(d);
+                let lets = self.compile_lets(&mut b)?;
+                let (l, _) = self.compile(lhs, k, &mut b, None, &lets)?;
+                let (r, _) = self.compile(rhs, k, &mut b, None, &lets)?;
+                let margin = b.sub(l, r, span).map_err(|c| self.fold_error(span, c))?;
+                let text = format!("{} > {}", print_expr(lhs), print_expr(rhs));
+                Some(EscapeRegion {
+                    tape: b.finish(&[(margin, span)]),
+                    text,
+                })
+            }
+        };
+
         for (i, (name, span, _)) in self.lets.iter().enumerate() {
             if !self.used_lets.contains(&i) {
                 self.warnings.push(self.source.diagnostic(
@@ -1214,6 +1287,7 @@ impl<'a> Checker<'a> {
             noise: noise_tape.tape,
             observable_names,
             observables,
+            escape,
             structure: Structure {
                 objective_degree,
                 quadratic: objective_degree.is_some_and(|n| n <= 2),

@@ -341,4 +341,11 @@ pub enum StatementKind {
     Batch(Expr),
     /// `sampling with-replacement | without-replacement`
     Sampling(Sampling),
+    /// `escape when LHS > RHS`: the escape region of `hasme escape`.
+    Escape {
+        /// Left side.
+        lhs: Expr,
+        /// Right side (usually `0`).
+        rhs: Expr,
+    },
 }

@@ -174,11 +174,13 @@ fn describe(rule: Rule) -> Option<&'static str> {
         sampling_mode => "`with-replacement` or `without-replacement`",
         kw_sd | kw_diag | kw_cov | noise_sd | noise_diag | noise_cov => "`sd`, `diag` or `cov`",
         file | kw_param | kw_var | kw_let | kw_minimize | kw_noise | kw_observe | kw_data
-        | kw_batch | kw_sampling | param_stmt | var_stmt | let_stmt | minimize_stmt
-        | noise_stmt | observe_stmt | data_stmt | batch_stmt | sampling_stmt => {
+        | kw_batch | kw_sampling | kw_escape | param_stmt | var_stmt | let_stmt | minimize_stmt
+        | noise_stmt | observe_stmt | data_stmt | batch_stmt | sampling_stmt | escape_stmt => {
             "a statement (`param`, `var`, `let`, `minimize`, `noise`, `observe`, …)"
         }
         var_decl => "a variable name",
+        kw_when => "`when`",
+        gt => "`>`",
         _ => return None,
     })
 }
@@ -409,6 +411,12 @@ fn build_statement(pair: Pair<Rule>, source: &Source) -> Result<Statement, Box<D
             }
         }
         Rule::batch_stmt => StatementKind::Batch(build_expr(next()?, source)?),
+        Rule::escape_stmt => {
+            let lhs = build_expr(next()?, source)?;
+            let _gt = next()?;
+            let rhs = build_expr(next()?, source)?;
+            StatementKind::Escape { lhs, rhs }
+        }
         Rule::sampling_stmt => {
             let mode = next()?;
             StatementKind::Sampling(if mode.as_str() == "with-replacement" {
@@ -438,6 +446,8 @@ fn is_keyword(rule: Rule) -> bool {
             | kw_data
             | kw_batch
             | kw_sampling
+            | kw_escape
+            | kw_when
     )
 }
 

@@ -127,6 +127,9 @@ pub fn print_program(program: &Program) -> String {
                 }
             },
             StatementKind::Batch(e) => format!("batch {}", print_expr(e)),
+            StatementKind::Escape { lhs, rhs } => {
+                format!("escape when {} > {}", print_expr(lhs), print_expr(rhs))
+            }
             StatementKind::Sampling(Sampling::WithReplacement) => {
                 "sampling with-replacement".into()
             }
