@@ -6,6 +6,8 @@
 //! [`output`]; Monte Carlo of SGD beside the models ([`sim`]) with streaming
 //! statistics ([`stats`]). See `ARCHITECTURE.md` for the code map and the invariants.
 
+pub mod escape;
+pub mod experiment;
 pub mod inspect;
 pub mod lang;
 pub mod models;

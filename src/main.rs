@@ -5,6 +5,7 @@
 
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
+use hasme::escape::{EscapeConfig, EscapeError, Region, escape_with_progress};
 use hasme::inspect::{CheckSummary, DeriveReport, ModelRequest};
 use hasme::models::{ModelKind, ModelOptions, PsdPolicy};
 use hasme::moments::{self, MomentsConfig, MomentsError};
@@ -74,6 +75,13 @@ enum Command {
     /// Monte Carlo: SGD and each SDE model simulated side by side, coupled and
     /// reproducible; means, standard errors and coupled differences at t = kη.
     Simulate(SimulateArgs),
+    /// Escape times from a saddle or sharp minimum: SGD against each model, read at
+    /// t = kη, coupled; censored at the cap (Kaplan–Meier), KS distance to SGD.
+    Escape(EscapeArgs),
+    /// Weak error |E φ(x_N) − E φ(X_T)| of each model over a grid of η, with 95% CIs,
+    /// an integration check, the fitted order in η and (with --sweep) the error constant
+    /// against a param.
+    WeakOrder(WeakOrderArgs),
 }
 
 #[derive(clap::Args)]
@@ -170,6 +178,146 @@ struct SimulateArgs {
     quiet: bool,
 }
 
+#[derive(clap::Args)]
+struct WeakOrderArgs {
+    /// The objective file (.hasme).
+    file: PathBuf,
+    /// Step sizes, comma-separated (e.g. 0.2,0.1,0.05,0.025).
+    #[arg(long, value_delimiter = ',', value_name = "η,…", conflicts_with_all = ["eta_max", "levels"])]
+    etas: Vec<f64>,
+    /// Largest step size of a halving grid (with --levels).
+    #[arg(
+        long,
+        value_name = "η",
+        requires = "levels",
+        allow_hyphen_values = true
+    )]
+    eta_max: Option<f64>,
+    /// Number of step sizes of the halving grid (with --eta-max).
+    #[arg(long, value_name = "K", requires = "eta_max")]
+    levels: Option<usize>,
+    /// Horizon T, a multiple of every η.
+    #[arg(long, allow_hyphen_values = true)]
+    horizon: f64,
+    /// Paths per simulation.
+    #[arg(long, default_value_t = 10_000)]
+    paths: u64,
+    /// Models (default: sme1, sme2, hasme, hasme-exact); repeatable or comma-separated.
+    #[arg(
+        long = "models",
+        visible_alias = "model",
+        value_delimiter = ',',
+        value_name = "NAME"
+    )]
+    models: Vec<String>,
+    /// Observables (default: all of the file's); repeatable or comma-separated.
+    #[arg(long = "observables", value_delimiter = ',', value_name = "NAME")]
+    observables: Vec<String>,
+    /// Seed of the random streams.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// SDE substeps per SGD step (the integration check reruns at half, or double when
+    /// odd).
+    #[arg(long, default_value_t = 8)]
+    substeps: usize,
+    /// Integrator: talay-tubaro (weak order 2) or em (Euler–Maruyama, weak order 1).
+    #[arg(long, default_value = "talay-tubaro")]
+    scheme: String,
+    /// Skip the integration check (half the work less; the report then cannot say the
+    /// integration error is negligible).
+    #[arg(long)]
+    no_integration_check: bool,
+    /// Worker threads (default: all cores). The numbers do not depend on it.
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Override a param: NAME=VALUE (repeatable).
+    #[arg(long = "set", value_name = "NAME=VALUE")]
+    set: Vec<String>,
+    /// Rerun the analysis with a param varied: NAME=v1,v2,…
+    #[arg(long, value_name = "NAME=v1,v2,…")]
+    sweep: Option<String>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Write the output to PATH (atomically) instead of stdout.
+    #[arg(long, value_name = "PATH")]
+    out: Option<PathBuf>,
+    /// Also write a log-log plot of the errors with 95% bars (SVG).
+    #[arg(long, value_name = "PATH.svg")]
+    plot: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(clap::Args)]
+struct EscapeArgs {
+    /// The objective file (.hasme).
+    file: PathBuf,
+    /// SGD step size η.
+    #[arg(long, allow_hyphen_values = true)]
+    eta: f64,
+    /// Escape when ‖x − centre‖ > R.
+    #[arg(long, allow_hyphen_values = true, value_name = "R")]
+    radius: Option<f64>,
+    /// The ball's centre: NAME=VALUE assignments, e.g. x=0,y=0 (default: the start
+    /// point; unnamed variables keep their start values).
+    #[arg(
+        long,
+        visible_alias = "center",
+        value_name = "x=..,y=..",
+        allow_hyphen_values = true
+    )]
+    centre: Option<String>,
+    /// Escape when EXPR > 0 (an expression over the file's variables, params and lets),
+    /// instead of a ball.
+    #[arg(long, value_name = "EXPR", allow_hyphen_values = true)]
+    when: Option<String>,
+    /// The cap K on SGD steps: paths still inside are censored at t = Kη.
+    #[arg(long, default_value_t = 100_000, value_name = "K")]
+    max_steps: u64,
+    /// Number of paths.
+    #[arg(long, default_value_t = 1000)]
+    paths: u64,
+    /// Models simulated beside SGD (gf, sme1, sme2, hasme, hasme-exact, series:K, or
+    /// all); repeatable or comma-separated. Default: all.
+    #[arg(
+        long = "models",
+        visible_alias = "model",
+        value_delimiter = ',',
+        value_name = "NAME"
+    )]
+    models: Vec<String>,
+    /// Euler–Maruyama substeps per SGD step (default 32: at 8 the first-order bias in
+    /// HA-SME's growth rate is detectable against SGD with a few thousand paths).
+    #[arg(long, default_value_t = 32)]
+    substeps: usize,
+    /// coupled (common random numbers with SGD) or independent.
+    #[arg(long, default_value = "coupled")]
+    coupling: String,
+    /// Seed of the random streams.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Worker threads (default: all cores). The numbers do not depend on it.
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Override a param: NAME=VALUE (repeatable).
+    #[arg(long = "set", value_name = "NAME=VALUE")]
+    set: Vec<String>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Write the output to PATH (atomically) instead of stdout.
+    #[arg(long, value_name = "PATH")]
+    out: Option<PathBuf>,
+    /// Also write the survival curves (SVG).
+    #[arg(long, value_name = "PATH.svg")]
+    plot: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum Psd {
     /// Fail with the smallest eigenvalue and the point.
@@ -190,6 +338,10 @@ fn main() -> ExitCode {
             } else if let Some(e) = err.downcast_ref::<OutputError>() {
                 e.exit_code()
             } else if let Some(e) = err.downcast_ref::<SimError>() {
+                e.exit_code()
+            } else if let Some(e) = err.downcast_ref::<EscapeError>() {
+                e.exit_code()
+            } else if let Some(e) = err.downcast_ref::<hasme::experiment::WeakOrderError>() {
                 e.exit_code()
             } else {
                 2
@@ -290,6 +442,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Moments(args) => run_moments(args),
         Command::Simulate(args) => run_simulate(args),
+        Command::Escape(args) => run_escape(args),
+        Command::WeakOrder(args) => run_weak_order(args),
     }
 }
 
@@ -415,6 +569,174 @@ fn run_simulate(args: SimulateArgs) -> Result<ExitCode> {
                 );
             }
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `hasme weak-order`: checks the output paths first, runs the experiment with a
+/// progress bar, writes the plot and the text or JSON (atomically with --out), prints.
+fn run_weak_order(args: WeakOrderArgs) -> Result<ExitCode> {
+    use hasme::experiment::{Sweep, WeakOrderConfig, weak_order_with_progress};
+    let overrides = Overrides::parse(&args.set)?;
+    let problem = Problem::from_file(&args.file, &overrides)?;
+    let usage = |m: String| ProblemError::Usage(m);
+    let etas = match (args.eta_max, args.levels) {
+        (Some(eta_max), Some(levels)) => WeakOrderConfig::halving(eta_max, levels),
+        _ if !args.etas.is_empty() => args.etas.clone(),
+        _ => {
+            return Err(usage(
+                "give the step sizes: --etas 0.2,0.1,0.05 or --eta-max 0.2 --levels 4".into(),
+            )
+            .into());
+        }
+    };
+    if let Some(path) = &args.plot {
+        let svg = path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("svg"));
+        if !svg {
+            return Err(usage(format!(
+                "--plot `{}`: only SVG plots are supported; use a .svg file name",
+                path.display()
+            ))
+            .into());
+        }
+    }
+    for path in args.out.iter().chain(&args.plot) {
+        output::check_target(path)?;
+    }
+    let mut config = WeakOrderConfig::new(etas, args.horizon, args.paths);
+    if !args.models.is_empty() {
+        config.models = parse_models(&args.models)?;
+    }
+    config.observables = args
+        .observables
+        .iter()
+        .map(|o| o.trim().to_string())
+        .collect();
+    config.seed = args.seed;
+    config.substeps = args.substeps;
+    config.scheme = args
+        .scheme
+        .parse()
+        .map_err(|m| usage(format!("--scheme: {m}")))?;
+    config.integration_check = !args.no_integration_check;
+    config.threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    if let Some(sweep) = &args.sweep {
+        config.sweep = Some(Sweep::parse(sweep)?);
+    }
+    let progress = PathProgress::stderr(config.simulations() * config.paths, args.quiet);
+    let report = weak_order_with_progress(&problem, &overrides, &config, &|n| progress.inc(n));
+    progress.finish();
+    let report = report?;
+    if let Some(path) = &args.plot {
+        let svg = report.plot().to_svg()?;
+        output::write_atomic(path, svg.as_bytes())?;
+    }
+    let text = if args.json {
+        let mut value = report.to_json();
+        if let Some(map) = value.as_object_mut() {
+            map.insert("file".into(), args.file.display().to_string().into());
+        }
+        serde_json::to_string_pretty(&value)? + "\n"
+    } else {
+        format!("{report}")
+    };
+    match &args.out {
+        Some(path) => output::write_atomic(path, text.as_bytes())?,
+        None => emit(&text)?,
+    }
+    if args.json || args.out.is_some() {
+        for w in &report.warnings {
+            eprintln!("warning: {w}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `hasme escape`: checks the settings and output paths first, simulates with a
+/// progress bar, prints (or writes atomically) text or JSON, and the survival plot.
+fn run_escape(args: EscapeArgs) -> Result<ExitCode> {
+    let problem = Problem::from_file(&args.file, &Overrides::parse(&args.set)?)?;
+    let usage = |m: String| ProblemError::Usage(m);
+    let region = match (&args.when, args.radius) {
+        (Some(_), Some(_)) => {
+            return Err(usage("give either --radius (a ball) or --when, not both".into()).into());
+        }
+        (Some(_), None) if args.centre.is_some() => {
+            return Err(usage("--centre goes with --radius, not --when".into()).into());
+        }
+        (Some(expr), None) => Region::When(expr.clone()),
+        (None, Some(radius)) => Region::Ball {
+            centre: match &args.centre {
+                Some(spec) => Some(
+                    problem
+                        .point_from_assignments(spec)
+                        .map_err(|e| usage(e.to_string().replace("--at", "--centre")))?,
+                ),
+                None => None,
+            },
+            radius,
+        },
+        (None, None) if problem.escape_region().is_some() => Region::File,
+        (None, None) => {
+            return Err(usage(
+                "give the escape region: --radius R (a ball around --centre, default the start \
+                 point), --when EXPR (escape when EXPR > 0), or an `escape when … > …` \
+                 statement in the file"
+                    .into(),
+            )
+            .into());
+        }
+    };
+    if let Some(path) = &args.plot {
+        let svg = path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("svg"));
+        if !svg {
+            return Err(usage(format!(
+                "--plot `{}`: only SVG plots are supported; use a .svg file name",
+                path.display()
+            ))
+            .into());
+        }
+    }
+    for path in args.out.iter().chain(&args.plot) {
+        output::check_target(path)?;
+    }
+    let mut config = EscapeConfig::new(args.eta, args.max_steps, args.paths, region);
+    config.models = parse_models(&args.models)?;
+    config.substeps = args.substeps;
+    config.coupling = args
+        .coupling
+        .parse()
+        .map_err(|m| usage(format!("--coupling: {m}")))?;
+    config.seed = args.seed;
+    config.threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let progress = PathProgress::stderr(config.paths, args.quiet);
+    let report = escape_with_progress(&problem, &config, &|n| progress.inc(n));
+    progress.finish();
+    let report = report?;
+    let text = if args.json {
+        let mut value = report.to_json();
+        if let Some(map) = value.as_object_mut() {
+            map.insert("file".into(), args.file.display().to_string().into());
+        }
+        serde_json::to_string_pretty(&value)? + "\n"
+    } else {
+        format!("{report}")
+    };
+    if let Some(path) = &args.plot {
+        let svg = report.survival_plot().to_svg()?;
+        output::write_atomic(path, svg.as_bytes())?;
+    }
+    match &args.out {
+        Some(path) => output::write_atomic(path, text.as_bytes())?,
+        None => emit(&text)?,
     }
     Ok(ExitCode::SUCCESS)
 }

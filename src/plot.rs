@@ -64,6 +64,8 @@ pub struct Series {
     pub name: String,
     /// The points, in drawing order.
     pub points: Vec<(f64, f64)>,
+    /// Vertical error bars `(low, high)`, one per point, or empty for none.
+    pub error_bars: Vec<(f64, f64)>,
 }
 
 /// A line plot: build it, then render it with [`LinePlot::to_svg`].
@@ -77,6 +79,8 @@ pub struct LinePlot {
     pub y_label: String,
     /// Scale of the y-axis.
     pub y_axis: YAxis,
+    /// Scale of the x-axis (the same two scales; default linear).
+    pub x_axis: YAxis,
     /// The lines, drawn in order with distinct colours and dash patterns.
     pub series: Vec<Series>,
     /// Caption lines printed under the legend.
@@ -132,6 +136,9 @@ struct Prepared {
     floor: Option<f64>,
     notes: Vec<String>,
     log_y: bool,
+    log_x: bool,
+    /// Error bars per series: `(x, low, high)` in drawing coordinates.
+    bars: Vec<Vec<(f64, f64, f64)>>,
 }
 
 impl LinePlot {
@@ -146,6 +153,7 @@ impl LinePlot {
             x_label: x_label.into(),
             y_label: y_label.into(),
             y_axis: YAxis::Linear,
+            x_axis: YAxis::Linear,
             series: Vec::new(),
             notes: Vec::new(),
             size: (900, 600),
@@ -158,11 +166,35 @@ impl LinePlot {
         self
     }
 
+    /// Sets the x-axis scale. On a log x-axis, points with x ≤ 0 are omitted and counted
+    /// in the legend.
+    pub fn x_axis(mut self, x_axis: YAxis) -> Self {
+        self.x_axis = x_axis;
+        self
+    }
+
     /// Adds a line.
     pub fn series(mut self, name: impl Into<String>, points: Vec<(f64, f64)>) -> Self {
         self.series.push(Series {
             name: name.into(),
             points,
+            error_bars: Vec::new(),
+        });
+        self
+    }
+
+    /// Adds a line with vertical error bars `(low, high)`, one per point (a bar that is
+    /// not finite is not drawn; on a log axis a low end below the floor is drawn at it).
+    pub fn series_with_error_bars(
+        mut self,
+        name: impl Into<String>,
+        points: Vec<(f64, f64)>,
+        error_bars: Vec<(f64, f64)>,
+    ) -> Self {
+        self.series.push(Series {
+            name: name.into(),
+            points,
+            error_bars,
         });
         self
     }
@@ -176,16 +208,30 @@ impl LinePlot {
     /// Applies the axis rules: drops non-finite points (counted in the legend), clamps
     /// values under a log axis's floor, and computes the ranges.
     fn prepare(&self) -> Result<Prepared, PlotError> {
-        let finite = |&(x, y): &(f64, f64)| x.is_finite() && y.is_finite();
+        let log_x = self.x_axis == YAxis::Log;
+        let finite = |&(x, y): &(f64, f64)| x.is_finite() && y.is_finite() && (!log_x || x > 0.0);
+        let to_x = |x: f64| if log_x { x.log10() } else { x };
+        // Error-bar ends widen the y-range like points do.
+        let bar_ends = || {
+            self.series.iter().flat_map(|s| {
+                s.points
+                    .iter()
+                    .zip(&s.error_bars)
+                    .filter(|(p, _)| finite(p))
+                    .flat_map(|(_, &(lo, hi))| [lo, hi])
+                    .filter(|v| v.is_finite())
+            })
+        };
         let all_y = || {
             self.series
                 .iter()
                 .flat_map(|s| s.points.iter().filter(|p| finite(p)).map(|p| p.1))
+                .chain(bar_ends())
         };
         let all_x = || {
             self.series
                 .iter()
-                .flat_map(|s| s.points.iter().filter(|p| finite(p)).map(|p| p.0))
+                .flat_map(|s| s.points.iter().filter(|p| finite(p)).map(|p| to_x(p.0)))
         };
         let (x_min, x_max) = min_max(all_x()).ok_or(PlotError::Empty)?;
         let x_range = widen(x_min, x_max);
@@ -216,30 +262,48 @@ impl LinePlot {
         };
         let mut any_clamped = false;
         let mut series = Vec::new();
+        let mut bars = Vec::new();
+        let to_y = |y: f64| match lo {
+            Some(lo) if y < lo => (y_range.0 / 10.0).log10(),
+            Some(_) => y.log10(),
+            None => y,
+        };
         for s in &self.series {
             let mut points = Vec::with_capacity(s.points.len());
+            let mut series_bars = Vec::new();
             let (mut clamped, mut dropped) = (0usize, 0usize);
-            for p in &s.points {
+            for (i, p) in s.points.iter().enumerate() {
                 if !finite(p) {
                     dropped += 1;
                     continue;
                 }
+                if let Some(&(blo, bhi)) = s.error_bars.get(i)
+                    && blo.is_finite()
+                    && bhi.is_finite()
+                {
+                    series_bars.push((to_x(p.0), to_y(blo), to_y(bhi)));
+                    any_clamped |= lo.is_some_and(|lo| blo < lo);
+                }
                 match lo {
                     Some(lo) if p.1 < lo => {
                         clamped += 1;
-                        points.push((p.0, (y_range.0 / 10.0).log10()));
+                        points.push((to_x(p.0), (y_range.0 / 10.0).log10()));
                     }
-                    Some(_) => points.push((p.0, p.1.log10())),
-                    None => points.push(*p),
+                    Some(_) => points.push((to_x(p.0), p.1.log10())),
+                    None => points.push((to_x(p.0), p.1)),
                 }
             }
+            bars.push(series_bars);
             let mut name = s.name.clone();
             let mut extra = Vec::new();
             if clamped > 0 {
                 extra.push(format!("{clamped} at floor"));
             }
             if dropped > 0 {
-                extra.push(format!("{dropped} non-finite omitted"));
+                extra.push(format!(
+                    "{dropped} non-finite{} omitted",
+                    if log_x { " or x ≤ 0" } else { "" }
+                ));
             }
             if !extra.is_empty() {
                 name = format!("{name} ({})", extra.join(", "));
@@ -271,6 +335,8 @@ impl LinePlot {
             floor,
             notes,
             log_y: lo.is_some(),
+            log_x,
+            bars,
         })
     }
 
@@ -326,6 +392,22 @@ fn draw(plot: &LinePlot, p: &Prepared, root: &Area<'_>) -> DrawResult {
         }
     };
     let linear_label = |v: &f64| format!("{v}");
+    // A log x-axis (step sizes) spans a decade or two: label every tick with its value
+    // to three significant digits.
+    let log_x_label = |v: &f64| {
+        let x = 10f64.powf(*v);
+        if (1e-3..1e4).contains(&x) {
+            let digits = (2 - x.log10().floor() as i32).max(0) as usize;
+            let text = format!("{x:.digits$}");
+            if text.contains('.') {
+                text.trim_end_matches('0').trim_end_matches('.').to_string()
+            } else {
+                text
+            }
+        } else {
+            format!("{x:.2e}")
+        }
+    };
     chart
         .configure_mesh()
         .x_desc(plot.x_label.as_str())
@@ -334,6 +416,7 @@ fn draw(plot: &LinePlot, p: &Prepared, root: &Area<'_>) -> DrawResult {
         .label_style(("sans-serif", 15))
         .y_labels(decades.min(Y_LABELS))
         .y_label_formatter(if p.log_y { &log_label } else { &linear_label })
+        .x_label_formatter(if p.log_x { &log_x_label } else { &linear_label })
         .draw()?;
     if let Some(floor) = p.floor {
         chart.draw_series(DashedLineSeries::new(
@@ -342,6 +425,24 @@ fn draw(plot: &LinePlot, p: &Prepared, root: &Area<'_>) -> DrawResult {
             4,
             ShapeStyle::from(&BLACK.mix(0.5)).stroke_width(1),
         ))?;
+    }
+    // Error bars: a vertical segment with short caps (3% of the x-range wide).
+    let cap = 0.015 * (x1 - x0);
+    for (i, bars) in p.bars.iter().enumerate() {
+        let (style, _) = line_style(i);
+        let style = style.stroke_width(1);
+        for &(x, lo, hi) in bars {
+            chart.draw_series(std::iter::once(PathElement::new(
+                vec![(x, lo), (x, hi)],
+                style,
+            )))?;
+            for y in [lo, hi] {
+                chart.draw_series(std::iter::once(PathElement::new(
+                    vec![(x - cap, y), (x + cap, y)],
+                    style,
+                )))?;
+            }
+        }
     }
     for (i, (_, points)) in p.series.iter().enumerate() {
         let (style, dashes) = line_style(i);

@@ -1,0 +1,1396 @@
+//! Escape from saddles and sharp minima: first-exit times of SGD and of its SDE models,
+//! read on the grid `t = kη`, compared as distributions (spec MODELS.md §5).
+//!
+//! For each path `p = 0, 1, …, paths − 1`, SGD and every model start at the problem's
+//! start point and run on the coupled noise of [`crate::sim`] (SGD step `k` and the SDE
+//! substeps on `[kη, (k+1)η]` share the Gaussian draws of the path's own ChaCha8
+//! stream, [`crate::sim::brownian`]). The *escape time* of a process is `kη` for the
+//! first `k ≥ 1` at which its state is outside the region ([`Region`]): a ball
+//! `‖x − c‖ > r`, or `g(x) > 0` for an expression `g`. The SDEs are integrated with
+//! substeps but looked at only at grid times, so SGD and the models are compared on the
+//! same clock. A path that has not left by the cap `K` steps is *censored* at `Kη`
+//! (never dropped); a process that diverges on a path (a non-finite state, `ηλ_max ≥ 1`
+//! for HA-SME…) is censored at the last grid time it was seen inside, and counted.
+//!
+//! Statistics per process (times in units of `t = kη`):
+//!
+//! * the Kaplan–Meier survival curve `Ŝ(t) = Π_{t_i ≤ t} (1 − d_i/n_i)` ([`KaplanMeier`]);
+//! * the escape probability by the cap, `1 − Ŝ(Kη)` (the plain fraction of paths that
+//!   escaped when nothing diverged);
+//! * the mean escape time: the *restricted* mean `∫₀^{Kη} Ŝ(t) dt` (equal to the sample
+//!   mean when every path escaped; a lower bound on the mean otherwise), its standard
+//!   error by the Greenwood-type formula `Var = Σ_i A_i² d_i / (n_i (n_i − d_i))` with
+//!   `A_i = ∫_{t_i}^{Kη} Ŝ`, and a normal 95 % interval;
+//! * median and quartiles from the KM curve: the `q`-quantile is the smallest event time
+//!   with `Ŝ(t) ≤ 1 − q` (none when the curve never gets there);
+//! * for a model, the two-sample Kolmogorov–Smirnov distance to SGD,
+//!   `D = sup_t |Ŝ_model(t) − Ŝ_sgd(t)|`, and its p-value from the asymptotic Kolmogorov
+//!   distribution at `√(n m/(n + m)) D` ([`kolmogorov_pvalue`]). Censoring: both curves
+//!   are compared up to the common cap; with censoring only at the cap this is exactly
+//!   the KS statistic of the samples with every censored time replaced by one value
+//!   beyond the cap (the empirical CDFs agree up to the cap). Two caveats, both making
+//!   the test conservative: escape times are discrete (grid times, with ties), and the
+//!   coupled samples are positively correlated, whereas the Kolmogorov law assumes
+//!   independent continuous samples. Use [`Coupling::Independent`] for a calibrated
+//!   p-value; keep the coupling for sharp paired differences;
+//! * for a model, the paired difference of `min(T, Kη)` against SGD on the same path,
+//!   with its standard error (the coupling makes it far more precise than the two means).
+//!
+//! The models are integrated by Euler–Maruyama with `m` substeps of `h = η/m`:
+//! Talay–Tubaro extrapolation improves expectations of smooth functions of `X_t`, not a
+//! path functional such as a first-exit time. Its `O(h)` error is the price of a
+//! simulated escape time; on a quadratic saddle it biases HA-SME's per-step growth by
+//! about `η h μ²/2` (μ the growth rate), which more substeps shrink.
+//!
+//! For a quadratic objective with constant noise, [`growth_rates`] gives the exact
+//! per-step growth factor of each process along the eigenvector of `λ_min(H)`: SGD's
+//! `|1 − ηλ_min|`, a model's `e^{μη}` with `μ` its linear drift's eigenvalue there
+//! ([`crate::moments::Quadratic::model_sde`]).
+//!
+//! Invariant: the same seed gives the same numbers on any number of threads. Memory is
+//! one outcome per path and process, whatever the number of steps.
+//!
+//! ```
+//! use hasme::Problem;
+//! use hasme::escape::{EscapeConfig, Region, escape};
+//! use hasme::models::ModelKind;
+//!
+//! let problem = Problem::from_str(
+//!     "var x = 0, y = 0\nminimize 0.5*x^2 - 0.5*y^2\nnoise sd 0.1",
+//! )?;
+//! let mut config = EscapeConfig::new(0.1, 2000, 200, Region::ball(0.5));
+//! config.models = vec![ModelKind::Hasme];
+//! let report = escape(&problem, &config)?;
+//! let sgd = &report.processes[0];
+//! assert_eq!(sgd.name, "sgd");
+//! assert_eq!(sgd.escaped, 200); // every path left the ball before the cap
+//! let hasme = &report.processes[1];
+//! assert!(hasme.ks_pvalue.unwrap() > 0.01);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::fmt;
+
+use nalgebra::SymmetricEigen;
+use rayon::prelude::*;
+use serde_json::{Map, Value, json};
+
+use crate::lang::ast::StatementKind;
+use crate::lang::{Program, Source, parse, parse_expr, print_program};
+use crate::models::ModelKind;
+use crate::moments::Quadratic;
+use crate::plot::LinePlot;
+use crate::problem::{Overrides, Problem, ProblemError};
+use crate::sim::terms::{Evaluator, ModelTerm, NoiseSource, sgd_step};
+use crate::sim::{BrownianPath, CHUNK_PATHS, Coupling, EulerMaruyama, MAX_STEPS, Scheme};
+use crate::sim::{Failure, MAX_SUBSTEPS};
+use crate::stats::Welford;
+
+/// The two-sided 97.5 % standard normal quantile, for 95 % intervals.
+const Z95: f64 = 1.959_963_984_540_054;
+
+/// Relative slack when comparing a KM product with `1 − q`: the product of
+/// `(1 − d_i/n_i)` carries a few ulps of round-off (e.g. `0.75 · (2/3)` is
+/// `0.49999999999999994`), which must not move a quantile to the next event.
+const QUANTILE_SLACK: f64 = 1e-12;
+
+/// Where a path has escaped.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Region {
+    /// Escaped when `‖x − centre‖ > radius` (centre: the start point when `None`).
+    Ball {
+        /// The centre, one value per coordinate; `None` for the start point.
+        centre: Option<Vec<f64>>,
+        /// The radius r > 0.
+        radius: f64,
+    },
+    /// Escaped when `EXPR > 0`; EXPR is an expression of the objective language over
+    /// the problem's variables, params and lets.
+    When(String),
+    /// The file's own `escape when LHS > RHS` statement ([`Problem::escape_region`]).
+    File,
+}
+
+impl Region {
+    /// A ball of radius `radius` around the start point.
+    pub fn ball(radius: f64) -> Region {
+        Region::Ball {
+            centre: None,
+            radius,
+        }
+    }
+}
+
+/// What to simulate. Build with [`EscapeConfig::new`] (defaults on each field), adjust
+/// the public fields; [`escape`] checks everything once before starting.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EscapeConfig {
+    /// SGD step size η > 0.
+    pub eta: f64,
+    /// The cap K ≥ 1 on SGD steps: paths still inside at `Kη` are censored there.
+    pub max_steps: u64,
+    /// Number of paths (≥ 1).
+    pub paths: u64,
+    /// The region to leave.
+    pub region: Region,
+    /// Models simulated beside SGD (default: the five named models).
+    pub models: Vec<ModelKind>,
+    /// Euler–Maruyama substeps per SGD step (default 32: at 8, HA-SME's paired
+    /// difference to SGD on the quadratic saddle shows the scheme's O(h) bias, about 1%
+    /// of the mean escape time; at 32 it is below the standard error of 2000 paths).
+    pub substeps: usize,
+    /// Coupled (default) or independent noise.
+    pub coupling: Coupling,
+    /// The seed (default 0).
+    pub seed: u64,
+    /// Worker threads (default 1). Does not change the numbers.
+    pub threads: usize,
+}
+
+impl EscapeConfig {
+    /// A configuration with the defaults listed on each field.
+    pub fn new(eta: f64, max_steps: u64, paths: u64, region: Region) -> EscapeConfig {
+        EscapeConfig {
+            eta,
+            max_steps,
+            paths,
+            region,
+            models: ModelKind::all().to_vec(),
+            substeps: 32,
+            coupling: Coupling::Coupled,
+            seed: 0,
+            threads: 1,
+        }
+    }
+
+    fn check(&self) -> Result<(), EscapeError> {
+        let bad = |m: String| Err(EscapeError::Config(m));
+        if !(self.eta.is_finite() && self.eta > 0.0) {
+            return bad(format!("η must be a finite number > 0, got {}", self.eta));
+        }
+        if self.max_steps == 0 || self.max_steps >= MAX_STEPS {
+            return bad(format!(
+                "--max-steps must be between 1 and {}, got {}",
+                MAX_STEPS - 1,
+                self.max_steps
+            ));
+        }
+        if self.paths == 0 {
+            return bad("the number of paths must be at least 1".into());
+        }
+        if self.substeps == 0 || self.substeps > MAX_SUBSTEPS {
+            return bad(format!(
+                "the number of substeps must be between 1 and {MAX_SUBSTEPS}, got {}",
+                self.substeps
+            ));
+        }
+        if self.threads == 0 {
+            return bad("the number of threads must be at least 1".into());
+        }
+        for (i, m) in self.models.iter().enumerate() {
+            if self.models[..i].contains(m) {
+                return bad(format!("model `{m}` is listed twice"));
+            }
+        }
+        if let Region::Ball { radius, .. } = self.region
+            && !(radius.is_finite() && radius > 0.0)
+        {
+            return bad(format!(
+                "the radius must be a finite number > 0, got {radius}"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Why an escape run could not be done.
+#[derive(Debug, thiserror::Error)]
+pub enum EscapeError {
+    /// A setting is invalid (exit status 2).
+    #[error("{0}")]
+    Config(String),
+    /// The problem, or the region's expression, is invalid (its own exit status).
+    #[error("{0}")]
+    Problem(#[from] ProblemError),
+    /// The run failed at a point a path reached (exit status 1).
+    #[error("{process}, path {path}, step {step} (t = {time}): {message}")]
+    Run {
+        /// `sgd` or the model.
+        process: String,
+        /// The path index.
+        path: u64,
+        /// The SGD step.
+        step: u64,
+        /// `kη`.
+        time: f64,
+        /// What went wrong.
+        message: String,
+    },
+    /// The thread pool could not be built (exit status 1).
+    #[error("cannot start {threads} worker threads: {message}")]
+    Threads {
+        /// Threads asked for.
+        threads: usize,
+        /// The system's reason.
+        message: String,
+    },
+}
+
+impl EscapeError {
+    /// Process exit status: 2 for bad settings or input, 1 for a failure while running.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            EscapeError::Config(_) => 2,
+            EscapeError::Problem(e) => e.exit_code(),
+            EscapeError::Run { .. } | EscapeError::Threads { .. } => 1,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Kaplan–Meier and Kolmogorov–Smirnov
+
+/// One observed time: an event (escape) at `time`, or censored there.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Observation {
+    /// The time.
+    pub time: f64,
+    /// `true` for an escape, `false` for a censored time.
+    pub escaped: bool,
+}
+
+/// One step of a Kaplan–Meier curve.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct KmStep {
+    /// The event time `t_i`.
+    pub time: f64,
+    /// Observations still at risk just before `t_i` (times ≥ `t_i`, censored ones
+    /// included).
+    pub at_risk: u64,
+    /// Events at `t_i`.
+    pub events: u64,
+    /// `Ŝ(t_i)`, after the drop.
+    pub survival: f64,
+}
+
+/// The Kaplan–Meier estimate of a survival function from right-censored times:
+/// `Ŝ(t) = Π_{t_i ≤ t} (1 − d_i/n_i)` over the distinct event times (a censored time
+/// equal to an event time counts as at risk there).
+///
+/// ```
+/// use hasme::escape::{KaplanMeier, Observation};
+///
+/// let o = |time, escaped| Observation { time, escaped };
+/// // Escapes at 1, 2, 2, 4; one path censored at 3.
+/// let km = KaplanMeier::new(&[o(1.0, true), o(2.0, true), o(2.0, true), o(3.0, false), o(4.0, true)]);
+/// assert_eq!(km.survival(1.5), 0.8);
+/// assert!((km.survival(2.0) - 0.4).abs() < 1e-15);
+/// assert_eq!(km.survival(4.0), 0.0);
+/// assert_eq!(km.quantile(0.5), Some(2.0));
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct KaplanMeier {
+    steps: Vec<KmStep>,
+    observations: u64,
+    last_time: f64,
+}
+
+impl KaplanMeier {
+    /// The curve of `observations` (any order; non-finite times are not expected).
+    pub fn new(observations: &[Observation]) -> KaplanMeier {
+        let mut sorted = observations.to_vec();
+        sorted.sort_by(|a, b| a.time.total_cmp(&b.time));
+        let mut steps = Vec::new();
+        let mut at_risk = sorted.len() as u64;
+        let mut survival = 1.0;
+        let mut i = 0;
+        while i < sorted.len() {
+            let t = sorted[i].time;
+            let mut j = i;
+            let mut events = 0;
+            while j < sorted.len() && sorted[j].time == t {
+                events += u64::from(sorted[j].escaped);
+                j += 1;
+            }
+            if events > 0 {
+                survival *= 1.0 - events as f64 / at_risk as f64;
+                steps.push(KmStep {
+                    time: t,
+                    at_risk,
+                    events,
+                    survival,
+                });
+            }
+            at_risk -= (j - i) as u64;
+            i = j;
+        }
+        KaplanMeier {
+            steps,
+            observations: sorted.len() as u64,
+            last_time: sorted.last().map_or(0.0, |o| o.time),
+        }
+    }
+
+    /// The steps, in time order.
+    pub fn steps(&self) -> &[KmStep] {
+        &self.steps
+    }
+
+    /// The number of observations.
+    pub fn observations(&self) -> u64 {
+        self.observations
+    }
+
+    /// `Ŝ(t)`.
+    pub fn survival(&self, t: f64) -> f64 {
+        let n = self.steps.partition_point(|s| s.time <= t);
+        if n == 0 {
+            1.0
+        } else {
+            self.steps[n - 1].survival
+        }
+    }
+
+    /// The `q`-quantile (0 < q < 1): the smallest event time with `Ŝ(t) ≤ 1 − q`, or
+    /// `None` when the curve never drops that far.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        let level = (1.0 - q) * (1.0 + QUANTILE_SLACK);
+        self.steps
+            .iter()
+            .find(|s| s.survival <= level)
+            .map(|s| s.time)
+    }
+
+    /// The restricted mean `∫₀^τ Ŝ(t) dt` and its standard error
+    /// `(Σ_{t_i ≤ τ} A_i² d_i / (n_i (n_i − d_i)))^{1/2}`, `A_i = ∫_{t_i}^τ Ŝ`
+    /// (Klein & Moeschberger §4.5). With no censoring and `τ` at least the largest
+    /// time this is the sample mean, with the standard error `s/√n` up to the factor
+    /// `√((n − 1)/n)`.
+    pub fn restricted_mean(&self, tau: f64) -> (f64, f64) {
+        // Areas between consecutive event times, from τ backwards, give every A_i.
+        let steps: Vec<&KmStep> = self.steps.iter().filter(|s| s.time <= tau).collect();
+        let mut mean = 0.0;
+        let mut prev_t = 0.0;
+        let mut prev_s = 1.0;
+        for s in &steps {
+            mean += prev_s * (s.time - prev_t);
+            prev_t = s.time;
+            prev_s = s.survival;
+        }
+        mean += prev_s * (tau - prev_t);
+        let mut variance = 0.0;
+        let mut tail = 0.0; // A_i, built from τ down.
+        let mut upper = tau;
+        for s in steps.iter().rev() {
+            tail += s.survival * (upper - s.time);
+            upper = s.time;
+            if s.at_risk > s.events {
+                let (n, d) = (s.at_risk as f64, s.events as f64);
+                variance += tail * tail * d / (n * (n - d));
+            }
+        }
+        (mean, variance.sqrt())
+    }
+
+    /// The largest observed time (0 without observations).
+    pub fn last_time(&self) -> f64 {
+        self.last_time
+    }
+}
+
+/// The Kolmogorov–Smirnov distance between two survival curves, `sup_t |Ŝ_a − Ŝ_b|`
+/// (both are step functions, so the sup is taken at their event times).
+///
+/// ```
+/// use hasme::escape::{KaplanMeier, Observation, ks_distance};
+///
+/// let km = |ts: &[f64]| KaplanMeier::new(&ts.iter().map(|&time| Observation { time, escaped: true }).collect::<Vec<_>>());
+/// // ECDFs of {1, 2, 3} and {2, 3, 4} differ by 1/3 at most.
+/// assert!((ks_distance(&km(&[1.0, 2.0, 3.0]), &km(&[2.0, 3.0, 4.0])) - 1.0 / 3.0).abs() < 1e-15);
+/// ```
+pub fn ks_distance(a: &KaplanMeier, b: &KaplanMeier) -> f64 {
+    let mut d: f64 = 0.0;
+    for s in a.steps.iter().chain(&b.steps) {
+        d = d.max((a.survival(s.time) - b.survival(s.time)).abs());
+    }
+    d
+}
+
+/// `Q(λ) = P(K > λ)` for the Kolmogorov distribution `K = sup |B(t)|` of a Brownian
+/// bridge: `2 Σ_{j≥1} (−1)^{j−1} e^{−2j²λ²}` for λ ≥ 1.18, and
+/// `1 − √(2π)/λ Σ_{j≥1} e^{−(2j−1)²π²/(8λ²)}` below (both series converge in a few
+/// terms on their side of 1.18, where they agree to 1e−15).
+///
+/// ```
+/// use hasme::escape::kolmogorov_q;
+///
+/// assert!((kolmogorov_q(1.3581) - 0.05).abs() < 1e-4); // the 5 % critical value
+/// assert!((kolmogorov_q(1.0) - 0.26999967).abs() < 1e-7);
+/// assert_eq!(kolmogorov_q(0.0), 1.0);
+/// ```
+pub fn kolmogorov_q(lambda: f64) -> f64 {
+    if lambda.is_nan() || lambda <= 0.0 {
+        return 1.0;
+    }
+    let q = if lambda < 1.18 {
+        let c = std::f64::consts::PI * std::f64::consts::PI / (8.0 * lambda * lambda);
+        let mut s = 0.0;
+        for j in 1..=20 {
+            let k = (2 * j - 1) as f64;
+            s += (-k * k * c).exp();
+        }
+        1.0 - (2.0 * std::f64::consts::PI).sqrt() / lambda * s
+    } else {
+        let mut s = 0.0;
+        for j in 1..=100 {
+            let jf = j as f64;
+            let term = (-2.0 * jf * jf * lambda * lambda).exp();
+            s += if j % 2 == 1 { term } else { -term };
+            if term < 1e-300 {
+                break;
+            }
+        }
+        2.0 * s
+    };
+    q.clamp(0.0, 1.0)
+}
+
+/// The asymptotic two-sample Kolmogorov–Smirnov p-value of a distance `d` between
+/// samples of sizes `n` and `m`: `Q(√(nm/(n + m)) d)`.
+pub fn kolmogorov_pvalue(d: f64, n: u64, m: u64) -> f64 {
+    if n == 0 || m == 0 {
+        return 1.0;
+    }
+    let (n, m) = (n as f64, m as f64);
+    kolmogorov_q((n * m / (n + m)).sqrt() * d)
+}
+
+// ---------------------------------------------------------------------------------------
+// Exact growth rates on quadratics
+
+/// The exact per-step growth factors along the eigenvector of `λ_min(H)` on a quadratic
+/// with constant noise: SGD's `|1 − ηλ_min|`, and a model's `e^{μη}` with `μ = vᵀAv`
+/// its drift matrix's eigenvalue along that eigenvector `v` (every model's `A` is a
+/// function of `H`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct GrowthRates {
+    /// `λ_min(H)` (negative at a saddle).
+    pub lambda_min: f64,
+    /// Its unit eigenvector.
+    pub direction: Vec<f64>,
+    /// SGD's factor `|1 − ηλ_min|`.
+    pub sgd: f64,
+    /// Each model's factor, or why the model has none (outside its domain).
+    pub models: Vec<(ModelKind, Result<f64, String>)>,
+}
+
+/// [`GrowthRates`] of `problem` at step size `eta`, or `None` unless the objective is
+/// quadratic and the noise constant.
+///
+/// ```
+/// use hasme::Problem;
+/// use hasme::escape::growth_rates;
+/// use hasme::models::ModelKind;
+///
+/// let p = Problem::from_str("var x, y\nminimize 0.5*x^2 - y^2\nnoise sd 0.1")?;
+/// let g = growth_rates(&p, 0.1, &[ModelKind::Sme1, ModelKind::Hasme]).unwrap();
+/// assert_eq!(g.lambda_min, -2.0);
+/// assert!((g.sgd - 1.2).abs() < 1e-15);
+/// let sme1 = g.models[0].1.clone().unwrap();
+/// assert!((sme1 - 0.2f64.exp()).abs() < 1e-12);   // e^{η|λ|}: too fast
+/// let hasme = g.models[1].1.clone().unwrap();
+/// assert!((hasme - 1.2).abs() < 1e-12);            // exactly SGD's
+/// # Ok::<(), hasme::ProblemError>(())
+/// ```
+pub fn growth_rates(problem: &Problem, eta: f64, models: &[ModelKind]) -> Option<GrowthRates> {
+    let q = Quadratic::from_problem(problem).ok()?;
+    let e = SymmetricEigen::new(q.hessian().clone());
+    let i = e.eigenvalues.imin();
+    let lambda_min = e.eigenvalues[i];
+    let v = e.eigenvectors.column(i).into_owned();
+    let models = models
+        .iter()
+        .map(|&kind| {
+            let rate = q
+                .model_sde(kind, eta)
+                .map(|m| {
+                    let a = m.sde.drift_matrix();
+                    let mu = v.dot(&(a * &v));
+                    (mu * eta).exp()
+                })
+                .map_err(|e| e.to_string());
+            (kind, rate)
+        })
+        .collect();
+    Some(GrowthRates {
+        lambda_min,
+        direction: v.iter().copied().collect(),
+        sgd: (1.0 - eta * lambda_min).abs(),
+        models,
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// The region
+
+/// The region, compiled against a problem.
+enum Compiled<'p> {
+    Ball { centre: Vec<f64>, r2: f64 },
+    When(Box<Problem>),
+    File(&'p Problem),
+}
+
+impl Compiled<'_> {
+    /// Whether `x` is outside; `slots` is the evaluation scratch of the file's region.
+    fn outside(&self, x: &[f64], slots: &mut Vec<f64>) -> Result<bool, ProblemError> {
+        match self {
+            Compiled::Ball { centre, r2 } => {
+                let d2: f64 = x.iter().zip(centre).map(|(a, c)| (a - c) * (a - c)).sum();
+                Ok(d2 > *r2)
+            }
+            Compiled::When(g) => Ok(g.value(x)? > 0.0),
+            Compiled::File(p) => Ok(p.escape_margin_with(x, slots)?.is_some_and(|m| m > 0.0)),
+        }
+    }
+}
+
+/// Compiles `EXPR` of `--when` into a problem over the same variables: the `param`,
+/// `var` and `let` statements of the original file, followed by `minimize EXPR`, with
+/// the original's param values as overrides (so `--set` carries over).
+fn compile_when(problem: &Problem, expr: &str) -> Result<Problem, ProblemError> {
+    // Syntax errors point into the expression itself.
+    parse_expr(&Source::new("--when", expr)).map_err(ProblemError::Syntax)?;
+    let original = parse(problem.source()).map_err(ProblemError::Syntax)?;
+    let kept = Program {
+        statements: original
+            .statements
+            .into_iter()
+            .filter(|s| {
+                matches!(
+                    s.kind,
+                    StatementKind::Param { .. } | StatementKind::Var(_) | StatementKind::Let { .. }
+                )
+            })
+            .collect(),
+    };
+    let text = format!("{}\nminimize {expr}\n", print_program(&kept));
+    let mut overrides = Overrides::none();
+    for (name, value) in problem.params() {
+        overrides = overrides.set(name.clone(), *value);
+    }
+    let g = Problem::from_source(Source::new("--when", text), &overrides)?;
+    if g.variables() != problem.variables() {
+        return Err(ProblemError::Usage(
+            "--when: the expression's problem does not have the file's variables".into(),
+        ));
+    }
+    Ok(g)
+}
+
+fn compile_region<'p>(
+    problem: &'p Problem,
+    region: &Region,
+    start: &[f64],
+) -> Result<Compiled<'p>, EscapeError> {
+    let compiled = match region {
+        Region::Ball { centre, radius } => {
+            let centre = centre.clone().unwrap_or_else(|| start.to_vec());
+            if centre.len() != start.len() || centre.iter().any(|c| !c.is_finite()) {
+                return Err(EscapeError::Config(format!(
+                    "the centre must have {} finite coordinates",
+                    start.len()
+                )));
+            }
+            Compiled::Ball {
+                centre,
+                r2: radius * radius,
+            }
+        }
+        Region::When(expr) => Compiled::When(Box::new(compile_when(problem, expr)?)),
+        Region::File if problem.escape_region().is_some() => Compiled::File(problem),
+        Region::File => {
+            return Err(EscapeError::Config(
+                "the file has no `escape when … > …` statement: give the region as a ball \
+                 (a radius) or an expression"
+                    .into(),
+            ));
+        }
+    };
+    match compiled.outside(start, &mut Vec::new()) {
+        Ok(false) => Ok(compiled),
+        Ok(true) => Err(EscapeError::Config(format!(
+            "the start point {} is already outside the escape region",
+            problem.format_point(start)
+        ))),
+        Err(e) => Err(EscapeError::Config(format!(
+            "the escape region cannot be evaluated at the start point: {e}"
+        ))),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The simulation
+
+/// How a process ended on a path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Status {
+    Escaped,
+    Censored,
+    Diverged,
+}
+
+/// A process's outcome on one path: the grid step `k` of the escape, the cap, or the
+/// last step seen inside before diverging.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Outcome {
+    step: u64,
+    status: Status,
+}
+
+struct Plan<'p> {
+    problem: &'p Problem,
+    config: &'p EscapeConfig,
+    noise: NoiseSource,
+    start: Vec<f64>,
+    region: Compiled<'p>,
+}
+
+/// The outcomes of a chunk of paths (path-major), and the first divergence per process.
+struct ChunkOut {
+    outcomes: Vec<Outcome>,
+    first: Vec<Option<FirstDivergence>>,
+}
+
+/// Where a process first diverged (smallest path index).
+#[derive(Clone, Debug, PartialEq)]
+pub struct FirstDivergence {
+    /// The path.
+    pub path: u64,
+    /// The SGD step during which it happened.
+    pub step: u64,
+    /// Why.
+    pub reason: String,
+}
+
+struct Walker<'p> {
+    plan: &'p Plan<'p>,
+    brownian: BrownianPath,
+    sgd: Evaluator<'p>,
+    terms: Vec<ModelTerm<'p>>,
+    x: Vec<f64>,
+    states: Vec<Vec<f64>>,
+    tmp: Vec<f64>,
+    slots: Vec<f64>,
+}
+
+impl<'p> Walker<'p> {
+    fn new(plan: &'p Plan<'p>) -> Walker<'p> {
+        let c = plan.config;
+        let d = plan.problem.dim();
+        Walker {
+            plan,
+            brownian: BrownianPath::new(
+                c.seed,
+                d,
+                c.eta,
+                c.substeps * EulerMaruyama.increments_per_substep(),
+                c.coupling,
+            ),
+            sgd: Evaluator::new(plan.problem, &plan.noise),
+            terms: c
+                .models
+                .iter()
+                .map(|&k| ModelTerm::new(k, c.eta, Evaluator::new(plan.problem, &plan.noise)))
+                .collect(),
+            x: vec![0.0; d],
+            states: vec![vec![0.0; d]; c.models.len()],
+            tmp: vec![0.0; d],
+            slots: Vec::new(),
+        }
+    }
+
+    fn name(&self, p: usize) -> String {
+        if p == 0 {
+            "sgd".into()
+        } else {
+            self.plan.config.models[p - 1].to_string()
+        }
+    }
+
+    fn run_chunk(&mut self, chunk: u64) -> Result<ChunkOut, EscapeError> {
+        let c = self.plan.config;
+        let processes = c.models.len() + 1;
+        let first = chunk * CHUNK_PATHS;
+        let last = (first + CHUNK_PATHS).min(c.paths);
+        let mut out = ChunkOut {
+            outcomes: Vec::with_capacity((last - first) as usize * processes),
+            first: vec![None; processes],
+        };
+        for path in first..last {
+            self.run_path(path, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    /// Checks process `p`'s new state after step `k`; `None` while it is inside.
+    fn check(
+        &mut self,
+        p: usize,
+        path: u64,
+        k: u64,
+        stepped: Result<(), Failure>,
+        out: &mut ChunkOut,
+    ) -> Result<Option<Outcome>, EscapeError> {
+        let state = if p == 0 { &self.x } else { &self.states[p - 1] };
+        let eta = self.plan.config.eta;
+        let reason = match stepped {
+            Ok(()) if state.iter().all(|v| v.is_finite()) => {
+                return match self.plan.region.outside(state, &mut self.slots) {
+                    Ok(true) => Ok(Some(Outcome {
+                        step: k + 1,
+                        status: Status::Escaped,
+                    })),
+                    Ok(false) => Ok(None),
+                    Err(e) => Err(EscapeError::Run {
+                        process: self.name(p),
+                        path,
+                        step: k + 1,
+                        time: (k + 1) as f64 * eta,
+                        message: format!("the escape region cannot be evaluated: {e}"),
+                    }),
+                };
+            }
+            Ok(()) => format!("the {} state became non-finite", self.name(p)),
+            Err(Failure::Diverged(reason)) => reason,
+            Err(Failure::Fatal(e)) => {
+                return Err(EscapeError::Run {
+                    process: self.name(p),
+                    path,
+                    step: k,
+                    time: k as f64 * eta,
+                    message: e.to_string(),
+                });
+            }
+        };
+        if out.first[p].is_none() {
+            out.first[p] = Some(FirstDivergence {
+                path,
+                step: k,
+                reason,
+            });
+        }
+        Ok(Some(Outcome {
+            step: k,
+            status: Status::Diverged,
+        }))
+    }
+
+    fn run_path(&mut self, path: u64, out: &mut ChunkOut) -> Result<(), EscapeError> {
+        let plan = self.plan;
+        let c = plan.config;
+        let processes = c.models.len() + 1;
+        let h = c.eta / c.substeps as f64;
+        let d = self.x.len();
+        self.brownian.start_path(path);
+        self.x.copy_from_slice(&plan.start);
+        for s in &mut self.states {
+            s.copy_from_slice(&plan.start);
+        }
+        let mut result: Vec<Option<Outcome>> = vec![None; processes];
+        let mut open = processes;
+        for k in 0..c.max_steps {
+            if open == 0 {
+                break;
+            }
+            self.brownian.draw_step(k);
+            if result[0].is_none() {
+                let r = sgd_step(
+                    &mut self.sgd,
+                    c.eta,
+                    &mut self.x,
+                    self.brownian.xi(),
+                    &mut self.tmp,
+                );
+                if let Some(o) = self.check(0, path, k, r, out)? {
+                    result[0] = Some(o);
+                    open -= 1;
+                }
+            }
+            for m in 0..self.terms.len() {
+                if result[m + 1].is_some() {
+                    continue;
+                }
+                let mut r = Ok(());
+                for dw in self.brownian.increments().chunks_exact(d) {
+                    r = EulerMaruyama.step(&mut self.terms[m], &mut self.states[m], h, dw);
+                    if r.is_err() {
+                        break;
+                    }
+                }
+                if let Some(o) = self.check(m + 1, path, k, r, out)? {
+                    result[m + 1] = Some(o);
+                    open -= 1;
+                }
+            }
+        }
+        out.outcomes.extend(result.into_iter().map(|o| {
+            o.unwrap_or(Outcome {
+                step: c.max_steps,
+                status: Status::Censored,
+            })
+        }));
+        Ok(())
+    }
+}
+
+/// The statistics of one process's escape times (times in units of `t = kη`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProcessEscape {
+    /// `sgd` or the model's name.
+    pub name: String,
+    /// Paths on which it escaped by the cap.
+    pub escaped: u64,
+    /// Paths still inside at the cap.
+    pub censored: u64,
+    /// Paths on which it diverged first (censored at the last grid time seen inside).
+    pub diverged: u64,
+    /// `1 − Ŝ(Kη)`: the escape probability by the cap (`None` when the KM curve is not
+    /// identified up to the cap: the latest observation is a divergence before it).
+    pub escaped_fraction: Option<f64>,
+    /// The (restricted, when any path is censored) mean escape time (`None` as above).
+    pub mean_time: Option<f64>,
+    /// Its standard error (`None` as above).
+    pub mean_time_stderr: Option<f64>,
+    /// Whether the mean is restricted to the cap (some path censored or diverged).
+    pub mean_restricted: bool,
+    /// The median from the KM curve (`None` when it never drops to 1/2).
+    pub median_time: Option<f64>,
+    /// The lower and upper quartiles from the KM curve.
+    pub quartiles: [Option<f64>; 2],
+    /// KS distance of the KM curve to SGD's (`None` for SGD).
+    pub ks_distance: Option<f64>,
+    /// Its asymptotic p-value.
+    pub ks_pvalue: Option<f64>,
+    /// Mean of the paired difference `min(T, Kη) − min(T_sgd, Kη)` over the paths on
+    /// which neither diverged (`None` for SGD or without such paths).
+    pub mean_diff: Option<f64>,
+    /// Its standard error (`None` with fewer than two such paths).
+    pub mean_diff_stderr: Option<f64>,
+    /// The first divergence (smallest path index).
+    pub first_divergence: Option<FirstDivergence>,
+    /// The survival curve.
+    pub survival: KaplanMeier,
+}
+
+impl ProcessEscape {
+    /// The 95 % normal interval of the mean escape time.
+    pub fn mean_time_ci(&self) -> Option<[f64; 2]> {
+        let (m, se) = (self.mean_time?, self.mean_time_stderr?);
+        Some([m - Z95 * se, m + Z95 * se])
+    }
+
+    /// The mean's difference to `other`'s in units of the combined standard error of
+    /// the two means (ignoring the coupling's correlation, so conservative), or `None`
+    /// when both standard errors are zero.
+    pub fn mean_shift_in_stderr(&self, other: &ProcessEscape) -> Option<f64> {
+        let se = self.mean_time_stderr?.hypot(other.mean_time_stderr?);
+        let diff = self.mean_time? - other.mean_time?;
+        (se > 0.0).then(|| diff / se)
+    }
+}
+
+/// Everything an escape run reports. Nothing in it depends on the number of threads.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EscapeReport {
+    /// η.
+    pub eta: f64,
+    /// The step cap K.
+    pub max_steps: u64,
+    /// `Kη`.
+    pub cap_time: f64,
+    /// Number of paths.
+    pub paths: u64,
+    /// The seed.
+    pub seed: u64,
+    /// Euler–Maruyama substeps per SGD step.
+    pub substeps: usize,
+    /// The coupling.
+    pub coupling: Coupling,
+    /// The region, as configured.
+    pub region: Region,
+    /// The ball's centre actually used (the start point by default).
+    pub centre: Option<Vec<f64>>,
+    /// The file's `escape when` region as text, for [`Region::File`].
+    pub file_region: Option<String>,
+    /// Variable names.
+    pub variables: Vec<String>,
+    /// The start point.
+    pub start: Vec<f64>,
+    /// SGD first, then the models in the order asked.
+    pub processes: Vec<ProcessEscape>,
+    /// Exact growth factors, for a quadratic with constant noise.
+    pub growth_rates: Option<GrowthRates>,
+}
+
+/// Runs the escape simulation.
+pub fn escape(problem: &Problem, config: &EscapeConfig) -> Result<EscapeReport, EscapeError> {
+    escape_with_progress(problem, config, &|_| {})
+}
+
+/// [`escape`], calling `progress(n)` each time `n` more paths are done (from any worker
+/// thread).
+pub fn escape_with_progress(
+    problem: &Problem,
+    config: &EscapeConfig,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<EscapeReport, EscapeError> {
+    config.check()?;
+    let start = problem.start();
+    problem.objective_derivatives(&start)?;
+    let noise = NoiseSource::for_problem(problem, &start)?;
+    let region = compile_region(problem, &config.region, &start)?;
+    let centre = match &region {
+        Compiled::Ball { centre, .. } => Some(centre.clone()),
+        Compiled::When(_) | Compiled::File(_) => None,
+    };
+    let plan = Plan {
+        problem,
+        config,
+        noise,
+        start: start.clone(),
+        region,
+    };
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(config.threads)
+        .build()
+        .map_err(|e| EscapeError::Threads {
+            threads: config.threads,
+            message: e.to_string(),
+        })?;
+    let chunks = config.paths.div_ceil(CHUNK_PATHS);
+    let done: Vec<Result<ChunkOut, EscapeError>> = pool.install(|| {
+        (0..chunks)
+            .into_par_iter()
+            .map_init(
+                || Walker::new(&plan),
+                |w, c| {
+                    let r = w.run_chunk(c);
+                    if let Ok(o) = &r {
+                        progress(o.outcomes.len() as u64 / (config.models.len() as u64 + 1));
+                    }
+                    r
+                },
+            )
+            .collect()
+    });
+    let processes = config.models.len() + 1;
+    let mut outcomes = Vec::with_capacity(config.paths as usize * processes);
+    let mut first: Vec<Option<FirstDivergence>> = vec![None; processes];
+    // In chunk order: the first divergence is the smallest path's, whatever the threads.
+    for r in done {
+        let chunk = r?;
+        outcomes.extend(chunk.outcomes);
+        for (a, b) in first.iter_mut().zip(chunk.first) {
+            if a.is_none() {
+                *a = b;
+            }
+        }
+    }
+    let names: Vec<String> = std::iter::once("sgd".to_string())
+        .chain(config.models.iter().map(|m| m.to_string()))
+        .collect();
+    let cap_time = config.max_steps as f64 * config.eta;
+    let column = |p: usize| outcomes.iter().skip(p).step_by(processes);
+    let mut reports: Vec<ProcessEscape> = Vec::with_capacity(processes);
+    for (p, name) in names.iter().enumerate() {
+        let obs: Vec<Observation> = column(p)
+            .map(|o| Observation {
+                time: o.step as f64 * config.eta,
+                escaped: o.status == Status::Escaped,
+            })
+            .collect();
+        let count = |s: Status| column(p).filter(|o| o.status == s).count() as u64;
+        let km = KaplanMeier::new(&obs);
+        // Beyond the latest observation the KM curve is unknown unless it reached 0.
+        let identified = km.last_time() >= cap_time || km.survival(km.last_time()) == 0.0;
+        let (mean, se) = km.restricted_mean(cap_time);
+        let (escaped, censored, diverged) = (
+            count(Status::Escaped),
+            count(Status::Censored),
+            count(Status::Diverged),
+        );
+        let (ks_d, ks_p, diff_mean, diff_se) = if p == 0 {
+            (None, None, None, None)
+        } else {
+            let d = ks_distance(&km, &reports[0].survival);
+            let pv = kolmogorov_pvalue(d, config.paths, config.paths);
+            let mut w = Welford::new();
+            for (a, b) in column(p).zip(column(0)) {
+                if a.status != Status::Diverged && b.status != Status::Diverged {
+                    w.push((a.step as f64 - b.step as f64) * config.eta);
+                }
+            }
+            (Some(d), Some(pv), w.mean(), w.stderr())
+        };
+        reports.push(ProcessEscape {
+            name: name.clone(),
+            escaped,
+            censored,
+            diverged,
+            escaped_fraction: identified.then(|| 1.0 - km.survival(cap_time)),
+            mean_time: identified.then_some(mean),
+            mean_time_stderr: identified.then_some(se),
+            mean_restricted: censored + diverged > 0,
+            median_time: km.quantile(0.5),
+            quartiles: [km.quantile(0.25), km.quantile(0.75)],
+            ks_distance: ks_d,
+            ks_pvalue: ks_p,
+            mean_diff: diff_mean.filter(|v| v.is_finite()),
+            mean_diff_stderr: diff_se.filter(|v| v.is_finite()),
+            first_divergence: first[p].clone(),
+            survival: km,
+        });
+    }
+    Ok(EscapeReport {
+        eta: config.eta,
+        max_steps: config.max_steps,
+        cap_time,
+        paths: config.paths,
+        seed: config.seed,
+        substeps: config.substeps,
+        coupling: config.coupling,
+        region: config.region.clone(),
+        centre,
+        file_region: problem.escape_region().map(str::to_string),
+        variables: problem.variables().to_vec(),
+        start,
+        processes: reports,
+        growth_rates: growth_rates(problem, config.eta, &config.models),
+    })
+}
+
+fn opt(x: Option<f64>) -> Value {
+    x.filter(|v| v.is_finite())
+        .map_or(Value::Null, |v| json!(v))
+}
+
+fn fmt_opt(x: Option<f64>) -> String {
+    x.map_or("—".to_string(), |v| format!("{v:.4}"))
+}
+
+impl EscapeReport {
+    /// The JSON form (the contract of `hasme escape --json`): the settings (`eta`,
+    /// `max_steps`, `cap_time`, `paths`, `seed`, `substeps`, `scheme`, `coupling`,
+    /// `region`, `variables`, `start`), `models.PROCESS` for `sgd` and each model with
+    /// `escaped`, `censored`, `diverged`, `escaped_fraction`, `mean_time`,
+    /// `mean_time_stderr`, `mean_time_ci` (`[low, high]`), `mean_restricted`,
+    /// `median_time` and `quartiles` (`[q25, q75]`; `null` where the KM curve never
+    /// drops that far) and, for models, `ks_distance`, `ks_pvalue`, `mean_diff`,
+    /// `mean_diff_stderr`, `growth_rate`; `first_divergence` where one diverged; and
+    /// `growth_rates` (`null` unless the problem is quadratic with constant noise).
+    /// Times are in units of `t = kη`.
+    pub fn to_json(&self) -> Value {
+        let mut models = Map::new();
+        for p in &self.processes {
+            let mut m = Map::new();
+            m.insert("escaped".into(), json!(p.escaped));
+            m.insert("censored".into(), json!(p.censored));
+            m.insert("diverged".into(), json!(p.diverged));
+            m.insert("escaped_fraction".into(), opt(p.escaped_fraction));
+            m.insert("mean_time".into(), opt(p.mean_time));
+            m.insert("mean_time_stderr".into(), opt(p.mean_time_stderr));
+            let ci = p.mean_time_ci();
+            m.insert(
+                "mean_time_ci".into(),
+                json!([opt(ci.map(|c| c[0])), opt(ci.map(|c| c[1]))]),
+            );
+            m.insert("mean_restricted".into(), json!(p.mean_restricted));
+            m.insert("median_time".into(), opt(p.median_time));
+            m.insert(
+                "quartiles".into(),
+                json!([opt(p.quartiles[0]), opt(p.quartiles[1])]),
+            );
+            if p.name != "sgd" {
+                m.insert("ks_distance".into(), opt(p.ks_distance));
+                m.insert("ks_pvalue".into(), opt(p.ks_pvalue));
+                m.insert("mean_diff".into(), opt(p.mean_diff));
+                m.insert("mean_diff_stderr".into(), opt(p.mean_diff_stderr));
+            }
+            if let Some(g) = &self.growth_rates {
+                let rate = if p.name == "sgd" {
+                    Some(g.sgd)
+                } else {
+                    g.models
+                        .iter()
+                        .find(|(k, _)| k.to_string() == p.name)
+                        .and_then(|(_, r)| r.as_ref().ok().copied())
+                };
+                m.insert("growth_rate".into(), opt(rate));
+            }
+            if let Some(f) = &p.first_divergence {
+                m.insert(
+                    "first_divergence".into(),
+                    json!({"path": f.path, "step": f.step, "time": f.step as f64 * self.eta, "reason": f.reason}),
+                );
+            }
+            models.insert(p.name.clone(), Value::Object(m));
+        }
+        let region = match &self.region {
+            Region::Ball { radius, .. } => json!({
+                "kind": "ball",
+                "centre": self.centre.as_ref().map(|c| c.iter().map(|&v| opt(Some(v))).collect::<Vec<_>>()),
+                "radius": radius,
+            }),
+            Region::When(e) => json!({"kind": "when", "expr": format!("{e} > 0")}),
+            Region::File => json!({"kind": "file", "expr": self.file_region}),
+        };
+        let growth = self.growth_rates.as_ref().map_or(Value::Null, |g| {
+            let mut rates = Map::new();
+            rates.insert("sgd".into(), opt(Some(g.sgd)));
+            for (k, r) in &g.models {
+                rates.insert(
+                    k.to_string(),
+                    r.as_ref().ok().map_or(Value::Null, |&v| opt(Some(v))),
+                );
+            }
+            json!({
+                "lambda_min": opt(Some(g.lambda_min)),
+                "direction": g.direction.iter().map(|&v| opt(Some(v))).collect::<Vec<_>>(),
+                "per_step": rates,
+            })
+        });
+        json!({
+            "eta": self.eta,
+            "max_steps": self.max_steps,
+            "cap_time": self.cap_time,
+            "paths": self.paths,
+            "seed": self.seed,
+            "substeps": self.substeps,
+            "scheme": "em",
+            "coupling": self.coupling.to_string(),
+            "region": region,
+            "variables": self.variables,
+            "start": self.start.iter().map(|&v| opt(Some(v))).collect::<Vec<_>>(),
+            "models": models,
+            "growth_rates": growth,
+        })
+    }
+
+    /// The survival curves `Ŝ(t)` of every process, in one plot.
+    pub fn survival_plot(&self) -> LinePlot {
+        let mut plot = LinePlot::new(
+            format!(
+                "Escape: Kaplan–Meier survival (η = {}, {} paths, cap {} steps)",
+                self.eta, self.paths, self.max_steps
+            ),
+            "t = kη",
+            "fraction still inside",
+        );
+        for p in &self.processes {
+            let mut points = vec![(0.0, 1.0)];
+            let mut s = 1.0;
+            for step in p.survival.steps() {
+                points.push((step.time, s));
+                s = step.survival;
+                points.push((step.time, s));
+            }
+            points.push((self.cap_time, s));
+            plot = plot.series(p.name.clone(), points);
+        }
+        plot.note(
+            "Escape times read at t = kη for SGD and every model; paths still inside at the \
+             cap are censored there (Kaplan–Meier).",
+        )
+    }
+}
+
+impl fmt::Display for EscapeReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let region = match &self.region {
+            Region::Ball { radius, .. } => {
+                let c = self.centre.as_deref().unwrap_or(&[]);
+                let c: Vec<String> = self
+                    .variables
+                    .iter()
+                    .zip(c)
+                    .map(|(n, v)| format!("{n} = {v}"))
+                    .collect();
+                format!("‖x − c‖ > {radius}, c = ({})", c.join(", "))
+            }
+            Region::When(e) => format!("{e} > 0"),
+            Region::File => self.file_region.clone().unwrap_or_default(),
+        };
+        writeln!(
+            f,
+            "escape from {region}: η = {}, {} paths, cap {} steps (t = {}), {} Euler–Maruyama \
+             substeps, {} noise, seed {}",
+            self.eta,
+            self.paths,
+            self.max_steps,
+            self.cap_time,
+            self.substeps,
+            self.coupling,
+            self.seed
+        )?;
+        writeln!(
+            f,
+            "times in units of t = kη; mean: restricted to the cap (r) where censored"
+        )?;
+        let growth = self.growth_rates.is_some();
+        write!(
+            f,
+            "{:<12} {:>9} {:>24} {:>9} {:>19} {:>8} {:>9} {:>20}",
+            "process",
+            "escaped",
+            "mean [95% CI]",
+            "median",
+            "quartiles",
+            "KS D",
+            "KS p",
+            "paired diff ± se"
+        )?;
+        if growth {
+            write!(f, " {:>12}", "exact growth")?;
+        }
+        writeln!(f)?;
+        for p in &self.processes {
+            let mean = match (p.mean_time, p.mean_time_ci()) {
+                (Some(m), Some(ci)) => format!(
+                    "{m:.4}{} [{:.4}, {:.4}]",
+                    if p.mean_restricted { "r" } else { "" },
+                    ci[0],
+                    ci[1]
+                ),
+                _ => "—".into(),
+            };
+            let diff = match (p.mean_diff, p.mean_diff_stderr) {
+                (Some(m), Some(s)) => format!("{m:+.4} ± {s:.4}"),
+                (Some(m), None) => format!("{m:+.4}"),
+                _ => "—".into(),
+            };
+            write!(
+                f,
+                "{:<12} {:>9} {:>24} {:>9} {:>19} {:>8} {:>9} {:>20}",
+                p.name,
+                fmt_opt(p.escaped_fraction),
+                mean,
+                fmt_opt(p.median_time),
+                format!("{} {}", fmt_opt(p.quartiles[0]), fmt_opt(p.quartiles[1])),
+                p.ks_distance.map_or("—".into(), |d| format!("{d:.4}")),
+                p.ks_pvalue.map_or("—".into(), |v| format!("{v:.3}")),
+                diff
+            )?;
+            if let Some(g) = &self.growth_rates {
+                let rate = if p.name == "sgd" {
+                    Some(g.sgd)
+                } else {
+                    g.models
+                        .iter()
+                        .find(|(k, _)| k.to_string() == p.name)
+                        .and_then(|(_, r)| r.as_ref().ok().copied())
+                };
+                write!(f, " {:>12}", rate.map_or("—".into(), |r| format!("{r:.6}")))?;
+            }
+            writeln!(f)?;
+        }
+        if let Some(g) = &self.growth_rates {
+            writeln!(
+                f,
+                "exact growth: per-step factor along the eigenvector of λ_min = {} (SGD: |1 − ηλ_min|, \
+                 a model: e^(μη))",
+                g.lambda_min
+            )?;
+        }
+        for p in &self.processes {
+            if let Some(d) = &p.first_divergence {
+                writeln!(
+                    f,
+                    "{} diverged on {} of {} paths (first: path {}, step {}): {}",
+                    p.name, p.diverged, self.paths, d.path, d.step, d.reason
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn o(time: f64, escaped: bool) -> Observation {
+        Observation { time, escaped }
+    }
+
+    #[test]
+    fn kaplan_meier_matches_a_hand_computation() {
+        // Escapes at 1, 2, 2, 4; censored at 3. Risk sets 5, 4, 1:
+        // Ŝ = 4/5, then 4/5 · 2/4 = 0.4, then 0.
+        let km = KaplanMeier::new(&[
+            o(2.0, true),
+            o(1.0, true),
+            o(3.0, false),
+            o(2.0, true),
+            o(4.0, true),
+        ]);
+        let steps = km.steps();
+        assert_eq!(steps.len(), 3);
+        assert_eq!((steps[0].at_risk, steps[0].events), (5, 1));
+        assert_eq!((steps[1].at_risk, steps[1].events), (4, 2));
+        assert_eq!((steps[2].at_risk, steps[2].events), (1, 1));
+        assert!((km.survival(3.5) - 0.4).abs() < 1e-15);
+        assert_eq!(km.survival(0.5), 1.0);
+        // ∫₀⁴ Ŝ = 1 + 0.8 + 0.4 + 0.4 = 2.6; A = 1.6 at t = 1, 0.8 at t = 2, 0 at 4:
+        // Var = 1.6²·1/(5·4) + 0.8²·2/(4·2) = 0.128 + 0.16.
+        let (mean, se) = km.restricted_mean(4.0);
+        assert!((mean - 2.6).abs() < 1e-14);
+        assert!((se - 0.288f64.sqrt()).abs() < 1e-14);
+        assert_eq!(km.quantile(0.5), Some(2.0));
+        assert_eq!(km.quantile(0.1), Some(1.0));
+        assert_eq!(km.quantile(0.9), Some(4.0));
+    }
+
+    #[test]
+    fn uncensored_restricted_mean_is_the_sample_mean() {
+        let ts = [0.3, 1.2, 0.7, 2.5, 0.7];
+        let km = KaplanMeier::new(&ts.iter().map(|&t| o(t, true)).collect::<Vec<_>>());
+        let n = ts.len() as f64;
+        let mean = ts.iter().sum::<f64>() / n;
+        let (m, se) = km.restricted_mean(3.0);
+        assert!((m - mean).abs() < 1e-14);
+        // Σ(x − x̄)²/n², the plug-in variance of the mean.
+        let var = ts.iter().map(|t| (t - mean) * (t - mean)).sum::<f64>() / (n * n);
+        assert!((se - var.sqrt()).abs() < 1e-14, "{se} vs {}", var.sqrt());
+    }
+
+    #[test]
+    fn median_is_none_when_the_curve_stays_above_one_half() {
+        let km = KaplanMeier::new(&[o(1.0, true), o(5.0, false), o(5.0, false)]);
+        assert_eq!(km.quantile(0.5), None);
+        assert_eq!(km.quantile(0.25), Some(1.0));
+    }
+
+    #[test]
+    fn ks_distance_matches_the_ecdf_sup() {
+        let km = |ts: &[f64]| KaplanMeier::new(&ts.iter().map(|&t| o(t, true)).collect::<Vec<_>>());
+        // F_a − F_b at 1: 1/2 − 0; at 2: 1 − 1/4 = 3/4 → D = 3/4.
+        let d = ks_distance(&km(&[1.0, 2.0]), &km(&[3.0, 3.0, 3.0, 2.0]));
+        assert!((d - 0.75).abs() < 1e-15);
+        assert_eq!(ks_distance(&km(&[1.0, 2.0]), &km(&[1.0, 2.0])), 0.0);
+    }
+
+    #[test]
+    fn kolmogorov_series_agree_at_the_switch_and_match_tables() {
+        // The two series on either side of 1.18.
+        let below = kolmogorov_q(1.18 - 1e-12);
+        let above = kolmogorov_q(1.18 + 1e-12);
+        assert!((below - above).abs() < 1e-10);
+        // Critical values of the Kolmogorov distribution: 1.2238 (10 %), 1.3581 (5 %),
+        // 1.6276 (1 %) (Smirnov's table, 4 digits).
+        for (lambda, p) in [(1.2238, 0.10), (1.3581, 0.05), (1.6276, 0.01)] {
+            assert!((kolmogorov_q(lambda) - p).abs() < 2e-4, "Q({lambda})");
+        }
+        assert!(kolmogorov_q(10.0) < 1e-80);
+        assert!((kolmogorov_q(0.2) - 1.0).abs() < 1e-12);
+    }
+}

@@ -1,0 +1,1404 @@
+//! Weak error and its order in η (spec MODELS.md §4): `hasme weak-order`.
+//!
+//! For a grid of step sizes η, each model and each observable φ, the weak error
+//!
+//! ```text
+//! e(η) = | E φ(x_N) − E φ(X_T) |,   T = Nη,
+//! ```
+//!
+//! is estimated from the coupled differences of [`crate::sim`] (SGD and the SDE driven by
+//! the same Brownian path), with a 95% confidence interval `d ± 1.96 se` for the signed
+//! difference `d` (folded to `|d|`: when the interval contains 0 its lower end is 0).
+//!
+//! **Integration check.** Each η is simulated a second time with half the substeps (twice
+//! as many when `m` is odd) on the same seed, so the same SGD paths and, for `m` a power
+//! of two, the same Brownian paths. The estimate is declared free of integration error
+//! when it moves by at most its own CI half-width `1.96 se`; otherwise the report says
+//! so. Halving rather than doubling `h` costs half a run instead of two, and it is the
+//! stronger test: the coarse run's own integration error is `2^q − 1` times the fine
+//! run's for a scheme of weak order `q`.
+//!
+//! **Order fit** ([`fit_order`]). Points whose error is not clearly above its own noise
+//! floor (`|d| ≤ 3 se`, [`NOISE_FLOOR_SE`]) or that have no estimate are left out and
+//! listed with the reason. On the others, the least-squares slope `p̂` of `ln e` on
+//! `ln η`, with two standard errors: the *residual* one `s/√Sxx`, `s² = RSS/(n − 2)`
+//! (how far the points are from a power law; needs n ≥ 3), and the *propagated* one
+//! `√(Σ wᵢ² (seᵢ/eᵢ)²)`, `wᵢ = (ln ηᵢ − mean)/Sxx` (the Monte Carlo noise of each point
+//! carried through the slope by the delta method). The 95% CI is `p̂ ± max(t_{n−2} ·
+//! se_residual, 1.96 · se_propagated)`, with the Student t quantile of [`t975`]: the
+//! wider of the two, so that neither a pre-asymptotic curvature nor a noisy point is
+//! hidden by the other. With two points only the propagated error exists.
+//!
+//! **Verdicts** ([`Verdict`]): fitted (≥ 2 points above the floor); "indistinguishable
+//! from zero at this sample size" when every point with an estimate sits on its noise
+//! floor (HA-SME on a quadratic); starved when some but fewer than two points are above
+//! it. A starved or partly excluded fit carries a [`SampleSizeHint`].
+//!
+//! **Constant** ([`fit_constant`]). `C` in `e ≈ C η^p` with `p` the model's *nominal*
+//! weak order (1 for `gf`/`sme1`, 2 otherwise): `ln C = mean(ln eᵢ − p ln ηᵢ)` over the
+//! points above the floor. A fixed `p` makes constants comparable across a sweep, where
+//! fitted slopes differ by noise; the free fit's intercept is reported beside it.
+//!
+//! **Sweep.** `sweep = (param, values)` reruns the whole analysis with the param set to
+//! each value and reports, per observable and model, the constant against the value.
+//!
+//! ```
+//! use hasme::{Overrides, Problem};
+//! use hasme::experiment::{WeakOrderConfig, weak_order};
+//! use hasme::models::ModelKind;
+//!
+//! let problem = Problem::from_str("var x = 1\nminimize 0.5*x^2 + cos(x)\nnoise sd 0.5\nobserve x2 = x^2")?;
+//! let mut config = WeakOrderConfig::new(vec![0.2, 0.1], 1.0, 2000);
+//! config.models = vec![ModelKind::Sme1];
+//! let report = weak_order(&problem, &Overrides::none(), &config)?;
+//! let sme1 = &report.observables[0].models[0];
+//! assert_eq!(sme1.points.len(), 2);
+//! assert!(sme1.fit.is_some()); // SME-1's O(η) error is far above the noise at 2000 paths
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use crate::models::{Model, ModelKind};
+use crate::plot::{LinePlot, YAxis};
+use crate::problem::{Overrides, Problem, ProblemError};
+use crate::sim::{SchemeKind, SimConfig, SimError, SimResult, simulate_with_progress};
+use serde_json::{Map, Value, json};
+use std::fmt;
+
+/// A point enters the fit only when `|d| > NOISE_FLOOR_SE · se`. Why 3: at 3 standard
+/// errors a zero error shows up as "above the floor" with probability 0.3% per point, and
+/// a real error at the threshold is still known to ±65% (1.96/3), which moves its log by
+/// at most ≈ 1 on a grid spanning several halvings.
+pub const NOISE_FLOOR_SE: f64 = 3.0;
+
+/// The sample-size hint aims at this many standard errors, so that the point clears the
+/// 3-se floor with a margin for its own noise.
+pub const HINT_TARGET_SE: f64 = 4.0;
+
+/// The normal 97.5% quantile (two-sided 95% intervals).
+pub const Z975: f64 = 1.959_963_984_540_054;
+
+/// Largest accepted η grid (a guard against typos; 64 halvings span 1e19).
+pub const MAX_ETAS: usize = 64;
+
+/// A param varied over values (`--sweep lambda=1,2,4,8`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sweep {
+    /// The param's name (a scalar `param` of the file).
+    pub param: String,
+    /// The values, in the order given.
+    pub values: Vec<f64>,
+}
+
+impl Sweep {
+    /// Parses `NAME=v1,v2,…`.
+    pub fn parse(text: &str) -> Result<Sweep, WeakOrderError> {
+        let bad = |m: String| WeakOrderError::Config(format!("--sweep `{text}`: {m}"));
+        let (name, values) = text
+            .split_once('=')
+            .ok_or_else(|| bad("expected NAME=v1,v2,…, e.g. lambda=1,2,4,8".into()))?;
+        let values = values
+            .split(',')
+            .map(|v| {
+                v.trim()
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|v| v.is_finite())
+                    .ok_or_else(|| bad(format!("`{}` is not a finite number", v.trim())))
+            })
+            .collect::<Result<Vec<f64>, _>>()?;
+        Ok(Sweep {
+            param: name.trim().to_string(),
+            values,
+        })
+    }
+}
+
+/// What to measure. Build with [`WeakOrderConfig::new`], adjust the public fields;
+/// [`weak_order`] checks everything once before any simulation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WeakOrderConfig {
+    /// The step sizes (each > 0, distinct, the horizon a multiple of each); analysed from
+    /// the largest down.
+    pub etas: Vec<f64>,
+    /// The horizon T.
+    pub horizon: f64,
+    /// Paths per simulation.
+    pub paths: u64,
+    /// Models (default: `sme1`, `sme2`, `hasme`, `hasme-exact`, the stochastic ones).
+    pub models: Vec<ModelKind>,
+    /// Observable names (empty: all of the problem's).
+    pub observables: Vec<String>,
+    /// Seed (default 0); every η uses it, so the same paths' noise is reused.
+    pub seed: u64,
+    /// SDE substeps per SGD step (default 8).
+    pub substeps: usize,
+    /// Integrator (default Talay–Tubaro).
+    pub scheme: SchemeKind,
+    /// Worker threads (default 1); the numbers do not depend on it.
+    pub threads: usize,
+    /// Rerun with a param varied.
+    pub sweep: Option<Sweep>,
+    /// Rerun every η at the other substep count to check the integration error
+    /// (default true; it costs half a run with `m` even).
+    pub integration_check: bool,
+}
+
+impl WeakOrderConfig {
+    /// A configuration with the defaults listed on each field.
+    pub fn new(etas: Vec<f64>, horizon: f64, paths: u64) -> WeakOrderConfig {
+        WeakOrderConfig {
+            etas,
+            horizon,
+            paths,
+            models: vec![
+                ModelKind::Sme1,
+                ModelKind::Sme2,
+                ModelKind::Hasme,
+                ModelKind::HasmeExact,
+            ],
+            observables: Vec::new(),
+            seed: 0,
+            substeps: 8,
+            scheme: SchemeKind::TalayTubaro,
+            threads: 1,
+            sweep: None,
+            integration_check: true,
+        }
+    }
+
+    /// The geometric grid `eta_max, eta_max/2, …` with `levels` points.
+    pub fn halving(eta_max: f64, levels: usize) -> Vec<f64> {
+        (0..levels).map(|i| eta_max / 2f64.powi(i as i32)).collect()
+    }
+
+    /// The substep count of the integration check: `m/2` for even `m`, else `2m`.
+    pub fn check_substeps(&self) -> usize {
+        if self.substeps >= 2 && self.substeps.is_multiple_of(2) {
+            self.substeps / 2
+        } else {
+            self.substeps.saturating_mul(2)
+        }
+    }
+
+    /// Simulations the run makes (each of `paths` paths): η values × (1 + check) ×
+    /// (1 + sweep values).
+    pub fn simulations(&self) -> u64 {
+        let per = self.etas.len() as u64 * if self.integration_check { 2 } else { 1 };
+        per * (1 + self.sweep.as_ref().map_or(0, |s| s.values.len() as u64))
+    }
+
+    /// Checks the configuration against the problem; returns the etas sorted from the
+    /// largest down.
+    fn check(&self, problem: &Problem) -> Result<Vec<f64>, WeakOrderError> {
+        let bad = |m: String| Err(WeakOrderError::Config(m));
+        if self.etas.is_empty() {
+            return bad("give at least one step size (--etas or --eta-max with --levels)".into());
+        }
+        if self.etas.len() > MAX_ETAS {
+            return bad(format!(
+                "at most {MAX_ETAS} step sizes, got {}",
+                self.etas.len()
+            ));
+        }
+        if !(self.horizon.is_finite() && self.horizon > 0.0) {
+            return bad(format!(
+                "the horizon must be a finite number > 0, got {}",
+                self.horizon
+            ));
+        }
+        let mut etas = self.etas.clone();
+        for &eta in &etas {
+            if !(eta.is_finite() && eta > 0.0) {
+                return bad(format!("every η must be a finite number > 0, got {eta}"));
+            }
+            let ratio = self.horizon / eta;
+            // 1e-9: as in `SimConfig`, decimal horizons are multiples up to a few ulps.
+            if (ratio - ratio.round()).abs() > 1e-9 * ratio.max(1.0) || ratio.round() < 1.0 {
+                return bad(format!(
+                    "the horizon {} is not a positive multiple of η = {eta}: choose η = T/N \
+                     (e.g. --eta-max {} --levels K halves from T/{})",
+                    self.horizon,
+                    self.horizon / ratio.ceil().max(1.0),
+                    ratio.ceil().max(1.0)
+                ));
+            }
+        }
+        etas.sort_by(|a, b| b.total_cmp(a));
+        for w in etas.windows(2) {
+            if w[0] == w[1] {
+                return bad(format!("η = {} is listed twice", w[0]));
+            }
+        }
+        if self.paths < 2 {
+            return bad("at least 2 paths are needed for a standard error".into());
+        }
+        if self.models.is_empty() {
+            return bad("give at least one model".into());
+        }
+        for (i, m) in self.models.iter().enumerate() {
+            if self.models[..i].contains(m) {
+                return bad(format!("model `{m}` is listed twice"));
+            }
+        }
+        for name in &self.observables {
+            if !problem.observable_names().contains(name) {
+                return bad(format!(
+                    "unknown observable `{name}`; the file has: {}",
+                    problem.observable_names().join(", ")
+                ));
+            }
+        }
+        if let Some(sweep) = &self.sweep {
+            if sweep.values.is_empty() {
+                return bad(format!("--sweep {}: give at least one value", sweep.param));
+            }
+            if !problem.params().iter().any(|(n, _)| n == &sweep.param) {
+                let names: Vec<&str> = problem.params().iter().map(|(n, _)| n.as_str()).collect();
+                return bad(format!(
+                    "--sweep: the file has no scalar param `{}` (params: {})",
+                    sweep.param,
+                    if names.is_empty() {
+                        "none".to_string()
+                    } else {
+                        names.join(", ")
+                    }
+                ));
+            }
+        }
+        Ok(etas)
+    }
+}
+
+/// Why the experiment could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum WeakOrderError {
+    /// A setting is invalid (exit status 2).
+    #[error("{0}")]
+    Config(String),
+    /// Rebuilding the problem for a sweep value failed.
+    #[error("--sweep {param} = {value}: {source}")]
+    Sweep {
+        /// The param.
+        param: String,
+        /// The value.
+        value: f64,
+        /// The problem's error.
+        source: Box<ProblemError>,
+    },
+    /// A simulation failed.
+    #[error("η = {eta}: {source}")]
+    Sim {
+        /// The step size being simulated.
+        eta: f64,
+        /// The simulator's error.
+        source: Box<SimError>,
+    },
+}
+
+impl WeakOrderError {
+    /// Process exit status: 2 for bad settings or input, 1 for a failure while running.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            WeakOrderError::Config(_) => 2,
+            WeakOrderError::Sweep { source, .. } => source.exit_code(),
+            WeakOrderError::Sim { source, .. } => source.exit_code(),
+        }
+    }
+}
+
+/// The 97.5% quantile of Student's t distribution with `dof` degrees of freedom (for
+/// two-sided 95% intervals). Exact table to 3 decimals for 1–30 degrees of freedom;
+/// above, the Cornish–Fisher expansion `z + (z³ + z)/(4ν) + (5z⁵ + 16z³ + 3z)/(96ν²)`,
+/// whose error at ν = 31 is below 2e−4. `dof = 0` has no quantile: infinity.
+pub fn t975(dof: usize) -> f64 {
+    const TABLE: [f64; 30] = [
+        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
+        2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
+        2.052, 2.048, 2.045, 2.042,
+    ];
+    match dof {
+        0 => f64::INFINITY,
+        1..=30 => TABLE[dof - 1],
+        _ => {
+            let (z, n) = (Z975, dof as f64);
+            z + (z.powi(3) + z) / (4.0 * n)
+                + (5.0 * z.powi(5) + 16.0 * z.powi(3) + 3.0 * z) / (96.0 * n * n)
+        }
+    }
+}
+
+/// A least-squares fit of `ln e = ln C + p ln η` (see the module documentation).
+#[derive(Clone, Debug, PartialEq)]
+pub struct OrderFit {
+    /// The slope `p̂`.
+    pub slope: f64,
+    /// `ln C` of the free fit.
+    pub intercept: f64,
+    /// Its 95% confidence interval.
+    pub slope_ci: (f64, f64),
+    /// Residual standard error of the slope (`None` with two points).
+    pub stderr_residual: Option<f64>,
+    /// Monte Carlo standard error of the slope (delta method).
+    pub stderr_propagated: f64,
+    /// Points fitted.
+    pub points: usize,
+}
+
+/// Fits the order to points `(η, e, se)` with `e > 0`, `se ≥ 0`, at least two distinct
+/// η. Returns `None` otherwise.
+///
+/// ```
+/// use hasme::experiment::fit_order;
+/// let etas = [0.2, 0.1, 0.05];
+/// let errors: Vec<f64> = etas.iter().map(|h: &f64| 3.0 * h * h).collect();
+/// let fit = fit_order(&etas, &errors, &[0.0; 3]).unwrap();
+/// assert!((fit.slope - 2.0).abs() < 1e-12);
+/// assert!((fit.intercept - 3f64.ln()).abs() < 1e-12);
+/// ```
+pub fn fit_order(etas: &[f64], errors: &[f64], stderrs: &[f64]) -> Option<OrderFit> {
+    let n = etas.len();
+    let ok = |i: usize| etas[i] > 0.0 && errors[i] > 0.0 && stderrs[i] >= 0.0;
+    if n < 2 || errors.len() != n || stderrs.len() != n || !(0..n).all(ok) {
+        return None;
+    }
+    let x: Vec<f64> = etas.iter().map(|e| e.ln()).collect();
+    let y: Vec<f64> = errors.iter().map(|e| e.ln()).collect();
+    let nf = n as f64;
+    let (mx, my) = (x.iter().sum::<f64>() / nf, y.iter().sum::<f64>() / nf);
+    let sxx: f64 = x.iter().map(|xi| (xi - mx).powi(2)).sum();
+    if sxx <= 0.0 || !sxx.is_finite() {
+        return None;
+    }
+    let sxy: f64 = x.iter().zip(&y).map(|(xi, yi)| (xi - mx) * (yi - my)).sum();
+    let slope = sxy / sxx;
+    let intercept = my - slope * mx;
+    let stderr_propagated = (0..n)
+        .map(|i| ((x[i] - mx) / sxx).powi(2) * (stderrs[i] / errors[i]).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    let stderr_residual = (n >= 3).then(|| {
+        let rss: f64 = (0..n)
+            .map(|i| (y[i] - intercept - slope * x[i]).powi(2))
+            .sum();
+        (rss / (nf - 2.0) / sxx).sqrt()
+    });
+    let half = match stderr_residual {
+        Some(se) => (t975(n - 2) * se).max(Z975 * stderr_propagated),
+        None => Z975 * stderr_propagated,
+    };
+    Some(OrderFit {
+        slope,
+        intercept,
+        slope_ci: (slope - half, slope + half),
+        stderr_residual,
+        stderr_propagated,
+        points: n,
+    })
+}
+
+/// The constant `C` of `e ≈ C η^p` at a fixed order `p`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Constant {
+    /// `C`.
+    pub value: f64,
+    /// The order `p` it was computed at (the model's nominal weak order).
+    pub order: u32,
+    /// 95% confidence interval.
+    pub ci: (f64, f64),
+}
+
+/// `C = exp(mean(ln eᵢ − p ln ηᵢ))` over points with `e > 0`; its 95% CI from the larger
+/// of the spread of the per-point `ln C` (t quantile, n − 1 dof) and their propagated
+/// Monte Carlo error `√Σ(seᵢ/eᵢ)²/n` (normal quantile). `None` without points.
+///
+/// ```
+/// use hasme::experiment::fit_constant;
+/// let c = fit_constant(&[0.1, 0.05], &[0.02, 0.005], &[0.0, 0.0], 2).unwrap();
+/// assert!((c.value - 2.0).abs() < 1e-12);
+/// ```
+pub fn fit_constant(etas: &[f64], errors: &[f64], stderrs: &[f64], order: u32) -> Option<Constant> {
+    let n = etas.len();
+    if n == 0
+        || errors.len() != n
+        || stderrs.len() != n
+        || !(0..n).all(|i| etas[i] > 0.0 && errors[i] > 0.0)
+    {
+        return None;
+    }
+    let nf = n as f64;
+    let logs: Vec<f64> = (0..n)
+        .map(|i| errors[i].ln() - order as f64 * etas[i].ln())
+        .collect();
+    let mean = logs.iter().sum::<f64>() / nf;
+    let propagated = (0..n)
+        .map(|i| (stderrs[i] / errors[i]).powi(2))
+        .sum::<f64>()
+        .sqrt()
+        / nf;
+    let mut half = Z975 * propagated;
+    if n >= 2 {
+        let var = logs.iter().map(|l| (l - mean).powi(2)).sum::<f64>() / (nf - 1.0);
+        half = half.max(t975(n - 1) * (var / nf).sqrt());
+    }
+    Some(Constant {
+        value: mean.exp(),
+        order,
+        ci: ((mean - half).exp(), (mean + half).exp()),
+    })
+}
+
+/// The integration check at one η.
+#[derive(Clone, Debug, PartialEq)]
+pub struct IntegrationCheck {
+    /// Substeps of the comparison run.
+    pub substeps: usize,
+    /// The comparison run's signed difference.
+    pub estimate: Option<f64>,
+    /// Reported estimate minus the comparison estimate.
+    pub delta: Option<f64>,
+    /// `|delta| ≤ 1.96 se` of the reported estimate.
+    pub negligible: bool,
+}
+
+/// One η of one model and observable.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Point {
+    /// The step size.
+    pub eta: f64,
+    /// Mean of `φ(X_T) − φ(x_N)` over the coupled pairs (`None`: no pair survived).
+    pub signed: Option<f64>,
+    /// Its standard error.
+    pub stderr: Option<f64>,
+    /// `|signed|`.
+    pub error: Option<f64>,
+    /// 95% CI of the error: `|d| ∓ 1.96 se`, the low end 0 when the CI of `d` holds 0.
+    pub ci: Option<(f64, f64)>,
+    /// Pairs on which neither SGD nor the model diverged.
+    pub pairs: Option<u64>,
+    /// Why the point was left out of the fit (`None`: fitted).
+    pub excluded: Option<String>,
+    /// The integration check (when asked for).
+    pub integration: Option<IntegrationCheck>,
+}
+
+/// What the fit concluded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// At least two points above the noise floor: a slope is fitted.
+    Fitted,
+    /// Every point with an estimate is on its noise floor.
+    IndistinguishableFromZero,
+    /// One point above the floor: too few to fit a slope.
+    Starved,
+    /// No point has an estimate (every path diverged).
+    NoEstimate,
+}
+
+impl Verdict {
+    /// The JSON spelling.
+    pub fn key(self) -> &'static str {
+        match self {
+            Verdict::Fitted => "fitted",
+            Verdict::IndistinguishableFromZero => "indistinguishable_from_zero",
+            Verdict::Starved => "too_few_points",
+            Verdict::NoEstimate => "no_estimate",
+        }
+    }
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Verdict::Fitted => "fitted",
+            Verdict::IndistinguishableFromZero => "indistinguishable from zero at this sample size",
+            Verdict::Starved => "too few points above the noise floor to fit a slope",
+            Verdict::NoEstimate => "no estimate (every path diverged)",
+        })
+    }
+}
+
+/// Paths needed for the smallest η to sit above the noise floor.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SampleSizeHint {
+    /// The smallest η.
+    pub eta: f64,
+    /// The error expected there: `C η^p` from the points above the floor, or `None` when
+    /// no point is (then `paths` only lowers the floor tenfold).
+    pub expected_error: Option<f64>,
+    /// Paths needed: `paths · (4 se / e_expected)²`, or `100 · paths` without an
+    /// expected error.
+    pub paths: u64,
+}
+
+/// The analysis of one model on one observable.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelAnalysis {
+    /// The model.
+    pub model: ModelKind,
+    /// Its nominal weak order.
+    pub nominal_order: u32,
+    /// One point per η, from the largest down.
+    pub points: Vec<Point>,
+    /// The conclusion.
+    pub verdict: Verdict,
+    /// The fit (when `verdict` is [`Verdict::Fitted`]).
+    pub fit: Option<OrderFit>,
+    /// `C` at the nominal order over the points above the floor.
+    pub constant: Option<Constant>,
+    /// An upper bound on `C` at the nominal order that holds even when no point is above
+    /// the floor: the smallest `ci_high/η^p` over the points with an estimate (each is a
+    /// 95% upper bound on `e(η)/η^p`).
+    pub constant_bound: Option<f64>,
+    /// Printed when the fit is starved or its smallest η is on the floor.
+    pub hint: Option<SampleSizeHint>,
+}
+
+impl ModelAnalysis {
+    /// Classifies the points, fits, and builds the hint (`paths`: the run's paths).
+    pub fn from_points(model: ModelKind, mut points: Vec<Point>, paths: u64) -> ModelAnalysis {
+        for p in &mut points {
+            p.excluded = match (p.signed, p.stderr) {
+                (Some(d), Some(se)) if d.abs() > NOISE_FLOOR_SE * se => None,
+                (Some(d), Some(se)) => Some(format!(
+                    "not above its noise floor: |e| = {:.3e} ≤ {NOISE_FLOOR_SE} se = {:.3e}",
+                    d.abs(),
+                    NOISE_FLOOR_SE * se
+                )),
+                _ => Some("no estimate: no coupled pair survived".to_string()),
+            };
+        }
+        let kept: Vec<&Point> = points.iter().filter(|p| p.excluded.is_none()).collect();
+        let etas: Vec<f64> = kept.iter().map(|p| p.eta).collect();
+        let errs: Vec<f64> = kept.iter().filter_map(|p| p.error).collect();
+        let ses: Vec<f64> = kept.iter().filter_map(|p| p.stderr).collect();
+        let with_estimate = points.iter().filter(|p| p.signed.is_some()).count();
+        let verdict = match kept.len() {
+            _ if with_estimate == 0 => Verdict::NoEstimate,
+            0 => Verdict::IndistinguishableFromZero,
+            1 => Verdict::Starved,
+            _ => Verdict::Fitted,
+        };
+        let fit = if verdict == Verdict::Fitted {
+            fit_order(&etas, &errs, &ses)
+        } else {
+            None
+        };
+        let nominal_order = model.weak_order();
+        let constant = fit_constant(&etas, &errs, &ses, nominal_order);
+        let constant_bound = points
+            .iter()
+            .filter_map(|p| p.ci.map(|c| c.1 / p.eta.powi(nominal_order as i32)))
+            .filter(|b| b.is_finite())
+            .min_by(f64::total_cmp);
+        let smallest = points.iter().min_by(|a, b| a.eta.total_cmp(&b.eta));
+        let hint = smallest.and_then(|s| {
+            let starved = verdict != Verdict::Fitted || s.excluded.is_some();
+            let se = s.stderr?;
+            if !starved || se <= 0.0 {
+                return None;
+            }
+            let expected = constant
+                .as_ref()
+                .map(|c| c.value * s.eta.powi(c.order as i32));
+            let needed = match expected {
+                Some(e) if e > 0.0 => (paths as f64 * (HINT_TARGET_SE * se / e).powi(2)).ceil(),
+                _ => paths as f64 * 100.0,
+            };
+            Some(SampleSizeHint {
+                eta: s.eta,
+                expected_error: expected,
+                paths: needed.min(u64::MAX as f64).max(paths as f64) as u64,
+            })
+        });
+        ModelAnalysis {
+            model,
+            nominal_order,
+            points,
+            verdict,
+            fit,
+            constant,
+            constant_bound,
+            hint,
+        }
+    }
+
+    /// Whether every integration check passed (`None` when none ran).
+    pub fn integration_negligible(&self) -> Option<bool> {
+        let checks: Vec<bool> = self
+            .points
+            .iter()
+            .filter_map(|p| p.integration.as_ref().map(|c| c.negligible))
+            .collect();
+        (!checks.is_empty()).then(|| checks.iter().all(|&b| b))
+    }
+
+    fn to_json(&self, check_substeps: Option<usize>) -> Value {
+        let num = |v: Option<f64>| {
+            v.filter(|v| v.is_finite())
+                .map_or(Value::Null, |v| json!(v))
+        };
+        let mut m = Map::new();
+        m.insert("nominal_order".into(), json!(self.nominal_order));
+        m.insert(
+            "etas".into(),
+            json!(self.points.iter().map(|p| p.eta).collect::<Vec<_>>()),
+        );
+        let col = |f: &dyn Fn(&Point) -> Option<f64>| -> Value {
+            Value::Array(self.points.iter().map(|p| num(f(p))).collect())
+        };
+        m.insert("errors".into(), col(&|p| p.error));
+        m.insert("ci_low".into(), col(&|p| p.ci.map(|c| c.0)));
+        m.insert("ci_high".into(), col(&|p| p.ci.map(|c| c.1)));
+        m.insert("signed".into(), col(&|p| p.signed));
+        m.insert("stderr".into(), col(&|p| p.stderr));
+        m.insert(
+            "pairs".into(),
+            json!(self.points.iter().map(|p| p.pairs).collect::<Vec<_>>()),
+        );
+        m.insert("verdict".into(), json!(self.verdict.key()));
+        m.insert("slope".into(), num(self.fit.as_ref().map(|f| f.slope)));
+        m.insert(
+            "slope_ci".into(),
+            self.fit
+                .as_ref()
+                .map_or(Value::Null, |f| json!([f.slope_ci.0, f.slope_ci.1])),
+        );
+        m.insert(
+            "slope_stderr_residual".into(),
+            num(self.fit.as_ref().and_then(|f| f.stderr_residual)),
+        );
+        m.insert(
+            "slope_stderr_propagated".into(),
+            num(self.fit.as_ref().map(|f| f.stderr_propagated)),
+        );
+        m.insert(
+            "intercept".into(),
+            num(self.fit.as_ref().map(|f| f.intercept)),
+        );
+        m.insert(
+            "constant".into(),
+            self.constant.as_ref().map_or(
+                Value::Null,
+                |c| json!({"value": c.value, "order": c.order, "ci": [c.ci.0, c.ci.1]}),
+            ),
+        );
+        m.insert("constant_upper_bound".into(), num(self.constant_bound));
+        let excluded: Vec<&Point> = self
+            .points
+            .iter()
+            .filter(|p| p.excluded.is_some())
+            .collect();
+        m.insert(
+            "excluded".into(),
+            json!(excluded.iter().map(|p| p.eta).collect::<Vec<_>>()),
+        );
+        m.insert(
+            "excluded_reasons".into(),
+            Value::Array(
+                excluded
+                    .iter()
+                    .map(|p| json!({"eta": p.eta, "reason": p.excluded}))
+                    .collect(),
+            ),
+        );
+        m.insert(
+            "integration_check".into(),
+            match check_substeps {
+                None => Value::Null,
+                Some(s) => json!({
+                    "substeps": s,
+                    "estimates": col(&|p| p.integration.as_ref().and_then(|c| c.estimate)),
+                    "deltas": col(&|p| p.integration.as_ref().and_then(|c| c.delta)),
+                    "negligible": self.points.iter().map(|p| p.integration.as_ref().map(|c| c.negligible)).collect::<Vec<_>>(),
+                    "all_negligible": self.integration_negligible(),
+                }),
+            },
+        );
+        m.insert(
+            "sample_size_hint".into(),
+            self.hint.as_ref().map_or(Value::Null, |h| {
+                json!({"eta": h.eta, "expected_error": num(h.expected_error), "paths": h.paths})
+            }),
+        );
+        Value::Object(m)
+    }
+}
+
+/// The analyses of one observable, one per model.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ObservableAnalysis {
+    /// The observable.
+    pub name: String,
+    /// One per model, in the configured order.
+    pub models: Vec<ModelAnalysis>,
+}
+
+/// The analysis at one value of the swept param.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SweepRun {
+    /// The param's value.
+    pub value: f64,
+    /// The full analysis at that value.
+    pub observables: Vec<ObservableAnalysis>,
+}
+
+/// Everything `hasme weak-order` reports.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WeakOrderReport {
+    /// The configuration (etas sorted from the largest down).
+    pub config: WeakOrderConfig,
+    /// The problem's params as used (after `--set`).
+    pub params: Vec<(String, f64)>,
+    /// The analyses at the file's (or `--set`) param values.
+    pub observables: Vec<ObservableAnalysis>,
+    /// The swept param and its runs.
+    pub sweep: Option<(String, Vec<SweepRun>)>,
+    /// Divergences and similar notes.
+    pub warnings: Vec<String>,
+}
+
+/// Runs the experiment. `overrides` are those `problem` was built with; a sweep rebuilds
+/// the problem from its source with them plus the swept value.
+pub fn weak_order(
+    problem: &Problem,
+    overrides: &Overrides,
+    config: &WeakOrderConfig,
+) -> Result<WeakOrderReport, WeakOrderError> {
+    weak_order_with_progress(problem, overrides, config, &|_| {})
+}
+
+/// [`weak_order`], calling `progress(n)` each time `n` more paths are simulated (the
+/// total is `config.simulations() · config.paths`).
+pub fn weak_order_with_progress(
+    problem: &Problem,
+    overrides: &Overrides,
+    config: &WeakOrderConfig,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<WeakOrderReport, WeakOrderError> {
+    let etas = config.check(problem)?;
+    let mut config = config.clone();
+    config.etas = etas;
+    let mut warnings = Vec::new();
+    let observables = analyse(problem, &config, progress, &mut warnings, "")?;
+    let sweep = match &config.sweep {
+        None => None,
+        Some(sweep) => {
+            let mut runs = Vec::new();
+            for &value in &sweep.values {
+                let o = overrides.clone().set(sweep.param.clone(), value);
+                let p = Problem::from_source(problem.source().clone(), &o).map_err(|source| {
+                    WeakOrderError::Sweep {
+                        param: sweep.param.clone(),
+                        value,
+                        source: Box::new(source),
+                    }
+                })?;
+                let tag = format!("{} = {value}: ", sweep.param);
+                let observables = analyse(&p, &config, progress, &mut warnings, &tag)?;
+                runs.push(SweepRun { value, observables });
+            }
+            Some((sweep.param.clone(), runs))
+        }
+    };
+    Ok(WeakOrderReport {
+        params: problem.params().to_vec(),
+        config,
+        observables,
+        sweep,
+        warnings,
+    })
+}
+
+/// Simulates every η (and its check) and analyses every observable and model.
+fn analyse(
+    problem: &Problem,
+    config: &WeakOrderConfig,
+    progress: &(dyn Fn(u64) + Sync),
+    warnings: &mut Vec<String>,
+    tag: &str,
+) -> Result<Vec<ObservableAnalysis>, WeakOrderError> {
+    let names: Vec<String> = if config.observables.is_empty() {
+        problem.observable_names().to_vec()
+    } else {
+        config.observables.clone()
+    };
+    let simulate_at = |eta: f64, substeps: usize| -> Result<SimResult, WeakOrderError> {
+        let mut sim = SimConfig::new(eta, config.horizon, config.paths);
+        sim.models = config.models.clone();
+        sim.substeps = substeps;
+        sim.scheme = config.scheme;
+        sim.seed = config.seed;
+        sim.threads = config.threads;
+        // Only t = 0 and T are needed: save every N-th step.
+        sim.every = ((config.horizon / eta).round() as u64).max(1);
+        simulate_with_progress(problem, &sim, progress).map_err(|source| WeakOrderError::Sim {
+            eta,
+            source: Box::new(source),
+        })
+    };
+    // points[observable][model][eta]
+    let mut points: Vec<Vec<Vec<Point>>> = vec![vec![Vec::new(); config.models.len()]; names.len()];
+    for &eta in &config.etas {
+        let main = simulate_at(eta, config.substeps)?;
+        let check = if config.integration_check {
+            Some(simulate_at(eta, config.check_substeps())?)
+        } else {
+            None
+        };
+        for (p, name) in main.processes.iter().enumerate() {
+            if main.diverged[p] > 0 {
+                let first = main.first_divergence[p]
+                    .as_ref()
+                    .map_or(String::new(), |d| {
+                        format!(" (first: path {}, step {}: {})", d.path, d.step, d.reason)
+                    });
+                warnings.push(format!(
+                    "{tag}η = {eta}: {name} diverged on {} of {} paths{first}",
+                    main.diverged[p], main.paths
+                ));
+            }
+        }
+        for (o, obs) in names.iter().enumerate() {
+            for (k, _) in config.models.iter().enumerate() {
+                let (d, se) = last_diff(&main, obs, k);
+                let integration = check.as_ref().map(|c| {
+                    let (dc, _) = last_diff(c, obs, k);
+                    let delta = d.zip(dc).map(|(a, b)| a - b);
+                    IntegrationCheck {
+                        substeps: config.check_substeps(),
+                        estimate: dc,
+                        delta,
+                        negligible: match (delta, se) {
+                            (Some(delta), Some(se)) => delta.abs() <= Z975 * se,
+                            _ => false,
+                        },
+                    }
+                });
+                let ci = d.zip(se).map(|(d, se)| {
+                    let (lo, hi) = (d - Z975 * se, d + Z975 * se);
+                    if lo <= 0.0 && hi >= 0.0 {
+                        (0.0, d.abs() + Z975 * se)
+                    } else {
+                        (d.abs() - Z975 * se, d.abs() + Z975 * se)
+                    }
+                });
+                points[o][k].push(Point {
+                    eta,
+                    signed: d,
+                    stderr: se,
+                    error: d.map(f64::abs),
+                    ci,
+                    pairs: main.pairs[k + 1],
+                    excluded: None,
+                    integration,
+                });
+            }
+        }
+    }
+    Ok(names
+        .iter()
+        .zip(points)
+        .map(|(name, per_model)| ObservableAnalysis {
+            name: name.clone(),
+            models: config
+                .models
+                .iter()
+                .zip(per_model)
+                .map(|(&m, pts)| ModelAnalysis::from_points(m, pts, config.paths))
+                .collect(),
+        })
+        .collect())
+}
+
+/// The coupled difference of model `k` on observable `obs` at the last saved time.
+fn last_diff(result: &SimResult, obs: &str, k: usize) -> (Option<f64>, Option<f64>) {
+    let Some(o) = result.observables.iter().find(|o| o.name == obs) else {
+        return (None, None);
+    };
+    let s = &o.processes[k + 1];
+    let last = |v: &Option<Vec<Option<f64>>>| {
+        v.as_ref()
+            .and_then(|v| v.last().copied().flatten())
+            .filter(|x| x.is_finite())
+    };
+    (last(&s.diff_mean), last(&s.diff_stderr))
+}
+
+impl WeakOrderReport {
+    /// The JSON form (the contract of `hasme weak-order --json`): settings (`etas`,
+    /// `horizon`, `paths`, `seed`, `substeps`, `scheme`, `coupling`, `models`, `params`,
+    /// `noise_floor_se`), `observables.NAME.MODEL` (see the README), `sweep` (when
+    /// asked), `warnings`.
+    pub fn to_json(&self) -> Value {
+        let c = &self.config;
+        let check = c.integration_check.then(|| c.check_substeps());
+        let mut root = Map::new();
+        root.insert("etas".into(), json!(c.etas));
+        root.insert("horizon".into(), json!(c.horizon));
+        root.insert("paths".into(), json!(c.paths));
+        root.insert("seed".into(), json!(c.seed));
+        root.insert("substeps".into(), json!(c.substeps));
+        root.insert("scheme".into(), json!(c.scheme.to_string()));
+        root.insert("coupling".into(), json!("coupled"));
+        root.insert(
+            "models".into(),
+            json!(c.models.iter().map(|m| m.to_string()).collect::<Vec<_>>()),
+        );
+        root.insert(
+            "params".into(),
+            Value::Object(
+                self.params
+                    .iter()
+                    .map(|(n, v)| (n.clone(), json!(v)))
+                    .collect(),
+            ),
+        );
+        root.insert("noise_floor_se".into(), json!(NOISE_FLOOR_SE));
+        root.insert(
+            "observables".into(),
+            observables_json(&self.observables, check),
+        );
+        if let Some((param, runs)) = &self.sweep {
+            let mut constants = Map::new();
+            let mut constant_ci = Map::new();
+            let mut slopes = Map::new();
+            let mut verdicts = Map::new();
+            let mut bounds = Map::new();
+            for (o, obs) in self.observables.iter().enumerate() {
+                let (mut cm, mut ci, mut sm, mut vm, mut bm) =
+                    (Map::new(), Map::new(), Map::new(), Map::new(), Map::new());
+                for (k, model) in obs.models.iter().enumerate() {
+                    let per = |f: &dyn Fn(&ModelAnalysis) -> Value| -> Value {
+                        Value::Array(
+                            runs.iter()
+                                .map(|r| f(&r.observables[o].models[k]))
+                                .collect(),
+                        )
+                    };
+                    let key = model.model.to_string();
+                    cm.insert(
+                        key.clone(),
+                        per(&|a| a.constant.as_ref().map_or(Value::Null, |c| json!(c.value))),
+                    );
+                    ci.insert(
+                        key.clone(),
+                        per(&|a| {
+                            a.constant
+                                .as_ref()
+                                .map_or(Value::Null, |c| json!([c.ci.0, c.ci.1]))
+                        }),
+                    );
+                    sm.insert(
+                        key.clone(),
+                        per(&|a| a.fit.as_ref().map_or(Value::Null, |f| json!(f.slope))),
+                    );
+                    vm.insert(key.clone(), per(&|a| json!(a.verdict.key())));
+                    bm.insert(
+                        key,
+                        per(&|a| a.constant_bound.map_or(Value::Null, |b| json!(b))),
+                    );
+                }
+                constants.insert(obs.name.clone(), Value::Object(cm));
+                constant_ci.insert(obs.name.clone(), Value::Object(ci));
+                slopes.insert(obs.name.clone(), Value::Object(sm));
+                verdicts.insert(obs.name.clone(), Value::Object(vm));
+                bounds.insert(obs.name.clone(), Value::Object(bm));
+            }
+            root.insert(
+                "sweep".into(),
+                json!({
+                    "param": param,
+                    "values": runs.iter().map(|r| r.value).collect::<Vec<_>>(),
+                    "constants": constants,
+                    "constant_ci": constant_ci,
+                    "slopes": slopes,
+                    "verdicts": verdicts,
+                    "constant_upper_bounds": bounds,
+                    "runs": runs.iter().map(|r| json!({
+                        "value": r.value,
+                        "observables": observables_json(&r.observables, check),
+                    })).collect::<Vec<_>>(),
+                }),
+            );
+        }
+        root.insert("warnings".into(), json!(self.warnings));
+        Value::Object(root)
+    }
+
+    /// Whether any model's fit is starved (a sample-size hint is attached).
+    pub fn starved(&self) -> bool {
+        self.observables
+            .iter()
+            .flat_map(|o| &o.models)
+            .any(|m| m.hint.is_some())
+    }
+
+    /// A log-log plot of the errors against η with 95% error bars, and the reference
+    /// slopes 1 and 2 drawn as dotted guides through the geometric mean of the largest-η
+    /// errors.
+    pub fn plot(&self) -> LinePlot {
+        let several = self.observables.len() > 1;
+        let mut plot = LinePlot::new("Weak error against η", "η", "|E φ(x_N) − E φ(X_T)|")
+            .x_axis(YAxis::Log)
+            .y_axis(YAxis::Log);
+        let mut anchors = Vec::new();
+        for obs in &self.observables {
+            for m in &obs.models {
+                let name = if several {
+                    format!("{}: {}", obs.name, m.model)
+                } else {
+                    m.model.to_string()
+                };
+                let mut pts = Vec::new();
+                let mut bars = Vec::new();
+                for p in &m.points {
+                    if let (Some(e), Some(ci)) = (p.error, p.ci) {
+                        pts.push((p.eta, e));
+                        bars.push(ci);
+                    }
+                }
+                if let Some(&(_, e)) = pts.first().filter(|p| p.1 > 0.0) {
+                    anchors.push(e.ln());
+                }
+                let slope = m
+                    .fit
+                    .as_ref()
+                    .map_or(String::new(), |f| format!(" (slope {:.2})", f.slope));
+                plot = plot.series_with_error_bars(format!("{name}{slope}"), pts, bars);
+            }
+        }
+        let (hi, lo) = (
+            self.config.etas.first().copied().unwrap_or(1.0),
+            self.config.etas.last().copied().unwrap_or(1.0),
+        );
+        if !anchors.is_empty() && hi > lo {
+            let anchor = (anchors.iter().sum::<f64>() / anchors.len() as f64).exp();
+            for p in [1, 2] {
+                plot = plot.series(
+                    format!("slope {p} (guide)"),
+                    vec![(hi, anchor), (lo, anchor * (lo / hi).powi(p))],
+                );
+            }
+        }
+        plot.note(format!(
+            "{} paths, T = {}, {} substeps ({}), seed {}; bars: 95% CI; points with |e| ≤ {NOISE_FLOOR_SE} se are not fitted.",
+            self.config.paths, self.config.horizon, self.config.substeps, self.config.scheme, self.config.seed
+        ))
+    }
+}
+
+fn observables_json(observables: &[ObservableAnalysis], check: Option<usize>) -> Value {
+    Value::Object(
+        observables
+            .iter()
+            .map(|o| {
+                (
+                    o.name.clone(),
+                    Value::Object(
+                        o.models
+                            .iter()
+                            .map(|m| (m.model.to_string(), m.to_json(check)))
+                            .collect(),
+                    ),
+                )
+            })
+            .collect(),
+    )
+}
+
+fn fmt_opt(v: Option<f64>) -> String {
+    v.map_or("—".to_string(), |v| format!("{v:.3e}"))
+}
+
+fn write_analyses(f: &mut fmt::Formatter<'_>, observables: &[ObservableAnalysis]) -> fmt::Result {
+    for obs in observables {
+        for m in &obs.models {
+            writeln!(
+                f,
+                "\n{} — {} (nominal weak order {})",
+                obs.name, m.model, m.nominal_order
+            )?;
+            writeln!(
+                f,
+                "  {:>10}  {:>10}  {:>23}  {:>9}  {:>10}  note",
+                "η", "error", "95% CI", "se", "Δ(check)"
+            )?;
+            for p in &m.points {
+                let ci = p.ci.map_or("—".to_string(), |(lo, hi)| {
+                    format!("[{lo:.3e}, {hi:.3e}]")
+                });
+                let mut note = Vec::new();
+                if let Some(r) = &p.excluded {
+                    note.push(format!("not fitted: {r}"));
+                }
+                if let Some(c) = &p.integration
+                    && !c.negligible
+                {
+                    note.push(format!(
+                        "integration error not negligible (moves by more than its CI at {} substeps)",
+                        c.substeps
+                    ));
+                }
+                writeln!(
+                    f,
+                    "  {:>10}  {:>10}  {:>23}  {:>9}  {:>10}  {}",
+                    format!("{}", p.eta),
+                    fmt_opt(p.error),
+                    ci,
+                    p.stderr.map_or("—".to_string(), |s| format!("{s:.2e}")),
+                    p.integration
+                        .as_ref()
+                        .map_or("—".to_string(), |c| fmt_opt(c.delta)),
+                    note.join("; ")
+                )?;
+            }
+            match &m.fit {
+                Some(fit) => writeln!(
+                    f,
+                    "  slope {:.3}  95% CI [{:.3}, {:.3}]  ({} points)",
+                    fit.slope, fit.slope_ci.0, fit.slope_ci.1, fit.points
+                )?,
+                None => writeln!(f, "  {}", m.verdict)?,
+            }
+            if let Some(c) = &m.constant {
+                writeln!(
+                    f,
+                    "  C = {:.3e}  95% CI [{:.3e}, {:.3e}]  (e ≈ C η^{}, nominal order)",
+                    c.value, c.ci.0, c.ci.1, c.order
+                )?;
+            }
+            if m.integration_negligible() == Some(false) {
+                writeln!(
+                    f,
+                    "  warning: the SDE integration error is not negligible at every η; raise --substeps"
+                )?;
+            }
+            if let Some(h) = &m.hint {
+                match h.expected_error {
+                    Some(e) => writeln!(
+                        f,
+                        "  hint: at η = {} the expected error {e:.2e} needs about {} paths to sit above the noise floor",
+                        h.eta, h.paths
+                    )?,
+                    None => writeln!(
+                        f,
+                        "  hint: no point is above the noise floor; {} paths would lower it tenfold",
+                        h.paths
+                    )?,
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+impl fmt::Display for WeakOrderReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = &self.config;
+        write!(
+            f,
+            "weak error |E φ(x_N) − E φ(X_T)|, T = {}, {} paths, {} substeps ({}), seed {}",
+            c.horizon, c.paths, c.substeps, c.scheme, c.seed
+        )?;
+        if c.integration_check {
+            write!(f, "; integration check at {} substeps", c.check_substeps())?;
+        }
+        writeln!(f)?;
+        write_analyses(f, &self.observables)?;
+        if let Some((param, runs)) = &self.sweep {
+            writeln!(
+                f,
+                "\nsweep over {param}: C (e ≈ C η^p, p nominal) per value"
+            )?;
+            for (o, obs) in self.observables.iter().enumerate() {
+                for (k, m) in obs.models.iter().enumerate() {
+                    let cells: Vec<String> = runs
+                        .iter()
+                        .map(|r| {
+                            let a = &r.observables[o].models[k];
+                            format!(
+                                "{param} = {}: {}",
+                                r.value,
+                                a.constant
+                                    .as_ref()
+                                    .map_or(a.verdict.to_string(), |c| format!("{:.3e}", c.value))
+                            )
+                        })
+                        .collect();
+                    writeln!(f, "  {} — {}: {}", obs.name, m.model, cells.join(", "))?;
+                }
+            }
+        }
+        for w in &self.warnings {
+            writeln!(f, "warning: {w}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use rand_distr::{Distribution, StandardNormal};
+
+    fn point(eta: f64, d: f64, se: f64) -> Point {
+        Point {
+            eta,
+            signed: Some(d),
+            stderr: Some(se),
+            error: Some(d.abs()),
+            ci: Some((0.0, d.abs() + Z975 * se)),
+            pairs: Some(100),
+            excluded: None,
+            integration: None,
+        }
+    }
+
+    #[test]
+    fn exact_power_laws_give_exact_slopes() {
+        let etas = WeakOrderConfig::halving(0.4, 5);
+        for p in [0.5, 1.0, 2.0, 3.0] {
+            let e: Vec<f64> = etas.iter().map(|h| 0.7 * h.powf(p)).collect();
+            let fit = fit_order(&etas, &e, &[0.0; 5]).unwrap();
+            // 1e-12: ln round-off on 5 points.
+            assert!((fit.slope - p).abs() < 1e-12, "{p}: {}", fit.slope);
+            assert!((fit.intercept - 0.7f64.ln()).abs() < 1e-12);
+            assert!(fit.slope_ci.1 - fit.slope_ci.0 < 1e-10);
+        }
+    }
+
+    #[test]
+    fn t_quantiles_match_the_table_and_the_normal_limit() {
+        assert_eq!(t975(1), 12.706);
+        assert_eq!(t975(30), 2.042);
+        // Cornish–Fisher at 31 (exact 2.0395) and 120 (exact 1.9799).
+        assert!((t975(31) - 2.0395).abs() < 2e-4);
+        assert!((t975(120) - 1.9799).abs() < 1e-4);
+        assert!(t975(0).is_infinite());
+    }
+
+    /// Noisy power laws with known per-point standard errors: the 95% CI must cover the
+    /// true slope about 95% of the time. 2000 trials: the coverage estimate has a
+    /// standard error of √(0.95·0.05/2000) ≈ 0.005, and the max-of-two rule makes the CI
+    /// conservative, so we ask for [0.93, 1.0].
+    #[test]
+    fn slope_ci_covers_the_true_slope() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let etas = WeakOrderConfig::halving(0.2, 4);
+        let trials = 2000;
+        let mut covered = 0;
+        for _ in 0..trials {
+            let mut e = Vec::new();
+            let mut se = Vec::new();
+            for &h in &etas {
+                let truth = 2.0 * h * h;
+                let s = 0.05 * truth;
+                let z: f64 = StandardNormal.sample(&mut rng);
+                e.push(truth + s * z);
+                se.push(s);
+            }
+            let fit = fit_order(&etas, &e, &se).unwrap();
+            if fit.slope_ci.0 <= 2.0 && 2.0 <= fit.slope_ci.1 {
+                covered += 1;
+            }
+        }
+        let coverage = covered as f64 / trials as f64;
+        assert!((0.93..=1.0).contains(&coverage), "{coverage}");
+    }
+
+    #[test]
+    fn points_on_the_noise_floor_are_excluded_with_a_reason() {
+        let pts = vec![
+            point(0.2, 4e-2, 1e-4),
+            point(0.1, -1e-2, 1e-4),
+            point(0.05, 2.5e-3, 1e-4),
+            point(0.025, 2.9e-4, 1e-4), // 2.9 se: on the floor
+        ];
+        let a = ModelAnalysis::from_points(ModelKind::Sme2, pts, 1000);
+        assert_eq!(a.verdict, Verdict::Fitted);
+        let excluded: Vec<f64> = a
+            .points
+            .iter()
+            .filter(|p| p.excluded.is_some())
+            .map(|p| p.eta)
+            .collect();
+        assert_eq!(excluded, vec![0.025]);
+        assert!(
+            a.points[3]
+                .excluded
+                .as_ref()
+                .unwrap()
+                .contains("noise floor")
+        );
+        let fit = a.fit.as_ref().unwrap();
+        assert_eq!(fit.points, 3);
+        assert!((fit.slope - 2.0).abs() < 1e-12);
+        // C = 1 at order 2; the smallest η was excluded, so a hint: expected 6.25e-4,
+        // paths · (4 se/e)² = 1000 · (4e-4/6.25e-4)² = 409.6 → at least the run's 1000.
+        let c = a.constant.as_ref().unwrap();
+        assert!((c.value - 1.0).abs() < 1e-12);
+        let hint = a.hint.as_ref().unwrap();
+        assert_eq!(hint.eta, 0.025);
+        assert_eq!(hint.paths, 1000);
+    }
+
+    #[test]
+    fn all_points_on_the_floor_are_indistinguishable_from_zero() {
+        let pts = vec![point(0.1, 1e-6, 1e-6), point(0.05, -2e-6, 1e-6)];
+        let a = ModelAnalysis::from_points(ModelKind::Hasme, pts, 500);
+        assert_eq!(a.verdict, Verdict::IndistinguishableFromZero);
+        assert!(a.fit.is_none() && a.constant.is_none());
+        assert_eq!(a.hint.as_ref().unwrap().paths, 50_000);
+        assert!(a.to_json(None)["slope"].is_null());
+        assert_eq!(a.to_json(None)["verdict"], "indistinguishable_from_zero");
+    }
+
+    #[test]
+    fn one_point_above_the_floor_is_starved_with_a_hint() {
+        let pts = vec![point(0.1, 4e-4, 1e-5), point(0.05, 1e-5, 1e-5)];
+        let a = ModelAnalysis::from_points(ModelKind::Sme2, pts, 1000);
+        assert_eq!(a.verdict, Verdict::Starved);
+        // C = 4e-4/0.01 = 0.04; expected 1e-4 at 0.05; 1000 · (4e-5/1e-4)² = 160 → 1000;
+        // with a larger se the hint grows as se².
+        assert!(a.hint.is_some());
+        let pts = vec![point(0.1, 4e-4, 1e-5), point(0.05, 5e-5, 1e-4)];
+        let a = ModelAnalysis::from_points(ModelKind::Sme2, pts, 1000);
+        let h = a.hint.unwrap();
+        // 1000 · (4e-4/1e-4)² = 16 000, up to the ceiling of a round-off above it.
+        assert!((16_000..=16_001).contains(&h.paths), "{}", h.paths);
+    }
+
+    #[test]
+    fn a_missing_estimate_is_excluded() {
+        let mut p = point(0.1, 1.0, 0.1);
+        p.signed = None;
+        p.error = None;
+        let a = ModelAnalysis::from_points(ModelKind::Sme1, vec![p], 10);
+        assert_eq!(a.verdict, Verdict::NoEstimate);
+        assert!(
+            a.points[0]
+                .excluded
+                .as_ref()
+                .unwrap()
+                .contains("no estimate")
+        );
+    }
+
+    #[test]
+    fn sweeps_parse_and_reject_garbage() {
+        let s = Sweep::parse("lambda=1, 2,4").unwrap();
+        assert_eq!(s.param, "lambda");
+        assert_eq!(s.values, vec![1.0, 2.0, 4.0]);
+        assert!(Sweep::parse("lambda").is_err());
+        assert!(Sweep::parse("lambda=1,x").is_err());
+        assert!(Sweep::parse("lambda=nan").is_err());
+    }
+
+    #[test]
+    fn constants_at_fixed_order() {
+        let c = fit_constant(&[0.2, 0.1], &[0.2, 0.1], &[0.0, 0.0], 1).unwrap();
+        assert!((c.value - 1.0).abs() < 1e-12);
+        assert!(fit_constant(&[], &[], &[], 2).is_none());
+    }
+}
