@@ -3,33 +3,10 @@
 //! thread counts.
 
 use serde_json::Value;
-use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Output;
 
-fn hasme(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_hasme"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("the hasme binary runs")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn json(o: &Output) -> Value {
-    assert_eq!(o.status.code(), Some(0), "stderr: {}", stderr(o));
-    serde_json::from_slice(&o.stdout).expect("stdout is JSON")
-}
-
-/// A fresh directory unique to the test.
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("hasme-sim-cli-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
-}
+mod common;
+use common::*;
 
 /// A small run of the saddle example (η = 0.1, horizon 0.5, 300 paths) with extra
 /// arguments, which may replace `--eta` or `--horizon`.

@@ -2,28 +2,10 @@
 //! 2 bad input), the plot written atomically, text output.
 
 use serde_json::Value;
-use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Output;
 
-fn hasme(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_hasme"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("the hasme binary runs")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// A fresh directory unique to the test.
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("hasme-wo-cli-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
-}
+mod common;
+use common::*;
 
 /// A small run on the cosine example (η = 0.2, 0.1; 400 paths), plus extra arguments.
 fn small(extra: &[&str]) -> Output {
