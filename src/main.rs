@@ -84,6 +84,29 @@ enum Command {
     WeakOrder(WeakOrderArgs),
 }
 
+/// Flags shared by the Monte Carlo commands (`simulate`, `weak-order`, `escape`).
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Seed of the random streams.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Worker threads (default: all cores). The numbers do not depend on it.
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Override a param: NAME=VALUE (repeatable).
+    #[arg(long = "set", value_name = "NAME=VALUE")]
+    set: Vec<String>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Write the output to PATH (atomically) instead of stdout.
+    #[arg(long, value_name = "PATH")]
+    out: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
 #[derive(clap::Args)]
 struct MomentsArgs {
     /// The objective file (.hasme): quadratic, with constant noise.
@@ -151,12 +174,6 @@ struct SimulateArgs {
     /// coupled (common random numbers with SGD) or independent.
     #[arg(long, default_value = "coupled")]
     coupling: String,
-    /// Seed of the random streams.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Worker threads (default: all cores). The numbers do not depend on it.
-    #[arg(long)]
-    threads: Option<usize>,
     /// Save every K-th SGD step (the horizon is always saved).
     #[arg(long, default_value_t = 1, value_name = "K")]
     every: u64,
@@ -164,18 +181,8 @@ struct SimulateArgs {
     /// on it.
     #[arg(long, hide = true)]
     batch: Option<u64>,
-    /// Override a param: NAME=VALUE (repeatable).
-    #[arg(long = "set", value_name = "NAME=VALUE")]
-    set: Vec<String>,
-    /// Print JSON instead of text.
-    #[arg(long)]
-    json: bool,
-    /// Write the output to PATH (atomically) instead of stdout.
-    #[arg(long, value_name = "PATH")]
-    out: Option<PathBuf>,
-    /// No progress bar.
-    #[arg(long)]
-    quiet: bool,
+    #[command(flatten)]
+    run: RunArgs,
 }
 
 #[derive(clap::Args)]
@@ -213,9 +220,6 @@ struct WeakOrderArgs {
     /// Observables (default: all of the file's); repeatable or comma-separated.
     #[arg(long = "observables", value_delimiter = ',', value_name = "NAME")]
     observables: Vec<String>,
-    /// Seed of the random streams.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
     /// SDE substeps per SGD step (the integration check reruns at half, or double when
     /// odd).
     #[arg(long, default_value_t = 8)]
@@ -227,27 +231,14 @@ struct WeakOrderArgs {
     /// integration error is negligible).
     #[arg(long)]
     no_integration_check: bool,
-    /// Worker threads (default: all cores). The numbers do not depend on it.
-    #[arg(long)]
-    threads: Option<usize>,
-    /// Override a param: NAME=VALUE (repeatable).
-    #[arg(long = "set", value_name = "NAME=VALUE")]
-    set: Vec<String>,
     /// Rerun the analysis with a param varied: NAME=v1,v2,…
     #[arg(long, value_name = "NAME=v1,v2,…")]
     sweep: Option<String>,
-    /// Print JSON instead of text.
-    #[arg(long)]
-    json: bool,
-    /// Write the output to PATH (atomically) instead of stdout.
-    #[arg(long, value_name = "PATH")]
-    out: Option<PathBuf>,
     /// Also write a log-log plot of the errors with 95% bars (SVG).
     #[arg(long, value_name = "PATH.svg")]
     plot: Option<PathBuf>,
-    /// No progress bar.
-    #[arg(long)]
-    quiet: bool,
+    #[command(flatten)]
+    run: RunArgs,
 }
 
 #[derive(clap::Args)]
@@ -295,27 +286,11 @@ struct EscapeArgs {
     /// coupled (common random numbers with SGD) or independent.
     #[arg(long, default_value = "coupled")]
     coupling: String,
-    /// Seed of the random streams.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Worker threads (default: all cores). The numbers do not depend on it.
-    #[arg(long)]
-    threads: Option<usize>,
-    /// Override a param: NAME=VALUE (repeatable).
-    #[arg(long = "set", value_name = "NAME=VALUE")]
-    set: Vec<String>,
-    /// Print JSON instead of text.
-    #[arg(long)]
-    json: bool,
-    /// Write the output to PATH (atomically) instead of stdout.
-    #[arg(long, value_name = "PATH")]
-    out: Option<PathBuf>,
     /// Also write the survival curves (SVG).
     #[arg(long, value_name = "PATH.svg")]
     plot: Option<PathBuf>,
-    /// No progress bar.
-    #[arg(long)]
-    quiet: bool,
+    #[command(flatten)]
+    run: RunArgs,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -521,8 +496,8 @@ fn parse_models(names: &[String]) -> Result<Vec<ModelKind>, ProblemError> {
 /// `hasme simulate`: checks the output path first, simulates with a progress bar,
 /// prints (or writes atomically) text or JSON; divergences are reported, not errors.
 fn run_simulate(args: SimulateArgs) -> Result<ExitCode> {
-    let problem = Problem::from_file(&args.file, &Overrides::parse(&args.set)?)?;
-    if let Some(path) = &args.out {
+    let problem = Problem::from_file(&args.file, &Overrides::parse(&args.run.set)?)?;
+    if let Some(path) = &args.run.out {
         output::check_target(path)?;
     }
     let usage = |m: String| ProblemError::Usage(m);
@@ -537,17 +512,18 @@ fn run_simulate(args: SimulateArgs) -> Result<ExitCode> {
         .coupling
         .parse()
         .map_err(|m| usage(format!("--coupling: {m}")))?;
-    config.seed = args.seed;
+    config.seed = args.run.seed;
     config.every = args.every;
     config.threads = args
+        .run
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     config.batch = args.batch.unwrap_or(0);
-    let progress = PathProgress::stderr(config.paths, args.quiet);
+    let progress = PathProgress::stderr(config.paths, args.run.quiet);
     let result = simulate_with_progress(&problem, &config, &|n| progress.inc(n));
     progress.finish();
     let result = result?;
-    let text = if args.json {
+    let text = if args.run.json {
         let mut value = result.to_json();
         if let Some(map) = value.as_object_mut() {
             map.insert("file".into(), args.file.display().to_string().into());
@@ -556,11 +532,11 @@ fn run_simulate(args: SimulateArgs) -> Result<ExitCode> {
     } else {
         format!("{result}\n")
     };
-    match &args.out {
+    match &args.run.out {
         Some(path) => output::write_atomic(path, text.as_bytes())?,
         None => emit(&text)?,
     }
-    if result.total_diverged() > 0 && (args.json || args.out.is_some()) {
+    if result.total_diverged() > 0 && (args.run.json || args.run.out.is_some()) {
         for (p, name) in result.processes.iter().enumerate() {
             if let Some(d) = &result.first_divergence[p] {
                 eprintln!(
@@ -577,7 +553,7 @@ fn run_simulate(args: SimulateArgs) -> Result<ExitCode> {
 /// progress bar, writes the plot and the text or JSON (atomically with --out), prints.
 fn run_weak_order(args: WeakOrderArgs) -> Result<ExitCode> {
     use hasme::experiment::{Sweep, WeakOrderConfig, weak_order_with_progress};
-    let overrides = Overrides::parse(&args.set)?;
+    let overrides = Overrides::parse(&args.run.set)?;
     let problem = Problem::from_file(&args.file, &overrides)?;
     let usage = |m: String| ProblemError::Usage(m);
     let etas = match (args.eta_max, args.levels) {
@@ -602,7 +578,7 @@ fn run_weak_order(args: WeakOrderArgs) -> Result<ExitCode> {
             .into());
         }
     }
-    for path in args.out.iter().chain(&args.plot) {
+    for path in args.run.out.iter().chain(&args.plot) {
         output::check_target(path)?;
     }
     let mut config = WeakOrderConfig::new(etas, args.horizon, args.paths);
@@ -614,7 +590,7 @@ fn run_weak_order(args: WeakOrderArgs) -> Result<ExitCode> {
         .iter()
         .map(|o| o.trim().to_string())
         .collect();
-    config.seed = args.seed;
+    config.seed = args.run.seed;
     config.substeps = args.substeps;
     config.scheme = args
         .scheme
@@ -622,12 +598,13 @@ fn run_weak_order(args: WeakOrderArgs) -> Result<ExitCode> {
         .map_err(|m| usage(format!("--scheme: {m}")))?;
     config.integration_check = !args.no_integration_check;
     config.threads = args
+        .run
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     if let Some(sweep) = &args.sweep {
         config.sweep = Some(Sweep::parse(sweep)?);
     }
-    let progress = PathProgress::stderr(config.simulations() * config.paths, args.quiet);
+    let progress = PathProgress::stderr(config.simulations() * config.paths, args.run.quiet);
     let report = weak_order_with_progress(&problem, &overrides, &config, &|n| progress.inc(n));
     progress.finish();
     let report = report?;
@@ -635,7 +612,7 @@ fn run_weak_order(args: WeakOrderArgs) -> Result<ExitCode> {
         let svg = report.plot().to_svg()?;
         output::write_atomic(path, svg.as_bytes())?;
     }
-    let text = if args.json {
+    let text = if args.run.json {
         let mut value = report.to_json();
         if let Some(map) = value.as_object_mut() {
             map.insert("file".into(), args.file.display().to_string().into());
@@ -644,11 +621,11 @@ fn run_weak_order(args: WeakOrderArgs) -> Result<ExitCode> {
     } else {
         format!("{report}")
     };
-    match &args.out {
+    match &args.run.out {
         Some(path) => output::write_atomic(path, text.as_bytes())?,
         None => emit(&text)?,
     }
-    if args.json || args.out.is_some() {
+    if args.run.json || args.run.out.is_some() {
         for w in &report.warnings {
             eprintln!("warning: {w}");
         }
@@ -659,7 +636,7 @@ fn run_weak_order(args: WeakOrderArgs) -> Result<ExitCode> {
 /// `hasme escape`: checks the settings and output paths first, simulates with a
 /// progress bar, prints (or writes atomically) text or JSON, and the survival plot.
 fn run_escape(args: EscapeArgs) -> Result<ExitCode> {
-    let problem = Problem::from_file(&args.file, &Overrides::parse(&args.set)?)?;
+    let problem = Problem::from_file(&args.file, &Overrides::parse(&args.run.set)?)?;
     let usage = |m: String| ProblemError::Usage(m);
     let region = match (&args.when, args.radius) {
         (Some(_), Some(_)) => {
@@ -703,7 +680,7 @@ fn run_escape(args: EscapeArgs) -> Result<ExitCode> {
             .into());
         }
     }
-    for path in args.out.iter().chain(&args.plot) {
+    for path in args.run.out.iter().chain(&args.plot) {
         output::check_target(path)?;
     }
     let mut config = EscapeConfig::new(args.eta, args.max_steps, args.paths, region);
@@ -713,15 +690,16 @@ fn run_escape(args: EscapeArgs) -> Result<ExitCode> {
         .coupling
         .parse()
         .map_err(|m| usage(format!("--coupling: {m}")))?;
-    config.seed = args.seed;
+    config.seed = args.run.seed;
     config.threads = args
+        .run
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let progress = PathProgress::stderr(config.paths, args.quiet);
+    let progress = PathProgress::stderr(config.paths, args.run.quiet);
     let report = escape_with_progress(&problem, &config, &|n| progress.inc(n));
     progress.finish();
     let report = report?;
-    let text = if args.json {
+    let text = if args.run.json {
         let mut value = report.to_json();
         if let Some(map) = value.as_object_mut() {
             map.insert("file".into(), args.file.display().to_string().into());
@@ -734,7 +712,7 @@ fn run_escape(args: EscapeArgs) -> Result<ExitCode> {
         let svg = report.survival_plot().to_svg()?;
         output::write_atomic(path, svg.as_bytes())?;
     }
-    match &args.out {
+    match &args.run.out {
         Some(path) => output::write_atomic(path, text.as_bytes())?,
         None => emit(&text)?,
     }
