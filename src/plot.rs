@@ -391,7 +391,9 @@ fn draw(plot: &LinePlot, p: &Prepared, root: &Area<'_>) -> DrawResult {
             String::new()
         }
     };
-    let linear_label = |v: &f64| format!("{v}");
+    // Ticks such as 0.1·3 land a rounding away from 0.3: print the shortest text that
+    // rounds to the same value at 12 significant digits.
+    let linear_label = |v: &f64| tick_text(*v);
     // A log x-axis (step sizes) spans a decade or two: label every tick with its value
     // to three significant digits.
     let log_x_label = |v: &f64| {
@@ -613,5 +615,34 @@ mod tests {
                 "missing {text}"
             );
         }
+    }
+}
+
+/// A linear-axis tick value as short text: 12 significant digits, trailing zeros dropped
+/// (`0.30000000000000004` → `0.3`, `1e-7` stays compact).
+fn tick_text(v: f64) -> String {
+    if v == 0.0 {
+        return "0".to_string();
+    }
+    let rounded: f64 = format!("{v:.11e}").parse().unwrap_or(v);
+    if (1e-4..1e6).contains(&rounded.abs()) {
+        format!("{rounded}")
+    } else {
+        format!("{rounded:e}")
+    }
+}
+
+#[cfg(test)]
+mod tick_tests {
+    use super::tick_text;
+
+    #[test]
+    fn ticks_are_short() {
+        assert_eq!(tick_text(0.1 * 3.0), "0.3");
+        assert_eq!(tick_text(0.7999999999999999), "0.8");
+        assert_eq!(tick_text(-0.0), "0");
+        assert_eq!(tick_text(25.0), "25");
+        assert_eq!(tick_text(1e-7), "1e-7");
+        assert_eq!(tick_text(123456.0), "123456");
     }
 }
