@@ -4,7 +4,8 @@
 //! compiled tape ([`tape`]) → derivatives → model coefficients ([`models`]) → exact
 //! Gaussian moments on quadratics ([`moments`]), drawn by [`plot`], written by
 //! [`output`]; Monte Carlo of SGD beside the models ([`sim`]) with streaming
-//! statistics ([`stats`]). See `ARCHITECTURE.md` for the code map and the invariants.
+//! statistics ([`stats`]); one command that runs what fits a problem and writes an HTML
+//! page ([`report`]). See `ARCHITECTURE.md` for the code map and the invariants.
 
 pub mod escape;
 pub mod experiment;
@@ -15,6 +16,7 @@ pub mod moments;
 pub mod output;
 pub mod plot;
 pub mod problem;
+pub mod report;
 pub mod sim;
 pub mod stats;
 pub mod tape;

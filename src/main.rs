@@ -82,7 +82,40 @@ enum Command {
     /// an integration check, the fitted order in η and (with --sweep) the error constant
     /// against a param.
     WeakOrder(WeakOrderArgs),
+    /// Run everything that fits the problem (check, derive, moments, weak order,
+    /// escape) and write one self-contained HTML page plus the JSON of every part.
+    Report(ReportArgs),
 }
+
+#[derive(clap::Args)]
+struct ReportArgs {
+    /// The objective file (.hasme); default: the bundled example `examples/report.hasme`.
+    file: Option<PathBuf>,
+    /// Step size η (default: min(0.1, 0.25/|λ|max of ∇²f at the start point)).
+    #[arg(long, allow_hyphen_values = true)]
+    eta: Option<f64>,
+    /// The directory for report.html and the JSON parts.
+    #[arg(long, value_name = "DIR", default_value = "hasme-report")]
+    out: PathBuf,
+    /// Seconds instead of a minute: few paths, two η levels.
+    #[arg(long)]
+    quick: bool,
+    /// Seed of the random streams.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Worker threads (default: all cores). The numbers do not depend on it.
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Override a param: NAME=VALUE (repeatable).
+    #[arg(long = "set", value_name = "NAME=VALUE")]
+    set: Vec<String>,
+    /// No progress bars.
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// The bundled example of `hasme report`.
+const REPORT_EXAMPLE: &str = include_str!("../examples/report.hasme");
 
 /// Flags shared by the Monte Carlo commands (`simulate`, `weak-order`, `escape`).
 #[derive(clap::Args)]
@@ -318,6 +351,8 @@ fn main() -> ExitCode {
                 e.exit_code()
             } else if let Some(e) = err.downcast_ref::<hasme::experiment::WeakOrderError>() {
                 e.exit_code()
+            } else if let Some(e) = err.downcast_ref::<hasme::report::ReportError>() {
+                e.exit_code()
             } else {
                 2
             };
@@ -419,7 +454,80 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Simulate(args) => run_simulate(args),
         Command::Escape(args) => run_escape(args),
         Command::WeakOrder(args) => run_weak_order(args),
+        Command::Report(args) => run_report(args),
     }
+}
+
+/// One progress bar per stage of `hasme report`, with the stage's name.
+struct StageBars {
+    quiet: bool,
+    bar: std::sync::Mutex<Option<PathProgress>>,
+}
+
+impl hasme::report::Progress for StageBars {
+    fn stage(&self, name: &str, total: u64) {
+        if !self.quiet {
+            eprintln!("report: {name}");
+        }
+        if let Ok(mut b) = self.bar.lock() {
+            *b = Some(PathProgress::stderr(total.max(1), self.quiet));
+        }
+    }
+    fn inc(&self, n: u64) {
+        if let Ok(b) = self.bar.lock()
+            && let Some(b) = b.as_ref()
+        {
+            b.inc(n);
+        }
+    }
+    fn finish(&self) {
+        if let Ok(mut b) = self.bar.lock()
+            && let Some(b) = b.take()
+        {
+            b.finish();
+        }
+    }
+}
+
+/// `hasme report`: builds the problem (the bundled example without FILE), runs the
+/// library's report, prints the summary and the page's path.
+fn run_report(args: ReportArgs) -> Result<ExitCode> {
+    use hasme::lang::Source;
+    use hasme::report::{ReportConfig, run_report};
+    let overrides = Overrides::parse(&args.set)?;
+    let (problem, label) = match &args.file {
+        Some(path) => (
+            Problem::from_file(path, &overrides)?,
+            path.display().to_string(),
+        ),
+        None => (
+            Problem::from_source(
+                Source::new("examples/report.hasme", REPORT_EXAMPLE),
+                &overrides,
+            )?,
+            "examples/report.hasme".to_string(),
+        ),
+    };
+    let mut config = ReportConfig::new(&args.out);
+    config.eta = args.eta;
+    config.quick = args.quick;
+    config.seed = args.seed;
+    config.threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    config.file_label = Some(label);
+    config.set = args.set.clone();
+    let bars = StageBars {
+        quiet: args.quiet,
+        bar: std::sync::Mutex::new(None),
+    };
+    let report = run_report(&problem, &overrides, &config, &bars)?;
+    emit(&format!(
+        "{}  page: {}\n",
+        report.summary(),
+        report.files[0].display()
+    ))?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `hasme moments`: checks the output paths first (so a typo fails before the work),
