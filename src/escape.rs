@@ -484,6 +484,19 @@ pub struct GrowthRates {
     pub models: Vec<(ModelKind, Result<f64, String>)>,
 }
 
+impl GrowthRates {
+    /// The per-step factor of the process named `name` (`sgd` or a model), if it has one.
+    pub fn per_step(&self, name: &str) -> Option<f64> {
+        if name == "sgd" {
+            return Some(self.sgd);
+        }
+        self.models
+            .iter()
+            .find(|(k, _)| k.to_string() == name)
+            .and_then(|(_, r)| r.as_ref().ok().copied())
+    }
+}
+
 /// [`GrowthRates`] of `problem` at step size `eta`, or `None` unless the objective is
 /// quadratic and the noise constant.
 ///
@@ -1117,14 +1130,7 @@ impl EscapeReport {
                 m.insert("mean_diff_stderr".into(), opt(p.mean_diff_stderr));
             }
             if let Some(g) = &self.growth_rates {
-                let rate = if p.name == "sgd" {
-                    Some(g.sgd)
-                } else {
-                    g.models
-                        .iter()
-                        .find(|(k, _)| k.to_string() == p.name)
-                        .and_then(|(_, r)| r.as_ref().ok().copied())
-                };
+                let rate = g.per_step(&p.name);
                 m.insert("growth_rate".into(), opt(rate));
             }
             if let Some(f) = &p.first_divergence {
@@ -1281,14 +1287,7 @@ impl fmt::Display for EscapeReport {
                 diff
             )?;
             if let Some(g) = &self.growth_rates {
-                let rate = if p.name == "sgd" {
-                    Some(g.sgd)
-                } else {
-                    g.models
-                        .iter()
-                        .find(|(k, _)| k.to_string() == p.name)
-                        .and_then(|(_, r)| r.as_ref().ok().copied())
-                };
+                let rate = g.per_step(&p.name);
                 write!(f, " {:>12}", rate.map_or("—".into(), |r| format!("{r:.6}")))?;
             }
             writeln!(f)?;

@@ -140,6 +140,22 @@ struct RunArgs {
     quiet: bool,
 }
 
+impl RunArgs {
+    /// `--threads`, defaulting to every core.
+    fn threads(&self) -> usize {
+        self.threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    }
+
+    /// Prints `text`, or writes it atomically to `--out`.
+    fn deliver(&self, text: &str) -> Result<()> {
+        match &self.out {
+            Some(path) => Ok(output::write_atomic(path, text.as_bytes())?),
+            None => emit(text),
+        }
+    }
+}
+
 #[derive(clap::Args)]
 struct MomentsArgs {
     /// The objective file (.hasme): quadratic, with constant noise.
@@ -622,10 +638,7 @@ fn run_simulate(args: SimulateArgs) -> Result<ExitCode> {
         .map_err(|m| usage(format!("--coupling: {m}")))?;
     config.seed = args.run.seed;
     config.every = args.every;
-    config.threads = args
-        .run
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    config.threads = args.run.threads();
     config.batch = args.batch.unwrap_or(0);
     let progress = PathProgress::stderr(config.paths, args.run.quiet);
     let result = simulate_with_progress(&problem, &config, &|n| progress.inc(n));
@@ -640,10 +653,7 @@ fn run_simulate(args: SimulateArgs) -> Result<ExitCode> {
     } else {
         format!("{result}\n")
     };
-    match &args.run.out {
-        Some(path) => output::write_atomic(path, text.as_bytes())?,
-        None => emit(&text)?,
-    }
+    args.run.deliver(&text)?;
     if result.total_diverged() > 0 && (args.run.json || args.run.out.is_some()) {
         for (p, name) in result.processes.iter().enumerate() {
             if let Some(d) = &result.first_divergence[p] {
@@ -705,10 +715,7 @@ fn run_weak_order(args: WeakOrderArgs) -> Result<ExitCode> {
         .parse()
         .map_err(|m| usage(format!("--scheme: {m}")))?;
     config.integration_check = !args.no_integration_check;
-    config.threads = args
-        .run
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    config.threads = args.run.threads();
     if let Some(sweep) = &args.sweep {
         config.sweep = Some(Sweep::parse(sweep)?);
     }
@@ -729,10 +736,7 @@ fn run_weak_order(args: WeakOrderArgs) -> Result<ExitCode> {
     } else {
         format!("{report}")
     };
-    match &args.run.out {
-        Some(path) => output::write_atomic(path, text.as_bytes())?,
-        None => emit(&text)?,
-    }
+    args.run.deliver(&text)?;
     if args.run.json || args.run.out.is_some() {
         for w in &report.warnings {
             eprintln!("warning: {w}");
@@ -799,10 +803,7 @@ fn run_escape(args: EscapeArgs) -> Result<ExitCode> {
         .parse()
         .map_err(|m| usage(format!("--coupling: {m}")))?;
     config.seed = args.run.seed;
-    config.threads = args
-        .run
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    config.threads = args.run.threads();
     let progress = PathProgress::stderr(config.paths, args.run.quiet);
     let report = escape_with_progress(&problem, &config, &|n| progress.inc(n));
     progress.finish();
@@ -820,9 +821,6 @@ fn run_escape(args: EscapeArgs) -> Result<ExitCode> {
         let svg = report.survival_plot().to_svg()?;
         output::write_atomic(path, svg.as_bytes())?;
     }
-    match &args.run.out {
-        Some(path) => output::write_atomic(path, text.as_bytes())?,
-        None => emit(&text)?,
-    }
+    args.run.deliver(&text)?;
     Ok(ExitCode::SUCCESS)
 }

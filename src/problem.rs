@@ -1716,7 +1716,7 @@ impl<'a> Checker<'a> {
                 if cost > ctx.budget {
                     return Err(self.err(
                         span,
-                        format!("this `{}` unrolls to {cost} nodes, more than the {UNROLL_BUDGET} allowed", reduce_name(*kind)),
+                        format!("this `{}` unrolls to {cost} nodes, more than the {UNROLL_BUDGET} allowed", kind.name()),
                         "too large to unroll",
                     ));
                 }
@@ -1886,13 +1886,6 @@ impl<'a> Checker<'a> {
 /// Most nodes one expression may unroll to (sum of iterations × body sizes): keeps a
 /// typo like `sum(i = 1..1e9, …)` from hanging the checker.
 pub const UNROLL_BUDGET: u64 = 20_000_000;
-
-fn reduce_name(kind: ReduceKind) -> &'static str {
-    match kind {
-        ReduceKind::Sum => "sum",
-        ReduceKind::Prod => "prod",
-    }
-}
 
 /// Where each subtree starts in the post-order arena, and which nodes begin the body
 /// of a `sum`/`prod` (with that body's root and the Reduce node owning it).

@@ -127,6 +127,16 @@ pub enum ReduceKind {
     Prod,
 }
 
+impl ReduceKind {
+    /// The keyword as written.
+    pub fn name(self) -> &'static str {
+        match self {
+            ReduceKind::Sum => "sum",
+            ReduceKind::Prod => "prod",
+        }
+    }
+}
+
 /// A name with its place.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Ident {

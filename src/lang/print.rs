@@ -30,10 +30,7 @@ pub fn print_expr(expr: &Expr) -> String {
                 body,
             } => {
                 let (lo, hi, body) = (take(*lo).0, take(*hi).0, take(*body).0);
-                let k = match kind {
-                    ReduceKind::Sum => "sum",
-                    ReduceKind::Prod => "prod",
-                };
+                let k = kind.name();
                 (format!("{k}({} = {lo}..{hi}, {body})", index.name), ATOM)
             }
             NodeKind::Neg(a) => {
