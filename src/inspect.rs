@@ -6,6 +6,7 @@
 //! `params`, `point`, `value`, `gradient`, `hessian` (row-major nested arrays),
 //! `noise_kind`, `noise_cov`, `observables` (name → value, in declaration order).
 
+use crate::data::FiniteSumSummary;
 use crate::models::{
     Model, ModelError, ModelKind, ModelOptions, diffusion_series_terms, drift_series_terms,
 };
@@ -32,6 +33,9 @@ pub struct CheckSummary {
     pub params: Map<String, Value>,
     /// Noise kind.
     pub noise_kind: NoiseKind,
+    /// The finite sum (`mean(DATA, …)` objectives only): table, rows, columns, batch,
+    /// sampling and the factor κ of Σ = κ C.
+    pub finite_sum: Option<FiniteSumSummary>,
     /// Quadratic objective, constant noise.
     pub structure: Structure,
     /// Observable names.
@@ -60,6 +64,7 @@ impl CheckSummary {
             vectors: problem.vectors().to_vec(),
             params: params_map(problem),
             noise_kind: problem.noise_kind(),
+            finite_sum: problem.finite_sum().map(|fs| fs.summary()),
             structure: problem.structure(),
             observables: problem.observable_names().to_vec(),
             escape: problem.escape_region().map(str::to_string),
@@ -159,7 +164,35 @@ impl fmt::Display for CheckSummary {
                 params.join(", ")
             }
         )?;
-        writeln!(f, "  noise          {}", self.noise_kind)?;
+        match &self.finite_sum {
+            None => writeln!(f, "  noise          {}", self.noise_kind)?,
+            Some(fs) => {
+                writeln!(
+                    f,
+                    "  noise          minibatch: Σ = C/b{} = {} C",
+                    if fs.sampling == "with-replacement" {
+                        ""
+                    } else {
+                        "·(n − b)/(n − 1)"
+                    },
+                    num(fs.noise_factor)
+                )?;
+                writeln!(
+                    f,
+                    "  data           `{}` ({}): {} rows, columns {}; reads {}",
+                    fs.table,
+                    fs.origin,
+                    fs.rows,
+                    fs.columns.join(", "),
+                    if fs.used_columns.is_empty() {
+                        "none".to_string()
+                    } else {
+                        fs.used_columns.join(", ")
+                    }
+                )?;
+                writeln!(f, "  minibatch      batch {}, {}", fs.batch, fs.sampling)?;
+            }
+        }
         let degree = self
             .structure
             .objective_degree

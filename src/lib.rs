@@ -1,12 +1,13 @@
 //! hasme: stochastic gradient descent and its stochastic modified equations.
 //!
 //! The pipeline follows the data: text ([`lang`]) → checked problem ([`problem`]) →
-//! compiled tape ([`tape`]) → derivatives → model coefficients ([`models`]) → exact
+//! compiled tape ([`tape`], over the rows of [`data`] tables for finite sums) → derivatives → model coefficients ([`models`]) → exact
 //! Gaussian moments on quadratics ([`moments`]), drawn by [`plot`], written by
 //! [`output`]; Monte Carlo of SGD beside the models ([`sim`]) with streaming
 //! statistics ([`stats`]); one command that runs what fits a problem and writes an HTML
 //! page ([`report`]). See `ARCHITECTURE.md` for the code map and the invariants.
 
+pub mod data;
 pub mod escape;
 pub mod experiment;
 pub mod inspect;

@@ -10,6 +10,7 @@
 //! never returns a non-finite number, it returns an error naming the expression and
 //! the point instead.
 
+use crate::data::{FiniteSum, Table, parse_csv};
 use crate::lang::ast::*;
 use crate::lang::source::suggest;
 use crate::lang::{Diagnostic, Source, Span, parse, parse_expr, print_expr};
@@ -157,6 +158,9 @@ pub enum NoiseKind {
     Diag,
     /// `noise cov [[…]]`: Σ in full.
     Cov,
+    /// A finite sum `mean(DATA, …)`: Σ(x) = κ C(x), the covariance of minibatch
+    /// gradients (MODELS.md §1).
+    Minibatch,
 }
 
 impl fmt::Display for NoiseKind {
@@ -166,6 +170,7 @@ impl fmt::Display for NoiseKind {
             NoiseKind::Sd => "sd",
             NoiseKind::Diag => "diag",
             NoiseKind::Cov => "cov",
+            NoiseKind::Minibatch => "minibatch",
         })
     }
 }
@@ -264,6 +269,7 @@ pub struct Problem {
     observable_names: Vec<String>,
     observables: Tape,
     escape: Option<EscapeRegion>,
+    finite_sum: Option<FiniteSum>,
     structure: Structure,
     warnings: Vec<Diagnostic>,
 }
@@ -426,24 +432,83 @@ impl Problem {
         ProblemError::Eval(Box::new(self.source.diagnostic(nf.span, message, label)))
     }
 
-    /// f(x).
+    /// An evaluation error in example `i` of a finite sum: the expression, the point,
+    /// and the row.
+    fn row_eval_error(&self, nf: NonFinite, x: &[f64], i: usize) -> ProblemError {
+        let mut e = self.eval_error(nf, x);
+        if let (ProblemError::Eval(d), Some(fs)) = (&mut e, &self.finite_sum) {
+            let cells: Vec<String> = fs
+                .columns
+                .iter()
+                .zip(fs.row(i))
+                .map(|(c, v)| format!("{}.{c} = {v}", fs.table))
+                .collect();
+            d.notes.push(format!(
+                "in example {} of `{}` ({})",
+                i + 1,
+                fs.table,
+                cells.join(", ")
+            ));
+        }
+        e
+    }
+
+    /// f(x). For a finite sum, the mean of the per-example losses.
     pub fn value(&self, x: &[f64]) -> Result<f64, ProblemError> {
         self.check_point(x)?;
-        let v = self
-            .objective
-            .values(x)
-            .map_err(|nf| self.eval_error(nf, x))?;
-        Ok(v[0])
+        match &self.finite_sum {
+            Some(fs) if !fs.columns.is_empty() => {
+                let mut input = x.to_vec();
+                let mut slots = Vec::new();
+                let mut out = [0.0];
+                let mut sum = 0.0;
+                for i in 0..fs.n {
+                    input.truncate(x.len());
+                    input.extend_from_slice(fs.row(i));
+                    self.objective
+                        .values_with(&input, &mut slots, &mut out)
+                        .map_err(|nf| self.row_eval_error(nf, x, i))?;
+                    sum += out[0];
+                }
+                Ok(sum / fs.n as f64)
+            }
+            _ => {
+                let v = self
+                    .objective
+                    .values(x)
+                    .map_err(|nf| self.eval_error(nf, x))?;
+                Ok(v[0])
+            }
+        }
     }
 
     /// Value, gradient and Hessian of f at x.
     pub fn objective_derivatives(&self, x: &[f64]) -> Result<Derivs, ProblemError> {
+        let mut jets = Jets::default();
+        self.objective_derivatives_with(x, &mut Workspace::default(), &mut jets)?;
+        Ok(jets.derivs(0))
+    }
+
+    /// The finite sum, when the objective is `mean(DATA, …)` over a data table.
+    pub fn finite_sum(&self) -> Option<&FiniteSum> {
+        self.finite_sum.as_ref()
+    }
+
+    /// Value and gradient of the per-example loss F_i at x (example `i`, 0-based, of
+    /// the finite sum; for a problem without data, of f itself) into `jets`, by reverse
+    /// mode: what a minibatch SGD step needs. No allocation once the buffers have grown.
+    pub fn example_gradient_with(
+        &self,
+        x: &[f64],
+        i: usize,
+        ws: &mut Workspace,
+        jets: &mut Jets,
+    ) -> Result<(), ProblemError> {
         self.check_point(x)?;
-        let mut d = self
-            .objective
-            .derivatives(x)
-            .map_err(|nf| self.eval_error(nf, x))?;
-        Ok(d.remove(0))
+        let row = self.finite_sum.as_ref().map_or(&[][..], |fs| fs.row(i));
+        self.objective
+            .gradients_row(x, row, ws, jets)
+            .map_err(|nf| self.row_eval_error(nf, x, i))
     }
 
     /// Value, gradient and Hessian of f at x into reusable buffers (no allocation
@@ -466,9 +531,16 @@ impl Problem {
         jets: &mut Jets,
     ) -> Result<(), ProblemError> {
         self.check_point(x)?;
-        self.objective
-            .derivatives_with(x, ws, jets)
-            .map_err(|nf| self.eval_error(nf, x))
+        match &self.finite_sum {
+            Some(fs) if !fs.columns.is_empty() => self
+                .objective
+                .mean_derivatives_with(x, &fs.rows, ws, jets)
+                .map_err(|(i, nf)| self.row_eval_error(nf, x, i)),
+            _ => self
+                .objective
+                .derivatives_with(x, ws, jets)
+                .map_err(|nf| self.eval_error(nf, x)),
+        }
     }
 
     /// Σ(x), checked symmetric and positive semidefinite.
@@ -501,10 +573,14 @@ impl Problem {
         self.check_point(x)?;
         let d = self.dim();
         assert_eq!(out.len(), d * d, "Σ has d² entries");
+        if let Some(fs) = &self.finite_sum {
+            return self.minibatch_cov_into(fs, x, buffers, out);
+        }
         let NoiseBuffers {
             slots,
             values,
             scratch,
+            ..
         } = buffers;
         values.clear();
         values.resize(self.noise.tape.outputs(), 0.0);
@@ -514,7 +590,7 @@ impl Problem {
             .map_err(|nf| self.eval_error(nf, x))?;
         out.fill(0.0);
         match self.noise.kind {
-            NoiseKind::None => {}
+            NoiseKind::None | NoiseKind::Minibatch => {}
             NoiseKind::Sd => (0..d).for_each(|i| out[i * d + i] = values[0]),
             NoiseKind::Diag => (0..d).for_each(|i| out[i * d + i] = values[i]),
             NoiseKind::Cov => out.copy_from_slice(values),
@@ -550,6 +626,73 @@ impl Problem {
         Ok(())
     }
 
+    /// Σ(x) = κ C(x) of a finite sum, `C = (1/n) Σ_i (∇F_i − ∇f)(∇F_i − ∇f)ᵀ` from the
+    /// per-example gradients (reverse mode, one pass per row), accumulated in one pass
+    /// with Welford's co-moment update (no cancellation between a large mean square
+    /// and a large squared mean, no storage per row).
+    fn minibatch_cov_into(
+        &self,
+        fs: &FiniteSum,
+        x: &[f64],
+        buffers: &mut NoiseBuffers,
+        out: &mut [f64],
+    ) -> Result<(), ProblemError> {
+        let d = self.dim();
+        out.fill(0.0);
+        let kappa = fs.noise_factor();
+        if fs.columns.is_empty() || kappa == 0.0 {
+            // Every example is the same, or the batch is the whole table: no noise.
+            return Ok(());
+        }
+        let NoiseBuffers {
+            ws,
+            jets,
+            mean,
+            delta,
+            ..
+        } = buffers;
+        mean.clear();
+        mean.resize(d, 0.0);
+        delta.clear();
+        delta.resize(d, 0.0);
+        for i in 0..fs.n {
+            self.objective
+                .gradients_row(x, fs.row(i), ws, jets)
+                .map_err(|nf| self.row_eval_error(nf, x, i))?;
+            let g = jets.gradient(0);
+            let k = (i + 1) as f64;
+            for a in 0..d {
+                delta[a] = g[a] - mean[a];
+                mean[a] += delta[a] / k;
+            }
+            for a in 0..d {
+                for b in a..d {
+                    out[a * d + b] += delta[a] * (g[b] - mean[b]);
+                }
+            }
+        }
+        let scale = kappa / fs.n as f64;
+        for a in 0..d {
+            for b in a..d {
+                let v = out[a * d + b] * scale;
+                out[a * d + b] = v;
+                out[b * d + a] = v;
+            }
+        }
+        if let Some(k) = out.iter().position(|v| !v.is_finite()) {
+            return Err(self.noise_error(
+                format!(
+                    "the minibatch covariance overflows at {} (entry ({}, {}))",
+                    self.format_point(x),
+                    k / d + 1,
+                    k % d + 1
+                ),
+                "this finite sum",
+            ));
+        }
+        Ok(())
+    }
+
     fn noise_error(&self, message: String, label: &str) -> ProblemError {
         ProblemError::Eval(Box::new(self.source.diagnostic(
             self.noise.span,
@@ -559,8 +702,16 @@ impl Problem {
     }
 
     /// Value, gradient and Hessian of every entry of Σ(x), row-major (entry i·d + j).
+    /// Not available for a finite sum (its Σ(x) is computed from per-example gradients,
+    /// and no model needs its derivatives): a usage error.
     pub fn noise_cov_derivatives(&self, x: &[f64]) -> Result<Vec<Derivs>, ProblemError> {
         self.check_point(x)?;
+        if self.finite_sum.is_some() {
+            return Err(ProblemError::Usage(
+                "the derivatives of a finite sum's Σ(x) are not computed (no model needs them)"
+                    .into(),
+            ));
+        }
         let d = self.dim();
         let outs = self
             .noise
@@ -574,7 +725,7 @@ impl Problem {
         };
         let mut entries = vec![zero; d * d];
         match self.noise.kind {
-            NoiseKind::None => {}
+            NoiseKind::None | NoiseKind::Minibatch => {}
             NoiseKind::Sd => (0..d).for_each(|i| entries[i * d + i] = outs[0].clone()),
             NoiseKind::Diag => (0..d).for_each(|i| entries[i * d + i] = outs[i].clone()),
             NoiseKind::Cov => entries = outs,
@@ -760,6 +911,11 @@ pub struct NoiseBuffers {
     slots: Vec<f64>,
     values: Vec<f64>,
     scratch: Vec<f64>,
+    // Finite sums: per-example gradients and the running mean.
+    ws: Workspace,
+    jets: Jets,
+    mean: Vec<f64>,
+    delta: Vec<f64>,
 }
 
 /// A cheap sufficient test that the symmetric `m` (row-major d×d) is PSD within the
@@ -827,6 +983,8 @@ enum BindingKind {
     Let(usize),
     /// A `sum`/`prod` index, bound to one value while its body is compiled.
     Index(f64),
+    /// Index into `Checker::tables`.
+    Data(usize),
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -849,6 +1007,33 @@ struct LetDef {
     stmt: usize,
 }
 
+/// A `data` statement, loaded.
+struct TableDef {
+    name: String,
+    table: Table,
+    origin: String,
+    span: Span,
+}
+
+/// The objective's `mean(DATA, EXPR)`: which table, where, and the columns it reads.
+#[derive(Clone, Debug)]
+struct DataScope {
+    table: usize,
+    /// The whole `mean(…)` call: columns are valid only inside it.
+    mean_span: Span,
+    /// The `DATA` argument.
+    table_arg_span: Span,
+    /// Table column indices, in the order of the tape's data inputs.
+    columns: Vec<usize>,
+}
+
+/// How an expression depends on the value of `mean(…)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum MeanUse {
+    None,
+    Affine,
+}
+
 struct Checker<'a> {
     source: &'a Source,
     overrides: &'a Overrides,
@@ -865,6 +1050,8 @@ struct Checker<'a> {
     declared: HashMap<String, Span>,
     warned: HashSet<Span>,
     warnings: Vec<Diagnostic>,
+    tables: Vec<TableDef>,
+    scope: Option<DataScope>,
 }
 
 impl<'a> Checker<'a> {
@@ -883,6 +1070,8 @@ impl<'a> Checker<'a> {
             declared: HashMap::new(),
             warned: HashSet::new(),
             warnings: Vec::new(),
+            tables: Vec::new(),
+            scope: None,
         }
     }
 
@@ -942,14 +1131,6 @@ impl<'a> Checker<'a> {
         Ok(())
     }
 
-    fn unsupported(&self, span: Span, what: &str) -> CheckFailure {
-        self.err(
-            span,
-            format!("{what} are not available in this version of hasme"),
-            "not supported yet",
-        )
-    }
-
     /// A constant expression's value (numbers, `pi`, params, loop indices).
     fn constant_of(&mut self, e: &Expr, stmt: usize, what: &str) -> CheckResult<f64> {
         let mut b = TapeBuilder::new(0);
@@ -975,6 +1156,8 @@ impl<'a> Checker<'a> {
         let mut noise: Option<(&Noise, Span, usize)> = None;
         let mut observes: Vec<(&Ident, &Expr, usize)> = Vec::new();
         let mut escape: Option<(&Expr, &Expr, Span, usize)> = None;
+        let mut batch: Option<(f64, Span, Span)> = None;
+        let mut sampling: Option<(Sampling, Span)> = None;
 
         if let Some((name, value)) = self.overrides.values.iter().find(|(_, v)| !v.is_finite()) {
             return Err(CheckFailure::Usage(format!(
@@ -983,7 +1166,9 @@ impl<'a> Checker<'a> {
         }
         for st in &program.statements {
             let names: Vec<&Ident> = match &st.kind {
-                StatementKind::Param { name, .. } | StatementKind::Let { name, .. } => vec![name],
+                StatementKind::Param { name, .. }
+                | StatementKind::Let { name, .. }
+                | StatementKind::Data { name, .. } => vec![name],
                 StatementKind::Var(decls) => decls.iter().map(|d| &d.name).collect(),
                 _ => Vec::new(),
             };
@@ -1141,12 +1326,48 @@ impl<'a> Checker<'a> {
                     }
                     observes.push((name, value, k));
                 }
-                StatementKind::Data { .. } => {
-                    return Err(self.unsupported(st.span, "`data` statements (finite sums)"));
+                StatementKind::Data { name, source } => {
+                    let (table, origin) = self.load_table(source, k)?;
+                    let index = self.tables.len();
+                    self.define(name, BindingKind::Data(index), k)?;
+                    self.tables.push(TableDef {
+                        name: name.name.clone(),
+                        table,
+                        origin,
+                        span: name.span,
+                    });
                 }
-                StatementKind::Batch(_) | StatementKind::Sampling(_) => {
-                    return Err(self
-                        .unsupported(st.span, "`batch` and `sampling` statements (finite sums)"));
+                StatementKind::Batch(e) => {
+                    if let Some((_, _, first)) = batch {
+                        let d = self
+                            .source
+                            .diagnostic(st.span, "more than one `batch` statement", "second batch")
+                            .with_note(format!("the first is at {}", self.pos(first)));
+                        return Err(CheckFailure::Diag(Box::new(d)));
+                    }
+                    let b = self.constant_of(e, k, "a batch size")?;
+                    if b.fract() != 0.0 || b < 1.0 {
+                        return Err(self.err(
+                            e.span(),
+                            format!("a batch size must be an integer ≥ 1, found {b}"),
+                            "not a valid batch size",
+                        ));
+                    }
+                    batch = Some((b, e.span(), st.span));
+                }
+                StatementKind::Sampling(mode) => {
+                    if let Some((_, first)) = sampling {
+                        let d = self
+                            .source
+                            .diagnostic(
+                                st.span,
+                                "more than one `sampling` statement",
+                                "second sampling",
+                            )
+                            .with_note(format!("the first is at {}", self.pos(first)));
+                        return Err(CheckFailure::Diag(Box::new(d)));
+                    }
+                    sampling = Some((*mode, st.span));
                 }
                 StatementKind::Escape { lhs, rhs } => {
                     if let Some((_, _, first, _)) = escape {
@@ -1197,14 +1418,104 @@ impl<'a> Checker<'a> {
         };
         let d = self.vars.len();
 
+        // Finite sums: the objective's `mean(…)`, its table and the columns it reads.
+        self.scope = self.find_mean(objective_expr)?;
+        let finite_sum = match &self.scope {
+            None => {
+                if let Some((_, _, span)) = batch {
+                    return Err(self.err(
+                        span,
+                        "`batch` applies to finite sums, but the objective has no `mean(DATA, …)`",
+                        "no minibatches to size",
+                    ));
+                }
+                if let Some((_, span)) = sampling {
+                    return Err(self.err(
+                        span,
+                        "`sampling` applies to finite sums, but the objective has no `mean(DATA, …)`",
+                        "no minibatches to draw",
+                    ));
+                }
+                None
+            }
+            Some(scope) => {
+                if let Some((_, span, _)) = noise {
+                    let d = self
+                        .source
+                        .diagnostic(
+                            span,
+                            "a `noise` statement cannot be combined with `mean(…)`: a finite sum defines its own noise (the minibatch covariance of MODELS.md §1)",
+                            "remove this statement",
+                        )
+                        .with_note(format!("the finite sum is at {}", self.pos(scope.mean_span)));
+                    return Err(CheckFailure::Diag(Box::new(d)));
+                }
+                let def = &self.tables[scope.table];
+                let n = def.table.rows();
+                let b = match batch {
+                    None => 1,
+                    Some((b, span, _)) if b > n as f64 => {
+                        return Err(self.err(
+                            span,
+                            format!(
+                                "the batch size {b} is larger than the {n} rows of `{}`",
+                                def.name
+                            ),
+                            format!("expected at most {n}"),
+                        ));
+                    }
+                    Some((b, _, _)) => b as usize,
+                };
+                let c = def.table.columns.len();
+                let mut rows = Vec::with_capacity(n * scope.columns.len());
+                for i in 0..n {
+                    rows.extend(scope.columns.iter().map(|&j| def.table.values[i * c + j]));
+                }
+                Some(FiniteSum {
+                    table: def.name.clone(),
+                    origin: def.origin.clone(),
+                    all_columns: def.table.columns.clone(),
+                    columns: scope
+                        .columns
+                        .iter()
+                        .map(|&j| def.table.columns[j].clone())
+                        .collect(),
+                    rows,
+                    n,
+                    batch: b,
+                    sampling: sampling.map_or(Sampling::WithoutReplacement, |(s, _)| s),
+                })
+            }
+        };
+        for (t, def) in self.tables.iter().enumerate() {
+            if self.scope.as_ref().is_none_or(|s| s.table != t) {
+                self.warnings.push(self.source.diagnostic(
+                    def.span,
+                    format!("data `{}` is never used", def.name),
+                    "unused data",
+                ));
+            }
+        }
+
         // Pass 2: compile. Lets are compiled into each tape once, in order; the tape
-        // drops the ones it does not use.
-        let mut b = TapeBuilder::new(d);
+        // drops the ones it does not use. A finite sum's objective is the per-example
+        // loss F_i, reading the row's columns as data inputs.
+        let data_inputs = self.scope.as_ref().map_or(0, |s| s.columns.len());
+        let mut b = TapeBuilder::with_data(d, data_inputs);
         let lets = self.compile_lets(&mut b)?;
         let (f, degree) = self.compile(objective_expr, objective_stmt, &mut b, None, &lets)?;
         let objective = b.finish(&[(f, objective_expr.span())]);
 
         let noise_tape = match noise {
+            None if finite_sum.is_some() => CompiledNoise {
+                tape: NoiseTape {
+                    kind: NoiseKind::Minibatch,
+                    tape: TapeBuilder::new(d).finish(&[]),
+                    runtime_symmetry: Vec::new(),
+                    span: self.scope.as_ref().map_or(Span::default(), |s| s.mean_span),
+                },
+                constant: false,
+            },
             None => CompiledNoise {
                 tape: NoiseTape {
                     kind: NoiseKind::None,
@@ -1288,6 +1599,7 @@ impl<'a> Checker<'a> {
             observable_names,
             observables,
             escape,
+            finite_sum,
             structure: Structure {
                 objective_degree,
                 quadratic: objective_degree.is_some_and(|n| n <= 2),
@@ -1530,6 +1842,7 @@ impl<'a> Checker<'a> {
                 BindingKind::Param(_) | BindingKind::ParamVec(_) | BindingKind::Index(_) => None,
                 BindingKind::Var(_) | BindingKind::VarVec { .. } => Some("a variable"),
                 BindingKind::Let(_) => Some("a `let` (which may depend on variables)"),
+                BindingKind::Data(_) => Some("a data table"),
             };
             if let Some(kind) = kind {
                 return Err(self.err(
@@ -1649,6 +1962,21 @@ impl<'a> Checker<'a> {
                             span,
                             format!("`{name}` is a vector of {len} variables; index it, e.g. `{name}[1]`"),
                             "a vector, not a number",
+                        ));
+                    }
+                    BindingKind::Data(_) => {
+                        // The table argument of the objective's `mean(…)` has no value.
+                        if self
+                            .scope
+                            .as_ref()
+                            .is_some_and(|s| s.table_arg_span == span)
+                        {
+                            return Ok((Val::Const(0.0), Degree::Poly(0)));
+                        }
+                        return Err(self.err(
+                            span,
+                            format!("`{name}` is a data table, not a number; read its columns as `{name}.COLUMN` inside `mean({name}, …)`"),
+                            "a data table",
                         ));
                     }
                 }
@@ -1784,7 +2112,17 @@ impl<'a> Checker<'a> {
                 let name = func.name.as_str();
                 let want = match name {
                     "pow" => 2,
-                    "mean" => return Err(self.unsupported(span, "`mean(…)` finite sums")),
+                    "mean" => {
+                        if self.scope.as_ref().is_some_and(|s| s.mean_span == span) {
+                            // The per-example loss: the body, read on one row.
+                            return Ok(at(vals, args[1]));
+                        }
+                        return Err(self.err(
+                            span,
+                            "`mean(…)` may only appear in the `minimize` statement (not in `let`, `noise`, `observe` or `escape`)",
+                            "a finite sum here",
+                        ));
+                    }
                     "sum" | "prod" => {
                         return Err(self.err(
                             span,
@@ -1845,10 +2183,273 @@ impl<'a> Checker<'a> {
                     )
                 }
             }
-            NodeKind::Column { .. } => {
-                return Err(self.unsupported(span, "data columns (`DATA.col`, finite sums)"));
+            NodeKind::Column { data, column } => {
+                let inside = self.scope.as_ref().and_then(|s| {
+                    (s.mean_span.start <= span.start && span.end <= s.mean_span.end)
+                        .then_some((s.table, &s.columns))
+                });
+                let Some((t, columns)) = inside else {
+                    return Err(self.err(
+                        span,
+                        format!(
+                            "`{}.{}` reads a data column outside `mean(…)`: columns exist per example, inside `mean({}, …)` in the `minimize` statement",
+                            data.name, column.name, data.name
+                        ),
+                        "not inside the finite sum",
+                    ));
+                };
+                // `find_mean` has checked the table and the column.
+                let def = &self.tables[t];
+                let j = def
+                    .table
+                    .columns
+                    .iter()
+                    .position(|c| *c == column.name)
+                    .ok_or_else(|| self.internal())?;
+                let pos = columns
+                    .iter()
+                    .position(|&c| c == j)
+                    .ok_or_else(|| self.internal())?;
+                (b.column(pos, span), Degree::Poly(0))
             }
         })
+    }
+
+    /// Loads the table of a `data` statement.
+    fn load_table(&mut self, source: &DataSource, stmt: usize) -> CheckResult<(Table, String)> {
+        match source {
+            DataSource::File { path, span } => {
+                let base = Path::new(self.source.name());
+                let resolved = if self.source.name().starts_with('<') {
+                    Path::new(path).to_path_buf()
+                } else {
+                    base.parent().unwrap_or(Path::new("")).join(path)
+                };
+                let shown = resolved.display().to_string();
+                let bytes = std::fs::read(&resolved).map_err(|e| {
+                    self.err(
+                        *span,
+                        format!("cannot read the data file `{shown}`: {e}"),
+                        "this file",
+                    )
+                })?;
+                let here = format!("read by the `data` statement at {}", self.pos(*span));
+                let csv = Source::from_bytes(shown.clone(), bytes)
+                    .map_err(|d| CheckFailure::Diag(Box::new(d.with_note(here.clone()))))?;
+                let table =
+                    parse_csv(&csv).map_err(|d| CheckFailure::Diag(Box::new(d.with_note(here))))?;
+                Ok((table, shown))
+            }
+            DataSource::Inline { header, rows } => {
+                let mut columns: Vec<String> = Vec::new();
+                for h in header {
+                    if columns.contains(&h.name) {
+                        return Err(self.err(
+                            h.span,
+                            format!("column `{}` appears twice in the header row", h.name),
+                            "duplicate column",
+                        ));
+                    }
+                    columns.push(h.name.clone());
+                }
+                let mut values = Vec::with_capacity(rows.len() * columns.len());
+                for (i, row) in rows.iter().enumerate() {
+                    if row.items.len() != columns.len() {
+                        return Err(self.err(
+                            row.span,
+                            format!(
+                                "row {} has {} entries but the header has {} columns",
+                                i + 1,
+                                row.items.len(),
+                                columns.len()
+                            ),
+                            format!("expected {} entries", columns.len()),
+                        ));
+                    }
+                    for e in &row.items {
+                        values.push(self.constant_of(e, stmt, "a data value")?);
+                    }
+                }
+                if rows.is_empty() {
+                    let span = header
+                        .first()
+                        .map_or(Span::default(), |f| f.span)
+                        .to(header.last().map_or(Span::default(), |l| l.span));
+                    return Err(self.err(
+                        span,
+                        "the table has a header but no rows",
+                        "expected rows of numbers after the header",
+                    ));
+                }
+                Ok((Table { columns, values }, "inline".to_string()))
+            }
+        }
+    }
+
+    /// Finds the objective's `mean(DATA, EXPR)`, checks where it and every column
+    /// appear, and that the objective is affine in it (so f is the average of the
+    /// per-example losses F_i).
+    fn find_mean(&mut self, expr: &Expr) -> CheckResult<Option<DataScope>> {
+        let nodes = &expr.nodes;
+        let is_mean =
+            |n: &Node| matches!(&n.kind, NodeKind::Call { func, .. } if func.name == "mean");
+        let means: Vec<usize> = (0..nodes.len()).filter(|&k| is_mean(&nodes[k])).collect();
+        let Some(&m) = means.first() else {
+            return Ok(None);
+        };
+        if let Some(&second) = means.get(1) {
+            let d = self
+                .source
+                .diagnostic(
+                    nodes[second].span,
+                    "at most one `mean(…)` per objective",
+                    "second finite sum",
+                )
+                .with_note(format!("the first is at {}", self.pos(nodes[m].span)));
+            return Err(CheckFailure::Diag(Box::new(d)));
+        }
+        let mean_span = nodes[m].span;
+        let NodeKind::Call { args, .. } = &nodes[m].kind else {
+            return Err(self.internal());
+        };
+        if args.len() != 2 {
+            return Err(self.err(
+                mean_span,
+                format!(
+                    "`mean` takes 2 arguments, `mean(DATA, EXPR)`, found {}",
+                    args.len()
+                ),
+                "expected 2 arguments",
+            ));
+        }
+        let arg = &nodes[args[0] as usize];
+        let table_names: Vec<&str> = self.tables.iter().map(|t| t.name.as_str()).collect();
+        let table = match &arg.kind {
+            NodeKind::Name(n) => match self.names.get(n).map(|b| b.kind) {
+                Some(BindingKind::Data(t)) => t,
+                _ => {
+                    let hint = suggest(n, table_names.iter().copied())
+                        .map_or(String::new(), |s| format!("; did you mean `{s}`?"));
+                    return Err(self.err(
+                        arg.span,
+                        format!("`{n}` is not a data table{hint}"),
+                        "expected the name of a `data` statement",
+                    ));
+                }
+            },
+            _ => {
+                return Err(self.err(
+                    arg.span,
+                    "the first argument of `mean` must be a data table, `mean(DATA, EXPR)`",
+                    "expected the name of a `data` statement",
+                ));
+            }
+        };
+        let table_name = self.tables[table].name.clone();
+        let mut columns: Vec<usize> = Vec::new();
+        let mut uses = vec![MeanUse::None; nodes.len()];
+        for (k, node) in nodes.iter().enumerate() {
+            let span = node.span;
+            let inside = mean_span.start <= span.start && span.end <= mean_span.end;
+            let use_of = |id: &NodeId| uses[*id as usize];
+            let nonlinear = match &node.kind {
+                NodeKind::Column { data, column } => {
+                    if !inside {
+                        // Reported with its position when compiled.
+                        continue;
+                    }
+                    if data.name != table_name {
+                        let what = if table_names.contains(&data.name.as_str()) {
+                            format!(
+                                "`{}.{}` reads table `{}` inside `mean({table_name}, …)`: only the columns of `{table_name}` are defined per example here",
+                                data.name, column.name, data.name
+                            )
+                        } else {
+                            let hint = suggest(&data.name, table_names.iter().copied())
+                                .map_or(String::new(), |s| format!("; did you mean `{s}`?"));
+                            format!("unknown data table `{}`{hint}", data.name)
+                        };
+                        return Err(self.err(data.span, what, "not this sum's table"));
+                    }
+                    let all = &self.tables[table].table.columns;
+                    let Some(j) = all.iter().position(|c| *c == column.name) else {
+                        let hint = suggest(&column.name, all.iter().map(String::as_str))
+                            .map_or(String::new(), |s| format!("; did you mean `{s}`?"));
+                        return Err(self.err(
+                            column.span,
+                            format!(
+                                "`{table_name}` has no column `{}`{hint} (its columns: {})",
+                                column.name,
+                                all.join(", ")
+                            ),
+                            "unknown column",
+                        ));
+                    };
+                    if !columns.contains(&j) {
+                        columns.push(j);
+                    }
+                    false
+                }
+                _ if k == m => {
+                    uses[k] = MeanUse::Affine;
+                    continue;
+                }
+                NodeKind::Num { .. } | NodeKind::Name(_) | NodeKind::Index { .. } => false,
+                NodeKind::Reduce { kind, .. } => {
+                    if span.start <= mean_span.start && mean_span.end <= span.end {
+                        return Err(self.err(
+                            mean_span,
+                            format!(
+                                "`mean(…)` cannot be inside `{}(…)`: the objective holds one finite sum",
+                                kind.name()
+                            ),
+                            "inside a loop",
+                        ));
+                    }
+                    false
+                }
+                NodeKind::Neg(a) => {
+                    uses[k] = use_of(a);
+                    false
+                }
+                NodeKind::Binary { op, lhs, rhs } => {
+                    let (l, r) = (use_of(lhs), use_of(rhs));
+                    match op {
+                        BinOp::Add | BinOp::Sub => {
+                            uses[k] = l.max(r);
+                            false
+                        }
+                        BinOp::Mul => {
+                            uses[k] = l.max(r);
+                            l == MeanUse::Affine && r == MeanUse::Affine
+                        }
+                        BinOp::Div => {
+                            uses[k] = l;
+                            r == MeanUse::Affine
+                        }
+                        BinOp::Pow => l == MeanUse::Affine || r == MeanUse::Affine,
+                    }
+                }
+                NodeKind::Call { args, .. } => args.iter().any(|a| use_of(a) == MeanUse::Affine),
+            };
+            if nonlinear {
+                let d = self
+                    .source
+                    .diagnostic(
+                        span,
+                        "the objective must be an average of per-example losses, so `mean(…)` may only be added, subtracted, negated, or multiplied or divided by an expression without `mean`",
+                        "not linear in the finite sum",
+                    )
+                    .with_note("f = (1/n) Σ_i F_i is what makes minibatch SGD unbiased (MODELS.md §1)");
+                return Err(CheckFailure::Diag(Box::new(d)));
+            }
+        }
+        Ok(Some(DataScope {
+            table,
+            mean_span,
+            table_arg_span: arg.span,
+            columns,
+        }))
     }
 
     /// A loop bound: an integer constant.

@@ -419,6 +419,9 @@ pub struct NonFinite {
 #[derive(Clone, Debug)]
 pub struct Tape {
     dim: usize,
+    /// Data inputs (columns of one row of a data table) after the `dim` variables:
+    /// `Op::Var(i)` with `i ≥ dim` reads one. They are constants for differentiation.
+    data: usize,
     ops: Vec<Op>,
     spans: Vec<Span>,
     outputs: Vec<Slot>,
@@ -428,6 +431,12 @@ impl Tape {
     /// Number of variables.
     pub fn dim(&self) -> usize {
         self.dim
+    }
+
+    /// Number of data inputs (columns of a row) read after the variables; 0 for a tape
+    /// without data.
+    pub fn data_inputs(&self) -> usize {
+        self.data
     }
 
     /// Number of outputs.
@@ -451,9 +460,10 @@ impl Tape {
     }
 
     /// Runs the tape over any number type into `slots` (cleared first; its capacity
-    /// is reused across calls).
+    /// is reused across calls). `x` holds the variables, then the data inputs of one
+    /// row (`dim + data_inputs` entries).
     pub fn eval_into<D: TapeScalar>(&self, x: &[D], slots: &mut Vec<D>) -> Result<(), NonFinite> {
-        debug_assert_eq!(x.len(), self.dim);
+        debug_assert_eq!(x.len(), self.dim + self.data);
         // Slots keep their length across calls: each result is written in place over
         // the previous call's value (a push would build it on the stack and copy it,
         // and reading that copy back stalls store forwarding on the hot path).
@@ -538,10 +548,80 @@ impl Tape {
         ws: &mut Workspace,
         jets: &mut Jets,
     ) -> Result<(), NonFinite> {
+        self.derivatives_row_by(method, x, &[], ws, jets)
+    }
+
+    /// The mean over the rows of a data table (`rows`: row-major, `data_inputs`
+    /// columns) of every output's value, gradient and Hessian at `x`: a finite sum
+    /// `(1/n) Σ_i F_i(x)` evaluated one row at a time over the same tape. On a
+    /// non-finite value, the error carries the row index (0-based).
+    pub fn mean_derivatives_with(
+        &self,
+        x: &[f64],
+        rows: &[f64],
+        ws: &mut Workspace,
+        jets: &mut Jets,
+    ) -> Result<(), (usize, NonFinite)> {
+        let c = self.data;
+        assert!(c > 0 && rows.len() % c == 0, "rows must hold whole rows");
+        let n = rows.len() / c;
+        assert!(n > 0, "a mean needs at least one row");
+        let mut acc = ws.acc.take().unwrap_or_default();
+        acc.reset(self.dim, self.outputs.len());
+        let mut result = Ok(());
+        for (i, row) in rows.chunks_exact(c).enumerate() {
+            if let Err(nf) = self.derivatives_row(x, row, ws, jets) {
+                result = Err((i, nf));
+                break;
+            }
+            let add = |a: &mut [f64], b: &[f64]| a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+            add(&mut acc.values, &jets.values);
+            add(&mut acc.gradients, &jets.gradients);
+            add(&mut acc.hessians, &jets.hessians);
+        }
+        if result.is_ok() {
+            let scale = 1.0 / n as f64;
+            jets.reset(self.dim, self.outputs.len());
+            let mean =
+                |a: &mut [f64], b: &[f64]| a.iter_mut().zip(b).for_each(|(a, b)| *a = b * scale);
+            mean(&mut jets.values, &acc.values);
+            mean(&mut jets.gradients, &acc.gradients);
+            mean(&mut jets.hessians, &acc.hessians);
+        }
+        ws.acc = Some(acc);
+        result
+    }
+
+    /// Value, gradient and Hessian (with respect to the variables only) of every
+    /// output at `x`, with the data inputs set to `row`: one example of a finite sum.
+    pub fn derivatives_row(
+        &self,
+        x: &[f64],
+        row: &[f64],
+        ws: &mut Workspace,
+        jets: &mut Jets,
+    ) -> Result<(), NonFinite> {
+        self.derivatives_row_by(HessianMethod::Auto, x, row, ws, jets)
+    }
+
+    /// [`Tape::derivatives_row`] with a chosen method.
+    pub fn derivatives_row_by(
+        &self,
+        method: HessianMethod,
+        x: &[f64],
+        row: &[f64],
+        ws: &mut Workspace,
+        jets: &mut Jets,
+    ) -> Result<(), NonFinite> {
         assert_eq!(x.len(), self.dim, "point dimension must match the tape");
+        assert_eq!(
+            row.len(),
+            self.data,
+            "row length must match the tape's data inputs"
+        );
         jets.reset(self.dim, self.outputs.len());
         if self.dim == 0 {
-            return self.derivatives_blocked(x, ws, jets);
+            return self.derivatives_blocked(x, row, ws, jets);
         }
         let method = match method {
             HessianMethod::Auto if self.dim <= STATIC_MAX_DIM => HessianMethod::Static,
@@ -552,7 +632,7 @@ impl Tape {
         macro_rules! fixed {
             ($($n:literal => $field:ident),*) => {
                 match self.dim {
-                    $($n => self.derivatives_static::<$n>(x, &mut ws.$field, jets),)*
+                    $($n => self.derivatives_static::<$n>(x, row, &mut ws.$field, jets),)*
                     _ => unreachable!("static duals are only chosen for d ≤ 8"),
                 }
             };
@@ -561,8 +641,8 @@ impl Tape {
             HessianMethod::Static => {
                 fixed!(1 => s1, 2 => s2, 3 => s3, 4 => s4, 5 => s5, 6 => s6, 7 => s7, 8 => s8)
             }
-            HessianMethod::Blocked => self.derivatives_blocked(x, ws, jets),
-            _ => self.derivatives_reverse(x, ws, jets),
+            HessianMethod::Blocked => self.derivatives_blocked(x, row, ws, jets),
+            _ => self.derivatives_reverse(x, row, ws, jets),
         }
     }
 
@@ -573,6 +653,7 @@ impl Tape {
     fn derivatives_reverse(
         &self,
         x: &[f64],
+        row: &[f64],
         ws: &mut Workspace,
         jets: &mut Jets,
     ) -> Result<(), NonFinite> {
@@ -588,7 +669,7 @@ impl Tape {
         rev_adj.resize(n, Dual64::from(0.0));
         for j in 0..d {
             rev_x.clear();
-            rev_x.extend(x.iter().map(|&v| Dual64::from(v)));
+            rev_x.extend(x.iter().chain(row).map(|&v| Dual64::from(v)));
             rev_x[j] = Dual64::new(x[j], 1.0);
             self.eval_into(rev_x, rev_vals)?;
             for (k, &o) in self.outputs.iter().enumerate() {
@@ -606,9 +687,12 @@ impl Tape {
                         continue;
                     }
                     if let Op::Var(i) = op {
+                        // Data inputs (i ≥ d) are constants: their adjoints are dropped.
                         let i = i as usize;
-                        grad[i] += vbar.re;
-                        hess[i * d + j] += vbar.eps;
+                        if i < d {
+                            grad[i] += vbar.re;
+                            hess[i * d + j] += vbar.eps;
+                        }
                         continue;
                     }
                     adjoint(op, rev_vals, slot, vbar, rev_adj);
@@ -637,7 +721,7 @@ impl Tape {
         } else {
             // Locate the culprit with forward mode, which names the first instruction
             // whose value or derivative is not finite.
-            match self.derivatives_blocked(x, ws, jets) {
+            match self.derivatives_blocked(x, row, ws, jets) {
                 Err(nf) => Err(nf),
                 Ok(()) => Err(NonFinite {
                     op: n - 1,
@@ -658,7 +742,24 @@ impl Tape {
         ws: &mut Workspace,
         jets: &mut Jets,
     ) -> Result<(), NonFinite> {
+        self.gradients_row(x, &[], ws, jets)
+    }
+
+    /// [`Tape::gradients_with`] with the data inputs set to `row` (gradients with
+    /// respect to the variables only).
+    pub fn gradients_row(
+        &self,
+        x: &[f64],
+        row: &[f64],
+        ws: &mut Workspace,
+        jets: &mut Jets,
+    ) -> Result<(), NonFinite> {
         assert_eq!(x.len(), self.dim, "point dimension must match the tape");
+        assert_eq!(
+            row.len(),
+            self.data,
+            "row length must match the tape's data inputs"
+        );
         let d = self.dim;
         jets.dim = d;
         jets.values.clear();
@@ -666,8 +767,16 @@ impl Tape {
         jets.gradients.clear();
         jets.gradients.resize(self.outputs.len() * d, 0.0);
         jets.hessians.clear();
-        let Workspace { f, f_adj, .. } = ws;
-        self.eval_into(x, f)?;
+        let Workspace { f, f_adj, f_x, .. } = ws;
+        let input: &[f64] = if row.is_empty() {
+            x
+        } else {
+            f_x.clear();
+            f_x.extend_from_slice(x);
+            f_x.extend_from_slice(row);
+            f_x
+        };
+        self.eval_into(input, f)?;
         f_adj.clear();
         f_adj.resize(self.ops.len(), 0.0);
         for (k, &o) in self.outputs.iter().enumerate() {
@@ -680,7 +789,9 @@ impl Tape {
                     continue;
                 }
                 if let Op::Var(i) = op {
-                    grad[i as usize] += vbar;
+                    if (i as usize) < d {
+                        grad[i as usize] += vbar;
+                    }
                     continue;
                 }
                 adjoint(op, f, slot, vbar, f_adj);
@@ -692,7 +803,7 @@ impl Tape {
         } else {
             let mut ws2 = Workspace::default();
             let mut jets2 = Jets::default();
-            match self.derivatives_with(x, &mut ws2, &mut jets2) {
+            match self.derivatives_row(x, row, &mut ws2, &mut jets2) {
                 Err(nf) => Err(nf),
                 Ok(()) => Err(NonFinite {
                     op: self.ops.len() - 1,
@@ -707,12 +818,20 @@ impl Tape {
     fn derivatives_static<const N: usize>(
         &self,
         x: &[f64],
-        slots: &mut Vec<Dual2SVec64<N>>,
+        row: &[f64],
+        (slots, inputs): &mut (Vec<Dual2SVec64<N>>, Vec<Dual2SVec64<N>>),
         jets: &mut Jets,
     ) -> Result<(), NonFinite> {
         let xs: [Dual2SVec64<N>; N] =
             std::array::from_fn(|i| Dual2SVec64::<N>::from_re(x[i]).derivative(i));
-        self.eval_into(&xs, slots)?;
+        if row.is_empty() {
+            self.eval_into(&xs, slots)?;
+        } else {
+            inputs.clear();
+            inputs.extend(xs);
+            inputs.extend(row.iter().map(|&c| Dual2SVec64::<N>::from_re(c)));
+            self.eval_into(inputs, slots)?;
+        }
         for (k, &o) in self.outputs.iter().enumerate() {
             let s = &slots[o as usize];
             jets.values[k] = s.re;
@@ -736,13 +855,14 @@ impl Tape {
     fn derivatives_blocked(
         &self,
         x: &[f64],
+        row: &[f64],
         ws: &mut Workspace,
         jets: &mut Jets,
     ) -> Result<(), NonFinite> {
         let d = self.dim;
         if d == 0 {
             let mut slots = std::mem::take(&mut ws.f);
-            let r = self.eval_into(&[], &mut slots);
+            let r = self.eval_into(row, &mut slots);
             for (k, &o) in self.outputs.iter().enumerate() {
                 if r.is_ok() {
                     jets.values[k] = slots[o as usize];
@@ -766,6 +886,7 @@ impl Tape {
                     }
                     xs.push(v);
                 }
+                xs.extend(row.iter().map(|&c| Block::from_re(c)));
                 self.eval_into(xs, slots)?;
                 for (k, &o) in self.outputs.iter().enumerate() {
                     let s = &slots[o as usize];
@@ -802,18 +923,22 @@ impl Tape {
 /// allocate nothing.
 #[derive(Clone, Debug, Default)]
 pub struct Workspace {
-    s1: Vec<Dual2SVec64<1>>,
-    s2: Vec<Dual2SVec64<2>>,
-    s3: Vec<Dual2SVec64<3>>,
-    s4: Vec<Dual2SVec64<4>>,
-    s5: Vec<Dual2SVec64<5>>,
-    s6: Vec<Dual2SVec64<6>>,
-    s7: Vec<Dual2SVec64<7>>,
-    s8: Vec<Dual2SVec64<8>>,
+    // Slots and (for tapes with data inputs) the input vector, per static size.
+    s1: (Vec<Dual2SVec64<1>>, Vec<Dual2SVec64<1>>),
+    s2: (Vec<Dual2SVec64<2>>, Vec<Dual2SVec64<2>>),
+    s3: (Vec<Dual2SVec64<3>>, Vec<Dual2SVec64<3>>),
+    s4: (Vec<Dual2SVec64<4>>, Vec<Dual2SVec64<4>>),
+    s5: (Vec<Dual2SVec64<5>>, Vec<Dual2SVec64<5>>),
+    s6: (Vec<Dual2SVec64<6>>, Vec<Dual2SVec64<6>>),
+    s7: (Vec<Dual2SVec64<7>>, Vec<Dual2SVec64<7>>),
+    s8: (Vec<Dual2SVec64<8>>, Vec<Dual2SVec64<8>>),
     block: Vec<Block>,
     block_x: Vec<Block>,
     f: Vec<f64>,
     f_adj: Vec<f64>,
+    f_x: Vec<f64>,
+    /// Running sums of [`Tape::mean_derivatives_with`].
+    acc: Option<Box<Jets>>,
     rev_x: Vec<Dual64>,
     rev_vals: Vec<Dual64>,
     rev_adj: Vec<Dual64>,
@@ -965,6 +1090,7 @@ impl Val {
 #[derive(Debug)]
 pub struct TapeBuilder {
     dim: usize,
+    data: usize,
     ops: Vec<Op>,
     spans: Vec<Span>,
     cache: HashMap<(u8, u64, u64), Slot>,
@@ -973,8 +1099,15 @@ pub struct TapeBuilder {
 impl TapeBuilder {
     /// A builder over `dim` variables.
     pub fn new(dim: usize) -> TapeBuilder {
+        TapeBuilder::with_data(dim, 0)
+    }
+
+    /// A builder over `dim` variables and `data` data inputs (the columns of one row of
+    /// a data table, read by [`TapeBuilder::column`]).
+    pub fn with_data(dim: usize, data: usize) -> TapeBuilder {
         TapeBuilder {
             dim,
+            data,
             ops: Vec::new(),
             spans: Vec::new(),
             cache: HashMap::new(),
@@ -1004,6 +1137,15 @@ impl TapeBuilder {
     /// Coordinate `i`.
     pub fn var(&mut self, i: usize, span: Span) -> Val {
         self.emit(Op::Var(i as u32), span)
+    }
+
+    /// Data input `j` (a column of the current row).
+    pub fn column(&mut self, j: usize, span: Span) -> Val {
+        debug_assert!(
+            j < self.data,
+            "column index beyond the builder's data inputs"
+        );
+        self.emit(Op::Var((self.dim + j) as u32), span)
     }
 
     /// `a + b`
@@ -1153,6 +1295,7 @@ impl TapeBuilder {
         let outputs = out_slots.iter().map(|&s| map[s as usize]).collect();
         Tape {
             dim: self.dim,
+            data: self.data,
             ops,
             spans,
             outputs,

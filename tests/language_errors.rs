@@ -884,30 +884,8 @@ fn number_too_large() {
     assert_eq!(d.caret_len, 5, "the caret covers the number");
 }
 
-#[test]
-fn unsupported_features_are_clear_check_errors() {
-    expect_error(
-        "data pts = \"points.csv\"\nvar x\nminimize x",
-        Kind::Check,
-        1,
-        1,
-        "`data` statements (finite sums) are not available in this version of hasme",
-    );
-    expect_error(
-        "var x\nminimize x + mean(x, 2)",
-        Kind::Check,
-        2,
-        14,
-        "`mean(…)` finite sums are not available",
-    );
-    expect_error(
-        "var x\nminimize x\nbatch 4",
-        Kind::Check,
-        3,
-        1,
-        "`batch` and `sampling` statements (finite sums) are not available",
-    );
-}
+// Finite sums (`data`, `mean`, `batch`, `sampling`) have their errors in
+// tests/finite_sums.rs.
 
 /// Vector variables and `sum`/`prod` (once unsupported, now available): their errors
 /// name the index and the loop value.
