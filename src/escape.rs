@@ -81,6 +81,7 @@ use crate::models::ModelKind;
 use crate::moments::Quadratic;
 use crate::plot::LinePlot;
 use crate::problem::{Overrides, Problem, ProblemError};
+use crate::sim::minibatch::MinibatchSgd;
 use crate::sim::terms::{Evaluator, ModelTerm, NoiseSource, sgd_step};
 use crate::sim::{BrownianPath, CHUNK_PATHS, Coupling, EulerMaruyama, MAX_STEPS, Scheme};
 use crate::sim::{Failure, MAX_SUBSTEPS};
@@ -139,7 +140,8 @@ pub struct EscapeConfig {
     /// difference to SGD on the quadratic saddle shows the scheme's O(h) bias, about 1%
     /// of the mean escape time; at 32 it is below the standard error of 2000 paths).
     pub substeps: usize,
-    /// Coupled (default) or independent noise.
+    /// Coupled (default) or independent noise. A finite sum's minibatch SGD cannot be
+    /// coupled: its runs are always independent (and reported so).
     pub coupling: Coupling,
     /// The seed (default 0).
     pub seed: u64,
@@ -689,6 +691,8 @@ struct Walker<'p> {
     plan: &'p Plan<'p>,
     brownian: BrownianPath,
     sgd: Evaluator<'p>,
+    /// Real minibatch SGD, for finite sums.
+    minibatch: Option<MinibatchSgd>,
     terms: Vec<ModelTerm<'p>>,
     x: Vec<f64>,
     states: Vec<Vec<f64>>,
@@ -710,6 +714,10 @@ impl<'p> Walker<'p> {
                 c.coupling,
             ),
             sgd: Evaluator::new(plan.problem, &plan.noise),
+            minibatch: plan
+                .problem
+                .finite_sum()
+                .map(|fs| MinibatchSgd::new(fs, c.seed, d)),
             terms: c
                 .models
                 .iter()
@@ -805,6 +813,9 @@ impl<'p> Walker<'p> {
         let h = c.eta / c.substeps as f64;
         let d = self.x.len();
         self.brownian.start_path(path);
+        if let Some(mb) = &mut self.minibatch {
+            mb.start_path(path);
+        }
         self.x.copy_from_slice(&plan.start);
         for s in &mut self.states {
             s.copy_from_slice(&plan.start);
@@ -817,13 +828,16 @@ impl<'p> Walker<'p> {
             }
             self.brownian.draw_step(k);
             if result[0].is_none() {
-                let r = sgd_step(
-                    &mut self.sgd,
-                    c.eta,
-                    &mut self.x,
-                    self.brownian.xi(),
-                    &mut self.tmp,
-                );
+                let r = match &mut self.minibatch {
+                    Some(mb) => mb.step(plan.problem, c.eta, &mut self.x),
+                    None => sgd_step(
+                        &mut self.sgd,
+                        c.eta,
+                        &mut self.x,
+                        self.brownian.xi(),
+                        &mut self.tmp,
+                    ),
+                };
                 if let Some(o) = self.check(0, path, k, r, out)? {
                     result[0] = Some(o);
                     open -= 1;
@@ -958,6 +972,17 @@ pub fn escape_with_progress(
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<EscapeReport, EscapeError> {
     config.check()?;
+    // Minibatch SGD (a finite sum) has no Gaussian draws to share with the SDEs.
+    let uncoupled;
+    let config = if problem.finite_sum().is_some() && config.coupling == Coupling::Coupled {
+        uncoupled = EscapeConfig {
+            coupling: Coupling::Independent,
+            ..config.clone()
+        };
+        &uncoupled
+    } else {
+        config
+    };
     let start = problem.start();
     problem.objective_derivatives(&start)?;
     let noise = NoiseSource::for_problem(problem, &start)?;

@@ -755,6 +755,9 @@ pub struct WeakOrderReport {
     pub sweep: Option<(String, Vec<SweepRun>)>,
     /// Divergences and similar notes.
     pub warnings: Vec<String>,
+    /// `true` for a finite sum: SGD draws real minibatches, the SDEs run on independent
+    /// Brownian paths, and each weak error combines two independent estimates.
+    pub uncoupled: bool,
 }
 
 /// Runs the experiment. `overrides` are those `problem` was built with; a sweep rebuilds
@@ -806,6 +809,7 @@ pub fn weak_order_with_progress(
         observables,
         sweep,
         warnings,
+        uncoupled: problem.finite_sum().is_some(),
     })
 }
 
@@ -939,7 +943,22 @@ impl WeakOrderReport {
         root.insert("seed".into(), json!(c.seed));
         root.insert("substeps".into(), json!(c.substeps));
         root.insert("scheme".into(), json!(c.scheme.to_string()));
-        root.insert("coupling".into(), json!("coupled"));
+        root.insert(
+            "coupling".into(),
+            json!(if self.uncoupled {
+                "independent"
+            } else {
+                "coupled"
+            }),
+        );
+        root.insert(
+            "sgd_noise".into(),
+            json!(if self.uncoupled {
+                "minibatch"
+            } else {
+                "gaussian"
+            }),
+        );
         root.insert(
             "models".into(),
             json!(c.models.iter().map(|m| m.to_string()).collect::<Vec<_>>()),
@@ -1204,6 +1223,17 @@ impl fmt::Display for WeakOrderReport {
             write!(f, "; integration check at {} substeps", c.check_substeps())?;
         }
         writeln!(f)?;
+        if self.uncoupled {
+            writeln!(
+                f,
+                "uncoupled: SGD draws real minibatches, independent of the SDEs' Brownian paths; each error combines the two independent means (standard errors added in quadrature)"
+            )?;
+        } else {
+            writeln!(
+                f,
+                "coupled: SGD and the SDEs share their Gaussian draws; each error is the mean of the paired differences"
+            )?;
+        }
         write_analyses(f, &self.observables)?;
         if let Some((param, runs)) = &self.sweep {
             writeln!(

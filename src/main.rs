@@ -11,7 +11,7 @@ use hasme::models::{ModelKind, ModelOptions, PsdPolicy};
 use hasme::moments::{self, MomentsConfig, MomentsError};
 use hasme::output::{self, OutputError};
 use hasme::sim::progress::PathProgress;
-use hasme::sim::{SimConfig, SimError, simulate_with_progress};
+use hasme::sim::{Coupling, SimConfig, SimError, simulate_with_progress};
 use hasme::{Overrides, Problem, ProblemError};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -220,9 +220,10 @@ struct SimulateArgs {
     /// Integrator: talay-tubaro (weak order 2) or em (Euler–Maruyama, weak order 1).
     #[arg(long, default_value = "talay-tubaro")]
     scheme: String,
-    /// coupled (common random numbers with SGD) or independent.
-    #[arg(long, default_value = "coupled")]
-    coupling: String,
+    /// coupled (common random numbers with SGD; the default) or independent. Finite
+    /// sums (minibatch SGD) are always independent.
+    #[arg(long)]
+    coupling: Option<String>,
     /// Save every K-th SGD step (the horizon is always saved).
     #[arg(long, default_value_t = 1, value_name = "K")]
     every: u64,
@@ -332,9 +333,10 @@ struct EscapeArgs {
     /// HA-SME's growth rate is detectable against SGD with a few thousand paths).
     #[arg(long, default_value_t = 32)]
     substeps: usize,
-    /// coupled (common random numbers with SGD) or independent.
-    #[arg(long, default_value = "coupled")]
-    coupling: String,
+    /// coupled (common random numbers with SGD; the default) or independent. Finite
+    /// sums (minibatch SGD) are always independent.
+    #[arg(long)]
+    coupling: Option<String>,
     /// Also write the survival curves (SVG).
     #[arg(long, value_name = "PATH.svg")]
     plot: Option<PathBuf>,
@@ -593,6 +595,27 @@ fn run_moments(args: MomentsArgs) -> Result<ExitCode> {
     })
 }
 
+/// The `--coupling` setting: coupled unless asked otherwise; a finite sum cannot be
+/// coupled (its SGD draws minibatches, not Gaussian numbers).
+fn coupling_of(arg: Option<&str>, problem: &Problem) -> Result<Coupling, ProblemError> {
+    let usage = ProblemError::Usage;
+    let coupling: Coupling = arg
+        .unwrap_or("coupled")
+        .parse()
+        .map_err(|m| usage(format!("--coupling: {m}")))?;
+    if arg.is_some() && coupling == Coupling::Coupled && problem.finite_sum().is_some() {
+        return Err(usage(format!(
+            "--coupling coupled: {} is a finite sum, whose SGD draws real minibatches that share no random numbers with the SDEs; its runs are always independent (omit --coupling)",
+            problem.source().name()
+        )));
+    }
+    Ok(if problem.finite_sum().is_some() {
+        Coupling::Independent
+    } else {
+        coupling
+    })
+}
+
 fn parse_models(names: &[String]) -> Result<Vec<ModelKind>, ProblemError> {
     if names.is_empty() {
         return Ok(ModelKind::all().to_vec());
@@ -632,10 +655,7 @@ fn run_simulate(args: SimulateArgs) -> Result<ExitCode> {
         .scheme
         .parse()
         .map_err(|m| usage(format!("--scheme: {m}")))?;
-    config.coupling = args
-        .coupling
-        .parse()
-        .map_err(|m| usage(format!("--coupling: {m}")))?;
+    config.coupling = coupling_of(args.coupling.as_deref(), &problem)?;
     config.seed = args.run.seed;
     config.every = args.every;
     config.threads = args.run.threads();
@@ -798,10 +818,7 @@ fn run_escape(args: EscapeArgs) -> Result<ExitCode> {
     let mut config = EscapeConfig::new(args.eta, args.max_steps, args.paths, region);
     config.models = parse_models(&args.models)?;
     config.substeps = args.substeps;
-    config.coupling = args
-        .coupling
-        .parse()
-        .map_err(|m| usage(format!("--coupling: {m}")))?;
+    config.coupling = coupling_of(args.coupling.as_deref(), &problem)?;
     config.seed = args.run.seed;
     config.threads = args.run.threads();
     let progress = PathProgress::stderr(config.paths, args.run.quiet);

@@ -1514,7 +1514,11 @@ impl<'a> Checker<'a> {
                     runtime_symmetry: Vec::new(),
                     span: self.scope.as_ref().map_or(Span::default(), |s| s.mean_span),
                 },
-                constant: false,
+                // Σ is constant when the data-dependent part of F_i is affine in x.
+                constant: match objective.data_part_degree(0) {
+                    None => true,
+                    Some(degree) => degree.is_some_and(|d| d <= 1),
+                },
             },
             None => CompiledNoise {
                 tape: NoiseTape {

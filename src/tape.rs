@@ -459,6 +459,85 @@ impl Tape {
         &self.ops
     }
 
+    /// For a tape with data inputs: an upper bound on the polynomial degree, in the
+    /// variables, of the part of output `k` that depends on the data (`None`: no part
+    /// does; `Some(None)`: not a polynomial). A forward pass over the instructions with
+    /// the rules of polynomial degree, tracking for each slot its degree and the degree
+    /// of its data-dependent part. When that part has degree ≤ 1, every example's
+    /// gradient differs from every other's by a constant, so a finite sum's noise
+    /// covariance does not depend on the point.
+    pub fn data_part_degree(&self, k: usize) -> Option<Option<u32>> {
+        // Per slot: (degree, degree of the data-dependent part); None = not polynomial.
+        type Deg = Option<u32>;
+        let add = |a: Deg, b: Deg| a.zip(b).map(|(a, b)| a + b);
+        let max = |a: Deg, b: Deg| a.zip(b).map(|(a, b)| a.max(b));
+        let join = |a: Option<Deg>, b: Option<Deg>| match (a, b) {
+            (None, x) | (x, None) => x,
+            (Some(a), Some(b)) => Some(max(a, b)),
+        };
+        let mut s: Vec<(Deg, Option<Deg>)> = Vec::with_capacity(self.ops.len());
+        for &op in &self.ops {
+            let at = |i: Slot| s[i as usize];
+            // A smooth function of its operand: polynomial only when the operand is
+            // constant in x (then it is a constant, or a function of the data alone).
+            let smooth = |(d, c): (Deg, Option<Deg>)| {
+                if d == Some(0) {
+                    (Some(0), c.map(|_| Some(0)))
+                } else {
+                    (None, c.map(|_| None))
+                }
+            };
+            let r = match op {
+                Op::Var(i) if (i as usize) < self.dim => (Some(1), None),
+                Op::Var(_) => (Some(0), Some(Some(0))),
+                Op::Const(_) => (Some(0), None),
+                Op::Add(a, b) | Op::Sub(a, b) => {
+                    let ((da, ca), (db, cb)) = (at(a), at(b));
+                    (max(da, db), join(ca, cb))
+                }
+                Op::AddConst(a, _)
+                | Op::ConstSub(_, a)
+                | Op::MulConst(a, _)
+                | Op::DivConst(a, _)
+                | Op::Neg(a) => at(a),
+                Op::Mul(a, b) => {
+                    let ((da, ca), (db, cb)) = (at(a), at(b));
+                    // (a₀ + a_c)(b₀ + b_c): the data part is a_c·b + a₀·b_c.
+                    let c = join(ca.map(|c| add(c, db)), cb.map(|c| add(da, c)));
+                    (add(da, db), c)
+                }
+                Op::Div(a, b) => {
+                    let ((da, ca), (db, cb)) = (at(a), at(b));
+                    if db == Some(0) {
+                        // Divided by a function of the data alone: all of it is data.
+                        let c = if cb.is_some() { Some(da) } else { ca };
+                        (da, c)
+                    } else {
+                        (None, join(ca, cb).map(|_| None))
+                    }
+                }
+                Op::PowI(_, 0) => (Some(0), None),
+                Op::PowI(a, n) if n > 0 => {
+                    // (a₀ + a_c)ⁿ − a₀ⁿ: every term holds a_c once and a at most n − 1 times.
+                    let (da, ca) = at(a);
+                    let scale = |d: Deg, m: i32| d.map(|d| d * m as u32);
+                    (scale(da, n), ca.map(|c| add(c, scale(da, n - 1))))
+                }
+                Op::PowI(a, _)
+                | Op::PowF(a, _)
+                | Op::ConstPow(_, a)
+                | Op::ConstDiv(_, a)
+                | Op::Func(_, a) => smooth(at(a)),
+                Op::Pow(a, b) => {
+                    let ((da, ca), (db, cb)) = (at(a), at(b));
+                    smooth((max(da, db).filter(|&d| d == 0), join(ca, cb)))
+                }
+            };
+            s.push(r);
+        }
+        s[self.outputs[k] as usize].1
+    }
+
     /// Runs the tape over any number type into `slots` (cleared first; its capacity
     /// is reused across calls). `x` holds the variables, then the data inputs of one
     /// row (`dim + data_inputs` entries).

@@ -57,6 +57,7 @@
 
 pub mod brownian;
 mod linalg;
+pub mod minibatch;
 pub mod progress;
 pub mod schemes;
 pub mod terms;
@@ -74,6 +75,7 @@ pub use brownian::{BrownianPath, Coupling, MAX_STEPS};
 pub use schemes::{EulerMaruyama, Scheme, SchemeKind, TalayTubaro};
 pub use terms::{Failure, Term};
 
+use minibatch::MinibatchSgd;
 use terms::{Evaluator, ModelTerm, NoiseSource, sgd_step};
 
 /// Paths per reduction chunk. Fixed (not a setting) because the last bits of every
@@ -102,7 +104,9 @@ pub struct SimConfig {
     pub substeps: usize,
     /// The integrator (default [`SchemeKind::TalayTubaro`]).
     pub scheme: SchemeKind,
-    /// Coupled (default) or independent noise.
+    /// Coupled (default) or independent noise. For a finite sum, SGD draws real
+    /// minibatches, which share no Gaussian numbers with the SDEs: such runs are always
+    /// independent, and the result says so.
     pub coupling: Coupling,
     /// The seed (default 0).
     pub seed: u64,
@@ -267,6 +271,9 @@ pub struct SimResult {
     pub scheme: SchemeKind,
     /// The coupling.
     pub coupling: Coupling,
+    /// SGD's noise: `gaussian` (z = Σ^{1/2} ξ) or `minibatch` (real minibatches of a
+    /// finite sum, never coupled to the SDEs).
+    pub sgd_noise: &'static str,
     /// Process names: `sgd`, then the models.
     pub processes: Vec<String>,
     /// Per observable, per process.
@@ -336,6 +343,16 @@ pub fn simulate_with_progress(
     config: &SimConfig,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<SimResult, SimError> {
+    let uncoupled;
+    let config = if problem.finite_sum().is_some() && config.coupling == Coupling::Coupled {
+        uncoupled = SimConfig {
+            coupling: Coupling::Independent,
+            ..config.clone()
+        };
+        &uncoupled
+    } else {
+        config
+    };
     match config.scheme {
         SchemeKind::EulerMaruyama => run(problem, config, EulerMaruyama, progress),
         SchemeKind::TalayTubaro => run(problem, config, TalayTubaro, progress),
@@ -412,6 +429,8 @@ struct Worker<'p, S: Scheme> {
     scheme: S,
     brownian: BrownianPath,
     sgd: Evaluator<'p>,
+    /// Real minibatch SGD, for finite sums (instead of Gaussian noise).
+    minibatch: Option<MinibatchSgd>,
     terms: Vec<ModelTerm<'p>>,
     /// SGD's state.
     x: Vec<f64>,
@@ -451,6 +470,10 @@ impl<'p, S: Scheme + Copy> Worker<'p, S> {
             scheme,
             brownian: BrownianPath::new(c.seed, d, c.eta, grid, c.coupling),
             sgd: Evaluator::new(plan.problem, &plan.noise),
+            minibatch: plan
+                .problem
+                .finite_sum()
+                .map(|fs| MinibatchSgd::new(fs, c.seed, d)),
             terms,
             x: vec![0.0; d],
             states: vec![vec![0.0; d * scheme.copies()]; c.models.len()],
@@ -557,13 +580,16 @@ impl<'p, S: Scheme + Copy> Worker<'p, S> {
     fn step_sgd(&mut self, stats: &mut ChunkStats, path: u64, k: u64) -> Result<(), SimError> {
         let eta = self.plan.config.eta;
         self.step_start.copy_from_slice(&self.x);
-        let r = sgd_step(
-            &mut self.sgd,
-            eta,
-            &mut self.x,
-            self.brownian.xi(),
-            &mut self.tmp,
-        );
+        let r = match &mut self.minibatch {
+            Some(mb) => mb.step(self.plan.problem, eta, &mut self.x),
+            None => sgd_step(
+                &mut self.sgd,
+                eta,
+                &mut self.x,
+                self.brownian.xi(),
+                &mut self.tmp,
+            ),
+        };
         let reason = match r {
             Ok(()) if self.x.iter().all(|v| v.is_finite()) => return Ok(()),
             Ok(()) => "the SGD iterate became non-finite".to_string(),
@@ -628,6 +654,9 @@ impl<'p, S: Scheme + Copy> Worker<'p, S> {
         let plan = self.plan;
         let d = self.x.len();
         self.brownian.start_path(path);
+        if let Some(mb) = &mut self.minibatch {
+            mb.start_path(path);
+        }
         self.x.copy_from_slice(&plan.start);
         for s in &mut self.states {
             for c in s.chunks_mut(d) {
@@ -804,6 +833,11 @@ fn finish(plan: &Plan<'_>, total: ChunkStats) -> SimResult {
         substeps: config.substeps,
         scheme: config.scheme,
         coupling: config.coupling,
+        sgd_noise: if plan.problem.finite_sum().is_some() {
+            "minibatch"
+        } else {
+            "gaussian"
+        },
         processes,
         observables,
         diverged: total.diverged,
@@ -878,6 +912,7 @@ impl SimResult {
             "weak_order": self.scheme.weak_order(),
             "substeps": self.substeps,
             "coupling": self.coupling.to_string(),
+            "sgd_noise": self.sgd_noise,
             "models": self.processes[1..],
             "variables": self.variables,
             "observables": observables,
@@ -911,6 +946,12 @@ impl fmt::Display for SimResult {
     /// A summary at the horizon: per observable, each process's mean ± standard error
     /// and each model's coupled difference to SGD; then the divergences.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.sgd_noise == "minibatch" {
+            writeln!(
+                f,
+                "SGD draws real minibatches, independent of the SDEs' noise: each difference to SGD combines two independent estimates (its variance is the sum of theirs)"
+            )?;
+        }
         writeln!(
             f,
             "{} paths, η = {}, horizon {} ({} steps), {} with {} substeps (weak order {}), {}, seed {}",

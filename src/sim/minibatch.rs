@@ -1,0 +1,180 @@
+//! Real minibatch SGD for finite sums (MODELS.md §1): `x ← x − η (1/b) Σ_{i∈B} ∇F_i(x)`
+//! with a minibatch `B` of `b` examples drawn at every step.
+//!
+//! **Random stream.** Path `p` of a run with seed `S` draws its minibatches from the
+//! ChaCha8 keystream with key `S` (little-endian in bytes 0–7) and byte 8 set to 1 (the
+//! Brownian paths of [`super::brownian`] use byte 8 = 0, so the two never share a word),
+//! stream id `p`, read from the start of the stream. Nothing depends on the thread that
+//! runs the path or on how paths are grouped, so results are bit-identical on any
+//! number of threads. The SDEs' Brownian paths are independent of these draws: SGD and
+//! the models are uncoupled, and each difference combines two independent estimates.
+//!
+//! **Sampling.** With replacement: `b` independent uniform indices. Without replacement:
+//! a partial Fisher–Yates shuffle of a permutation kept across the steps of a path (and
+//! reset at the start of each path); whatever the permutation it starts from, the first
+//! `b` entries after the shuffle are a uniformly random `b`-subset. Uniform integers come
+//! from `rand`'s unbiased `random_range`.
+
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::data::FiniteSum;
+use crate::lang::ast::Sampling;
+use crate::problem::Problem;
+use crate::tape::{Jets, Workspace};
+
+use super::terms::Failure;
+
+/// Draws minibatches for one path at a time.
+#[derive(Clone, Debug)]
+pub struct MinibatchSampler {
+    rng: ChaCha8Rng,
+    n: usize,
+    batch: usize,
+    sampling: Sampling,
+    perm: Vec<usize>,
+}
+
+impl MinibatchSampler {
+    /// The sampler of a run with this seed, for `n` examples and batches of `batch`.
+    pub fn new(seed: u64, n: usize, batch: usize, sampling: Sampling) -> MinibatchSampler {
+        let mut key = [0u8; 32];
+        key[..8].copy_from_slice(&seed.to_le_bytes());
+        key[8] = 1;
+        MinibatchSampler {
+            rng: ChaCha8Rng::from_seed(key),
+            n,
+            batch,
+            sampling,
+            perm: (0..n).collect(),
+        }
+    }
+
+    /// Starts path `p`: its own stream, read from the beginning.
+    pub fn start_path(&mut self, p: u64) {
+        self.rng.set_stream(p);
+        self.rng.set_word_pos(0);
+        self.perm.iter_mut().enumerate().for_each(|(i, v)| *v = i);
+    }
+
+    /// The next minibatch (indices 0..n; repeated indices only with replacement).
+    pub fn draw(&mut self) -> &[usize] {
+        match self.sampling {
+            Sampling::WithReplacement => {
+                // The permutation buffer holds the draws.
+                for k in 0..self.batch {
+                    self.perm[k] = self.rng.random_range(0..self.n);
+                }
+            }
+            Sampling::WithoutReplacement => {
+                for k in 0..self.batch {
+                    let j = self.rng.random_range(k..self.n);
+                    self.perm.swap(k, j);
+                }
+            }
+        }
+        &self.perm[..self.batch]
+    }
+}
+
+/// Minibatch SGD steps of one worker: the sampler and reusable derivative buffers.
+#[derive(Debug)]
+pub(crate) struct MinibatchSgd {
+    sampler: MinibatchSampler,
+    ws: Workspace,
+    jets: Jets,
+    grad: Vec<f64>,
+}
+
+impl MinibatchSgd {
+    pub(crate) fn new(fs: &FiniteSum, seed: u64, dim: usize) -> MinibatchSgd {
+        MinibatchSgd {
+            sampler: MinibatchSampler::new(seed, fs.n, fs.batch, fs.sampling),
+            ws: Workspace::default(),
+            jets: Jets::default(),
+            grad: vec![0.0; dim],
+        }
+    }
+
+    pub(crate) fn start_path(&mut self, p: u64) {
+        self.sampler.start_path(p);
+    }
+
+    /// One step in place: `x ← x − η (1/b) Σ_{i∈B} ∇F_i(x)`. A non-finite per-example
+    /// gradient ends the path (a divergence), naming the expression, point and example.
+    pub(crate) fn step(
+        &mut self,
+        problem: &Problem,
+        eta: f64,
+        x: &mut [f64],
+    ) -> Result<(), Failure> {
+        if let Some(i) = x.iter().position(|v| !v.is_finite()) {
+            return Err(Failure::Diverged(format!(
+                "the state is not finite (coordinate {} = {})",
+                i + 1,
+                x[i]
+            )));
+        }
+        self.grad.fill(0.0);
+        let batch = self.sampler.draw();
+        let b = batch.len() as f64;
+        for &i in batch {
+            problem
+                .example_gradient_with(x, i, &mut self.ws, &mut self.jets)
+                .map_err(|e| Failure::Diverged(e.to_string()))?;
+            for (a, g) in self.grad.iter_mut().zip(self.jets.gradient(0)) {
+                *a += g;
+            }
+        }
+        for (xi, g) in x.iter_mut().zip(&self.grad) {
+            *xi -= eta * g / b;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every index is drawn equally often and, without replacement, never twice in a
+    /// batch; paths are reproducible and differ from each other.
+    #[test]
+    fn draws_are_uniform_distinct_and_reproducible() {
+        let (n, b) = (5, 3);
+        for sampling in [Sampling::WithReplacement, Sampling::WithoutReplacement] {
+            let mut s = MinibatchSampler::new(7, n, b, sampling);
+            let mut counts = vec![0u64; n];
+            let steps = 20_000;
+            s.start_path(0);
+            for _ in 0..steps {
+                let batch = s.draw().to_vec();
+                if sampling == Sampling::WithoutReplacement {
+                    let mut sorted = batch.clone();
+                    sorted.sort_unstable();
+                    sorted.dedup();
+                    assert_eq!(sorted.len(), b, "{batch:?}");
+                }
+                batch.iter().for_each(|&i| counts[i] += 1);
+            }
+            // Each count has mean steps·b/n = 12 000 and is Binomial(steps·b, 1/n) with
+            // replacement (sd √(60 000·0.2·0.8) ≈ 98) or Binomial(steps, b/n) without
+            // (sd √(20 000·0.6·0.4) ≈ 69): 5 × 98 is a < 1e-6 false alarm.
+            let mean = (steps * b) as f64 / n as f64;
+            for c in counts {
+                assert!(
+                    (c as f64 - mean).abs() < 5.0 * 98.0,
+                    "{sampling:?}: {c} vs {mean}"
+                );
+            }
+            s.start_path(3);
+            let a: Vec<usize> = (0..10).flat_map(|_| s.draw().to_vec()).collect();
+            s.start_path(3);
+            let again: Vec<usize> = (0..10).flat_map(|_| s.draw().to_vec()).collect();
+            s.start_path(4);
+            let other: Vec<usize> = (0..10).flat_map(|_| s.draw().to_vec()).collect();
+            assert_eq!(a, again);
+            assert_ne!(a, other);
+        }
+    }
+}
