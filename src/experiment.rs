@@ -141,7 +141,17 @@ pub struct WeakOrderConfig {
     /// Rerun every η at the other substep count to check the integration error
     /// (default true; it costs half a run with `m` even).
     pub integration_check: bool,
+    /// Finite sums only: paths of each of the two SGD-only runs of the split estimator
+    /// (minibatch SGD and its Gaussian surrogate); 0 (the default) means
+    /// [`SGD_PATHS_FACTOR`] × `paths`.
+    pub sgd_paths: u64,
 }
+
+/// Default ratio of SGD-only paths to SDE paths in the split estimator of finite sums:
+/// an SGD path costs a few gradient evaluations per step against `m` model
+/// evaluations per substep for an SDE path, so far more SGD paths are affordable, and
+/// the split estimate's standard error is dominated by them.
+pub const SGD_PATHS_FACTOR: u64 = 16;
 
 impl WeakOrderConfig {
     /// A configuration with the defaults listed on each field.
@@ -163,6 +173,16 @@ impl WeakOrderConfig {
             threads: 1,
             sweep: None,
             integration_check: true,
+            sgd_paths: 0,
+        }
+    }
+
+    /// Paths of each SGD-only run of the split estimator (finite sums).
+    pub fn sgd_paths(&self) -> u64 {
+        if self.sgd_paths == 0 {
+            self.paths.saturating_mul(SGD_PATHS_FACTOR)
+        } else {
+            self.sgd_paths
         }
     }
 
@@ -185,6 +205,18 @@ impl WeakOrderConfig {
     pub fn simulations(&self) -> u64 {
         let per = self.etas.len() as u64 * if self.integration_check { 2 } else { 1 };
         per * (1 + self.sweep.as_ref().map_or(0, |s| s.values.len() as u64))
+    }
+
+    /// Paths the run simulates in all (what a progress bar counts): the SDE runs, plus
+    /// for a finite sum the two SGD-only runs of the split estimator per η.
+    pub fn total_paths(&self, problem: &Problem) -> u64 {
+        let mut total = self.simulations().saturating_mul(self.paths);
+        if problem.finite_sum().is_some() {
+            let sweeps = 1 + self.sweep.as_ref().map_or(0, |s| s.values.len() as u64);
+            let sgd = 2 * self.etas.len() as u64 * sweeps;
+            total = total.saturating_add(sgd.saturating_mul(self.sgd_paths()));
+        }
+        total
     }
 
     /// Checks the configuration against the problem; returns the etas sorted from the
@@ -755,9 +787,8 @@ pub struct WeakOrderReport {
     pub sweep: Option<(String, Vec<SweepRun>)>,
     /// Divergences and similar notes.
     pub warnings: Vec<String>,
-    /// `true` for a finite sum: SGD draws real minibatches, the SDEs run on independent
-    /// Brownian paths, and each weak error combines two independent estimates.
-    pub uncoupled: bool,
+    /// `true` for a finite sum: the split estimator (see the module documentation).
+    pub split: bool,
 }
 
 /// Runs the experiment. `overrides` are those `problem` was built with; a sweep rebuilds
@@ -771,7 +802,7 @@ pub fn weak_order(
 }
 
 /// [`weak_order`], calling `progress(n)` each time `n` more paths are simulated (the
-/// total is `config.simulations() · config.paths`).
+/// total is `config.total_paths(problem)`).
 pub fn weak_order_with_progress(
     problem: &Problem,
     overrides: &Overrides,
@@ -809,7 +840,7 @@ pub fn weak_order_with_progress(
         observables,
         sweep,
         warnings,
-        uncoupled: problem.finite_sum().is_some(),
+        split: problem.finite_sum().is_some(),
     })
 }
 
@@ -826,6 +857,7 @@ fn analyse(
     } else {
         config.observables.clone()
     };
+    let finite_sum = problem.finite_sum().is_some();
     let simulate_at = |eta: f64, substeps: usize| -> Result<SimResult, WeakOrderError> {
         let mut sim = SimConfig::new(eta, config.horizon, config.paths);
         sim.models = config.models.clone();
@@ -833,7 +865,23 @@ fn analyse(
         sim.scheme = config.scheme;
         sim.seed = config.seed;
         sim.threads = config.threads;
+        // A finite sum's models are coupled to its Gaussian surrogate (split estimator).
+        sim.gaussian_sgd = finite_sum;
         // Only t = 0 and T are needed: save every N-th step.
+        sim.every = ((config.horizon / eta).round() as u64).max(1);
+        simulate_with_progress(problem, &sim, progress).map_err(|source| WeakOrderError::Sim {
+            eta,
+            source: Box::new(source),
+        })
+    };
+    // The split estimator's SGD-only runs: E φ of minibatch SGD and of its Gaussian
+    // surrogate, on streams independent of the coupled run's (another seed).
+    let sgd_only = |eta: f64, gaussian: bool| -> Result<SimResult, WeakOrderError> {
+        let mut sim = SimConfig::new(eta, config.horizon, config.sgd_paths());
+        sim.models = Vec::new();
+        sim.seed = split_seed(config.seed);
+        sim.threads = config.threads;
+        sim.gaussian_sgd = gaussian;
         sim.every = ((config.horizon / eta).round() as u64).max(1);
         simulate_with_progress(problem, &sim, progress).map_err(|source| WeakOrderError::Sim {
             eta,
@@ -849,25 +897,54 @@ fn analyse(
         } else {
             None
         };
-        for (p, name) in main.processes.iter().enumerate() {
-            if main.diverged[p] > 0 {
-                let first = main.first_divergence[p]
-                    .as_ref()
-                    .map_or(String::new(), |d| {
+        let split = if finite_sum {
+            Some((sgd_only(eta, false)?, sgd_only(eta, true)?))
+        } else {
+            None
+        };
+        let mut runs = vec![("", &main)];
+        if let Some((minibatch, surrogate)) = &split {
+            runs.push(("minibatch SGD run: ", minibatch));
+            runs.push(("Gaussian-surrogate SGD run: ", surrogate));
+        }
+        for (which, run) in runs {
+            for (p, name) in run.processes.iter().enumerate() {
+                if run.diverged[p] > 0 {
+                    let first = run.first_divergence[p].as_ref().map_or(String::new(), |d| {
                         format!(" (first: path {}, step {}: {})", d.path, d.step, d.reason)
                     });
-                warnings.push(format!(
-                    "{tag}η = {eta}: {name} diverged on {} of {} paths{first}",
-                    main.diverged[p], main.paths
-                ));
+                    warnings.push(format!(
+                        "{tag}η = {eta}: {which}{name} diverged on {} of {} paths{first}",
+                        run.diverged[p], run.paths
+                    ));
+                }
             }
         }
         for (o, obs) in names.iter().enumerate() {
             for (k, _) in config.models.iter().enumerate() {
-                let (d, se) = last_diff(&main, obs, k);
+                let (coupled, coupled_se) = last_diff(&main, obs, k);
+                let (d, se) = (coupled, coupled_se);
+                // Split: (model − surrogate, coupled) + (surrogate − minibatch SGD), three
+                // independent estimates, standard errors added in quadrature.
+                let (d, se) = match &split {
+                    None => (d, se),
+                    Some((minibatch, surrogate)) => {
+                        let (m1, s1) = last_sgd(minibatch, obs);
+                        let (m2, s2) = last_sgd(surrogate, obs);
+                        match (d, se, m1, s1, m2, s2) {
+                            (Some(d), Some(se), Some(m1), Some(s1), Some(m2), Some(s2)) => (
+                                Some(d + (m2 - m1)),
+                                Some((se * se + s1 * s1 + s2 * s2).sqrt()),
+                            ),
+                            _ => (None, None),
+                        }
+                    }
+                };
+                // The check compares the coupled part (the only one that integrates an
+                // SDE) against the final estimate's precision.
                 let integration = check.as_ref().map(|c| {
                     let (dc, _) = last_diff(c, obs, k);
-                    let delta = d.zip(dc).map(|(a, b)| a - b);
+                    let delta = coupled.zip(dc).map(|(a, b)| a - b);
                     IntegrationCheck {
                         substeps: config.check_substeps(),
                         estimate: dc,
@@ -914,6 +991,22 @@ fn analyse(
         .collect())
 }
 
+/// The seed of the split estimator's SGD-only runs: a fixed bijective scramble of the
+/// run's seed, so their streams are independent of the coupled run's.
+pub fn split_seed(seed: u64) -> u64 {
+    (seed ^ 0x5851_f42d_4c95_7f2d).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
+
+/// SGD's mean of `obs` at the last saved time, with its standard error.
+fn last_sgd(result: &SimResult, obs: &str) -> (Option<f64>, Option<f64>) {
+    let Some(o) = result.observables.iter().find(|o| o.name == obs) else {
+        return (None, None);
+    };
+    let s = &o.processes[0];
+    let last = |v: &[Option<f64>]| v.last().copied().flatten().filter(|x| x.is_finite());
+    (last(&s.mean), last(&s.stderr))
+}
+
 /// The coupled difference of model `k` on observable `obs` at the last saved time.
 fn last_diff(result: &SimResult, obs: &str, k: usize) -> (Option<f64>, Option<f64>) {
     let Some(o) = result.observables.iter().find(|o| o.name == obs) else {
@@ -943,22 +1036,18 @@ impl WeakOrderReport {
         root.insert("seed".into(), json!(c.seed));
         root.insert("substeps".into(), json!(c.substeps));
         root.insert("scheme".into(), json!(c.scheme.to_string()));
-        root.insert(
-            "coupling".into(),
-            json!(if self.uncoupled {
-                "independent"
-            } else {
-                "coupled"
-            }),
-        );
+        root.insert("coupling".into(), json!("coupled"));
         root.insert(
             "sgd_noise".into(),
-            json!(if self.uncoupled {
-                "minibatch"
-            } else {
-                "gaussian"
-            }),
+            json!(if self.split { "minibatch" } else { "gaussian" }),
         );
+        root.insert(
+            "estimator".into(),
+            json!(if self.split { "split" } else { "coupled" }),
+        );
+        if self.split {
+            root.insert("sgd_paths".into(), json!(c.sgd_paths()));
+        }
         root.insert(
             "models".into(),
             json!(c.models.iter().map(|m| m.to_string()).collect::<Vec<_>>()),
@@ -1223,10 +1312,12 @@ impl fmt::Display for WeakOrderReport {
             write!(f, "; integration check at {} substeps", c.check_substeps())?;
         }
         writeln!(f)?;
-        if self.uncoupled {
+        if self.split {
             writeln!(
                 f,
-                "uncoupled: SGD draws real minibatches, independent of the SDEs' Brownian paths; each error combines the two independent means (standard errors added in quadrature)"
+                "split estimator (minibatch SGD cannot be coupled to an SDE): error = (model − Gaussian-surrogate SGD, coupled, {} paths) + (surrogate − minibatch SGD, independent runs of {} paths each); standard errors added in quadrature",
+                c.paths,
+                c.sgd_paths()
             )?;
         } else {
             writeln!(

@@ -281,6 +281,10 @@ struct WeakOrderArgs {
     /// integration error is negligible).
     #[arg(long)]
     no_integration_check: bool,
+    /// Finite sums: paths of each SGD-only run of the split estimator (minibatch SGD
+    /// and its Gaussian surrogate). Default: 16 × --paths.
+    #[arg(long, value_name = "N")]
+    sgd_paths: Option<u64>,
     /// Rerun the analysis with a param varied: NAME=v1,v2,…
     #[arg(long, value_name = "NAME=v1,v2,…")]
     sweep: Option<String>,
@@ -735,11 +739,12 @@ fn run_weak_order(args: WeakOrderArgs) -> Result<ExitCode> {
         .parse()
         .map_err(|m| usage(format!("--scheme: {m}")))?;
     config.integration_check = !args.no_integration_check;
+    config.sgd_paths = args.sgd_paths.unwrap_or(0);
     config.threads = args.run.threads();
     if let Some(sweep) = &args.sweep {
         config.sweep = Some(Sweep::parse(sweep)?);
     }
-    let progress = PathProgress::stderr(config.simulations() * config.paths, args.run.quiet);
+    let progress = PathProgress::stderr(config.total_paths(&problem), args.run.quiet);
     let report = weak_order_with_progress(&problem, &overrides, &config, &|n| progress.inc(n));
     progress.finish();
     let report = report?;

@@ -1886,6 +1886,20 @@ impl<'a> Checker<'a> {
         if n == 0 {
             return Err(self.internal());
         }
+        // A `mean(…)` other than the objective's: reported at the call, before its
+        // arguments are (mis)read as values.
+        for node in &expr.nodes {
+            if let NodeKind::Call { func, .. } = &node.kind
+                && func.name == "mean"
+                && self.scope.as_ref().is_none_or(|s| s.mean_span != node.span)
+            {
+                return Err(self.err(
+                    node.span,
+                    "`mean(…)` may only appear in the `minimize` statement (not in `let`, `noise`, `observe` or `escape`)",
+                    "a finite sum here",
+                ));
+            }
+        }
         let layout = Layout::of(expr);
         let mut vals: Vec<(Val, Degree)> = vec![(Val::Const(0.0), Degree::Poly(0)); n];
         let mut ctx = Ctx {

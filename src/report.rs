@@ -283,7 +283,7 @@ pub fn run_report(
     };
 
     let wc = &settings.weak_order;
-    progress.stage("weak order", wc.simulations() * wc.paths);
+    progress.stage("weak order", wc.total_paths(problem));
     let weak = experiment::weak_order_with_progress(problem, overrides, wc, &|n| progress.inc(n));
     progress.finish();
     let weak = weak?;

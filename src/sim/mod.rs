@@ -117,6 +117,11 @@ pub struct SimConfig {
     /// Paths handed to the thread pool at a time (default 16 chunks per thread);
     /// bounds memory. Does not change the numbers.
     pub batch: u64,
+    /// For a finite sum: simulate SGD with Gaussian noise of the exact minibatch
+    /// covariance, `z ~ N(0, Σ(x))` (the *Gaussian surrogate*), instead of real
+    /// minibatches; it is then coupled to the SDEs like any Gaussian SGD. Default
+    /// false. No effect on other problems.
+    pub gaussian_sgd: bool,
 }
 
 impl SimConfig {
@@ -134,6 +139,7 @@ impl SimConfig {
             every: 1,
             threads: 1,
             batch: 0,
+            gaussian_sgd: false,
         }
     }
 
@@ -344,7 +350,8 @@ pub fn simulate_with_progress(
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<SimResult, SimError> {
     let uncoupled;
-    let config = if problem.finite_sum().is_some() && config.coupling == Coupling::Coupled {
+    let minibatch = problem.finite_sum().is_some() && !config.gaussian_sgd;
+    let config = if minibatch && config.coupling == Coupling::Coupled {
         uncoupled = SimConfig {
             coupling: Coupling::Independent,
             ..config.clone()
@@ -473,6 +480,7 @@ impl<'p, S: Scheme + Copy> Worker<'p, S> {
             minibatch: plan
                 .problem
                 .finite_sum()
+                .filter(|_| !c.gaussian_sgd)
                 .map(|fs| MinibatchSgd::new(fs, c.seed, d)),
             terms,
             x: vec![0.0; d],
@@ -833,7 +841,7 @@ fn finish(plan: &Plan<'_>, total: ChunkStats) -> SimResult {
         substeps: config.substeps,
         scheme: config.scheme,
         coupling: config.coupling,
-        sgd_noise: if plan.problem.finite_sum().is_some() {
+        sgd_noise: if plan.problem.finite_sum().is_some() && !config.gaussian_sgd {
             "minibatch"
         } else {
             "gaussian"
