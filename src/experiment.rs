@@ -10,6 +10,17 @@
 //! the same Brownian path), with a 95% confidence interval `d ± 1.96 se` for the signed
 //! difference `d` (folded to `|d|`: when the interval contains 0 its lower end is 0).
 //!
+//! **Finite sums: the split estimator.** Minibatch SGD draws no Gaussian numbers, so
+//! it cannot be coupled to an SDE, and an uncoupled difference of means has the
+//! variance of both processes. The error is split into independent parts:
+//! `E φ(X_T) − E φ(x̃_N)` with x̃ the Gaussian surrogate (SGD with `z ~ N(0, Σ(x))`, the
+//! exact minibatch covariance), coupled to the models on `paths` paths; plus
+//! `E φ(x̃_N) − E φ(x_N)` from two SGD-only runs of [`WeakOrderConfig::sgd_paths`]
+//! paths each (minibatch SGD and the surrogate, on streams of another seed,
+//! [`split_seed`]). The three estimates are independent: `d` is their signed sum and
+//! `se² = se²_coupled + se²_minibatch + se²_surrogate`. The integration check applies
+//! to the coupled part, against the final `se`.
+//!
 //! **Integration check.** Each η is simulated a second time with half the substeps (twice
 //! as many when `m` is odd) on the same seed, so the same SGD paths and, for `m` a power
 //! of two, the same Brownian paths. The estimate is declared free of integration error

@@ -489,6 +489,57 @@ impl Problem {
         Ok(jets.derivs(0))
     }
 
+    /// Value and gradient of f at x into `jets` (Hessians left empty), by reverse mode:
+    /// for a finite sum, the mean over the rows of the per-example gradients. No
+    /// allocation once the buffers have grown.
+    ///
+    /// ```
+    /// use hasme::Problem;
+    /// use hasme::tape::{Jets, Workspace};
+    /// let p = Problem::from_str("data t = [[a], [1], [3]]\nvar x = 0\nminimize mean(t, 0.5*(x - t.a)^2)").unwrap();
+    /// let (mut ws, mut jets) = (Workspace::default(), Jets::default());
+    /// p.gradient_with(&[0.0], &mut ws, &mut jets).unwrap();
+    /// assert_eq!(jets.gradient(0), &[-2.0]);
+    /// ```
+    pub fn gradient_with(
+        &self,
+        x: &[f64],
+        ws: &mut Workspace,
+        jets: &mut Jets,
+    ) -> Result<(), ProblemError> {
+        self.check_point(x)?;
+        let Some(fs) = self.finite_sum.as_ref().filter(|fs| !fs.columns.is_empty()) else {
+            return self
+                .objective
+                .gradients_with(x, ws, jets)
+                .map_err(|nf| self.eval_error(nf, x));
+        };
+        let d = self.dim();
+        let mut sum = std::mem::take(&mut ws.scratch);
+        sum.clear();
+        sum.resize(d + 1, 0.0);
+        let mut result = Ok(());
+        for i in 0..fs.n {
+            if let Err(nf) = self.objective.gradients_row(x, fs.row(i), ws, jets) {
+                result = Err(self.row_eval_error(nf, x, i));
+                break;
+            }
+            sum[d] += jets.values[0];
+            for (s, g) in sum.iter_mut().zip(jets.gradient(0)) {
+                *s += g;
+            }
+        }
+        if result.is_ok() {
+            let n = fs.n as f64;
+            jets.values[0] = sum[d] / n;
+            for (g, s) in jets.gradients.iter_mut().zip(&sum) {
+                *g = s / n;
+            }
+        }
+        ws.scratch = sum;
+        result
+    }
+
     /// The finite sum, when the objective is `mean(DATA, …)` over a data table.
     pub fn finite_sum(&self) -> Option<&FiniteSum> {
         self.finite_sum.as_ref()

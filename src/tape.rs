@@ -642,7 +642,10 @@ impl Tape {
         jets: &mut Jets,
     ) -> Result<(), (usize, NonFinite)> {
         let c = self.data;
-        assert!(c > 0 && rows.len() % c == 0, "rows must hold whole rows");
+        assert!(
+            c > 0 && rows.len().is_multiple_of(c),
+            "rows must hold whole rows"
+        );
         let n = rows.len() / c;
         assert!(n > 0, "a mean needs at least one row");
         let mut acc = ws.acc.take().unwrap_or_default();
@@ -1018,6 +1021,8 @@ pub struct Workspace {
     f_x: Vec<f64>,
     /// Running sums of [`Tape::mean_derivatives_with`].
     acc: Option<Box<Jets>>,
+    /// Scratch for callers that accumulate over rows (e.g. a finite sum's gradient).
+    pub(crate) scratch: Vec<f64>,
     rev_x: Vec<Dual64>,
     rev_vals: Vec<Dual64>,
     rev_adj: Vec<Dual64>,

@@ -111,8 +111,8 @@ fn enumerated_cov(p: &Problem, w: &[f64], batches: &[Vec<usize>]) -> [[f64; 3]; 
             let mut g = [0.0; 3];
             for &i in batch {
                 p.example_gradient_with(w, i, &mut ws, &mut jets).unwrap();
-                for a in 0..3 {
-                    g[a] += jets.gradient(0)[a] / batch.len() as f64;
+                for (ga, ja) in g.iter_mut().zip(jets.gradient(0)) {
+                    *ga += ja / batch.len() as f64;
                 }
             }
             g
@@ -223,8 +223,8 @@ fn the_mean_minibatch_step_is_the_gradient_step() {
         for batch in &batches {
             for &i in batch {
                 p.example_gradient_with(&w, i, &mut ws, &mut jets).unwrap();
-                for a in 0..3 {
-                    mean_step[a] -= eta * jets.gradient(0)[a] / (b as f64 * batches.len() as f64);
+                for (m, ja) in mean_step.iter_mut().zip(jets.gradient(0)) {
+                    *m -= eta * ja / (b as f64 * batches.len() as f64);
                 }
             }
         }

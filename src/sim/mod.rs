@@ -4,7 +4,9 @@
 //! For each path `p = 0, 1, …, paths − 1`:
 //!
 //! * SGD: `x_{k+1} = x_k − η(∇f(x_k) + z_k)`, `z_k = −Σ(x_k)^{1/2} ξ_k`, `ξ_k ~ N(0, I)`,
-//!   with Σ factored at every step when it depends on x;
+//!   with Σ factored at every step when it depends on x; for a finite sum, real
+//!   minibatch SGD instead ([`minibatch`]: uncoupled, since it draws no Gaussian
+//!   numbers), or with [`SimConfig::gaussian_sgd`] its Gaussian surrogate;
 //! * each model `dX = b(X) dt + σ(X) dW` ([`terms`]), integrated by a [`Scheme`] with
 //!   `m` substeps of `h = η/m` per SGD step, on a Brownian path whose increments over
 //!   `[kη, (k+1)η]` sum to `√η ξ_k` (coupled, the default) or are independent of SGD's
