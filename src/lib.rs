@@ -11,6 +11,7 @@ pub mod data;
 pub mod escape;
 pub mod experiment;
 pub mod inspect;
+pub mod jet;
 pub mod lang;
 pub mod models;
 pub mod moments;

@@ -8,14 +8,15 @@
 //! time with the same scalar code ([`Func::apply`] on `f64`), repeated subexpressions
 //! share a slot (hash-consing), and instructions no output needs are dropped.
 //!
-//! Derivatives, chosen by size ([`HessianMethod`]): for small d one pass with
-//! statically sized second-order duals (`Dual2SVec64<d>`, d ≤ 8 available, used up to
-//! [`STATIC_MAX_DIM`]); above that forward-over-reverse: per column j a forward pass in
+//! Derivatives, chosen by size ([`HessianMethod`]): for small d one pass of
+//! second-order forward mode with fixed-size [`Jet`]s (value, gradient and Hessian in
+//! plain arrays, d ≤ [`STATIC_MAX_DIM`]); above that forward-over-reverse: per column j a forward pass in
 //! `Dual64` with x_j's tangent set and a reverse sweep whose adjoints are `Dual64`,
 //! giving ∇f and column j of ∇²f, so a Hessian costs about d tape passes. 8×8 blocks of
 //! `HyperDualVec64<U8, U8>` are kept as an independent forward method for checks.
 //! Every path is allocation-free once its `Workspace` buffers have grown.
 
+use crate::jet::Jet;
 use crate::lang::Span;
 use nalgebra::{DMatrix, DVector, U1, U8};
 use num_dual::{Derivative, Dual2SVec64, Dual64, DualNum, HyperDualVec};
@@ -319,6 +320,59 @@ fn step<D: DualNum<Primitive = f64>>(op: Op, s: &[D], x: &[D], out: &mut D) {
         Op::PowF(a, c) => *out = powf(at(a), c),
         Op::ConstPow(c, a) => *out = (at(a).clone() * c.ln()).exp(),
         Op::Func(f, a) => *out = outlined(|| f.apply(at(a))),
+    }
+}
+
+/// One instruction over [`Jet`]s, written in place (straight into the slot: building
+/// a temporary and copying it costs a stack round trip per instruction, measured).
+/// Variables `i < N` are seeded; data inputs (`i ≥ N`) are constants from `row`.
+#[inline(always)]
+fn jet_step<const N: usize>(op: Op, s: &[Jet<N>], x: &[f64], row: &[f64], out: &mut Jet<N>) {
+    let at = |i: Slot| &s[i as usize];
+    match op {
+        Op::Var(i) if (i as usize) < N => out.set_variable(x[i as usize], i as usize),
+        Op::Var(i) => out.set_constant(row[i as usize - N]),
+        Op::Const(c) => out.set_constant(c),
+        Op::Add(a, b) => out.set_add(at(a), at(b)),
+        Op::Sub(a, b) => out.set_sub(at(a), at(b)),
+        Op::Mul(a, b) => out.set_mul(at(a), at(b)),
+        Op::AddConst(a, c) => out.set_add_const(at(a), c),
+        Op::ConstSub(c, a) => {
+            out.set_map(at(a), |v| -v);
+            out.re += c;
+        }
+        Op::MulConst(a, c) => out.set_map(at(a), |v| v * c),
+        Op::DivConst(a, c) => out.set_map(at(a), |v| v / c),
+        Op::Neg(a) => out.set_map(at(a), |v| -v),
+        Op::PowI(a, 2) => out.set_mul(at(a), at(a)),
+        Op::PowI(a, n) if n > 2 => {
+            // f = aⁿ, f′ = n aⁿ⁻¹, f″ = n(n − 1) aⁿ⁻².
+            let x = at(a).re;
+            let p = x.powi(n - 2);
+            let nf = f64::from(n);
+            out.set_chain(at(a), p * x * x, nf * p * x, nf * (nf - 1.0) * p);
+        }
+        _ => *out = outlined(|| jet_rare(op, s)),
+    }
+}
+
+/// The instructions of [`jet_step`] that go through a univariate function (out of
+/// line: they are expensive anyway).
+fn jet_rare<const N: usize>(op: Op, s: &[Jet<N>]) -> Jet<N> {
+    let at = |i: Slot| &s[i as usize];
+    match op {
+        Op::Div(a, b) => Jet::mul(at(a), &Jet::apply(at(b), |d| d.recip())),
+        Op::Pow(a, b) => {
+            let ln = Jet::apply(at(a), |d| d.ln());
+            Jet::apply(&Jet::mul(at(b), &ln), |d| d.exp())
+        }
+        Op::ConstDiv(c, a) => Jet::scale(&Jet::apply(at(a), |d| d.recip()), c),
+        Op::PowI(a, n) => Jet::apply(at(a), |d| d.powi(n)),
+        Op::PowF(a, c) => Jet::apply(at(a), |d| powf(d, c)),
+        Op::ConstPow(c, a) => Jet::apply(at(a), |d| (*d * c.ln()).exp()),
+        Op::Func(f, a) => Jet::apply(at(a), |d| f.apply(d)),
+        // Handled in line by `jet_step`.
+        _ => Jet::constant(f64::NAN),
     }
 }
 
@@ -701,7 +755,9 @@ impl Tape {
             self.data,
             "row length must match the tape's data inputs"
         );
-        jets.reset(self.dim, self.outputs.len());
+        // Every method below writes every entry it reports, so the buffers need the
+        // right sizes, not zeros.
+        jets.ensure(self.dim, self.outputs.len());
         if self.dim == 0 {
             return self.derivatives_blocked(x, row, ws, jets);
         }
@@ -715,13 +771,28 @@ impl Tape {
             ($($n:literal => $field:ident),*) => {
                 match self.dim {
                     $($n => self.derivatives_static::<$n>(x, row, &mut ws.$field, jets),)*
-                    _ => unreachable!("static duals are only chosen for d ≤ 8"),
+                    _ => unreachable!("static jets are only chosen for d ≤ 8"),
                 }
             };
         }
         match method {
             HessianMethod::Static => {
-                fixed!(1 => s1, 2 => s2, 3 => s3, 4 => s4, 5 => s5, 6 => s6, 7 => s7, 8 => s8)
+                let r =
+                    fixed!(1 => s1, 2 => s2, 3 => s3, 4 => s4, 5 => s5, 6 => s6, 7 => s7, 8 => s8);
+                match r {
+                    Ok(()) => Ok(()),
+                    // Not finite somewhere: forward mode by blocks names the first
+                    // instruction whose value or derivative is not finite.
+                    Err(()) => match self.derivatives_blocked(x, row, ws, jets) {
+                        Err(nf) => Err(nf),
+                        Ok(()) => Err(NonFinite {
+                            op: self.ops.len() - 1,
+                            span: self.spans[self.ops.len() - 1],
+                            value: f64::NAN,
+                            in_derivative: true,
+                        }),
+                    },
+                }
             }
             HessianMethod::Blocked => self.derivatives_blocked(x, row, ws, jets),
             _ => self.derivatives_reverse(x, row, ws, jets),
@@ -897,36 +968,34 @@ impl Tape {
         }
     }
 
+    /// Second-order forward mode in one pass with [`Jet<N>`] (all parts in plain
+    /// arrays). `Err(())` when an output is not finite: the caller locates the
+    /// culprit with a method that names it.
     fn derivatives_static<const N: usize>(
         &self,
         x: &[f64],
         row: &[f64],
-        (slots, inputs): &mut (Vec<Dual2SVec64<N>>, Vec<Dual2SVec64<N>>),
+        slots: &mut Vec<Jet<N>>,
         jets: &mut Jets,
-    ) -> Result<(), NonFinite> {
-        let xs: [Dual2SVec64<N>; N] =
-            std::array::from_fn(|i| Dual2SVec64::<N>::from_re(x[i]).derivative(i));
-        if row.is_empty() {
-            self.eval_into(&xs, slots)?;
-        } else {
-            inputs.clear();
-            inputs.extend(xs);
-            inputs.extend(row.iter().map(|&c| Dual2SVec64::<N>::from_re(c)));
-            self.eval_into(inputs, slots)?;
+    ) -> Result<(), ()> {
+        if slots.len() != self.ops.len() {
+            slots.clear();
+            slots.resize(self.ops.len(), Jet::constant(0.0));
+        }
+        for (k, &op) in self.ops.iter().enumerate() {
+            let (done, rest) = slots.split_at_mut(k);
+            jet_step(op, done, x, row, &mut rest[0]);
         }
         for (k, &o) in self.outputs.iter().enumerate() {
             let s = &slots[o as usize];
-            jets.values[k] = s.re;
-            let grad = &mut jets.gradients[k * N..(k + 1) * N];
-            match &s.v1.0 {
-                Some(g) => grad.copy_from_slice(g.as_slice()),
-                None => grad.fill(0.0),
+            if !s.all_finite() {
+                return Err(());
             }
+            jets.values[k] = s.re;
+            jets.gradients[k * N..(k + 1) * N].copy_from_slice(&s.g);
             let hess = &mut jets.hessians[k * N * N..(k + 1) * N * N];
-            match &s.v2.0 {
-                // Symmetric, so column-major storage is also row-major.
-                Some(h) => hess.copy_from_slice(h.as_slice()),
-                None => hess.fill(0.0),
+            for (i, r) in s.h.iter().enumerate() {
+                hess[i * N..(i + 1) * N].copy_from_slice(r);
             }
         }
         Ok(())
@@ -953,6 +1022,9 @@ impl Tape {
             ws.f = slots;
             return r;
         }
+        // Parts that are absent (a constant output) are zeros.
+        jets.gradients.fill(0.0);
+        jets.hessians.fill(0.0);
         let blocks = d.div_ceil(8);
         let (xs, slots) = (&mut ws.block_x, &mut ws.block);
         for bi in 0..blocks {
@@ -1005,15 +1077,15 @@ impl Tape {
 /// allocate nothing.
 #[derive(Clone, Debug, Default)]
 pub struct Workspace {
-    // Slots and (for tapes with data inputs) the input vector, per static size.
-    s1: (Vec<Dual2SVec64<1>>, Vec<Dual2SVec64<1>>),
-    s2: (Vec<Dual2SVec64<2>>, Vec<Dual2SVec64<2>>),
-    s3: (Vec<Dual2SVec64<3>>, Vec<Dual2SVec64<3>>),
-    s4: (Vec<Dual2SVec64<4>>, Vec<Dual2SVec64<4>>),
-    s5: (Vec<Dual2SVec64<5>>, Vec<Dual2SVec64<5>>),
-    s6: (Vec<Dual2SVec64<6>>, Vec<Dual2SVec64<6>>),
-    s7: (Vec<Dual2SVec64<7>>, Vec<Dual2SVec64<7>>),
-    s8: (Vec<Dual2SVec64<8>>, Vec<Dual2SVec64<8>>),
+    // Slots of the one-pass second-order forward mode, per static size.
+    s1: Vec<Jet<1>>,
+    s2: Vec<Jet<2>>,
+    s3: Vec<Jet<3>>,
+    s4: Vec<Jet<4>>,
+    s5: Vec<Jet<5>>,
+    s6: Vec<Jet<6>>,
+    s7: Vec<Jet<7>>,
+    s8: Vec<Jet<8>>,
     block: Vec<Block>,
     block_x: Vec<Block>,
     f: Vec<f64>,
@@ -1028,20 +1100,18 @@ pub struct Workspace {
     rev_adj: Vec<Dual64>,
 }
 
-/// Largest dimension for which `Auto` uses static second-order duals. Measured
-/// (`cargo bench --bench derivatives`): static duals win at d = 2 (2.5× faster than
-/// forward-over-reverse on the saddle), forward-over-reverse wins at d = 8 (1.9×
-/// faster on the chained Rosenbrock); static cost grows like d², reverse like d, so
-/// the crossover sits near d = 4–5.
-pub const STATIC_MAX_DIM: usize = 4;
+/// Largest dimension for which `Auto` uses one pass of fixed-size [`Jet`]s (the
+/// largest compiled). Measured (`cargo bench --bench derivatives`): jets are 4.5×
+/// faster than forward-over-reverse on the 2-variable saddle and 3.2× faster on the
+/// 8-variable chained Rosenbrock (1.8 µs against 5.8 µs).
+pub const STATIC_MAX_DIM: usize = 8;
 
 /// How [`Tape::derivatives_by`] computes Hessians.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HessianMethod {
-    /// Static second-order duals for d ≤ [`STATIC_MAX_DIM`], forward-over-reverse
-    /// above.
+    /// One pass of [`Jet`]s for d ≤ [`STATIC_MAX_DIM`], forward-over-reverse above.
     Auto,
-    /// One pass with `Dual2SVec64<d>` (d ≤ 8).
+    /// One pass of second-order forward mode with [`Jet<d>`] (d ≤ 8).
     Static,
     /// 8×8 blocks with `HyperDualVec64<U8, U8>`: (d/8)(d/8 + 1)/2 passes.
     Blocked,
@@ -1117,6 +1187,18 @@ pub struct Jets {
 }
 
 impl Jets {
+    /// Sizes the buffers for `outputs` outputs over `dim` variables, keeping their
+    /// contents when the sizes are already right.
+    fn ensure(&mut self, dim: usize, outputs: usize) {
+        if self.dim != dim
+            || self.values.len() != outputs
+            || self.gradients.len() != outputs * dim
+            || self.hessians.len() != outputs * dim * dim
+        {
+            self.reset(dim, outputs);
+        }
+    }
+
     fn reset(&mut self, dim: usize, outputs: usize) {
         self.dim = dim;
         self.values.clear();
