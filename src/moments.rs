@@ -1131,7 +1131,8 @@ pub struct ModelMoments {
 ///
 /// Its JSON form (`serde`) is the contract of `hasme moments --json`: `file`,
 /// `variables`, `eta`, `horizon` (steps·η), `every`, `start`, `hessian_eigenvalues`,
-/// `eta_lambda_max`, `noise_commutes_with_hessian`, `steps` (the reported k, from 0 to
+/// `eta_lambda_max`, `noise_commutes_with_hessian`, `sgd_noise` (`gaussian` or
+/// `minibatch`), `steps` (the reported k, from 0 to
 /// the last), `times` (kη), `sgd.mean` and `sgd.cov` (last step, row-major), and for each
 /// model `models.NAME` either `mean_error`, `cov_rel_error`, `w2` (aligned with
 /// `steps`), `mean`, `cov` (last step), `weak_order`, `warnings`, or `error`.
@@ -1151,6 +1152,11 @@ pub struct MomentsReport {
     pub hessian_eigenvalues: Vec<f64>,
     /// Whether `HΣ = ΣH` (up to [`COMMUTE_TOLERANCE`]): then `hasme` is exact too.
     pub noise_commutes_with_hessian: bool,
+    /// SGD draws real minibatches (a finite sum with constant noise): its noise is
+    /// independent of the iterate with covariance Σ, so the mean and covariance above
+    /// are still exact, but SGD's law is not Gaussian (the W2 distances compare the
+    /// Gaussians with these moments).
+    pub minibatch: bool,
     /// The reported steps k, from 0 to the last.
     pub steps: Vec<usize>,
     /// SGD's law at the last step.
@@ -1257,7 +1263,9 @@ impl MomentsReport {
 /// overflow is reported as failed in [`MomentsReport::models`] while the others are
 /// still compared.
 pub fn compare(problem: &Problem, config: &MomentsConfig) -> Result<MomentsReport, MomentsError> {
-    compare_quadratic(&Quadratic::from_problem(problem)?, config)
+    let mut report = compare_quadratic(&Quadratic::from_problem(problem)?, config)?;
+    report.minibatch = problem.finite_sum().is_some();
+    Ok(report)
 }
 
 /// [`compare`] for a quadratic given as matrices.
@@ -1328,6 +1336,7 @@ pub fn compare_quadratic(
         start: q.start().clone(),
         hessian_eigenvalues: eigenvalues,
         noise_commutes_with_hessian,
+        minibatch: false,
         steps,
         sgd: snapshots
             .pop()
@@ -1476,6 +1485,7 @@ struct ReportJson<'a> {
     hessian_eigenvalues: &'a [f64],
     eta_lambda_max: f64,
     noise_commutes_with_hessian: bool,
+    sgd_noise: &'static str,
     steps: &'a [usize],
     times: Vec<f64>,
     sgd: LawJson,
@@ -1495,6 +1505,11 @@ impl Serialize for MomentsReport {
             hessian_eigenvalues: &self.hessian_eigenvalues,
             eta_lambda_max: self.eta * self.hessian_eigenvalues.last().copied().unwrap_or(0.0),
             noise_commutes_with_hessian: self.noise_commutes_with_hessian,
+            sgd_noise: if self.minibatch {
+                "minibatch"
+            } else {
+                "gaussian"
+            },
             steps: &self.steps,
             times: self.times(),
             sgd: LawJson::from(&self.sgd),
@@ -1574,6 +1589,12 @@ impl fmt::Display for MomentsReport {
                 "no"
             }
         )?;
+        if self.minibatch {
+            writeln!(
+                f,
+                "  SGD noise      minibatch: mean and covariance exact (the noise is independent of the iterate), law not Gaussian; W2 compares Gaussians with these moments"
+            )?;
+        }
         writeln!(f, "  SGD at step {last} (t = {})", num(horizon))?;
         writeln!(f, "    mean  {}", list(&self.sgd.mean))?;
         writeln!(f, "    cov   {}", matrix(&self.sgd.cov))?;

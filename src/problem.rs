@@ -1502,6 +1502,16 @@ impl<'a> Checker<'a> {
                     return Err(CheckFailure::Diag(Box::new(d)));
                 }
                 let def = &self.tables[scope.table];
+                if scope.columns.is_empty() {
+                    self.warnings.push(self.source.diagnostic(
+                        scope.mean_span,
+                        format!(
+                            "`mean({}, …)` reads no column of `{}`: every example is the same, so the minibatch noise is zero",
+                            def.name, def.name
+                        ),
+                        "no column read",
+                    ));
+                }
                 let n = def.table.rows();
                 let b = match batch {
                     None => 1,

@@ -680,3 +680,28 @@ fn minibatch_sgd_has_the_exact_moments_on_a_quadratic() {
         }
     }
 }
+
+/// A sum that reads no column has identical examples: zero noise, and a warning; an
+/// unused table is a warning too.
+#[test]
+fn degenerate_sums_warn() {
+    let p = Problem::from_str(
+        "data t = [[a], [1], [2]]\ndata u = [[b], [3]]\nvar x = 1\nminimize mean(t, x^2)",
+    )
+    .unwrap();
+    let messages: Vec<&str> = p.warnings().iter().map(|w| w.message.as_str()).collect();
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.contains("reads no column of `t`")),
+        "{messages:?}"
+    );
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.contains("data `u` is never used")),
+        "{messages:?}"
+    );
+    assert_eq!(p.noise_cov(&[0.5]).unwrap()[(0, 0)], 0.0);
+    assert_eq!(p.value(&[3.0]).unwrap(), 9.0);
+}
