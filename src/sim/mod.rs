@@ -55,7 +55,9 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod block;
 pub mod brownian;
+mod lanes;
 mod linalg;
 pub mod progress;
 pub mod schemes;
@@ -425,6 +427,9 @@ struct Worker<'p, S: Scheme> {
     values: Vec<f64>,
     tmp: Vec<f64>,
     copy_values: Vec<f64>,
+    /// The lanes of lane-batched stepping ([`block`]), when every model's term can be
+    /// evaluated over a block of points.
+    block: Option<block::Block>,
 }
 
 /// Observable values at `x`, or why they cannot be had.
@@ -446,7 +451,7 @@ impl<'p, S: Scheme + Copy> Worker<'p, S> {
             .map(|&k| ModelTerm::new(k, c.eta, Evaluator::new(plan.problem, &plan.noise)))
             .collect();
         let l = plan.layout;
-        Worker {
+        let mut w = Worker {
             plan,
             scheme,
             brownian: BrownianPath::new(c.seed, d, c.eta, grid, c.coupling),
@@ -459,7 +464,14 @@ impl<'p, S: Scheme + Copy> Worker<'p, S> {
             values: vec![0.0; l.times * l.observables * l.processes],
             tmp: vec![0.0; d],
             copy_values: vec![0.0; scheme.copies() * l.observables],
+            block: None,
+        };
+        if w.terms.iter().all(|t| t.batched()) {
+            w.block = Some(block::Block::new(
+                &w.x, &w.states, &w.alive, &w.values, grid,
+            ));
         }
+        w
     }
 
     fn run_chunk(
@@ -470,14 +482,25 @@ impl<'p, S: Scheme + Copy> Worker<'p, S> {
         let mut stats = ChunkStats::new(&self.plan.layout);
         let first = chunk * CHUNK_PATHS;
         let last = (first + CHUNK_PATHS).min(self.plan.config.paths);
-        for path in first..last {
-            self.run_path(path, &mut stats)?;
+        if self.block.is_some() {
+            let mut path = first;
+            while path < last {
+                let n = (last - path).min(lanes::LANES as u64);
+                self.run_block(path, n as usize, &mut stats)?;
+                path += n;
+            }
+        } else {
+            for path in first..last {
+                self.run_path(path, &mut stats)?;
+            }
         }
         progress(last - first);
         Ok(stats)
     }
 
-    /// Marks process `p` diverged on `path` at `step`, last known at `point`.
+    /// Marks process `p` diverged on `path` at `step`, last known at `point`. The
+    /// chunk's first divergence is the one on the smallest path, whatever order the
+    /// paths were stepped in.
     fn diverge(
         &mut self,
         stats: &mut ChunkStats,
@@ -488,7 +511,7 @@ impl<'p, S: Scheme + Copy> Worker<'p, S> {
     ) {
         self.alive[p] = false;
         stats.diverged[p] += 1;
-        if stats.first[p].is_none() {
+        if stats.first[p].as_ref().is_none_or(|f| path < f.path) {
             stats.first[p] = Some(Divergence {
                 path,
                 step,
@@ -658,7 +681,14 @@ impl<'p, S: Scheme + Copy> Worker<'p, S> {
                 next_save += 1;
             }
         }
-        let l = plan.layout;
+        self.push_path(stats);
+        Ok(())
+    }
+
+    /// Pushes the current path's saved values (and differences) of every process that
+    /// did not diverge.
+    fn push_path(&mut self, stats: &mut ChunkStats) {
+        let l = self.plan.layout;
         for p in 0..l.processes {
             if !self.alive[p] {
                 continue;
@@ -674,7 +704,6 @@ impl<'p, S: Scheme + Copy> Worker<'p, S> {
                 }
             }
         }
-        Ok(())
     }
 }
 

@@ -19,6 +19,7 @@ use crate::problem::{NoiseBuffers, NoiseKind, Problem, ProblemError};
 use crate::tape::{Jets, Workspace};
 use nalgebra::{DMatrix, DVector};
 
+use super::lanes::{LANES, LaneTape, Order};
 use super::linalg::{
     EigenScratch, JACOBI_MAX_DIM, NoConvergence, mat_mul, mat_tr_mul, mat_tr_vec, mat_vec,
     sym_eigen, sym_sqrt, symmetrise,
@@ -165,6 +166,19 @@ impl<'p> Evaluator<'p> {
     }
 }
 
+impl Evaluator<'_> {
+    /// Σ and its square root as last evaluated: the constant ones, or those of the
+    /// last [`Evaluator::state_noise`] call (`sqrt` only when it computed one).
+    fn noise_refs(&self, needs_noise: bool, with_sqrt: bool) -> (Option<&[f64]>, Option<&[f64]>) {
+        match self.noise {
+            _ if !needs_noise => (None, None),
+            NoiseSource::Zero => (None, None),
+            NoiseSource::Constant { cov, sqrt } => (Some(cov), Some(sqrt)),
+            NoiseSource::State => (Some(&self.cov), with_sqrt.then_some(&self.sqrt[..])),
+        }
+    }
+}
+
 /// One SGD step in place: `x ← x − η(∇f(x) + z)`, `z = −Σ(x)^{1/2} ξ` (MODELS.md §1, §4).
 pub(crate) fn sgd_step(
     ev: &mut Evaluator<'_>,
@@ -208,12 +222,25 @@ pub trait Term {
     fn eval(&mut self, x: &[f64]) -> Result<(&[f64], Option<&[f64]>), Failure>;
 }
 
-/// The coefficients of one model, evaluated without allocation.
+/// The coefficients of one model, evaluated without allocation, at one point
+/// ([`Term::eval`]) or at a block of points ([`ModelTerm::eval_lanes`]).
 #[derive(Debug)]
 pub(crate) struct ModelTerm<'p> {
+    ev: Evaluator<'p>,
+    coeffs: Coeffs,
+    /// The objective's tape batched over lanes (d ≤ 4, single output), carrying the
+    /// Hessian only when the model needs it.
+    lanes: Option<LaneTape>,
+    /// ∇f and ∇²f of the lane being finished.
+    g: Vec<f64>,
+    h: Vec<f64>,
+}
+
+/// A model's formulas and their scratch buffers.
+#[derive(Debug)]
+struct Coeffs {
     kind: ModelKind,
     eta: f64,
-    ev: Evaluator<'p>,
     drift: Vec<f64>,
     factor: Vec<f64>,
     // Scratch.
@@ -224,25 +251,118 @@ pub(crate) struct ModelTerm<'p> {
     m3: Vec<f64>,
     v1: Vec<f64>,
     v2: Vec<f64>,
+    scratch: EigenScratch,
+}
+
+/// Drift, factor and outcome per lane of a block evaluation.
+#[derive(Debug)]
+pub(crate) struct LaneCoefficients {
+    /// `LANES × d`.
+    pub drift: Vec<f64>,
+    /// `LANES × d × d`, row-major per lane.
+    pub factor: Vec<f64>,
+    /// Whether lane `l`'s diffusion is nonzero (else `factor` is not written).
+    pub noisy: Vec<bool>,
+    /// Why lane `l` could not be evaluated.
+    pub failure: Vec<Option<Failure>>,
+}
+
+impl LaneCoefficients {
+    pub(crate) fn new(d: usize) -> LaneCoefficients {
+        LaneCoefficients {
+            drift: vec![0.0; LANES * d],
+            factor: vec![0.0; LANES * d * d],
+            noisy: vec![false; LANES],
+            failure: (0..LANES).map(|_| None).collect(),
+        }
+    }
 }
 
 impl<'p> ModelTerm<'p> {
     pub(crate) fn new(kind: ModelKind, eta: f64, ev: Evaluator<'p>) -> ModelTerm<'p> {
         let d = ev.problem.dim();
         let z = |n| vec![0.0; n];
+        // Gradient flow and SME-1 read only ∇f (SME-1's σ is √η Σ^{1/2}).
+        let order = if kind == ModelKind::Gf || kind.series_order() == Some(0) {
+            Order::Gradient
+        } else {
+            Order::Hessian
+        };
         ModelTerm {
-            kind,
-            eta,
+            lanes: LaneTape::new(ev.problem.objective_tape(), order),
             ev,
-            drift: z(d),
-            factor: z(d * d),
-            u: z(d * d),
-            lambda: z(d),
-            m1: z(d * d),
-            m2: z(d * d),
-            m3: z(d * d),
-            v1: z(d),
-            v2: z(d),
+            coeffs: Coeffs {
+                kind,
+                eta,
+                drift: z(d),
+                factor: z(d * d),
+                u: z(d * d),
+                lambda: z(d),
+                m1: z(d * d),
+                m2: z(d * d),
+                m3: z(d * d),
+                v1: z(d),
+                v2: z(d),
+                scratch: EigenScratch::new(d),
+            },
+            g: z(d),
+            h: z(d * d),
+        }
+    }
+
+    /// Whether [`ModelTerm::eval_lanes`] is available (d ≤ 4, a single-output tape).
+    pub(crate) fn batched(&self) -> bool {
+        self.lanes.is_some()
+    }
+
+    /// Whether the model's diffusion needs Σ, and its square root.
+    fn noise_needs(&self, d: usize) -> (bool, bool) {
+        let kind = self.coeffs.kind;
+        let one_term = d <= JACOBI_MAX_DIM && matches!(kind.series_order(), Some(k) if k <= 1);
+        (kind != ModelKind::Gf, one_term)
+    }
+
+    /// Evaluates the coefficients at the `n ≤ LANES` points `xs[l·d .. (l+1)·d]` into
+    /// `out`: the tape once for the block ([`LaneTape`]), then each lane's formulas. A
+    /// lane whose batched derivatives are not finite is evaluated again by the tape's
+    /// own code, which either succeeds or names the failure exactly as [`Term::eval`]
+    /// does. Each lane's result depends on its point only.
+    ///
+    /// # Panics
+    /// When the term is not [`ModelTerm::batched`].
+    pub(crate) fn eval_lanes(&mut self, xs: &[f64], n: usize, out: &mut LaneCoefficients) {
+        let d = self.g.len();
+        let (needs_noise, one_term) = self.noise_needs(d);
+        let lanes = self.lanes.as_mut().expect("a batched term");
+        lanes.eval(xs, n);
+        for l in 0..n {
+            let x = &xs[l * d..(l + 1) * d];
+            let r = (|| {
+                if lanes.finite(l) && x.iter().all(|v| v.is_finite()) {
+                    lanes.gradient(l, &mut self.g);
+                    lanes.hessian(l, &mut self.h);
+                } else {
+                    self.ev.derivatives(x)?;
+                    self.g.copy_from_slice(self.ev.jets.gradient(0));
+                    self.h.copy_from_slice(self.ev.jets.hessian(0));
+                }
+                if needs_noise && matches!(self.ev.noise, NoiseSource::State) {
+                    self.ev.state_noise(x, one_term)?;
+                }
+                let (cov, sqrt) = self.ev.noise_refs(needs_noise, one_term);
+                self.coeffs.compute(x, &self.g, &self.h, cov, sqrt)
+            })();
+            match r {
+                Ok(noisy) => {
+                    out.drift[l * d..(l + 1) * d].copy_from_slice(&self.coeffs.drift);
+                    if noisy {
+                        out.factor[l * d * d..(l + 1) * d * d].copy_from_slice(&self.coeffs.factor);
+                    }
+                    out.noisy[l] = noisy;
+                    out.failure[l] = None;
+                }
+                Err(f) => out.failure[l] = Some(f),
+            }
         }
     }
 }
@@ -251,21 +371,35 @@ impl Term for ModelTerm<'_> {
     fn eval(&mut self, x: &[f64]) -> Result<(&[f64], Option<&[f64]>), Failure> {
         let d = x.len();
         self.ev.derivatives(x)?;
-        let noise = self.ev.noise;
-        let needs_noise = self.kind != ModelKind::Gf;
-        // Σ and, when the model's factor is √η Σ^{1/2}, its square root.
-        let one_term = d <= JACOBI_MAX_DIM && matches!(self.kind.series_order(), Some(k) if k <= 1);
-        let (cov, sqrt): (Option<&[f64]>, Option<&[f64]>) = match noise {
-            _ if !needs_noise => (None, None),
-            NoiseSource::Zero => (None, None),
-            NoiseSource::Constant { cov, sqrt } => (Some(cov), Some(sqrt)),
-            NoiseSource::State => {
-                self.ev.state_noise(x, one_term)?;
-                (Some(&self.ev.cov), one_term.then_some(&self.ev.sqrt[..]))
-            }
-        };
-        let g = self.ev.jets.gradient(0);
-        let h = self.ev.jets.hessian(0);
+        let (needs_noise, one_term) = self.noise_needs(d);
+        if needs_noise && matches!(self.ev.noise, NoiseSource::State) {
+            self.ev.state_noise(x, one_term)?;
+        }
+        let (cov, sqrt) = self.ev.noise_refs(needs_noise, one_term);
+        let noisy = self.coeffs.compute(
+            x,
+            self.ev.jets.gradient(0),
+            self.ev.jets.hessian(0),
+            cov,
+            sqrt,
+        )?;
+        let c = &self.coeffs;
+        Ok((&c.drift, noisy.then_some(&c.factor[..])))
+    }
+}
+
+impl Coeffs {
+    /// The drift and factor at `x` from ∇f, ∇²f and Σ (and Σ^{1/2} when the factor is
+    /// √η Σ^{1/2}); returns whether the diffusion is nonzero.
+    fn compute(
+        &mut self,
+        x: &[f64],
+        g: &[f64],
+        h: &[f64],
+        cov: Option<&[f64]>,
+        sqrt: Option<&[f64]>,
+    ) -> Result<bool, Failure> {
+        let d = x.len();
         let eta = self.eta;
         if d > JACOBI_MAX_DIM {
             // Large d: the models' own (allocating) code, whose O(d³) work dominates.
@@ -291,8 +425,7 @@ impl Term for ModelTerm<'_> {
             self.drift.copy_from_slice(c.drift.as_slice());
             // σ is symmetric: column-major storage is row-major too.
             self.factor.copy_from_slice(c.factor.as_slice());
-            let noisy = c.factor.iter().any(|&v| v != 0.0);
-            return Ok((&self.drift, noisy.then_some(&self.factor[..])));
+            return Ok(c.factor.iter().any(|&v| v != 0.0));
         }
         let point = || Point(x.to_vec());
         let diverged = |e: ModelError| Failure::Diverged(e.to_string());
@@ -446,11 +579,9 @@ impl Term for ModelTerm<'_> {
                 point: point(),
             }));
         }
-        Ok((&self.drift, noisy.then_some(&self.factor[..])))
+        Ok(noisy)
     }
-}
 
-impl ModelTerm<'_> {
     /// `self.factor = Γ^{1/2}` for `Γ = self.m3`, after the PSD check of Γ.
     fn factor_of_gamma(&mut self, x: &[f64]) -> Result<(), Failure> {
         let d = x.len();
@@ -468,7 +599,7 @@ impl ModelTerm<'_> {
             d,
             &self.m3,
             PSD_TOLERANCE,
-            &mut self.ev.scratch,
+            &mut self.scratch,
             &mut self.factor,
         )
         .map_err(|_| {
