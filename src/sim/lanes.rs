@@ -32,7 +32,7 @@
 
 use num_dual::{Dual2_64, DualNum};
 
-use crate::tape::{Op, Tape};
+use crate::tape::{Func, Op, Tape};
 
 /// Points evaluated per call. 64 lanes × (1 + d + d(d+1)/2) rows × the tape's slots
 /// stays within the first-level caches for the small tapes simulated step by step.
@@ -173,6 +173,20 @@ impl LaneTape {
                     }
                 }),
                 Op::ConstPow(c, a) => self.unary(k, a as usize, |v| (v * c.ln()).exp()),
+                // The commonest functions straight from f64 (the values num-dual's
+                // rules produce), the others through `Func::apply` on `Dual2_64`.
+                Op::Func(Func::Cos, a) => self.unary_f64(k, a as usize, |v| {
+                    let (s, c) = v.sin_cos();
+                    (c, -s, -c)
+                }),
+                Op::Func(Func::Sin, a) => self.unary_f64(k, a as usize, |v| {
+                    let (s, c) = v.sin_cos();
+                    (s, c, -s)
+                }),
+                Op::Func(Func::Exp, a) => self.unary_f64(k, a as usize, |v| {
+                    let e = v.exp();
+                    (e, e, e)
+                }),
                 Op::Func(f, a) => self.unary(k, a as usize, |v| f.apply(&v)),
             }
         }
@@ -265,6 +279,17 @@ impl LaneTape {
         }
     }
 
+    /// `out = u(a)` by the chain rule, `u` giving `(u, u', u'')` at a point.
+    fn unary_f64(&mut self, out: usize, a: usize, u: impl Fn(f64) -> (f64, f64, f64)) {
+        let d = self.dim;
+        let oa = self.at(a);
+        for l in 0..LANES {
+            (self.f[0][l], self.f[1][l], self.f[2][l]) = u(self.buf[oa + l]);
+        }
+        let (src, dst) = pair(&mut self.buf, self.width, out, a);
+        Self::chain(d, self.order, &self.pairs, &self.f, src, dst)
+    }
+
     /// `out = u(a)` by the chain rule, with `(u, u', u'')` from `u` on `Dual2_64`.
     fn unary(&mut self, out: usize, a: usize, u: impl Fn(Dual2_64) -> Dual2_64) {
         let d = self.dim;
@@ -321,7 +346,14 @@ impl LaneTape {
         (0..self.width).all(|r| out[r * LANES + l].is_finite())
     }
 
+    /// Row `r` of the output for every lane: 0 the value, `1 + i` the gradient's
+    /// `i`-th entry, then the Hessian's upper triangle row by row (`(0,0), (0,1), …`).
+    pub(crate) fn row(&self, r: usize) -> &[f64] {
+        &self.out()[r * LANES..(r + 1) * LANES]
+    }
+
     /// f at lane `l`.
+    #[cfg(test)]
     pub(crate) fn value(&self, l: usize) -> f64 {
         self.out()[l]
     }
