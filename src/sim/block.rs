@@ -150,7 +150,7 @@ impl<S: Scheme + Copy> Worker<'_, S> {
         }
         for l in 0..n {
             self.swap_lane(l);
-            self.push_path(stats);
+            self.push_path(first + l as u64, stats);
             self.swap_lane(l);
         }
         Ok(())

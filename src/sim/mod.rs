@@ -115,6 +115,10 @@ pub struct SimConfig {
     /// Paths handed to the thread pool at a time (default 16 chunks per thread);
     /// bounds memory. Does not change the numbers.
     pub batch: u64,
+    /// Keep the values at the horizon of the first `keep_paths` paths, one per path,
+    /// observable and process ([`SimResult::kept`], default 0): what a paired
+    /// comparison of two runs on the same paths needs. Memory grows with it.
+    pub keep_paths: u64,
 }
 
 impl SimConfig {
@@ -132,6 +136,7 @@ impl SimConfig {
             every: 1,
             threads: 1,
             batch: 0,
+            keep_paths: 0,
         }
     }
 
@@ -282,6 +287,11 @@ pub struct SimResult {
     pub first_divergence: Vec<Option<Divergence>>,
     /// Variable names, for printing points.
     pub variables: Vec<String>,
+    /// With [`SimConfig::keep_paths`] = K: the value at the horizon of path `p < K`,
+    /// observable `o`, process `q` (SGD = 0, then the models) at
+    /// `(p · observables + o) · processes + q`; `None` where that process diverged on
+    /// that path.
+    pub kept: Vec<Option<f64>>,
 }
 
 /// Why a simulation could not run.
@@ -383,6 +393,8 @@ struct ChunkStats {
     grid: WelfordGrid,
     diverged: Vec<u64>,
     first: Vec<Option<Divergence>>,
+    /// Horizon values of the chunk's paths below `keep_paths`, in path order.
+    kept: Vec<Option<f64>>,
 }
 
 impl ChunkStats {
@@ -391,12 +403,14 @@ impl ChunkStats {
             grid: WelfordGrid::new(layout.cells()),
             diverged: vec![0; layout.processes],
             first: vec![None; layout.processes],
+            kept: Vec::new(),
         }
     }
 
     /// Appends `other`, which summarises later paths.
     fn merge(&mut self, other: ChunkStats) {
         self.grid.merge(&other.grid);
+        self.kept.extend(other.kept);
         for (a, b) in self.diverged.iter_mut().zip(&other.diverged) {
             *a += b;
         }
@@ -681,14 +695,23 @@ impl<'p, S: Scheme + Copy> Worker<'p, S> {
                 next_save += 1;
             }
         }
-        self.push_path(stats);
+        self.push_path(path, stats);
         Ok(())
     }
 
     /// Pushes the current path's saved values (and differences) of every process that
     /// did not diverge.
-    fn push_path(&mut self, stats: &mut ChunkStats) {
+    fn push_path(&mut self, path: u64, stats: &mut ChunkStats) {
         let l = self.plan.layout;
+        if path < self.plan.config.keep_paths {
+            let t = l.times - 1;
+            for o in 0..l.observables {
+                for p in 0..l.processes {
+                    let v = self.values[l.value(t, o, p)];
+                    stats.kept.push(self.alive[p].then_some(v));
+                }
+            }
+        }
         for p in 0..l.processes {
             if !self.alive[p] {
                 continue;
@@ -839,6 +862,7 @@ fn finish(plan: &Plan<'_>, total: ChunkStats) -> SimResult {
         pairs,
         first_divergence: total.first,
         variables: plan.problem.variables().to_vec(),
+        kept: total.kept,
     }
 }
 
