@@ -12,7 +12,7 @@
 //! batched tape works lane by lane), and lanes are summarised in path order at the end
 //! of the block, so the statistics do not depend on the block size.
 
-use super::lanes::LANES;
+use super::lanes::{LANES, LANES_MAX_DIM};
 use super::terms::{Failure, LaneCoefficients};
 use super::{ChunkStats, Scheme, SimError, Worker};
 
@@ -208,21 +208,22 @@ impl<S: Scheme + Copy> Worker<'_, S> {
                     let drift = &b.out.drift[q * d..(q + 1) * d];
                     if b.out.noisy[q] {
                         let sigma = &b.out.factor[q * d * d..(q + 1) * d * d];
-                        // The same expression as `schemes::euler`, so the same bits.
+                        // ΔW, then the same expression as `schemes::euler`, so the
+                        // same bits.
+                        let mut dws = [0.0; LANES_MAX_DIM];
+                        match mv.increments {
+                            [e] => dws[..d].copy_from_slice(&dw[e * d..(e + 1) * d]),
+                            [e1, e2] => {
+                                for c in 0..d {
+                                    dws[c] = dw[e1 * d + c] + dw[e2 * d + c];
+                                }
+                            }
+                            _ => unreachable!("a move reads one or two increments"),
+                        }
                         for i in 0..d {
                             let mut s = drift[i] * hh;
-                            match mv.increments {
-                                [e] => {
-                                    for c in 0..d {
-                                        s += sigma[i * d + c] * dw[e * d + c];
-                                    }
-                                }
-                                [e1, e2] => {
-                                    for c in 0..d {
-                                        s += sigma[i * d + c] * (dw[e1 * d + c] + dw[e2 * d + c]);
-                                    }
-                                }
-                                _ => unreachable!("a move reads one or two increments"),
+                            for c in 0..d {
+                                s += sigma[i * d + c] * dws[c];
                             }
                             x[i] += s;
                         }

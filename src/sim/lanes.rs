@@ -51,6 +51,9 @@ pub(crate) enum Order {
     Hessian,
 }
 
+/// One row of a slot: a number per lane.
+type Row = [f64; LANES];
+
 /// The evaluator: the tape's instructions and the lane buffers.
 #[derive(Clone, Debug)]
 pub(crate) struct LaneTape {
@@ -60,11 +63,11 @@ pub(crate) struct LaneTape {
     /// Rows per slot: 1 (value) + d (gradient) + d(d+1)/2 (Hessian, packed upper
     /// triangle, row-major) when carried.
     width: usize,
-    /// `slots + 2` scratch slots, each `width × LANES`.
-    buf: Vec<f64>,
+    /// `slots + 2` (two scratch slots), `width` rows each.
+    buf: Vec<Row>,
     /// `(u, u', u'')` per lane for the unary instruction being applied.
-    f: [[f64; LANES]; 3],
-    /// Packed index of `(i, j)`, `i ≤ j`, into the Hessian rows.
+    f: [Row; 3],
+    /// `(i, j)`, `i ≤ j`, of each packed Hessian row.
     pairs: Vec<(usize, usize)>,
 }
 
@@ -98,40 +101,43 @@ impl LaneTape {
             ops: tape.ops().to_vec(),
             order,
             width,
-            buf: vec![0.0; (tape.len() + 2) * width * LANES],
+            buf: vec![[0.0; LANES]; (tape.len() + 2) * width],
             f: [[0.0; LANES]; 3],
             pairs,
         })
     }
 
-    /// Start of slot `s`'s rows in `buf`.
+    /// Rows carried per slot beyond value and gradient.
     #[inline]
-    fn at(&self, s: usize) -> usize {
-        s * self.width * LANES
+    fn hessian_pairs(&self) -> usize {
+        self.width - 1 - self.dim
     }
 
     /// Evaluates the tape at `n ≤ LANES` points, `x[l·d .. (l+1)·d]` for lane `l`.
     /// Lanes `n..LANES` keep whatever they held (their results are meaningless).
     pub(crate) fn eval(&mut self, x: &[f64], n: usize) {
         debug_assert!(n <= LANES && x.len() >= n * self.dim);
-        let d = self.dim;
+        let (d, w) = (self.dim, self.width);
         let tmp = self.ops.len();
         for k in 0..self.ops.len() {
             let op = self.ops[k];
             match op {
                 Op::Var(i) => {
-                    let o = self.at(k);
-                    self.buf[o..o + self.width * LANES].fill(0.0);
-                    for l in 0..n {
-                        self.buf[o + l] = x[l * d + i as usize];
+                    let rows = &mut self.buf[k * w..(k + 1) * w];
+                    for r in rows.iter_mut() {
+                        *r = [0.0; LANES];
                     }
-                    self.buf[o + (1 + i as usize) * LANES..o + (2 + i as usize) * LANES]
-                        .fill(1.0);
+                    for (l, v) in rows[0].iter_mut().enumerate().take(n) {
+                        *v = x[l * d + i as usize];
+                    }
+                    rows[1 + i as usize] = [1.0; LANES];
                 }
                 Op::Const(c) => {
-                    let o = self.at(k);
-                    self.buf[o..o + self.width * LANES].fill(0.0);
-                    self.buf[o..o + LANES].fill(c);
+                    let rows = &mut self.buf[k * w..(k + 1) * w];
+                    for r in rows.iter_mut() {
+                        *r = [0.0; LANES];
+                    }
+                    rows[0] = [c; LANES];
                 }
                 Op::Add(a, b) => self.zip(k, a as usize, b as usize, |p, q| p + q),
                 Op::Sub(a, b) => self.zip(k, a as usize, b as usize, |p, q| p - q),
@@ -139,7 +145,7 @@ impl LaneTape {
                 Op::Div(a, b) => {
                     self.unary(tmp, b as usize, |v| v.recip());
                     self.mul(tmp + 1, a as usize, tmp);
-                    let (src, dst) = pair(&mut self.buf, self.width, k, tmp + 1);
+                    let (src, dst) = pair(&mut self.buf, w, k, tmp + 1);
                     dst.copy_from_slice(src);
                 }
                 Op::Pow(a, b) => {
@@ -149,13 +155,11 @@ impl LaneTape {
                 }
                 Op::AddConst(a, c) => {
                     self.map(k, a as usize, |v| v);
-                    let o = self.at(k);
-                    self.buf[o..o + LANES].iter_mut().for_each(|v| *v += c);
+                    self.buf[k * w].iter_mut().for_each(|v| *v += c);
                 }
                 Op::ConstSub(c, a) => {
                     self.map(k, a as usize, |v| -v);
-                    let o = self.at(k);
-                    self.buf[o..o + LANES].iter_mut().for_each(|v| *v += c);
+                    self.buf[k * w].iter_mut().for_each(|v| *v += c);
                 }
                 Op::MulConst(a, c) => self.map(k, a as usize, |v| v * c),
                 Op::DivConst(a, c) => self.map(k, a as usize, |v| v / c),
@@ -192,177 +196,164 @@ impl LaneTape {
         }
     }
 
+    /// The rows of slots `a` and `b` (read) and of `out` (written), `out` after both.
+    #[inline]
+    fn three(&mut self, out: usize, a: usize, b: usize) -> (&[Row], &[Row], &mut [Row]) {
+        debug_assert!(a < out && b < out);
+        let w = self.width;
+        let (done, rest) = self.buf.split_at_mut(out * w);
+        (&done[a * w..(a + 1) * w], &done[b * w..(b + 1) * w], &mut rest[..w])
+    }
+
     /// `out = a ∘ b` row by row (for `+` and `−`).
     #[inline]
     fn zip(&mut self, out: usize, a: usize, b: usize, f: impl Fn(f64, f64) -> f64) {
-        let len = self.width * LANES;
-        let (oa, ob, oo) = (self.at(a), self.at(b), self.at(out));
-        let (done, rest) = self.buf.split_at_mut(oo);
-        let dst = &mut rest[..len];
-        for ((y, p), q) in dst.iter_mut().zip(&done[oa..oa + len]).zip(&done[ob..ob + len]) {
-            *y = f(*p, *q);
+        let (a, b, y) = self.three(out, a, b);
+        for ((y, a), b) in y.iter_mut().zip(a).zip(b) {
+            for l in 0..LANES {
+                y[l] = f(a[l], b[l]);
+            }
         }
     }
 
     /// `out = f(a)` row by row, for `f` linear (negation, scaling).
     #[inline]
     fn map(&mut self, out: usize, a: usize, f: impl Fn(f64) -> f64) {
-        let len = self.width * LANES;
-        let (oa, oo) = (self.at(a), self.at(out));
-        let (done, rest) = self.buf.split_at_mut(oo);
-        for (y, p) in rest[..len].iter_mut().zip(&done[oa..oa + len]) {
-            *y = f(*p);
+        let (a, _, y) = self.three(out, a, a);
+        for (y, a) in y.iter_mut().zip(a) {
+            for l in 0..LANES {
+                y[l] = f(a[l]);
+            }
         }
     }
 
     /// The product rule (`out` after both operands).
     fn mul(&mut self, out: usize, a: usize, b: usize) {
-        debug_assert!(a < out && b < out);
-        let d = self.dim;
-        let (oa, ob, oo) = (self.at(a), self.at(b), self.at(out));
-        let (done, rest) = self.buf.split_at_mut(oo);
-        let dst = &mut rest[..self.width * LANES];
-        let row = |o: usize, r: usize| &done[o + r * LANES..o + (r + 1) * LANES];
-        let (av, bv) = (row(oa, 0), row(ob, 0));
+        let (d, np) = (self.dim, self.hessian_pairs());
+        let pairs = std::mem::take(&mut self.pairs);
+        let (a, b, y) = self.three(out, a, b);
+        let (av, bv) = (&a[0], &b[0]);
         for i in 0..d {
-            let (ag, bg) = (row(oa, 1 + i), row(ob, 1 + i));
-            let y = &mut dst[(1 + i) * LANES..(2 + i) * LANES];
+            let (ag, bg, yg) = (&a[1 + i], &b[1 + i], &mut y[1 + i]);
             for l in 0..LANES {
-                y[l] = ag[l] * bv[l] + av[l] * bg[l];
+                yg[l] = ag[l] * bv[l] + av[l] * bg[l];
             }
         }
-        if self.order == Order::Hessian {
-            for (p, &(i, j)) in self.pairs.iter().enumerate() {
-                let r = 1 + d + p;
-                let (ah, bh) = (row(oa, r), row(ob, r));
-                let (agi, agj, bgi, bgj) = (row(oa, 1 + i), row(oa, 1 + j), row(ob, 1 + i), row(ob, 1 + j));
-                let y = &mut dst[r * LANES..(r + 1) * LANES];
-                for l in 0..LANES {
-                    y[l] = ah[l] * bv[l] + agi[l] * bgj[l] + agj[l] * bgi[l] + av[l] * bh[l];
-                }
+        for (p, &(i, j)) in pairs.iter().enumerate().take(np) {
+            let r = 1 + d + p;
+            let (ah, bh) = (&a[r], &b[r]);
+            let (agi, agj, bgi, bgj) = (&a[1 + i], &a[1 + j], &b[1 + i], &b[1 + j]);
+            let yh = &mut y[r];
+            for l in 0..LANES {
+                yh[l] = ah[l] * bv[l] + agi[l] * bgj[l] + agj[l] * bgi[l] + av[l] * bh[l];
             }
         }
-        let y = &mut dst[..LANES];
+        let yv = &mut y[0];
         for l in 0..LANES {
-            y[l] = av[l] * bv[l];
+            yv[l] = av[l] * bv[l];
         }
+        self.pairs = pairs;
     }
 
     /// `a²` (the commonest power): the product rule with `b = a`.
     fn square(&mut self, out: usize, a: usize) {
-        let d = self.dim;
-        let (oa, oo) = (self.at(a), self.at(out));
-        let (done, rest) = self.buf.split_at_mut(oo);
-        let dst = &mut rest[..self.width * LANES];
-        let row = |r: usize| &done[oa + r * LANES..oa + (r + 1) * LANES];
-        let av = row(0);
+        let (d, np) = (self.dim, self.hessian_pairs());
+        let pairs = std::mem::take(&mut self.pairs);
+        let (a, _, y) = self.three(out, a, a);
+        let av = &a[0];
         for i in 0..d {
-            let ag = row(1 + i);
-            let y = &mut dst[(1 + i) * LANES..(2 + i) * LANES];
+            let (ag, yg) = (&a[1 + i], &mut y[1 + i]);
             for l in 0..LANES {
-                y[l] = 2.0 * av[l] * ag[l];
+                yg[l] = 2.0 * av[l] * ag[l];
             }
         }
-        if self.order == Order::Hessian {
-            for (p, &(i, j)) in self.pairs.iter().enumerate() {
-                let r = 1 + d + p;
-                let (ah, agi, agj) = (row(r), row(1 + i), row(1 + j));
-                let y = &mut dst[r * LANES..(r + 1) * LANES];
-                for l in 0..LANES {
-                    y[l] = 2.0 * (av[l] * ah[l] + agi[l] * agj[l]);
-                }
+        for (p, &(i, j)) in pairs.iter().enumerate().take(np) {
+            let r = 1 + d + p;
+            let (ah, agi, agj) = (&a[r], &a[1 + i], &a[1 + j]);
+            let yh = &mut y[r];
+            for l in 0..LANES {
+                yh[l] = 2.0 * (av[l] * ah[l] + agi[l] * agj[l]);
             }
         }
-        let y = &mut dst[..LANES];
+        let yv = &mut y[0];
         for l in 0..LANES {
-            y[l] = av[l] * av[l];
+            yv[l] = av[l] * av[l];
         }
+        self.pairs = pairs;
     }
 
     /// `out = u(a)` by the chain rule, `u` giving `(u, u', u'')` at a point.
     fn unary_f64(&mut self, out: usize, a: usize, u: impl Fn(f64) -> (f64, f64, f64)) {
-        let d = self.dim;
-        let oa = self.at(a);
+        let v = &self.buf[a * self.width];
         for l in 0..LANES {
-            (self.f[0][l], self.f[1][l], self.f[2][l]) = u(self.buf[oa + l]);
+            (self.f[0][l], self.f[1][l], self.f[2][l]) = u(v[l]);
         }
-        let (src, dst) = pair(&mut self.buf, self.width, out, a);
-        Self::chain(d, self.order, &self.pairs, &self.f, src, dst)
+        self.chain(out, a);
     }
 
     /// `out = u(a)` by the chain rule, with `(u, u', u'')` from `u` on `Dual2_64`.
     fn unary(&mut self, out: usize, a: usize, u: impl Fn(Dual2_64) -> Dual2_64) {
-        let d = self.dim;
-        let oa = self.at(a);
+        let v = &self.buf[a * self.width];
         for l in 0..LANES {
-            let y = u(Dual2_64::new(self.buf[oa + l], 1.0, 0.0));
+            let y = u(Dual2_64::new(v[l], 1.0, 0.0));
             self.f[0][l] = y.re;
             self.f[1][l] = y.v1;
             self.f[2][l] = y.v2;
         }
-        let (src, dst) = pair(&mut self.buf, self.width, out, a);
-        Self::chain(d, self.order, &self.pairs, &self.f, src, dst)
+        self.chain(out, a);
     }
 
-    fn chain(
-        d: usize,
-        order: Order,
-        pairs: &[(usize, usize)],
-        f: &[[f64; LANES]; 3],
-        src: &[f64],
-        dst: &mut [f64],
-    ) {
-        let row = |r: usize| &src[r * LANES..(r + 1) * LANES];
+    /// `out = u(a)` from `self.f = (u, u', u'')` at `a`.
+    fn chain(&mut self, out: usize, a: usize) {
+        let (d, np) = (self.dim, self.hessian_pairs());
+        let f = &self.f;
+        let (src, dst) = pair(&mut self.buf, self.width, out, a);
         for i in 0..d {
-            let ag = row(1 + i);
-            let y = &mut dst[(1 + i) * LANES..(2 + i) * LANES];
+            let (ag, y) = (&src[1 + i], &mut dst[1 + i]);
             for l in 0..LANES {
                 y[l] = f[1][l] * ag[l];
             }
         }
-        if order == Order::Hessian {
-            for (p, &(i, j)) in pairs.iter().enumerate() {
-                let r = 1 + d + p;
-                let (ah, agi, agj) = (row(r), row(1 + i), row(1 + j));
-                let y = &mut dst[r * LANES..(r + 1) * LANES];
-                for l in 0..LANES {
-                    y[l] = f[1][l] * ah[l] + f[2][l] * (agi[l] * agj[l]);
-                }
+        for (p, &(i, j)) in self.pairs.iter().enumerate().take(np) {
+            let r = 1 + d + p;
+            let (ah, agi, agj) = (&src[r], &src[1 + i], &src[1 + j]);
+            let y = &mut dst[r];
+            for l in 0..LANES {
+                y[l] = f[1][l] * ah[l] + f[2][l] * (agi[l] * agj[l]);
             }
         }
-        dst[..LANES].copy_from_slice(&f[0]);
+        dst[0] = f[0];
     }
 
     /// The output slot's rows.
     #[inline]
-    fn out(&self) -> &[f64] {
-        let o = self.at(self.ops.len() - 1);
-        &self.buf[o..o + self.width * LANES]
-    }
-
-    /// Whether lane `l`'s value and every derivative carried are finite.
-    pub(crate) fn finite(&self, l: usize) -> bool {
-        let out = self.out();
-        (0..self.width).all(|r| out[r * LANES + l].is_finite())
+    fn out(&self) -> &[Row] {
+        let k = self.ops.len() - 1;
+        &self.buf[k * self.width..(k + 1) * self.width]
     }
 
     /// Row `r` of the output for every lane: 0 the value, `1 + i` the gradient's
     /// `i`-th entry, then the Hessian's upper triangle row by row (`(0,0), (0,1), …`).
-    pub(crate) fn row(&self, r: usize) -> &[f64] {
-        &self.out()[r * LANES..(r + 1) * LANES]
+    pub(crate) fn row(&self, r: usize) -> &Row {
+        &self.out()[r]
+    }
+
+    /// Whether lane `l`'s value and every derivative carried are finite.
+    pub(crate) fn finite(&self, l: usize) -> bool {
+        self.out().iter().all(|r| r[l].is_finite())
     }
 
     /// f at lane `l`.
     #[cfg(test)]
     pub(crate) fn value(&self, l: usize) -> f64 {
-        self.out()[l]
+        self.out()[0][l]
     }
 
     /// ∇f at lane `l` into `g`.
     pub(crate) fn gradient(&self, l: usize, g: &mut [f64]) {
         let out = self.out();
         for (i, gi) in g.iter_mut().enumerate().take(self.dim) {
-            *gi = out[(1 + i) * LANES + l];
+            *gi = out[1 + i][l];
         }
     }
 
@@ -376,25 +367,24 @@ impl LaneTape {
         }
         let out = self.out();
         for (p, &(i, j)) in self.pairs.iter().enumerate() {
-            let v = out[(1 + d + p) * LANES + l];
+            let v = out[1 + d + p][l];
             h[i * d + j] = v;
             h[j * d + i] = v;
         }
     }
 }
 
-/// Slot `a`'s rows (read) and slot `out`'s rows (written), `a ≠ out`, in either
-/// order (the scratch slots come after the tape's).
-fn pair(buf: &mut [f64], width: usize, out: usize, a: usize) -> (&[f64], &mut [f64]) {
+/// Slot `a`'s rows (read) and slot `out`'s rows (written), `a ≠ out`, in either order
+/// (the scratch slots come after the tape's).
+fn pair(buf: &mut [Row], width: usize, out: usize, a: usize) -> (&[Row], &mut [Row]) {
     debug_assert_ne!(out, a);
-    let len = width * LANES;
-    let (oa, oo) = (a * width * LANES, out * width * LANES);
+    let (oa, oo) = (a * width, out * width);
     if oa < oo {
         let (first, second) = buf.split_at_mut(oo);
-        (&first[oa..oa + len], &mut second[..len])
+        (&first[oa..oa + width], &mut second[..width])
     } else {
         let (first, second) = buf.split_at_mut(oa);
-        (&second[..len], &mut first[oo..oo + len])
+        (&second[..width], &mut first[oo..oo + width])
     }
 }
 
