@@ -171,7 +171,11 @@ impl LaneTape {
                     // The tape's rule at 0 (see `tape::powf`): zero when c exceeds the
                     // derivative order carried (2), else `sqrt`'s infinite derivative.
                     if v.re == 0.0 && c > 0.0 {
-                        if c > 2.0 { Dual2_64::from(0.0) } else { v.sqrt() }
+                        if c > 2.0 {
+                            Dual2_64::from(0.0)
+                        } else {
+                            v.sqrt()
+                        }
                     } else {
                         v.powf(c)
                     }
@@ -202,7 +206,11 @@ impl LaneTape {
         debug_assert!(a < out && b < out);
         let w = self.width;
         let (done, rest) = self.buf.split_at_mut(out * w);
-        (&done[a * w..(a + 1) * w], &done[b * w..(b + 1) * w], &mut rest[..w])
+        (
+            &done[a * w..(a + 1) * w],
+            &done[b * w..(b + 1) * w],
+            &mut rest[..w],
+        )
     }
 
     /// `out = a ∘ b` row by row (for `+` and `−`).
@@ -285,8 +293,8 @@ impl LaneTape {
     /// `out = u(a)` by the chain rule, `u` giving `(u, u', u'')` at a point.
     fn unary_f64(&mut self, out: usize, a: usize, u: impl Fn(f64) -> (f64, f64, f64)) {
         let v = &self.buf[a * self.width];
-        for l in 0..LANES {
-            (self.f[0][l], self.f[1][l], self.f[2][l]) = u(v[l]);
+        for (l, &x) in v.iter().enumerate() {
+            (self.f[0][l], self.f[1][l], self.f[2][l]) = u(x);
         }
         self.chain(out, a);
     }
@@ -294,8 +302,8 @@ impl LaneTape {
     /// `out = u(a)` by the chain rule, with `(u, u', u'')` from `u` on `Dual2_64`.
     fn unary(&mut self, out: usize, a: usize, u: impl Fn(Dual2_64) -> Dual2_64) {
         let v = &self.buf[a * self.width];
-        for l in 0..LANES {
-            let y = u(Dual2_64::new(v[l], 1.0, 0.0));
+        for (l, &x) in v.iter().enumerate() {
+            let y = u(Dual2_64::new(x, 1.0, 0.0));
             self.f[0][l] = y.re;
             self.f[1][l] = y.v1;
             self.f[2][l] = y.v2;
@@ -406,7 +414,10 @@ mod tests {
         for (l, pt) in points.iter().enumerate() {
             let want = p.objective_derivatives(pt);
             let Ok(want) = want else {
-                assert!(!lt.finite(l), "{text} at {pt:?}: the tape fails, lanes do not");
+                assert!(
+                    !lt.finite(l),
+                    "{text} at {pt:?}: the tape fails, lanes do not"
+                );
                 continue;
             };
             assert!(lt.finite(l) && lg.finite(l), "{text} at {pt:?}");
@@ -426,7 +437,10 @@ mod tests {
                 assert!(close(g[i], want.gradient[i]), "{text}: gradient at {pt:?}");
                 assert!(close(g1[i], want.gradient[i]), "{text}: gradient at {pt:?}");
                 for j in 0..d {
-                    assert!(close(h[i * d + j], want.hessian[(i, j)]), "{text}: Hessian at {pt:?}");
+                    assert!(
+                        close(h[i * d + j], want.hessian[(i, j)]),
+                        "{text}: Hessian at {pt:?}"
+                    );
                 }
             }
         }
@@ -434,7 +448,7 @@ mod tests {
 
     #[test]
     fn every_instruction_matches_the_tape() {
-        let pts = vec![vec![0.3, -0.7], vec![1.2, 0.4], vec![-0.9, 2.0]];
+        let pts = [vec![0.3, -0.7], vec![1.2, 0.4], vec![-0.9, 2.0]];
         for text in [
             "var x, y\nminimize 0.5*x^2 + 0.5*cos(x) + 0.25*y^2 + 0.1*x*y",
             "var x, y\nminimize x/y + 2/x - y/3 + 1 - x",
@@ -458,7 +472,12 @@ mod tests {
     fn non_finite_lanes_are_flagged_alone() {
         check(
             "var x, y\nminimize sqrt(x) + log(y)",
-            &[vec![1.0, 1.0], vec![0.0, 1.0], vec![2.0, -1.0], vec![4.0, 2.0]],
+            &[
+                vec![1.0, 1.0],
+                vec![0.0, 1.0],
+                vec![2.0, -1.0],
+                vec![4.0, 2.0],
+            ],
         );
     }
 

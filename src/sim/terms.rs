@@ -534,13 +534,15 @@ impl ModelTerm<'_> {
                     continue;
                 }
                 let (min, max) = (half_tr - half_gap, half_tr + half_gap);
-                if !(min > PSD_TOLERANCE * min.abs().max(max.abs())) {
+                let clearly_definite = min > PSD_TOLERANCE * min.abs().max(max.abs());
+                if !clearly_definite {
                     self.slow[l] = true;
                     continue;
                 }
                 let root_det = min.sqrt() * max.sqrt();
                 let norm = 1.0 / (k00 + k11 + 2.0 * root_det).sqrt();
-                let (r00, r01, r11) = ((k00 + root_det) * norm, k01 * norm, (k11 + root_det) * norm);
+                let (r00, r01, r11) =
+                    ((k00 + root_det) * norm, k01 * norm, (k11 + root_det) * norm);
                 let (cc, ss, cssn) = (cs * cs, sn * sn, cs * sn);
                 let f00 = r00 * cc + 2.0 * r01 * cssn + r11 * ss;
                 let f01 = (r11 - r00) * cssn + r01 * (cc - ss);
@@ -692,7 +694,12 @@ impl Coeffs {
                             // L_ij = ℓ(p_i p_j), symmetric: one logarithm per pair.
                             for i in 0..d {
                                 for j in i..d {
-                                    let w = eta * if i == j { ell_square(self.ells[i], p(i)) } else { ell(p(i) * p(j)) };
+                                    let w = eta
+                                        * if i == j {
+                                            ell_square(self.ells[i], p(i))
+                                        } else {
+                                            ell(p(i) * p(j))
+                                        };
                                     self.m1[i * d + j] *= w;
                                     if j != i {
                                         self.m1[j * d + i] *= w;
@@ -912,6 +919,53 @@ mod tests {
                         prop_assert_eq!(head(&a), head(&b));
                     }
                     (c, o) => prop_assert!(false, "{kind}: models {c:?}, terms {o:?}"),
+                }
+            }
+        }
+
+        /// The same at a block of points ([`ModelTerm::eval_lanes`]: the batched tape,
+        /// the d = 2 closed forms and the per-lane fallback), with the point at two
+        /// lanes among others: each lane's result depends on its own point only.
+        #[test]
+        fn blocks_agree_with_the_models(
+            h in (-3.0f64..3.0, -1.0f64..1.0, -3.0f64..3.0),
+            s in (0.01f64..1.0, -0.9f64..0.9, 0.01f64..1.0),
+            others in prop::collection::vec(-1.0f64..1.0, 2 * LANES),
+            lanes in (1usize..LANES, 0usize..LANES),
+            eta in 0.01f64..0.5,
+            state in any::<bool>(),
+        ) {
+            let sigma = [s.0, s.1 * (s.0 * s.2).sqrt(), s.2];
+            let p = problem([h.0, h.1, h.2], sigma, state);
+            let noise = NoiseSource::for_problem(&p, &p.start()).expect("Σ is valid");
+            let (n, at) = (lanes.0 + 1, lanes.1.min(lanes.0));
+            let mut xs = others.clone();
+            // The point under test at lane `at` and lane `n − 1`.
+            let x = [others[0], others[1]];
+            xs[2 * at..2 * at + 2].copy_from_slice(&x);
+            xs[2 * (n - 1)..2 * n].copy_from_slice(&x);
+            let local = p.local(&x).expect("finite");
+            for kind in ModelKind::all().into_iter().chain([ModelKind::Series(3)]) {
+                let mut term = ModelTerm::new(kind, eta, Evaluator::new(&p, &noise));
+                prop_assert!(term.batched());
+                let mut out = LaneCoefficients::new(2);
+                term.eval_lanes(&xs, n, &mut out);
+                let mut check = vec![at, n - 1];
+                check.dedup();
+                for l in check {
+                    match (kind.coefficients(&local, eta), out.failure[l].take()) {
+                        (Ok(c), None) => {
+                            assert_close(&out.drift[2 * l..2 * l + 2], c.drift.as_slice(), &format!("{kind} drift"));
+                            let zero = [0.0; 4];
+                            let factor = if out.noisy[l] { &out.factor[4 * l..4 * l + 4] } else { &zero[..] };
+                            assert_close(factor, c.factor.as_slice(), &format!("{kind} factor"));
+                        }
+                        (Err(e), Some(Failure::Diverged(reason))) => {
+                            let head = |m: &str| m.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+                            prop_assert_eq!(head(&e.to_string()), head(&reason));
+                        }
+                        (c, o) => prop_assert!(false, "{kind} lane {l}: models {c:?}, lanes {o:?}"),
+                    }
                 }
             }
         }
