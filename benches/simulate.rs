@@ -13,8 +13,8 @@
 //!
 //! Each is measured on the saddle (`simulate/saddle/…`) and on the same saddle with
 //! constant Σ (`simulate/constant-noise/…`), which the engine evaluates once: the
-//! difference is the cost of evaluating Σ(x) through `Problem::noise_cov` (allocating,
-//! with an eigendecomposition for its PSD check) at every point.
+//! difference is the cost of evaluating and checking Σ(x) through
+//! `Problem::noise_cov_into` (one point at a time) at every point.
 //!
 //! Throughput is reported in path-steps (one SGD step of one path, with its 8 SDE
 //! substeps). Run: `cargo bench --bench simulate`.

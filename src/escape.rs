@@ -813,9 +813,6 @@ impl<'p> Walker<'p> {
         let h = c.eta / c.substeps as f64;
         let d = self.x.len();
         self.brownian.start_path(path);
-        if let Some(mb) = &mut self.minibatch {
-            mb.start_path(path);
-        }
         self.x.copy_from_slice(&plan.start);
         for s in &mut self.states {
             s.copy_from_slice(&plan.start);
@@ -829,7 +826,7 @@ impl<'p> Walker<'p> {
             self.brownian.draw_step(k);
             if result[0].is_none() {
                 let r = match &mut self.minibatch {
-                    Some(mb) => mb.step(plan.problem, c.eta, &mut self.x),
+                    Some(mb) => mb.step(plan.problem, c.eta, &mut self.x, (path, k)),
                     None => sgd_step(
                         &mut self.sgd,
                         c.eta,

@@ -23,11 +23,16 @@
 //!
 //! **Integration check.** Each η is simulated a second time with half the substeps (twice
 //! as many when `m` is odd) on the same seed, so the same SGD paths and, for `m` a power
-//! of two, the same Brownian paths. The estimate is declared free of integration error
-//! when it moves by at most its own CI half-width `1.96 se`; otherwise the report says
-//! so. Halving rather than doubling `h` costs half a run instead of two, and it is the
-//! stronger test: the coarse run's own integration error is `2^q − 1` times the fine
-//! run's for a scheme of weak order `q`.
+//! of two, the same Brownian paths, on the first [`WeakOrderConfig::check_paths`] paths
+//! (an eighth of them, at least 4096). The change `δ = E[φ(X_T^{m}) − φ(X_T^{m'})]` is
+//! estimated by the mean of the paired per-path differences between the two runs, with
+//! its standard error `se_δ`: the two integrations share their noise, so the paired
+//! differences are tiny and a subset measures `δ` far more precisely than the weak error
+//! itself is known. The estimate is declared free of integration error when the 95%
+//! upper bound of `|δ|`, `|δ̂| + 1.96 se_δ`, is at most the estimate's own CI half-width
+//! `1.96 se`; otherwise the report says so. Halving rather than doubling `h` costs half
+//! a run instead of two, and it is the stronger test: the coarse run's own integration
+//! error is `2^q − 1` times the fine run's for a scheme of weak order `q`.
 //!
 //! **Order fit** ([`fit_order`]). Points whose error is not clearly above its own noise
 //! floor (`|d| ≤ 3 se`, [`NOISE_FLOOR_SE`]) or that have no estimate are left out and
@@ -72,6 +77,7 @@ use crate::models::{Model, ModelKind};
 use crate::plot::{LinePlot, YAxis};
 use crate::problem::{Overrides, Problem, ProblemError};
 use crate::sim::{SchemeKind, SimConfig, SimError, SimResult, simulate_with_progress};
+use crate::stats::Welford;
 use serde_json::{Map, Value, json};
 use std::fmt;
 
@@ -90,6 +96,10 @@ pub const Z975: f64 = 1.959_963_984_540_054;
 
 /// Largest accepted η grid (a guard against typos; 64 halvings span 1e19).
 pub const MAX_ETAS: usize = 64;
+
+/// The integration check runs on at least this many paths (or all): enough for a
+/// standard error of the paired change that is itself known to ±1.1% (1/√(2·4096)).
+pub const CHECK_MIN_PATHS: u64 = 4096;
 
 /// A param varied over values (`--sweep lambda=1,2,4,8`).
 #[derive(Clone, Debug, PartialEq)]
@@ -202,6 +212,15 @@ impl WeakOrderConfig {
         (0..levels).map(|i| eta_max / 2f64.powi(i as i32)).collect()
     }
 
+    /// Paths of the integration check: an eighth of the paths, at least
+    /// [`CHECK_MIN_PATHS`] (all of them when fewer). The paired differences it averages
+    /// have a far smaller spread than the coupled differences of the weak error (the
+    /// two integrations share every random number), so a subset suffices; their own
+    /// standard error is reported and enters the verdict.
+    pub fn check_paths(&self) -> u64 {
+        self.paths.div_ceil(8).max(self.paths.min(CHECK_MIN_PATHS))
+    }
+
     /// The substep count of the integration check: `m/2` for even `m`, else `2m`.
     pub fn check_substeps(&self) -> usize {
         if self.substeps >= 2 && self.substeps.is_multiple_of(2) {
@@ -211,8 +230,9 @@ impl WeakOrderConfig {
         }
     }
 
-    /// Simulations the run makes (each of `paths` paths): η values × (1 + check) ×
-    /// (1 + sweep values).
+    /// Simulations the run makes, in runs of `paths` paths: η values × (1 + check) ×
+    /// (1 + sweep values), the check's smaller runs counted as full ones (progress
+    /// reports them as such).
     pub fn simulations(&self) -> u64 {
         let per = self.etas.len() as u64 * if self.integration_check { 2 } else { 1 };
         per * (1 + self.sweep.as_ref().map_or(0, |s| s.values.len() as u64))
@@ -495,11 +515,17 @@ pub fn fit_constant(etas: &[f64], errors: &[f64], stderrs: &[f64], order: u32) -
 pub struct IntegrationCheck {
     /// Substeps of the comparison run.
     pub substeps: usize,
-    /// The comparison run's signed difference.
+    /// Paths of the comparison run (the first ones of the main run).
+    pub paths: u64,
+    /// The signed difference the comparison integration implies over all paths: the
+    /// reported estimate minus `delta`.
     pub estimate: Option<f64>,
-    /// Reported estimate minus the comparison estimate.
+    /// `δ̂`: the mean over the comparison paths of the per-path change of
+    /// `φ(X_T) − φ(x_N)` from the comparison run to the main run.
     pub delta: Option<f64>,
-    /// `|delta| ≤ 1.96 se` of the reported estimate.
+    /// The standard error of `delta`.
+    pub delta_stderr: Option<f64>,
+    /// `|δ̂| + 1.96 se_δ ≤ 1.96 se` of the reported estimate.
     pub negligible: bool,
 }
 
@@ -750,8 +776,10 @@ impl ModelAnalysis {
                 None => Value::Null,
                 Some(s) => json!({
                     "substeps": s,
+                    "paths": self.points.iter().find_map(|p| p.integration.as_ref().map(|c| c.paths)),
                     "estimates": col(&|p| p.integration.as_ref().and_then(|c| c.estimate)),
                     "deltas": col(&|p| p.integration.as_ref().and_then(|c| c.delta)),
+                    "delta_stderrs": col(&|p| p.integration.as_ref().and_then(|c| c.delta_stderr)),
                     "negligible": self.points.iter().map(|p| p.integration.as_ref().map(|c| c.negligible)).collect::<Vec<_>>(),
                     "all_negligible": self.integration_negligible(),
                 }),
@@ -869,8 +897,18 @@ fn analyse(
         config.observables.clone()
     };
     let finite_sum = problem.finite_sum().is_some();
-    let simulate_at = |eta: f64, substeps: usize| -> Result<SimResult, WeakOrderError> {
-        let mut sim = SimConfig::new(eta, config.horizon, config.paths);
+    let check_paths = if config.integration_check {
+        config.check_paths()
+    } else {
+        0
+    };
+    let simulate_at = |eta: f64,
+                       substeps: usize,
+                       paths: u64,
+                       progress: &(dyn Fn(u64) + Sync)|
+     -> Result<SimResult, WeakOrderError> {
+        let mut sim = SimConfig::new(eta, config.horizon, paths);
+        sim.keep_paths = check_paths;
         sim.models = config.models.clone();
         sim.substeps = substeps;
         sim.scheme = config.scheme;
@@ -902,9 +940,12 @@ fn analyse(
     // points[observable][model][eta]
     let mut points: Vec<Vec<Vec<Point>>> = vec![vec![Vec::new(); config.models.len()]; names.len()];
     for &eta in &config.etas {
-        let main = simulate_at(eta, config.substeps)?;
+        let main = simulate_at(eta, config.substeps, config.paths, progress)?;
         let check = if config.integration_check {
-            Some(simulate_at(eta, config.check_substeps())?)
+            let c = simulate_at(eta, config.check_substeps(), check_paths, &|_| {})?;
+            // Progress counts the check as a full run (`WeakOrderConfig::simulations`).
+            progress(config.paths);
+            Some(c)
         } else {
             None
         };
@@ -954,14 +995,19 @@ fn analyse(
                 // The check compares the coupled part (the only one that integrates an
                 // SDE) against the final estimate's precision.
                 let integration = check.as_ref().map(|c| {
-                    let (dc, _) = last_diff(c, obs, k);
-                    let delta = coupled.zip(dc).map(|(a, b)| a - b);
+                    let change = paired_change(&main, c, obs, k);
+                    let finite = |v: Option<f64>| v.filter(|v| v.is_finite());
+                    let (delta, delta_se) = (finite(change.mean()), finite(change.stderr()));
                     IntegrationCheck {
                         substeps: config.check_substeps(),
-                        estimate: dc,
+                        paths: check_paths,
+                        estimate: d.zip(delta).map(|(d, delta)| d - delta),
                         delta,
-                        negligible: match (delta, se) {
-                            (Some(delta), Some(se)) => delta.abs() <= Z975 * se,
+                        delta_stderr: delta_se,
+                        negligible: match (delta, delta_se, se) {
+                            (Some(delta), Some(dse), Some(se)) => {
+                                delta.abs() + Z975 * dse <= Z975 * se
+                            }
                             _ => false,
                         },
                     }
@@ -1016,6 +1062,28 @@ fn last_sgd(result: &SimResult, obs: &str) -> (Option<f64>, Option<f64>) {
     let s = &o.processes[0];
     let last = |v: &[Option<f64>]| v.last().copied().flatten().filter(|x| x.is_finite());
     (last(&s.mean), last(&s.stderr))
+}
+
+/// The per-path change of model `k`'s value of `obs` at the horizon from the `check` run
+/// to the `main` run, over the paths both kept on which neither SGD nor the model
+/// diverged in either run. SGD's values are the same in both runs (its noise does not
+/// depend on the substeps), so this is the change of the coupled difference.
+fn paired_change(main: &SimResult, check: &SimResult, obs: &str, k: usize) -> Welford {
+    let mut w = Welford::new();
+    let Some(o) = main.observables.iter().position(|x| x.name == obs) else {
+        return w;
+    };
+    let (procs, n_obs) = (main.processes.len(), main.observables.len());
+    let paths = (main.kept.len().min(check.kept.len())) / (procs * n_obs).max(1);
+    for p in 0..paths {
+        let at = |r: &SimResult, q: usize| r.kept[(p * n_obs + o) * procs + q];
+        if let (Some(_), Some(_), Some(a), Some(b)) =
+            (at(main, 0), at(check, 0), at(main, k + 1), at(check, k + 1))
+        {
+            w.push(a - b);
+        }
+    }
+    w
 }
 
 /// The coupled difference of model `k` on observable `obs` at the last saved time.
@@ -1254,8 +1322,8 @@ fn write_analyses(f: &mut fmt::Formatter<'_>, observables: &[ObservableAnalysis]
                     && !c.negligible
                 {
                     note.push(format!(
-                        "integration error not negligible (moves by more than its CI at {} substeps)",
-                        c.substeps
+                        "integration error not negligible (|Δ| + 1.96 se_Δ exceeds the CI half-width; {} substeps, {} paired paths)",
+                        c.substeps, c.paths
                     ));
                 }
                 writeln!(

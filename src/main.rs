@@ -277,8 +277,8 @@ struct WeakOrderArgs {
     /// Integrator: talay-tubaro (weak order 2) or em (Euler–Maruyama, weak order 1).
     #[arg(long, default_value = "talay-tubaro")]
     scheme: String,
-    /// Skip the integration check (half the work less; the report then cannot say the
-    /// integration error is negligible).
+    /// Skip the integration check (a rerun at the other substep count on an eighth of
+    /// the paths; the report then cannot say the integration error is negligible).
     #[arg(long)]
     no_integration_check: bool,
     /// Finite sums: paths of each SGD-only run of the split estimator (minibatch SGD

@@ -243,11 +243,10 @@ fn the_mean_minibatch_step_is_the_gradient_step() {
 #[test]
 fn the_sampler_draws_subsets_uniformly() {
     let mut s = MinibatchSampler::new(9, 5, 2, Sampling::WithoutReplacement);
-    s.start_path(0);
     let all = subsets(5, 2);
     let mut counts = vec![0u64; all.len()];
-    for _ in 0..50_000 {
-        let mut batch = s.draw().to_vec();
+    for k in 0..50_000 {
+        let mut batch = s.draw(0, k).to_vec();
         batch.sort_unstable();
         let k = all.iter().position(|x| *x == batch).expect("a 2-subset");
         counts[k] += 1;

@@ -79,3 +79,39 @@ fn sgd_numbers_do_not_depend_on_the_sde_settings() {
         assert_eq!(oa.processes[0], ob.processes[0], "{}", oa.name);
     }
 }
+
+/// `keep_paths` keeps each path's horizon values in path order, the same on any number
+/// of threads: their average over the first K paths is the mean of a run of K paths
+/// (the same paths), up to the rounding of a plain sum against Welford's updates.
+#[test]
+fn kept_values_are_the_first_paths_in_order() {
+    let p = saddle();
+    let mut a = config(5, 1, 0);
+    a.keep_paths = 300;
+    let mut b = a.clone();
+    b.threads = 2;
+    let (ra, rb) = (simulate(&p, &a).unwrap(), simulate(&p, &b).unwrap());
+    assert_eq!(ra.kept, rb.kept);
+    let (procs, obs) = (ra.processes.len(), ra.observables.len());
+    assert_eq!(ra.kept.len(), 300 * procs * obs);
+    let mut small = a.clone();
+    small.paths = 300;
+    small.keep_paths = 0;
+    let rs = simulate(&p, &small).unwrap();
+    assert!(rs.kept.is_empty());
+    let last = rs.times.len() - 1;
+    for o in 0..obs {
+        for q in 0..procs {
+            let values: Vec<f64> = (0..300)
+                .filter_map(|i| ra.kept[(i * obs + o) * procs + q])
+                .collect();
+            let mean = values.iter().sum::<f64>() / values.len() as f64;
+            let want = rs.observables[o].processes[q].mean[last].unwrap();
+            // 1e-12 relative: two summation orders of 300 numbers.
+            assert!(
+                (mean - want).abs() <= 1e-12 * want.abs().max(1e-300),
+                "{mean} vs {want}"
+            );
+        }
+    }
+}

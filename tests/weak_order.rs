@@ -256,3 +256,31 @@ fn bad_configurations_are_config_errors() {
         assert!(err.to_string().contains(want), "{err} (wanted {want})");
     }
 }
+
+/// The integration check is paired: it runs on the first `check_paths()` paths (an
+/// eighth, at least 4096) and averages the per-path change between the two
+/// integrations of the same Brownian path. That change has a far smaller spread than
+/// the coupled difference itself (pilot on this problem, Talay–Tubaro with 8 against 4
+/// substeps: 0.1–0.2 of it per path), so with an eighth of the paths its standard error
+/// is still below the estimate's: asserted with a factor 2 of margin over the pilot
+/// (√8 · 0.2 ≈ 0.57 < 1). 40 000 paths, so the subset (5000) is an eighth.
+#[test]
+fn integration_check_pairs_a_subset_of_the_paths() {
+    let mut config = WeakOrderConfig::new(vec![0.1], 1.0, 40_000);
+    config.models = vec![ModelKind::Hasme];
+    config.threads = 2;
+    assert_eq!(config.check_paths(), 5000);
+    let r = run(&cosine(), &config);
+    let p = &model(&r, "x2", ModelKind::Hasme).points[0];
+    let c = p.integration.as_ref().expect("the check ran");
+    assert_eq!((c.paths, c.substeps), (5000, 4));
+    let (delta, dse, se) = (c.delta.unwrap(), c.delta_stderr.unwrap(), p.stderr.unwrap());
+    assert!(dse < se, "se_δ {dse} vs se {se}");
+    assert!(c.negligible, "δ = {delta} ± {dse}, se {se}");
+    assert!((c.estimate.unwrap() - (p.signed.unwrap() - delta)).abs() < 1e-15);
+    // Fewer paths than the floor: the check runs on all of them.
+    assert_eq!(
+        WeakOrderConfig::new(vec![0.1], 1.0, 3000).check_paths(),
+        3000
+    );
+}

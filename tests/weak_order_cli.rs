@@ -73,6 +73,14 @@ fn json_contract() {
     assert_eq!(m["errors"].as_array().unwrap().len(), 2);
     assert_eq!(m["slope_ci"].as_array().unwrap().len(), 2);
     assert_eq!(m["integration_check"]["substeps"], 4);
+    assert!(m["integration_check"]["paths"].as_u64().is_some());
+    assert_eq!(
+        m["integration_check"]["delta_stderrs"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
     assert!(v.get("sweep").is_none());
     // Never NaN: the text is valid JSON, and every number parsed (serde_json rejects NaN).
     assert!(!String::from_utf8_lossy(&o.stdout).contains("NaN"));

@@ -1,19 +1,20 @@
 //! Real minibatch SGD for finite sums (MODELS.md §1): `x ← x − η (1/b) Σ_{i∈B} ∇F_i(x)`
 //! with a minibatch `B` of `b` examples drawn at every step.
 //!
-//! **Random stream.** Path `p` of a run with seed `S` draws its minibatches from the
-//! ChaCha8 keystream with key `S` (little-endian in bytes 0–7) and byte 8 set to 1 (the
-//! Brownian paths of [`super::brownian`] use byte 8 = 0, so the two never share a word),
-//! stream id `p`, read from the start of the stream. Nothing depends on the thread that
-//! runs the path or on how paths are grouped, so results are bit-identical on any
-//! number of threads. The SDEs' Brownian paths are independent of these draws: SGD and
-//! the models are uncoupled, and each difference combines two independent estimates.
+//! **Random stream.** Step `k` of path `p` of a run with seed `S` draws its minibatch
+//! from the ChaCha8 keystream with key `S` (little-endian in bytes 0–7) and byte 8 set
+//! to 1 (the Brownian paths of [`super::brownian`] use byte 8 = 0, so the two never share
+//! a word), stream id `p`, starting at word `k · 2³⁶`. A draw is thus a function of
+//! (seed, path, step) alone: nothing depends on the thread that runs the path, on how
+//! paths are grouped or interleaved, or on earlier draws, so results are bit-identical on
+//! any number of threads. The SDEs' Brownian paths are independent of these draws: SGD
+//! and the models are uncoupled, and each difference combines two independent estimates.
 //!
 //! **Sampling.** With replacement: `b` independent uniform indices. Without replacement:
-//! a partial Fisher–Yates shuffle of a permutation kept across the steps of a path (and
-//! reset at the start of each path); whatever the permutation it starts from, the first
-//! `b` entries after the shuffle are a uniformly random `b`-subset. Uniform integers come
-//! from `rand`'s unbiased `random_range`.
+//! a partial Fisher–Yates shuffle of the identity permutation (the first `b` entries are
+//! a uniformly random ordered `b`-subset), whose swaps are then undone in reverse order,
+//! so each step costs O(b), not O(n). Uniform integers come from `rand`'s unbiased
+//! `random_range`.
 
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -25,14 +26,21 @@ use crate::tape::{Jets, Workspace};
 
 use super::terms::Failure;
 
-/// Draws minibatches for one path at a time.
+/// Words of keystream reserved for each step: step `k` starts at `k · 2³⁶` (as the
+/// Brownian paths do; a batch of b indices reads about b words).
+const STEP_WORDS_LOG2: u32 = 36;
+
+/// Draws the minibatch of any (path, step).
 #[derive(Clone, Debug)]
 pub struct MinibatchSampler {
     rng: ChaCha8Rng,
     n: usize,
     batch: usize,
     sampling: Sampling,
+    /// The identity permutation between draws.
     perm: Vec<usize>,
+    swaps: Vec<usize>,
+    drawn: Vec<usize>,
 }
 
 impl MinibatchSampler {
@@ -47,33 +55,38 @@ impl MinibatchSampler {
             batch,
             sampling,
             perm: (0..n).collect(),
+            swaps: Vec::with_capacity(batch),
+            drawn: Vec::with_capacity(batch),
         }
     }
 
-    /// Starts path `p`: its own stream, read from the beginning.
-    pub fn start_path(&mut self, p: u64) {
+    /// The minibatch of step `k` of path `p` (indices 0..n; repeated indices only with
+    /// replacement).
+    pub fn draw(&mut self, p: u64, k: u64) -> &[usize] {
         self.rng.set_stream(p);
-        self.rng.set_word_pos(0);
-        self.perm.iter_mut().enumerate().for_each(|(i, v)| *v = i);
-    }
-
-    /// The next minibatch (indices 0..n; repeated indices only with replacement).
-    pub fn draw(&mut self) -> &[usize] {
+        self.rng.set_word_pos(u128::from(k) << STEP_WORDS_LOG2);
+        self.drawn.clear();
         match self.sampling {
             Sampling::WithReplacement => {
-                // The permutation buffer holds the draws.
-                for k in 0..self.batch {
-                    self.perm[k] = self.rng.random_range(0..self.n);
+                for _ in 0..self.batch {
+                    self.drawn.push(self.rng.random_range(0..self.n));
                 }
             }
             Sampling::WithoutReplacement => {
-                for k in 0..self.batch {
-                    let j = self.rng.random_range(k..self.n);
-                    self.perm.swap(k, j);
+                self.swaps.clear();
+                for i in 0..self.batch {
+                    let j = self.rng.random_range(i..self.n);
+                    self.perm.swap(i, j);
+                    self.swaps.push(j);
+                }
+                self.drawn.extend_from_slice(&self.perm[..self.batch]);
+                // Back to the identity, in O(b).
+                for (i, &j) in self.swaps.iter().enumerate().rev() {
+                    self.perm.swap(i, j);
                 }
             }
         }
-        &self.perm[..self.batch]
+        &self.drawn
     }
 }
 
@@ -96,17 +109,15 @@ impl MinibatchSgd {
         }
     }
 
-    pub(crate) fn start_path(&mut self, p: u64) {
-        self.sampler.start_path(p);
-    }
-
-    /// One step in place: `x ← x − η (1/b) Σ_{i∈B} ∇F_i(x)`. A non-finite per-example
-    /// gradient ends the path (a divergence), naming the expression, point and example.
+    /// Step `k` of path `p` in place: `x ← x − η (1/b) Σ_{i∈B} ∇F_i(x)`. A non-finite
+    /// per-example gradient ends the path (a divergence), naming the expression, point
+    /// and example.
     pub(crate) fn step(
         &mut self,
         problem: &Problem,
         eta: f64,
         x: &mut [f64],
+        (p, k): (u64, u64),
     ) -> Result<(), Failure> {
         if let Some(i) = x.iter().position(|v| !v.is_finite()) {
             return Err(Failure::Diverged(format!(
@@ -116,7 +127,7 @@ impl MinibatchSgd {
             )));
         }
         self.grad.fill(0.0);
-        let batch = self.sampler.draw();
+        let batch = self.sampler.draw(p, k);
         let b = batch.len() as f64;
         for &i in batch {
             problem
@@ -146,9 +157,8 @@ mod tests {
             let mut s = MinibatchSampler::new(7, n, b, sampling);
             let mut counts = vec![0u64; n];
             let steps = 20_000;
-            s.start_path(0);
-            for _ in 0..steps {
-                let batch = s.draw().to_vec();
+            for k in 0..steps {
+                let batch = s.draw(0, k).to_vec();
                 if sampling == Sampling::WithoutReplacement {
                     let mut sorted = batch.clone();
                     sorted.sort_unstable();
@@ -160,20 +170,24 @@ mod tests {
             // Each count has mean steps·b/n = 12 000 and is Binomial(steps·b, 1/n) with
             // replacement (sd √(60 000·0.2·0.8) ≈ 98) or Binomial(steps, b/n) without
             // (sd √(20 000·0.6·0.4) ≈ 69): 5 × 98 is a < 1e-6 false alarm.
-            let mean = (steps * b) as f64 / n as f64;
+            let mean = (steps as usize * b) as f64 / n as f64;
             for c in counts {
                 assert!(
                     (c as f64 - mean).abs() < 5.0 * 98.0,
                     "{sampling:?}: {c} vs {mean}"
                 );
             }
-            s.start_path(3);
-            let a: Vec<usize> = (0..10).flat_map(|_| s.draw().to_vec()).collect();
-            s.start_path(3);
-            let again: Vec<usize> = (0..10).flat_map(|_| s.draw().to_vec()).collect();
-            s.start_path(4);
-            let other: Vec<usize> = (0..10).flat_map(|_| s.draw().to_vec()).collect();
-            assert_eq!(a, again);
+            let a: Vec<usize> = (0..10).flat_map(|k| s.draw(3, k).to_vec()).collect();
+            // Another order of calls (other paths and steps in between, steps
+            // backwards) gives the same draws: a draw depends on (path, step) only.
+            let mut again: Vec<Vec<usize>> = Vec::new();
+            for k in (0..10).rev() {
+                s.draw(5, k);
+                again.push(s.draw(3, k).to_vec());
+            }
+            again.reverse();
+            let other: Vec<usize> = (0..10).flat_map(|k| s.draw(4, k).to_vec()).collect();
+            assert_eq!(a, again.concat());
             assert_ne!(a, other);
         }
     }

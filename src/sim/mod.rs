@@ -36,6 +36,11 @@
 //! chunks of [`CHUNK_PATHS`] consecutive indices, each chunk summarised in path order,
 //! and the chunk summaries merged in chunk order.
 //!
+//! Speed: for d ≤ 4 the paths of a chunk are stepped 64 at a time (`block.rs`), each
+//! model evaluated over the whole block at once (`lanes.rs`, `ModelTerm::eval_lanes`);
+//! every lane computes from its own point only, so a path's numbers do not depend on
+//! which paths share its block.
+//!
 //! ```
 //! use hasme::Problem;
 //! use hasme::models::ModelKind;
@@ -57,7 +62,9 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod block;
 pub mod brownian;
+mod lanes;
 mod linalg;
 pub mod minibatch;
 pub mod progress;
@@ -124,6 +131,10 @@ pub struct SimConfig {
     /// minibatches; it is then coupled to the SDEs like any Gaussian SGD. Default
     /// false. No effect on other problems.
     pub gaussian_sgd: bool,
+    /// Keep the values at the horizon of the first `keep_paths` paths, one per path,
+    /// observable and process ([`SimResult::kept`], default 0): what a paired
+    /// comparison of two runs on the same paths needs. Memory grows with it.
+    pub keep_paths: u64,
 }
 
 impl SimConfig {
@@ -142,6 +153,7 @@ impl SimConfig {
             threads: 1,
             batch: 0,
             gaussian_sgd: false,
+            keep_paths: 0,
         }
     }
 
@@ -295,6 +307,11 @@ pub struct SimResult {
     pub first_divergence: Vec<Option<Divergence>>,
     /// Variable names, for printing points.
     pub variables: Vec<String>,
+    /// With [`SimConfig::keep_paths`] = K: the value at the horizon of path `p < K`,
+    /// observable `o`, process `q` (SGD = 0, then the models) at
+    /// `(p · observables + o) · processes + q`; `None` where that process diverged on
+    /// that path.
+    pub kept: Vec<Option<f64>>,
 }
 
 /// Why a simulation could not run.
@@ -407,6 +424,8 @@ struct ChunkStats {
     grid: WelfordGrid,
     diverged: Vec<u64>,
     first: Vec<Option<Divergence>>,
+    /// Horizon values of the chunk's paths below `keep_paths`, in path order.
+    kept: Vec<Option<f64>>,
 }
 
 impl ChunkStats {
@@ -415,12 +434,14 @@ impl ChunkStats {
             grid: WelfordGrid::new(layout.cells()),
             diverged: vec![0; layout.processes],
             first: vec![None; layout.processes],
+            kept: Vec::new(),
         }
     }
 
     /// Appends `other`, which summarises later paths.
     fn merge(&mut self, other: ChunkStats) {
         self.grid.merge(&other.grid);
+        self.kept.extend(other.kept);
         for (a, b) in self.diverged.iter_mut().zip(&other.diverged) {
             *a += b;
         }
@@ -453,6 +474,9 @@ struct Worker<'p, S: Scheme> {
     values: Vec<f64>,
     tmp: Vec<f64>,
     copy_values: Vec<f64>,
+    /// The lanes of lane-batched stepping ([`block`]), when every model's term can be
+    /// evaluated over a block of points.
+    block: Option<block::Block>,
 }
 
 /// Observable values at `x`, or why they cannot be had.
@@ -474,7 +498,7 @@ impl<'p, S: Scheme + Copy> Worker<'p, S> {
             .map(|&k| ModelTerm::new(k, c.eta, Evaluator::new(plan.problem, &plan.noise)))
             .collect();
         let l = plan.layout;
-        Worker {
+        let mut w = Worker {
             plan,
             scheme,
             brownian: BrownianPath::new(c.seed, d, c.eta, grid, c.coupling),
@@ -492,7 +516,14 @@ impl<'p, S: Scheme + Copy> Worker<'p, S> {
             values: vec![0.0; l.times * l.observables * l.processes],
             tmp: vec![0.0; d],
             copy_values: vec![0.0; scheme.copies() * l.observables],
+            block: None,
+        };
+        if w.terms.iter().all(|t| t.batched()) {
+            w.block = Some(block::Block::new(
+                &w.x, &w.states, &w.alive, &w.values, grid,
+            ));
         }
+        w
     }
 
     fn run_chunk(
@@ -503,14 +534,25 @@ impl<'p, S: Scheme + Copy> Worker<'p, S> {
         let mut stats = ChunkStats::new(&self.plan.layout);
         let first = chunk * CHUNK_PATHS;
         let last = (first + CHUNK_PATHS).min(self.plan.config.paths);
-        for path in first..last {
-            self.run_path(path, &mut stats)?;
+        if self.block.is_some() {
+            let mut path = first;
+            while path < last {
+                let n = (last - path).min(lanes::LANES as u64);
+                self.run_block(path, n as usize, &mut stats)?;
+                path += n;
+            }
+        } else {
+            for path in first..last {
+                self.run_path(path, &mut stats)?;
+            }
         }
         progress(last - first);
         Ok(stats)
     }
 
-    /// Marks process `p` diverged on `path` at `step`, last known at `point`.
+    /// Marks process `p` diverged on `path` at `step`, last known at `point`. The
+    /// chunk's first divergence is the one on the smallest path, whatever order the
+    /// paths were stepped in.
     fn diverge(
         &mut self,
         stats: &mut ChunkStats,
@@ -521,7 +563,7 @@ impl<'p, S: Scheme + Copy> Worker<'p, S> {
     ) {
         self.alive[p] = false;
         stats.diverged[p] += 1;
-        if stats.first[p].is_none() {
+        if stats.first[p].as_ref().is_none_or(|f| path < f.path) {
             stats.first[p] = Some(Divergence {
                 path,
                 step,
@@ -591,7 +633,7 @@ impl<'p, S: Scheme + Copy> Worker<'p, S> {
         let eta = self.plan.config.eta;
         self.step_start.copy_from_slice(&self.x);
         let r = match &mut self.minibatch {
-            Some(mb) => mb.step(self.plan.problem, eta, &mut self.x),
+            Some(mb) => mb.step(self.plan.problem, eta, &mut self.x, (path, k)),
             None => sgd_step(
                 &mut self.sgd,
                 eta,
@@ -664,9 +706,6 @@ impl<'p, S: Scheme + Copy> Worker<'p, S> {
         let plan = self.plan;
         let d = self.x.len();
         self.brownian.start_path(path);
-        if let Some(mb) = &mut self.minibatch {
-            mb.start_path(path);
-        }
         self.x.copy_from_slice(&plan.start);
         for s in &mut self.states {
             for c in s.chunks_mut(d) {
@@ -697,7 +736,23 @@ impl<'p, S: Scheme + Copy> Worker<'p, S> {
                 next_save += 1;
             }
         }
-        let l = plan.layout;
+        self.push_path(path, stats);
+        Ok(())
+    }
+
+    /// Pushes the current path's saved values (and differences) of every process that
+    /// did not diverge.
+    fn push_path(&mut self, path: u64, stats: &mut ChunkStats) {
+        let l = self.plan.layout;
+        if path < self.plan.config.keep_paths {
+            let t = l.times - 1;
+            for o in 0..l.observables {
+                for p in 0..l.processes {
+                    let v = self.values[l.value(t, o, p)];
+                    stats.kept.push(self.alive[p].then_some(v));
+                }
+            }
+        }
         for p in 0..l.processes {
             if !self.alive[p] {
                 continue;
@@ -713,7 +768,6 @@ impl<'p, S: Scheme + Copy> Worker<'p, S> {
                 }
             }
         }
-        Ok(())
     }
 }
 
@@ -854,6 +908,7 @@ fn finish(plan: &Plan<'_>, total: ChunkStats) -> SimResult {
         pairs,
         first_divergence: total.first,
         variables: plan.problem.variables().to_vec(),
+        kept: total.kept,
     }
 }
 

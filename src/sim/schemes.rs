@@ -49,6 +49,24 @@ pub trait Scheme: Sync {
 
     /// The estimate of `φ(X_t)` from `φ` at each copy.
     fn combine(&self, values: &[f64]) -> f64;
+
+    /// [`Scheme::step`] as a sequence of Euler–Maruyama moves, in order, for the
+    /// simulator's lane-batched stepping (each move evaluates the coefficients at one
+    /// copy of every path of a block at once). Stepping by the moves gives exactly the
+    /// numbers of [`Scheme::step`] from the same coefficients.
+    fn moves(&self) -> &'static [Move];
+}
+
+/// One Euler–Maruyama move within a substep: copy `copy` of the state advances by
+/// `b(X) · fraction · h + σ(X) ΔW`, `ΔW` the sum of the substep's increments listed.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Move {
+    /// Which copy of the state moves.
+    pub copy: usize,
+    /// The move's time step as a fraction of `h`.
+    pub fraction: f64,
+    /// The substep's increments it reads (one or two), summed.
+    pub increments: &'static [usize],
 }
 
 /// `X ← X + b(X) h + σ(X) ΔW` for one copy.
@@ -125,6 +143,14 @@ impl Scheme for EulerMaruyama {
     fn combine(&self, values: &[f64]) -> f64 {
         values[0]
     }
+
+    fn moves(&self) -> &'static [Move] {
+        &[Move {
+            copy: 0,
+            fraction: 1.0,
+            increments: &[0],
+        }]
+    }
 }
 
 /// Talay–Tubaro extrapolation of Euler–Maruyama at `h` and `h/2` on one Brownian path,
@@ -167,6 +193,26 @@ impl Scheme for TalayTubaro {
 
     fn combine(&self, values: &[f64]) -> f64 {
         2.0 * values[1] - values[0]
+    }
+
+    fn moves(&self) -> &'static [Move] {
+        &[
+            Move {
+                copy: 0,
+                fraction: 1.0,
+                increments: &[0, 1],
+            },
+            Move {
+                copy: 1,
+                fraction: 0.5,
+                increments: &[0],
+            },
+            Move {
+                copy: 1,
+                fraction: 0.5,
+                increments: &[1],
+            },
+        ]
     }
 }
 

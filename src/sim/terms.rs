@@ -19,6 +19,7 @@ use crate::problem::{NoiseBuffers, NoiseKind, Problem, ProblemError};
 use crate::tape::{Jets, Workspace};
 use nalgebra::{DMatrix, DVector};
 
+use super::lanes::{LANES, LaneTape, Order};
 use super::linalg::{
     EigenScratch, JACOBI_MAX_DIM, NoConvergence, mat_mul, mat_tr_mul, mat_tr_vec, mat_vec,
     sym_eigen, sym_sqrt, symmetrise,
@@ -126,6 +127,20 @@ impl<'p> Evaluator<'p> {
             .map_err(|e| Failure::Diverged(e.to_string()))
     }
 
+    /// Value and gradient of f at `x` (into `self.jets`, no Hessian): SGD's need.
+    fn gradient(&mut self, x: &[f64]) -> Result<(), Failure> {
+        if let Some(i) = x.iter().position(|v| !v.is_finite()) {
+            return Err(Failure::Diverged(format!(
+                "the state is not finite (coordinate {} = {})",
+                i + 1,
+                x[i]
+            )));
+        }
+        self.problem
+            .gradient_with(x, &mut self.ws, &mut self.jets)
+            .map_err(|e| Failure::Diverged(e.to_string()))
+    }
+
     /// Σ(x) (state-dependent case) into `self.cov`; the symmetric square root too when
     /// `with_sqrt`. Non-finite Σ is a divergence; a finite Σ that is not symmetric PSD
     /// is fatal.
@@ -165,6 +180,19 @@ impl<'p> Evaluator<'p> {
     }
 }
 
+impl Evaluator<'_> {
+    /// Σ and its square root as last evaluated: the constant ones, or those of the
+    /// last [`Evaluator::state_noise`] call (`sqrt` only when it computed one).
+    fn noise_refs(&self, needs_noise: bool, with_sqrt: bool) -> (Option<&[f64]>, Option<&[f64]>) {
+        match self.noise {
+            _ if !needs_noise => (None, None),
+            NoiseSource::Zero => (None, None),
+            NoiseSource::Constant { cov, sqrt } => (Some(cov), Some(sqrt)),
+            NoiseSource::State => (Some(&self.cov), with_sqrt.then_some(&self.sqrt[..])),
+        }
+    }
+}
+
 /// One SGD step in place: `x ← x − η(∇f(x) + z)`, `z = −Σ(x)^{1/2} ξ` (MODELS.md §1, §4).
 pub(crate) fn sgd_step(
     ev: &mut Evaluator<'_>,
@@ -174,7 +202,7 @@ pub(crate) fn sgd_step(
     tmp: &mut [f64],
 ) -> Result<(), Failure> {
     let d = x.len();
-    ev.derivatives(x)?;
+    ev.gradient(x)?;
     let noise = ev.noise;
     let sqrt: Option<&[f64]> = match noise {
         NoiseSource::Zero => None,
@@ -208,12 +236,32 @@ pub trait Term {
     fn eval(&mut self, x: &[f64]) -> Result<(&[f64], Option<&[f64]>), Failure>;
 }
 
-/// The coefficients of one model, evaluated without allocation.
+/// The coefficients of one model, evaluated without allocation, at one point
+/// ([`Term::eval`]) or at a block of points ([`ModelTerm::eval_lanes`]).
 #[derive(Debug)]
 pub(crate) struct ModelTerm<'p> {
+    ev: Evaluator<'p>,
+    coeffs: Coeffs,
+    /// The objective's tape batched over lanes (d ≤ 4, single output), carrying the
+    /// Hessian only when the model needs it.
+    lanes: Option<LaneTape>,
+    /// ∇f and ∇²f of the lane being finished.
+    g: Vec<f64>,
+    h: Vec<f64>,
+    /// d = 2 blocks: Σ and √Σ per lane (entries 00, 01, 11), and the lanes left to the
+    /// general code.
+    cov: [[f64; LANES]; 3],
+    sqrt: [[f64; LANES]; 3],
+    slow: [bool; LANES],
+    /// Per-lane intermediate results of the d = 2 closed forms.
+    tmp: [[f64; LANES]; 10],
+}
+
+/// A model's formulas and their scratch buffers.
+#[derive(Debug)]
+struct Coeffs {
     kind: ModelKind,
     eta: f64,
-    ev: Evaluator<'p>,
     drift: Vec<f64>,
     factor: Vec<f64>,
     // Scratch.
@@ -224,26 +272,330 @@ pub(crate) struct ModelTerm<'p> {
     m3: Vec<f64>,
     v1: Vec<f64>,
     v2: Vec<f64>,
+    /// `ℓ(1 − ηλ_i)` of the HA-SME models.
+    ells: Vec<f64>,
+    scratch: EigenScratch,
+}
+
+/// Drift, factor and outcome per lane of a block evaluation.
+#[derive(Debug)]
+pub(crate) struct LaneCoefficients {
+    /// `LANES × d`.
+    pub drift: Vec<f64>,
+    /// `LANES × d × d`, row-major per lane.
+    pub factor: Vec<f64>,
+    /// Whether lane `l`'s diffusion is nonzero (else `factor` is not written).
+    pub noisy: Vec<bool>,
+    /// Why lane `l` could not be evaluated. The caller takes (`Option::take`) every
+    /// failure, so all entries are `None` when an evaluation starts.
+    pub failure: Vec<Option<Failure>>,
+}
+
+impl LaneCoefficients {
+    pub(crate) fn new(d: usize) -> LaneCoefficients {
+        LaneCoefficients {
+            drift: vec![0.0; LANES * d],
+            factor: vec![0.0; LANES * d * d],
+            noisy: vec![false; LANES],
+            failure: (0..LANES).map(|_| None).collect(),
+        }
+    }
 }
 
 impl<'p> ModelTerm<'p> {
     pub(crate) fn new(kind: ModelKind, eta: f64, ev: Evaluator<'p>) -> ModelTerm<'p> {
         let d = ev.problem.dim();
         let z = |n| vec![0.0; n];
+        // Gradient flow and SME-1 read only ∇f (SME-1's σ is √η Σ^{1/2}).
+        let order = if kind == ModelKind::Gf || kind.series_order() == Some(0) {
+            Order::Gradient
+        } else {
+            Order::Hessian
+        };
         ModelTerm {
-            kind,
-            eta,
+            lanes: LaneTape::new(ev.problem.objective_tape(), order),
             ev,
-            drift: z(d),
-            factor: z(d * d),
-            u: z(d * d),
-            lambda: z(d),
-            m1: z(d * d),
-            m2: z(d * d),
-            m3: z(d * d),
-            v1: z(d),
-            v2: z(d),
+            coeffs: Coeffs {
+                kind,
+                eta,
+                drift: z(d),
+                factor: z(d * d),
+                u: z(d * d),
+                lambda: z(d),
+                m1: z(d * d),
+                m2: z(d * d),
+                m3: z(d * d),
+                v1: z(d),
+                v2: z(d),
+                ells: z(d),
+                scratch: EigenScratch::new(d),
+            },
+            g: z(d),
+            h: z(d * d),
+            cov: [[0.0; LANES]; 3],
+            sqrt: [[0.0; LANES]; 3],
+            slow: [false; LANES],
+            tmp: [[0.0; LANES]; 10],
         }
+    }
+
+    /// Whether [`ModelTerm::eval_lanes`] is available (d ≤ 4, a single-output tape).
+    pub(crate) fn batched(&self) -> bool {
+        self.lanes.is_some()
+    }
+
+    /// Whether the model's diffusion needs Σ, and its square root.
+    fn noise_needs(&self, d: usize) -> (bool, bool) {
+        let kind = self.coeffs.kind;
+        let one_term = d <= JACOBI_MAX_DIM && matches!(kind.series_order(), Some(k) if k <= 1);
+        (kind != ModelKind::Gf, one_term)
+    }
+
+    /// Evaluates the coefficients at the `n ≤ LANES` points `xs[l·d .. (l+1)·d]` into
+    /// `out`: the tape once for the block ([`LaneTape`]), then each lane's formulas. A
+    /// lane whose batched derivatives are not finite is evaluated again by the tape's
+    /// own code, which either succeeds or names the failure exactly as [`Term::eval`]
+    /// does. Each lane's result depends on its point only.
+    ///
+    /// # Panics
+    /// When the term is not [`ModelTerm::batched`].
+    pub(crate) fn eval_lanes(&mut self, xs: &[f64], n: usize, out: &mut LaneCoefficients) {
+        let d = self.g.len();
+        let (needs_noise, one_term) = self.noise_needs(d);
+        let lanes = self.lanes.as_mut().expect("a batched term");
+        lanes.eval(xs, n);
+        let fast = d == 2 && self.two_by_two(xs, n, out);
+        let lanes = self.lanes.as_mut().expect("a batched term");
+        for l in 0..n {
+            if fast && !self.slow[l] {
+                continue;
+            }
+            let x = &xs[l * d..(l + 1) * d];
+            let r = (|| {
+                if lanes.finite(l) && x.iter().all(|v| v.is_finite()) {
+                    lanes.gradient(l, &mut self.g);
+                    lanes.hessian(l, &mut self.h);
+                } else {
+                    self.ev.derivatives(x)?;
+                    self.g.copy_from_slice(self.ev.jets.gradient(0));
+                    self.h.copy_from_slice(self.ev.jets.hessian(0));
+                }
+                if needs_noise && matches!(self.ev.noise, NoiseSource::State) {
+                    self.ev.state_noise(x, one_term)?;
+                }
+                let (cov, sqrt) = self.ev.noise_refs(needs_noise, one_term);
+                self.coeffs.compute(x, &self.g, &self.h, cov, sqrt)
+            })();
+            match r {
+                Ok(noisy) => {
+                    out.drift[l * d..(l + 1) * d].copy_from_slice(&self.coeffs.drift);
+                    if noisy {
+                        out.factor[l * d * d..(l + 1) * d * d].copy_from_slice(&self.coeffs.factor);
+                    }
+                    out.noisy[l] = noisy;
+                    out.failure[l] = None;
+                }
+                Err(f) => out.failure[l] = Some(f),
+            }
+        }
+    }
+}
+
+impl ModelTerm<'_> {
+    /// The d = 2 closed forms over a block, in structure-of-arrays loops: `gf`, `sme1`,
+    /// `sme2`, `hasme`, `hasme-exact` (other models: `false`, nothing written). The
+    /// formulas are those of [`Coeffs::compute`] written out for a 2×2 `H = [[a, b],
+    /// [b, c]]` with eigenvectors `e₀ = (cs, −sn)`, `e₁ = (sn, cs)` (the rotation of
+    /// `linalg::sym_eigen`):
+    ///
+    /// ```text
+    /// drift = −Σᵢ ℓ(pᵢ) (eᵢ·g) eᵢ,   Γ = Σᵢⱼ Ĝᵢⱼ eᵢ eⱼᵀ,   Ĝᵢⱼ = η (eᵢᵀ Σ eⱼ) Wᵢⱼ,
+    /// ```
+    ///
+    /// `Wᵢⱼ = sᵢsⱼ`, `sᵢ² = ℓ(pᵢ²)` (`hasme`) or `Wᵢⱼ = ℓ(pᵢpⱼ)` (`hasme-exact`), and
+    /// `σ = (Γ + √det I)/√(tr + 2√det)` with the determinant and trace of `Ĝ` (the
+    /// same as Γ's). A lane that is not finite, leaves the domain (`ηλ_max ≥ 1`), or
+    /// whose Γ is not clearly positive definite (smallest eigenvalue at or below the
+    /// round-off floor, where the closed form does not apply) is marked in
+    /// `self.slow` and left to the general per-lane code, which reports or handles it
+    /// exactly as [`Term::eval`].
+    fn two_by_two(&mut self, xs: &[f64], n: usize, out: &mut LaneCoefficients) -> bool {
+        let kind = self.coeffs.kind;
+        let eta = self.coeffs.eta;
+        let spectral = matches!(kind, ModelKind::Hasme | ModelKind::HasmeExact);
+        let series = match kind {
+            ModelKind::Gf => None,
+            k => match k.series_order() {
+                Some(o) if o <= 1 => Some(o),
+                _ if spectral => None,
+                _ => return false,
+            },
+        };
+        let lanes = self.lanes.as_ref().expect("a batched term");
+        let (needs_noise, one_term) = self.noise_needs(2);
+        // Σ (and √Σ for the SME models) per lane.
+        for l in 0..n {
+            let x = &xs[2 * l..2 * l + 2];
+            self.slow[l] = !(lanes.finite(l) && x[0].is_finite() && x[1].is_finite());
+            out.noisy[l] = false;
+            if self.slow[l] || !needs_noise {
+                continue;
+            }
+            let (cov, sqrt) = match self.ev.noise {
+                NoiseSource::Zero => continue,
+                NoiseSource::Constant { cov, sqrt } => (&cov[..], &sqrt[..]),
+                NoiseSource::State => {
+                    if self.ev.state_noise(x, one_term).is_err() {
+                        self.slow[l] = true;
+                        continue;
+                    }
+                    (&self.ev.cov[..], &self.ev.sqrt[..])
+                }
+            };
+            out.noisy[l] = true;
+            self.cov[0][l] = cov[0];
+            self.cov[1][l] = 0.5 * cov[1] + 0.5 * cov[2];
+            self.cov[2][l] = cov[3];
+            if one_term {
+                self.sqrt[0][l] = sqrt[0];
+                self.sqrt[1][l] = sqrt[1];
+                self.sqrt[2][l] = sqrt[3];
+            }
+        }
+        let row = |r: usize| lanes.row(r);
+        let (g0, g1) = (row(1), row(2));
+        if let Some(order) = series {
+            let root_eta = eta.sqrt();
+            for l in 0..n {
+                let (mut d0, mut d1) = (-g0[l], -g1[l]);
+                if order == 1 {
+                    let (a, b, c) = (row(3)[l], row(4)[l], row(5)[l]);
+                    d0 += -0.5 * (eta * (a * g0[l] + b * g1[l]));
+                    d1 += -0.5 * (eta * (b * g0[l] + c * g1[l]));
+                }
+                out.drift[2 * l] = d0;
+                out.drift[2 * l + 1] = d1;
+                if out.noisy[l] {
+                    let f = &mut out.factor[4 * l..4 * l + 4];
+                    f[0] = root_eta * self.sqrt[0][l];
+                    f[1] = root_eta * self.sqrt[1][l];
+                    f[2] = f[1];
+                    f[3] = root_eta * self.sqrt[2][l];
+                }
+                self.slow[l] |= !(d0.is_finite() && d1.is_finite());
+            }
+        } else if spectral {
+            // In passes over the block (loop fission), so the long chain of divisions,
+            // logarithms and square roots of one lane overlaps with other lanes'
+            // instead of stalling on itself (measured: the reference weak-order run 10% faster).
+            let exact = kind == ModelKind::HasmeExact;
+            let (ha, hb, hc) = (row(3), row(4), row(5));
+            let [cs_, sn_, p0_, p1_, e0_, e1_, e01_, k00_, k01_, k11_] = &mut self.tmp;
+            for l in 0..n {
+                let (a, b, c) = (ha[l], hb[l], hc[l]);
+                // The rotation of `linalg::sym_eigen` at d = 2.
+                let (t, cs, sn) = if b == 0.0 {
+                    (0.0, 1.0, 0.0)
+                } else {
+                    let (h, g) = (c - a, 100.0 * b.abs());
+                    let t = if h.abs() + g == h.abs() {
+                        b / h
+                    } else {
+                        let theta = 0.5 * h / b;
+                        let t = 1.0 / (theta.abs() + (1.0 + theta * theta).sqrt());
+                        if theta < 0.0 { -t } else { t }
+                    };
+                    let cs = 1.0 / (1.0 + t * t).sqrt();
+                    (t, cs, t * cs)
+                };
+                let (l0, l1) = (a - t * b, c + t * b);
+                self.slow[l] |= eta * l0.max(l1) >= 1.0;
+                (cs_[l], sn_[l]) = (cs, sn);
+                (p0_[l], p1_[l]) = (1.0 - eta * l0, 1.0 - eta * l1);
+            }
+            for l in 0..n {
+                if !self.slow[l] {
+                    (e0_[l], e1_[l]) = (ell(p0_[l]), ell(p1_[l]));
+                    if exact && out.noisy[l] {
+                        e01_[l] = ell(p0_[l] * p1_[l]);
+                    }
+                }
+            }
+            for l in 0..n {
+                if self.slow[l] {
+                    continue;
+                }
+                let (cs, sn, p0, p1, e0, e1) = (cs_[l], sn_[l], p0_[l], p1_[l], e0_[l], e1_[l]);
+                // Components of g on the eigenvectors, weighted by −ℓ(pᵢ).
+                let q0 = -e0 * (cs * g0[l] - sn * g1[l]);
+                let q1 = -e1 * (sn * g0[l] + cs * g1[l]);
+                let (d0, d1) = (cs * q0 + sn * q1, cs * q1 - sn * q0);
+                out.drift[2 * l] = d0;
+                out.drift[2 * l + 1] = d1;
+                self.slow[l] |= !(d0.is_finite() && d1.is_finite());
+                if !out.noisy[l] {
+                    continue;
+                }
+                // Σ̂ = UᵀΣU.
+                let (s00, s01, s11) = (self.cov[0][l], self.cov[1][l], self.cov[2][l]);
+                let (u0, u1) = (cs * s00 - sn * s01, cs * s01 - sn * s11); // Σ e₀
+                let (v0, v1) = (sn * s00 + cs * s01, sn * s01 + cs * s11); // Σ e₁
+                let h00 = cs * u0 - sn * u1;
+                let h01 = sn * u0 + cs * u1;
+                let h11 = sn * v0 + cs * v1;
+                let (w00, w01, w11) = if exact {
+                    let (w0, w1) = (ell_square(e0, p0), ell_square(e1, p1));
+                    (w0, e01_[l], w1)
+                } else {
+                    let (r0, r1) = (ell_square(e0, p0).sqrt(), ell_square(e1, p1).sqrt());
+                    (r0 * r0, r0 * r1, r1 * r1)
+                };
+                (k00_[l], k01_[l], k11_[l]) = (eta * h00 * w00, eta * h01 * w01, eta * h11 * w11);
+            }
+            for l in 0..n {
+                if self.slow[l] || !out.noisy[l] {
+                    continue;
+                }
+                let (cs, sn) = (cs_[l], sn_[l]);
+                let (k00, k01, k11) = (k00_[l], k01_[l], k11_[l]);
+                // √Ĝ by Cayley–Hamilton, then σ = U √Ĝ Uᵀ.
+                let half_tr = 0.5 * (k00 + k11);
+                let half_diff = 0.5 * (k00 - k11);
+                // `hypot` without its overflow care (a libm call costing as much as
+                // the rest of the formula): 1e−100 < |Ĝ| < 1e100 squares safely;
+                // outside, the lane goes to the general code.
+                let half_gap = (half_diff * half_diff + k01 * k01).sqrt();
+                if !(1e-100..1e100).contains(&half_tr.abs().max(half_gap)) {
+                    self.slow[l] = true;
+                    continue;
+                }
+                let (min, max) = (half_tr - half_gap, half_tr + half_gap);
+                let clearly_definite = min > PSD_TOLERANCE * min.abs().max(max.abs());
+                if !clearly_definite {
+                    self.slow[l] = true;
+                    continue;
+                }
+                let root_det = min.sqrt() * max.sqrt();
+                let norm = 1.0 / (k00 + k11 + 2.0 * root_det).sqrt();
+                let (r00, r01, r11) =
+                    ((k00 + root_det) * norm, k01 * norm, (k11 + root_det) * norm);
+                let (cc, ss, cssn) = (cs * cs, sn * sn, cs * sn);
+                let f00 = r00 * cc + 2.0 * r01 * cssn + r11 * ss;
+                let f01 = (r11 - r00) * cssn + r01 * (cc - ss);
+                let f11 = r00 * ss - 2.0 * r01 * cssn + r11 * cc;
+                let f = &mut out.factor[4 * l..4 * l + 4];
+                f.copy_from_slice(&[f00, f01, f01, f11]);
+                self.slow[l] |= !f.iter().all(|v| v.is_finite());
+            }
+        } else {
+            for l in 0..n {
+                out.drift[2 * l] = -g0[l];
+                out.drift[2 * l + 1] = -g1[l];
+                out.noisy[l] = false;
+            }
+        }
+        // `out.failure` is all `None` here: the caller takes every failure it is given.
+        true
     }
 }
 
@@ -251,21 +603,53 @@ impl Term for ModelTerm<'_> {
     fn eval(&mut self, x: &[f64]) -> Result<(&[f64], Option<&[f64]>), Failure> {
         let d = x.len();
         self.ev.derivatives(x)?;
-        let noise = self.ev.noise;
-        let needs_noise = self.kind != ModelKind::Gf;
-        // Σ and, when the model's factor is √η Σ^{1/2}, its square root.
-        let one_term = d <= JACOBI_MAX_DIM && matches!(self.kind.series_order(), Some(k) if k <= 1);
-        let (cov, sqrt): (Option<&[f64]>, Option<&[f64]>) = match noise {
-            _ if !needs_noise => (None, None),
-            NoiseSource::Zero => (None, None),
-            NoiseSource::Constant { cov, sqrt } => (Some(cov), Some(sqrt)),
-            NoiseSource::State => {
-                self.ev.state_noise(x, one_term)?;
-                (Some(&self.ev.cov), one_term.then_some(&self.ev.sqrt[..]))
-            }
-        };
-        let g = self.ev.jets.gradient(0);
-        let h = self.ev.jets.hessian(0);
+        let (needs_noise, one_term) = self.noise_needs(d);
+        if needs_noise && matches!(self.ev.noise, NoiseSource::State) {
+            self.ev.state_noise(x, one_term)?;
+        }
+        let (cov, sqrt) = self.ev.noise_refs(needs_noise, one_term);
+        let noisy = self.coeffs.compute(
+            x,
+            self.ev.jets.gradient(0),
+            self.ev.jets.hessian(0),
+            cov,
+            sqrt,
+        )?;
+        let c = &self.coeffs;
+        Ok((&c.drift, noisy.then_some(&c.factor[..])))
+    }
+}
+
+impl Coeffs {
+    /// The drift and factor at `x` from ∇f, ∇²f and Σ (and Σ^{1/2} when the factor is
+    /// √η Σ^{1/2}); returns whether the diffusion is nonzero.
+    fn compute(
+        &mut self,
+        x: &[f64],
+        g: &[f64],
+        h: &[f64],
+        cov: Option<&[f64]>,
+        sqrt: Option<&[f64]>,
+    ) -> Result<bool, Failure> {
+        // The commonest dimensions get their own copy of the code with d a constant
+        // (loops unrolled, bounds checks gone): measured 2× faster at d = 2.
+        match x.len() {
+            1 => self.compute_in(1, x, g, h, cov, sqrt),
+            2 => self.compute_in(2, x, g, h, cov, sqrt),
+            d => self.compute_in(d, x, g, h, cov, sqrt),
+        }
+    }
+
+    #[inline(always)]
+    fn compute_in(
+        &mut self,
+        d: usize,
+        x: &[f64],
+        g: &[f64],
+        h: &[f64],
+        cov: Option<&[f64]>,
+        sqrt: Option<&[f64]>,
+    ) -> Result<bool, Failure> {
         let eta = self.eta;
         if d > JACOBI_MAX_DIM {
             // Large d: the models' own (allocating) code, whose O(d³) work dominates.
@@ -291,8 +675,7 @@ impl Term for ModelTerm<'_> {
             self.drift.copy_from_slice(c.drift.as_slice());
             // σ is symmetric: column-major storage is row-major too.
             self.factor.copy_from_slice(c.factor.as_slice());
-            let noisy = c.factor.iter().any(|&v| v != 0.0);
-            return Ok((&self.drift, noisy.then_some(&self.factor[..])));
+            return Ok(c.factor.iter().any(|&v| v != 0.0));
         }
         let point = || Point(x.to_vec());
         let diverged = |e: ModelError| Failure::Diverged(e.to_string());
@@ -332,7 +715,8 @@ impl Term for ModelTerm<'_> {
                 // drift = −U diag(ℓ(1 − ηλ_i)) Uᵀ g.
                 mat_tr_vec(d, &self.u, g, &mut self.v1);
                 for i in 0..d {
-                    self.v1[i] *= -ell(1.0 - eta * self.lambda[i]);
+                    self.ells[i] = ell(1.0 - eta * self.lambda[i]);
+                    self.v1[i] *= -self.ells[i];
                 }
                 mat_vec(d, &self.u, &self.v1, &mut self.drift);
                 match cov {
@@ -346,7 +730,12 @@ impl Term for ModelTerm<'_> {
                             // L_ij = ℓ(p_i p_j), symmetric: one logarithm per pair.
                             for i in 0..d {
                                 for j in i..d {
-                                    let w = eta * ell(p(i) * p(j));
+                                    let w = eta
+                                        * if i == j {
+                                            ell_square(self.ells[i], p(i))
+                                        } else {
+                                            ell(p(i) * p(j))
+                                        };
                                     self.m1[i * d + j] *= w;
                                     if j != i {
                                         self.m1[j * d + i] *= w;
@@ -356,7 +745,7 @@ impl Term for ModelTerm<'_> {
                         } else {
                             // s_i = ℓ(p_i²)^{1/2}, weights s_i s_j.
                             for i in 0..d {
-                                self.v2[i] = ell(p(i) * p(i)).sqrt();
+                                self.v2[i] = ell_square(self.ells[i], p(i)).sqrt();
                             }
                             for i in 0..d {
                                 for j in 0..d {
@@ -446,11 +835,9 @@ impl Term for ModelTerm<'_> {
                 point: point(),
             }));
         }
-        Ok((&self.drift, noisy.then_some(&self.factor[..])))
+        Ok(noisy)
     }
-}
 
-impl ModelTerm<'_> {
     /// `self.factor = Γ^{1/2}` for `Γ = self.m3`, after the PSD check of Γ.
     fn factor_of_gamma(&mut self, x: &[f64]) -> Result<(), Failure> {
         let d = x.len();
@@ -468,7 +855,7 @@ impl ModelTerm<'_> {
             d,
             &self.m3,
             PSD_TOLERANCE,
-            &mut self.ev.scratch,
+            &mut self.scratch,
             &mut self.factor,
         )
         .map_err(|_| {
@@ -500,6 +887,14 @@ impl ModelTerm<'_> {
         }
         Ok(())
     }
+}
+
+/// `ℓ(p²) = 2ℓ(p)/(1 + p)` from `ℓ(p)` (as `log p² = 2 log p` and
+/// `p² − 1 = (p − 1)(p + 1)`): one logarithm per eigenvalue serves both the drift's φ
+/// and the diffusion's ψ, and `1 + p > 1` loses nothing.
+#[inline]
+fn ell_square(ell_p: f64, p: f64) -> f64 {
+    2.0 * ell_p / (1.0 + p)
 }
 
 #[cfg(test)]
@@ -560,6 +955,53 @@ mod tests {
                         prop_assert_eq!(head(&a), head(&b));
                     }
                     (c, o) => prop_assert!(false, "{kind}: models {c:?}, terms {o:?}"),
+                }
+            }
+        }
+
+        /// The same at a block of points ([`ModelTerm::eval_lanes`]: the batched tape,
+        /// the d = 2 closed forms and the per-lane fallback), with the point at two
+        /// lanes among others: each lane's result depends on its own point only.
+        #[test]
+        fn blocks_agree_with_the_models(
+            h in (-3.0f64..3.0, -1.0f64..1.0, -3.0f64..3.0),
+            s in (0.01f64..1.0, -0.9f64..0.9, 0.01f64..1.0),
+            others in prop::collection::vec(-1.0f64..1.0, 2 * LANES),
+            lanes in (1usize..LANES, 0usize..LANES),
+            eta in 0.01f64..0.5,
+            state in any::<bool>(),
+        ) {
+            let sigma = [s.0, s.1 * (s.0 * s.2).sqrt(), s.2];
+            let p = problem([h.0, h.1, h.2], sigma, state);
+            let noise = NoiseSource::for_problem(&p, &p.start()).expect("Σ is valid");
+            let (n, at) = (lanes.0 + 1, lanes.1.min(lanes.0));
+            let mut xs = others.clone();
+            // The point under test at lane `at` and lane `n − 1`.
+            let x = [others[0], others[1]];
+            xs[2 * at..2 * at + 2].copy_from_slice(&x);
+            xs[2 * (n - 1)..2 * n].copy_from_slice(&x);
+            let local = p.local(&x).expect("finite");
+            for kind in ModelKind::all().into_iter().chain([ModelKind::Series(3)]) {
+                let mut term = ModelTerm::new(kind, eta, Evaluator::new(&p, &noise));
+                prop_assert!(term.batched());
+                let mut out = LaneCoefficients::new(2);
+                term.eval_lanes(&xs, n, &mut out);
+                let mut check = vec![at, n - 1];
+                check.dedup();
+                for l in check {
+                    match (kind.coefficients(&local, eta), out.failure[l].take()) {
+                        (Ok(c), None) => {
+                            assert_close(&out.drift[2 * l..2 * l + 2], c.drift.as_slice(), &format!("{kind} drift"));
+                            let zero = [0.0; 4];
+                            let factor = if out.noisy[l] { &out.factor[4 * l..4 * l + 4] } else { &zero[..] };
+                            assert_close(factor, c.factor.as_slice(), &format!("{kind} factor"));
+                        }
+                        (Err(e), Some(Failure::Diverged(reason))) => {
+                            let head = |m: &str| m.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+                            prop_assert_eq!(head(&e.to_string()), head(&reason));
+                        }
+                        (c, o) => prop_assert!(false, "{kind} lane {l}: models {c:?}, lanes {o:?}"),
+                    }
                 }
             }
         }

@@ -1,0 +1,509 @@
+//! A lane-batched forward evaluator of the objective's tape: value, gradient and
+//! (optionally) Hessian of f at up to [`LANES`] points at once, in a
+//! structure-of-arrays layout.
+//!
+//! The tape's own evaluator ([`crate::tape`]) runs one point at a time over num-dual's
+//! `Dual2SVec64<d>`: every instruction is dispatched, and its dual number built and
+//! stored, once per point. A simulator evaluates the same tape at thousands of points
+//! per step (one per path), so here each instruction is dispatched once for a whole
+//! block of points and applied by a plain loop over the lanes, which the compiler
+//! vectorises. The derivative rules are the second-order forward rules num-dual
+//! applies: for a unary instruction `y = u(a)` with `u`, `u'`, `u''` at `a`,
+//!
+//! ```text
+//! y = u(a),   ∂ᵢy = u' ∂ᵢa,   ∂ᵢ∂ⱼy = u' ∂ᵢ∂ⱼa + u'' ∂ᵢa ∂ⱼa,
+//! ```
+//!
+//! with `(u, u', u'')` obtained by running the instruction on a scalar second-order
+//! dual `Dual2_64` seeded with `(a, 1, 0)` (so each function's value and derivatives
+//! come from the very code the tape uses, [`crate::tape::Func::apply`]), and the
+//! product rule `∂ᵢ∂ⱼ(ab) = b ∂ᵢ∂ⱼa + ∂ᵢa ∂ⱼb + ∂ⱼa ∂ᵢb + a ∂ᵢ∂ⱼb` for products.
+//! Quotients are `a · (1/b)` and `a^b` is `exp(b ln a)`, as in num-dual.
+//!
+//! Each lane's arithmetic depends on that lane's point only, so a lane's numbers do
+//! not depend on which other points share its block (the simulator's reproducibility
+//! rests on this). They may differ from the scalar tape's in the last bits (another
+//! association of the same sums); the unit tests bound the difference at 1e−13
+//! relative.
+//!
+//! Only single-output tapes are accepted: after the tape's dead-code elimination the
+//! output of a one-output tape is its last instruction (every other live instruction
+//! is one of its operands, transitively, and operands precede their users).
+
+use num_dual::{Dual2_64, DualNum};
+
+use crate::tape::{Func, Op, Tape};
+
+/// Points evaluated per call. 64 lanes × (1 + d + d(d+1)/2) rows × the tape's slots
+/// stays within the first-level caches for the small tapes simulated step by step.
+pub(crate) const LANES: usize = 64;
+
+/// Largest dimension batched; above it the Hessian's d(d+1)/2 rows per slot outgrow the
+/// caches and the tape's own forward-over-reverse method is the faster one.
+pub(crate) const LANES_MAX_DIM: usize = 4;
+
+/// Which derivatives to carry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Order {
+    /// Value and gradient.
+    Gradient,
+    /// Value, gradient and Hessian.
+    Hessian,
+}
+
+/// One row of a slot: a number per lane.
+type Row = [f64; LANES];
+
+/// The evaluator: the tape's instructions and the lane buffers.
+#[derive(Clone, Debug)]
+pub(crate) struct LaneTape {
+    dim: usize,
+    ops: Vec<Op>,
+    order: Order,
+    /// Rows per slot: 1 (value) + d (gradient) + d(d+1)/2 (Hessian, packed upper
+    /// triangle, row-major) when carried.
+    width: usize,
+    /// `slots + 2` (two scratch slots), `width` rows each.
+    buf: Vec<Row>,
+    /// `(u, u', u'')` per lane for the unary instruction being applied.
+    f: [Row; 3],
+    /// `(i, j)`, `i ≤ j`, of each packed Hessian row.
+    pairs: Vec<(usize, usize)>,
+}
+
+/// Number of Hessian rows for `d` variables.
+fn hessian_rows(d: usize) -> usize {
+    d * (d + 1) / 2
+}
+
+impl LaneTape {
+    /// The evaluator for `tape`, or `None` when the tape has more than one output, no
+    /// instruction, more than [`LANES_MAX_DIM`] variables, or data inputs (a finite
+    /// sum's per-example loss: f is then a mean over rows, evaluated by the problem).
+    pub(crate) fn new(tape: &Tape, order: Order) -> Option<LaneTape> {
+        let d = tape.dim();
+        if tape.outputs() != 1
+            || tape.is_empty()
+            || d == 0
+            || d > LANES_MAX_DIM
+            || tape.data_inputs() > 0
+        {
+            return None;
+        }
+        let width = 1
+            + d
+            + match order {
+                Order::Gradient => 0,
+                Order::Hessian => hessian_rows(d),
+            };
+        let mut pairs = Vec::new();
+        for i in 0..d {
+            for j in i..d {
+                pairs.push((i, j));
+            }
+        }
+        Some(LaneTape {
+            dim: d,
+            ops: tape.ops().to_vec(),
+            order,
+            width,
+            buf: vec![[0.0; LANES]; (tape.len() + 2) * width],
+            f: [[0.0; LANES]; 3],
+            pairs,
+        })
+    }
+
+    /// Rows carried per slot beyond value and gradient.
+    #[inline]
+    fn hessian_pairs(&self) -> usize {
+        self.width - 1 - self.dim
+    }
+
+    /// Evaluates the tape at `n ≤ LANES` points, `x[l·d .. (l+1)·d]` for lane `l`.
+    /// Lanes `n..LANES` keep whatever they held (their results are meaningless).
+    pub(crate) fn eval(&mut self, x: &[f64], n: usize) {
+        debug_assert!(n <= LANES && x.len() >= n * self.dim);
+        let (d, w) = (self.dim, self.width);
+        let tmp = self.ops.len();
+        for k in 0..self.ops.len() {
+            let op = self.ops[k];
+            match op {
+                Op::Var(i) => {
+                    let rows = &mut self.buf[k * w..(k + 1) * w];
+                    for r in rows.iter_mut() {
+                        *r = [0.0; LANES];
+                    }
+                    for (l, v) in rows[0].iter_mut().enumerate().take(n) {
+                        *v = x[l * d + i as usize];
+                    }
+                    rows[1 + i as usize] = [1.0; LANES];
+                }
+                Op::Const(c) => {
+                    let rows = &mut self.buf[k * w..(k + 1) * w];
+                    for r in rows.iter_mut() {
+                        *r = [0.0; LANES];
+                    }
+                    rows[0] = [c; LANES];
+                }
+                Op::Add(a, b) => self.zip(k, a as usize, b as usize, |p, q| p + q),
+                Op::Sub(a, b) => self.zip(k, a as usize, b as usize, |p, q| p - q),
+                Op::Mul(a, b) => self.mul(k, a as usize, b as usize),
+                Op::Div(a, b) => {
+                    self.unary(tmp, b as usize, |v| v.recip());
+                    self.mul(tmp + 1, a as usize, tmp);
+                    let (src, dst) = pair(&mut self.buf, w, k, tmp + 1);
+                    dst.copy_from_slice(src);
+                }
+                Op::Pow(a, b) => {
+                    self.unary(tmp, a as usize, |v| v.ln());
+                    self.mul(tmp + 1, tmp, b as usize);
+                    self.unary(k, tmp + 1, |v| v.exp());
+                }
+                Op::AddConst(a, c) => {
+                    self.map(k, a as usize, |v| v);
+                    self.buf[k * w].iter_mut().for_each(|v| *v += c);
+                }
+                Op::ConstSub(c, a) => {
+                    self.map(k, a as usize, |v| -v);
+                    self.buf[k * w].iter_mut().for_each(|v| *v += c);
+                }
+                Op::MulConst(a, c) => self.map(k, a as usize, |v| v * c),
+                Op::DivConst(a, c) => self.map(k, a as usize, |v| v / c),
+                Op::Neg(a) => self.map(k, a as usize, |v| -v),
+                Op::ConstDiv(c, a) => self.unary(k, a as usize, |v| v.recip() * c),
+                Op::PowI(a, 2) => self.square(k, a as usize),
+                Op::PowI(a, e) => self.unary(k, a as usize, |v| v.powi(e)),
+                Op::PowF(a, c) => self.unary(k, a as usize, |v| {
+                    // The tape's rule at 0 (see `tape::powf`): zero when c exceeds the
+                    // derivative order carried (2), else `sqrt`'s infinite derivative.
+                    if v.re == 0.0 && c > 0.0 {
+                        if c > 2.0 {
+                            Dual2_64::from(0.0)
+                        } else {
+                            v.sqrt()
+                        }
+                    } else {
+                        v.powf(c)
+                    }
+                }),
+                Op::ConstPow(c, a) => self.unary(k, a as usize, |v| (v * c.ln()).exp()),
+                // The commonest functions straight from f64 (the values num-dual's
+                // rules produce), the others through `Func::apply` on `Dual2_64`.
+                Op::Func(Func::Cos, a) => self.unary_f64(k, a as usize, |v| {
+                    let (s, c) = v.sin_cos();
+                    (c, -s, -c)
+                }),
+                Op::Func(Func::Sin, a) => self.unary_f64(k, a as usize, |v| {
+                    let (s, c) = v.sin_cos();
+                    (s, c, -s)
+                }),
+                Op::Func(Func::Exp, a) => self.unary_f64(k, a as usize, |v| {
+                    let e = v.exp();
+                    (e, e, e)
+                }),
+                Op::Func(f, a) => self.unary(k, a as usize, |v| f.apply(&v)),
+            }
+        }
+    }
+
+    /// The rows of slots `a` and `b` (read) and of `out` (written), `out` after both.
+    #[inline]
+    fn three(&mut self, out: usize, a: usize, b: usize) -> (&[Row], &[Row], &mut [Row]) {
+        debug_assert!(a < out && b < out);
+        let w = self.width;
+        let (done, rest) = self.buf.split_at_mut(out * w);
+        (
+            &done[a * w..(a + 1) * w],
+            &done[b * w..(b + 1) * w],
+            &mut rest[..w],
+        )
+    }
+
+    /// `out = a ∘ b` row by row (for `+` and `−`).
+    #[inline]
+    fn zip(&mut self, out: usize, a: usize, b: usize, f: impl Fn(f64, f64) -> f64) {
+        let (a, b, y) = self.three(out, a, b);
+        for ((y, a), b) in y.iter_mut().zip(a).zip(b) {
+            for l in 0..LANES {
+                y[l] = f(a[l], b[l]);
+            }
+        }
+    }
+
+    /// `out = f(a)` row by row, for `f` linear (negation, scaling).
+    #[inline]
+    fn map(&mut self, out: usize, a: usize, f: impl Fn(f64) -> f64) {
+        let (a, _, y) = self.three(out, a, a);
+        for (y, a) in y.iter_mut().zip(a) {
+            for l in 0..LANES {
+                y[l] = f(a[l]);
+            }
+        }
+    }
+
+    /// The product rule (`out` after both operands).
+    fn mul(&mut self, out: usize, a: usize, b: usize) {
+        let (d, np) = (self.dim, self.hessian_pairs());
+        let pairs = std::mem::take(&mut self.pairs);
+        let (a, b, y) = self.three(out, a, b);
+        let (av, bv) = (&a[0], &b[0]);
+        for i in 0..d {
+            let (ag, bg, yg) = (&a[1 + i], &b[1 + i], &mut y[1 + i]);
+            for l in 0..LANES {
+                yg[l] = ag[l] * bv[l] + av[l] * bg[l];
+            }
+        }
+        for (p, &(i, j)) in pairs.iter().enumerate().take(np) {
+            let r = 1 + d + p;
+            let (ah, bh) = (&a[r], &b[r]);
+            let (agi, agj, bgi, bgj) = (&a[1 + i], &a[1 + j], &b[1 + i], &b[1 + j]);
+            let yh = &mut y[r];
+            for l in 0..LANES {
+                yh[l] = ah[l] * bv[l] + agi[l] * bgj[l] + agj[l] * bgi[l] + av[l] * bh[l];
+            }
+        }
+        let yv = &mut y[0];
+        for l in 0..LANES {
+            yv[l] = av[l] * bv[l];
+        }
+        self.pairs = pairs;
+    }
+
+    /// `a²` (the commonest power): the product rule with `b = a`.
+    fn square(&mut self, out: usize, a: usize) {
+        let (d, np) = (self.dim, self.hessian_pairs());
+        let pairs = std::mem::take(&mut self.pairs);
+        let (a, _, y) = self.three(out, a, a);
+        let av = &a[0];
+        for i in 0..d {
+            let (ag, yg) = (&a[1 + i], &mut y[1 + i]);
+            for l in 0..LANES {
+                yg[l] = 2.0 * av[l] * ag[l];
+            }
+        }
+        for (p, &(i, j)) in pairs.iter().enumerate().take(np) {
+            let r = 1 + d + p;
+            let (ah, agi, agj) = (&a[r], &a[1 + i], &a[1 + j]);
+            let yh = &mut y[r];
+            for l in 0..LANES {
+                yh[l] = 2.0 * (av[l] * ah[l] + agi[l] * agj[l]);
+            }
+        }
+        let yv = &mut y[0];
+        for l in 0..LANES {
+            yv[l] = av[l] * av[l];
+        }
+        self.pairs = pairs;
+    }
+
+    /// `out = u(a)` by the chain rule, `u` giving `(u, u', u'')` at a point.
+    fn unary_f64(&mut self, out: usize, a: usize, u: impl Fn(f64) -> (f64, f64, f64)) {
+        let v = &self.buf[a * self.width];
+        for (l, &x) in v.iter().enumerate() {
+            (self.f[0][l], self.f[1][l], self.f[2][l]) = u(x);
+        }
+        self.chain(out, a);
+    }
+
+    /// `out = u(a)` by the chain rule, with `(u, u', u'')` from `u` on `Dual2_64`.
+    fn unary(&mut self, out: usize, a: usize, u: impl Fn(Dual2_64) -> Dual2_64) {
+        let v = &self.buf[a * self.width];
+        for (l, &x) in v.iter().enumerate() {
+            let y = u(Dual2_64::new(x, 1.0, 0.0));
+            self.f[0][l] = y.re;
+            self.f[1][l] = y.v1;
+            self.f[2][l] = y.v2;
+        }
+        self.chain(out, a);
+    }
+
+    /// `out = u(a)` from `self.f = (u, u', u'')` at `a`.
+    fn chain(&mut self, out: usize, a: usize) {
+        let (d, np) = (self.dim, self.hessian_pairs());
+        let f = &self.f;
+        let (src, dst) = pair(&mut self.buf, self.width, out, a);
+        for i in 0..d {
+            let (ag, y) = (&src[1 + i], &mut dst[1 + i]);
+            for l in 0..LANES {
+                y[l] = f[1][l] * ag[l];
+            }
+        }
+        for (p, &(i, j)) in self.pairs.iter().enumerate().take(np) {
+            let r = 1 + d + p;
+            let (ah, agi, agj) = (&src[r], &src[1 + i], &src[1 + j]);
+            let y = &mut dst[r];
+            for l in 0..LANES {
+                y[l] = f[1][l] * ah[l] + f[2][l] * (agi[l] * agj[l]);
+            }
+        }
+        dst[0] = f[0];
+    }
+
+    /// The output slot's rows.
+    #[inline]
+    fn out(&self) -> &[Row] {
+        let k = self.ops.len() - 1;
+        &self.buf[k * self.width..(k + 1) * self.width]
+    }
+
+    /// Row `r` of the output for every lane: 0 the value, `1 + i` the gradient's
+    /// `i`-th entry, then the Hessian's upper triangle row by row (`(0,0), (0,1), …`).
+    pub(crate) fn row(&self, r: usize) -> &Row {
+        &self.out()[r]
+    }
+
+    /// Whether lane `l`'s value and every derivative carried are finite.
+    pub(crate) fn finite(&self, l: usize) -> bool {
+        self.out().iter().all(|r| r[l].is_finite())
+    }
+
+    /// f at lane `l`.
+    #[cfg(test)]
+    pub(crate) fn value(&self, l: usize) -> f64 {
+        self.out()[0][l]
+    }
+
+    /// ∇f at lane `l` into `g`.
+    pub(crate) fn gradient(&self, l: usize, g: &mut [f64]) {
+        let out = self.out();
+        for (i, gi) in g.iter_mut().enumerate().take(self.dim) {
+            *gi = out[1 + i][l];
+        }
+    }
+
+    /// ∇²f at lane `l` into `h` (row-major d×d, symmetric). Zero without
+    /// [`Order::Hessian`].
+    pub(crate) fn hessian(&self, l: usize, h: &mut [f64]) {
+        let d = self.dim;
+        if self.order == Order::Gradient {
+            h[..d * d].fill(0.0);
+            return;
+        }
+        let out = self.out();
+        for (p, &(i, j)) in self.pairs.iter().enumerate() {
+            let v = out[1 + d + p][l];
+            h[i * d + j] = v;
+            h[j * d + i] = v;
+        }
+    }
+}
+
+/// Slot `a`'s rows (read) and slot `out`'s rows (written), `a ≠ out`, in either order
+/// (the scratch slots come after the tape's).
+fn pair(buf: &mut [Row], width: usize, out: usize, a: usize) -> (&[Row], &mut [Row]) {
+    debug_assert_ne!(out, a);
+    let (oa, oo) = (a * width, out * width);
+    if oa < oo {
+        let (first, second) = buf.split_at_mut(oo);
+        (&first[oa..oa + width], &mut second[..width])
+    } else {
+        let (first, second) = buf.split_at_mut(oa);
+        (&second[..width], &mut first[oo..oo + width])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Problem;
+    use proptest::prelude::*;
+
+    fn check(text: &str, points: &[Vec<f64>]) {
+        let p = Problem::from_str(text).expect("valid");
+        let d = p.dim();
+        let mut lt = LaneTape::new(p.objective_tape(), Order::Hessian).expect("batchable");
+        let mut lg = LaneTape::new(p.objective_tape(), Order::Gradient).expect("batchable");
+        let x: Vec<f64> = points.iter().flatten().copied().collect();
+        lt.eval(&x, points.len());
+        lg.eval(&x, points.len());
+        let (mut g, mut h, mut g1) = (vec![0.0; d], vec![0.0; d * d], vec![0.0; d]);
+        for (l, pt) in points.iter().enumerate() {
+            let want = p.objective_derivatives(pt);
+            let Ok(want) = want else {
+                assert!(
+                    !lt.finite(l),
+                    "{text} at {pt:?}: the tape fails, lanes do not"
+                );
+                continue;
+            };
+            assert!(lt.finite(l) && lg.finite(l), "{text} at {pt:?}");
+            lt.gradient(l, &mut g);
+            lt.hessian(l, &mut h);
+            lg.gradient(l, &mut g1);
+            let scale = want
+                .gradient
+                .iter()
+                .chain(want.hessian.iter())
+                .fold(want.value.abs().max(1.0), |m, v| m.max(v.abs()));
+            // 1e-13 relative: the same rules, sums associated differently.
+            let close = |a: f64, b: f64| (a - b).abs() <= 1e-13 * scale;
+            assert!(close(lt.value(l), want.value), "{text}: value at {pt:?}");
+            assert!(close(lg.value(l), want.value), "{text}: value at {pt:?}");
+            for i in 0..d {
+                assert!(close(g[i], want.gradient[i]), "{text}: gradient at {pt:?}");
+                assert!(close(g1[i], want.gradient[i]), "{text}: gradient at {pt:?}");
+                for j in 0..d {
+                    assert!(
+                        close(h[i * d + j], want.hessian[(i, j)]),
+                        "{text}: Hessian at {pt:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_instruction_matches_the_tape() {
+        let pts = [vec![0.3, -0.7], vec![1.2, 0.4], vec![-0.9, 2.0]];
+        for text in [
+            "var x, y\nminimize 0.5*x^2 + 0.5*cos(x) + 0.25*y^2 + 0.1*x*y",
+            "var x, y\nminimize x/y + 2/x - y/3 + 1 - x",
+            "var x, y\nminimize (x^2 + 1)^y + 2^x + abs(x)^1.5 + y^3 + x^-2",
+            "var x, y\nminimize exp(x)*sin(y) + tan(x) + tanh(x*y) + sinh(y) + cosh(x)",
+            "var x, y\nminimize atan(x) + sigmoid(y) + softplus(x - y) + log1p(x^2) + expm1(y)",
+            "var x, y\nminimize log(x^2 + y^2) + sqrt(1 + x^2) + -x*y",
+            "var x\nminimize 3",
+            "var x, y, z, w\nminimize x*y*z*w + (x - w)^2*cos(y + z)",
+        ] {
+            let d = Problem::from_str(text).unwrap().dim();
+            let pts: Vec<Vec<f64>> = pts
+                .iter()
+                .map(|p| (0..d).map(|i| p[i % 2] + 0.1 * i as f64).collect())
+                .collect();
+            check(text, &pts);
+        }
+    }
+
+    #[test]
+    fn non_finite_lanes_are_flagged_alone() {
+        check(
+            "var x, y\nminimize sqrt(x) + log(y)",
+            &[
+                vec![1.0, 1.0],
+                vec![0.0, 1.0],
+                vec![2.0, -1.0],
+                vec![4.0, 2.0],
+            ],
+        );
+    }
+
+    #[test]
+    fn only_small_single_output_tapes_are_batched() {
+        let p = Problem::from_str("var w[5] = 0\nminimize sum(i = 1..5, w[i]^2)").unwrap();
+        assert!(LaneTape::new(p.objective_tape(), Order::Hessian).is_none());
+        // A finite sum's per-example tape reads data: f is a mean over rows.
+        let p = Problem::from_str("data t = [[a], [1], [2]]\nvar x\nminimize mean(t, (x - t.a)^2)")
+            .unwrap();
+        assert!(LaneTape::new(p.objective_tape(), Order::Hessian).is_none());
+    }
+
+    proptest! {
+        /// A full block of random points on the reference objective and the saddle.
+        #[test]
+        fn blocks_of_random_points_match(xs in prop::collection::vec(-3.0f64..3.0, 2 * LANES)) {
+            let pts: Vec<Vec<f64>> = xs.chunks(2).map(|c| c.to_vec()).collect();
+            check("var x, y\nminimize 0.5*x^2 + 0.5*cos(x) + 0.25*y^2 + 0.1*x*y", &pts);
+            check("var x, y\nlet r2 = x^2 + y^2\nminimize x^2 - 0.5*y^2 + 0.125*r2^2", &pts);
+        }
+    }
+}
