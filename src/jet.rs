@@ -122,6 +122,12 @@ impl<const N: usize> Jet<N> {
         self.zip_into(a, b, |x, y| x - y)
     }
 
+    /// `self = a + c·b`
+    #[inline(always)]
+    pub fn set_add_scaled(&mut self, a: &Self, b: &Self, c: f64) {
+        self.zip_into(a, b, |x, y| x + c * y)
+    }
+
     /// `self = f(a)` for an elementwise linear `f` (negation, scaling, division by a
     /// constant).
     #[inline(always)]

@@ -147,6 +147,7 @@ impl LaneTape {
                 }
                 Op::Add(a, b) => self.zip(k, a as usize, b as usize, |p, q| p + q),
                 Op::Sub(a, b) => self.zip(k, a as usize, b as usize, |p, q| p - q),
+                Op::AddScaled(a, b, c) => self.zip(k, a as usize, b as usize, |p, q| p + c * q),
                 Op::Mul(a, b) => self.mul(k, a as usize, b as usize),
                 Op::Div(a, b) => {
                     self.unary(tmp, b as usize, |v| v.recip());
