@@ -19,7 +19,7 @@
 use crate::jet::Jet;
 use crate::lang::Span;
 use nalgebra::{DMatrix, DVector, U1, U8};
-use num_dual::{Derivative, Dual2SVec64, Dual64, DualNum, HyperDualVec};
+use num_dual::{Derivative, Dual64, DualNum, HyperDualVec};
 use std::collections::HashMap;
 
 /// Built-in functions of LANGUAGE.md (one argument each; `pow` is an instruction).
@@ -440,12 +440,6 @@ where
 impl TapeScalar for Dual64 {
     fn all_finite(&self) -> bool {
         self.re.is_finite() && self.eps.is_finite()
-    }
-}
-
-impl<const N: usize> TapeScalar for Dual2SVec64<N> {
-    fn all_finite(&self) -> bool {
-        self.re.is_finite() && derivative_finite(&self.v1) && derivative_finite(&self.v2)
     }
 }
 

@@ -2,8 +2,8 @@
 //! (optionally) Hessian of f at up to [`LANES`] points at once, in a
 //! structure-of-arrays layout.
 //!
-//! The tape's own evaluator ([`crate::tape`]) runs one point at a time over num-dual's
-//! `Dual2SVec64<d>`: every instruction is dispatched, and its dual number built and
+//! The tape's own evaluator ([`crate::tape`]) runs one point at a time over second-order
+//! jets ([`crate::jet::Jet`]): every instruction is dispatched, and its jet built and
 //! stored, once per point. A simulator evaluates the same tape at thousands of points
 //! per step (one per path), so here each instruction is dispatched once for a whole
 //! block of points and applied by a plain loop over the lanes, which the compiler

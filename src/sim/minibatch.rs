@@ -24,7 +24,7 @@ use crate::lang::ast::Sampling;
 use crate::problem::Problem;
 use crate::tape::{Jets, Workspace};
 
-use super::terms::Failure;
+use super::terms::{Failure, finite_state};
 
 /// Words of keystream reserved for each step: step `k` starts at `k · 2³⁶` (as the
 /// Brownian paths do; a batch of b indices reads about b words).
@@ -119,13 +119,7 @@ impl MinibatchSgd {
         x: &mut [f64],
         (p, k): (u64, u64),
     ) -> Result<(), Failure> {
-        if let Some(i) = x.iter().position(|v| !v.is_finite()) {
-            return Err(Failure::Diverged(format!(
-                "the state is not finite (coordinate {} = {})",
-                i + 1,
-                x[i]
-            )));
-        }
+        finite_state(x)?;
         self.grad.fill(0.0);
         let batch = self.sampler.draw(p, k);
         let b = batch.len() as f64;

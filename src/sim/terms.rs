@@ -82,6 +82,18 @@ fn eigen_problem(x: &[f64]) -> ProblemError {
     })
 }
 
+/// A process whose state is not finite has diverged.
+pub(crate) fn finite_state(x: &[f64]) -> Result<(), Failure> {
+    match x.iter().position(|v| !v.is_finite()) {
+        None => Ok(()),
+        Some(i) => Err(Failure::Diverged(format!(
+            "the state is not finite (coordinate {} = {})",
+            i + 1,
+            x[i]
+        ))),
+    }
+}
+
 /// Evaluates f's gradient and Hessian and Σ at points, into reusable buffers.
 #[derive(Debug)]
 pub(crate) struct Evaluator<'p> {
@@ -115,13 +127,7 @@ impl<'p> Evaluator<'p> {
 
     /// Gradient and Hessian of f at `x` (into `self.jets`).
     fn derivatives(&mut self, x: &[f64]) -> Result<(), Failure> {
-        if let Some(i) = x.iter().position(|v| !v.is_finite()) {
-            return Err(Failure::Diverged(format!(
-                "the state is not finite (coordinate {} = {})",
-                i + 1,
-                x[i]
-            )));
-        }
+        finite_state(x)?;
         self.problem
             .objective_derivatives_with(x, &mut self.ws, &mut self.jets)
             .map_err(|e| Failure::Diverged(e.to_string()))
@@ -129,13 +135,7 @@ impl<'p> Evaluator<'p> {
 
     /// Value and gradient of f at `x` (into `self.jets`, no Hessian): SGD's need.
     fn gradient(&mut self, x: &[f64]) -> Result<(), Failure> {
-        if let Some(i) = x.iter().position(|v| !v.is_finite()) {
-            return Err(Failure::Diverged(format!(
-                "the state is not finite (coordinate {} = {})",
-                i + 1,
-                x[i]
-            )));
-        }
+        finite_state(x)?;
         self.problem
             .gradient_with(x, &mut self.ws, &mut self.jets)
             .map_err(|e| Failure::Diverged(e.to_string()))
