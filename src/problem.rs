@@ -585,7 +585,7 @@ impl Problem {
         match &self.finite_sum {
             Some(fs) if !fs.columns.is_empty() => self
                 .objective
-                .mean_derivatives_with(x, &fs.rows, ws, jets)
+                .mean_derivatives_with(x, &fs.rows, ws, jets, |_| {})
                 .map_err(|(i, nf)| self.row_eval_error(nf, x, i)),
             _ => self
                 .objective
@@ -688,10 +688,8 @@ impl Problem {
         buffers: &mut NoiseBuffers,
         out: &mut [f64],
     ) -> Result<(), ProblemError> {
-        let d = self.dim();
         out.fill(0.0);
-        let kappa = fs.noise_factor();
-        if fs.columns.is_empty() || kappa == 0.0 {
+        if fs.columns.is_empty() || fs.noise_factor() == 0.0 {
             // Every example is the same, or the batch is the whole table: no noise.
             return Ok(());
         }
@@ -702,27 +700,26 @@ impl Problem {
             delta,
             ..
         } = buffers;
-        mean.clear();
-        mean.resize(d, 0.0);
-        delta.clear();
-        delta.resize(d, 0.0);
+        comoment_start(self.dim(), mean, delta);
         for i in 0..fs.n {
             self.objective
                 .gradients_row(x, fs.row(i), ws, jets)
                 .map_err(|nf| self.row_eval_error(nf, x, i))?;
-            let g = jets.gradient(0);
-            let k = (i + 1) as f64;
-            for a in 0..d {
-                delta[a] = g[a] - mean[a];
-                mean[a] += delta[a] / k;
-            }
-            for a in 0..d {
-                for b in a..d {
-                    out[a * d + b] += delta[a] * (g[b] - mean[b]);
-                }
-            }
+            comoment_push(i + 1, jets.gradient(0), mean, delta, out);
         }
-        let scale = kappa / fs.n as f64;
+        self.minibatch_cov_finish(fs, x, out)
+    }
+
+    /// `out ← κ/n · out` (the co-moment of the n per-example gradients), symmetric,
+    /// checked finite.
+    fn minibatch_cov_finish(
+        &self,
+        fs: &FiniteSum,
+        x: &[f64],
+        out: &mut [f64],
+    ) -> Result<(), ProblemError> {
+        let d = self.dim();
+        let scale = fs.noise_factor() / fs.n as f64;
         for a in 0..d {
             for b in a..d {
                 let v = out[a * d + b] * scale;
@@ -742,6 +739,41 @@ impl Problem {
             ));
         }
         Ok(())
+    }
+
+    /// [`Problem::objective_derivatives_with`] and [`Problem::noise_cov_into`] at the
+    /// same point: for a finite sum in one pass over the rows (each example's gradient
+    /// serves both ∇f and Σ), otherwise one after the other. What a simulator needs at
+    /// every model evaluation.
+    pub fn derivatives_and_noise_with(
+        &self,
+        x: &[f64],
+        ws: &mut Workspace,
+        jets: &mut Jets,
+        buffers: &mut NoiseBuffers,
+        cov: &mut [f64],
+    ) -> Result<(), ProblemError> {
+        let Some(fs) = self
+            .finite_sum
+            .as_ref()
+            .filter(|fs| !fs.columns.is_empty() && fs.noise_factor() > 0.0)
+        else {
+            self.objective_derivatives_with(x, ws, jets)?;
+            return self.noise_cov_into(x, buffers, cov);
+        };
+        self.check_point(x)?;
+        assert_eq!(cov.len(), self.dim() * self.dim(), "Σ has d² entries");
+        cov.fill(0.0);
+        let NoiseBuffers { mean, delta, .. } = buffers;
+        comoment_start(self.dim(), mean, delta);
+        let mut k = 0;
+        self.objective
+            .mean_derivatives_with(x, &fs.rows, ws, jets, |row| {
+                k += 1;
+                comoment_push(k, row.gradient(0), mean, delta, cov);
+            })
+            .map_err(|(i, nf)| self.row_eval_error(nf, x, i))?;
+        self.minibatch_cov_finish(fs, x, cov)
     }
 
     fn noise_error(&self, message: String, label: &str) -> ProblemError {
@@ -967,6 +999,31 @@ pub struct NoiseBuffers {
     jets: Jets,
     mean: Vec<f64>,
     delta: Vec<f64>,
+}
+
+/// Starts Welford's co-moment of d-vectors: `mean ← 0`, `delta` sized.
+fn comoment_start(d: usize, mean: &mut Vec<f64>, delta: &mut Vec<f64>) {
+    mean.clear();
+    mean.resize(d, 0.0);
+    delta.clear();
+    delta.resize(d, 0.0);
+}
+
+/// Adds the `k`-th vector `g` (1-based) to the running mean and to the upper triangle of
+/// the co-moment `m2` (row-major d×d): `m2 += (g − mean_{k−1})(g − mean_k)ᵀ`, the update
+/// that avoids cancelling a large mean square against a large squared mean.
+fn comoment_push(k: usize, g: &[f64], mean: &mut [f64], delta: &mut [f64], m2: &mut [f64]) {
+    let d = g.len();
+    let k = k as f64;
+    for a in 0..d {
+        delta[a] = g[a] - mean[a];
+        mean[a] += delta[a] / k;
+    }
+    for a in 0..d {
+        for b in a..d {
+            m2[a * d + b] += delta[a] * (g[b] - mean[b]);
+        }
+    }
 }
 
 /// A cheap sufficient test that the symmetric `m` (row-major d×d) is PSD within the

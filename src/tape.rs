@@ -696,13 +696,16 @@ impl Tape {
     /// The mean over the rows of a data table (`rows`: row-major, `data_inputs`
     /// columns) of every output's value, gradient and Hessian at `x`: a finite sum
     /// `(1/n) Σ_i F_i(x)` evaluated one row at a time over the same tape. On a
-    /// non-finite value, the error carries the row index (0-based).
+    /// non-finite value, the error carries the row index (0-based). `each` sees every
+    /// row's own derivatives as they are computed (e.g. to accumulate the covariance of
+    /// the per-example gradients in the same pass).
     pub fn mean_derivatives_with(
         &self,
         x: &[f64],
         rows: &[f64],
         ws: &mut Workspace,
         jets: &mut Jets,
+        mut each: impl FnMut(&Jets),
     ) -> Result<(), (usize, NonFinite)> {
         let c = self.data;
         assert!(
@@ -719,6 +722,7 @@ impl Tape {
                 result = Err((i, nf));
                 break;
             }
+            each(jets);
             let add = |a: &mut [f64], b: &[f64]| a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
             add(&mut acc.values, &jets.values);
             add(&mut acc.gradients, &jets.gradients);

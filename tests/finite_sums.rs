@@ -704,3 +704,34 @@ fn degenerate_sums_warn() {
     assert_eq!(p.noise_cov(&[0.5]).unwrap()[(0, 0)], 0.0);
     assert_eq!(p.value(&[3.0]).unwrap(), 9.0);
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    /// The fused pass (one loop over the rows for ∇f, ∇²f and Σ, as the simulator uses
+    /// it) agrees with the separate evaluations.
+    #[test]
+    fn the_fused_pass_agrees_with_the_separate_ones(
+        w in proptest::array::uniform3(-2.0f64..2.0),
+        batch in 1usize..6,
+    ) {
+        use hasme::problem::NoiseBuffers;
+        let p = logistic(batch, "without-replacement");
+        let (mut ws, mut jets) = (Workspace::default(), Jets::default());
+        let mut cov = vec![0.0; 9];
+        p.derivatives_and_noise_with(&w, &mut ws, &mut jets, &mut NoiseBuffers::default(), &mut cov)
+            .unwrap();
+        let d = p.objective_derivatives(&w).unwrap();
+        let sigma = p.noise_cov(&w).unwrap();
+        prop_assert_eq!(jets.values[0], d.value);
+        prop_assert_eq!(jets.gradient(0), d.gradient.as_slice());
+        let scale = sigma.iter().fold(1e-300f64, |m, v| m.max(v.abs()));
+        for i in 0..3 {
+            for j in 0..3 {
+                // The per-example gradients come from two methods (jets, reverse mode):
+                // round-off of O(1) quantities.
+                prop_assert!((cov[i * 3 + j] - sigma[(i, j)]).abs() <= 1e-13 * scale);
+            }
+        }
+    }
+}

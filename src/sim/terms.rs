@@ -145,7 +145,6 @@ impl<'p> Evaluator<'p> {
     /// `with_sqrt`. Non-finite Σ is a divergence; a finite Σ that is not symmetric PSD
     /// is fatal.
     fn state_noise(&mut self, x: &[f64], with_sqrt: bool) -> Result<(), Failure> {
-        let d = x.len();
         match self
             .problem
             .noise_cov_into(x, &mut self.noise_buffers, &mut self.cov)
@@ -162,19 +161,45 @@ impl<'p> Evaluator<'p> {
             }
         }
         if with_sqrt {
-            sym_sqrt(
-                d,
-                &self.cov,
-                PSD_TOLERANCE,
-                &mut self.scratch,
-                &mut self.sqrt,
+            self.noise_sqrt(x)?;
+        }
+        Ok(())
+    }
+
+    /// `self.sqrt = Σ^{1/2}` for the Σ in `self.cov`.
+    fn noise_sqrt(&mut self, x: &[f64]) -> Result<(), Failure> {
+        sym_sqrt(
+            x.len(),
+            &self.cov,
+            PSD_TOLERANCE,
+            &mut self.scratch,
+            &mut self.sqrt,
+        )
+        .map_err(|NoConvergence| {
+            Failure::Diverged(format!(
+                "the eigendecomposition of Σ(x) did not converge at {}",
+                Point(x.to_vec())
+            ))
+        })?;
+        Ok(())
+    }
+
+    /// [`Evaluator::derivatives`] and [`Evaluator::state_noise`] together, in one pass
+    /// over the rows of a finite sum (each example's gradient serves ∇f and Σ). A
+    /// finite sum's Σ is a covariance by construction, so every failure is a divergence.
+    fn derivatives_and_state_noise(&mut self, x: &[f64], with_sqrt: bool) -> Result<(), Failure> {
+        finite_state(x)?;
+        self.problem
+            .derivatives_and_noise_with(
+                x,
+                &mut self.ws,
+                &mut self.jets,
+                &mut self.noise_buffers,
+                &mut self.cov,
             )
-            .map_err(|NoConvergence| {
-                Failure::Diverged(format!(
-                    "the eigendecomposition of Σ(x) did not converge at {}",
-                    Point(x.to_vec())
-                ))
-            })?;
+            .map_err(|e| Failure::Diverged(e.to_string()))?;
+        if with_sqrt {
+            self.noise_sqrt(x)?;
         }
         Ok(())
     }
@@ -602,10 +627,15 @@ impl ModelTerm<'_> {
 impl Term for ModelTerm<'_> {
     fn eval(&mut self, x: &[f64]) -> Result<(&[f64], Option<&[f64]>), Failure> {
         let d = x.len();
-        self.ev.derivatives(x)?;
         let (needs_noise, one_term) = self.noise_needs(d);
-        if needs_noise && matches!(self.ev.noise, NoiseSource::State) {
-            self.ev.state_noise(x, one_term)?;
+        let state = needs_noise && matches!(self.ev.noise, NoiseSource::State);
+        if state && self.ev.problem.finite_sum().is_some() {
+            self.ev.derivatives_and_state_noise(x, one_term)?;
+        } else {
+            self.ev.derivatives(x)?;
+            if state {
+                self.ev.state_noise(x, one_term)?;
+            }
         }
         let (cov, sqrt) = self.ev.noise_refs(needs_noise, one_term);
         let noisy = self.coeffs.compute(
