@@ -1239,6 +1239,21 @@ impl<'a> Checker<'a> {
         Ok(())
     }
 
+    /// "more than one `KEYWORD` statement", at the second, with a note at the first.
+    fn second_statement(
+        &self,
+        span: Span,
+        first: Span,
+        keyword: &str,
+        label: &str,
+    ) -> CheckFailure {
+        let d = self
+            .source
+            .diagnostic(span, format!("more than one `{keyword}` statement"), label)
+            .with_note(format!("the first is at {}", self.pos(first)));
+        CheckFailure::Diag(Box::new(d))
+    }
+
     /// A constant expression's value (numbers, `pi`, params, loop indices).
     fn constant_of(&mut self, e: &Expr, stmt: usize, what: &str) -> CheckResult<f64> {
         let mut b = TapeBuilder::new(0);
@@ -1396,25 +1411,18 @@ impl<'a> Checker<'a> {
                 }
                 StatementKind::Minimize(e) => {
                     if let Some((_, first, _)) = minimize {
-                        let d = self
-                            .source
-                            .diagnostic(
-                                st.span,
-                                "more than one `minimize` statement",
-                                "second objective",
-                            )
-                            .with_note(format!("the first is at {}", self.pos(first)));
-                        return Err(CheckFailure::Diag(Box::new(d)));
+                        return Err(self.second_statement(
+                            st.span,
+                            first,
+                            "minimize",
+                            "second objective",
+                        ));
                     }
                     minimize = Some((e, st.span, k));
                 }
                 StatementKind::Noise(n) => {
                     if let Some((_, first, _)) = noise {
-                        let d = self
-                            .source
-                            .diagnostic(st.span, "more than one `noise` statement", "second noise")
-                            .with_note(format!("the first is at {}", self.pos(first)));
-                        return Err(CheckFailure::Diag(Box::new(d)));
+                        return Err(self.second_statement(st.span, first, "noise", "second noise"));
                     }
                     noise = Some((n, st.span, k));
                 }
@@ -1447,11 +1455,7 @@ impl<'a> Checker<'a> {
                 }
                 StatementKind::Batch(e) => {
                     if let Some((_, _, first)) = batch {
-                        let d = self
-                            .source
-                            .diagnostic(st.span, "more than one `batch` statement", "second batch")
-                            .with_note(format!("the first is at {}", self.pos(first)));
-                        return Err(CheckFailure::Diag(Box::new(d)));
+                        return Err(self.second_statement(st.span, first, "batch", "second batch"));
                     }
                     let b = self.constant_of(e, k, "a batch size")?;
                     if b.fract() != 0.0 || b < 1.0 {
@@ -1465,29 +1469,23 @@ impl<'a> Checker<'a> {
                 }
                 StatementKind::Sampling(mode) => {
                     if let Some((_, first)) = sampling {
-                        let d = self
-                            .source
-                            .diagnostic(
-                                st.span,
-                                "more than one `sampling` statement",
-                                "second sampling",
-                            )
-                            .with_note(format!("the first is at {}", self.pos(first)));
-                        return Err(CheckFailure::Diag(Box::new(d)));
+                        return Err(self.second_statement(
+                            st.span,
+                            first,
+                            "sampling",
+                            "second sampling",
+                        ));
                     }
                     sampling = Some((*mode, st.span));
                 }
                 StatementKind::Escape { lhs, rhs } => {
                     if let Some((_, _, first, _)) = escape {
-                        let d = self
-                            .source
-                            .diagnostic(
-                                st.span,
-                                "more than one `escape` statement",
-                                "second escape region",
-                            )
-                            .with_note(format!("the first is at {}", self.pos(first)));
-                        return Err(CheckFailure::Diag(Box::new(d)));
+                        return Err(self.second_statement(
+                            st.span,
+                            first,
+                            "escape",
+                            "second escape region",
+                        ));
                     }
                     escape = Some((lhs, rhs, st.span, k));
                 }
