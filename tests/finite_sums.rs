@@ -531,6 +531,12 @@ fn finite_sum_misuse_is_located() {
         13,
         "`mean(…)` may only appear in the `minimize` statement",
     );
+    check_error(
+        "var x\nminimize mean(t, (x - t.a)^2)\ndata t = [[a], [1], [2]]",
+        2,
+        15,
+        "`t` is used before it is defined",
+    );
     let d = check_error(
         &format!("{t}minimize mean(t, x^2)\nbatch 1\nbatch 2"),
         5,
