@@ -969,16 +969,15 @@ pub fn escape_with_progress(
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<EscapeReport, EscapeError> {
     config.check()?;
-    // Minibatch SGD (a finite sum) has no Gaussian draws to share with the SDEs.
-    let uncoupled;
-    let config = if problem.finite_sum().is_some() && config.coupling == Coupling::Coupled {
-        uncoupled = EscapeConfig {
-            coupling: Coupling::Independent,
+    let adjusted;
+    let config = if config.coupling.possible(problem) == config.coupling {
+        config
+    } else {
+        adjusted = EscapeConfig {
+            coupling: config.coupling.possible(problem),
             ..config.clone()
         };
-        &uncoupled
-    } else {
-        config
+        &adjusted
     };
     let start = problem.start();
     problem.objective_derivatives(&start)?;

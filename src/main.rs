@@ -561,21 +561,7 @@ fn run_moments(args: MomentsArgs) -> Result<ExitCode> {
         config = config.with_every(every)?;
     }
     config = config.with_models(parse_models(&args.models)?)?;
-    if let Some(path) = &args.plot {
-        let svg = path
-            .extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("svg"));
-        if !svg {
-            return Err(ProblemError::Usage(format!(
-                "--plot `{}`: only SVG plots are supported; use a .svg file name",
-                path.display()
-            ))
-            .into());
-        }
-    }
-    for path in args.csv.iter().chain(&args.plot) {
-        output::check_target(path)?;
-    }
+    check_outputs(args.csv.iter(), args.plot.as_ref())?;
     let report = moments::compare(&problem, &config)?;
     for (kind, err) in report.failures() {
         eprintln!("error: model `{kind}`: {err}");
@@ -599,6 +585,30 @@ fn run_moments(args: MomentsArgs) -> Result<ExitCode> {
     })
 }
 
+/// Checks the files a command will write before any work: a `--plot` must be an SVG
+/// file, and every target must be writable (`output::check_target`).
+fn check_outputs<'a>(
+    files: impl Iterator<Item = &'a PathBuf>,
+    plot: Option<&'a PathBuf>,
+) -> Result<(), anyhow::Error> {
+    if let Some(path) = plot {
+        let svg = path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("svg"));
+        if !svg {
+            return Err(ProblemError::Usage(format!(
+                "--plot `{}`: only SVG plots are supported; use a .svg file name",
+                path.display()
+            ))
+            .into());
+        }
+    }
+    for path in files.chain(plot) {
+        output::check_target(path)?;
+    }
+    Ok(())
+}
+
 /// The `--coupling` setting: coupled unless asked otherwise; a finite sum cannot be
 /// coupled (its SGD draws minibatches, not Gaussian numbers).
 fn coupling_of(arg: Option<&str>, problem: &Problem) -> Result<Coupling, ProblemError> {
@@ -613,11 +623,7 @@ fn coupling_of(arg: Option<&str>, problem: &Problem) -> Result<Coupling, Problem
             problem.source().name()
         )));
     }
-    Ok(if problem.finite_sum().is_some() {
-        Coupling::Independent
-    } else {
-        coupling
-    })
+    Ok(coupling.possible(problem))
 }
 
 fn parse_models(names: &[String]) -> Result<Vec<ModelKind>, ProblemError> {
@@ -708,21 +714,7 @@ fn run_weak_order(args: WeakOrderArgs) -> Result<ExitCode> {
             .into());
         }
     };
-    if let Some(path) = &args.plot {
-        let svg = path
-            .extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("svg"));
-        if !svg {
-            return Err(usage(format!(
-                "--plot `{}`: only SVG plots are supported; use a .svg file name",
-                path.display()
-            ))
-            .into());
-        }
-    }
-    for path in args.run.out.iter().chain(&args.plot) {
-        output::check_target(path)?;
-    }
+    check_outputs(args.run.out.iter(), args.plot.as_ref())?;
     let mut config = WeakOrderConfig::new(etas, args.horizon, args.paths);
     if !args.models.is_empty() {
         config.models = parse_models(&args.models)?;
@@ -805,21 +797,7 @@ fn run_escape(args: EscapeArgs) -> Result<ExitCode> {
             .into());
         }
     };
-    if let Some(path) = &args.plot {
-        let svg = path
-            .extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("svg"));
-        if !svg {
-            return Err(usage(format!(
-                "--plot `{}`: only SVG plots are supported; use a .svg file name",
-                path.display()
-            ))
-            .into());
-        }
-    }
-    for path in args.run.out.iter().chain(&args.plot) {
-        output::check_target(path)?;
-    }
+    check_outputs(args.run.out.iter(), args.plot.as_ref())?;
     let mut config = EscapeConfig::new(args.eta, args.max_steps, args.paths, region);
     config.models = parse_models(&args.models)?;
     config.substeps = args.substeps;

@@ -502,6 +502,17 @@ impl Tape {
         self.data
     }
 
+    /// Panics unless `x` has `dim` coordinates and `row` the tape's data inputs (a
+    /// caller's programming error, never the user's input).
+    fn check_inputs(&self, x: &[f64], row: &[f64]) {
+        assert_eq!(x.len(), self.dim, "point dimension must match the tape");
+        assert_eq!(
+            row.len(),
+            self.data,
+            "row length must match the tape's data inputs"
+        );
+    }
+
     /// Number of outputs.
     pub fn outputs(&self) -> usize {
         self.outputs.len()
@@ -762,12 +773,7 @@ impl Tape {
         ws: &mut Workspace,
         jets: &mut Jets,
     ) -> Result<(), NonFinite> {
-        assert_eq!(x.len(), self.dim, "point dimension must match the tape");
-        assert_eq!(
-            row.len(),
-            self.data,
-            "row length must match the tape's data inputs"
-        );
+        self.check_inputs(x, row);
         // Every method below writes every entry it reports, so the buffers need the
         // right sizes, not zeros.
         jets.ensure(self.dim, self.outputs.len());
@@ -920,12 +926,7 @@ impl Tape {
         ws: &mut Workspace,
         jets: &mut Jets,
     ) -> Result<(), NonFinite> {
-        assert_eq!(x.len(), self.dim, "point dimension must match the tape");
-        assert_eq!(
-            row.len(),
-            self.data,
-            "row length must match the tape's data inputs"
-        );
+        self.check_inputs(x, row);
         let d = self.dim;
         jets.dim = d;
         jets.values.clear();

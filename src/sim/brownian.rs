@@ -50,6 +50,18 @@ pub enum Coupling {
     Independent,
 }
 
+impl Coupling {
+    /// The coupling a run of `problem` can have: a finite sum's minibatch SGD draws no
+    /// Gaussian numbers to share with the SDEs, so its runs are always independent.
+    pub fn possible(self, problem: &crate::Problem) -> Coupling {
+        if problem.finite_sum().is_some() {
+            Coupling::Independent
+        } else {
+            self
+        }
+    }
+}
+
 impl std::fmt::Display for Coupling {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {

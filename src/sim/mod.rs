@@ -368,16 +368,21 @@ pub fn simulate_with_progress(
     config: &SimConfig,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<SimResult, SimError> {
-    let uncoupled;
-    let minibatch = problem.finite_sum().is_some() && !config.gaussian_sgd;
-    let config = if minibatch && config.coupling == Coupling::Coupled {
-        uncoupled = SimConfig {
-            coupling: Coupling::Independent,
+    // The Gaussian surrogate of a finite sum couples like any Gaussian SGD.
+    let possible = if config.gaussian_sgd {
+        config.coupling
+    } else {
+        config.coupling.possible(problem)
+    };
+    let adjusted;
+    let config = if possible == config.coupling {
+        config
+    } else {
+        adjusted = SimConfig {
+            coupling: possible,
             ..config.clone()
         };
-        &uncoupled
-    } else {
-        config
+        &adjusted
     };
     match config.scheme {
         SchemeKind::EulerMaruyama => run(problem, config, EulerMaruyama, progress),
