@@ -359,7 +359,7 @@ fn jet_step<const N: usize>(op: Op, s: &[Jet<N>], x: &[f64], row: &[f64], out: &
         Op::MulConst(a, c) => out.set_map(at(a), |v| v * c),
         Op::DivConst(a, c) => out.set_map(at(a), |v| v / c),
         Op::Neg(a) => out.set_map(at(a), |v| -v),
-        Op::PowI(a, 2) => out.set_mul(at(a), at(a)),
+        Op::PowI(a, 2) => out.set_square(at(a)),
         Op::PowI(a, n) if n > 2 => {
             // f = aⁿ, f′ = n aⁿ⁻¹, f″ = n(n − 1) aⁿ⁻².
             let x = at(a).re;
@@ -984,7 +984,9 @@ impl Tape {
 
     /// Second-order forward mode in one pass with [`Jet<N>`] (all parts in plain
     /// arrays). `Err(())` when an output is not finite: the caller locates the
-    /// culprit with a method that names it.
+    /// culprit with a method that names it. Not inlined: a function of its own per
+    /// `N` keeps the dispatch loop's registers out of the stack.
+    #[inline(never)]
     fn derivatives_static<const N: usize>(
         &self,
         x: &[f64],
