@@ -5,6 +5,10 @@
 //! (a) the 2-variable saddle of `examples/saddle.hasme` (objective only);
 //! (b) an 8-variable chained Rosenbrock written out term by term in the file language.
 //!
+//! After criterion's figures, the run prints each tape / hand-written ratio measured in
+//! paired rounds (both functions timed back to back in every round, median and
+//! quartiles of the per-round ratios): the figure to quote on a shared machine.
+//!
 //! Run: `cargo bench --bench derivatives`.
 
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -13,7 +17,7 @@ use hasme::tape::{HessianMethod, Jets, Workspace};
 use nalgebra::SVector;
 use num_dual::{Dual2SVec64, DualNum, hessian};
 use std::hint::black_box;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const SADDLE: &str = "param lambda = 2.0
 param mu = 0.5
@@ -44,6 +48,75 @@ fn rosenbrock_hand<D: DualNum<Primitive = f64> + Copy>(v: SVector<D, 8>) -> D {
         acc += a.powi(2) * 100.0 + b.powi(2);
     }
     acc
+}
+
+/// The median over `rounds` of the per-round time ratio `a / b`, each round timing
+/// `reps` calls of `a` then `reps` calls of `b` back to back (the order alternating
+/// between rounds), with the first and third quartiles. Criterion measures one function
+/// after the other, seconds apart, so on a shared machine a slow spell can land on one
+/// side only; pairing the two within each round keeps such spells out of the ratio.
+fn paired_ratio<A, B>(
+    rounds: usize,
+    reps: usize,
+    mut a: impl FnMut() -> A,
+    mut b: impl FnMut() -> B,
+) -> Paired {
+    let (mut per_a, mut per_b) = (vec![], vec![]);
+    let mut ratios: Vec<f64> = (0..rounds)
+        .map(|r| {
+            let (ta, tb) = if r % 2 == 0 {
+                let ta = time(&mut a, reps);
+                (ta, time(&mut b, reps))
+            } else {
+                let tb = time(&mut b, reps);
+                (time(&mut a, reps), tb)
+            };
+            per_a.push(ta / reps as f64);
+            per_b.push(tb / reps as f64);
+            ta / tb
+        })
+        .collect();
+    for v in [&mut ratios, &mut per_a, &mut per_b] {
+        v.sort_by(f64::total_cmp);
+    }
+    Paired {
+        ratio: [
+            ratios[rounds / 4],
+            ratios[rounds / 2],
+            ratios[3 * rounds / 4],
+        ],
+        a: per_a[rounds / 2],
+        b: per_b[rounds / 2],
+    }
+}
+
+/// What [`paired_ratio`] measured.
+struct Paired {
+    /// First quartile, median and third quartile of the per-round ratios `a / b`.
+    ratio: [f64; 3],
+    /// Median seconds per call of `a` and of `b`.
+    a: f64,
+    b: f64,
+}
+
+/// Seconds for `reps` calls of `f` (generic, so `f` is inlined into its loop as in
+/// criterion's own).
+fn time<R, F: FnMut() -> R>(f: &mut F, reps: usize) -> f64 {
+    let start = Instant::now();
+    for _ in 0..reps {
+        black_box(f());
+    }
+    start.elapsed().as_secs_f64()
+}
+
+fn report_ratio(name: &str, p: Paired) {
+    let [q1, median, q3] = p.ratio;
+    println!(
+        "{name}: tape / hand-written in paired rounds: median {median:.2} (quartiles {q1:.2}–{q3:.2}); \
+         per call {:.1} ns vs {:.1} ns",
+        p.a * 1e9,
+        p.b * 1e9
+    );
 }
 
 fn bench(c: &mut Criterion) {
@@ -110,6 +183,36 @@ fn bench(c: &mut Criterion) {
         b.iter(|| hessian(rosenbrock_hand::<Dual2SVec64<8>>, black_box(&xrv)))
     });
     g.finish();
+
+    let (mut ws2, mut jets2) = (Workspace::default(), Jets::default());
+    report_ratio(
+        "saddle",
+        paired_ratio(
+            401,
+            2000,
+            || {
+                saddle
+                    .objective_derivatives_with(black_box(&xs), &mut ws2, &mut jets2)
+                    .expect("finite");
+                jets2.values[0]
+            },
+            || hessian(saddle_hand::<Dual2SVec64<2>>, black_box(&xv)),
+        ),
+    );
+    report_ratio(
+        "rosenbrock8",
+        paired_ratio(
+            101,
+            100,
+            || {
+                rosen
+                    .objective_derivatives_with(black_box(&xr), &mut ws2, &mut jets2)
+                    .expect("finite");
+                jets2.values[0]
+            },
+            || hessian(rosenbrock_hand::<Dual2SVec64<8>>, black_box(&xrv)),
+        ),
+    );
 }
 
 criterion_group!(benches, bench);
