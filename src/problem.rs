@@ -370,6 +370,13 @@ impl Problem {
         &self.objective
     }
 
+    /// The compiled entries of Σ(x) ([`Problem::noise_kind`] says which: one standard
+    /// deviation, d diagonal entries or d² entries row-major; empty without a `noise`
+    /// statement and for finite sums, whose Σ is a covariance over the rows).
+    pub fn noise_tape(&self) -> &Tape {
+        &self.noise.tape
+    }
+
     fn check_point(&self, x: &[f64]) -> Result<(), ProblemError> {
         if x.len() != self.dim() {
             return Err(ProblemError::Usage(format!(
@@ -821,6 +828,20 @@ impl Problem {
         self.check_point(x)?;
         self.observables
             .values(x)
+            .map_err(|nf| self.eval_error(nf, x))
+    }
+
+    /// [`Problem::observables`] into `out` (one entry per observable), reusing `slots`:
+    /// no allocation once `slots` has grown. The form for simulation loops.
+    pub fn observables_into(
+        &self,
+        x: &[f64],
+        slots: &mut Vec<f64>,
+        out: &mut [f64],
+    ) -> Result<(), ProblemError> {
+        self.check_point(x)?;
+        self.observables
+            .values_with(x, slots, out)
             .map_err(|nf| self.eval_error(nf, x))
     }
 

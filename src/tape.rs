@@ -533,6 +533,11 @@ impl Tape {
         &self.ops
     }
 
+    /// The slot (instruction index) holding each output.
+    pub fn output_slots(&self) -> &[Slot] {
+        &self.outputs
+    }
+
     /// For a tape with data inputs: an upper bound on the polynomial degree, in the
     /// variables, of the part of output `k` that depends on the data (`None`: no part
     /// does; `Some(None)`: not a polynomial). A forward pass over the instructions with

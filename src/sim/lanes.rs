@@ -26,9 +26,8 @@
 //! association of the same sums); the unit tests bound the difference at 1e−13
 //! relative.
 //!
-//! Only single-output tapes are accepted: after the tape's dead-code elimination the
-//! output of a one-output tape is its last instruction (every other live instruction
-//! is one of its operands, transitively, and operands precede their users).
+//! With derivatives only single-output tapes are accepted (the objective); values alone
+//! ([`Order::Value`]) may have several outputs (the entries of Σ(x)).
 
 use num_dual::{Dual2_64, DualNum};
 
@@ -45,6 +44,8 @@ pub(crate) const LANES_MAX_DIM: usize = 4;
 /// Which derivatives to carry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Order {
+    /// Values only (any number of outputs).
+    Value,
     /// Value and gradient.
     Gradient,
     /// Value, gradient and Hessian.
@@ -59,7 +60,11 @@ type Row = [f64; LANES];
 pub(crate) struct LaneTape {
     dim: usize,
     ops: Vec<Op>,
+    /// The slot of each output.
+    outputs: Vec<usize>,
     order: Order,
+    /// Gradient rows per slot: d, or 0 for [`Order::Value`].
+    tangents: usize,
     /// Rows per slot: 1 (value) + d (gradient) + d(d+1)/2 (Hessian, packed upper
     /// triangle, row-major) when carried.
     width: usize,
@@ -77,12 +82,13 @@ fn hessian_rows(d: usize) -> usize {
 }
 
 impl LaneTape {
-    /// The evaluator for `tape`, or `None` when the tape has more than one output, no
-    /// instruction, more than [`LANES_MAX_DIM`] variables, or data inputs (a finite
-    /// sum's per-example loss: f is then a mean over rows, evaluated by the problem).
+    /// The evaluator for `tape`, or `None` when the tape has no instruction, more than
+    /// [`LANES_MAX_DIM`] variables, data inputs (a finite sum's per-example loss: f is
+    /// then a mean over rows, evaluated by the problem), or more than one output with
+    /// derivatives.
     pub(crate) fn new(tape: &Tape, order: Order) -> Option<LaneTape> {
         let d = tape.dim();
-        if tape.outputs() != 1
+        if (tape.outputs() != 1 && order != Order::Value)
             || tape.is_empty()
             || d == 0
             || d > LANES_MAX_DIM
@@ -90,12 +96,12 @@ impl LaneTape {
         {
             return None;
         }
-        let width = 1
-            + d
-            + match order {
-                Order::Gradient => 0,
-                Order::Hessian => hessian_rows(d),
-            };
+        let (tangents, hessian) = match order {
+            Order::Value => (0, 0),
+            Order::Gradient => (d, 0),
+            Order::Hessian => (d, hessian_rows(d)),
+        };
+        let width = 1 + tangents + hessian;
         let mut pairs = Vec::new();
         for i in 0..d {
             for j in i..d {
@@ -105,7 +111,9 @@ impl LaneTape {
         Some(LaneTape {
             dim: d,
             ops: tape.ops().to_vec(),
+            outputs: tape.output_slots().iter().map(|&o| o as usize).collect(),
             order,
+            tangents,
             width,
             buf: vec![[0.0; LANES]; (tape.len() + 2) * width],
             f: [[0.0; LANES]; 3],
@@ -116,7 +124,7 @@ impl LaneTape {
     /// Rows carried per slot beyond value and gradient.
     #[inline]
     fn hessian_pairs(&self) -> usize {
-        self.width - 1 - self.dim
+        self.width - 1 - self.tangents
     }
 
     /// Evaluates the tape at `n ≤ LANES` points, `x[l·d .. (l+1)·d]` for lane `l`.
@@ -136,7 +144,9 @@ impl LaneTape {
                     for (l, v) in rows[0].iter_mut().enumerate().take(n) {
                         *v = x[l * d + i as usize];
                     }
-                    rows[1 + i as usize] = [1.0; LANES];
+                    if self.tangents > 0 {
+                        rows[1 + i as usize] = [1.0; LANES];
+                    }
                 }
                 Op::Const(c) => {
                     let rows = &mut self.buf[k * w..(k + 1) * w];
@@ -244,7 +254,7 @@ impl LaneTape {
 
     /// The product rule (`out` after both operands).
     fn mul(&mut self, out: usize, a: usize, b: usize) {
-        let (d, np) = (self.dim, self.hessian_pairs());
+        let (d, np) = (self.tangents, self.hessian_pairs());
         let pairs = std::mem::take(&mut self.pairs);
         let (a, b, y) = self.three(out, a, b);
         let (av, bv) = (&a[0], &b[0]);
@@ -272,7 +282,7 @@ impl LaneTape {
 
     /// `a²` (the commonest power): the product rule with `b = a`.
     fn square(&mut self, out: usize, a: usize) {
-        let (d, np) = (self.dim, self.hessian_pairs());
+        let (d, np) = (self.tangents, self.hessian_pairs());
         let pairs = std::mem::take(&mut self.pairs);
         let (a, _, y) = self.three(out, a, a);
         let av = &a[0];
@@ -320,7 +330,7 @@ impl LaneTape {
 
     /// `out = u(a)` from `self.f = (u, u', u'')` at `a`.
     fn chain(&mut self, out: usize, a: usize) {
-        let (d, np) = (self.dim, self.hessian_pairs());
+        let (d, np) = (self.tangents, self.hessian_pairs());
         let f = &self.f;
         let (src, dst) = pair(&mut self.buf, self.width, out, a);
         for i in 0..d {
@@ -340,11 +350,16 @@ impl LaneTape {
         dst[0] = f[0];
     }
 
-    /// The output slot's rows.
+    /// The (first) output slot's rows.
     #[inline]
     fn out(&self) -> &[Row] {
-        let k = self.ops.len() - 1;
+        let k = self.outputs[0];
         &self.buf[k * self.width..(k + 1) * self.width]
+    }
+
+    /// Output `o`'s value for every lane.
+    pub(crate) fn output_value(&self, o: usize) -> &Row {
+        &self.buf[self.outputs[o] * self.width]
     }
 
     /// Row `r` of the output for every lane: 0 the value, `1 + i` the gradient's
@@ -376,7 +391,7 @@ impl LaneTape {
     /// [`Order::Hessian`].
     pub(crate) fn hessian(&self, l: usize, h: &mut [f64]) {
         let d = self.dim;
-        if self.order == Order::Gradient {
+        if self.order != Order::Hessian {
             h[..d * d].fill(0.0);
             return;
         }
@@ -472,6 +487,33 @@ mod tests {
                 .map(|p| (0..d).map(|i| p[i % 2] + 0.1 * i as f64).collect())
                 .collect();
             check(text, &pts);
+        }
+    }
+
+    /// Values alone, several outputs (the entries of Σ(x)): each lane equals the
+    /// tape's own evaluation at its point.
+    #[test]
+    fn values_of_every_output_match_the_tape() {
+        let p = Problem::from_str(
+            "var x, y\nminimize x^2 + y^2\n\
+             noise cov [[0.02 + x^2, 0.1*sin(x*y)], [0.1*sin(x*y), exp(-y)*(1 + x^3)]]",
+        )
+        .unwrap();
+        let tape = p.noise_tape();
+        assert_eq!(tape.outputs(), 4);
+        let mut lv = LaneTape::new(tape, Order::Value).expect("batchable");
+        let pts: Vec<f64> = (0..2 * LANES)
+            .map(|i| ((i * 37 % 101) as f64 - 50.0) / 17.0)
+            .collect();
+        lv.eval(&pts, LANES);
+        for l in 0..LANES {
+            let want = tape.values(&pts[2 * l..2 * l + 2]).unwrap();
+            for (o, w) in want.iter().enumerate() {
+                let got = lv.output_value(o)[l];
+                // 1e-15 relative: the same operations on values (a power may come
+                // from another routine).
+                assert!((got - w).abs() <= 1e-15 * w.abs().max(1.0), "{o} at {l}");
+            }
         }
     }
 

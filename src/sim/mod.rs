@@ -479,17 +479,28 @@ struct Worker<'p, S: Scheme> {
     values: Vec<f64>,
     tmp: Vec<f64>,
     copy_values: Vec<f64>,
+    /// The observables at one point, and their tape's buffer.
+    observed: Vec<f64>,
+    observe_slots: Vec<f64>,
     /// The lanes of lane-batched stepping ([`block`]), when every model's term can be
     /// evaluated over a block of points.
     block: Option<block::Block>,
 }
 
-/// Observable values at `x`, or why they cannot be had.
-fn observe(problem: &Problem, x: &[f64]) -> Result<Vec<f64>, String> {
+/// Observable values at `x` into `out` (`slots`: the tape's buffer), or why they
+/// cannot be had.
+fn observe(
+    problem: &Problem,
+    x: &[f64],
+    slots: &mut Vec<f64>,
+    out: &mut [f64],
+) -> Result<(), String> {
     if x.iter().any(|v| !v.is_finite()) {
         return Err("the state is not finite".into());
     }
-    problem.observables(x).map_err(|e| e.to_string())
+    problem
+        .observables_into(x, slots, out)
+        .map_err(|e| e.to_string())
 }
 
 impl<'p, S: Scheme + Copy> Worker<'p, S> {
@@ -521,6 +532,8 @@ impl<'p, S: Scheme + Copy> Worker<'p, S> {
             values: vec![0.0; l.times * l.observables * l.processes],
             tmp: vec![0.0; d],
             copy_values: vec![0.0; scheme.copies() * l.observables],
+            observed: vec![0.0; l.observables],
+            observe_slots: Vec::new(),
             block: None,
         };
         if w.terms.iter().all(|t| t.batched()) {
@@ -584,9 +597,14 @@ impl<'p, S: Scheme + Copy> Worker<'p, S> {
         let l = self.plan.layout;
         let problem = self.plan.problem;
         if self.alive[0] {
-            match observe(problem, &self.x) {
-                Ok(v) => {
-                    for (o, &v) in v.iter().enumerate() {
+            match observe(
+                problem,
+                &self.x,
+                &mut self.observe_slots,
+                &mut self.observed,
+            ) {
+                Ok(()) => {
+                    for (o, &v) in self.observed.iter().enumerate() {
                         self.values[l.value(t, o, 0)] = v;
                     }
                 }
@@ -604,9 +622,10 @@ impl<'p, S: Scheme + Copy> Worker<'p, S> {
             }
             let mut failed = None;
             for c in 0..copies {
-                match observe(problem, &self.states[m][c * d..(c + 1) * d]) {
-                    Ok(v) => {
-                        for (o, &v) in v.iter().enumerate() {
+                let x = &self.states[m][c * d..(c + 1) * d];
+                match observe(problem, x, &mut self.observe_slots, &mut self.observed) {
+                    Ok(()) => {
+                        for (o, &v) in self.observed.iter().enumerate() {
                             self.copy_values[o * copies + c] = v;
                         }
                     }

@@ -270,6 +270,9 @@ pub(crate) struct ModelTerm<'p> {
     /// The objective's tape batched over lanes (d ≤ 4, single output), carrying the
     /// Hessian only when the model needs it.
     lanes: Option<LaneTape>,
+    /// The entries of Σ(x) batched over lanes, for the d = 2 closed forms when Σ
+    /// depends on the state.
+    noise_lanes: Option<LaneTape>,
     /// ∇f and ∇²f of the lane being finished.
     g: Vec<f64>,
     h: Vec<f64>,
@@ -337,8 +340,18 @@ impl<'p> ModelTerm<'p> {
         } else {
             Order::Hessian
         };
+        let noise_lanes = if d == 2
+            && kind != ModelKind::Gf
+            && matches!(ev.noise, NoiseSource::State)
+            && ev.problem.finite_sum().is_none()
+        {
+            LaneTape::new(ev.problem.noise_tape(), Order::Value)
+        } else {
+            None
+        };
         ModelTerm {
             lanes: LaneTape::new(ev.problem.objective_tape(), order),
+            noise_lanes,
             ev,
             coeffs: Coeffs {
                 kind,
@@ -458,6 +471,10 @@ impl ModelTerm<'_> {
         };
         let lanes = self.lanes.as_ref().expect("a batched term");
         let (needs_noise, one_term) = self.noise_needs(2);
+        let kind_of_noise = self.ev.problem.noise_kind();
+        if needs_noise && let Some(nl) = &mut self.noise_lanes {
+            nl.eval(xs, n);
+        }
         // Σ (and √Σ for the SME models) per lane.
         for l in 0..n {
             let x = &xs[2 * l..2 * l + 2];
@@ -470,7 +487,22 @@ impl ModelTerm<'_> {
                 NoiseSource::Zero => continue,
                 NoiseSource::Constant { cov, sqrt } => (&cov[..], &sqrt[..]),
                 NoiseSource::State => {
-                    if self.ev.state_noise(x, one_term).is_err() {
+                    let batched = self
+                        .noise_lanes
+                        .as_ref()
+                        .and_then(|nl| clearly_covariance(kind_of_noise, nl, l));
+                    // The batched entries when they are plainly a covariance (the
+                    // SME models' square root as one point at a time); anything else
+                    // (not finite, not exactly symmetric, near singular, not
+                    // batched) through the problem's own checks.
+                    let ok = match batched {
+                        Some(c) => {
+                            self.ev.cov.copy_from_slice(&c);
+                            !one_term || self.ev.noise_sqrt(x).is_ok()
+                        }
+                        None => self.ev.state_noise(x, one_term).is_ok(),
+                    };
+                    if !ok {
                         self.slow[l] = true;
                         continue;
                     }
@@ -622,6 +654,30 @@ impl ModelTerm<'_> {
         // `out.failure` is all `None` here: the caller takes every failure it is given.
         true
     }
+}
+
+/// Lane `l`'s Σ (row-major 2×2) from the batched noise entries, when it is plainly a
+/// covariance: finite, exactly symmetric, and positive semidefinite with a margin that
+/// rounding cannot cross (a diagonal with non-negative entries, or a positive
+/// determinant well above its round-off). Such a Σ passes the problem's own checks
+/// ([`Problem::noise_cov_into`]) with the same entries; any other lane is left to
+/// them, so failures are reported exactly as one point at a time.
+fn clearly_covariance(kind: NoiseKind, nl: &LaneTape, l: usize) -> Option<[f64; 4]> {
+    let v = |o: usize| nl.output_value(o)[l];
+    let c = match kind {
+        NoiseKind::Sd => [v(0), 0.0, 0.0, v(0)],
+        NoiseKind::Diag => [v(0), 0.0, 0.0, v(1)],
+        NoiseKind::Cov => [v(0), v(1), v(2), v(3)],
+        NoiseKind::None | NoiseKind::Minibatch => return None,
+    };
+    let [a, b, b2, d] = c;
+    let finite = c.iter().all(|x| x.is_finite());
+    let definite = if b == 0.0 {
+        a >= 0.0 && d >= 0.0
+    } else {
+        a > 0.0 && d > 0.0 && a * d - b * b > 1e-12 * (a * d)
+    };
+    (finite && b.to_bits() == b2.to_bits() && definite).then_some(c)
 }
 
 impl Term for ModelTerm<'_> {
@@ -1032,6 +1088,56 @@ mod tests {
                         }
                         (c, o) => prop_assert!(false, "{kind} lane {l}: models {c:?}, lanes {o:?}"),
                     }
+                }
+            }
+        }
+    }
+
+    /// Σ(x) batched over a block: lanes where it is a covariance, is not positive
+    /// semidefinite (fatal), is not finite (a divergence), or is singular each get
+    /// exactly what the point-at-a-time evaluation gives them.
+    #[test]
+    fn batched_noise_fails_lane_by_lane_as_one_point_at_a_time() {
+        let p = Problem::from_str(
+            "var x = 0, y = 0\nminimize x^2 + y^2 + 0.1*x*y\n\
+             noise cov [[1 - x, 0.1*x*y], [0.1*x*y, sqrt(1 + y)]]",
+        )
+        .unwrap();
+        let noise = NoiseSource::for_problem(&p, &p.start()).unwrap();
+        let points = [
+            [0.2, 0.3],  // a covariance
+            [1.5, 0.0],  // 1 − x < 0: not PSD
+            [0.1, -2.0], // sqrt of a negative: not finite
+            [1.0, 0.0],  // singular: Σ₀₀ = 0 exactly
+            [-0.4, 0.5], // a covariance
+        ];
+        let xs: Vec<f64> = points.iter().flatten().copied().collect();
+        for kind in ModelKind::all() {
+            let mut term = ModelTerm::new(kind, 0.1, Evaluator::new(&p, &noise));
+            let mut out = LaneCoefficients::new(2);
+            term.eval_lanes(&xs, points.len(), &mut out);
+            for (l, x) in points.iter().enumerate() {
+                let mut one = ModelTerm::new(kind, 0.1, Evaluator::new(&p, &noise));
+                match (one.eval(x), out.failure[l].take()) {
+                    (Ok((drift, factor)), None) => {
+                        assert_close(
+                            &out.drift[2 * l..2 * l + 2],
+                            drift,
+                            &format!("{kind} drift"),
+                        );
+                        if let Some(f) = factor {
+                            assert_close(
+                                &out.factor[4 * l..4 * l + 4],
+                                f,
+                                &format!("{kind} factor"),
+                            );
+                        }
+                    }
+                    (Err(Failure::Fatal(a)), Some(Failure::Fatal(b))) => {
+                        assert_eq!(a.to_string(), b.to_string())
+                    }
+                    (Err(Failure::Diverged(a)), Some(Failure::Diverged(b))) => assert_eq!(a, b),
+                    (a, b) => panic!("{kind} lane {l}: one point {a:?}, block {b:?}"),
                 }
             }
         }
