@@ -110,3 +110,25 @@ fn an_invalid_covariance_at_a_reached_point_is_an_error() {
     assert!(text.starts_with("path 0, step "), "{text}");
     assert!(text.contains("positive semidefinite"), "{text}");
 }
+
+/// The same in two dimensions, where SGD's Σ(x) is evaluated over blocks of paths: the
+/// lane that reaches the invalid covariance is stepped alone and reported the same way.
+#[test]
+fn an_invalid_covariance_in_a_block_is_the_same_error() {
+    let problem =
+        Problem::from_str("var x = 0, y = 0\nminimize -x + y^2\nnoise cov [[1 - x, 0], [0, 1]]")
+            .unwrap();
+    let mut c = SimConfig::new(0.1, 3.0, 10);
+    c.models = vec![ModelKind::Hasme];
+    let err = simulate(&problem, &c).expect_err("Σ(x) is not PSD once x > 1");
+    assert!(matches!(err, SimError::Problem { path: 0, .. }), "{err}");
+    let text = err.to_string();
+    assert!(text.starts_with("path 0, step "), "{text}");
+    assert!(text.contains("positive semidefinite"), "{text}");
+    // The same on a path stepped alone (one path: a block of one lane) and on two threads.
+    c.paths = 1;
+    assert_eq!(simulate(&problem, &c).expect_err("same").to_string(), text);
+    c.paths = 10;
+    c.threads = 2;
+    assert_eq!(simulate(&problem, &c).expect_err("same").to_string(), text);
+}

@@ -12,8 +12,8 @@
 //! batched tape works lane by lane), and lanes are summarised in path order at the end
 //! of the block, so the statistics do not depend on the block size.
 
-use super::lanes::{LANES, LANES_MAX_DIM};
-use super::terms::{Failure, LaneCoefficients};
+use super::lanes::{LANES, LANES_MAX_DIM, LaneTape, Order};
+use super::terms::{Failure, LaneCoefficients, NoiseSource, clearly_covariance, sgd_move};
 use super::{ChunkStats, Scheme, SimError, Worker};
 
 /// One path's state while its block runs.
@@ -23,7 +23,8 @@ pub(super) struct Lane {
     states: Vec<Vec<f64>>,
     alive: Vec<bool>,
     values: Vec<f64>,
-    /// The SDEs' Brownian increments of the current SGD step.
+    /// SGD's draw ξ_k and the SDEs' Brownian increments of the current SGD step.
+    xi: Vec<f64>,
     increments: Vec<f64>,
 }
 
@@ -42,26 +43,34 @@ pub(super) struct Block {
     failed: Vec<Option<Failure>>,
     /// The last copy's state at the start of the step, per entry of `active`.
     starts: Vec<f64>,
+    /// ∇f over the block for SGD's steps, and Σ(x)'s entries when they depend on the
+    /// state (d = 2, where the batched entries can be checked in closed form).
+    sgd_gradient: LaneTape,
+    sgd_noise: Option<LaneTape>,
+    /// Lanes whose SGD step the batched evaluation leaves to the point-at-a-time code.
+    sgd_slow: Vec<usize>,
 }
 
 impl Block {
-    /// Buffers for paths shaped like the worker's: `x` (SGD), `states` (models),
-    /// `alive`, `values`, and `grid` increments of `d` numbers per SGD step.
-    pub(super) fn new(
-        x: &[f64],
-        states: &[Vec<f64>],
-        alive: &[bool],
-        values: &[f64],
-        grid: usize,
-    ) -> Block {
-        let d = x.len();
-        Block {
+    /// Buffers for paths shaped like the worker's (`x` for SGD, `states` for the
+    /// models, `alive`, `values`, ξ, and `grid` increments of `d` numbers per SGD step),
+    /// or `None` when the objective cannot be batched ([`LaneTape::new`]).
+    pub(super) fn new<S: Scheme>(w: &Worker<'_, S>, grid: usize) -> Option<Block> {
+        let d = w.x.len();
+        let problem = w.plan.problem;
+        let sgd_gradient = LaneTape::new(problem.objective_tape(), Order::Gradient)?;
+        let sgd_noise = match w.plan.noise {
+            NoiseSource::State if d == 2 => LaneTape::new(problem.noise_tape(), Order::Value),
+            _ => None,
+        };
+        Some(Block {
             lanes: (0..LANES)
                 .map(|_| Lane {
-                    x: x.to_vec(),
-                    states: states.to_vec(),
-                    alive: alive.to_vec(),
-                    values: values.to_vec(),
+                    x: w.x.clone(),
+                    states: w.states.clone(),
+                    alive: w.alive.clone(),
+                    values: w.values.clone(),
+                    xi: vec![0.0; d],
                     increments: vec![0.0; grid * d],
                 })
                 .collect(),
@@ -71,7 +80,10 @@ impl Block {
             running: Vec::with_capacity(LANES),
             failed: (0..LANES).map(|_| None).collect(),
             starts: vec![0.0; LANES * d],
-        }
+            sgd_gradient,
+            sgd_noise,
+            sgd_slow: Vec::with_capacity(LANES),
+        })
     }
 }
 
@@ -84,6 +96,7 @@ impl<S: Scheme + Copy> Worker<'_, S> {
         std::mem::swap(&mut self.states, &mut lane.states);
         std::mem::swap(&mut self.alive, &mut lane.alive);
         std::mem::swap(&mut self.values, &mut lane.values);
+        std::mem::swap(&mut self.xi, &mut lane.xi);
     }
 
     /// Simulates paths `first .. first + n` (`n ≤ LANES`) and pushes their values into
@@ -115,27 +128,21 @@ impl<S: Scheme + Copy> Worker<'_, S> {
         for k in 0..plan.steps {
             let mut running = false;
             for l in 0..n {
-                self.swap_lane(l);
                 let path = first + l as u64;
-                let mut outcome = Ok(());
-                if self.alive.iter().any(|&a| a) {
+                let block = self.block.as_mut().expect("block mode");
+                let lane = &mut block.lanes[l];
+                if lane.alive.iter().any(|&a| a) {
                     running = true;
                     self.brownian.start_path(path);
                     self.brownian.draw_step(k);
-                    let block = self.block.as_mut().expect("block mode");
-                    block.lanes[l]
-                        .increments
-                        .copy_from_slice(self.brownian.increments());
-                    if self.alive[0] {
-                        outcome = self.step_sgd(stats, path, k);
-                    }
+                    lane.xi.copy_from_slice(self.brownian.xi());
+                    lane.increments.copy_from_slice(self.brownian.increments());
                 }
-                self.swap_lane(l);
-                outcome?;
             }
             if !running {
                 break;
             }
+            self.step_sgd_lanes(stats, first, n, k)?;
             for m in 0..self.terms.len() {
                 self.step_model_lanes(stats, first, n, k, m)?;
             }
@@ -154,6 +161,85 @@ impl<S: Scheme + Copy> Worker<'_, S> {
             self.swap_lane(l);
         }
         Ok(())
+    }
+
+    /// SGD's step `k` for every lane still running it: ∇f batched over the block (and
+    /// Σ(x) when it depends on the state, d = 2), then each lane's move. A lane the
+    /// batched numbers do not settle plainly (a non-finite gradient or iterate, a Σ(x)
+    /// that is not plainly a covariance) takes the point-at-a-time step, which
+    /// reports or handles it exactly as a path stepped alone.
+    fn step_sgd_lanes(
+        &mut self,
+        stats: &mut ChunkStats,
+        first: u64,
+        n: usize,
+        k: u64,
+    ) -> Result<(), SimError> {
+        let eta = self.plan.config.eta;
+        let d = self.x.len();
+        let kind = self.plan.problem.noise_kind();
+        let b = self.block.as_mut().expect("block mode");
+        b.active.clear();
+        b.active.extend((0..n).filter(|&l| b.lanes[l].alive[0]));
+        b.sgd_slow.clear();
+        for (q, &l) in b.active.iter().enumerate() {
+            b.xs[q * d..(q + 1) * d].copy_from_slice(&b.lanes[l].x);
+        }
+        let m = b.active.len();
+        b.sgd_gradient.eval(&b.xs, m);
+        if let Some(nl) = &mut b.sgd_noise {
+            nl.eval(&b.xs, m);
+        }
+        let mut g = [0.0; LANES_MAX_DIM];
+        let mut next = [0.0; LANES_MAX_DIM];
+        for (q, &l) in b.active.iter().enumerate() {
+            let lane = &mut b.lanes[l];
+            let x = &lane.x;
+            let plain = self.minibatch.is_none()
+                && b.sgd_gradient.finite(q)
+                && x.iter().all(|v| v.is_finite());
+            let checked = b
+                .sgd_noise
+                .as_ref()
+                .map(|nl| clearly_covariance(kind, nl, q));
+            // A state-dependent Σ not batched here (d ≠ 2) comes from the problem.
+            let noise_ok = plain
+                && match checked {
+                    Some(c) => {
+                        c.is_some() && self.sgd.sgd_noise(x, c.as_ref().map(|c| &c[..])).is_ok()
+                    }
+                    None => self.sgd.sgd_noise(x, None).is_ok(),
+                };
+            if noise_ok {
+                b.sgd_gradient.gradient(q, &mut g[..d]);
+                next[..d].copy_from_slice(x);
+                sgd_move(
+                    eta,
+                    &mut next[..d],
+                    &lane.xi,
+                    &g[..d],
+                    self.sgd.sgd_sqrt(),
+                    &mut self.tmp,
+                );
+                if next[..d].iter().all(|v| v.is_finite()) {
+                    lane.x.copy_from_slice(&next[..d]);
+                    continue;
+                }
+            }
+            b.sgd_slow.push(l);
+        }
+        let slow = std::mem::take(&mut b.sgd_slow);
+        let mut outcome = Ok(());
+        for &l in &slow {
+            self.swap_lane(l);
+            outcome = self.step_sgd(stats, first + l as u64, k);
+            self.swap_lane(l);
+            if outcome.is_err() {
+                break;
+            }
+        }
+        self.block.as_mut().expect("block mode").sgd_slow = slow;
+        outcome
     }
 
     /// The substeps of model `m` over SGD step `k` for every lane still running it.

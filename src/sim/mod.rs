@@ -479,6 +479,8 @@ struct Worker<'p, S: Scheme> {
     values: Vec<f64>,
     tmp: Vec<f64>,
     copy_values: Vec<f64>,
+    /// SGD's Gaussian draw ξ_k of the current step.
+    xi: Vec<f64>,
     /// The observables at one point, and their tape's buffer.
     observed: Vec<f64>,
     observe_slots: Vec<f64>,
@@ -532,14 +534,13 @@ impl<'p, S: Scheme + Copy> Worker<'p, S> {
             values: vec![0.0; l.times * l.observables * l.processes],
             tmp: vec![0.0; d],
             copy_values: vec![0.0; scheme.copies() * l.observables],
+            xi: vec![0.0; d],
             observed: vec![0.0; l.observables],
             observe_slots: Vec::new(),
             block: None,
         };
         if w.terms.iter().all(|t| t.batched()) {
-            w.block = Some(block::Block::new(
-                &w.x, &w.states, &w.alive, &w.values, grid,
-            ));
+            w.block = block::Block::new(&w, grid);
         }
         w
     }
@@ -658,13 +659,7 @@ impl<'p, S: Scheme + Copy> Worker<'p, S> {
         self.step_start.copy_from_slice(&self.x);
         let r = match &mut self.minibatch {
             Some(mb) => mb.step(self.plan.problem, eta, &mut self.x, (path, k)),
-            None => sgd_step(
-                &mut self.sgd,
-                eta,
-                &mut self.x,
-                self.brownian.xi(),
-                &mut self.tmp,
-            ),
+            None => sgd_step(&mut self.sgd, eta, &mut self.x, &self.xi, &mut self.tmp),
         };
         let reason = match r {
             Ok(()) if self.x.iter().all(|v| v.is_finite()) => return Ok(()),
@@ -747,6 +742,7 @@ impl<'p, S: Scheme + Copy> Worker<'p, S> {
                 break;
             }
             self.brownian.draw_step(k);
+            self.xi.copy_from_slice(self.brownian.xi());
             if self.alive[0] {
                 self.step_sgd(stats, path, k)?;
             }

@@ -184,6 +184,31 @@ impl<'p> Evaluator<'p> {
         Ok(())
     }
 
+    /// Prepares SGD's noise factor at `x` ([`Evaluator::sgd_sqrt`]): for a
+    /// state-dependent Σ, from `checked` (Σ(x) already known to pass the problem's
+    /// checks, e.g. batched over lanes) or else from the problem.
+    pub(crate) fn sgd_noise(&mut self, x: &[f64], checked: Option<&[f64]>) -> Result<(), Failure> {
+        if !matches!(self.noise, NoiseSource::State) {
+            return Ok(());
+        }
+        match checked {
+            Some(c) => {
+                self.cov.copy_from_slice(c);
+                self.noise_sqrt(x)
+            }
+            None => self.state_noise(x, true),
+        }
+    }
+
+    /// SGD's noise factor Σ^{1/2} (none for Σ = 0), as [`Evaluator::sgd_noise`] left it.
+    pub(crate) fn sgd_sqrt(&self) -> Option<&[f64]> {
+        match self.noise {
+            NoiseSource::Zero => None,
+            NoiseSource::Constant { sqrt, .. } => Some(sqrt),
+            NoiseSource::State => Some(&self.sqrt),
+        }
+    }
+
     /// [`Evaluator::derivatives`] and [`Evaluator::state_noise`] together, in one pass
     /// over the rows of a finite sum (each example's gradient serves ∇f and Σ). A
     /// finite sum's Σ is a covariance by construction, so every failure is a divergence.
@@ -226,18 +251,23 @@ pub(crate) fn sgd_step(
     xi: &[f64],
     tmp: &mut [f64],
 ) -> Result<(), Failure> {
-    let d = x.len();
     ev.gradient(x)?;
-    let noise = ev.noise;
-    let sqrt: Option<&[f64]> = match noise {
-        NoiseSource::Zero => None,
-        NoiseSource::Constant { sqrt, .. } => Some(sqrt),
-        NoiseSource::State => {
-            ev.state_noise(x, true)?;
-            Some(&ev.sqrt)
-        }
-    };
-    let g = ev.jets.gradient(0);
+    ev.sgd_noise(x, None)?;
+    sgd_move(eta, x, xi, ev.jets.gradient(0), ev.sgd_sqrt(), tmp);
+    Ok(())
+}
+
+/// `x ← x + η(S ξ − g)` (`S` = Σ(x)^{1/2}, none for Σ = 0): the SGD step given its
+/// gradient and noise factor.
+pub(crate) fn sgd_move(
+    eta: f64,
+    x: &mut [f64],
+    xi: &[f64],
+    g: &[f64],
+    sqrt: Option<&[f64]>,
+    tmp: &mut [f64],
+) {
+    let d = x.len();
     match sqrt {
         Some(s) => {
             mat_vec(d, s, xi, tmp);
@@ -251,7 +281,6 @@ pub(crate) fn sgd_step(
             }
         }
     }
-    Ok(())
 }
 
 /// A drift and a diffusion factor at a point: what a [`super::Scheme`] steps with.
@@ -662,7 +691,7 @@ impl ModelTerm<'_> {
 /// determinant well above its round-off). Such a Σ passes the problem's own checks
 /// ([`Problem::noise_cov_into`]) with the same entries; any other lane is left to
 /// them, so failures are reported exactly as one point at a time.
-fn clearly_covariance(kind: NoiseKind, nl: &LaneTape, l: usize) -> Option<[f64; 4]> {
+pub(crate) fn clearly_covariance(kind: NoiseKind, nl: &LaneTape, l: usize) -> Option<[f64; 4]> {
     let v = |o: usize| nl.output_value(o)[l];
     let c = match kind {
         NoiseKind::Sd => [v(0), 0.0, 0.0, v(0)],
