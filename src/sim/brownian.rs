@@ -101,6 +101,7 @@ struct BridgePoint {
 /// increments of the SDEs on the grid of `M` points per step.
 #[derive(Clone, Debug)]
 pub struct BrownianPath {
+    key: [u8; 32],
     rng: ChaCha8Rng,
     dim: usize,
     grid: usize,
@@ -142,6 +143,7 @@ impl BrownianPath {
             queue.push_back((c, b));
         }
         BrownianPath {
+            key,
             rng: ChaCha8Rng::from_seed(key),
             dim,
             grid,
@@ -154,10 +156,13 @@ impl BrownianPath {
         }
     }
 
-    /// Switches to path `path` (its own ChaCha stream).
+    /// Switches to path `path` (its own ChaCha stream), at its first word.
     pub fn start_path(&mut self, path: u64) {
+        // A fresh generator has no buffered block, so neither `set_stream` here nor
+        // anything before the next read computes one: `set_stream` on a used generator
+        // (and each `set_word_pos`) computes a block that `draw_step` would discard.
+        self.rng = ChaCha8Rng::from_seed(self.key);
         self.rng.set_stream(path);
-        self.rng.set_word_pos(0);
     }
 
     /// Draws the noise of SGD step `k` of the current path.

@@ -33,6 +33,7 @@ const STEP_WORDS_LOG2: u32 = 36;
 /// Draws the minibatch of any (path, step).
 #[derive(Clone, Debug)]
 pub struct MinibatchSampler {
+    key: [u8; 32],
     rng: ChaCha8Rng,
     n: usize,
     batch: usize,
@@ -50,6 +51,7 @@ impl MinibatchSampler {
         key[..8].copy_from_slice(&seed.to_le_bytes());
         key[8] = 1;
         MinibatchSampler {
+            key,
             rng: ChaCha8Rng::from_seed(key),
             n,
             batch,
@@ -63,6 +65,9 @@ impl MinibatchSampler {
     /// The minibatch of step `k` of path `p` (indices 0..n; repeated indices only with
     /// replacement).
     pub fn draw(&mut self, p: u64, k: u64) -> &[usize] {
+        // From a fresh generator: `set_stream` on a used one computes a block that
+        // `set_word_pos` would discard.
+        self.rng = ChaCha8Rng::from_seed(self.key);
         self.rng.set_stream(p);
         self.rng.set_word_pos(u128::from(k) << STEP_WORDS_LOG2);
         self.drawn.clear();

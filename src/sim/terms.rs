@@ -691,6 +691,7 @@ impl ModelTerm<'_> {
 /// determinant well above its round-off). Such a Σ passes the problem's own checks
 /// ([`Problem::noise_cov_into`]) with the same entries; any other lane is left to
 /// them, so failures are reported exactly as one point at a time.
+#[inline]
 pub(crate) fn clearly_covariance(kind: NoiseKind, nl: &LaneTape, l: usize) -> Option<[f64; 4]> {
     let v = |o: usize| nl.output_value(o)[l];
     let c = match kind {
