@@ -17,7 +17,11 @@ use hasme::tape::{HessianMethod, Jets, Workspace};
 use nalgebra::SVector;
 use num_dual::{Dual2SVec64, DualNum, hessian};
 use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+#[path = "common/paired.rs"]
+mod paired;
+use paired::paired_ratio;
 
 const SADDLE: &str = "param lambda = 2.0
 param mu = 0.5
@@ -48,75 +52,6 @@ fn rosenbrock_hand<D: DualNum<Primitive = f64> + Copy>(v: SVector<D, 8>) -> D {
         acc += a.powi(2) * 100.0 + b.powi(2);
     }
     acc
-}
-
-/// The median over `rounds` of the per-round time ratio `a / b`, each round timing
-/// `reps` calls of `a` then `reps` calls of `b` back to back (the order alternating
-/// between rounds), with the first and third quartiles. Criterion measures one function
-/// after the other, seconds apart, so on a shared machine a slow spell can land on one
-/// side only; pairing the two within each round keeps such spells out of the ratio.
-fn paired_ratio<A, B>(
-    rounds: usize,
-    reps: usize,
-    mut a: impl FnMut() -> A,
-    mut b: impl FnMut() -> B,
-) -> Paired {
-    let (mut per_a, mut per_b) = (vec![], vec![]);
-    let mut ratios: Vec<f64> = (0..rounds)
-        .map(|r| {
-            let (ta, tb) = if r % 2 == 0 {
-                let ta = time(&mut a, reps);
-                (ta, time(&mut b, reps))
-            } else {
-                let tb = time(&mut b, reps);
-                (time(&mut a, reps), tb)
-            };
-            per_a.push(ta / reps as f64);
-            per_b.push(tb / reps as f64);
-            ta / tb
-        })
-        .collect();
-    for v in [&mut ratios, &mut per_a, &mut per_b] {
-        v.sort_by(f64::total_cmp);
-    }
-    Paired {
-        ratio: [
-            ratios[rounds / 4],
-            ratios[rounds / 2],
-            ratios[3 * rounds / 4],
-        ],
-        a: per_a[rounds / 2],
-        b: per_b[rounds / 2],
-    }
-}
-
-/// What [`paired_ratio`] measured.
-struct Paired {
-    /// First quartile, median and third quartile of the per-round ratios `a / b`.
-    ratio: [f64; 3],
-    /// Median seconds per call of `a` and of `b`.
-    a: f64,
-    b: f64,
-}
-
-/// Seconds for `reps` calls of `f` (generic, so `f` is inlined into its loop as in
-/// criterion's own).
-fn time<R, F: FnMut() -> R>(f: &mut F, reps: usize) -> f64 {
-    let start = Instant::now();
-    for _ in 0..reps {
-        black_box(f());
-    }
-    start.elapsed().as_secs_f64()
-}
-
-fn report_ratio(name: &str, p: Paired) {
-    let [q1, median, q3] = p.ratio;
-    println!(
-        "{name}: tape / hand-written in paired rounds: median {median:.2} (quartiles {q1:.2}–{q3:.2}); \
-         per call {:.1} ns vs {:.1} ns",
-        p.a * 1e9,
-        p.b * 1e9
-    );
 }
 
 fn bench(c: &mut Criterion) {
@@ -185,7 +120,7 @@ fn bench(c: &mut Criterion) {
     g.finish();
 
     let (mut ws2, mut jets2) = (Workspace::default(), Jets::default());
-    report_ratio(
+    report(
         "saddle",
         paired_ratio(
             401,
@@ -199,7 +134,7 @@ fn bench(c: &mut Criterion) {
             || hessian(saddle_hand::<Dual2SVec64<2>>, black_box(&xv)),
         ),
     );
-    report_ratio(
+    report(
         "rosenbrock8",
         paired_ratio(
             101,
@@ -213,6 +148,10 @@ fn bench(c: &mut Criterion) {
             || hessian(rosenbrock_hand::<Dual2SVec64<8>>, black_box(&xrv)),
         ),
     );
+}
+
+fn report(name: &str, p: paired::Paired) {
+    println!("{name}: tape / hand-written {}", p.describe(1e9, "ns"));
 }
 
 criterion_group!(benches, bench);

@@ -17,10 +17,16 @@
 //! `Problem::noise_cov_into` (one point at a time) at every point.
 //!
 //! Throughput is reported in path-steps (one SGD step of one path, with its 8 SDE
-//! substeps). Run: `cargo bench --bench simulate`.
+//! substeps). After each problem's group, the engine / hand-written time ratio measured
+//! in paired rounds (one run of each back to back per round, median and quartiles over
+//! 21 rounds), the figure to quote on a shared machine. Run: `cargo bench --bench
+//! simulate`.
 
 use std::hint::black_box;
 use std::time::Duration;
+
+#[path = "common/paired.rs"]
+mod paired;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use hasme::Problem;
@@ -255,6 +261,17 @@ fn bench(c: &mut Criterion) {
             });
         }
         group.finish();
+        let cfg = config(1);
+        let p = paired::paired_ratio(
+            21,
+            1,
+            || simulate(problem, &cfg).expect("runs"),
+            || hand_written(black_box(PATHS), state),
+        );
+        println!(
+            "simulate/{name}: engine (1 thread) / hand-written {}",
+            p.describe(1e3, "ms")
+        );
     }
 }
 
