@@ -311,7 +311,7 @@ pub(crate) struct ModelTerm<'p> {
     sqrt: [[f64; LANES]; 3],
     slow: [bool; LANES],
     /// Per-lane intermediate results of the d = 2 closed forms.
-    tmp: [[f64; LANES]; 10],
+    tmp: [[f64; LANES]; 12],
 }
 
 /// A model's formulas and their scratch buffers.
@@ -402,7 +402,7 @@ impl<'p> ModelTerm<'p> {
             cov: [[0.0; LANES]; 3],
             sqrt: [[0.0; LANES]; 3],
             slow: [false; LANES],
-            tmp: [[0.0; LANES]; 10],
+            tmp: [[0.0; LANES]; 12],
         }
     }
 
@@ -487,6 +487,9 @@ impl ModelTerm<'_> {
     /// `self.slow` and left to the general per-lane code, which reports or handles it
     /// exactly as [`Term::eval`].
     fn two_by_two(&mut self, xs: &[f64], n: usize, out: &mut LaneCoefficients) -> bool {
+        // Tells the compiler every `l < n` indexes the lane arrays: no bounds checks in
+        // the loops below, which is what lets it vectorise them.
+        let n = n.min(LANES);
         let kind = self.coeffs.kind;
         let eta = self.coeffs.eta;
         let spectral = matches!(kind, ModelKind::Hasme | ModelKind::HasmeExact);
@@ -571,35 +574,19 @@ impl ModelTerm<'_> {
                 self.slow[l] |= !(d0.is_finite() && d1.is_finite());
             }
         } else if spectral {
-            // In passes over the block (loop fission), so the long chain of divisions,
-            // logarithms and square roots of one lane overlaps with other lanes'
-            // instead of stalling on itself (measured: the reference weak-order run 10% faster).
+            // In passes over the block (loop fission), each pass without branches (a
+            // choice is a select; a lane's flags are or-ed in), so the compiler
+            // vectorises the square roots and divisions across lanes, and what a
+            // failing lane computes is discarded (it goes to the general code).
             let exact = kind == ModelKind::HasmeExact;
             let (ha, hb, hc) = (row(3), row(4), row(5));
-            let [cs_, sn_, p0_, p1_, e0_, e1_, e01_, k00_, k01_, k11_] = &mut self.tmp;
+            let [cs_, sn_, p0_, p1_, e0_, e1_, e01_, k00_, k01_, k11_, d0_, d1_] = &mut self.tmp;
+            rotations(n, eta, [ha, hb, hc], [cs_, sn_, p0_, p1_]);
             for l in 0..n {
-                let (a, b, c) = (ha[l], hb[l], hc[l]);
-                // The rotation of `linalg::sym_eigen` at d = 2.
-                let (t, cs, sn) = if b == 0.0 {
-                    (0.0, 1.0, 0.0)
-                } else {
-                    let (h, g) = (c - a, 100.0 * b.abs());
-                    let t = if h.abs() + g == h.abs() {
-                        b / h
-                    } else {
-                        let theta = 0.5 * h / b;
-                        let t = 1.0 / (theta.abs() + (1.0 + theta * theta).sqrt());
-                        if theta < 0.0 { -t } else { t }
-                    };
-                    let cs = 1.0 / (1.0 + t * t).sqrt();
-                    (t, cs, t * cs)
-                };
-                let (l0, l1) = (a - t * b, c + t * b);
-                self.slow[l] |= eta * l0.max(l1) >= 1.0;
-                (cs_[l], sn_[l]) = (cs, sn);
-                (p0_[l], p1_[l]) = (1.0 - eta * l0, 1.0 - eta * l1);
-            }
-            for l in 0..n {
+                // Out of the domain, ηλ ≥ 1, exactly when p = 1 − ηλ ≤ 0: 1 − y is
+                // exact for y ∈ [1/2, 2] and keeps its sign elsewhere. (Set apart from
+                // the pass above, whose arithmetic then vectorises.)
+                self.slow[l] |= !(p0_[l] > 0.0 && p1_[l] > 0.0);
                 if !self.slow[l] {
                     (e0_[l], e1_[l]) = (ell(p0_[l]), ell(p1_[l]));
                     if exact && out.noisy[l] {
@@ -607,41 +594,21 @@ impl ModelTerm<'_> {
                     }
                 }
             }
-            for l in 0..n {
-                if self.slow[l] {
-                    continue;
-                }
-                let (cs, sn, p0, p1, e0, e1) = (cs_[l], sn_[l], p0_[l], p1_[l], e0_[l], e1_[l]);
-                // Components of g on the eigenvectors, weighted by −ℓ(pᵢ).
-                let q0 = -e0 * (cs * g0[l] - sn * g1[l]);
-                let q1 = -e1 * (sn * g0[l] + cs * g1[l]);
-                let (d0, d1) = (cs * q0 + sn * q1, cs * q1 - sn * q0);
-                out.drift[2 * l] = d0;
-                out.drift[2 * l + 1] = d1;
+            let w01 = if exact { Some(&*e01_) } else { None };
+            drift_and_g_hat(
+                n,
+                eta,
+                [cs_, sn_, p0_, p1_, e0_, e1_, g0, g1],
+                &self.cov,
+                w01,
+                [d0_, d1_, k00_, k01_, k11_],
+            );
+            for (l, d) in out.drift[..2 * n].chunks_exact_mut(2).enumerate() {
+                let (d0, d1) = (d0_[l], d1_[l]);
+                (d[0], d[1]) = (d0, d1);
                 self.slow[l] |= !(d0.is_finite() && d1.is_finite());
-                if !out.noisy[l] {
-                    continue;
-                }
-                // Σ̂ = UᵀΣU.
-                let (s00, s01, s11) = (self.cov[0][l], self.cov[1][l], self.cov[2][l]);
-                let (u0, u1) = (cs * s00 - sn * s01, cs * s01 - sn * s11); // Σ e₀
-                let (v0, v1) = (sn * s00 + cs * s01, sn * s01 + cs * s11); // Σ e₁
-                let h00 = cs * u0 - sn * u1;
-                let h01 = sn * u0 + cs * u1;
-                let h11 = sn * v0 + cs * v1;
-                let (w00, w01, w11) = if exact {
-                    let (w0, w1) = (ell_square(e0, p0), ell_square(e1, p1));
-                    (w0, e01_[l], w1)
-                } else {
-                    let (r0, r1) = (ell_square(e0, p0).sqrt(), ell_square(e1, p1).sqrt());
-                    (r0 * r0, r0 * r1, r1 * r1)
-                };
-                (k00_[l], k01_[l], k11_[l]) = (eta * h00 * w00, eta * h01 * w01, eta * h11 * w11);
             }
-            for l in 0..n {
-                if self.slow[l] || !out.noisy[l] {
-                    continue;
-                }
+            for (l, f) in out.factor[..4 * n].chunks_exact_mut(4).enumerate() {
                 let (cs, sn) = (cs_[l], sn_[l]);
                 let (k00, k01, k11) = (k00_[l], k01_[l], k11_[l]);
                 // √Ĝ by Cayley–Hamilton, then σ = U √Ĝ Uᵀ.
@@ -649,19 +616,14 @@ impl ModelTerm<'_> {
                 let half_diff = 0.5 * (k00 - k11);
                 // `hypot` without its overflow care (a libm call costing as much as
                 // the rest of the formula): 1e−100 < |Ĝ| < 1e100 squares safely;
-                // outside, the lane goes to the general code.
+                // outside, the lane goes to the general code. So does a Ĝ whose
+                // smallest eigenvalue is at or below the round-off floor (there
+                // min·max > 1e−212 also keeps √(min·max) accurate).
                 let half_gap = (half_diff * half_diff + k01 * k01).sqrt();
-                if !(1e-100..1e100).contains(&half_tr.abs().max(half_gap)) {
-                    self.slow[l] = true;
-                    continue;
-                }
+                let scale = half_tr.abs().max(half_gap);
                 let (min, max) = (half_tr - half_gap, half_tr + half_gap);
                 let clearly_definite = min > PSD_TOLERANCE * min.abs().max(max.abs());
-                if !clearly_definite {
-                    self.slow[l] = true;
-                    continue;
-                }
-                let root_det = min.sqrt() * max.sqrt();
+                let root_det = (min * max).sqrt();
                 let norm = 1.0 / (k00 + k11 + 2.0 * root_det).sqrt();
                 let (r00, r01, r11) =
                     ((k00 + root_det) * norm, k01 * norm, (k11 + root_det) * norm);
@@ -669,9 +631,14 @@ impl ModelTerm<'_> {
                 let f00 = r00 * cc + 2.0 * r01 * cssn + r11 * ss;
                 let f01 = (r11 - r00) * cssn + r01 * (cc - ss);
                 let f11 = r00 * ss - 2.0 * r01 * cssn + r11 * cc;
-                let f = &mut out.factor[4 * l..4 * l + 4];
                 f.copy_from_slice(&[f00, f01, f01, f11]);
-                self.slow[l] |= !f.iter().all(|v| v.is_finite());
+                let fine = (1e-100..1e100).contains(&scale)
+                    && clearly_definite
+                    && f00.is_finite()
+                    && f01.is_finite()
+                    && f11.is_finite();
+                // A lane without noise keeps no factor: `out.noisy` says which.
+                self.slow[l] |= out.noisy[l] && !fine;
             }
         } else {
             for l in 0..n {
@@ -708,6 +675,117 @@ pub(crate) fn clearly_covariance(kind: NoiseKind, nl: &LaneTape, l: usize) -> Op
         a > 0.0 && d > 0.0 && a * d - b * b > 1e-12 * (a * d)
     };
     (finite && b.to_bits() == b2.to_bits() && definite).then_some(c)
+}
+
+/// Runs `$f(args…)` (an `#[inline(always)]` function) compiled for AVX when the
+/// processor has it, else as compiled for the baseline: wider vectors for the same
+/// operations. The numbers are the same bits either way: every operation used (+, −,
+/// ×, ÷, √, comparisons) is correctly rounded in both instruction sets, and Rust never
+/// fuses a multiply and an add on its own.
+macro_rules! with_avx {
+    ($f:ident($($arg:expr),* $(,)?)) => {{
+        #[cfg(target_arch = "x86_64")]
+        {
+            #[target_feature(enable = "avx")]
+            #[inline(never)]
+            fn avx<T>(f: impl FnOnce() -> T) -> T {
+                f()
+            }
+            if std::arch::is_x86_feature_detected!("avx") {
+                // SAFETY: the processor has AVX (checked just above).
+                return unsafe { avx(|| $f($($arg),*)) };
+            }
+        }
+        $f($($arg),*)
+    }};
+}
+
+// The passes of `ModelTerm::two_by_two` over a block, as functions of their own: their
+// reference parameters cannot alias, which the compiler is told, so it vectorises the
+// loops without run-time overlap checks (with a dozen arrays in play it gives up on
+// those checks, and the loops stay scalar).
+
+/// The eigendecomposition of each lane's `H = [[a, b], [b, c]]`: the rotation
+/// `(cs, sn)` of `linalg::sym_eigen` at d = 2 and `pᵢ = 1 − ηλᵢ`.
+fn rotations(n: usize, eta: f64, h: [&[f64; LANES]; 3], out: [&mut [f64; LANES]; 4]) {
+    with_avx!(rotations_body(n, eta, h, out))
+}
+
+#[inline(always)]
+fn rotations_body(n: usize, eta: f64, h: [&[f64; LANES]; 3], out: [&mut [f64; LANES]; 4]) {
+    let n = n.min(LANES);
+    let [ha, hb, hc] = h;
+    let [cs_, sn_, p0_, p1_] = out;
+    for l in 0..n {
+        let (a, b, c) = (ha[l], hb[l], hc[l]);
+        let (h, g) = (c - a, 100.0 * b.abs());
+        let theta = 0.5 * h / b;
+        let t_theta = 1.0 / (theta.abs() + (1.0 + theta * theta).sqrt());
+        let t_theta = if theta < 0.0 { -t_theta } else { t_theta };
+        // Every candidate computed, then chosen: selects, not branches.
+        let t_tiny = b / h;
+        let t = if b == 0.0 {
+            0.0
+        } else if h.abs() + g == h.abs() {
+            t_tiny
+        } else {
+            t_theta
+        };
+        // t = 0 gives cs = 1, sn = 0 exactly.
+        let cs = 1.0 / (1.0 + t * t).sqrt();
+        let sn = t * cs;
+        let (l0, l1) = (a - t * b, c + t * b);
+        (cs_[l], sn_[l]) = (cs, sn);
+        (p0_[l], p1_[l]) = (1.0 - eta * l0, 1.0 - eta * l1);
+    }
+}
+
+/// Each lane's HA-SME drift `−Σᵢ ℓ(pᵢ)(eᵢ·g)eᵢ` and `Ĝ = η (UᵀΣU) ∘ W` (entries 00, 01,
+/// 11), from the rotation, `pᵢ`, `ℓ(pᵢ)`, ∇f and Σ (entries 00, 01, 11); `W₀₁` is
+/// `ℓ(p₀p₁)` when given (`hasme-exact`), else `√(W₀₀W₁₁)` (`hasme`).
+fn drift_and_g_hat(
+    n: usize,
+    eta: f64,
+    at: [&[f64; LANES]; 8],
+    cov: &[[f64; LANES]; 3],
+    w01: Option<&[f64; LANES]>,
+    out: [&mut [f64; LANES]; 5],
+) {
+    with_avx!(drift_and_g_hat_body(n, eta, at, cov, w01, out))
+}
+
+#[inline(always)]
+fn drift_and_g_hat_body(
+    n: usize,
+    eta: f64,
+    at: [&[f64; LANES]; 8],
+    cov: &[[f64; LANES]; 3],
+    w01: Option<&[f64; LANES]>,
+    out: [&mut [f64; LANES]; 5],
+) {
+    let n = n.min(LANES);
+    let [cs_, sn_, p0_, p1_, e0_, e1_, g0, g1] = at;
+    let [d0_, d1_, k00_, k01_, k11_] = out;
+    for l in 0..n {
+        let (cs, sn, p0, p1, e0, e1) = (cs_[l], sn_[l], p0_[l], p1_[l], e0_[l], e1_[l]);
+        // Components of g on the eigenvectors, weighted by −ℓ(pᵢ).
+        let q0 = -e0 * (cs * g0[l] - sn * g1[l]);
+        let q1 = -e1 * (sn * g0[l] + cs * g1[l]);
+        (d0_[l], d1_[l]) = (cs * q0 + sn * q1, cs * q1 - sn * q0);
+        // Σ̂ = UᵀΣU.
+        let (s00, s01, s11) = (cov[0][l], cov[1][l], cov[2][l]);
+        let (u0, u1) = (cs * s00 - sn * s01, cs * s01 - sn * s11); // Σ e₀
+        let (v0, v1) = (sn * s00 + cs * s01, sn * s01 + cs * s11); // Σ e₁
+        let h00 = cs * u0 - sn * u1;
+        let h01 = sn * u0 + cs * u1;
+        let h11 = sn * v0 + cs * v1;
+        let (w0, w1) = (ell_square(e0, p0), ell_square(e1, p1));
+        let w = match w01 {
+            Some(e01) => e01[l],
+            None => (w0 * w1).sqrt(),
+        };
+        (k00_[l], k01_[l], k11_[l]) = (eta * h00 * w0, eta * h01 * w, eta * h11 * w1);
+    }
 }
 
 impl Term for ModelTerm<'_> {
