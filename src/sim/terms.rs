@@ -580,7 +580,20 @@ impl ModelTerm<'_> {
             // failing lane computes is discarded (it goes to the general code).
             let exact = kind == ModelKind::HasmeExact;
             let (ha, hb, hc) = (row(3), row(4), row(5));
-            let [cs_, sn_, p0_, p1_, e0_, e1_, e01_, k00_, k01_, k11_, d0_, d1_] = &mut self.tmp;
+            let [
+                cs_,
+                sn_,
+                p0_,
+                p1_,
+                e0_,
+                e1_,
+                e01_,
+                k00_,
+                k01_,
+                k11_,
+                d0_,
+                d1_,
+            ] = &mut self.tmp;
             rotations(n, eta, [ha, hb, hc], [cs_, sn_, p0_, p1_]);
             for l in 0..n {
                 // Out of the domain, ηλ ≥ 1, exactly when p = 1 − ηλ ≤ 0: 1 − y is
