@@ -25,6 +25,34 @@ use super::linalg::{
     sym_eigen, sym_sqrt, symmetrise,
 };
 
+/// `$f(args…)` (an `#[inline(always)]` function), compiled for AVX and run so when the
+/// processor has it, else as compiled for the baseline: wider vectors for the same
+/// operations. The numbers are the same bits either way: every operation used (+, −,
+/// ×, ÷, √, comparisons) is correctly rounded in both instruction sets, and Rust never
+/// fuses a multiply and an add on its own.
+macro_rules! with_avx {
+    ($f:ident($($arg:expr),* $(,)?)) => {{
+        #[cfg(target_arch = "x86_64")]
+        {
+            #[target_feature(enable = "avx")]
+            #[inline(never)]
+            fn avx<T>(f: impl FnOnce() -> T) -> T {
+                f()
+            }
+            if std::arch::is_x86_feature_detected!("avx") {
+                // SAFETY: the processor has AVX (checked just above).
+                unsafe { avx(|| $f($($arg),*)) }
+            } else {
+                $f($($arg),*)
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            $f($($arg),*)
+        }
+    }};
+}
+
 /// Why a process stopped at a point.
 #[derive(Debug)]
 pub enum Failure {
@@ -594,7 +622,7 @@ impl ModelTerm<'_> {
                 d0_,
                 d1_,
             ] = &mut self.tmp;
-            rotations(n, eta, [ha, hb, hc], [cs_, sn_, p0_, p1_]);
+            with_avx!(rotations(n, eta, [ha, hb, hc], [cs_, sn_, p0_, p1_]));
             for l in 0..n {
                 // Out of the domain, ηλ ≥ 1, exactly when p = 1 − ηλ ≤ 0: 1 − y is
                 // exact for y ∈ [1/2, 2] and keeps its sign elsewhere. (Set apart from
@@ -608,14 +636,14 @@ impl ModelTerm<'_> {
                 }
             }
             let w01 = if exact { Some(&*e01_) } else { None };
-            drift_and_g_hat(
+            with_avx!(drift_and_g_hat(
                 n,
                 eta,
                 [cs_, sn_, p0_, p1_, e0_, e1_, g0, g1],
                 &self.cov,
                 w01,
                 [d0_, d1_, k00_, k01_, k11_],
-            );
+            ));
             for (l, d) in out.drift[..2 * n].chunks_exact_mut(2).enumerate() {
                 let (d0, d1) = (d0_[l], d1_[l]);
                 (d[0], d[1]) = (d0, d1);
@@ -690,42 +718,15 @@ pub(crate) fn clearly_covariance(kind: NoiseKind, nl: &LaneTape, l: usize) -> Op
     (finite && b.to_bits() == b2.to_bits() && definite).then_some(c)
 }
 
-/// Runs `$f(args…)` (an `#[inline(always)]` function) compiled for AVX when the
-/// processor has it, else as compiled for the baseline: wider vectors for the same
-/// operations. The numbers are the same bits either way: every operation used (+, −,
-/// ×, ÷, √, comparisons) is correctly rounded in both instruction sets, and Rust never
-/// fuses a multiply and an add on its own.
-macro_rules! with_avx {
-    ($f:ident($($arg:expr),* $(,)?)) => {{
-        #[cfg(target_arch = "x86_64")]
-        {
-            #[target_feature(enable = "avx")]
-            #[inline(never)]
-            fn avx<T>(f: impl FnOnce() -> T) -> T {
-                f()
-            }
-            if std::arch::is_x86_feature_detected!("avx") {
-                // SAFETY: the processor has AVX (checked just above).
-                return unsafe { avx(|| $f($($arg),*)) };
-            }
-        }
-        $f($($arg),*)
-    }};
-}
-
-// The passes of `ModelTerm::two_by_two` over a block, as functions of their own: their
+// Two passes of `ModelTerm::two_by_two` over a block, as functions of their own: their
 // reference parameters cannot alias, which the compiler is told, so it vectorises the
 // loops without run-time overlap checks (with a dozen arrays in play it gives up on
-// those checks, and the loops stay scalar).
+// those checks, and the loops stay scalar). Run through `with_avx!`.
 
 /// The eigendecomposition of each lane's `H = [[a, b], [b, c]]`: the rotation
 /// `(cs, sn)` of `linalg::sym_eigen` at d = 2 and `pᵢ = 1 − ηλᵢ`.
-fn rotations(n: usize, eta: f64, h: [&[f64; LANES]; 3], out: [&mut [f64; LANES]; 4]) {
-    with_avx!(rotations_body(n, eta, h, out))
-}
-
 #[inline(always)]
-fn rotations_body(n: usize, eta: f64, h: [&[f64; LANES]; 3], out: [&mut [f64; LANES]; 4]) {
+fn rotations(n: usize, eta: f64, h: [&[f64; LANES]; 3], out: [&mut [f64; LANES]; 4]) {
     let n = n.min(LANES);
     let [ha, hb, hc] = h;
     let [cs_, sn_, p0_, p1_] = out;
@@ -756,19 +757,8 @@ fn rotations_body(n: usize, eta: f64, h: [&[f64; LANES]; 3], out: [&mut [f64; LA
 /// Each lane's HA-SME drift `−Σᵢ ℓ(pᵢ)(eᵢ·g)eᵢ` and `Ĝ = η (UᵀΣU) ∘ W` (entries 00, 01,
 /// 11), from the rotation, `pᵢ`, `ℓ(pᵢ)`, ∇f and Σ (entries 00, 01, 11); `W₀₁` is
 /// `ℓ(p₀p₁)` when given (`hasme-exact`), else `√(W₀₀W₁₁)` (`hasme`).
-fn drift_and_g_hat(
-    n: usize,
-    eta: f64,
-    at: [&[f64; LANES]; 8],
-    cov: &[[f64; LANES]; 3],
-    w01: Option<&[f64; LANES]>,
-    out: [&mut [f64; LANES]; 5],
-) {
-    with_avx!(drift_and_g_hat_body(n, eta, at, cov, w01, out))
-}
-
 #[inline(always)]
-fn drift_and_g_hat_body(
+fn drift_and_g_hat(
     n: usize,
     eta: f64,
     at: [&[f64; LANES]; 8],
