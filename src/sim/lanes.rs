@@ -31,6 +31,7 @@
 
 use num_dual::{Dual2_64, DualNum};
 
+use super::vmath::sin_cos;
 use crate::tape::{Func, Op, Tape};
 
 /// Points evaluated per call. 64 lanes × (1 + d + d(d+1)/2) rows × the tape's slots
@@ -200,14 +201,22 @@ impl LaneTape {
                 Op::ConstPow(c, a) => self.unary(k, a as usize, |v| (v * c.ln()).exp()),
                 // The commonest functions straight from f64 (the values num-dual's
                 // rules produce), the others through `Func::apply` on `Dual2_64`.
-                Op::Func(Func::Cos, a) => self.unary_f64(k, a as usize, |v| {
-                    let (s, c) = v.sin_cos();
-                    (c, -s, -c)
-                }),
-                Op::Func(Func::Sin, a) => self.unary_f64(k, a as usize, |v| {
-                    let (s, c) = v.sin_cos();
-                    (s, c, -s)
-                }),
+                Op::Func(f @ (Func::Cos | Func::Sin), a) => {
+                    let a = a as usize;
+                    let [f0, f1, f2] = &mut self.f;
+                    with_avx!(sin_cos(&self.buf[a * w], f1, f0));
+                    // (f0, f1) = (cos, sin) now; the cosine's derivatives are
+                    // (−sin, −cos), the sine's (cos, −sin).
+                    for l in 0..LANES {
+                        let (c, s) = (f0[l], f1[l]);
+                        (f0[l], f1[l], f2[l]) = if f == Func::Cos {
+                            (c, -s, -c)
+                        } else {
+                            (s, c, -s)
+                        };
+                    }
+                    self.chain(k, a);
+                }
                 Op::Func(Func::Exp, a) => self.unary_f64(k, a as usize, |v| {
                     let e = v.exp();
                     (e, e, e)

@@ -62,11 +62,40 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+/// `$f(args…)` (an `#[inline(always)]` function), compiled for AVX and run so when the
+/// processor has it, else as compiled for the baseline: wider vectors for the same
+/// operations. The numbers are the same bits either way: every operation used (+, −,
+/// ×, ÷, √, comparisons) is correctly rounded in both instruction sets, and Rust never
+/// fuses a multiply and an add on its own.
+macro_rules! with_avx {
+    ($f:ident($($arg:expr),* $(,)?)) => {{
+        #[cfg(target_arch = "x86_64")]
+        {
+            #[target_feature(enable = "avx")]
+            #[inline(never)]
+            fn avx<T>(f: impl FnOnce() -> T) -> T {
+                f()
+            }
+            if std::arch::is_x86_feature_detected!("avx") {
+                // SAFETY: the processor has AVX (checked just above).
+                unsafe { avx(|| $f($($arg),*)) }
+            } else {
+                $f($($arg),*)
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            $f($($arg),*)
+        }
+    }};
+}
+
 mod block;
 pub mod brownian;
 mod lanes;
 mod linalg;
 pub mod minibatch;
+mod vmath;
 pub mod progress;
 pub mod schemes;
 pub mod terms;
