@@ -131,6 +131,11 @@ impl LaneTape {
     /// Evaluates the tape at `n ≤ LANES` points, `x[l·d .. (l+1)·d]` for lane `l`.
     /// Lanes `n..LANES` keep whatever they held (their results are meaningless).
     pub(crate) fn eval(&mut self, x: &[f64], n: usize) {
+        with_avx!(eval_block(self, x, n))
+    }
+
+    #[inline(always)]
+    fn eval_body(&mut self, x: &[f64], n: usize) {
         debug_assert!(n <= LANES && x.len() >= n * self.dim);
         let (d, w) = (self.dim, self.width);
         let tmp = self.ops.len();
@@ -227,7 +232,7 @@ impl LaneTape {
     }
 
     /// The rows of slots `a` and `b` (read) and of `out` (written), `out` after both.
-    #[inline]
+    #[inline(always)]
     fn three(&mut self, out: usize, a: usize, b: usize) -> (&[Row], &[Row], &mut [Row]) {
         debug_assert!(a < out && b < out);
         let w = self.width;
@@ -240,7 +245,7 @@ impl LaneTape {
     }
 
     /// `out = a ∘ b` row by row (for `+` and `−`).
-    #[inline]
+    #[inline(always)]
     fn zip(&mut self, out: usize, a: usize, b: usize, f: impl Fn(f64, f64) -> f64) {
         let (a, b, y) = self.three(out, a, b);
         for ((y, a), b) in y.iter_mut().zip(a).zip(b) {
@@ -251,7 +256,7 @@ impl LaneTape {
     }
 
     /// `out = f(a)` row by row, for `f` linear (negation, scaling).
-    #[inline]
+    #[inline(always)]
     fn map(&mut self, out: usize, a: usize, f: impl Fn(f64) -> f64) {
         let (a, _, y) = self.three(out, a, a);
         for (y, a) in y.iter_mut().zip(a) {
@@ -262,6 +267,7 @@ impl LaneTape {
     }
 
     /// The product rule (`out` after both operands).
+    #[inline(always)]
     fn mul(&mut self, out: usize, a: usize, b: usize) {
         let (d, np) = (self.tangents, self.hessian_pairs());
         let pairs = std::mem::take(&mut self.pairs);
@@ -290,6 +296,7 @@ impl LaneTape {
     }
 
     /// `a²` (the commonest power): the product rule with `b = a`.
+    #[inline(always)]
     fn square(&mut self, out: usize, a: usize) {
         let (d, np) = (self.tangents, self.hessian_pairs());
         let pairs = std::mem::take(&mut self.pairs);
@@ -338,6 +345,7 @@ impl LaneTape {
     }
 
     /// `out = u(a)` from `self.f = (u, u', u'')` at `a`.
+    #[inline(always)]
     fn chain(&mut self, out: usize, a: usize) {
         let (d, np) = (self.tangents, self.hessian_pairs());
         let f = &self.f;
@@ -411,6 +419,13 @@ impl LaneTape {
             h[j * d + i] = v;
         }
     }
+}
+
+/// [`LaneTape::eval`]'s body as a function, for `with_avx!`: the rules' loops are
+/// vectorised twice as wide, with the same bits (+, −, ×, ÷ only).
+#[inline(always)]
+fn eval_block(tape: &mut LaneTape, x: &[f64], n: usize) {
+    tape.eval_body(x, n)
 }
 
 /// Slot `a`'s rows (read) and slot `out`'s rows (written), `a ≠ out`, in either order

@@ -95,10 +95,10 @@ pub mod brownian;
 mod lanes;
 mod linalg;
 pub mod minibatch;
-mod vmath;
 pub mod progress;
 pub mod schemes;
 pub mod terms;
+mod vmath;
 
 use std::fmt;
 

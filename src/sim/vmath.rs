@@ -109,7 +109,13 @@ mod tests {
             for l in 0..chunk.len() {
                 let (ws, wc) = x[l].sin_cos();
                 let u = units(s[l], ws).max(units(c[l], wc));
-                assert!(u <= 1.5, "x = {:e}: ({}, {}) vs libm ({ws}, {wc})", x[l], s[l], c[l]);
+                assert!(
+                    u <= 1.5,
+                    "x = {:e}: ({}, {}) vs libm ({ws}, {wc})",
+                    x[l],
+                    s[l],
+                    c[l]
+                );
             }
         }
     }
@@ -137,7 +143,16 @@ mod tests {
             })
             .collect();
         check(&near);
-        let tiny = [0.0, -0.0, 1e-300, -1e-300, 5e-324, 1e-10, -3e-8, f64::MIN_POSITIVE];
+        let tiny = [
+            0.0,
+            -0.0,
+            1e-300,
+            -1e-300,
+            5e-324,
+            1e-10,
+            -3e-8,
+            f64::MIN_POSITIVE,
+        ];
         check(&tiny);
         check(&[REDUCED, -REDUCED, 1.5e5, -7e8, 1e300]);
     }
