@@ -15,38 +15,37 @@
 //! instruction set or the lane's position in the block.
 
 /// Largest |x| reduced here: |n| ≤ 2·10⁵/π < 2²⁰ keeps `n·P1` and `n·P2` exact.
-pub(crate) const REDUCED: f64 = 1.0e5;
+pub(crate) const REDUCED: f64 = 100000.0;
 
-const FRAC_2_PI: f64 = 6.366_197_723_675_813_824_3e-1;
 /// π/2 = P1 + P2 + P3 (fdlibm's `pio2_1`, `pio2_2`, `pio2_2t`).
-const P1: f64 = 1.570_796_326_734_125_614_17e0;
-const P2: f64 = 6.077_100_506_303_965_976_6e-11;
-const P3: f64 = 2.022_266_248_795_950_631_54e-21;
+const P1: f64 = 1.5707963267341256;
+const P2: f64 = 6.077100506303966e-11;
+const P3: f64 = 2.0222662487959506e-21;
 /// 1.5·2⁵²: `(t + ROUND) − ROUND` is `t` rounded to the nearest integer (ties to
 /// even) for |t| < 2⁵¹.
 const ROUND: f64 = 6_755_399_441_055_744.0;
 
 /// 2⁻²⁷.
-const TINY: f64 = 7.450_580_596_923_828_125e-9;
+const TINY: f64 = 7.450580596923828e-09;
 
-const S1: f64 = -1.666_666_666_666_663_243_48e-1;
-const S2: f64 = 8.333_333_333_322_489_461_24e-3;
-const S3: f64 = -1.984_126_982_985_794_931_34e-4;
-const S4: f64 = 2.755_731_370_707_006_767_89e-6;
-const S5: f64 = -2.505_076_025_340_686_341_95e-8;
-const S6: f64 = 1.589_690_995_211_550_102_21e-10;
+const S1: f64 = -0.16666666666666632;
+const S2: f64 = 0.00833333333332249;
+const S3: f64 = -0.0001984126982985795;
+const S4: f64 = 2.7557313707070068e-06;
+const S5: f64 = -2.5050760253406863e-08;
+const S6: f64 = 1.58969099521155e-10;
 
-const C1: f64 = 4.166_666_666_666_660_190_37e-2;
-const C2: f64 = -1.388_888_888_887_410_957_49e-3;
-const C3: f64 = 2.480_158_728_947_672_941_78e-5;
-const C4: f64 = -2.755_731_435_139_066_330_35e-7;
-const C5: f64 = 2.087_572_321_298_174_827_90e-9;
-const C6: f64 = -1.135_964_755_778_819_482_65e-11;
+const C1: f64 = 0.0416666666666666;
+const C2: f64 = -0.001388888888887411;
+const C3: f64 = 2.480158728947673e-05;
+const C4: f64 = -2.7557314351390663e-07;
+const C5: f64 = 2.087572321298175e-09;
+const C6: f64 = -1.1359647557788195e-11;
 
 /// `(sin x, cos x)` for one number, branch-free (valid for |x| ≤ [`REDUCED`]).
 #[inline(always)]
 fn sin_cos_reduced(x: f64) -> (f64, f64) {
-    let n = (x * FRAC_2_PI + ROUND) - ROUND;
+    let n = (x * std::f64::consts::FRAC_2_PI + ROUND) - ROUND;
     let r = ((x - n * P1) - n * P2) - n * P3;
     let z = r * r;
     // fdlibm's __kernel_sin(r, 0, 0) and __kernel_cos(r, 0).
@@ -82,8 +81,7 @@ pub(crate) fn sin_cos<const L: usize>(x: &[f64; L], s: &mut [f64; L], c: &mut [f
         (s[l], c[l]) = sin_cos_reduced(x[l]);
     }
     for l in 0..L {
-        // Also catches NaN.
-        if !(x[l].abs() <= REDUCED) {
+        if x[l].abs() > REDUCED || x[l].is_nan() {
             (s[l], c[l]) = x[l].sin_cos();
         }
     }
