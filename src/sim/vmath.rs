@@ -6,15 +6,15 @@
 //! have 33 significant bits, so `n` times them is exact while |n| < 2²⁰), then the
 //! minimax polynomials of fdlibm's `__kernel_sin` / `__kernel_cos` on `r`, and the
 //! quadrant `n mod 4` picks signs and roles. Against libm (the tests, on 600 000
-//! points): within 1.5 ulps of the larger of the result and 2⁻⁵³ (worst seen 1.04). Arguments with
-//! |x| > [`REDUCED`] (or not finite) go to libm, lane by lane.
+//! points): within 1.5 ulps of the larger of the result and 2⁻⁵³ (worst seen 1.04).
+//! Arguments with |x| > [`REDUCED`] (or not finite) go to libm, lane by lane.
 //!
 //! Only +, −, × and comparisons are used (no fused multiply-add, no `round`, which
 //! baseline x86-64 lacks in vector form: rounding to an integer is the add-and-subtract
 //! of 1.5·2⁵²), so every lane gets the same bits whatever the vector width, the
 //! instruction set or the lane's position in the block.
 
-/// Largest |x| reduced here: |n| ≤ 2·10⁵/π < 2²⁰ keeps `n·P1` and `n·P2` exact.
+/// Largest |x| reduced here: |n| ≤ 10⁵·2/π < 2²⁰ keeps `n·P1` and `n·P2` exact.
 pub(crate) const REDUCED: f64 = 100000.0;
 
 /// π/2 = P1 + P2 + P3 (fdlibm's `pio2_1`, `pio2_2`, `pio2_2t`).
