@@ -541,6 +541,29 @@ mod tests {
         }
     }
 
+    /// The block evaluation gives the same bits run with AVX (when the processor has
+    /// it, through `eval`) as compiled for the baseline (`eval_body`).
+    #[test]
+    fn same_bits_with_and_without_avx() {
+        let p = Problem::from_str(
+            "var x, y\nminimize 0.5*x^2 + 0.5*cos(x) + x*y/(1 + y^2) + exp(0.1*x*y) + sin(y)^3",
+        )
+        .unwrap();
+        let mut a = LaneTape::new(p.objective_tape(), Order::Hessian).unwrap();
+        let mut b = a.clone();
+        let pts: Vec<f64> = (0..2 * LANES)
+            .map(|i| (i as f64 * 0.618).sin() * 3.0)
+            .collect();
+        a.eval(&pts, LANES);
+        b.eval_body(&pts, LANES);
+        let bits = |t: &LaneTape| -> Vec<u64> {
+            (0..t.width)
+                .flat_map(|r| t.row(r).map(f64::to_bits))
+                .collect()
+        };
+        assert_eq!(bits(&a), bits(&b));
+    }
+
     #[test]
     fn non_finite_lanes_are_flagged_alone() {
         check(

@@ -1226,6 +1226,57 @@ mod tests {
         }
     }
 
+    /// The closed forms' passes give the same bits run with AVX (when the processor
+    /// has it) as compiled for the baseline.
+    #[test]
+    fn closed_form_passes_have_the_same_bits_with_and_without_avx() {
+        let row = |seed: f64| -> [f64; LANES] {
+            std::array::from_fn(|l| ((l as f64 + seed) * 0.754_877_666).sin() * 2.0)
+        };
+        let (ha, mut hb, hc) = (row(0.1), row(0.2), row(0.3));
+        hb[3] = 0.0; // a diagonal H
+        hb[5] = 1e-30; // a nearly diagonal one
+        let rows = |n: usize| -> Vec<[f64; LANES]> { vec![[0.0; LANES]; n] };
+        let (mut a, mut b) = (rows(4), rows(4));
+        let [a0, a1, a2, a3] = &mut a[..] else {
+            unreachable!()
+        };
+        rotations(LANES, 0.3, [&ha, &hb, &hc], [a0, a1, a2, a3]);
+        let [b0, b1, b2, b3] = &mut b[..] else {
+            unreachable!()
+        };
+        with_avx!(rotations(LANES, 0.3, [&ha, &hb, &hc], [b0, b1, b2, b3]));
+        let bits =
+            |v: &[[f64; LANES]]| -> Vec<u64> { v.iter().flatten().map(|x| x.to_bits()).collect() };
+        assert_eq!(bits(&a), bits(&b));
+        let (e0, e1, g0, g1, w) = (row(0.4), row(0.5), row(0.6), row(0.7), row(0.8));
+        let cov = [
+            row(0.9).map(f64::abs),
+            row(1.0).map(|v| 0.1 * v),
+            row(1.1).map(f64::abs),
+        ];
+        for w01 in [None, Some(&w)] {
+            let (mut c, mut d) = (rows(5), rows(5));
+            let at = [&a[0], &a[1], &a[2], &a[3], &e0, &e1, &g0, &g1];
+            let [c0, c1, c2, c3, c4] = &mut c[..] else {
+                unreachable!()
+            };
+            drift_and_g_hat(LANES, 0.3, at, &cov, w01, [c0, c1, c2, c3, c4]);
+            let [d0, d1, d2, d3, d4] = &mut d[..] else {
+                unreachable!()
+            };
+            with_avx!(drift_and_g_hat(
+                LANES,
+                0.3,
+                at,
+                &cov,
+                w01,
+                [d0, d1, d2, d3, d4]
+            ));
+            assert_eq!(bits(&c), bits(&d));
+        }
+    }
+
     #[test]
     fn sgd_step_moves_with_the_noise() {
         let p = problem([2.0, 0.0, 1.0], [0.25, 0.0, 0.04], false);

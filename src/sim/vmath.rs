@@ -155,6 +155,26 @@ mod tests {
         check(&[REDUCED, -REDUCED, 1.5e5, -7e8, 1e300]);
     }
 
+    /// The same bits whether run with AVX (when the processor has it) or as compiled
+    /// for the baseline.
+    #[test]
+    fn same_bits_with_and_without_avx() {
+        let mut x = [0.0; 64];
+        for k in 0..2000i32 {
+            for (l, v) in x.iter_mut().enumerate() {
+                let i = f64::from(k) * 64.0 + l as f64;
+                *v = (i * 0.7548776662466927).sin() * 10f64.powi(k % 7 - 2);
+            }
+            let (mut s1, mut c1, mut s2, mut c2) = ([0.0; 64], [0.0; 64], [0.0; 64], [0.0; 64]);
+            sin_cos(&x, &mut s1, &mut c1);
+            with_avx!(sin_cos(&x, &mut s2, &mut c2));
+            for l in 0..64 {
+                assert_eq!(s1[l].to_bits(), s2[l].to_bits(), "sin {:e}", x[l]);
+                assert_eq!(c1[l].to_bits(), c2[l].to_bits(), "cos {:e}", x[l]);
+            }
+        }
+    }
+
     /// Signs of zero, and non-finite arguments as libm has them.
     #[test]
     fn zeros_and_non_finite() {
