@@ -202,12 +202,12 @@ impl<S: Scheme + Copy> Worker<'_, S> {
                 .sgd_noise
                 .as_ref()
                 .map(|nl| clearly_covariance(kind, nl, q));
-            // A state-dependent Σ not batched here (d ≠ 2) comes from the problem.
             let noise_ok = plain
                 && match checked {
-                    Some(c) => {
-                        c.is_some() && self.sgd.sgd_noise(x, c.as_ref().map(|c| &c[..])).is_ok()
-                    }
+                    // Batched, and not plainly a covariance: the point-at-a-time step.
+                    Some(None) => false,
+                    Some(Some(c)) => self.sgd.sgd_noise(x, Some(&c)).is_ok(),
+                    // Constant, or state-dependent but not batched here (d ≠ 2).
                     None => self.sgd.sgd_noise(x, None).is_ok(),
                 };
             if noise_ok {

@@ -202,11 +202,7 @@ impl<'p> Evaluator<'p> {
 
     /// SGD's noise factor Σ^{1/2} (none for Σ = 0), as [`Evaluator::sgd_noise`] left it.
     pub(crate) fn sgd_sqrt(&self) -> Option<&[f64]> {
-        match self.noise {
-            NoiseSource::Zero => None,
-            NoiseSource::Constant { sqrt, .. } => Some(sqrt),
-            NoiseSource::State => Some(&self.sqrt),
-        }
+        self.noise_refs(true, true).1
     }
 
     /// [`Evaluator::derivatives`] and [`Evaluator::state_noise`] together, in one pass
