@@ -390,6 +390,17 @@ impl LaneTape {
         self.out().iter().all(|r| r[l].is_finite())
     }
 
+    /// [`LaneTape::finite`] for every lane at once, into `ok` (row by row, so the
+    /// checks run across lanes).
+    pub(crate) fn all_finite(&self, ok: &mut [bool; LANES]) {
+        *ok = [true; LANES];
+        for r in self.out() {
+            for (o, v) in ok.iter_mut().zip(r) {
+                *o &= v.is_finite();
+            }
+        }
+    }
+
     /// f at lane `l`.
     #[cfg(test)]
     pub(crate) fn value(&self, l: usize) -> f64 {

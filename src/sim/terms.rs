@@ -482,6 +482,51 @@ impl ModelTerm<'_> {
     /// round-off floor, where the closed form does not apply) is marked in
     /// `self.slow` and left to the general per-lane code, which reports or handles it
     /// exactly as [`Term::eval`].
+    /// A state-dependent Σ (and √Σ for the SME models) per lane of a d = 2 block, into
+    /// `self.cov` and `self.sqrt`, for the lanes not already marked slow: the batched
+    /// entries when they are plainly a covariance (the square root as one point at a
+    /// time), anything else (not finite, not exactly symmetric, near singular, not
+    /// batched) through the problem's own checks; a lane they reject is marked slow
+    /// and goes to the general code.
+    fn state_noise_lanes(&mut self, xs: &[f64], n: usize, out: &mut LaneCoefficients) {
+        let (_, one_term) = self.noise_needs(2);
+        let kind = self.ev.problem.noise_kind();
+        if let Some(nl) = &mut self.noise_lanes {
+            nl.eval(xs, n);
+        }
+        for l in 0..n {
+            if self.slow[l] {
+                continue;
+            }
+            let x = &xs[2 * l..2 * l + 2];
+            let batched = self
+                .noise_lanes
+                .as_ref()
+                .and_then(|nl| clearly_covariance(kind, nl, l));
+            let ok = match batched {
+                Some(c) => {
+                    self.ev.cov.copy_from_slice(&c);
+                    !one_term || self.ev.noise_sqrt(x).is_ok()
+                }
+                None => self.ev.state_noise(x, one_term).is_ok(),
+            };
+            if !ok {
+                self.slow[l] = true;
+                continue;
+            }
+            let (cov, sqrt) = (&self.ev.cov, &self.ev.sqrt);
+            out.noisy[l] = true;
+            self.cov[0][l] = cov[0];
+            self.cov[1][l] = 0.5 * cov[1] + 0.5 * cov[2];
+            self.cov[2][l] = cov[3];
+            if one_term {
+                self.sqrt[0][l] = sqrt[0];
+                self.sqrt[1][l] = sqrt[1];
+                self.sqrt[2][l] = sqrt[3];
+            }
+        }
+    }
+
     fn two_by_two(&mut self, xs: &[f64], n: usize, out: &mut LaneCoefficients) -> bool {
         // Tells the compiler every `l < n` indexes the lane arrays: no bounds checks in
         // the loops below, which is what lets it vectorise them.
@@ -497,56 +542,34 @@ impl ModelTerm<'_> {
                 _ => return false,
             },
         };
-        let lanes = self.lanes.as_ref().expect("a batched term");
         let (needs_noise, one_term) = self.noise_needs(2);
-        let kind_of_noise = self.ev.problem.noise_kind();
-        if needs_noise && let Some(nl) = &mut self.noise_lanes {
-            nl.eval(xs, n);
+        let lanes = self.lanes.as_ref().expect("a batched term");
+        lanes.all_finite(&mut self.slow);
+        for (l, x) in xs[..2 * n].chunks_exact(2).enumerate() {
+            self.slow[l] = !(self.slow[l] && x[0].is_finite() && x[1].is_finite());
         }
-        // Σ (and √Σ for the SME models) per lane.
-        for l in 0..n {
-            let x = &xs[2 * l..2 * l + 2];
-            self.slow[l] = !(lanes.finite(l) && x[0].is_finite() && x[1].is_finite());
-            out.noisy[l] = false;
-            if self.slow[l] || !needs_noise {
-                continue;
-            }
-            let (cov, sqrt) = match self.ev.noise {
-                NoiseSource::Zero => continue,
-                NoiseSource::Constant { cov, sqrt } => (&cov[..], &sqrt[..]),
-                NoiseSource::State => {
-                    let batched = self
-                        .noise_lanes
-                        .as_ref()
-                        .and_then(|nl| clearly_covariance(kind_of_noise, nl, l));
-                    // The batched entries when they are plainly a covariance (the
-                    // SME models' square root as one point at a time); anything else
-                    // (not finite, not exactly symmetric, near singular, not
-                    // batched) through the problem's own checks.
-                    let ok = match batched {
-                        Some(c) => {
-                            self.ev.cov.copy_from_slice(&c);
-                            !one_term || self.ev.noise_sqrt(x).is_ok()
-                        }
-                        None => self.ev.state_noise(x, one_term).is_ok(),
-                    };
-                    if !ok {
-                        self.slow[l] = true;
-                        continue;
-                    }
-                    (&self.ev.cov[..], &self.ev.sqrt[..])
+        out.noisy[..n].fill(false);
+        // Σ (and √Σ for the SME models): a constant one for the whole block at once, a
+        // state-dependent one per lane.
+        match self.ev.noise {
+            _ if !needs_noise => {}
+            NoiseSource::Zero => {}
+            NoiseSource::Constant { cov, sqrt } => {
+                for l in 0..n {
+                    out.noisy[l] = !self.slow[l];
                 }
-            };
-            out.noisy[l] = true;
-            self.cov[0][l] = cov[0];
-            self.cov[1][l] = 0.5 * cov[1] + 0.5 * cov[2];
-            self.cov[2][l] = cov[3];
-            if one_term {
-                self.sqrt[0][l] = sqrt[0];
-                self.sqrt[1][l] = sqrt[1];
-                self.sqrt[2][l] = sqrt[3];
+                self.cov[0] = [cov[0]; LANES];
+                self.cov[1] = [0.5 * cov[1] + 0.5 * cov[2]; LANES];
+                self.cov[2] = [cov[3]; LANES];
+                if one_term {
+                    self.sqrt[0] = [sqrt[0]; LANES];
+                    self.sqrt[1] = [sqrt[1]; LANES];
+                    self.sqrt[2] = [sqrt[3]; LANES];
+                }
             }
+            NoiseSource::State => self.state_noise_lanes(xs, n, out),
         }
+        let lanes = self.lanes.as_ref().expect("a batched term");
         let row = |r: usize| lanes.row(r);
         let (g0, g1) = (row(1), row(2));
         if let Some(order) = series {
