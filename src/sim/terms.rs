@@ -1200,12 +1200,22 @@ mod tests {
     /// exactly what the point-at-a-time evaluation gives them.
     #[test]
     fn batched_noise_fails_lane_by_lane_as_one_point_at_a_time() {
-        let p = Problem::from_str(
-            "var x = 0, y = 0\nminimize x^2 + y^2 + 0.1*x*y\n\
-             noise cov [[1 - x, 0.1*x*y], [0.1*x*y, sqrt(1 + y)]]",
-        )
-        .unwrap();
-        let noise = NoiseSource::for_problem(&p, &p.start()).unwrap();
+        // The three forms of `noise` (one standard deviation, a diagonal, a matrix).
+        for text in [
+            "noise cov [[1 - x, 0.1*x*y], [0.1*x*y, sqrt(1 + y)]]",
+            "noise diag [1 - x, sqrt(1 + y)]",
+            "noise sd sqrt(1 - x) + 0*y",
+        ] {
+            let p = Problem::from_str(&format!(
+                "var x = 0, y = 0\nminimize x^2 + y^2 + 0.1*x*y\n{text}"
+            ))
+            .unwrap();
+            batched_noise_as_one_point_at_a_time(&p);
+        }
+    }
+
+    fn batched_noise_as_one_point_at_a_time(p: &Problem) {
+        let noise = NoiseSource::for_problem(p, &p.start()).unwrap();
         let points = [
             [0.2, 0.3],  // a covariance
             [1.5, 0.0],  // 1 − x < 0: not PSD
@@ -1215,11 +1225,11 @@ mod tests {
         ];
         let xs: Vec<f64> = points.iter().flatten().copied().collect();
         for kind in ModelKind::all() {
-            let mut term = ModelTerm::new(kind, 0.1, Evaluator::new(&p, &noise));
+            let mut term = ModelTerm::new(kind, 0.1, Evaluator::new(p, &noise));
             let mut out = LaneCoefficients::new(2);
             term.eval_lanes(&xs, points.len(), &mut out);
             for (l, x) in points.iter().enumerate() {
-                let mut one = ModelTerm::new(kind, 0.1, Evaluator::new(&p, &noise));
+                let mut one = ModelTerm::new(kind, 0.1, Evaluator::new(p, &noise));
                 match (one.eval(x), out.failure[l].take()) {
                     (Ok((drift, factor)), None) => {
                         assert_close(
