@@ -13,7 +13,7 @@
 //! of the block, so the statistics do not depend on the block size.
 
 use super::lanes::{LANES, LANES_MAX_DIM, LaneTape, Order};
-use super::terms::{Failure, LaneCoefficients, NoiseSource, clearly_covariance, sgd_move};
+use super::terms::{Failure, LaneCoefficients, batched_noise, clearly_covariance, sgd_move};
 use super::{ChunkStats, Scheme, SimError, Worker};
 
 /// One path's state while its block runs.
@@ -59,10 +59,7 @@ impl Block {
         let d = w.x.len();
         let problem = w.plan.problem;
         let sgd_gradient = LaneTape::new(problem.objective_tape(), Order::Gradient)?;
-        let sgd_noise = match w.plan.noise {
-            NoiseSource::State if d == 2 => LaneTape::new(problem.noise_tape(), Order::Value),
-            _ => None,
-        };
+        let sgd_noise = batched_noise(problem, &w.plan.noise);
         Some(Block {
             lanes: (0..LANES)
                 .map(|_| Lane {

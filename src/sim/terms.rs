@@ -365,14 +365,10 @@ impl<'p> ModelTerm<'p> {
         } else {
             Order::Hessian
         };
-        let noise_lanes = if d == 2
-            && kind != ModelKind::Gf
-            && matches!(ev.noise, NoiseSource::State)
-            && ev.problem.finite_sum().is_none()
-        {
-            LaneTape::new(ev.problem.noise_tape(), Order::Value)
-        } else {
+        let noise_lanes = if kind == ModelKind::Gf {
             None
+        } else {
+            batched_noise(ev.problem, ev.noise)
         };
         ModelTerm {
             lanes: LaneTape::new(ev.problem.objective_tape(), order),
@@ -681,6 +677,18 @@ impl ModelTerm<'_> {
         }
         // `out.failure` is all `None` here: the caller takes every failure it is given.
         true
+    }
+}
+
+/// The entries of a state-dependent Σ(x) batched over lanes, where
+/// [`clearly_covariance`] can check them: d = 2, not a finite sum (whose Σ is a
+/// covariance over the rows, not a tape).
+pub(crate) fn batched_noise(problem: &Problem, noise: &NoiseSource) -> Option<LaneTape> {
+    let state = matches!(noise, NoiseSource::State);
+    if state && problem.dim() == 2 && problem.finite_sum().is_none() {
+        LaneTape::new(problem.noise_tape(), Order::Value)
+    } else {
+        None
     }
 }
 
