@@ -4,45 +4,54 @@
 //!
 //! The mathematics, the random numbers and the bookkeeping are those of the
 //! path-by-path loop in `mod.rs`, reused through the worker's own methods: each lane
-//! (path) keeps its SGD state, model states, live flags and saved values, which are
-//! swapped into the worker to draw its noise, take its SGD step
-//! ([`Worker::step_sgd`]), record its observables and mark divergences; only the
-//! models' substeps are stepped lane by lane here, by the scheme's Euler moves
-//! ([`super::Scheme::moves`]). Each lane's numbers depend on its own path only (the
-//! batched tape works lane by lane), and lanes are summarised in path order at the end
-//! of the block, so the statistics do not depend on the block size.
+//! (path) keeps its SGD state, live flags and saved values, which are swapped into the
+//! worker to take its SGD step when the batched step leaves it to
+//! [`Worker::step_sgd`], record its observables and mark divergences. The models'
+//! states and the Brownian increments are kept in structure-of-arrays form (a row of
+//! [`LANES`] numbers per coordinate), the layout the batched evaluation reads and
+//! writes, so the scheme's Euler moves ([`super::Scheme::moves`]) run across lanes
+//! too. Each lane's numbers depend on its own path only (the batched tape works lane
+//! by lane, a lane that stops is masked, not removed), and lanes are summarised in
+//! path order at the end of the block, so the statistics do not depend on the block
+//! size.
 
-use super::lanes::{LANES, LANES_MAX_DIM, LaneTape, Order};
+use super::lanes::{LANES, LANES_MAX_DIM, LaneTape, Order, Row};
 use super::terms::{Failure, LaneCoefficients, batched_noise, clearly_covariance, sgd_move};
 use super::{ChunkStats, Scheme, SimError, Worker};
 
-/// One path's state while its block runs.
+/// One path's SGD state, flags and saved values while its block runs.
 #[derive(Debug)]
 pub(super) struct Lane {
     x: Vec<f64>,
-    states: Vec<Vec<f64>>,
     alive: Vec<bool>,
     values: Vec<f64>,
-    /// SGD's draw ξ_k and the SDEs' Brownian increments of the current SGD step.
+    /// SGD's draw ξ_k of the current SGD step.
     xi: Vec<f64>,
-    increments: Vec<f64>,
 }
 
 /// The lanes and the buffers of a block.
 #[derive(Debug)]
 pub(super) struct Block {
     lanes: Vec<Lane>,
-    /// Points handed to a batched evaluation, `LANES × d`.
-    xs: Vec<f64>,
+    /// The models' states: coordinate `i` of copy `c` of model `m` in row
+    /// `(m · copies + c) · d + i`.
+    states: Vec<Row>,
+    /// The SDEs' Brownian increments of the current SGD step: coordinate `i` of the
+    /// step's increment `e` in row `e · d + i`.
+    increments: Vec<Row>,
+    /// SGD's points handed to a batched evaluation (`d` rows, compacted).
+    xs: Vec<Row>,
     out: LaneCoefficients,
-    /// Lanes stepping the current model (indices into `lanes`).
-    active: Vec<usize>,
-    /// Entries of `active` evaluated by the current move.
-    running: Vec<usize>,
-    /// Why an entry of `active` stopped during the current SGD step.
+    /// Lanes stepping the current model, and those the current move evaluates.
+    active: [bool; LANES],
+    running: [bool; LANES],
+    /// Why a lane stopped during the current SGD step.
     failed: Vec<Option<Failure>>,
-    /// The last copy's state at the start of the step, per entry of `active`.
-    starts: Vec<f64>,
+    /// The last copy's state at the start of the step (`d` rows).
+    starts: Vec<Row>,
+    /// ΔW of the current move (`d` rows) and the Euler increment of one coordinate.
+    dws: Vec<Row>,
+    delta: Row,
     /// ∇f over the block for SGD's steps, and Σ(x)'s entries when they depend on the
     /// state (d = 2, where the batched entries can be checked in closed form).
     sgd_gradient: LaneTape,
@@ -64,19 +73,21 @@ impl Block {
             lanes: (0..LANES)
                 .map(|_| Lane {
                     x: w.x.clone(),
-                    states: w.states.clone(),
                     alive: w.alive.clone(),
                     values: w.values.clone(),
                     xi: vec![0.0; d],
-                    increments: vec![0.0; grid * d],
                 })
                 .collect(),
-            xs: vec![0.0; LANES * d],
-            out: LaneCoefficients::new(d),
-            active: Vec::with_capacity(LANES),
-            running: Vec::with_capacity(LANES),
+            states: vec![[0.0; LANES]; w.states.iter().map(Vec::len).sum()],
+            increments: vec![[0.0; LANES]; grid * d],
+            xs: vec![[0.0; LANES]; d],
+            out: LaneCoefficients::new(),
+            active: [false; LANES],
+            running: [false; LANES],
             failed: (0..LANES).map(|_| None).collect(),
-            starts: vec![0.0; LANES * d],
+            starts: vec![[0.0; LANES]; d],
+            dws: vec![[0.0; LANES]; d],
+            delta: [0.0; LANES],
             sgd_gradient,
             sgd_noise,
             sgd_slow: Vec::with_capacity(LANES),
@@ -86,14 +97,25 @@ impl Block {
 
 impl<S: Scheme + Copy> Worker<'_, S> {
     /// Exchanges lane `l`'s per-path state with the worker's (an involution: calling it
-    /// again puts both back).
+    /// again puts both back). The models' states stay in the block.
     fn swap_lane(&mut self, l: usize) {
         let lane = &mut self.block.as_mut().expect("block mode").lanes[l];
         std::mem::swap(&mut self.x, &mut lane.x);
-        std::mem::swap(&mut self.states, &mut lane.states);
         std::mem::swap(&mut self.alive, &mut lane.alive);
         std::mem::swap(&mut self.values, &mut lane.values);
         std::mem::swap(&mut self.xi, &mut lane.xi);
+    }
+
+    /// Records lane `l`'s observables at saved time `t` (the worker's
+    /// [`Worker::record`], with the lane's model states copied into the worker's).
+    fn record_lane(&mut self, stats: &mut ChunkStats, path: u64, l: usize, t: usize, step: u64) {
+        let b = self.block.as_ref().expect("block mode");
+        for (v, row) in self.states.iter_mut().flatten().zip(&b.states) {
+            *v = row[l];
+        }
+        self.swap_lane(l);
+        self.record(stats, path, t, step);
+        self.swap_lane(l);
     }
 
     /// Simulates paths `first .. first + n` (`n ≤ LANES`) and pushes their values into
@@ -107,19 +129,18 @@ impl<S: Scheme + Copy> Worker<'_, S> {
         let plan = self.plan;
         let d = self.x.len();
         let saves_start = plan.saved[0] == 0;
-        for l in 0..n {
-            self.swap_lane(l);
-            self.x.copy_from_slice(&plan.start);
-            for s in &mut self.states {
-                for c in s.chunks_mut(d) {
-                    c.copy_from_slice(&plan.start);
-                }
+        let b = self.block.as_mut().expect("block mode");
+        for (r, row) in b.states.iter_mut().enumerate() {
+            *row = [plan.start[r % d]; LANES];
+        }
+        for lane in &mut b.lanes[..n] {
+            lane.x.copy_from_slice(&plan.start);
+            lane.alive.fill(true);
+        }
+        if saves_start {
+            for l in 0..n {
+                self.record_lane(stats, first + l as u64, l, 0, 0);
             }
-            self.alive.fill(true);
-            if saves_start {
-                self.record(stats, first + l as u64, 0, 0);
-            }
-            self.swap_lane(l);
         }
         let mut next_save = usize::from(saves_start);
         for k in 0..plan.steps {
@@ -133,7 +154,9 @@ impl<S: Scheme + Copy> Worker<'_, S> {
                     self.brownian.start_path(path);
                     self.brownian.draw_step(k);
                     lane.xi.copy_from_slice(self.brownian.xi());
-                    lane.increments.copy_from_slice(self.brownian.increments());
+                    for (row, &v) in block.increments.iter_mut().zip(self.brownian.increments()) {
+                        row[l] = v;
+                    }
                 }
             }
             if !running {
@@ -145,9 +168,7 @@ impl<S: Scheme + Copy> Worker<'_, S> {
             }
             if plan.saved.get(next_save) == Some(&(k + 1)) {
                 for l in 0..n {
-                    self.swap_lane(l);
-                    self.record(stats, first + l as u64, next_save, k + 1);
-                    self.swap_lane(l);
+                    self.record_lane(stats, first + l as u64, l, next_save, k + 1);
                 }
                 next_save += 1;
             }
@@ -176,29 +197,34 @@ impl<S: Scheme + Copy> Worker<'_, S> {
         let d = self.x.len();
         let kind = self.plan.problem.noise_kind();
         let b = self.block.as_mut().expect("block mode");
-        b.active.clear();
-        b.active.extend((0..n).filter(|&l| b.lanes[l].alive[0]));
         b.sgd_slow.clear();
-        for (q, &l) in b.active.iter().enumerate() {
-            b.xs[q * d..(q + 1) * d].copy_from_slice(&b.lanes[l].x);
+        for l in 0..n {
+            let x = &b.lanes[l].x;
+            if b.lanes[l].alive[0] {
+                for (row, &v) in b.xs.iter_mut().zip(x) {
+                    row[l] = v;
+                }
+            }
         }
-        let m = b.active.len();
-        b.sgd_gradient.eval(&b.xs, m);
+        b.sgd_gradient.eval(&b.xs);
         if let Some(nl) = &mut b.sgd_noise {
-            nl.eval(&b.xs, m);
+            nl.eval(&b.xs);
         }
         let mut g = [0.0; LANES_MAX_DIM];
         let mut next = [0.0; LANES_MAX_DIM];
-        for (q, &l) in b.active.iter().enumerate() {
+        for l in 0..n {
+            if !b.lanes[l].alive[0] {
+                continue;
+            }
             let lane = &mut b.lanes[l];
             let x = &lane.x;
             let plain = self.minibatch.is_none()
-                && b.sgd_gradient.finite(q)
+                && b.sgd_gradient.finite(l)
                 && x.iter().all(|v| v.is_finite());
             let checked = b
                 .sgd_noise
                 .as_ref()
-                .map(|nl| clearly_covariance(kind, nl, q));
+                .map(|nl| clearly_covariance(kind, nl, l));
             let noise_ok = plain
                 && match checked {
                     // Batched, and not plainly a covariance: the point-at-a-time step.
@@ -208,7 +234,7 @@ impl<S: Scheme + Copy> Worker<'_, S> {
                     None => self.sgd.sgd_noise(x, None).is_ok(),
                 };
             if noise_ok {
-                b.sgd_gradient.gradient(q, &mut g[..d]);
+                b.sgd_gradient.gradient(l, &mut g[..d]);
                 next[..d].copy_from_slice(x);
                 sgd_move(
                     eta,
@@ -239,7 +265,10 @@ impl<S: Scheme + Copy> Worker<'_, S> {
         outcome
     }
 
-    /// The substeps of model `m` over SGD step `k` for every lane still running it.
+    /// The substeps of model `m` over SGD step `k` for every lane still running it:
+    /// each of the scheme's moves evaluates the coefficients at the moving copy of
+    /// every lane at once, then moves all lanes still running (a lane that failed is
+    /// masked and keeps its state).
     fn step_model_lanes(
         &mut self,
         stats: &mut ChunkStats,
@@ -251,79 +280,100 @@ impl<S: Scheme + Copy> Worker<'_, S> {
         let config = self.plan.config;
         let d = self.x.len();
         let h = config.eta / config.substeps as f64;
-        let per_substep = self.scheme.increments_per_substep() * d;
+        let per_substep = self.scheme.increments_per_substep();
         let copies = self.scheme.copies();
         let moves = self.scheme.moves();
         let b = self.block.as_mut().expect("block mode");
-        b.active.clear();
-        b.active.extend((0..n).filter(|&l| b.lanes[l].alive[m + 1]));
-        for (j, &l) in b.active.iter().enumerate() {
-            let s = &b.lanes[l].states[m];
-            b.starts[j * d..(j + 1) * d].copy_from_slice(&s[(copies - 1) * d..]);
-            b.failed[j] = None;
+        let term = &mut self.terms[m];
+        let base = m * copies * d;
+        for l in 0..LANES {
+            b.active[l] = l < n && b.lanes[l].alive[m + 1];
+            b.failed[l] = None;
         }
-        for sub in 0..config.substeps {
+        if !b.active.contains(&true) {
+            return Ok(());
+        }
+        let last = base + (copies - 1) * d;
+        b.starts.copy_from_slice(&b.states[last..last + d]);
+        b.running = b.active;
+        'substeps: for sub in 0..config.substeps {
             for mv in moves {
-                b.running.clear();
-                for (j, &l) in b.active.iter().enumerate() {
-                    if b.failed[j].is_none() {
-                        let q = b.running.len();
-                        let s = &b.lanes[l].states[m][mv.copy * d..(mv.copy + 1) * d];
-                        b.xs[q * d..(q + 1) * d].copy_from_slice(s);
-                        b.running.push(j);
+                let copy = base + mv.copy * d;
+                term.eval_lanes(&b.states[copy..copy + d], &b.running, &mut b.out);
+                if b.out.any_failure {
+                    for l in 0..LANES {
+                        if let Some(f) = b.out.failure[l].take() {
+                            b.failed[l] = Some(f);
+                            b.running[l] = false;
+                        }
                     }
                 }
-                if b.running.is_empty() {
-                    break;
+                // ΔW, then the same expression as `schemes::euler`, so the same bits.
+                let e = |j: usize| (sub * per_substep + j) * d;
+                match mv.increments {
+                    [e1] => b.dws.copy_from_slice(&b.increments[e(*e1)..e(*e1) + d]),
+                    [e1, e2] => {
+                        for c in 0..d {
+                            let (w1, w2) = (&b.increments[e(*e1) + c], &b.increments[e(*e2) + c]);
+                            for l in 0..LANES {
+                                b.dws[c][l] = w1[l] + w2[l];
+                            }
+                        }
+                    }
+                    _ => unreachable!("a move reads one or two increments"),
                 }
-                self.terms[m].eval_lanes(&b.xs, b.running.len(), &mut b.out);
+                // Every lane moves: one that is not running is either not read again
+                // (it diverged this step, reported from `starts`; or it stopped
+                // earlier, or holds no path) or a lane that failed this step.
                 let hh = mv.fraction * h;
-                for (q, &j) in b.running.iter().enumerate() {
-                    if let Some(f) = b.out.failure[q].take() {
-                        b.failed[j] = Some(f);
+                let out = &b.out;
+                let noisy = |on: bool| (0..LANES).any(|l| b.running[l] && out.noisy[l] == on);
+                let (some_noisy, some_quiet) = (noisy(true), noisy(false));
+                for i in 0..d {
+                    let (drift, delta) = (&out.drift[i], &mut b.delta);
+                    for l in 0..LANES {
+                        delta[l] = drift[l] * hh;
+                    }
+                    let x = &mut b.states[copy + i];
+                    if !some_noisy {
+                        for l in 0..LANES {
+                            x[l] += delta[l];
+                        }
                         continue;
                     }
-                    let Lane {
-                        states, increments, ..
-                    } = &mut b.lanes[b.active[j]];
-                    let x = &mut states[m][mv.copy * d..(mv.copy + 1) * d];
-                    let dw = &increments[sub * per_substep..(sub + 1) * per_substep];
-                    let drift = &b.out.drift[q * d..(q + 1) * d];
-                    if b.out.noisy[q] {
-                        let sigma = &b.out.factor[q * d * d..(q + 1) * d * d];
-                        // ΔW, then the same expression as `schemes::euler`, so the
-                        // same bits.
-                        let mut dws = [0.0; LANES_MAX_DIM];
-                        match mv.increments {
-                            [e] => dws[..d].copy_from_slice(&dw[e * d..(e + 1) * d]),
-                            [e1, e2] => {
-                                for c in 0..d {
-                                    dws[c] = dw[e1 * d + c] + dw[e2 * d + c];
-                                }
-                            }
-                            _ => unreachable!("a move reads one or two increments"),
-                        }
-                        for i in 0..d {
-                            let mut s = drift[i] * hh;
-                            for c in 0..d {
-                                s += sigma[i * d + c] * dws[c];
-                            }
-                            x[i] += s;
-                        }
-                    } else {
-                        for i in 0..d {
-                            x[i] += drift[i] * hh;
+                    for (f, w) in out.factor[i * d..(i + 1) * d].iter().zip(&b.dws) {
+                        for l in 0..LANES {
+                            delta[l] += f[l] * w[l];
                         }
                     }
+                    if some_quiet {
+                        for l in 0..LANES {
+                            x[l] += if out.noisy[l] {
+                                delta[l]
+                            } else {
+                                drift[l] * hh
+                            };
+                        }
+                    } else {
+                        for l in 0..LANES {
+                            x[l] += delta[l];
+                        }
+                    }
+                }
+                if !b.running.contains(&true) {
+                    break 'substeps;
                 }
             }
         }
-        for j in 0..b.active.len() {
+        for l in 0..n {
             let b = self.block.as_mut().expect("block mode");
-            let l = b.active[j];
+            if !b.active[l] {
+                continue;
+            }
             let path = first + l as u64;
-            let reason = match b.failed[j].take() {
-                None if b.lanes[l].states[m].iter().all(|v| v.is_finite()) => continue,
+            let finite = (base..base + copies * d).all(|r| b.states[r][l].is_finite());
+            let reason = match b.failed[l].take() {
+                None if finite => continue,
                 None => format!("the {} state became non-finite", config.models[m]),
                 Some(Failure::Diverged(reason)) => reason,
                 Some(Failure::Fatal(source)) => {
@@ -335,7 +385,7 @@ impl<S: Scheme + Copy> Worker<'_, S> {
                     });
                 }
             };
-            let start = b.starts[j * d..(j + 1) * d].to_vec();
+            let start: Vec<f64> = b.starts.iter().map(|row| row[l]).collect();
             self.swap_lane(l);
             self.diverge(stats, m + 1, (path, k), &start, reason);
             self.swap_lane(l);

@@ -53,8 +53,8 @@ pub(crate) enum Order {
     Hessian,
 }
 
-/// One row of a slot: a number per lane.
-type Row = [f64; LANES];
+/// One row of a slot, or one coordinate of a block of points: a number per lane.
+pub(crate) type Row = [f64; LANES];
 
 /// The evaluator: the tape's instructions and the lane buffers.
 #[derive(Clone, Debug)]
@@ -128,16 +128,18 @@ impl LaneTape {
         self.width - 1 - self.tangents
     }
 
-    /// Evaluates the tape at `n ≤ LANES` points, `x[l·d .. (l+1)·d]` for lane `l`.
-    /// Lanes `n..LANES` keep whatever they held (their results are meaningless).
-    pub(crate) fn eval(&mut self, x: &[f64], n: usize) {
-        with_avx!(eval_block(self, x, n))
+    /// Evaluates the tape at the block of points `x` (structure of arrays: `x[i][l]` is
+    /// coordinate `i` of lane `l`'s point, `d` rows). Every lane is evaluated; the
+    /// caller reads the lanes it filled (the others' results are meaningless, and
+    /// harmless: floating-point arithmetic does not trap).
+    pub(crate) fn eval(&mut self, x: &[Row]) {
+        with_avx!(eval_block(self, x))
     }
 
     #[inline(always)]
-    fn eval_body(&mut self, x: &[f64], n: usize) {
-        debug_assert!(n <= LANES && x.len() >= n * self.dim);
-        let (d, w) = (self.dim, self.width);
+    fn eval_body(&mut self, x: &[Row]) {
+        debug_assert!(x.len() >= self.dim);
+        let w = self.width;
         let tmp = self.ops.len();
         for k in 0..self.ops.len() {
             let op = self.ops[k];
@@ -147,9 +149,7 @@ impl LaneTape {
                     for r in rows.iter_mut() {
                         *r = [0.0; LANES];
                     }
-                    for (l, v) in rows[0].iter_mut().enumerate().take(n) {
-                        *v = x[l * d + i as usize];
-                    }
+                    rows[0] = x[i as usize];
                     if self.tangents > 0 {
                         rows[1 + i as usize] = [1.0; LANES];
                     }
@@ -393,11 +393,16 @@ impl LaneTape {
     /// [`LaneTape::finite`] for every lane at once, into `ok` (row by row, so the
     /// checks run across lanes).
     pub(crate) fn all_finite(&self, ok: &mut [bool; LANES]) {
-        *ok = [true; LANES];
+        // v·0 is ±0 for a finite v and NaN otherwise; a sum of them is 0 exactly when
+        // every term is (arithmetic across lanes, one comparison per lane at the end).
+        let mut acc = [0.0; LANES];
         for r in self.out() {
-            for (o, v) in ok.iter_mut().zip(r) {
-                *o &= v.is_finite();
+            for (a, v) in acc.iter_mut().zip(r) {
+                *a += v * 0.0;
             }
+        }
+        for (o, a) in ok.iter_mut().zip(acc) {
+            *o = a == 0.0;
         }
     }
 
@@ -435,8 +440,21 @@ impl LaneTape {
 /// [`LaneTape::eval`]'s body as a function, for `with_avx!`: the rules' loops are
 /// vectorised twice as wide, with the same bits (+, −, ×, ÷ only).
 #[inline(always)]
-fn eval_block(tape: &mut LaneTape, x: &[f64], n: usize) {
-    tape.eval_body(x, n)
+fn eval_block(tape: &mut LaneTape, x: &[Row]) {
+    tape.eval_body(x)
+}
+
+#[cfg(test)]
+/// Points given one after another (`d` numbers each, at most [`LANES`] points) as a
+/// block's rows ([`LaneTape::eval`]'s layout); lanes past the last point are zero.
+pub(crate) fn rows_of(points: &[f64], d: usize) -> Vec<Row> {
+    let mut rows = vec![[0.0; LANES]; d];
+    for (l, x) in points.chunks_exact(d).enumerate() {
+        for (row, &v) in rows.iter_mut().zip(x) {
+            row[l] = v;
+        }
+    }
+    rows
 }
 
 /// Slot `a`'s rows (read) and slot `out`'s rows (written), `a ≠ out`, in either order
@@ -465,8 +483,9 @@ mod tests {
         let mut lt = LaneTape::new(p.objective_tape(), Order::Hessian).expect("batchable");
         let mut lg = LaneTape::new(p.objective_tape(), Order::Gradient).expect("batchable");
         let x: Vec<f64> = points.iter().flatten().copied().collect();
-        lt.eval(&x, points.len());
-        lg.eval(&x, points.len());
+        let rows = rows_of(&x, d);
+        lt.eval(&rows);
+        lg.eval(&rows);
         let (mut g, mut h, mut g1) = (vec![0.0; d], vec![0.0; d * d], vec![0.0; d]);
         for (l, pt) in points.iter().enumerate() {
             let want = p.objective_derivatives(pt);
@@ -540,7 +559,7 @@ mod tests {
         let pts: Vec<f64> = (0..2 * LANES)
             .map(|i| ((i * 37 % 101) as f64 - 50.0) / 17.0)
             .collect();
-        lv.eval(&pts, LANES);
+        lv.eval(&rows_of(&pts, 2));
         for l in 0..LANES {
             let want = tape.values(&pts[2 * l..2 * l + 2]).unwrap();
             for (o, w) in want.iter().enumerate() {
@@ -565,8 +584,9 @@ mod tests {
         let pts: Vec<f64> = (0..2 * LANES)
             .map(|i| (i as f64 * 0.618).sin() * 3.0)
             .collect();
-        a.eval(&pts, LANES);
-        b.eval_body(&pts, LANES);
+        let rows = rows_of(&pts, 2);
+        a.eval(&rows);
+        b.eval_body(&rows);
         let bits = |t: &LaneTape| -> Vec<u64> {
             (0..t.width)
                 .flat_map(|r| t.row(r).map(f64::to_bits))

@@ -19,11 +19,12 @@ use crate::problem::{NoiseBuffers, NoiseKind, Problem, ProblemError};
 use crate::tape::{Jets, Workspace};
 use nalgebra::{DMatrix, DVector};
 
-use super::lanes::{LANES, LaneTape, Order};
+use super::lanes::{LANES, LANES_MAX_DIM, LaneTape, Order, Row};
 use super::linalg::{
     EigenScratch, JACOBI_MAX_DIM, NoConvergence, mat_mul, mat_tr_mul, mat_tr_vec, mat_vec,
     sym_eigen, sym_sqrt, symmetrise,
 };
+use super::vmath::ell as ell_lanes;
 
 /// Why a process stopped at a point.
 #[derive(Debug)]
@@ -330,28 +331,48 @@ struct Coeffs {
     scratch: EigenScratch,
 }
 
-/// Drift, factor and outcome per lane of a block evaluation.
+/// Drift, factor and outcome per lane of a block evaluation, in the block's layout
+/// (structure of arrays: one row of [`LANES`] numbers per entry).
 #[derive(Debug)]
 pub(crate) struct LaneCoefficients {
-    /// `LANES × d`.
-    pub drift: Vec<f64>,
-    /// `LANES × d × d`, row-major per lane.
-    pub factor: Vec<f64>,
-    /// Whether lane `l`'s diffusion is nonzero (else `factor` is not written).
-    pub noisy: Vec<bool>,
+    /// Entry `i` of the drift in row `i` (`d` rows used).
+    pub drift: [Row; LANES_MAX_DIM],
+    /// Entry `(i, j)` of the factor in row `i·d + j` (`d²` rows used).
+    pub factor: [Row; LANES_MAX_DIM * LANES_MAX_DIM],
+    /// Whether lane `l`'s diffusion is nonzero (else its factor entries are
+    /// meaningless).
+    pub noisy: [bool; LANES],
     /// Why lane `l` could not be evaluated. The caller takes (`Option::take`) every
     /// failure, so all entries are `None` when an evaluation starts.
     pub failure: Vec<Option<Failure>>,
+    /// Whether the last evaluation stored any failure.
+    pub any_failure: bool,
 }
 
 impl LaneCoefficients {
-    pub(crate) fn new(d: usize) -> LaneCoefficients {
+    pub(crate) fn new() -> LaneCoefficients {
         LaneCoefficients {
-            drift: vec![0.0; LANES * d],
-            factor: vec![0.0; LANES * d * d],
-            noisy: vec![false; LANES],
+            drift: [[0.0; LANES]; LANES_MAX_DIM],
+            factor: [[0.0; LANES]; LANES_MAX_DIM * LANES_MAX_DIM],
+            noisy: [false; LANES],
             failure: (0..LANES).map(|_| None).collect(),
+            any_failure: false,
         }
+    }
+
+    /// Lane `l`'s drift (`d` entries).
+    #[cfg(test)]
+    pub(crate) fn drift_at(&self, l: usize, d: usize) -> Vec<f64> {
+        (0..d).map(|i| self.drift[i][l]).collect()
+    }
+
+    /// Lane `l`'s factor (row-major `d×d`), zero when its diffusion is.
+    #[cfg(test)]
+    pub(crate) fn factor_at(&self, l: usize, d: usize) -> Vec<f64> {
+        let noisy = self.noisy[l];
+        (0..d * d)
+            .map(|r| if noisy { self.factor[r][l] } else { 0.0 })
+            .collect()
     }
 }
 
@@ -410,26 +431,41 @@ impl<'p> ModelTerm<'p> {
         (kind != ModelKind::Gf, one_term)
     }
 
-    /// Evaluates the coefficients at the `n ≤ LANES` points `xs[l·d .. (l+1)·d]` into
-    /// `out`: the tape once for the block ([`LaneTape`]), then each lane's formulas. A
-    /// lane whose batched derivatives are not finite is evaluated again by the tape's
-    /// own code, which either succeeds or names the failure exactly as [`Term::eval`]
-    /// does. Each lane's result depends on its point only.
+    /// Evaluates the coefficients at the block of points `xs` (`d` rows, [`LaneTape::eval`]'s
+    /// layout) into `out`, for the lanes marked in `live` (the others' results are
+    /// meaningless): the tape once for the block ([`LaneTape`]), then the formulas
+    /// across lanes (d = 2) or lane by lane. A lane whose batched derivatives are not
+    /// finite is evaluated again by the tape's own code, which either succeeds or names
+    /// the failure exactly as [`Term::eval`] does. Each lane's result depends on its
+    /// point only.
     ///
     /// # Panics
     /// When the term is not [`ModelTerm::batched`].
-    pub(crate) fn eval_lanes(&mut self, xs: &[f64], n: usize, out: &mut LaneCoefficients) {
+    pub(crate) fn eval_lanes(
+        &mut self,
+        xs: &[Row],
+        live: &[bool; LANES],
+        out: &mut LaneCoefficients,
+    ) {
         let d = self.g.len();
         let (needs_noise, one_term) = self.noise_needs(d);
         let lanes = self.lanes.as_mut().expect("a batched term");
-        lanes.eval(xs, n);
-        let fast = d == 2 && self.two_by_two(xs, n, out);
+        lanes.eval(xs);
+        let fast = d == 2 && self.two_by_two(xs, live, out);
+        out.any_failure = false;
+        if fast && !self.slow.contains(&true) {
+            return;
+        }
         let lanes = self.lanes.as_mut().expect("a batched term");
-        for l in 0..n {
-            if fast && !self.slow[l] {
+        let mut point = [0.0; LANES_MAX_DIM];
+        for l in 0..LANES {
+            if !live[l] || (fast && !self.slow[l]) {
                 continue;
             }
-            let x = &xs[l * d..(l + 1) * d];
+            for (p, row) in point.iter_mut().zip(xs) {
+                *p = row[l];
+            }
+            let x = &point[..d];
             let r = (|| {
                 if lanes.finite(l) && x.iter().all(|v| v.is_finite()) {
                     lanes.gradient(l, &mut self.g);
@@ -447,14 +483,21 @@ impl<'p> ModelTerm<'p> {
             })();
             match r {
                 Ok(noisy) => {
-                    out.drift[l * d..(l + 1) * d].copy_from_slice(&self.coeffs.drift);
+                    for (row, &v) in out.drift.iter_mut().zip(&self.coeffs.drift) {
+                        row[l] = v;
+                    }
                     if noisy {
-                        out.factor[l * d * d..(l + 1) * d * d].copy_from_slice(&self.coeffs.factor);
+                        for (row, &v) in out.factor.iter_mut().zip(&self.coeffs.factor) {
+                            row[l] = v;
+                        }
                     }
                     out.noisy[l] = noisy;
                     out.failure[l] = None;
                 }
-                Err(f) => out.failure[l] = Some(f),
+                Err(f) => {
+                    out.failure[l] = Some(f);
+                    out.any_failure = true;
+                }
             }
         }
     }
@@ -484,17 +527,17 @@ impl ModelTerm<'_> {
     /// time), anything else (not finite, not exactly symmetric, near singular, not
     /// batched) through the problem's own checks; a lane they reject is marked slow
     /// and goes to the general code.
-    fn state_noise_lanes(&mut self, xs: &[f64], n: usize, out: &mut LaneCoefficients) {
+    fn state_noise_lanes(&mut self, xs: &[Row], live: &[bool; LANES], out: &mut LaneCoefficients) {
         let (_, one_term) = self.noise_needs(2);
         let kind = self.ev.problem.noise_kind();
         if let Some(nl) = &mut self.noise_lanes {
-            nl.eval(xs, n);
+            nl.eval(xs);
         }
-        for l in 0..n {
-            if self.slow[l] {
+        for l in 0..LANES {
+            if self.slow[l] || !live[l] {
                 continue;
             }
-            let x = &xs[2 * l..2 * l + 2];
+            let x = &[xs[0][l], xs[1][l]];
             let batched = self
                 .noise_lanes
                 .as_ref()
@@ -523,10 +566,10 @@ impl ModelTerm<'_> {
         }
     }
 
-    fn two_by_two(&mut self, xs: &[f64], n: usize, out: &mut LaneCoefficients) -> bool {
-        // Tells the compiler every `l < n` indexes the lane arrays: no bounds checks in
-        // the loops below, which is what lets it vectorise them.
-        let n = n.min(LANES);
+    fn two_by_two(&mut self, xs: &[Row], live: &[bool; LANES], out: &mut LaneCoefficients) -> bool {
+        // Every lane is computed (branch-free loops of fixed length, which the compiler
+        // vectorises); `live` lanes only are flagged slow, and read.
+        let n = LANES;
         let kind = self.coeffs.kind;
         let eta = self.coeffs.eta;
         let spectral = matches!(kind, ModelKind::Hasme | ModelKind::HasmeExact);
@@ -541,19 +584,19 @@ impl ModelTerm<'_> {
         let (needs_noise, one_term) = self.noise_needs(2);
         let lanes = self.lanes.as_ref().expect("a batched term");
         lanes.all_finite(&mut self.slow);
-        for (l, x) in xs[..2 * n].chunks_exact(2).enumerate() {
-            self.slow[l] = !(self.slow[l] && x[0].is_finite() && x[1].is_finite());
+        let (x0, x1) = (&xs[0], &xs[1]);
+        for (l, s) in self.slow.iter_mut().enumerate() {
+            // The point finite too (`all_finite`'s test: v·0 is 0 exactly when v is finite).
+            *s = !(*s & (x0[l] * 0.0 + x1[l] * 0.0 == 0.0));
         }
-        out.noisy[..n].fill(false);
+        out.noisy = [false; LANES];
         // Σ (and √Σ for the SME models): a constant one for the whole block at once, a
         // state-dependent one per lane.
         match self.ev.noise {
             _ if !needs_noise => {}
             NoiseSource::Zero => {}
             NoiseSource::Constant { cov, sqrt } => {
-                for l in 0..n {
-                    out.noisy[l] = !self.slow[l];
-                }
+                out.noisy = self.slow.map(|s| !s);
                 self.cov[0] = [cov[0]; LANES];
                 self.cov[1] = [0.5 * cov[1] + 0.5 * cov[2]; LANES];
                 self.cov[2] = [cov[3]; LANES];
@@ -563,30 +606,31 @@ impl ModelTerm<'_> {
                     self.sqrt[2] = [sqrt[3]; LANES];
                 }
             }
-            NoiseSource::State => self.state_noise_lanes(xs, n, out),
+            NoiseSource::State => self.state_noise_lanes(xs, live, out),
         }
         let lanes = self.lanes.as_ref().expect("a batched term");
         let row = |r: usize| lanes.row(r);
         let (g0, g1) = (row(1), row(2));
         if let Some(order) = series {
             let root_eta = eta.sqrt();
-            for l in 0..n {
+            let [dr0, dr1, ..] = &mut out.drift;
+            for l in 0..LANES {
                 let (mut d0, mut d1) = (-g0[l], -g1[l]);
                 if order == 1 {
                     let (a, b, c) = (row(3)[l], row(4)[l], row(5)[l]);
                     d0 += -0.5 * (eta * (a * g0[l] + b * g1[l]));
                     d1 += -0.5 * (eta * (b * g0[l] + c * g1[l]));
                 }
-                out.drift[2 * l] = d0;
-                out.drift[2 * l + 1] = d1;
-                if out.noisy[l] {
-                    let f = &mut out.factor[4 * l..4 * l + 4];
-                    f[0] = root_eta * self.sqrt[0][l];
-                    f[1] = root_eta * self.sqrt[1][l];
-                    f[2] = f[1];
-                    f[3] = root_eta * self.sqrt[2][l];
-                }
+                (dr0[l], dr1[l]) = (d0, d1);
                 self.slow[l] |= !(d0.is_finite() && d1.is_finite());
+            }
+            // A lane without noise keeps no factor: `out.noisy` says which.
+            let [f00, f01, f10, f11, ..] = &mut out.factor;
+            for l in 0..LANES {
+                f00[l] = root_eta * self.sqrt[0][l];
+                f01[l] = root_eta * self.sqrt[1][l];
+                f10[l] = f01[l];
+                f11[l] = root_eta * self.sqrt[2][l];
             }
         } else if spectral {
             // In passes over the block (loop fission), each pass without branches (a
@@ -610,17 +654,18 @@ impl ModelTerm<'_> {
                 d1_,
             ] = &mut self.tmp;
             with_avx!(rotations(n, eta, [ha, hb, hc], [cs_, sn_, p0_, p1_]));
-            for l in 0..n {
-                // Out of the domain, ηλ ≥ 1, exactly when p = 1 − ηλ ≤ 0: 1 − y is
-                // exact for y ∈ [1/2, 2] and keeps its sign elsewhere. (Set apart from
-                // the pass above, whose arithmetic then vectorises.)
+            // Out of the domain, ηλ ≥ 1, exactly when p = 1 − ηλ ≤ 0: 1 − y is exact for
+            // y ∈ [1/2, 2] and keeps its sign elsewhere.
+            for l in 0..LANES {
                 self.slow[l] |= !(p0_[l] > 0.0 && p1_[l] > 0.0);
-                if !self.slow[l] {
-                    (e0_[l], e1_[l]) = (ell(p0_[l]), ell(p1_[l]));
-                    if exact && out.noisy[l] {
-                        e01_[l] = ell(p0_[l] * p1_[l]);
-                    }
+            }
+            with_avx!(ell_lanes(p0_, e0_));
+            with_avx!(ell_lanes(p1_, e1_));
+            if exact {
+                for l in 0..LANES {
+                    k00_[l] = p0_[l] * p1_[l];
                 }
+                with_avx!(ell_lanes(k00_, e01_));
             }
             let w01 = if exact { Some(&*e01_) } else { None };
             with_avx!(drift_and_g_hat(
@@ -631,49 +676,29 @@ impl ModelTerm<'_> {
                 w01,
                 [d0_, d1_, k00_, k01_, k11_],
             ));
-            for (l, d) in out.drift[..2 * n].chunks_exact_mut(2).enumerate() {
-                let (d0, d1) = (d0_[l], d1_[l]);
-                (d[0], d[1]) = (d0, d1);
-                self.slow[l] |= !(d0.is_finite() && d1.is_finite());
-            }
-            for (l, f) in out.factor[..4 * n].chunks_exact_mut(4).enumerate() {
-                let (cs, sn) = (cs_[l], sn_[l]);
-                let (k00, k01, k11) = (k00_[l], k01_[l], k11_[l]);
-                // √Ĝ by Cayley–Hamilton, then σ = U √Ĝ Uᵀ.
-                let half_tr = 0.5 * (k00 + k11);
-                let half_diff = 0.5 * (k00 - k11);
-                // `hypot` without its overflow care (a libm call costing as much as
-                // the rest of the formula): 1e−100 < |Ĝ| < 1e100 squares safely;
-                // outside, the lane goes to the general code. So does a Ĝ whose
-                // smallest eigenvalue is at or below the round-off floor (there
-                // min·max > 1e−212 also keeps √(min·max) accurate).
-                let half_gap = (half_diff * half_diff + k01 * k01).sqrt();
-                let scale = half_tr.abs().max(half_gap);
-                let (min, max) = (half_tr - half_gap, half_tr + half_gap);
-                let clearly_definite = min > PSD_TOLERANCE * min.abs().max(max.abs());
-                let root_det = (min * max).sqrt();
-                let norm = 1.0 / (k00 + k11 + 2.0 * root_det).sqrt();
-                let (r00, r01, r11) =
-                    ((k00 + root_det) * norm, k01 * norm, (k11 + root_det) * norm);
-                let (cc, ss, cssn) = (cs * cs, sn * sn, cs * sn);
-                let f00 = r00 * cc + 2.0 * r01 * cssn + r11 * ss;
-                let f01 = (r11 - r00) * cssn + r01 * (cc - ss);
-                let f11 = r00 * ss - 2.0 * r01 * cssn + r11 * cc;
-                f.copy_from_slice(&[f00, f01, f01, f11]);
-                let fine = (1e-100..1e100).contains(&scale)
-                    && clearly_definite
-                    && f00.is_finite()
-                    && f01.is_finite()
-                    && f11.is_finite();
+            out.drift[0] = *d0_;
+            out.drift[1] = *d1_;
+            // `fine` per lane into `p0_` (1 or 0), no longer needed.
+            let [f00, f01, f10, f11, ..] = &mut out.factor;
+            with_avx!(factor_of_g_hat(
+                [cs_, sn_, k00_, k01_, k11_],
+                [f00, f01, f10, f11],
+                p0_,
+            ));
+            for l in 0..LANES {
+                let drift_finite = d0_[l].is_finite() && d1_[l].is_finite();
                 // A lane without noise keeps no factor: `out.noisy` says which.
-                self.slow[l] |= out.noisy[l] && !fine;
+                self.slow[l] |= !drift_finite || (out.noisy[l] && p0_[l] == 0.0);
             }
         } else {
-            for l in 0..n {
-                out.drift[2 * l] = -g0[l];
-                out.drift[2 * l + 1] = -g1[l];
-                out.noisy[l] = false;
+            for l in 0..LANES {
+                out.drift[0][l] = -g0[l];
+                out.drift[1][l] = -g1[l];
             }
+            out.noisy = [false; LANES];
+        }
+        for (s, &live) in self.slow.iter_mut().zip(live) {
+            *s &= live;
         }
         // `out.failure` is all `None` here: the caller takes every failure it is given.
         true
@@ -787,6 +812,44 @@ fn drift_and_g_hat(
             None => (w0 * w1).sqrt(),
         };
         (k00_[l], k01_[l], k11_[l]) = (eta * h00 * w0, eta * h01 * w, eta * h11 * w1);
+    }
+}
+
+/// Each lane's factor `σ = U √Ĝ Uᵀ` from the rotation and `Ĝ` (entries 00, 01, 11), √Ĝ
+/// by Cayley–Hamilton: `√Ĝ = (Ĝ + √det I)/√(tr + 2√det)`. `fine[l]` is 1 when the lane's
+/// result stands, 0 when it goes to the general code: `Ĝ`'s scale outside
+/// `(1e−100, 1e100)` (where the squares below could overflow or underflow; `hypot`'s
+/// care would cost as much as the rest), its smallest eigenvalue at or below the
+/// round-off floor (there `min·max > 1e−212` also keeps `√(min·max)` accurate), or a
+/// factor that is not finite.
+#[inline(always)]
+fn factor_of_g_hat(at: [&[f64; LANES]; 5], out: [&mut [f64; LANES]; 4], fine: &mut [f64; LANES]) {
+    let [cs_, sn_, k00_, k01_, k11_] = at;
+    let [f00_, f01_, f10_, f11_] = out;
+    for l in 0..LANES {
+        let (cs, sn) = (cs_[l], sn_[l]);
+        let (k00, k01, k11) = (k00_[l], k01_[l], k11_[l]);
+        let half_tr = 0.5 * (k00 + k11);
+        let half_diff = 0.5 * (k00 - k11);
+        let half_gap = (half_diff * half_diff + k01 * k01).sqrt();
+        let scale = half_tr.abs().max(half_gap);
+        let (min, max) = (half_tr - half_gap, half_tr + half_gap);
+        let clearly_definite = min > PSD_TOLERANCE * min.abs().max(max.abs());
+        let root_det = (min * max).sqrt();
+        let norm = 1.0 / (k00 + k11 + 2.0 * root_det).sqrt();
+        let (r00, r01, r11) = ((k00 + root_det) * norm, k01 * norm, (k11 + root_det) * norm);
+        let (cc, ss, cssn) = (cs * cs, sn * sn, cs * sn);
+        let f00 = r00 * cc + 2.0 * r01 * cssn + r11 * ss;
+        let f01 = (r11 - r00) * cssn + r01 * (cc - ss);
+        let f11 = r00 * ss - 2.0 * r01 * cssn + r11 * cc;
+        (f00_[l], f01_[l], f10_[l], f11_[l]) = (f00, f01, f01, f11);
+        let ok = (scale > 1e-100)
+            & (scale < 1e100)
+            & clearly_definite
+            & f00.is_finite()
+            & f01.is_finite()
+            & f11.is_finite();
+        fine[l] = if ok { 1.0 } else { 0.0 };
     }
 }
 
@@ -1097,6 +1160,7 @@ fn ell_square(ell_p: f64, p: f64) -> f64 {
 mod tests {
     use super::*;
     use crate::models::Model;
+    use crate::sim::lanes::rows_of;
     use proptest::prelude::*;
 
     fn problem(h: [f64; 3], sigma: [f64; 3], state: bool) -> Problem {
@@ -1180,17 +1244,16 @@ mod tests {
             for kind in ModelKind::all().into_iter().chain([ModelKind::Series(3)]) {
                 let mut term = ModelTerm::new(kind, eta, Evaluator::new(&p, &noise));
                 prop_assert!(term.batched());
-                let mut out = LaneCoefficients::new(2);
-                term.eval_lanes(&xs, n, &mut out);
+                let mut out = LaneCoefficients::new();
+                let live = std::array::from_fn(|l| l < n);
+                term.eval_lanes(&rows_of(&xs, 2), &live, &mut out);
                 let mut check = vec![at, n - 1];
                 check.dedup();
                 for l in check {
                     match (kind.coefficients(&local, eta), out.failure[l].take()) {
                         (Ok(c), None) => {
-                            assert_close(&out.drift[2 * l..2 * l + 2], c.drift.as_slice(), &format!("{kind} drift"));
-                            let zero = [0.0; 4];
-                            let factor = if out.noisy[l] { &out.factor[4 * l..4 * l + 4] } else { &zero[..] };
-                            assert_close(factor, c.factor.as_slice(), &format!("{kind} factor"));
+                            assert_close(&out.drift_at(l, 2), c.drift.as_slice(), &format!("{kind} drift"));
+                            assert_close(&out.factor_at(l, 2), c.factor.as_slice(), &format!("{kind} factor"));
                         }
                         (Err(e), Some(Failure::Diverged(reason))) => {
                             let head = |m: &str| m.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
@@ -1234,23 +1297,16 @@ mod tests {
         let xs: Vec<f64> = points.iter().flatten().copied().collect();
         for kind in ModelKind::all() {
             let mut term = ModelTerm::new(kind, 0.1, Evaluator::new(p, &noise));
-            let mut out = LaneCoefficients::new(2);
-            term.eval_lanes(&xs, points.len(), &mut out);
+            let mut out = LaneCoefficients::new();
+            let live = std::array::from_fn(|l| l < points.len());
+            term.eval_lanes(&rows_of(&xs, 2), &live, &mut out);
             for (l, x) in points.iter().enumerate() {
                 let mut one = ModelTerm::new(kind, 0.1, Evaluator::new(p, &noise));
                 match (one.eval(x), out.failure[l].take()) {
                     (Ok((drift, factor)), None) => {
-                        assert_close(
-                            &out.drift[2 * l..2 * l + 2],
-                            drift,
-                            &format!("{kind} drift"),
-                        );
+                        assert_close(&out.drift_at(l, 2), drift, &format!("{kind} drift"));
                         if let Some(f) = factor {
-                            assert_close(
-                                &out.factor[4 * l..4 * l + 4],
-                                f,
-                                &format!("{kind} factor"),
-                            );
+                            assert_close(&out.factor_at(l, 2), f, &format!("{kind} factor"));
                         }
                     }
                     (Err(Failure::Fatal(a)), Some(Failure::Fatal(b))) => {

@@ -1,7 +1,8 @@
-//! Sine and cosine of a block of lanes at once, in arithmetic the compiler vectorises:
-//! the libm call per lane cost as much as the rest of a batched tape evaluation.
+//! Sine and cosine, and the models' `ℓ(p) = log(p)/(p − 1)`, of a block of lanes at
+//! once, in arithmetic the compiler vectorises: the libm call per lane cost as much as
+//! the rest of a batched evaluation.
 //!
-//! The method is fdlibm's: `x = n·π/2 + r` with `n` the nearest integer to `x·2/π`
+//! **Sine and cosine.** The method is fdlibm's: `x = n·π/2 + r` with `n` the nearest integer to `x·2/π`
 //! and `r ∈ [−π/4, π/4]` from a three-part Cody–Waite reduction (the first two parts
 //! have 33 significant bits, so `n` times them is exact while |n| < 2²⁰), then the
 //! minimax polynomials of fdlibm's `__kernel_sin` / `__kernel_cos` on `r`, and the
@@ -9,10 +10,20 @@
 //! points): within 1.5 ulps of the larger of the result and 2⁻⁵³ (worst seen 1.04).
 //! Arguments with |x| > [`REDUCED`] (or not finite) go to libm, lane by lane.
 //!
-//! Only +, −, × and comparisons are used (no fused multiply-add, no `round`, which
-//! baseline x86-64 lacks in vector form: rounding to an integer is the add-and-subtract
-//! of 1.5·2⁵²), so every lane gets the same bits whatever the vector width, the
-//! instruction set or the lane's position in the block.
+//! **ℓ** ([`ell`]). The logarithm is fdlibm's (as musl has it): `p = 2ᵏ m` with
+//! `m ∈ [√2/2, √2)` read off the bits, `f = m − 1` (exact), `s = f/(2 + f)` and
+//! `log m = f − f²/2 + s (f²/2 + R(s²))` with fdlibm's minimax `R`. For `k = 0` (`p`
+//! within a factor √2 of 1, where `q = p − 1 = f` exactly) the quotient by `q` is
+//! taken inside: `ℓ = 1 − f/2 + (f²/2 + R)/(2 + f)`, a sum of small corrections to 1
+//! with no cancellation and no division by a small `q`; otherwise
+//! `ℓ = (k ln 2 + log m)/q`. Against [`crate::models::ell`] (the tests, on 10⁶
+//! points from 10⁻³⁰⁰ to 10³⁰⁰ and near 1): within 2 ulps. Zero, subnormal, infinite,
+//! negative and NaN arguments go to `models::ell`, lane by lane.
+//!
+//! Only +, −, ×, ÷, comparisons and bit operations are used (no fused multiply-add, no
+//! `round`, which baseline x86-64 lacks in vector form: rounding to an integer is the
+//! add-and-subtract of 1.5·2⁵²), so every lane gets the same bits whatever the vector
+//! width, the instruction set or the lane's position in the block.
 
 /// Largest |x| reduced here: |n| ≤ 10⁵·2/π < 2²⁰ keeps `n·P1` and `n·P2` exact.
 pub(crate) const REDUCED: f64 = 100000.0;
@@ -83,6 +94,62 @@ pub(crate) fn sin_cos<const L: usize>(x: &[f64; L], s: &mut [f64; L], c: &mut [f
     for l in 0..L {
         if x[l].abs() > REDUCED || x[l].is_nan() {
             (s[l], c[l]) = x[l].sin_cos();
+        }
+    }
+}
+
+/// fdlibm's `log` coefficients (`Lg1 … Lg7`) and ln 2 in two parts.
+const LG1: f64 = 0.6666666666666735;
+const LG2: f64 = 0.3999999999940942;
+const LG3: f64 = 0.2857142874366239;
+const LG4: f64 = 0.22222198432149784;
+const LG5: f64 = 0.1818357216161805;
+const LG6: f64 = 0.15313837699209373;
+const LG7: f64 = 0.14798198605116586;
+const LN2_HI: f64 = 0.6931471803691238;
+const LN2_LO: f64 = 1.9082149292705877e-10;
+
+/// The bits of √2/2 with the low word cleared (fdlibm's `0x3fe6a09e`).
+const SQRT_HALF_BITS: u64 = 0x3fe6_a09e_0000_0000;
+/// 2⁵², whose bits or-ed with a small integer `e` give `2⁵² + e` exactly.
+const TWO_52: f64 = 4_503_599_627_370_496.0;
+
+/// `ℓ(p)` for a positive normal finite `p`, branch-free.
+#[inline(always)]
+fn ell_normal(p: f64) -> f64 {
+    // p = 2ᵏ m, m ∈ [√2/2, √2): shifting the bits by 1 − √2/2's exponent-and-fraction
+    // carries into the exponent exactly when m would reach √2.
+    let hx = p
+        .to_bits()
+        .wrapping_add(0x3ff0_0000_0000_0000 - SQRT_HALF_BITS);
+    let e = hx >> 52; // k + 1023
+    let k = f64::from_bits(TWO_52.to_bits() | e) - (TWO_52 + 1023.0);
+    let m = f64::from_bits((hx & 0x000f_ffff_ffff_ffff) + SQRT_HALF_BITS);
+    let f = m - 1.0;
+    let u = 1.0 / (2.0 + f);
+    let s = f * u;
+    let z = s * s;
+    let w = z * z;
+    let t1 = w * (LG2 + w * (LG4 + w * LG6));
+    let t2 = z * (LG1 + w * (LG3 + w * (LG5 + w * LG7)));
+    let r = t2 + t1;
+    let hfsq = 0.5 * f * f;
+    // k = 0: log(p)/f with the quotient taken inside (s/f = u).
+    let near = (1.0 - 0.5 * f) + (hfsq + r) * u;
+    let log = s * (hfsq + r) + k * LN2_LO - hfsq + f + k * LN2_HI;
+    let far = log / (p - 1.0);
+    if k == 0.0 { near } else { far }
+}
+
+/// [`crate::models::ell`] of `p[l]` into `out[l]` for every lane `l`.
+#[inline(always)]
+pub(crate) fn ell<const L: usize>(p: &[f64; L], out: &mut [f64; L]) {
+    for l in 0..L {
+        out[l] = ell_normal(p[l]);
+    }
+    for l in 0..L {
+        if !(p[l] >= f64::MIN_POSITIVE && p[l] < f64::INFINITY) {
+            out[l] = crate::models::ell(p[l]);
         }
     }
 }
@@ -173,6 +240,75 @@ mod tests {
                 assert_eq!(c1[l].to_bits(), c2[l].to_bits(), "cos {:e}", x[l]);
             }
         }
+    }
+
+    /// ℓ within 2 ulps of `models::ell` from 1e−300 to 1e300, densely near 1 (where
+    /// `models::ell` switches to its series) and across the reduction's boundary at
+    /// √2/2 and √2; the special arguments exactly as `models::ell`.
+    #[test]
+    fn ell_agrees_with_the_models() {
+        let mut u = 0x9e37_79b9_7f4a_7c15u64;
+        let mut uniform = move || {
+            u = u.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            (u >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let mut points: Vec<f64> = (0..400_000)
+            .map(|_| 10f64.powf(600.0 * uniform() - 300.0))
+            .collect();
+        points
+            .extend((0..400_000).map(|_| 1.0 + (uniform() - 0.5) * 10f64.powf(-16.0 * uniform())));
+        points.extend((0..200_000).map(|_| 0.2 + 1.8 * uniform()));
+        for c in [
+            std::f64::consts::FRAC_1_SQRT_2,
+            std::f64::consts::SQRT_2,
+            1.0,
+            0.5,
+            2.0,
+        ] {
+            let mut x = c;
+            for _ in 0..50 {
+                points.extend([x, c + (c - x)]);
+                x = x.next_up();
+            }
+        }
+        points.extend([
+            0.0,
+            -0.0,
+            5e-324,
+            1e-310,
+            f64::MIN_POSITIVE,
+            f64::MAX,
+            f64::INFINITY,
+            -1.0,
+            f64::NAN,
+            1.0 + 1e-4,
+            1.0 - 1e-4,
+        ]);
+        let mut worst = 0.0f64;
+        for chunk in points.chunks(64) {
+            let mut p = [1.0; 64];
+            p[..chunk.len()].copy_from_slice(chunk);
+            let (mut a, mut b) = ([0.0; 64], [0.0; 64]);
+            ell(&p, &mut a);
+            with_avx!(ell(&p, &mut b));
+            for l in 0..chunk.len() {
+                let want = crate::models::ell(p[l]);
+                assert_eq!(a[l].to_bits(), b[l].to_bits(), "AVX bits at {:e}", p[l]);
+                if !want.is_finite() || want == 0.0 || p[l].is_nan() || p[l] < f64::MIN_POSITIVE {
+                    assert_eq!(a[l].to_bits(), want.to_bits(), "ℓ({:e})", p[l]);
+                    continue;
+                }
+                let ulps = (a[l] - want).abs() / (f64::EPSILON * want.abs());
+                worst = worst.max(ulps);
+                assert!(
+                    ulps <= 2.0,
+                    "ℓ({:e}) = {} vs {want}: {ulps} ulps",
+                    p[l],
+                    a[l]
+                );
+            }
+        }
+        assert!(worst > 0.0, "a vacuous comparison");
     }
 
     /// Signs of zero, and non-finite arguments as libm has them.
