@@ -614,16 +614,8 @@ impl ModelTerm<'_> {
         if let Some(order) = series {
             let root_eta = eta.sqrt();
             let [dr0, dr1, ..] = &mut out.drift;
-            for l in 0..LANES {
-                let (mut d0, mut d1) = (-g0[l], -g1[l]);
-                if order == 1 {
-                    let (a, b, c) = (row(3)[l], row(4)[l], row(5)[l]);
-                    d0 += -0.5 * (eta * (a * g0[l] + b * g1[l]));
-                    d1 += -0.5 * (eta * (b * g0[l] + c * g1[l]));
-                }
-                (dr0[l], dr1[l]) = (d0, d1);
-                self.slow[l] |= !(d0.is_finite() && d1.is_finite());
-            }
+            let h = (order == 1).then(|| [row(3), row(4), row(5)]);
+            with_avx!(series_drift(eta, [g0, g1], h, [dr0, dr1], &mut self.slow));
             // A lane without noise keeps no factor: `out.noisy` says which.
             let [f00, f01, f10, f11, ..] = &mut out.factor;
             for l in 0..LANES {
@@ -657,7 +649,7 @@ impl ModelTerm<'_> {
             // Out of the domain, ηλ ≥ 1, exactly when p = 1 − ηλ ≤ 0: 1 − y is exact for
             // y ∈ [1/2, 2] and keeps its sign elsewhere.
             for l in 0..LANES {
-                self.slow[l] |= !(p0_[l] > 0.0 && p1_[l] > 0.0);
+                self.slow[l] |= !((p0_[l] > 0.0) & (p1_[l] > 0.0));
             }
             with_avx!(ell_lanes(p0_, e0_));
             with_avx!(ell_lanes(p1_, e1_));
@@ -686,9 +678,9 @@ impl ModelTerm<'_> {
                 p0_,
             ));
             for l in 0..LANES {
-                let drift_finite = d0_[l].is_finite() && d1_[l].is_finite();
+                let drift_finite = d0_[l] * 0.0 + d1_[l] * 0.0 == 0.0;
                 // A lane without noise keeps no factor: `out.noisy` says which.
-                self.slow[l] |= !drift_finite || (out.noisy[l] && p0_[l] == 0.0);
+                self.slow[l] |= !drift_finite | (out.noisy[l] & (p0_[l] == 0.0));
             }
         } else {
             for l in 0..LANES {
@@ -812,6 +804,34 @@ fn drift_and_g_hat(
             None => (w0 * w1).sqrt(),
         };
         (k00_[l], k01_[l], k11_[l]) = (eta * h00 * w0, eta * h01 * w, eta * h11 * w1);
+    }
+}
+
+/// Each lane's SME drift, `−g` (`h` not given: SME-1) or `−g − (η/2) H g` (`h` the
+/// Hessian's entries 00, 01, 11: SME-2), into `out`; a lane whose drift is not finite
+/// is flagged in `slow`.
+#[inline(always)]
+fn series_drift(
+    eta: f64,
+    g: [&Row; 2],
+    h: Option<[&Row; 3]>,
+    out: [&mut Row; 2],
+    slow: &mut [bool; LANES],
+) {
+    let [g0, g1] = g;
+    let [dr0, dr1] = out;
+    for l in 0..LANES {
+        (dr0[l], dr1[l]) = (-g0[l], -g1[l]);
+    }
+    if let Some([ha, hb, hc]) = h {
+        for l in 0..LANES {
+            let (a, b, c) = (ha[l], hb[l], hc[l]);
+            dr0[l] += -0.5 * (eta * (a * g0[l] + b * g1[l]));
+            dr1[l] += -0.5 * (eta * (b * g0[l] + c * g1[l]));
+        }
+    }
+    for l in 0..LANES {
+        slow[l] |= !(dr0[l] * 0.0 + dr1[l] * 0.0 == 0.0);
     }
 }
 
