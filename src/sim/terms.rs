@@ -615,7 +615,7 @@ impl ModelTerm<'_> {
             let root_eta = eta.sqrt();
             let [dr0, dr1, ..] = &mut out.drift;
             let h = (order == 1).then(|| [row(3), row(4), row(5)]);
-            with_avx!(series_drift(eta, [g0, g1], h, [dr0, dr1], &mut self.slow));
+            series_drift(eta, [g0, g1], h, [dr0, dr1], &mut self.slow);
             // A lane without noise keeps no factor: `out.noisy` says which.
             let [f00, f01, f10, f11, ..] = &mut out.factor;
             for l in 0..LANES {
@@ -645,38 +645,34 @@ impl ModelTerm<'_> {
                 d0_,
                 d1_,
             ] = &mut self.tmp;
-            with_avx!(rotations(n, eta, [ha, hb, hc], [cs_, sn_, p0_, p1_]));
+            rotations(n, eta, [ha, hb, hc], [cs_, sn_, p0_, p1_]);
             // Out of the domain, ηλ ≥ 1, exactly when p = 1 − ηλ ≤ 0: 1 − y is exact for
             // y ∈ [1/2, 2] and keeps its sign elsewhere.
             for l in 0..LANES {
                 self.slow[l] |= !((p0_[l] > 0.0) & (p1_[l] > 0.0));
             }
-            with_avx!(ell_lanes(p0_, e0_));
-            with_avx!(ell_lanes(p1_, e1_));
+            ell_lanes(p0_, e0_);
+            ell_lanes(p1_, e1_);
             if exact {
                 for l in 0..LANES {
                     k00_[l] = p0_[l] * p1_[l];
                 }
-                with_avx!(ell_lanes(k00_, e01_));
+                ell_lanes(k00_, e01_);
             }
             let w01 = if exact { Some(&*e01_) } else { None };
-            with_avx!(drift_and_g_hat(
+            drift_and_g_hat(
                 n,
                 eta,
                 [cs_, sn_, p0_, p1_, e0_, e1_, g0, g1],
                 &self.cov,
                 w01,
                 [d0_, d1_, k00_, k01_, k11_],
-            ));
+            );
             out.drift[0] = *d0_;
             out.drift[1] = *d1_;
             // `fine` per lane into `p0_` (1 or 0), no longer needed.
             let [f00, f01, f10, f11, ..] = &mut out.factor;
-            with_avx!(factor_of_g_hat(
-                [cs_, sn_, k00_, k01_, k11_],
-                [f00, f01, f10, f11],
-                p0_,
-            ));
+            factor_of_g_hat([cs_, sn_, k00_, k01_, k11_], [f00, f01, f10, f11], p0_);
             for l in 0..LANES {
                 let drift_finite = d0_[l] * 0.0 + d1_[l] * 0.0 == 0.0;
                 // A lane without noise keeps no factor: `out.noisy` says which.
@@ -737,140 +733,148 @@ pub(crate) fn clearly_covariance(kind: NoiseKind, nl: &LaneTape, l: usize) -> Op
 // Two passes of `ModelTerm::two_by_two` over a block, as functions of their own: their
 // reference parameters cannot alias, which the compiler is told, so it vectorises the
 // loops without run-time overlap checks (with a dozen arrays in play it gives up on
-// those checks, and the loops stay scalar). Run through `with_avx!`.
+// those checks, and the loops stay scalar). Defined through `multiversion!`.
 
-/// The eigendecomposition of each lane's `H = [[a, b], [b, c]]`: the rotation
-/// `(cs, sn)` of `linalg::sym_eigen` at d = 2 and `pᵢ = 1 − ηλᵢ`.
-#[inline(always)]
-fn rotations(n: usize, eta: f64, h: [&[f64; LANES]; 3], out: [&mut [f64; LANES]; 4]) {
-    let n = n.min(LANES);
-    let [ha, hb, hc] = h;
-    let [cs_, sn_, p0_, p1_] = out;
-    for l in 0..n {
-        let (a, b, c) = (ha[l], hb[l], hc[l]);
-        let (h, g) = (c - a, 100.0 * b.abs());
-        let theta = 0.5 * h / b;
-        let t_theta = 1.0 / (theta.abs() + (1.0 + theta * theta).sqrt());
-        let t_theta = if theta < 0.0 { -t_theta } else { t_theta };
-        // Every candidate computed, then chosen: selects, not branches.
-        let t_tiny = b / h;
-        let t = if b == 0.0 {
-            0.0
-        } else if h.abs() + g == h.abs() {
-            t_tiny
-        } else {
-            t_theta
-        };
-        // t = 0 gives cs = 1, sn = 0 exactly.
-        let cs = 1.0 / (1.0 + t * t).sqrt();
-        let sn = t * cs;
-        let (l0, l1) = (a - t * b, c + t * b);
-        (cs_[l], sn_[l]) = (cs, sn);
-        (p0_[l], p1_[l]) = (1.0 - eta * l0, 1.0 - eta * l1);
-    }
-}
-
-/// Each lane's HA-SME drift `−Σᵢ ℓ(pᵢ)(eᵢ·g)eᵢ` and `Ĝ = η (UᵀΣU) ∘ W` (entries 00, 01,
-/// 11), from the rotation, `pᵢ`, `ℓ(pᵢ)`, ∇f and Σ (entries 00, 01, 11); `W₀₁` is
-/// `ℓ(p₀p₁)` when given (`hasme-exact`), else `√(W₀₀W₁₁)` (`hasme`).
-#[inline(always)]
-fn drift_and_g_hat(
-    n: usize,
-    eta: f64,
-    at: [&[f64; LANES]; 8],
-    cov: &[[f64; LANES]; 3],
-    w01: Option<&[f64; LANES]>,
-    out: [&mut [f64; LANES]; 5],
-) {
-    let n = n.min(LANES);
-    let [cs_, sn_, p0_, p1_, e0_, e1_, g0, g1] = at;
-    let [d0_, d1_, k00_, k01_, k11_] = out;
-    for l in 0..n {
-        let (cs, sn, p0, p1, e0, e1) = (cs_[l], sn_[l], p0_[l], p1_[l], e0_[l], e1_[l]);
-        // Components of g on the eigenvectors, weighted by −ℓ(pᵢ).
-        let q0 = -e0 * (cs * g0[l] - sn * g1[l]);
-        let q1 = -e1 * (sn * g0[l] + cs * g1[l]);
-        (d0_[l], d1_[l]) = (cs * q0 + sn * q1, cs * q1 - sn * q0);
-        // Σ̂ = UᵀΣU.
-        let (s00, s01, s11) = (cov[0][l], cov[1][l], cov[2][l]);
-        let (u0, u1) = (cs * s00 - sn * s01, cs * s01 - sn * s11); // Σ e₀
-        let (v0, v1) = (sn * s00 + cs * s01, sn * s01 + cs * s11); // Σ e₁
-        let h00 = cs * u0 - sn * u1;
-        let h01 = sn * u0 + cs * u1;
-        let h11 = sn * v0 + cs * v1;
-        let (w0, w1) = (ell_square(e0, p0), ell_square(e1, p1));
-        let w = match w01 {
-            Some(e01) => e01[l],
-            None => (w0 * w1).sqrt(),
-        };
-        (k00_[l], k01_[l], k11_[l]) = (eta * h00 * w0, eta * h01 * w, eta * h11 * w1);
-    }
-}
-
-/// Each lane's SME drift, `−g` (`h` not given: SME-1) or `−g − (η/2) H g` (`h` the
-/// Hessian's entries 00, 01, 11: SME-2), into `out`; a lane whose drift is not finite
-/// is flagged in `slow`.
-#[inline(always)]
-fn series_drift(
-    eta: f64,
-    g: [&Row; 2],
-    h: Option<[&Row; 3]>,
-    out: [&mut Row; 2],
-    slow: &mut [bool; LANES],
-) {
-    let [g0, g1] = g;
-    let [dr0, dr1] = out;
-    for l in 0..LANES {
-        (dr0[l], dr1[l]) = (-g0[l], -g1[l]);
-    }
-    if let Some([ha, hb, hc]) = h {
-        for l in 0..LANES {
+multiversion! {
+    /// The eigendecomposition of each lane's `H = [[a, b], [b, c]]`: the rotation
+    /// `(cs, sn)` of `linalg::sym_eigen` at d = 2 and `pᵢ = 1 − ηλᵢ`.
+    fn rotations(n: usize, eta: f64, h: [&[f64; LANES]; 3], out: [&mut [f64; LANES]; 4]) {
+        let n = n.min(LANES);
+        let [ha, hb, hc] = h;
+        let [cs_, sn_, p0_, p1_] = out;
+        for l in 0..n {
             let (a, b, c) = (ha[l], hb[l], hc[l]);
-            dr0[l] += -0.5 * (eta * (a * g0[l] + b * g1[l]));
-            dr1[l] += -0.5 * (eta * (b * g0[l] + c * g1[l]));
+            let (h, g) = (c - a, 100.0 * b.abs());
+            let theta = 0.5 * h / b;
+            let t_theta = 1.0 / (theta.abs() + (1.0 + theta * theta).sqrt());
+            let t_theta = if theta < 0.0 { -t_theta } else { t_theta };
+            // Every candidate computed, then chosen: selects, not branches.
+            let t_tiny = b / h;
+            let t = if b == 0.0 {
+                0.0
+            } else if h.abs() + g == h.abs() {
+                t_tiny
+            } else {
+                t_theta
+            };
+            // t = 0 gives cs = 1, sn = 0 exactly.
+            let cs = 1.0 / (1.0 + t * t).sqrt();
+            let sn = t * cs;
+            let (l0, l1) = (a - t * b, c + t * b);
+            (cs_[l], sn_[l]) = (cs, sn);
+            (p0_[l], p1_[l]) = (1.0 - eta * l0, 1.0 - eta * l1);
         }
     }
-    for l in 0..LANES {
-        slow[l] |= !(dr0[l] * 0.0 + dr1[l] * 0.0 == 0.0);
-    }
+    baseline rotations_base
 }
 
-/// Each lane's factor `σ = U √Ĝ Uᵀ` from the rotation and `Ĝ` (entries 00, 01, 11), √Ĝ
-/// by Cayley–Hamilton: `√Ĝ = (Ĝ + √det I)/√(tr + 2√det)`. `fine[l]` is 1 when the lane's
-/// result stands, 0 when it goes to the general code: `Ĝ`'s scale outside
-/// `(1e−100, 1e100)` (where the squares below could overflow or underflow; `hypot`'s
-/// care would cost as much as the rest), its smallest eigenvalue at or below the
-/// round-off floor (there `min·max > 1e−212` also keeps `√(min·max)` accurate), or a
-/// factor that is not finite.
-#[inline(always)]
-fn factor_of_g_hat(at: [&[f64; LANES]; 5], out: [&mut [f64; LANES]; 4], fine: &mut [f64; LANES]) {
-    let [cs_, sn_, k00_, k01_, k11_] = at;
-    let [f00_, f01_, f10_, f11_] = out;
-    for l in 0..LANES {
-        let (cs, sn) = (cs_[l], sn_[l]);
-        let (k00, k01, k11) = (k00_[l], k01_[l], k11_[l]);
-        let half_tr = 0.5 * (k00 + k11);
-        let half_diff = 0.5 * (k00 - k11);
-        let half_gap = (half_diff * half_diff + k01 * k01).sqrt();
-        let scale = half_tr.abs().max(half_gap);
-        let (min, max) = (half_tr - half_gap, half_tr + half_gap);
-        let clearly_definite = min > PSD_TOLERANCE * min.abs().max(max.abs());
-        let root_det = (min * max).sqrt();
-        let norm = 1.0 / (k00 + k11 + 2.0 * root_det).sqrt();
-        let (r00, r01, r11) = ((k00 + root_det) * norm, k01 * norm, (k11 + root_det) * norm);
-        let (cc, ss, cssn) = (cs * cs, sn * sn, cs * sn);
-        let f00 = r00 * cc + 2.0 * r01 * cssn + r11 * ss;
-        let f01 = (r11 - r00) * cssn + r01 * (cc - ss);
-        let f11 = r00 * ss - 2.0 * r01 * cssn + r11 * cc;
-        (f00_[l], f01_[l], f10_[l], f11_[l]) = (f00, f01, f01, f11);
-        let ok = (scale > 1e-100)
-            & (scale < 1e100)
-            & clearly_definite
-            & f00.is_finite()
-            & f01.is_finite()
-            & f11.is_finite();
-        fine[l] = if ok { 1.0 } else { 0.0 };
+multiversion! {
+    /// Each lane's HA-SME drift `−Σᵢ ℓ(pᵢ)(eᵢ·g)eᵢ` and `Ĝ = η (UᵀΣU) ∘ W` (entries 00, 01,
+    /// 11), from the rotation, `pᵢ`, `ℓ(pᵢ)`, ∇f and Σ (entries 00, 01, 11); `W₀₁` is
+    /// `ℓ(p₀p₁)` when given (`hasme-exact`), else `√(W₀₀W₁₁)` (`hasme`).
+    fn drift_and_g_hat(
+        n: usize,
+        eta: f64,
+        at: [&[f64; LANES]; 8],
+        cov: &[[f64; LANES]; 3],
+        w01: Option<&[f64; LANES]>,
+        out: [&mut [f64; LANES]; 5],
+    ) {
+        let n = n.min(LANES);
+        let [cs_, sn_, p0_, p1_, e0_, e1_, g0, g1] = at;
+        let [d0_, d1_, k00_, k01_, k11_] = out;
+        for l in 0..n {
+            let (cs, sn, p0, p1, e0, e1) = (cs_[l], sn_[l], p0_[l], p1_[l], e0_[l], e1_[l]);
+            // Components of g on the eigenvectors, weighted by −ℓ(pᵢ).
+            let q0 = -e0 * (cs * g0[l] - sn * g1[l]);
+            let q1 = -e1 * (sn * g0[l] + cs * g1[l]);
+            (d0_[l], d1_[l]) = (cs * q0 + sn * q1, cs * q1 - sn * q0);
+            // Σ̂ = UᵀΣU.
+            let (s00, s01, s11) = (cov[0][l], cov[1][l], cov[2][l]);
+            let (u0, u1) = (cs * s00 - sn * s01, cs * s01 - sn * s11); // Σ e₀
+            let (v0, v1) = (sn * s00 + cs * s01, sn * s01 + cs * s11); // Σ e₁
+            let h00 = cs * u0 - sn * u1;
+            let h01 = sn * u0 + cs * u1;
+            let h11 = sn * v0 + cs * v1;
+            let (w0, w1) = (ell_square(e0, p0), ell_square(e1, p1));
+            let w = match w01 {
+                Some(e01) => e01[l],
+                None => (w0 * w1).sqrt(),
+            };
+            (k00_[l], k01_[l], k11_[l]) = (eta * h00 * w0, eta * h01 * w, eta * h11 * w1);
+        }
     }
+    baseline drift_and_g_hat_base
+}
+
+multiversion! {
+    /// Each lane's SME drift, `−g` (`h` not given: SME-1) or `−g − (η/2) H g` (`h` the
+    /// Hessian's entries 00, 01, 11: SME-2), into `out`; a lane whose drift is not finite
+    /// is flagged in `slow`.
+    fn series_drift(
+        eta: f64,
+        g: [&Row; 2],
+        h: Option<[&Row; 3]>,
+        out: [&mut Row; 2],
+        slow: &mut [bool; LANES],
+    ) {
+        let [g0, g1] = g;
+        let [dr0, dr1] = out;
+        for l in 0..LANES {
+            (dr0[l], dr1[l]) = (-g0[l], -g1[l]);
+        }
+        if let Some([ha, hb, hc]) = h {
+            for l in 0..LANES {
+                let (a, b, c) = (ha[l], hb[l], hc[l]);
+                dr0[l] += -0.5 * (eta * (a * g0[l] + b * g1[l]));
+                dr1[l] += -0.5 * (eta * (b * g0[l] + c * g1[l]));
+            }
+        }
+        for l in 0..LANES {
+            slow[l] |= !(dr0[l] * 0.0 + dr1[l] * 0.0 == 0.0);
+        }
+    }
+    baseline series_drift_base
+}
+
+multiversion! {
+    /// Each lane's factor `σ = U √Ĝ Uᵀ` from the rotation and `Ĝ` (entries 00, 01, 11), √Ĝ
+    /// by Cayley–Hamilton: `√Ĝ = (Ĝ + √det I)/√(tr + 2√det)`. `fine[l]` is 1 when the lane's
+    /// result stands, 0 when it goes to the general code: `Ĝ`'s scale outside
+    /// `(1e−100, 1e100)` (where the squares below could overflow or underflow; `hypot`'s
+    /// care would cost as much as the rest), its smallest eigenvalue at or below the
+    /// round-off floor (there `min·max > 1e−212` also keeps `√(min·max)` accurate), or a
+    /// factor that is not finite.
+    fn factor_of_g_hat(at: [&[f64; LANES]; 5], out: [&mut [f64; LANES]; 4], fine: &mut [f64; LANES]) {
+        let [cs_, sn_, k00_, k01_, k11_] = at;
+        let [f00_, f01_, f10_, f11_] = out;
+        for l in 0..LANES {
+            let (cs, sn) = (cs_[l], sn_[l]);
+            let (k00, k01, k11) = (k00_[l], k01_[l], k11_[l]);
+            let half_tr = 0.5 * (k00 + k11);
+            let half_diff = 0.5 * (k00 - k11);
+            let half_gap = (half_diff * half_diff + k01 * k01).sqrt();
+            let scale = half_tr.abs().max(half_gap);
+            let (min, max) = (half_tr - half_gap, half_tr + half_gap);
+            let clearly_definite = min > PSD_TOLERANCE * min.abs().max(max.abs());
+            let root_det = (min * max).sqrt();
+            let norm = 1.0 / (k00 + k11 + 2.0 * root_det).sqrt();
+            let (r00, r01, r11) = ((k00 + root_det) * norm, k01 * norm, (k11 + root_det) * norm);
+            let (cc, ss, cssn) = (cs * cs, sn * sn, cs * sn);
+            let f00 = r00 * cc + 2.0 * r01 * cssn + r11 * ss;
+            let f01 = (r11 - r00) * cssn + r01 * (cc - ss);
+            let f11 = r00 * ss - 2.0 * r01 * cssn + r11 * cc;
+            (f00_[l], f01_[l], f10_[l], f11_[l]) = (f00, f01, f01, f11);
+            let ok = (scale > 1e-100)
+                & (scale < 1e100)
+                & clearly_definite
+                & f00.is_finite()
+                & f01.is_finite()
+                & f11.is_finite();
+            fine[l] = if ok { 1.0 } else { 0.0 };
+        }
+    }
+    baseline factor_of_g_hat_base
 }
 
 impl Term for ModelTerm<'_> {
@@ -1354,11 +1358,11 @@ mod tests {
         let [a0, a1, a2, a3] = &mut a[..] else {
             unreachable!()
         };
-        rotations(LANES, 0.3, [&ha, &hb, &hc], [a0, a1, a2, a3]);
+        rotations_base(LANES, 0.3, [&ha, &hb, &hc], [a0, a1, a2, a3]);
         let [b0, b1, b2, b3] = &mut b[..] else {
             unreachable!()
         };
-        with_avx!(rotations(LANES, 0.3, [&ha, &hb, &hc], [b0, b1, b2, b3]));
+        rotations(LANES, 0.3, [&ha, &hb, &hc], [b0, b1, b2, b3]);
         let bits =
             |v: &[[f64; LANES]]| -> Vec<u64> { v.iter().flatten().map(|x| x.to_bits()).collect() };
         assert_eq!(bits(&a), bits(&b));
@@ -1374,18 +1378,11 @@ mod tests {
             let [c0, c1, c2, c3, c4] = &mut c[..] else {
                 unreachable!()
             };
-            drift_and_g_hat(LANES, 0.3, at, &cov, w01, [c0, c1, c2, c3, c4]);
+            drift_and_g_hat_base(LANES, 0.3, at, &cov, w01, [c0, c1, c2, c3, c4]);
             let [d0, d1, d2, d3, d4] = &mut d[..] else {
                 unreachable!()
             };
-            with_avx!(drift_and_g_hat(
-                LANES,
-                0.3,
-                at,
-                &cov,
-                w01,
-                [d0, d1, d2, d3, d4]
-            ));
+            drift_and_g_hat(LANES, 0.3, at, &cov, w01, [d0, d1, d2, d3, d4]);
             assert_eq!(bits(&c), bits(&d));
         }
     }

@@ -85,17 +85,28 @@ fn sin_cos_reduced(x: f64) -> (f64, f64) {
     (s, c)
 }
 
-/// `sin` and `cos` of `x[l]` into `s[l]`, `c[l]` for every lane `l`.
-#[inline(always)]
-pub(crate) fn sin_cos<const L: usize>(x: &[f64; L], s: &mut [f64; L], c: &mut [f64; L]) {
-    for l in 0..L {
-        (s[l], c[l]) = sin_cos_reduced(x[l]);
-    }
-    for l in 0..L {
-        if x[l].abs() > REDUCED || x[l].is_nan() {
-            (s[l], c[l]) = x[l].sin_cos();
+multiversion! {
+    /// `sin` and `cos` of `x[l]` into `s[l]`, `c[l]` for every lane `l`.
+    pub(crate) fn sin_cos<const L: usize>(x: &[f64; L], s: &mut [f64; L], c: &mut [f64; L]) {
+        for l in 0..L {
+            (s[l], c[l]) = sin_cos_reduced(x[l]);
+        }
+        // The lanes past the reduction's range, counted across lanes first (a
+        // comparison per lane, vectorised) and fixed one by one only if any.
+        let far = |v: f64| v.abs() > REDUCED || v.is_nan();
+        let mut count = 0u64;
+        for v in x {
+            count += u64::from(far(*v));
+        }
+        if count > 0 {
+            for l in 0..L {
+                if far(x[l]) {
+                    (s[l], c[l]) = x[l].sin_cos();
+                }
+            }
         }
     }
+    baseline sin_cos_base
 }
 
 /// fdlibm's `log` coefficients (`Lg1 … Lg7`) and ln 2 in two parts.
@@ -141,17 +152,28 @@ fn ell_normal(p: f64) -> f64 {
     if k == 0.0 { near } else { far }
 }
 
-/// [`crate::models::ell`] of `p[l]` into `out[l]` for every lane `l`.
-#[inline(always)]
-pub(crate) fn ell<const L: usize>(p: &[f64; L], out: &mut [f64; L]) {
-    for l in 0..L {
-        out[l] = ell_normal(p[l]);
-    }
-    for l in 0..L {
-        if !(p[l] >= f64::MIN_POSITIVE && p[l] < f64::INFINITY) {
-            out[l] = crate::models::ell(p[l]);
+multiversion! {
+    /// [`crate::models::ell`] of `p[l]` into `out[l]` for every lane `l`.
+    pub(crate) fn ell<const L: usize>(p: &[f64; L], out: &mut [f64; L]) {
+        for l in 0..L {
+            out[l] = ell_normal(p[l]);
+        }
+        // Lanes outside the positive normal numbers, counted across lanes first and
+        // fixed one by one only if any.
+        let special = |v: f64| !(f64::MIN_POSITIVE..f64::INFINITY).contains(&v);
+        let mut count = 0u64;
+        for v in p {
+            count += u64::from(special(*v));
+        }
+        if count > 0 {
+            for l in 0..L {
+                if special(p[l]) {
+                    out[l] = crate::models::ell(p[l]);
+                }
+            }
         }
     }
+    baseline ell_base
 }
 
 #[cfg(test)]
@@ -233,8 +255,8 @@ mod tests {
                 *v = (i * 0.7548776662466927).sin() * 10f64.powi(k % 7 - 2);
             }
             let (mut s1, mut c1, mut s2, mut c2) = ([0.0; 64], [0.0; 64], [0.0; 64], [0.0; 64]);
-            sin_cos(&x, &mut s1, &mut c1);
-            with_avx!(sin_cos(&x, &mut s2, &mut c2));
+            sin_cos_base(&x, &mut s1, &mut c1);
+            sin_cos(&x, &mut s2, &mut c2);
             for l in 0..64 {
                 assert_eq!(s1[l].to_bits(), s2[l].to_bits(), "sin {:e}", x[l]);
                 assert_eq!(c1[l].to_bits(), c2[l].to_bits(), "cos {:e}", x[l]);
@@ -289,8 +311,8 @@ mod tests {
             let mut p = [1.0; 64];
             p[..chunk.len()].copy_from_slice(chunk);
             let (mut a, mut b) = ([0.0; 64], [0.0; 64]);
-            ell(&p, &mut a);
-            with_avx!(ell(&p, &mut b));
+            ell_base(&p, &mut a);
+            ell(&p, &mut b);
             for l in 0..chunk.len() {
                 let want = crate::models::ell(p[l]);
                 assert_eq!(a[l].to_bits(), b[l].to_bits(), "AVX bits at {:e}", p[l]);
