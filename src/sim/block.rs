@@ -49,9 +49,6 @@ pub(super) struct Block {
     failed: Vec<Option<Failure>>,
     /// The last copy's state at the start of the step (`d` rows).
     starts: Vec<Row>,
-    /// ΔW of the current move (`d` rows) and the Euler increment of one coordinate.
-    dws: Vec<Row>,
-    delta: Row,
     /// ∇f over the block for SGD's steps, and Σ(x)'s entries when they depend on the
     /// state (d = 2, where the batched entries can be checked in closed form).
     sgd_gradient: LaneTape,
@@ -86,8 +83,6 @@ impl Block {
             running: [false; LANES],
             failed: (0..LANES).map(|_| None).collect(),
             starts: vec![[0.0; LANES]; d],
-            dws: vec![[0.0; LANES]; d],
-            delta: [0.0; LANES],
             sgd_gradient,
             sgd_noise,
             sgd_slow: Vec::with_capacity(LANES),
@@ -308,58 +303,27 @@ impl<S: Scheme + Copy> Worker<'_, S> {
                         }
                     }
                 }
-                // ΔW, then the same expression as `schemes::euler`, so the same bits.
-                let e = |j: usize| (sub * per_substep + j) * d;
-                match mv.increments {
-                    [e1] => b.dws.copy_from_slice(&b.increments[e(*e1)..e(*e1) + d]),
-                    [e1, e2] => {
-                        for c in 0..d {
-                            let (w1, w2) = (&b.increments[e(*e1) + c], &b.increments[e(*e2) + c]);
-                            for l in 0..LANES {
-                                b.dws[c][l] = w1[l] + w2[l];
-                            }
-                        }
-                    }
-                    _ => unreachable!("a move reads one or two increments"),
-                }
                 // Every lane moves: one that is not running is either not read again
                 // (it diverged this step, reported from `starts`; or it stopped
                 // earlier, or holds no path) or a lane that failed this step.
-                let hh = mv.fraction * h;
+                let e = |j: usize| (sub * per_substep + j) * d;
+                let (w1, w2) = match mv.increments {
+                    [e1] => (&b.increments[e(*e1)..e(*e1) + d], None),
+                    [e1, e2] => (
+                        &b.increments[e(*e1)..e(*e1) + d],
+                        Some(&b.increments[e(*e2)..e(*e2) + d]),
+                    ),
+                    _ => unreachable!("a move reads one or two increments"),
+                };
                 let out = &b.out;
                 let noisy = |on: bool| (0..LANES).any(|l| b.running[l] && out.noisy[l] == on);
-                let (some_noisy, some_quiet) = (noisy(true), noisy(false));
-                for i in 0..d {
-                    let (drift, delta) = (&out.drift[i], &mut b.delta);
-                    for l in 0..LANES {
-                        delta[l] = drift[l] * hh;
-                    }
-                    let x = &mut b.states[copy + i];
-                    if !some_noisy {
-                        for l in 0..LANES {
-                            x[l] += delta[l];
-                        }
-                        continue;
-                    }
-                    for (f, w) in out.factor[i * d..(i + 1) * d].iter().zip(&b.dws) {
-                        for l in 0..LANES {
-                            delta[l] += f[l] * w[l];
-                        }
-                    }
-                    if some_quiet {
-                        for l in 0..LANES {
-                            x[l] += if out.noisy[l] {
-                                delta[l]
-                            } else {
-                                drift[l] * hh
-                            };
-                        }
-                    } else {
-                        for l in 0..LANES {
-                            x[l] += delta[l];
-                        }
-                    }
-                }
+                let noise = match (noisy(true), noisy(false)) {
+                    (false, _) => Noise::None,
+                    (true, false) => Noise::All,
+                    (true, true) => Noise::Some,
+                };
+                let x = &mut b.states[copy..copy + d];
+                euler_lanes(x, out, [w1, w2.unwrap_or(&[])], mv.fraction * h, noise);
                 if !b.running.contains(&true) {
                     break 'substeps;
                 }
@@ -392,4 +356,58 @@ impl<S: Scheme + Copy> Worker<'_, S> {
         }
         Ok(())
     }
+}
+
+/// Which lanes of a block evaluation have a diffusion ([`LaneCoefficients::noisy`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Noise {
+    None,
+    All,
+    Some,
+}
+
+multiversion! {
+    /// One Euler–Maruyama move of every lane: `x ← x + b h + σ ΔW`, with ΔW the
+    /// increment rows `w[0]`, plus `w[1]` when not empty; a lane without diffusion
+    /// moves by `b h` (`noise` says whether all, none or some lanes have one). The
+    /// expression is that of `schemes::euler`, so the same bits.
+    fn euler_lanes(x: &mut [Row], out: &LaneCoefficients, w: [&[Row]; 2], h: f64, noise: Noise) {
+        let d = x.len();
+        let [w1, w2] = w;
+        let mut dw = [[0.0; LANES]; LANES_MAX_DIM];
+        if noise != Noise::None {
+            for c in 0..d {
+                dw[c] = w1[c];
+                if let Some(w2) = w2.get(c) {
+                    for l in 0..LANES {
+                        dw[c][l] += w2[l];
+                    }
+                }
+            }
+        }
+        for (i, x) in x.iter_mut().enumerate() {
+            let drift = &out.drift[i];
+            let mut delta = [0.0; LANES];
+            for l in 0..LANES {
+                delta[l] = drift[l] * h;
+            }
+            if noise != Noise::None {
+                for (f, w) in out.factor[i * d..(i + 1) * d].iter().zip(&dw) {
+                    for l in 0..LANES {
+                        delta[l] += f[l] * w[l];
+                    }
+                }
+            }
+            if noise == Noise::Some {
+                for l in 0..LANES {
+                    x[l] += if out.noisy[l] { delta[l] } else { drift[l] * h };
+                }
+            } else {
+                for l in 0..LANES {
+                    x[l] += delta[l];
+                }
+            }
+        }
+    }
+    baseline euler_lanes_base
 }

@@ -308,7 +308,7 @@ pub(crate) struct ModelTerm<'p> {
     sqrt: [[f64; LANES]; 3],
     slow: [bool; LANES],
     /// Per-lane intermediate results of the d = 2 closed forms.
-    tmp: [[f64; LANES]; 12],
+    tmp: [[f64; LANES]; 10],
 }
 
 /// A model's formulas and their scratch buffers.
@@ -391,7 +391,7 @@ impl<'p> ModelTerm<'p> {
         } else {
             batched_noise(ev.problem, ev.noise)
         };
-        ModelTerm {
+        let mut term = ModelTerm {
             lanes: LaneTape::new(ev.problem.objective_tape(), order),
             noise_lanes,
             ev,
@@ -415,8 +415,20 @@ impl<'p> ModelTerm<'p> {
             cov: [[0.0; LANES]; 3],
             sqrt: [[0.0; LANES]; 3],
             slow: [false; LANES],
-            tmp: [[0.0; LANES]; 12],
+            tmp: [[0.0; LANES]; 10],
+        };
+        // A constant Σ (and √Σ) as rows, once: the d = 2 closed forms read them.
+        if let NoiseSource::Constant { cov, sqrt } = term.ev.noise
+            && d == 2
+        {
+            term.cov = [
+                [cov[0]; LANES],
+                [0.5 * cov[1] + 0.5 * cov[2]; LANES],
+                [cov[3]; LANES],
+            ];
+            term.sqrt = [[sqrt[0]; LANES], [sqrt[1]; LANES], [sqrt[3]; LANES]];
         }
+        term
     }
 
     /// Whether [`ModelTerm::eval_lanes`] is available (d ≤ 4, a single-output tape).
@@ -581,7 +593,7 @@ impl ModelTerm<'_> {
                 _ => return false,
             },
         };
-        let (needs_noise, one_term) = self.noise_needs(2);
+        let (needs_noise, _) = self.noise_needs(2);
         let lanes = self.lanes.as_ref().expect("a batched term");
         lanes.all_finite(&mut self.slow);
         let (x0, x1) = (&xs[0], &xs[1]);
@@ -595,17 +607,8 @@ impl ModelTerm<'_> {
         match self.ev.noise {
             _ if !needs_noise => {}
             NoiseSource::Zero => {}
-            NoiseSource::Constant { cov, sqrt } => {
-                out.noisy = self.slow.map(|s| !s);
-                self.cov[0] = [cov[0]; LANES];
-                self.cov[1] = [0.5 * cov[1] + 0.5 * cov[2]; LANES];
-                self.cov[2] = [cov[3]; LANES];
-                if one_term {
-                    self.sqrt[0] = [sqrt[0]; LANES];
-                    self.sqrt[1] = [sqrt[1]; LANES];
-                    self.sqrt[2] = [sqrt[3]; LANES];
-                }
-            }
+            // Its rows were filled when the term was built (`ModelTerm::new`).
+            NoiseSource::Constant { .. } => out.noisy = self.slow.map(|s| !s),
             NoiseSource::State => self.state_noise_lanes(xs, live, out),
         }
         let lanes = self.lanes.as_ref().expect("a batched term");
@@ -631,20 +634,7 @@ impl ModelTerm<'_> {
             // failing lane computes is discarded (it goes to the general code).
             let exact = kind == ModelKind::HasmeExact;
             let (ha, hb, hc) = (row(3), row(4), row(5));
-            let [
-                cs_,
-                sn_,
-                p0_,
-                p1_,
-                e0_,
-                e1_,
-                e01_,
-                k00_,
-                k01_,
-                k11_,
-                d0_,
-                d1_,
-            ] = &mut self.tmp;
+            let [cs_, sn_, p0_, p1_, e0_, e1_, e01_, k00_, k01_, k11_] = &mut self.tmp;
             rotations(n, eta, [ha, hb, hc], [cs_, sn_, p0_, p1_]);
             // Out of the domain, ηλ ≥ 1, exactly when p = 1 − ηλ ≤ 0: 1 − y is exact for
             // y ∈ [1/2, 2] and keeps its sign elsewhere.
@@ -660,21 +650,21 @@ impl ModelTerm<'_> {
                 ell_lanes(k00_, e01_);
             }
             let w01 = if exact { Some(&*e01_) } else { None };
+            let [dr0, dr1, ..] = &mut out.drift;
             drift_and_g_hat(
                 n,
                 eta,
                 [cs_, sn_, p0_, p1_, e0_, e1_, g0, g1],
                 &self.cov,
                 w01,
-                [d0_, d1_, k00_, k01_, k11_],
+                [dr0, dr1, k00_, k01_, k11_],
             );
-            out.drift[0] = *d0_;
-            out.drift[1] = *d1_;
             // `fine` per lane into `p0_` (1 or 0), no longer needed.
             let [f00, f01, f10, f11, ..] = &mut out.factor;
             factor_of_g_hat([cs_, sn_, k00_, k01_, k11_], [f00, f01, f10, f11], p0_);
+            let [dr0, dr1, ..] = &out.drift;
             for l in 0..LANES {
-                let drift_finite = d0_[l] * 0.0 + d1_[l] * 0.0 == 0.0;
+                let drift_finite = dr0[l] * 0.0 + dr1[l] * 0.0 == 0.0;
                 // A lane without noise keeps no factor: `out.noisy` says which.
                 self.slow[l] |= !drift_finite | (out.noisy[l] & (p0_[l] == 0.0));
             }
