@@ -411,3 +411,63 @@ multiversion! {
     }
     baseline euler_lanes_base
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A block's Euler move gives, lane by lane, the bits of `schemes::euler`'s
+    /// expression (`x + (b h + Σ_c σ_ic ΔW_c)` with `ΔW = w₁ + w₂`, or `x + b h` for a
+    /// lane without diffusion), with and without AVX.
+    #[test]
+    fn euler_lanes_is_the_scalar_move_lane_by_lane() {
+        let v = |k: usize, l: usize| ((k * LANES + l) as f64 * 0.618_033_988_7).sin() * 1.7;
+        for d in 1..=LANES_MAX_DIM {
+            let mut out = LaneCoefficients::new();
+            for (i, row) in out.drift.iter_mut().enumerate() {
+                *row = std::array::from_fn(|l| v(i, l));
+            }
+            for (r, row) in out.factor.iter_mut().enumerate() {
+                *row = std::array::from_fn(|l| v(10 + r, l));
+            }
+            out.noisy = std::array::from_fn(|l| l % 5 != 2);
+            let x0: Vec<Row> = (0..d)
+                .map(|i| std::array::from_fn(|l| v(40 + i, l)))
+                .collect();
+            let w1: Vec<Row> = (0..d)
+                .map(|i| std::array::from_fn(|l| v(50 + i, l)))
+                .collect();
+            let w2: Vec<Row> = (0..d)
+                .map(|i| std::array::from_fn(|l| v(60 + i, l)))
+                .collect();
+            let h = 0.037;
+            for (w, noise) in [
+                ([&w1[..], &w2[..]], Noise::Some),
+                ([&w1[..], &[][..]], Noise::Some),
+                ([&w1[..], &w2[..]], Noise::None),
+            ] {
+                let (mut a, mut b) = (x0.clone(), x0.clone());
+                euler_lanes(&mut a, &out, w, h, noise);
+                euler_lanes_base(&mut b, &out, w, h, noise);
+                for l in 0..LANES {
+                    let quiet = noise == Noise::None || !out.noisy[l];
+                    for i in 0..d {
+                        let mut s = out.drift[i][l] * h;
+                        if !quiet {
+                            for c in 0..d {
+                                let dw = match w[1].get(c) {
+                                    Some(w2) => w[0][c][l] + w2[l],
+                                    None => w[0][c][l],
+                                };
+                                s += out.factor[i * d + c][l] * dw;
+                            }
+                        }
+                        let want = x0[i][l] + s;
+                        assert_eq!(a[i][l].to_bits(), want.to_bits(), "d = {d}, lane {l}");
+                        assert_eq!(b[i][l].to_bits(), want.to_bits(), "d = {d}, lane {l}");
+                    }
+                }
+            }
+        }
+    }
+}

@@ -780,6 +780,75 @@ mod tests {
         );
     }
 
+    /// Entries that are zero by structure are exact zeros, never computed: at x = 0
+    /// the square root's derivative is NaN (num-dual's rule, as in the scalar tape), and
+    /// the full chain rule would spread it into `∂²/∂y²` of `sqrt(x)` as `NaN·0`; here
+    /// `∂²f/∂y²` of `sqrt(x)·y + y² + 3xy` is read from `y²` alone. The masks follow
+    /// the rules: a variable has its own gradient entry only, `x·y` no diagonal
+    /// Hessian entries.
+    #[test]
+    fn structural_zeros_are_exact_and_not_computed() {
+        let p = Problem::from_str("var x, y\nminimize sqrt(x)*y + y^2 + 3*x*y").unwrap();
+        let mut lt = LaneTape::new(p.objective_tape(), Order::Hessian).unwrap();
+        lt.eval(&rows_of(&[0.0, 2.0, 4.0, 1.0], 2));
+        // Lane 0: f = 4, ∂f/∂x not finite.
+        assert_eq!(lt.row(0)[0], 4.0);
+        assert!(!lt.row(1)[0].is_finite());
+        assert!(!lt.finite(0) && lt.finite(1));
+        let mut h = [0.0; 4];
+        lt.hessian(1, &mut h);
+        // At (4, 1): ∂²f/∂x² = −y/(4 x^{3/2}) = −1/32, ∂²f/∂x∂y = 1/(2√x) + 3, ∂²f/∂y² = 2.
+        let want = [-1.0 / 32.0, 3.25, 3.25, 2.0];
+        for (a, b) in h.iter().zip(want) {
+            assert!((a - b).abs() < 1e-15, "{h:?}");
+        }
+        lt.hessian(0, &mut h);
+        assert_eq!(h[3], 2.0, "∂²f/∂y² at x = 0 reads y² only");
+        let x = p
+            .objective_tape()
+            .ops()
+            .iter()
+            .position(|o| matches!(o, Op::Var(0)))
+            .unwrap();
+        let y = p
+            .objective_tape()
+            .ops()
+            .iter()
+            .position(|o| matches!(o, Op::Var(1)))
+            .unwrap();
+        assert_eq!(lt.mask[x], 0b11);
+        assert_eq!(lt.mask[y], 0b101);
+        let xy = p
+            .objective_tape()
+            .ops()
+            .iter()
+            .position(|o| matches!(*o, Op::Mul(a, b) if (a as usize, b as usize) == (x, y)));
+        if let Some(k) = xy {
+            // value, both gradient entries, ∂²/∂x∂y only (rows 0, 1, 2, 4).
+            assert_eq!(lt.mask[k], 0b10111);
+        }
+    }
+
+    /// `finite_rows` flags a lane exactly when a marked row is not finite there, the
+    /// same with and without AVX; unmarked rows are not read.
+    #[test]
+    fn finite_rows_reads_the_marked_rows() {
+        let mut rows = vec![[1.0; LANES]; 3];
+        rows[0][3] = f64::INFINITY;
+        rows[1][5] = f64::NAN;
+        rows[1][6] = f64::NEG_INFINITY;
+        rows[2][7] = f64::NAN; // row 2 unmarked below
+        rows[0][8] = f64::MAX;
+        rows[1][9] = -0.0;
+        let (mut a, mut b) = ([false; LANES], [false; LANES]);
+        finite_rows(&rows, 0b011, &mut a);
+        finite_rows_base(&rows, 0b011, &mut b);
+        assert_eq!(a, b);
+        for (l, ok) in a.iter().enumerate() {
+            assert_eq!(*ok, ![3, 5, 6].contains(&l), "lane {l}");
+        }
+    }
+
     #[test]
     fn only_small_single_output_tapes_are_batched() {
         let p = Problem::from_str("var w[5] = 0\nminimize sum(i = 1..5, w[i]^2)").unwrap();
