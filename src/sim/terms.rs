@@ -581,7 +581,6 @@ impl ModelTerm<'_> {
     fn two_by_two(&mut self, xs: &[Row], live: &[bool; LANES], out: &mut LaneCoefficients) -> bool {
         // Every lane is computed (branch-free loops of fixed length, which the compiler
         // vectorises); `live` lanes only are flagged slow, and read.
-        let n = LANES;
         let kind = self.coeffs.kind;
         let eta = self.coeffs.eta;
         let spectral = matches!(kind, ModelKind::Hasme | ModelKind::HasmeExact);
@@ -635,7 +634,7 @@ impl ModelTerm<'_> {
             let exact = kind == ModelKind::HasmeExact;
             let (ha, hb, hc) = (row(3), row(4), row(5));
             let [cs_, sn_, p0_, p1_, e0_, e1_, e01_, k00_, k01_, k11_] = &mut self.tmp;
-            rotations(n, eta, [ha, hb, hc], [cs_, sn_, p0_, p1_]);
+            rotations(eta, [ha, hb, hc], [cs_, sn_, p0_, p1_]);
             // Out of the domain, ηλ ≥ 1, exactly when p = 1 − ηλ ≤ 0: 1 − y is exact for
             // y ∈ [1/2, 2] and keeps its sign elsewhere.
             for l in 0..LANES {
@@ -652,7 +651,6 @@ impl ModelTerm<'_> {
             let w01 = if exact { Some(&*e01_) } else { None };
             let [dr0, dr1, ..] = &mut out.drift;
             drift_and_g_hat(
-                n,
                 eta,
                 [cs_, sn_, p0_, p1_, e0_, e1_, g0, g1],
                 &self.cov,
@@ -728,11 +726,10 @@ pub(crate) fn clearly_covariance(kind: NoiseKind, nl: &LaneTape, l: usize) -> Op
 multiversion! {
     /// The eigendecomposition of each lane's `H = [[a, b], [b, c]]`: the rotation
     /// `(cs, sn)` of `linalg::sym_eigen` at d = 2 and `pᵢ = 1 − ηλᵢ`.
-    fn rotations(n: usize, eta: f64, h: [&[f64; LANES]; 3], out: [&mut [f64; LANES]; 4]) {
-        let n = n.min(LANES);
+    fn rotations(eta: f64, h: [&[f64; LANES]; 3], out: [&mut [f64; LANES]; 4]) {
         let [ha, hb, hc] = h;
         let [cs_, sn_, p0_, p1_] = out;
-        for l in 0..n {
+        for l in 0..LANES {
             let (a, b, c) = (ha[l], hb[l], hc[l]);
             let (h, g) = (c - a, 100.0 * b.abs());
             let theta = 0.5 * h / b;
@@ -763,17 +760,15 @@ multiversion! {
     /// 11), from the rotation, `pᵢ`, `ℓ(pᵢ)`, ∇f and Σ (entries 00, 01, 11); `W₀₁` is
     /// `ℓ(p₀p₁)` when given (`hasme-exact`), else `√(W₀₀W₁₁)` (`hasme`).
     fn drift_and_g_hat(
-        n: usize,
         eta: f64,
         at: [&[f64; LANES]; 8],
         cov: &[[f64; LANES]; 3],
         w01: Option<&[f64; LANES]>,
         out: [&mut [f64; LANES]; 5],
     ) {
-        let n = n.min(LANES);
         let [cs_, sn_, p0_, p1_, e0_, e1_, g0, g1] = at;
         let [d0_, d1_, k00_, k01_, k11_] = out;
-        for l in 0..n {
+        for l in 0..LANES {
             let (cs, sn, p0, p1, e0, e1) = (cs_[l], sn_[l], p0_[l], p1_[l], e0_[l], e1_[l]);
             // Components of g on the eigenvectors, weighted by −ℓ(pᵢ).
             let q0 = -e0 * (cs * g0[l] - sn * g1[l]);
@@ -1348,11 +1343,11 @@ mod tests {
         let [a0, a1, a2, a3] = &mut a[..] else {
             unreachable!()
         };
-        rotations_base(LANES, 0.3, [&ha, &hb, &hc], [a0, a1, a2, a3]);
+        rotations_base(0.3, [&ha, &hb, &hc], [a0, a1, a2, a3]);
         let [b0, b1, b2, b3] = &mut b[..] else {
             unreachable!()
         };
-        rotations(LANES, 0.3, [&ha, &hb, &hc], [b0, b1, b2, b3]);
+        rotations(0.3, [&ha, &hb, &hc], [b0, b1, b2, b3]);
         let bits =
             |v: &[[f64; LANES]]| -> Vec<u64> { v.iter().flatten().map(|x| x.to_bits()).collect() };
         assert_eq!(bits(&a), bits(&b));
@@ -1368,11 +1363,11 @@ mod tests {
             let [c0, c1, c2, c3, c4] = &mut c[..] else {
                 unreachable!()
             };
-            drift_and_g_hat_base(LANES, 0.3, at, &cov, w01, [c0, c1, c2, c3, c4]);
+            drift_and_g_hat_base(0.3, at, &cov, w01, [c0, c1, c2, c3, c4]);
             let [d0, d1, d2, d3, d4] = &mut d[..] else {
                 unreachable!()
             };
-            drift_and_g_hat(LANES, 0.3, at, &cov, w01, [d0, d1, d2, d3, d4]);
+            drift_and_g_hat(0.3, at, &cov, w01, [d0, d1, d2, d3, d4]);
             assert_eq!(bits(&c), bits(&d));
         }
     }
