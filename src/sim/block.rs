@@ -39,7 +39,7 @@ pub(super) struct Block {
     /// The SDEs' Brownian increments of the current SGD step: coordinate `i` of the
     /// step's increment `e` in row `e · d + i`.
     increments: Vec<Row>,
-    /// SGD's points handed to a batched evaluation (`d` rows, compacted).
+    /// SGD's points handed to a batched evaluation (`d` rows, lane `l` the block's path `l`).
     xs: Vec<Row>,
     out: LaneCoefficients,
     /// Lanes stepping the current model, and those the current move evaluates.

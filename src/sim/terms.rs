@@ -516,23 +516,6 @@ impl<'p> ModelTerm<'p> {
 }
 
 impl ModelTerm<'_> {
-    /// The d = 2 closed forms over a block, in structure-of-arrays loops: `gf`, `sme1`,
-    /// `sme2`, `hasme`, `hasme-exact` (other models: `false`, nothing written). The
-    /// formulas are those of [`Coeffs::compute`] written out for a 2×2 `H = [[a, b],
-    /// [b, c]]` with eigenvectors `e₀ = (cs, −sn)`, `e₁ = (sn, cs)` (the rotation of
-    /// `linalg::sym_eigen`):
-    ///
-    /// ```text
-    /// drift = −Σᵢ ℓ(pᵢ) (eᵢ·g) eᵢ,   Γ = Σᵢⱼ Ĝᵢⱼ eᵢ eⱼᵀ,   Ĝᵢⱼ = η (eᵢᵀ Σ eⱼ) Wᵢⱼ,
-    /// ```
-    ///
-    /// `Wᵢⱼ = sᵢsⱼ`, `sᵢ² = ℓ(pᵢ²)` (`hasme`) or `Wᵢⱼ = ℓ(pᵢpⱼ)` (`hasme-exact`), and
-    /// `σ = (Γ + √det I)/√(tr + 2√det)` with the determinant and trace of `Ĝ` (the
-    /// same as Γ's). A lane that is not finite, leaves the domain (`ηλ_max ≥ 1`), or
-    /// whose Γ is not clearly positive definite (smallest eigenvalue at or below the
-    /// round-off floor, where the closed form does not apply) is marked in
-    /// `self.slow` and left to the general per-lane code, which reports or handles it
-    /// exactly as [`Term::eval`].
     /// A state-dependent Σ (and √Σ for the SME models) per lane of a d = 2 block, into
     /// `self.cov` and `self.sqrt`, for the lanes not already marked slow: the batched
     /// entries when they are plainly a covariance (the square root as one point at a
@@ -578,6 +561,23 @@ impl ModelTerm<'_> {
         }
     }
 
+    /// The d = 2 closed forms over a block, in structure-of-arrays loops: `gf`, `sme1`,
+    /// `sme2`, `hasme`, `hasme-exact` (other models: `false`, nothing written). The
+    /// formulas are those of [`Coeffs::compute`] written out for a 2×2 `H = [[a, b],
+    /// [b, c]]` with eigenvectors `e₀ = (cs, −sn)`, `e₁ = (sn, cs)` (the rotation of
+    /// `linalg::sym_eigen`):
+    ///
+    /// ```text
+    /// drift = −Σᵢ ℓ(pᵢ) (eᵢ·g) eᵢ,   Γ = Σᵢⱼ Ĝᵢⱼ eᵢ eⱼᵀ,   Ĝᵢⱼ = η (eᵢᵀ Σ eⱼ) Wᵢⱼ,
+    /// ```
+    ///
+    /// `Wᵢⱼ = sᵢsⱼ`, `sᵢ² = ℓ(pᵢ²)` (`hasme`) or `Wᵢⱼ = ℓ(pᵢpⱼ)` (`hasme-exact`), and
+    /// `σ = (Γ + √det I)/√(tr + 2√det)` with the determinant and trace of `Ĝ` (the
+    /// same as Γ's). A lane that is not finite, leaves the domain (`ηλ_max ≥ 1`), or
+    /// whose Γ is not clearly positive definite (smallest eigenvalue at or below the
+    /// round-off floor, where the closed form does not apply) is marked in
+    /// `self.slow` and left to the general per-lane code, which reports or handles it
+    /// exactly as [`Term::eval`].
     fn two_by_two(&mut self, xs: &[Row], live: &[bool; LANES], out: &mut LaneCoefficients) -> bool {
         // Every lane is computed (branch-free loops of fixed length, which the compiler
         // vectorises); `live` lanes only are flagged slow, and read.
