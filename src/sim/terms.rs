@@ -463,7 +463,11 @@ impl<'p> ModelTerm<'p> {
         let (needs_noise, one_term) = self.noise_needs(d);
         let lanes = self.lanes.as_mut().expect("a batched term");
         lanes.eval(xs);
-        let fast = d == 2 && self.two_by_two(xs, live, out);
+        let fast = match d {
+            1 => self.one_by_one(xs, live, out),
+            2 => self.two_by_two(xs, live, out),
+            _ => false,
+        };
         out.any_failure = false;
         if fast && !self.slow.contains(&true) {
             return;
@@ -559,6 +563,61 @@ impl ModelTerm<'_> {
                 self.sqrt[2][l] = sqrt[3];
             }
         }
+    }
+
+    /// The d = 1 closed forms over a block, for a constant Σ (or none): with `h = f''`,
+    /// `p = 1 − ηh`, the drift is `−g` (`gf`, `sme1`), `−g − (η/2) h g` (`sme2`) or
+    /// `−ℓ(p) g` (`hasme`, `hasme-exact`), and σ is `√η Σ^{1/2}` (SME) or
+    /// `√(η Σ ℓ(p²))` (both HA-SME models: `W₀₀ = ℓ(p²)` for each). A lane that is not
+    /// finite, leaves the domain (`p ≤ 0`) or whose Γ is not positive is marked in
+    /// `self.slow` for the general code; a state-dependent Σ, or another model, returns
+    /// `false` (all lanes to the general code).
+    fn one_by_one(&mut self, xs: &[Row], live: &[bool; LANES], out: &mut LaneCoefficients) -> bool {
+        let kind = self.coeffs.kind;
+        let model = match kind {
+            ModelKind::Gf => Scalar::Gf,
+            ModelKind::Hasme | ModelKind::HasmeExact => Scalar::Spectral,
+            k => match k.series_order() {
+                Some(0) => Scalar::Sme1,
+                Some(1) => Scalar::Sme2,
+                _ => return false,
+            },
+        };
+        let (needs_noise, _) = self.noise_needs(1);
+        let cov = match &self.ev.noise {
+            _ if !needs_noise => None,
+            NoiseSource::Zero => None,
+            NoiseSource::Constant { cov, sqrt } => Some((cov[0], sqrt[0])),
+            NoiseSource::State => return false,
+        };
+        let lanes = self.lanes.as_ref().expect("a batched term");
+        lanes.all_finite(&mut self.slow);
+        let x0 = &xs[0];
+        for (l, s) in self.slow.iter_mut().enumerate() {
+            *s = !(*s & (x0[l] * 0.0 == 0.0));
+        }
+        out.noisy = if cov.is_some() {
+            self.slow.map(|s| !s)
+        } else {
+            [false; LANES]
+        };
+        let (g, h) = (lanes.row(1), lanes.row(2));
+        let [drift, ..] = &mut out.drift;
+        let [factor, ..] = &mut out.factor;
+        let [p, e, ..] = &mut self.tmp;
+        scalar_coefficients(
+            model,
+            self.coeffs.eta,
+            cov,
+            [g, h],
+            [p, e],
+            [drift, factor],
+            &mut self.slow,
+        );
+        for (s, &live) in self.slow.iter_mut().zip(live) {
+            *s &= live;
+        }
+        true
     }
 
     /// The d = 2 closed forms over a block, in structure-of-arrays loops: `gf`, `sme1`,
@@ -679,6 +738,72 @@ impl ModelTerm<'_> {
         // `out.failure` is all `None` here: the caller takes every failure it is given.
         true
     }
+}
+
+/// A model's closed forms at d = 1 ([`ModelTerm::one_by_one`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Scalar {
+    Gf,
+    Sme1,
+    Sme2,
+    Spectral,
+}
+
+multiversion! {
+    /// [`ModelTerm::one_by_one`]'s arithmetic over a block: ∇f and f'' in `gh`, the
+    /// constant Σ and its square root in `cov`, `p` and `ℓ(p)` into `tmp`, drift and
+    /// factor into `out`; a lane whose results do not stand is flagged in `slow`.
+    fn scalar_coefficients(
+        model: Scalar,
+        eta: f64,
+        cov: Option<(f64, f64)>,
+        gh: [&Row; 2],
+        tmp: [&mut Row; 2],
+        out: [&mut Row; 2],
+        slow: &mut [bool; LANES],
+    ) {
+        let [g, h] = gh;
+        let [p, e] = tmp;
+        let [drift, factor] = out;
+        match model {
+            Scalar::Gf | Scalar::Sme1 => {
+                for l in 0..LANES {
+                    drift[l] = -g[l];
+                }
+            }
+            Scalar::Sme2 => {
+                for l in 0..LANES {
+                    drift[l] = -g[l] + -0.5 * (eta * (h[l] * g[l]));
+                }
+            }
+            Scalar::Spectral => {
+                for l in 0..LANES {
+                    p[l] = 1.0 - eta * h[l];
+                    // Out of the domain exactly when p ≤ 0 (as at d = 2).
+                    slow[l] |= p[l].is_nan() | (p[l] <= 0.0);
+                }
+                ell_lanes(p, e);
+                for l in 0..LANES {
+                    drift[l] = -e[l] * g[l];
+                }
+            }
+        }
+        for l in 0..LANES {
+            slow[l] |= !(drift[l] * 0.0 == 0.0);
+        }
+        let Some((cov, sqrt)) = cov else { return };
+        if model == Scalar::Spectral {
+            for l in 0..LANES {
+                let gamma = eta * cov * ell_square(e[l], p[l]);
+                factor[l] = gamma.sqrt();
+                slow[l] |= !(gamma > 0.0 && gamma < f64::INFINITY);
+            }
+        } else {
+            let root = eta.sqrt() * sqrt;
+            *factor = [root; LANES];
+        }
+    }
+    baseline scalar_coefficients_base
 }
 
 /// The entries of a state-dependent Σ(x) batched over lanes, where
@@ -1275,6 +1400,53 @@ mod tests {
         }
     }
 
+    proptest! {
+        /// At d = 1 the block's closed forms agree with `Model::coefficients` at every
+        /// lane, for every model, with a constant noise (closed forms), no noise, and a
+        /// state-dependent one (the general code), inside and outside HA-SME's domain
+        /// (`ηf'' ≥ 1` there: the same divergence as one point at a time).
+        #[test]
+        fn one_dimensional_blocks_agree_with_the_models(
+            a in 0.1f64..3.0,
+            b in -2.0f64..2.0,
+            sd in 0.05f64..1.0,
+            noise in 0usize..3,
+            points in prop::collection::vec(-3.0f64..3.0, 1..LANES),
+            eta in 0.01f64..0.6,
+        ) {
+            let noise_line = match noise {
+                0 => format!("noise sd {sd}"),
+                1 => String::new(),
+                _ => format!("noise sd {sd}*(1 + 0.1*x^2)"),
+            };
+            let p = Problem::from_str(&format!(
+                "var x = 0.3\nminimize 0.5*{a}*x^2 + {b}*cos(x)\n{noise_line}"
+            ))
+            .expect("a valid problem");
+            let source = NoiseSource::for_problem(&p, &p.start()).expect("Σ is valid");
+            let live = std::array::from_fn(|l| l < points.len());
+            for kind in ModelKind::all().into_iter().chain([ModelKind::Series(3)]) {
+                let mut term = ModelTerm::new(kind, eta, Evaluator::new(&p, &source));
+                let mut out = LaneCoefficients::new();
+                term.eval_lanes(&rows_of(&points, 1), &live, &mut out);
+                for (l, &x) in points.iter().enumerate() {
+                    let local = p.local(&[x]).expect("finite");
+                    match (kind.coefficients(&local, eta), out.failure[l].take()) {
+                        (Ok(c), None) => {
+                            assert_close(&out.drift_at(l, 1), c.drift.as_slice(), &format!("{kind} drift"));
+                            assert_close(&out.factor_at(l, 1), c.factor.as_slice(), &format!("{kind} factor"));
+                        }
+                        (Err(e), Some(Failure::Diverged(reason))) => {
+                            let head = |m: &str| m.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+                            prop_assert_eq!(head(&e.to_string()), head(&reason));
+                        }
+                        (c, o) => prop_assert!(false, "{kind} at {x}: models {c:?}, lanes {o:?}"),
+                    }
+                }
+            }
+        }
+    }
+
     /// Σ(x) batched over a block: lanes where it is a covariance, is not positive
     /// semidefinite (fatal), is not finite (a divergence), or is singular each get
     /// exactly what the point-at-a-time evaluation gives them.
@@ -1369,6 +1541,48 @@ mod tests {
             };
             drift_and_g_hat(0.3, at, &cov, w01, [d0, d1, d2, d3, d4]);
             assert_eq!(bits(&c), bits(&d));
+        }
+    }
+
+    /// The d = 1 pass gives the same bits with and without AVX, for every model.
+    #[test]
+    fn the_one_dimensional_pass_has_the_same_bits_with_and_without_avx() {
+        let row = |seed: f64| -> Row {
+            std::array::from_fn(|l| ((l as f64 + seed) * 0.754_877_666).sin() * 2.0)
+        };
+        let (g, h) = (row(0.1), row(0.2));
+        for model in [Scalar::Gf, Scalar::Sme1, Scalar::Sme2, Scalar::Spectral] {
+            let mut runs = Vec::new();
+            for avx in [true, false] {
+                let (mut p, mut e, mut d, mut f) =
+                    ([0.0; LANES], [0.0; LANES], [0.0; LANES], [0.0; LANES]);
+                let mut slow = [false; LANES];
+                let args = (model, 0.3, Some((0.4, 0.4f64.sqrt())));
+                if avx {
+                    scalar_coefficients(
+                        args.0,
+                        args.1,
+                        args.2,
+                        [&g, &h],
+                        [&mut p, &mut e],
+                        [&mut d, &mut f],
+                        &mut slow,
+                    );
+                } else {
+                    scalar_coefficients_base(
+                        args.0,
+                        args.1,
+                        args.2,
+                        [&g, &h],
+                        [&mut p, &mut e],
+                        [&mut d, &mut f],
+                        &mut slow,
+                    );
+                }
+                let bits: Vec<u64> = d.iter().chain(&f).map(|v| v.to_bits()).collect();
+                runs.push((bits, slow));
+            }
+            assert_eq!(runs[0], runs[1]);
         }
     }
 
