@@ -1317,6 +1317,38 @@ mod tests {
         }
     }
 
+    /// Lane `l` of a block evaluation against `Model::coefficients` at the same point:
+    /// the same drift and factor, or a divergence for the same reason.
+    fn lane_matches_the_model(
+        kind: ModelKind,
+        local: &Local,
+        eta: f64,
+        out: &mut LaneCoefficients,
+        l: usize,
+    ) -> Result<(), TestCaseError> {
+        let d = local.gradient.len();
+        match (kind.coefficients(local, eta), out.failure[l].take()) {
+            (Ok(c), None) => {
+                assert_close(
+                    &out.drift_at(l, d),
+                    c.drift.as_slice(),
+                    &format!("{kind} drift"),
+                );
+                assert_close(
+                    &out.factor_at(l, d),
+                    c.factor.as_slice(),
+                    &format!("{kind} factor"),
+                );
+            }
+            (Err(e), Some(Failure::Diverged(reason))) => {
+                let head = |m: &str| m.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+                prop_assert_eq!(head(&e.to_string()), head(&reason));
+            }
+            (c, o) => prop_assert!(false, "{kind} lane {l}: models {c:?}, lanes {o:?}"),
+        }
+        Ok(())
+    }
+
     proptest! {
         /// Drift and factor agree with `Model::coefficients` for every model, for
         /// constant and state-dependent noise, inside and outside the domains.
@@ -1384,17 +1416,7 @@ mod tests {
                 let mut check = vec![at, n - 1];
                 check.dedup();
                 for l in check {
-                    match (kind.coefficients(&local, eta), out.failure[l].take()) {
-                        (Ok(c), None) => {
-                            assert_close(&out.drift_at(l, 2), c.drift.as_slice(), &format!("{kind} drift"));
-                            assert_close(&out.factor_at(l, 2), c.factor.as_slice(), &format!("{kind} factor"));
-                        }
-                        (Err(e), Some(Failure::Diverged(reason))) => {
-                            let head = |m: &str| m.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
-                            prop_assert_eq!(head(&e.to_string()), head(&reason));
-                        }
-                        (c, o) => prop_assert!(false, "{kind} lane {l}: models {c:?}, lanes {o:?}"),
-                    }
+                    lane_matches_the_model(kind, &local, eta, &mut out, l)?;
                 }
             }
         }
@@ -1431,17 +1453,7 @@ mod tests {
                 term.eval_lanes(&rows_of(&points, 1), &live, &mut out);
                 for (l, &x) in points.iter().enumerate() {
                     let local = p.local(&[x]).expect("finite");
-                    match (kind.coefficients(&local, eta), out.failure[l].take()) {
-                        (Ok(c), None) => {
-                            assert_close(&out.drift_at(l, 1), c.drift.as_slice(), &format!("{kind} drift"));
-                            assert_close(&out.factor_at(l, 1), c.factor.as_slice(), &format!("{kind} factor"));
-                        }
-                        (Err(e), Some(Failure::Diverged(reason))) => {
-                            let head = |m: &str| m.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
-                            prop_assert_eq!(head(&e.to_string()), head(&reason));
-                        }
-                        (c, o) => prop_assert!(false, "{kind} at {x}: models {c:?}, lanes {o:?}"),
-                    }
+                    lane_matches_the_model(kind, &local, eta, &mut out, l)?;
                 }
             }
         }
