@@ -804,18 +804,11 @@ mod tests {
         }
         lt.hessian(0, &mut h);
         assert_eq!(h[3], 2.0, "∂²f/∂y² at x = 0 reads y² only");
-        let x = p
-            .objective_tape()
-            .ops()
-            .iter()
-            .position(|o| matches!(o, Op::Var(0)))
-            .unwrap();
-        let y = p
-            .objective_tape()
-            .ops()
-            .iter()
-            .position(|o| matches!(o, Op::Var(1)))
-            .unwrap();
+        let slot = |var: u32| {
+            let ops = p.objective_tape().ops();
+            ops.iter().position(|o| *o == Op::Var(var)).unwrap()
+        };
+        let (x, y) = (slot(0), slot(1));
         assert_eq!(lt.mask[x], 0b11);
         assert_eq!(lt.mask[y], 0b101);
         let xy = p

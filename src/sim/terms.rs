@@ -1563,34 +1563,25 @@ mod tests {
             std::array::from_fn(|l| ((l as f64 + seed) * 0.754_877_666).sin() * 2.0)
         };
         let (g, h) = (row(0.1), row(0.2));
+        type Pass = fn(
+            Scalar,
+            f64,
+            Option<(f64, f64)>,
+            [&Row; 2],
+            [&mut Row; 2],
+            [&mut Row; 2],
+            &mut [bool; LANES],
+        );
+        let passes: [Pass; 2] = [scalar_coefficients, scalar_coefficients_base];
         for model in [Scalar::Gf, Scalar::Sme1, Scalar::Sme2, Scalar::Spectral] {
             let mut runs = Vec::new();
-            for avx in [true, false] {
+            for pass in passes {
                 let (mut p, mut e, mut d, mut f) =
                     ([0.0; LANES], [0.0; LANES], [0.0; LANES], [0.0; LANES]);
                 let mut slow = [false; LANES];
-                let args = (model, 0.3, Some((0.4, 0.4f64.sqrt())));
-                if avx {
-                    scalar_coefficients(
-                        args.0,
-                        args.1,
-                        args.2,
-                        [&g, &h],
-                        [&mut p, &mut e],
-                        [&mut d, &mut f],
-                        &mut slow,
-                    );
-                } else {
-                    scalar_coefficients_base(
-                        args.0,
-                        args.1,
-                        args.2,
-                        [&g, &h],
-                        [&mut p, &mut e],
-                        [&mut d, &mut f],
-                        &mut slow,
-                    );
-                }
+                let cov = Some((0.4, 0.4f64.sqrt()));
+                let (tmp, out) = ([&mut p, &mut e], [&mut d, &mut f]);
+                pass(model, 0.3, cov, [&g, &h], tmp, out, &mut slow);
                 let bits: Vec<u64> = d.iter().chain(&f).map(|v| v.to_bits()).collect();
                 runs.push((bits, slow));
             }

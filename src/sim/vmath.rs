@@ -91,22 +91,34 @@ multiversion! {
         for l in 0..L {
             (s[l], c[l]) = sin_cos_reduced(x[l]);
         }
-        // The lanes past the reduction's range, counted across lanes first (a
-        // comparison per lane, vectorised) and fixed one by one only if any.
-        let far = |v: f64| v.abs() > REDUCED || v.is_nan();
-        let mut count = 0u64;
-        for v in x {
-            count += u64::from(far(*v));
-        }
-        if count > 0 {
-            for l in 0..L {
-                if far(x[l]) {
-                    (s[l], c[l]) = x[l].sin_cos();
-                }
+        // The lanes past the reduction's range go to libm.
+        patch_lanes(x, |v| v.abs() > REDUCED || v.is_nan(), |l| {
+            (s[l], c[l]) = x[l].sin_cos();
+        });
+    }
+    baseline sin_cos_base
+}
+
+/// Calls `fix(l)` for every lane whose argument is `special`, after counting them
+/// across lanes first (a comparison per lane, which vectorises): a block without
+/// special lanes pays no per-lane branch.
+#[inline(always)]
+fn patch_lanes<const L: usize>(
+    x: &[f64; L],
+    special: impl Fn(f64) -> bool,
+    mut fix: impl FnMut(usize),
+) {
+    let mut count = 0u64;
+    for v in x {
+        count += u64::from(special(*v));
+    }
+    if count > 0 {
+        for (l, v) in x.iter().enumerate() {
+            if special(*v) {
+                fix(l);
             }
         }
     }
-    baseline sin_cos_base
 }
 
 /// fdlibm's `log` coefficients (`Lg1 … Lg7`) and ln 2 in two parts.
@@ -158,20 +170,9 @@ multiversion! {
         for l in 0..L {
             out[l] = ell_normal(p[l]);
         }
-        // Lanes outside the positive normal numbers, counted across lanes first and
-        // fixed one by one only if any.
+        // Lanes outside the positive normal numbers go to `models::ell`.
         let special = |v: f64| !(f64::MIN_POSITIVE..f64::INFINITY).contains(&v);
-        let mut count = 0u64;
-        for v in p {
-            count += u64::from(special(*v));
-        }
-        if count > 0 {
-            for l in 0..L {
-                if special(p[l]) {
-                    out[l] = crate::models::ell(p[l]);
-                }
-            }
-        }
+        patch_lanes(p, special, |l| out[l] = crate::models::ell(p[l]));
     }
     baseline ell_base
 }
