@@ -72,7 +72,6 @@
 use std::fmt;
 
 use nalgebra::SymmetricEigen;
-use rayon::prelude::*;
 use serde_json::{Map, Value, json};
 
 use crate::lang::ast::StatementKind;
@@ -81,10 +80,9 @@ use crate::models::ModelKind;
 use crate::moments::Quadratic;
 use crate::plot::LinePlot;
 use crate::problem::{Overrides, Problem, ProblemError};
-use crate::sim::minibatch::MinibatchSgd;
-use crate::sim::terms::{Evaluator, ModelTerm, NoiseSource, sgd_step};
-use crate::sim::{BrownianPath, CHUNK_PATHS, Coupling, EulerMaruyama, MAX_STEPS, Scheme};
-use crate::sim::{Failure, MAX_SUBSTEPS};
+use crate::sim::engine::{self, Engine, EngineError, Observer, Settings, States};
+use crate::sim::terms::NoiseSource;
+use crate::sim::{CHUNK_PATHS, Coupling, EulerMaruyama, MAX_STEPS};
 use crate::stats::Welford;
 
 /// The two-sided 97.5 % standard normal quantile, for 95 % intervals.
@@ -167,9 +165,7 @@ impl EscapeConfig {
 
     fn check(&self) -> Result<(), EscapeError> {
         let bad = |m: String| Err(EscapeError::Config(m));
-        if !(self.eta.is_finite() && self.eta > 0.0) {
-            return bad(format!("η must be a finite number > 0, got {}", self.eta));
-        }
+        engine::check_eta(self.eta).map_err(EscapeError::Config)?;
         if self.max_steps == 0 || self.max_steps >= MAX_STEPS {
             return bad(format!(
                 "--max-steps must be between 1 and {}, got {}",
@@ -177,23 +173,10 @@ impl EscapeConfig {
                 self.max_steps
             ));
         }
-        if self.paths == 0 {
-            return bad("the number of paths must be at least 1".into());
-        }
-        if self.substeps == 0 || self.substeps > MAX_SUBSTEPS {
-            return bad(format!(
-                "the number of substeps must be between 1 and {MAX_SUBSTEPS}, got {}",
-                self.substeps
-            ));
-        }
-        if self.threads == 0 {
-            return bad("the number of threads must be at least 1".into());
-        }
-        for (i, m) in self.models.iter().enumerate() {
-            if self.models[..i].contains(m) {
-                return bad(format!("model `{m}` is listed twice"));
-            }
-        }
+        engine::check_paths(self.paths).map_err(EscapeError::Config)?;
+        engine::check_substeps(self.substeps).map_err(EscapeError::Config)?;
+        engine::check_threads(self.threads).map_err(EscapeError::Config)?;
+        engine::check_models(&self.models).map_err(EscapeError::Config)?;
         if let Region::Ball { radius, .. } = self.region
             && !(radius.is_finite() && radius > 0.0)
         {
@@ -662,11 +645,10 @@ struct Outcome {
     status: Status,
 }
 
-struct Plan<'p> {
-    problem: &'p Problem,
+/// What `escape` does with the paths: after every step, a process outside the region
+/// has escaped there and stops; one outcome per path and process.
+struct Watcher<'p> {
     config: &'p EscapeConfig,
-    noise: NoiseSource,
-    start: Vec<f64>,
     region: Compiled<'p>,
 }
 
@@ -687,183 +669,122 @@ pub struct FirstDivergence {
     pub reason: String,
 }
 
-struct Walker<'p> {
-    plan: &'p Plan<'p>,
-    brownian: BrownianPath,
-    sgd: Evaluator<'p>,
-    /// Real minibatch SGD, for finite sums.
-    minibatch: Option<MinibatchSgd>,
-    terms: Vec<ModelTerm<'p>>,
-    x: Vec<f64>,
-    states: Vec<Vec<f64>>,
-    tmp: Vec<f64>,
-    slots: Vec<f64>,
-}
-
-impl<'p> Walker<'p> {
-    fn new(plan: &'p Plan<'p>) -> Walker<'p> {
-        let c = plan.config;
-        let d = plan.problem.dim();
-        Walker {
-            plan,
-            brownian: BrownianPath::new(
-                c.seed,
-                d,
-                c.eta,
-                c.substeps * EulerMaruyama.increments_per_substep(),
-                c.coupling,
-            ),
-            sgd: Evaluator::new(plan.problem, &plan.noise),
-            minibatch: plan
-                .problem
-                .finite_sum()
-                .map(|fs| MinibatchSgd::new(fs, c.seed, d)),
-            terms: c
-                .models
-                .iter()
-                .map(|&k| ModelTerm::new(k, c.eta, Evaluator::new(plan.problem, &plan.noise)))
-                .collect(),
-            x: vec![0.0; d],
-            states: vec![vec![0.0; d]; c.models.len()],
-            tmp: vec![0.0; d],
-            slots: Vec::new(),
-        }
-    }
-
+impl Watcher<'_> {
     fn name(&self, p: usize) -> String {
         if p == 0 {
             "sgd".into()
         } else {
-            self.plan.config.models[p - 1].to_string()
+            self.config.models[p - 1].to_string()
         }
     }
+}
 
-    fn run_chunk(&mut self, chunk: u64) -> Result<ChunkOut, EscapeError> {
-        let c = self.plan.config;
-        let processes = c.models.len() + 1;
-        let first = chunk * CHUNK_PATHS;
-        let last = (first + CHUNK_PATHS).min(c.paths);
-        let mut out = ChunkOut {
-            outcomes: Vec::with_capacity((last - first) as usize * processes),
+impl Observer for Watcher<'_> {
+    /// Each process's outcome on the path, once it has one.
+    type Path = Vec<Option<Outcome>>;
+    type Chunk = ChunkOut;
+    /// The evaluation scratch of the file's region.
+    type Scratch = Vec<f64>;
+    type Error = EscapeError;
+
+    fn new_path(&self) -> Self::Path {
+        vec![None; self.config.models.len() + 1]
+    }
+
+    fn new_chunk(&self) -> ChunkOut {
+        let processes = self.config.models.len() + 1;
+        ChunkOut {
+            outcomes: Vec::with_capacity(CHUNK_PATHS as usize * processes),
             first: vec![None; processes],
-        };
-        for path in first..last {
-            self.run_path(path, &mut out)?;
         }
-        Ok(out)
     }
 
-    /// Checks process `p`'s new state after step `k`; `None` while it is inside.
-    fn check(
-        &mut self,
-        p: usize,
-        path: u64,
-        k: u64,
-        stepped: Result<(), Failure>,
-        out: &mut ChunkOut,
-    ) -> Result<Option<Outcome>, EscapeError> {
-        let state = if p == 0 { &self.x } else { &self.states[p - 1] };
-        let eta = self.plan.config.eta;
-        let reason = match stepped {
-            Ok(()) if state.iter().all(|v| v.is_finite()) => {
-                return match self.plan.region.outside(state, &mut self.slots) {
-                    Ok(true) => Ok(Some(Outcome {
-                        step: k + 1,
+    fn new_scratch(&self) -> Vec<f64> {
+        Vec::new()
+    }
+
+    fn start_path(&self, path: &mut Self::Path) {
+        path.fill(None);
+    }
+
+    /// After every step (the start point is inside: checked before the run).
+    fn looks_at(&self, step: u64) -> bool {
+        step > 0
+    }
+
+    fn look(
+        &self,
+        (path, step): (u64, u64),
+        states: States<'_>,
+        alive: &mut [bool],
+        result: &mut Self::Path,
+        _: &mut ChunkOut,
+        slots: &mut Vec<f64>,
+    ) -> Result<(), EscapeError> {
+        for p in 0..alive.len() {
+            if !alive[p] {
+                continue;
+            }
+            let state = if p == 0 {
+                states.sgd
+            } else {
+                &states.models[p - 1]
+            };
+            match self.region.outside(state, slots) {
+                Ok(true) => {
+                    alive[p] = false;
+                    result[p] = Some(Outcome {
+                        step,
                         status: Status::Escaped,
-                    })),
-                    Ok(false) => Ok(None),
-                    Err(e) => Err(EscapeError::Run {
+                    });
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    return Err(EscapeError::Run {
                         process: self.name(p),
                         path,
-                        step: k + 1,
-                        time: (k + 1) as f64 * eta,
+                        step,
+                        time: step as f64 * self.config.eta,
                         message: format!("the escape region cannot be evaluated: {e}"),
-                    }),
-                };
+                    });
+                }
             }
-            Ok(()) => format!("the {} state became non-finite", self.name(p)),
-            Err(Failure::Diverged(reason)) => reason,
-            Err(Failure::Fatal(e)) => {
-                return Err(EscapeError::Run {
-                    process: self.name(p),
-                    path,
-                    step: k,
-                    time: k as f64 * eta,
-                    message: e.to_string(),
-                });
-            }
-        };
-        if out.first[p].is_none() {
-            out.first[p] = Some(FirstDivergence {
-                path,
-                step: k,
-                reason,
-            });
         }
-        Ok(Some(Outcome {
-            step: k,
-            status: Status::Diverged,
-        }))
+        Ok(())
     }
 
-    fn run_path(&mut self, path: u64, out: &mut ChunkOut) -> Result<(), EscapeError> {
-        let plan = self.plan;
-        let c = plan.config;
-        let processes = c.models.len() + 1;
-        let h = c.eta / c.substeps as f64;
-        let d = self.x.len();
-        self.brownian.start_path(path);
-        self.x.copy_from_slice(&plan.start);
-        for s in &mut self.states {
-            s.copy_from_slice(&plan.start);
+    /// Censored at the last grid time seen inside; the chunk's first divergence is the
+    /// one on the smallest path.
+    fn diverged(
+        &self,
+        p: usize,
+        (path, step): (u64, u64),
+        _: &[f64],
+        reason: String,
+        result: &mut Self::Path,
+        out: &mut ChunkOut,
+    ) {
+        result[p] = Some(Outcome {
+            step,
+            status: Status::Diverged,
+        });
+        if out.first[p].as_ref().is_none_or(|f| path < f.path) {
+            out.first[p] = Some(FirstDivergence { path, step, reason });
         }
-        let mut result: Vec<Option<Outcome>> = vec![None; processes];
-        let mut open = processes;
-        for k in 0..c.max_steps {
-            if open == 0 {
-                break;
-            }
-            self.brownian.draw_step(k);
-            if result[0].is_none() {
-                let r = match &mut self.minibatch {
-                    Some(mb) => mb.step(plan.problem, c.eta, &mut self.x, (path, k)),
-                    None => sgd_step(
-                        &mut self.sgd,
-                        c.eta,
-                        &mut self.x,
-                        self.brownian.xi(),
-                        &mut self.tmp,
-                    ),
-                };
-                if let Some(o) = self.check(0, path, k, r, out)? {
-                    result[0] = Some(o);
-                    open -= 1;
-                }
-            }
-            for m in 0..self.terms.len() {
-                if result[m + 1].is_some() {
-                    continue;
-                }
-                let mut r = Ok(());
-                for dw in self.brownian.increments().chunks_exact(d) {
-                    r = EulerMaruyama.step(&mut self.terms[m], &mut self.states[m], h, dw);
-                    if r.is_err() {
-                        break;
-                    }
-                }
-                if let Some(o) = self.check(m + 1, path, k, r, out)? {
-                    result[m + 1] = Some(o);
-                    open -= 1;
-                }
-            }
-        }
-        out.outcomes.extend(result.into_iter().map(|o| {
+    }
+
+    fn non_finite(&self, p: usize) -> String {
+        format!("the {} state became non-finite", self.name(p))
+    }
+
+    /// A process still inside at the cap is censored there.
+    fn finish_path(&self, _: u64, _: &[bool], result: &mut Self::Path, out: &mut ChunkOut) {
+        out.outcomes.extend(result.iter().map(|o| {
             o.unwrap_or(Outcome {
-                step: c.max_steps,
+                step: self.config.max_steps,
                 status: Status::Censored,
             })
         }));
-        Ok(())
     }
 }
 
@@ -987,49 +908,53 @@ pub fn escape_with_progress(
         Compiled::Ball { centre, .. } => Some(centre.clone()),
         Compiled::When(_) | Compiled::File(_) => None,
     };
-    let plan = Plan {
+    let engine = Engine {
         problem,
-        config,
         noise,
         start: start.clone(),
-        region,
-    };
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(config.threads)
-        .build()
-        .map_err(|e| EscapeError::Threads {
+        settings: Settings {
+            eta: config.eta,
+            steps: config.max_steps,
+            paths: config.paths,
+            models: config.models.clone(),
+            substeps: config.substeps,
+            coupling: config.coupling,
+            seed: config.seed,
             threads: config.threads,
-            message: e.to_string(),
-        })?;
-    let chunks = config.paths.div_ceil(CHUNK_PATHS);
-    let done: Vec<Result<ChunkOut, EscapeError>> = pool.install(|| {
-        (0..chunks)
-            .into_par_iter()
-            .map_init(
-                || Walker::new(&plan),
-                |w, c| {
-                    let r = w.run_chunk(c);
-                    if let Ok(o) = &r {
-                        progress(o.outcomes.len() as u64 / (config.models.len() as u64 + 1));
-                    }
-                    r
-                },
-            )
-            .collect()
-    });
+            batch: 0,
+            minibatch: true,
+        },
+    };
+    let watcher = Watcher { config, region };
     let processes = config.models.len() + 1;
     let mut outcomes = Vec::with_capacity(config.paths as usize * processes);
     let mut first: Vec<Option<FirstDivergence>> = vec![None; processes];
     // In chunk order: the first divergence is the smallest path's, whatever the threads.
-    for r in done {
-        let chunk = r?;
-        outcomes.extend(chunk.outcomes);
-        for (a, b) in first.iter_mut().zip(chunk.first) {
-            if a.is_none() {
-                *a = b;
+    engine
+        .run(EulerMaruyama, &watcher, progress, |chunk| {
+            outcomes.extend(chunk.outcomes);
+            for (a, b) in first.iter_mut().zip(chunk.first) {
+                if a.is_none() {
+                    *a = b;
+                }
             }
-        }
-    }
+        })
+        .map_err(|e| match e {
+            EngineError::Fatal {
+                process,
+                path,
+                step,
+                source,
+            } => EscapeError::Run {
+                process: watcher.name(process),
+                path,
+                step,
+                time: step as f64 * config.eta,
+                message: source.to_string(),
+            },
+            EngineError::Threads { threads, message } => EscapeError::Threads { threads, message },
+            EngineError::Observer(e) => e,
+        })?;
     let names: Vec<String> = std::iter::once("sgd".to_string())
         .chain(config.models.iter().map(|m| m.to_string()))
         .collect();

@@ -3,46 +3,63 @@
 //! of points ([`super::lanes`]) instead of once per point.
 //!
 //! The mathematics, the random numbers and the bookkeeping are those of the
-//! path-by-path loop in `mod.rs`, reused through the worker's own methods: each lane
-//! (path) keeps its SGD state, live flags and saved values, which are swapped into the
-//! worker to take its SGD step when the batched step leaves it to
-//! [`Worker::step_sgd`], record its observables and mark divergences. The models'
-//! states and the Brownian increments are kept in structure-of-arrays form (a row of
-//! [`LANES`] numbers per coordinate), the layout the batched evaluation reads and
-//! writes, so the scheme's Euler moves ([`super::Scheme::moves`]) run across lanes
+//! path-by-path loop of the engine, reused through the worker's own methods: each lane
+//! keeps its path's SGD state, step, live flags and the observer's record, which are
+//! swapped into the worker to take its SGD step when the batched step leaves it to
+//! `Core::step_sgd`, to be looked at by the observer and to mark divergences. The
+//! models' states and the Brownian increments are kept in structure-of-arrays form (a
+//! row of [`LANES`] numbers per coordinate), the layout the batched evaluation reads
+//! and writes, so the scheme's Euler moves ([`super::Scheme::moves`]) run across lanes
 //! too. Each lane's numbers depend on its own path only (the batched tape works lane
-//! by lane, a lane that stops is masked, not removed), and lanes are summarised in
-//! path order at the end of the block, so the statistics do not depend on the block
-//! size.
+//! by lane, a lane whose process stopped is masked), so a lane whose path is over
+//! takes the chunk's next path at once (paths that stop early, as in `escape`, leave no
+//! lane idle); finished paths reach the observer in path order, so the statistics do
+//! not depend on the block size or on which paths shared a block.
 
+use std::ops::Range;
+
+use super::Scheme;
+use super::engine::{Core, EngineError, Observer};
 use super::lanes::{LANES, LANES_MAX_DIM, LaneTape, Order, Row};
-use super::terms::{Failure, LaneCoefficients, batched_noise, clearly_covariance, sgd_move};
-use super::{ChunkStats, Scheme, SimError, Worker};
+use super::terms::{
+    Failure, LaneCoefficients, LaneTerm, batched_noise, clearly_covariance, sgd_move,
+};
 
-/// One path's SGD state, flags and saved values while its block runs.
+/// One lane: the path it runs (if any), its step, SGD's state, the flags of the
+/// processes still running and what the observer keeps of the path.
 #[derive(Debug)]
-pub(super) struct Lane {
+struct Lane<P> {
+    path: Option<u64>,
+    /// SGD steps taken.
+    k: u64,
     x: Vec<f64>,
     alive: Vec<bool>,
-    values: Vec<f64>,
     /// SGD's draw ξ_k of the current SGD step.
     xi: Vec<f64>,
+    record: P,
 }
 
 /// The lanes and the buffers of a block.
 #[derive(Debug)]
-pub(super) struct Block {
-    lanes: Vec<Lane>,
+pub(super) struct Block<P> {
+    lanes: Vec<Lane<P>>,
+    /// Finished paths waiting for an earlier one (the chunk summary takes them in path
+    /// order): path `first + i` at `done[i]`, with its flags and record.
+    done: Vec<Option<(Vec<bool>, P)>>,
+    /// Flags and records not in use, for the lanes' next paths.
+    spare: Vec<(Vec<bool>, P)>,
     /// The models' states: coordinate `i` of copy `c` of model `m` in row
     /// `(m · copies + c) · d + i`.
     states: Vec<Row>,
     /// The SDEs' Brownian increments of the current SGD step: coordinate `i` of the
     /// step's increment `e` in row `e · d + i`.
     increments: Vec<Row>,
-    /// SGD's points handed to a batched evaluation (`d` rows, lane `l` the block's path `l`).
+    /// SGD's points handed to a batched evaluation (`d` rows, lane `l` the lane's path).
     xs: Vec<Row>,
     out: LaneCoefficients,
-    /// Lanes stepping the current model, and those the current move evaluates.
+    /// Lanes running a path, lanes stepping the current model, and those the current
+    /// move evaluates.
+    occupied: [bool; LANES],
     active: [bool; LANES],
     running: [bool; LANES],
     /// Why a lane stopped during the current SGD step.
@@ -57,28 +74,36 @@ pub(super) struct Block {
     sgd_slow: Vec<usize>,
 }
 
-impl Block {
+impl<P> Block<P> {
     /// Buffers for paths shaped like the worker's (`x` for SGD, `states` for the
-    /// models, `alive`, `values`, ξ, and `grid` increments of `d` numbers per SGD step),
-    /// or `None` when the objective cannot be batched ([`LaneTape::new`]).
-    pub(super) fn new<S: Scheme>(w: &Worker<'_, S>, grid: usize) -> Option<Block> {
+    /// models, `alive`, ξ, and `grid` increments of `d` numbers per SGD step), or
+    /// `None` when SGD's gradient cannot be batched ([`LaneTape::new`]).
+    pub(super) fn new<O: Observer<Path = P>, S: Scheme>(
+        w: &Core<'_, '_, O, S>,
+        grid: usize,
+    ) -> Option<Block<P>> {
         let d = w.x.len();
-        let problem = w.plan.problem;
+        let problem = w.engine.problem;
         let sgd_gradient = LaneTape::new(problem.objective_tape(), Order::Gradient)?;
-        let sgd_noise = batched_noise(problem, &w.plan.noise);
+        let sgd_noise = batched_noise(problem, &w.engine.noise);
         Some(Block {
             lanes: (0..LANES)
                 .map(|_| Lane {
+                    path: None,
+                    k: 0,
                     x: w.x.clone(),
                     alive: w.alive.clone(),
-                    values: w.values.clone(),
                     xi: vec![0.0; d],
+                    record: w.observer.new_path(),
                 })
                 .collect(),
+            done: Vec::new(),
+            spare: Vec::new(),
             states: vec![[0.0; LANES]; w.states.iter().map(Vec::len).sum()],
             increments: vec![[0.0; LANES]; grid * d],
             xs: vec![[0.0; LANES]; d],
             out: LaneCoefficients::new(),
+            occupied: [false; LANES],
             active: [false; LANES],
             running: [false; LANES],
             failed: (0..LANES).map(|_| None).collect(),
@@ -88,135 +113,239 @@ impl Block {
             sgd_slow: Vec::with_capacity(LANES),
         })
     }
-}
 
-impl<S: Scheme + Copy> Worker<'_, S> {
     /// Exchanges lane `l`'s per-path state with the worker's (an involution: calling it
     /// again puts both back). The models' states stay in the block.
-    fn swap_lane(&mut self, l: usize) {
-        let lane = &mut self.block.as_mut().expect("block mode").lanes[l];
-        std::mem::swap(&mut self.x, &mut lane.x);
-        std::mem::swap(&mut self.alive, &mut lane.alive);
-        std::mem::swap(&mut self.values, &mut lane.values);
-        std::mem::swap(&mut self.xi, &mut lane.xi);
-    }
-
-    /// Records lane `l`'s observables at saved time `t` (the worker's
-    /// [`Worker::record`], with the lane's model states copied into the worker's).
-    fn record_lane(&mut self, stats: &mut ChunkStats, path: u64, l: usize, t: usize, step: u64) {
-        let b = self.block.as_ref().expect("block mode");
-        for (v, row) in self.states.iter_mut().flatten().zip(&b.states) {
-            *v = row[l];
-        }
-        self.swap_lane(l);
-        self.record(stats, path, t, step);
-        self.swap_lane(l);
-    }
-
-    /// Simulates paths `first .. first + n` (`n ≤ LANES`) and pushes their values into
-    /// `stats` in path order.
-    pub(super) fn run_block(
+    fn swap_lane<O: Observer<Path = P>, S: Scheme + Copy>(
         &mut self,
-        first: u64,
-        n: usize,
-        stats: &mut ChunkStats,
-    ) -> Result<(), SimError> {
-        let plan = self.plan;
-        let d = self.x.len();
-        let saves_start = plan.saved[0] == 0;
-        let b = self.block.as_mut().expect("block mode");
-        for (r, row) in b.states.iter_mut().enumerate() {
-            *row = [plan.start[r % d]; LANES];
+        w: &mut Core<'_, '_, O, S>,
+        l: usize,
+    ) {
+        let lane = &mut self.lanes[l];
+        std::mem::swap(&mut w.x, &mut lane.x);
+        std::mem::swap(&mut w.alive, &mut lane.alive);
+        std::mem::swap(&mut w.xi, &mut lane.xi);
+        std::mem::swap(&mut w.path, &mut lane.record);
+    }
+
+    /// Runs the paths `paths` (one chunk's) through the lanes, a lane taking the next
+    /// path as soon as its own is over, and hands the finished paths to the observer in
+    /// path order.
+    pub(super) fn run<O: Observer<Path = P>, S: Scheme + Copy>(
+        &mut self,
+        w: &mut Core<'_, '_, O, S>,
+        terms: &mut [LaneTerm<'_>],
+        paths: Range<u64>,
+        chunk: &mut O::Chunk,
+    ) -> Result<(), EngineError<O::Error>> {
+        let first = paths.start;
+        let mut next = first;
+        let mut flushed = first;
+        self.done.clear();
+        self.done.resize_with((paths.end - first) as usize, || None);
+        self.occupied = [false; LANES];
+        for lane in &mut self.lanes {
+            lane.path = None;
         }
-        for lane in &mut b.lanes[..n] {
-            lane.x.copy_from_slice(&plan.start);
-            lane.alive.fill(true);
-        }
-        if saves_start {
-            for l in 0..n {
-                self.record_lane(stats, first + l as u64, l, 0, 0);
-            }
-        }
-        let mut next_save = usize::from(saves_start);
-        for k in 0..plan.steps {
-            let mut running = false;
-            for l in 0..n {
-                let path = first + l as u64;
-                let block = self.block.as_mut().expect("block mode");
-                let lane = &mut block.lanes[l];
-                if lane.alive.iter().any(|&a| a) {
-                    running = true;
-                    self.brownian.start_path(path);
-                    self.brownian.draw_step(k);
-                    lane.xi.copy_from_slice(self.brownian.xi());
-                    for (row, &v) in block.increments.iter_mut().zip(self.brownian.increments()) {
-                        row[l] = v;
+        let outcome = (|| {
+            loop {
+                for l in 0..LANES {
+                    while self.lanes[l].path.is_none() && next < paths.end {
+                        self.start_lane(w, chunk, l, next)?;
+                        next += 1;
+                        if self.over(w, l) {
+                            self.finish_lane(w, chunk, l, first, &mut flushed);
+                        }
+                    }
+                }
+                if !self.occupied.contains(&true) {
+                    return Ok(());
+                }
+                self.step(w, terms, chunk)?;
+                for l in 0..LANES {
+                    let Some(path) = self.lanes[l].path else {
+                        continue;
+                    };
+                    self.lanes[l].k += 1;
+                    let k = self.lanes[l].k;
+                    if w.observer.looks_at(k) {
+                        self.look_lane(w, chunk, l, path, k)?;
+                    }
+                    if self.over(w, l) {
+                        self.finish_lane(w, chunk, l, first, &mut flushed);
                     }
                 }
             }
-            if !running {
-                break;
-            }
-            self.step_sgd_lanes(stats, first, n, k)?;
-            for m in 0..self.terms.len() {
-                self.step_model_lanes(stats, first, n, k, m)?;
-            }
-            if plan.saved.get(next_save) == Some(&(k + 1)) {
-                for l in 0..n {
-                    self.record_lane(stats, first + l as u64, l, next_save, k + 1);
-                }
-                next_save += 1;
+        })();
+        // After an error, the records of unfinished paths go back to the pool.
+        for l in 0..LANES {
+            if self.lanes[l].path.take().is_some() {
+                self.occupied[l] = false;
             }
         }
-        for l in 0..n {
-            self.swap_lane(l);
-            self.push_path(first + l as u64, stats);
-            self.swap_lane(l);
+        for slot in &mut self.done {
+            if let Some(r) = slot.take() {
+                self.spare.push(r);
+            }
+        }
+        outcome
+    }
+
+    /// Whether lane `l`'s path is over: every process stopped, or the last step taken.
+    fn over<O: Observer<Path = P>, S: Scheme + Copy>(
+        &self,
+        w: &Core<'_, '_, O, S>,
+        l: usize,
+    ) -> bool {
+        let lane = &self.lanes[l];
+        lane.k >= w.engine.settings.steps || !lane.alive.contains(&true)
+    }
+
+    /// Puts path `path` on lane `l` at the start point, and lets the observer look.
+    fn start_lane<O: Observer<Path = P>, S: Scheme + Copy>(
+        &mut self,
+        w: &mut Core<'_, '_, O, S>,
+        chunk: &mut O::Chunk,
+        l: usize,
+        path: u64,
+    ) -> Result<(), EngineError<O::Error>> {
+        let start = &w.engine.start;
+        let d = start.len();
+        for (r, row) in self.states.iter_mut().enumerate() {
+            row[l] = start[r % d];
+        }
+        let lane = &mut self.lanes[l];
+        lane.path = Some(path);
+        lane.k = 0;
+        lane.x.copy_from_slice(start);
+        lane.alive.fill(true);
+        w.observer.start_path(&mut lane.record);
+        self.occupied[l] = true;
+        if w.observer.looks_at(0) {
+            self.look_lane(w, chunk, l, path, 0)?;
         }
         Ok(())
     }
 
-    /// SGD's step `k` for every lane still running it: ∇f batched over the block (and
+    /// The observer's look at lane `l` (the worker's, with the lane's states copied in).
+    fn look_lane<O: Observer<Path = P>, S: Scheme + Copy>(
+        &mut self,
+        w: &mut Core<'_, '_, O, S>,
+        chunk: &mut O::Chunk,
+        l: usize,
+        path: u64,
+        step: u64,
+    ) -> Result<(), EngineError<O::Error>> {
+        for (v, row) in w.states.iter_mut().flatten().zip(&self.states) {
+            *v = row[l];
+        }
+        self.swap_lane(w, l);
+        let r = w.look(chunk, path, step);
+        self.swap_lane(w, l);
+        r
+    }
+
+    /// Lane `l`'s path is over: handed to the observer if every earlier path of the
+    /// chunk is, else kept until they are; the lane is free again.
+    fn finish_lane<O: Observer<Path = P>, S: Scheme + Copy>(
+        &mut self,
+        w: &mut Core<'_, '_, O, S>,
+        chunk: &mut O::Chunk,
+        l: usize,
+        first: u64,
+        flushed: &mut u64,
+    ) {
+        let lane = &mut self.lanes[l];
+        let Some(path) = lane.path.take() else {
+            return;
+        };
+        self.occupied[l] = false;
+        if path == *flushed {
+            w.observer
+                .finish_path(path, &lane.alive, &mut lane.record, chunk);
+            *flushed += 1;
+        } else {
+            let (alive, record) = self
+                .spare
+                .pop()
+                .unwrap_or_else(|| (lane.alive.clone(), w.observer.new_path()));
+            let alive = std::mem::replace(&mut lane.alive, alive);
+            let record = std::mem::replace(&mut lane.record, record);
+            self.done[(path - first) as usize] = Some((alive, record));
+        }
+        while let Some(slot) = self.done.get_mut((*flushed - first) as usize) {
+            let Some((alive, mut record)) = slot.take() else {
+                break;
+            };
+            w.observer.finish_path(*flushed, &alive, &mut record, chunk);
+            self.spare.push((alive, record));
+            *flushed += 1;
+        }
+    }
+
+    /// One SGD step of every occupied lane (each at its own step `k`): the lanes' draws,
+    /// SGD's step, then each model's substeps.
+    fn step<O: Observer<Path = P>, S: Scheme + Copy>(
+        &mut self,
+        w: &mut Core<'_, '_, O, S>,
+        terms: &mut [LaneTerm<'_>],
+        chunk: &mut O::Chunk,
+    ) -> Result<(), EngineError<O::Error>> {
+        for l in 0..LANES {
+            let lane = &mut self.lanes[l];
+            let Some(path) = lane.path else { continue };
+            w.brownian.start_path(path);
+            w.brownian.draw_step(lane.k);
+            lane.xi.copy_from_slice(w.brownian.xi());
+            for (row, &v) in self.increments.iter_mut().zip(w.brownian.increments()) {
+                row[l] = v;
+            }
+        }
+        self.step_sgd_lanes(w, chunk)?;
+        for (m, term) in terms.iter_mut().enumerate() {
+            self.step_model_lanes(w, term, chunk, m)?;
+        }
+        Ok(())
+    }
+
+    /// SGD's step for every lane still running it: ∇f batched over the block (and
     /// Σ(x) when it depends on the state, d = 2), then each lane's move. A lane the
     /// batched numbers do not settle plainly (a non-finite gradient or iterate, a Σ(x)
     /// that is not plainly a covariance) takes the point-at-a-time step, which
     /// reports or handles it exactly as a path stepped alone.
-    fn step_sgd_lanes(
+    fn step_sgd_lanes<O: Observer<Path = P>, S: Scheme + Copy>(
         &mut self,
-        stats: &mut ChunkStats,
-        first: u64,
-        n: usize,
-        k: u64,
-    ) -> Result<(), SimError> {
-        let eta = self.plan.config.eta;
-        let d = self.x.len();
-        let kind = self.plan.problem.noise_kind();
-        let b = self.block.as_mut().expect("block mode");
-        b.sgd_slow.clear();
-        for l in 0..n {
-            let x = &b.lanes[l].x;
-            if b.lanes[l].alive[0] {
-                for (row, &v) in b.xs.iter_mut().zip(x) {
+        w: &mut Core<'_, '_, O, S>,
+        chunk: &mut O::Chunk,
+    ) -> Result<(), EngineError<O::Error>> {
+        let eta = w.engine.settings.eta;
+        let d = w.x.len();
+        let kind = w.engine.problem.noise_kind();
+        self.sgd_slow.clear();
+        for l in 0..LANES {
+            let lane = &self.lanes[l];
+            if self.occupied[l] && lane.alive[0] {
+                for (row, &v) in self.xs.iter_mut().zip(&lane.x) {
                     row[l] = v;
                 }
             }
         }
-        b.sgd_gradient.eval(&b.xs);
-        if let Some(nl) = &mut b.sgd_noise {
-            nl.eval(&b.xs);
+        self.sgd_gradient.eval(&self.xs);
+        if let Some(nl) = &mut self.sgd_noise {
+            nl.eval(&self.xs);
         }
         let mut g = [0.0; LANES_MAX_DIM];
         let mut next = [0.0; LANES_MAX_DIM];
-        for l in 0..n {
-            if !b.lanes[l].alive[0] {
+        for l in 0..LANES {
+            if !self.occupied[l] || !self.lanes[l].alive[0] {
                 continue;
             }
-            let lane = &mut b.lanes[l];
+            let lane = &mut self.lanes[l];
             let x = &lane.x;
-            let plain = self.minibatch.is_none()
-                && b.sgd_gradient.finite(l)
+            let plain = w.minibatch.is_none()
+                && self.sgd_gradient.finite(l)
                 && x.iter().all(|v| v.is_finite());
-            let checked = b
+            let checked = self
                 .sgd_noise
                 .as_ref()
                 .map(|nl| clearly_covariance(kind, nl, l));
@@ -224,82 +353,80 @@ impl<S: Scheme + Copy> Worker<'_, S> {
                 && match checked {
                     // Batched, and not plainly a covariance: the point-at-a-time step.
                     Some(None) => false,
-                    Some(Some(c)) => self.sgd.sgd_noise(x, Some(&c)).is_ok(),
+                    Some(Some(c)) => w.sgd.sgd_noise(x, Some(&c)).is_ok(),
                     // Constant, or state-dependent but not batched here (d ≠ 2).
-                    None => self.sgd.sgd_noise(x, None).is_ok(),
+                    None => w.sgd.sgd_noise(x, None).is_ok(),
                 };
             if noise_ok {
-                b.sgd_gradient.gradient(l, &mut g[..d]);
+                self.sgd_gradient.gradient(l, &mut g[..d]);
                 next[..d].copy_from_slice(x);
                 sgd_move(
                     eta,
                     &mut next[..d],
                     &lane.xi,
                     &g[..d],
-                    self.sgd.sgd_sqrt(),
-                    &mut self.tmp,
+                    w.sgd.sgd_sqrt(),
+                    &mut w.tmp,
                 );
                 if next[..d].iter().all(|v| v.is_finite()) {
                     lane.x.copy_from_slice(&next[..d]);
                     continue;
                 }
             }
-            b.sgd_slow.push(l);
+            self.sgd_slow.push(l);
         }
-        let slow = std::mem::take(&mut b.sgd_slow);
+        let slow = std::mem::take(&mut self.sgd_slow);
         let mut outcome = Ok(());
         for &l in &slow {
-            self.swap_lane(l);
-            outcome = self.step_sgd(stats, first + l as u64, k);
-            self.swap_lane(l);
+            let (path, k) = (self.lanes[l].path.unwrap_or_default(), self.lanes[l].k);
+            self.swap_lane(w, l);
+            outcome = w.step_sgd(chunk, path, k);
+            self.swap_lane(w, l);
             if outcome.is_err() {
                 break;
             }
         }
-        self.block.as_mut().expect("block mode").sgd_slow = slow;
+        self.sgd_slow = slow;
         outcome
     }
 
-    /// The substeps of model `m` over SGD step `k` for every lane still running it:
-    /// each of the scheme's moves evaluates the coefficients at the moving copy of
+    /// The substeps of model `m` over the current SGD step for every lane still running
+    /// it: each of the scheme's moves evaluates the coefficients at the moving copy of
     /// every lane at once, then moves all lanes still running (a lane that failed is
     /// masked and keeps its state).
-    fn step_model_lanes(
+    fn step_model_lanes<O: Observer<Path = P>, S: Scheme + Copy>(
         &mut self,
-        stats: &mut ChunkStats,
-        first: u64,
-        n: usize,
-        k: u64,
+        w: &mut Core<'_, '_, O, S>,
+        term: &mut LaneTerm<'_>,
+        chunk: &mut O::Chunk,
         m: usize,
-    ) -> Result<(), SimError> {
-        let config = self.plan.config;
-        let d = self.x.len();
-        let h = config.eta / config.substeps as f64;
-        let per_substep = self.scheme.increments_per_substep();
-        let copies = self.scheme.copies();
-        let moves = self.scheme.moves();
-        let b = self.block.as_mut().expect("block mode");
-        let term = &mut self.terms[m];
+    ) -> Result<(), EngineError<O::Error>> {
+        let settings = &w.engine.settings;
+        let d = w.x.len();
+        let h = settings.eta / settings.substeps as f64;
+        let per_substep = w.scheme.increments_per_substep();
+        let copies = w.scheme.copies();
+        let moves = w.scheme.moves();
         let base = m * copies * d;
         for l in 0..LANES {
-            b.active[l] = l < n && b.lanes[l].alive[m + 1];
-            b.failed[l] = None;
+            self.active[l] = self.occupied[l] && self.lanes[l].alive[m + 1];
+            self.failed[l] = None;
         }
-        if !b.active.contains(&true) {
+        if !self.active.contains(&true) {
             return Ok(());
         }
         let last = base + (copies - 1) * d;
-        b.starts.copy_from_slice(&b.states[last..last + d]);
-        b.running = b.active;
-        'substeps: for sub in 0..config.substeps {
+        self.starts.copy_from_slice(&self.states[last..last + d]);
+        self.running = self.active;
+        'substeps: for sub in 0..settings.substeps {
             for mv in moves {
                 let copy = base + mv.copy * d;
-                term.eval_lanes(&b.states[copy..copy + d], &b.running, &mut b.out);
-                if b.out.any_failure {
+                term.eval_lanes(&self.states[copy..copy + d], &self.running, &mut self.out);
+                if self.out.any_failure {
                     for l in 0..LANES {
-                        if let Some(f) = b.out.failure[l].take() {
-                            b.failed[l] = Some(f);
-                            b.running[l] = false;
+                        if let Some(f) = self.out.failure[l].take() {
+                            self.failed[l] = Some(f);
+                            self.running[l] = false;
                         }
                     }
                 }
@@ -308,51 +435,51 @@ impl<S: Scheme + Copy> Worker<'_, S> {
                 // earlier, or holds no path) or a lane that failed this step.
                 let e = |j: usize| (sub * per_substep + j) * d;
                 let (w1, w2) = match mv.increments {
-                    [e1] => (&b.increments[e(*e1)..e(*e1) + d], None),
+                    [e1] => (&self.increments[e(*e1)..e(*e1) + d], None),
                     [e1, e2] => (
-                        &b.increments[e(*e1)..e(*e1) + d],
-                        Some(&b.increments[e(*e2)..e(*e2) + d]),
+                        &self.increments[e(*e1)..e(*e1) + d],
+                        Some(&self.increments[e(*e2)..e(*e2) + d]),
                     ),
                     _ => unreachable!("a move reads one or two increments"),
                 };
-                let out = &b.out;
-                let noisy = |on: bool| (0..LANES).any(|l| b.running[l] && out.noisy[l] == on);
+                let out = &self.out;
+                let running = &self.running;
+                let noisy = |on: bool| (0..LANES).any(|l| running[l] && out.noisy[l] == on);
                 let noise = match (noisy(true), noisy(false)) {
                     (false, _) => Noise::None,
                     (true, false) => Noise::All,
                     (true, true) => Noise::Some,
                 };
-                let x = &mut b.states[copy..copy + d];
+                let x = &mut self.states[copy..copy + d];
                 euler_lanes(x, out, [w1, w2.unwrap_or(&[])], mv.fraction * h, noise);
-                if !b.running.contains(&true) {
+                if !self.running.contains(&true) {
                     break 'substeps;
                 }
             }
         }
-        for l in 0..n {
-            let b = self.block.as_mut().expect("block mode");
-            if !b.active[l] {
+        for l in 0..LANES {
+            if !self.active[l] {
                 continue;
             }
-            let path = first + l as u64;
-            let finite = (base..base + copies * d).all(|r| b.states[r][l].is_finite());
-            let reason = match b.failed[l].take() {
+            let (path, k) = (self.lanes[l].path.unwrap_or_default(), self.lanes[l].k);
+            let finite = (base..base + copies * d).all(|r| self.states[r][l].is_finite());
+            let reason = match self.failed[l].take() {
                 None if finite => continue,
-                None => format!("the {} state became non-finite", config.models[m]),
+                None => w.observer.non_finite(m + 1),
                 Some(Failure::Diverged(reason)) => reason,
                 Some(Failure::Fatal(source)) => {
-                    return Err(SimError::Problem {
+                    return Err(EngineError::Fatal {
+                        process: m + 1,
                         path,
                         step: k,
-                        time: k as f64 * config.eta,
                         source,
                     });
                 }
             };
-            let start: Vec<f64> = b.starts.iter().map(|row| row[l]).collect();
-            self.swap_lane(l);
-            self.diverge(stats, m + 1, (path, k), &start, reason);
-            self.swap_lane(l);
+            let start: Vec<f64> = self.starts.iter().map(|row| row[l]).collect();
+            self.swap_lane(w, l);
+            w.diverge(chunk, m + 1, (path, k), &start, reason);
+            self.swap_lane(w, l);
         }
         Ok(())
     }

@@ -36,10 +36,12 @@
 //! chunks of [`CHUNK_PATHS`] consecutive indices, each chunk summarised in path order,
 //! and the chunk summaries merged in chunk order.
 //!
-//! Speed: for d ≤ 4 the paths of a chunk are stepped 64 at a time (`block.rs`), each
-//! model evaluated over the whole block at once (`lanes.rs`, `ModelTerm::eval_lanes`);
-//! every lane computes from its own point only, so a path's numbers do not depend on
-//! which paths share its block.
+//! The paths are run by the crate's path engine (`engine.rs`, shared with
+//! [`crate::escape`]); what `simulate` adds is the observer that saves the observables
+//! at the saved steps. Speed: for d ≤ 4 the paths of a chunk are stepped 64 at a time
+//! (`block.rs`), each model evaluated over the whole block at once (`lanes.rs`,
+//! `LaneTerm::eval_lanes`); every lane computes from its own point only, so a path's
+//! numbers do not depend on which paths share its block.
 //!
 //! ```
 //! use hasme::Problem;
@@ -105,6 +107,7 @@ macro_rules! multiversion {
 
 mod block;
 pub mod brownian;
+pub(crate) mod engine;
 mod lanes;
 mod linalg;
 pub mod minibatch;
@@ -115,7 +118,6 @@ mod vmath;
 
 use std::fmt;
 
-use rayon::prelude::*;
 use serde_json::{Map, Value, json};
 
 use crate::models::ModelKind;
@@ -126,8 +128,8 @@ pub use brownian::{BrownianPath, Coupling, MAX_STEPS};
 pub use schemes::{EulerMaruyama, Scheme, SchemeKind, TalayTubaro};
 pub use terms::{Failure, Term};
 
-use minibatch::MinibatchSgd;
-use terms::{Evaluator, ModelTerm, NoiseSource, sgd_step};
+use engine::{Engine, EngineError, Observer, Settings, States};
+use terms::NoiseSource;
 
 /// Paths per reduction chunk. Fixed (not a setting) because the last bits of every
 /// statistic depend on it: chunks are summarised in path order and merged in chunk
@@ -202,9 +204,7 @@ impl SimConfig {
     /// Checks the configuration; returns the number of SGD steps and the saved steps.
     fn plan(&self) -> Result<(u64, Vec<u64>), SimError> {
         let bad = |m: String| Err(SimError::Config(m));
-        if !(self.eta.is_finite() && self.eta > 0.0) {
-            return bad(format!("η must be a finite number > 0, got {}", self.eta));
-        }
+        engine::check_eta(self.eta).map_err(SimError::Config)?;
         if !(self.horizon.is_finite() && self.horizon >= 0.0) {
             return bad(format!(
                 "the horizon must be a finite number ≥ 0, got {}",
@@ -228,26 +228,13 @@ impl SimConfig {
             ));
         }
         let steps = steps as u64;
-        if self.paths == 0 {
-            return bad("the number of paths must be at least 1".into());
-        }
-        if self.substeps == 0 || self.substeps > MAX_SUBSTEPS {
-            return bad(format!(
-                "the number of substeps must be between 1 and {MAX_SUBSTEPS}, got {}",
-                self.substeps
-            ));
-        }
+        engine::check_paths(self.paths).map_err(SimError::Config)?;
+        engine::check_substeps(self.substeps).map_err(SimError::Config)?;
         if self.every == 0 {
             return bad("--every must be at least 1".into());
         }
-        if self.threads == 0 {
-            return bad("the number of threads must be at least 1".into());
-        }
-        for (i, m) in self.models.iter().enumerate() {
-            if self.models[..i].contains(m) {
-                return bad(format!("model `{m}` is listed twice"));
-            }
-        }
+        engine::check_threads(self.threads).map_err(SimError::Config)?;
+        engine::check_models(&self.models).map_err(SimError::Config)?;
         let mut saved: Vec<u64> = (0..=steps).step_by(self.every as usize).collect();
         if saved.last() != Some(&steps) {
             saved.push(steps);
@@ -455,17 +442,6 @@ impl Layout {
     }
 }
 
-/// Everything fixed for a run, shared by the workers.
-struct Plan<'p> {
-    problem: &'p Problem,
-    config: &'p SimConfig,
-    noise: NoiseSource,
-    start: Vec<f64>,
-    steps: u64,
-    saved: Vec<u64>,
-    layout: Layout,
-}
-
 /// The summary of a chunk of consecutive paths.
 struct ChunkStats {
     grid: WelfordGrid,
@@ -500,37 +476,6 @@ impl ChunkStats {
     }
 }
 
-/// One worker's buffers; simulates whole chunks.
-struct Worker<'p, S: Scheme> {
-    plan: &'p Plan<'p>,
-    scheme: S,
-    brownian: BrownianPath,
-    sgd: Evaluator<'p>,
-    /// Real minibatch SGD, for finite sums (instead of Gaussian noise).
-    minibatch: Option<MinibatchSgd>,
-    terms: Vec<ModelTerm<'p>>,
-    /// SGD's state.
-    x: Vec<f64>,
-    /// Models' states, `copies × d` each.
-    states: Vec<Vec<f64>>,
-    /// Which processes are still running on the current path.
-    alive: Vec<bool>,
-    /// The state of the process being stepped at the start of the step (for reports).
-    step_start: Vec<f64>,
-    /// φ per (saved time, observable, process) of the current path.
-    values: Vec<f64>,
-    tmp: Vec<f64>,
-    copy_values: Vec<f64>,
-    /// SGD's Gaussian draw ξ_k of the current step.
-    xi: Vec<f64>,
-    /// The observables at one point, and their tape's buffer.
-    observed: Vec<f64>,
-    observe_slots: Vec<f64>,
-    /// The lanes of lane-batched stepping ([`block`]), when every model's term can be
-    /// evaluated over a block of points.
-    block: Option<block::Block>,
-}
-
 /// Observable values at `x` into `out` (`slots`: the tape's buffer), or why they
 /// cannot be had.
 fn observe(
@@ -547,129 +492,127 @@ fn observe(
         .map_err(|e| e.to_string())
 }
 
-impl<'p, S: Scheme + Copy> Worker<'p, S> {
-    fn new(plan: &'p Plan<'p>, scheme: S) -> Worker<'p, S> {
-        let c = plan.config;
-        let d = plan.problem.dim();
-        let grid = c.substeps * scheme.increments_per_substep();
-        let terms = c
-            .models
-            .iter()
-            .map(|&k| ModelTerm::new(k, c.eta, Evaluator::new(plan.problem, &plan.noise)))
-            .collect();
-        let l = plan.layout;
-        let mut w = Worker {
-            plan,
-            scheme,
-            brownian: BrownianPath::new(c.seed, d, c.eta, grid, c.coupling),
-            sgd: Evaluator::new(plan.problem, &plan.noise),
-            minibatch: plan
-                .problem
-                .finite_sum()
-                .filter(|_| !c.gaussian_sgd)
-                .map(|fs| MinibatchSgd::new(fs, c.seed, d)),
-            terms,
-            x: vec![0.0; d],
-            states: vec![vec![0.0; d * scheme.copies()]; c.models.len()],
-            alive: vec![true; l.processes],
-            step_start: vec![0.0; d],
-            values: vec![0.0; l.times * l.observables * l.processes],
-            tmp: vec![0.0; d],
-            copy_values: vec![0.0; scheme.copies() * l.observables],
-            xi: vec![0.0; d],
-            observed: vec![0.0; l.observables],
-            observe_slots: Vec::new(),
-            block: None,
-        };
-        if w.terms.iter().all(|t| t.batched()) {
-            w.block = block::Block::new(&w, grid);
-        }
-        w
-    }
+/// What `simulate` does with the paths: the observables of every process at the saved
+/// steps, summarised per chunk ([`ChunkStats`]); a process whose observable cannot be
+/// had diverges there.
+struct Saver<'p, S> {
+    problem: &'p Problem,
+    config: &'p SimConfig,
+    scheme: S,
+    steps: u64,
+    saved: Vec<u64>,
+    layout: Layout,
+}
 
-    fn run_chunk(
-        &mut self,
-        chunk: u64,
-        progress: &(dyn Fn(u64) + Sync),
-    ) -> Result<ChunkStats, SimError> {
-        let mut stats = ChunkStats::new(&self.plan.layout);
-        let first = chunk * CHUNK_PATHS;
-        let last = (first + CHUNK_PATHS).min(self.plan.config.paths);
-        if self.block.is_some() {
-            let mut path = first;
-            while path < last {
-                let n = (last - path).min(lanes::LANES as u64);
-                self.run_block(path, n as usize, &mut stats)?;
-                path += n;
-            }
-        } else {
-            for path in first..last {
-                self.run_path(path, &mut stats)?;
-            }
-        }
-        progress(last - first);
-        Ok(stats)
-    }
+/// [`Saver`]'s buffers: the observables at one point and their tape's buffer, and
+/// each copy's values for the scheme to combine.
+struct SaverScratch {
+    observed: Vec<f64>,
+    slots: Vec<f64>,
+    copy_values: Vec<f64>,
+}
 
-    /// Marks process `p` diverged on `path` at `step`, last known at `point`. The
-    /// chunk's first divergence is the one on the smallest path, whatever order the
-    /// paths were stepped in.
-    fn diverge(
-        &mut self,
+impl<S: Scheme> Saver<'_, S> {
+    /// Records a divergence of process `p`: counted, and the chunk's first one is the
+    /// one on the smallest path, whatever order the paths were stepped in.
+    fn count(
+        &self,
         stats: &mut ChunkStats,
         p: usize,
         (path, step): (u64, u64),
         point: &[f64],
         reason: String,
     ) {
-        self.alive[p] = false;
         stats.diverged[p] += 1;
         if stats.first[p].as_ref().is_none_or(|f| path < f.path) {
             stats.first[p] = Some(Divergence {
                 path,
                 step,
-                time: step as f64 * self.plan.config.eta,
+                time: step as f64 * self.config.eta,
                 point: point.to_vec(),
                 reason,
             });
         }
     }
+}
 
-    /// Records φ of every live process at saved time index `t` (after `step` steps).
-    fn record(&mut self, stats: &mut ChunkStats, path: u64, t: usize, step: u64) {
-        let l = self.plan.layout;
-        let problem = self.plan.problem;
-        if self.alive[0] {
-            match observe(
-                problem,
-                &self.x,
-                &mut self.observe_slots,
-                &mut self.observed,
-            ) {
+impl<S: Scheme> Observer for Saver<'_, S> {
+    /// φ per (saved time, observable, process) of the path.
+    type Path = Vec<f64>;
+    type Chunk = ChunkStats;
+    type Scratch = SaverScratch;
+    type Error = std::convert::Infallible;
+
+    fn new_path(&self) -> Vec<f64> {
+        let l = self.layout;
+        vec![0.0; l.times * l.observables * l.processes]
+    }
+
+    fn new_chunk(&self) -> ChunkStats {
+        ChunkStats::new(&self.layout)
+    }
+
+    fn new_scratch(&self) -> SaverScratch {
+        let l = self.layout;
+        SaverScratch {
+            observed: vec![0.0; l.observables],
+            slots: Vec::new(),
+            copy_values: vec![0.0; self.scheme.copies() * l.observables],
+        }
+    }
+
+    fn start_path(&self, _: &mut Vec<f64>) {}
+
+    fn looks_at(&self, step: u64) -> bool {
+        step <= self.steps && self.saved.binary_search(&step).is_ok()
+    }
+
+    /// Records φ of every live process at the saved step.
+    fn look(
+        &self,
+        (path, step): (u64, u64),
+        states: States<'_>,
+        alive: &mut [bool],
+        values: &mut Vec<f64>,
+        stats: &mut ChunkStats,
+        scratch: &mut SaverScratch,
+    ) -> Result<(), Self::Error> {
+        let l = self.layout;
+        let problem = self.problem;
+        let Ok(t) = self.saved.binary_search(&step) else {
+            return Ok(());
+        };
+        let SaverScratch {
+            observed,
+            slots,
+            copy_values,
+        } = scratch;
+        if alive[0] {
+            match observe(problem, states.sgd, slots, observed) {
                 Ok(()) => {
-                    for (o, &v) in self.observed.iter().enumerate() {
-                        self.values[l.value(t, o, 0)] = v;
+                    for (o, &v) in observed.iter().enumerate() {
+                        values[l.value(t, o, 0)] = v;
                     }
                 }
                 Err(reason) => {
-                    let x = self.x.clone();
-                    self.diverge(stats, 0, (path, step), &x, reason);
+                    alive[0] = false;
+                    self.count(stats, 0, (path, step), states.sgd, reason);
                 }
             }
         }
-        let d = self.x.len();
+        let d = states.sgd.len();
         let copies = self.scheme.copies();
-        for m in 0..self.terms.len() {
-            if !self.alive[m + 1] {
+        for (m, state) in states.models.iter().enumerate() {
+            if !alive[m + 1] {
                 continue;
             }
             let mut failed = None;
             for c in 0..copies {
-                let x = &self.states[m][c * d..(c + 1) * d];
-                match observe(problem, x, &mut self.observe_slots, &mut self.observed) {
+                let x = &state[c * d..(c + 1) * d];
+                match observe(problem, x, slots, observed) {
                     Ok(()) => {
-                        for (o, &v) in self.observed.iter().enumerate() {
-                            self.copy_values[o * copies + c] = v;
+                        for (o, &v) in observed.iter().enumerate() {
+                            copy_values[o * copies + c] = v;
                         }
                     }
                     Err(reason) => {
@@ -680,151 +623,71 @@ impl<'p, S: Scheme + Copy> Worker<'p, S> {
             }
             match failed {
                 Some(reason) => {
-                    let x = self.states[m][(copies - 1) * d..].to_vec();
-                    self.diverge(stats, m + 1, (path, step), &x, reason);
+                    alive[m + 1] = false;
+                    let x = &state[(copies - 1) * d..];
+                    self.count(stats, m + 1, (path, step), x, reason);
                 }
                 None => {
                     for o in 0..l.observables {
                         let v = self
                             .scheme
-                            .combine(&self.copy_values[o * copies..(o + 1) * copies]);
-                        self.values[l.value(t, o, m + 1)] = v;
+                            .combine(&copy_values[o * copies..(o + 1) * copies]);
+                        values[l.value(t, o, m + 1)] = v;
                     }
                 }
             }
         }
-    }
-
-    /// SGD step `k` of `path`.
-    fn step_sgd(&mut self, stats: &mut ChunkStats, path: u64, k: u64) -> Result<(), SimError> {
-        let eta = self.plan.config.eta;
-        self.step_start.copy_from_slice(&self.x);
-        let r = match &mut self.minibatch {
-            Some(mb) => mb.step(self.plan.problem, eta, &mut self.x, (path, k)),
-            None => sgd_step(&mut self.sgd, eta, &mut self.x, &self.xi, &mut self.tmp),
-        };
-        let reason = match r {
-            Ok(()) if self.x.iter().all(|v| v.is_finite()) => return Ok(()),
-            Ok(()) => "the SGD iterate became non-finite".to_string(),
-            Err(Failure::Diverged(reason)) => reason,
-            Err(Failure::Fatal(source)) => {
-                return Err(SimError::Problem {
-                    path,
-                    step: k,
-                    time: k as f64 * eta,
-                    source,
-                });
-            }
-        };
-        let start = std::mem::take(&mut self.step_start);
-        self.diverge(stats, 0, (path, k), &start, reason);
-        self.step_start = start;
         Ok(())
     }
 
-    /// The substeps of model `m` over SGD step `k` of `path`.
-    fn step_model(
-        &mut self,
+    fn diverged(
+        &self,
+        p: usize,
+        at: (u64, u64),
+        point: &[f64],
+        reason: String,
+        _: &mut Vec<f64>,
         stats: &mut ChunkStats,
+    ) {
+        self.count(stats, p, at, point, reason);
+    }
+
+    fn non_finite(&self, p: usize) -> String {
+        match p {
+            0 => "the SGD iterate became non-finite".to_string(),
+            _ => format!("the {} state became non-finite", self.config.models[p - 1]),
+        }
+    }
+
+    /// Pushes the path's saved values (and differences) of every process that did not
+    /// diverge.
+    fn finish_path(
+        &self,
         path: u64,
-        k: u64,
-        m: usize,
-    ) -> Result<(), SimError> {
-        let config = self.plan.config;
-        let d = self.x.len();
-        let h = config.eta / config.substeps as f64;
-        let per_substep = self.scheme.increments_per_substep() * d;
-        let state = &mut self.states[m];
-        self.step_start.copy_from_slice(&state[state.len() - d..]);
-        let increments = self.brownian.increments();
-        let mut outcome = Ok(());
-        for dw in increments.chunks_exact(per_substep) {
-            outcome = self.scheme.step(&mut self.terms[m], state, h, dw);
-            if outcome.is_err() {
-                break;
-            }
-        }
-        let reason = match outcome {
-            Ok(()) if state.iter().all(|v| v.is_finite()) => return Ok(()),
-            Ok(()) => format!("the {} state became non-finite", config.models[m]),
-            Err(Failure::Diverged(reason)) => reason,
-            Err(Failure::Fatal(source)) => {
-                return Err(SimError::Problem {
-                    path,
-                    step: k,
-                    time: k as f64 * config.eta,
-                    source,
-                });
-            }
-        };
-        let start = std::mem::take(&mut self.step_start);
-        self.diverge(stats, m + 1, (path, k), &start, reason);
-        self.step_start = start;
-        Ok(())
-    }
-
-    fn run_path(&mut self, path: u64, stats: &mut ChunkStats) -> Result<(), SimError> {
-        let plan = self.plan;
-        let d = self.x.len();
-        self.brownian.start_path(path);
-        self.x.copy_from_slice(&plan.start);
-        for s in &mut self.states {
-            for c in s.chunks_mut(d) {
-                c.copy_from_slice(&plan.start);
-            }
-        }
-        self.alive.fill(true);
-        let mut next_save = 0;
-        if plan.saved[0] == 0 {
-            self.record(stats, path, 0, 0);
-            next_save = 1;
-        }
-        for k in 0..plan.steps {
-            if !self.alive.iter().any(|&a| a) {
-                break;
-            }
-            self.brownian.draw_step(k);
-            self.xi.copy_from_slice(self.brownian.xi());
-            if self.alive[0] {
-                self.step_sgd(stats, path, k)?;
-            }
-            for m in 0..self.terms.len() {
-                if self.alive[m + 1] {
-                    self.step_model(stats, path, k, m)?;
-                }
-            }
-            if plan.saved.get(next_save) == Some(&(k + 1)) {
-                self.record(stats, path, next_save, k + 1);
-                next_save += 1;
-            }
-        }
-        self.push_path(path, stats);
-        Ok(())
-    }
-
-    /// Pushes the current path's saved values (and differences) of every process that
-    /// did not diverge.
-    fn push_path(&mut self, path: u64, stats: &mut ChunkStats) {
-        let l = self.plan.layout;
-        if path < self.plan.config.keep_paths {
+        alive: &[bool],
+        values: &mut Vec<f64>,
+        stats: &mut ChunkStats,
+    ) {
+        let l = self.layout;
+        if path < self.config.keep_paths {
             let t = l.times - 1;
             for o in 0..l.observables {
                 for p in 0..l.processes {
-                    let v = self.values[l.value(t, o, p)];
-                    stats.kept.push(self.alive[p].then_some(v));
+                    let v = values[l.value(t, o, p)];
+                    stats.kept.push(alive[p].then_some(v));
                 }
             }
         }
         for p in 0..l.processes {
-            if !self.alive[p] {
+            if !alive[p] {
                 continue;
             }
             for t in 0..l.times {
                 for o in 0..l.observables {
                     let i = l.value(t, o, p);
-                    stats.grid.push(i, self.values[i]);
-                    if p > 0 && self.alive[0] {
-                        let diff = self.values[i] - self.values[l.value(t, o, 0)];
+                    stats.grid.push(i, values[i]);
+                    if p > 0 && alive[0] {
+                        let diff = values[i] - values[l.value(t, o, 0)];
                         stats.grid.push(l.diff(t, o, p - 1), diff);
                     }
                 }
@@ -853,50 +716,47 @@ fn run<S: Scheme + Copy>(
         observables: problem.observable_names().len(),
         processes: config.models.len() + 1,
     };
-    let plan = Plan {
+    let engine = Engine {
         problem,
-        config,
         noise,
         start,
+        settings: Settings {
+            eta: config.eta,
+            steps,
+            paths: config.paths,
+            models: config.models.clone(),
+            substeps: config.substeps,
+            coupling: config.coupling,
+            seed: config.seed,
+            threads: config.threads,
+            batch: config.batch,
+            minibatch: !config.gaussian_sgd,
+        },
+    };
+    let saver = Saver {
+        problem,
+        config,
+        scheme,
         steps,
         saved,
         layout,
     };
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(config.threads)
-        .build()
-        .map_err(|e| SimError::Threads {
-            threads: config.threads,
-            message: e.to_string(),
-        })?;
-    let chunks = config.paths.div_ceil(CHUNK_PATHS);
-    let wave = if config.batch == 0 {
-        16 * config.threads as u64
-    } else {
-        config.batch.div_ceil(CHUNK_PATHS)
-    }
-    .max(1);
     let mut total = ChunkStats::new(&layout);
-    pool.install(|| -> Result<(), SimError> {
-        let mut first = 0;
-        while first < chunks {
-            let last = (first + wave).min(chunks);
-            let done: Vec<Result<ChunkStats, SimError>> = (first..last)
-                .into_par_iter()
-                .map_init(
-                    || Worker::new(&plan, scheme),
-                    |w, c| w.run_chunk(c, progress),
-                )
-                .collect();
-            // Merged in chunk order: the invariant that makes threads invisible.
-            for r in done {
-                total.merge(r?);
-            }
-            first = last;
-        }
-        Ok(())
-    })?;
-    Ok(finish(&plan, total))
+    engine
+        .run(scheme, &saver, progress, |c| total.merge(c))
+        .map_err(|e| match e {
+            EngineError::Fatal {
+                path, step, source, ..
+            } => SimError::Problem {
+                path,
+                step,
+                time: step as f64 * config.eta,
+                source,
+            },
+            EngineError::Threads { threads, message } => SimError::Threads { threads, message },
+            EngineError::Observer(never) => match never {},
+        })?;
+    Ok(finish(&saver, total))
 }
 
 /// `Some(x)` for finite `x`: statistics never carry NaN or infinities.
@@ -904,7 +764,7 @@ fn finite(x: Option<f64>) -> Option<f64> {
     x.filter(|v| v.is_finite())
 }
 
-fn finish(plan: &Plan<'_>, total: ChunkStats) -> SimResult {
+fn finish<S>(plan: &Saver<'_, S>, total: ChunkStats) -> SimResult {
     let config = plan.config;
     let l = plan.layout;
     let mut processes = vec!["sgd".to_string()];

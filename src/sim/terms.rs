@@ -287,15 +287,47 @@ pub trait Term {
     fn eval(&mut self, x: &[f64]) -> Result<(&[f64], Option<&[f64]>), Failure>;
 }
 
-/// The coefficients of one model, evaluated without allocation, at one point
-/// ([`Term::eval`]) or at a block of points ([`ModelTerm::eval_lanes`]).
+/// The coefficients of one model at one point ([`Term::eval`]), evaluated without
+/// allocation.
 #[derive(Debug)]
 pub(crate) struct ModelTerm<'p> {
     ev: Evaluator<'p>,
     coeffs: Coeffs,
+}
+
+/// How a model's coefficients are evaluated, chosen once when its term is built
+/// ([`Choice::of`]): over a block of lanes when the objective's tape can be batched,
+/// else one point at a time. A new way of evaluating (e.g. matrix-free for large d) is
+/// a new variant.
+#[derive(Debug)]
+pub(crate) enum Choice<'p> {
+    /// Over a block of points ([`LaneTerm::eval_lanes`]), in one of its [`LaneForm`]s.
+    Lanes(Box<LaneTerm<'p>>),
+    /// One point at a time ([`Term::eval`]).
+    PerPoint(Box<ModelTerm<'p>>),
+}
+
+/// The formulas of a lane-batched term.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum LaneForm {
+    /// Closed forms at d = 1 for a constant Σ (or none), its entry and square root
+    /// given ([`scalar_coefficients`]).
+    Scalar(Scalar, Option<(f64, f64)>),
+    /// Closed forms at d = 2 in passes over the block ([`LaneTerm::two_by_two`]).
+    TwoByTwo,
+    /// The batched tape's derivatives, then the per-point formulas lane by lane.
+    Tape,
+}
+
+/// The coefficients of one model at a block of points ([`LaneTerm::eval_lanes`]), with
+/// its per-point term for the lanes the batched code leaves to it.
+#[derive(Debug)]
+pub(crate) struct LaneTerm<'p> {
+    point: ModelTerm<'p>,
+    form: LaneForm,
     /// The objective's tape batched over lanes (d ≤ 4, single output), carrying the
     /// Hessian only when the model needs it.
-    lanes: Option<LaneTape>,
+    tape: LaneTape,
     /// The entries of Σ(x) batched over lanes, for the d = 2 closed forms when Σ
     /// depends on the state.
     noise_lanes: Option<LaneTape>,
@@ -377,23 +409,11 @@ impl LaneCoefficients {
 }
 
 impl<'p> ModelTerm<'p> {
+    /// The per-point term of model `kind` at step size `eta`.
     pub(crate) fn new(kind: ModelKind, eta: f64, ev: Evaluator<'p>) -> ModelTerm<'p> {
         let d = ev.problem.dim();
         let z = |n| vec![0.0; n];
-        // Gradient flow and SME-1 read only ∇f (SME-1's σ is √η Σ^{1/2}).
-        let order = if kind == ModelKind::Gf || kind.series_order() == Some(0) {
-            Order::Gradient
-        } else {
-            Order::Hessian
-        };
-        let noise_lanes = if kind == ModelKind::Gf {
-            None
-        } else {
-            batched_noise(ev.problem, ev.noise)
-        };
-        let mut term = ModelTerm {
-            lanes: LaneTape::new(ev.problem.objective_tape(), order),
-            noise_lanes,
+        ModelTerm {
             ev,
             coeffs: Coeffs {
                 kind,
@@ -410,15 +430,76 @@ impl<'p> ModelTerm<'p> {
                 ells: z(d),
                 scratch: EigenScratch::new(d),
             },
-            g: z(d),
-            h: z(d * d),
+        }
+    }
+
+    /// Whether the model's diffusion needs Σ, and its square root.
+    fn noise_needs(&self, d: usize) -> (bool, bool) {
+        let kind = self.coeffs.kind;
+        let one_term = d <= JACOBI_MAX_DIM && matches!(kind.series_order(), Some(k) if k <= 1);
+        (kind != ModelKind::Gf, one_term)
+    }
+}
+
+impl<'p> Choice<'p> {
+    /// Model `kind`'s term at step size `eta`, evaluated the fastest way the problem
+    /// allows: closed forms over lanes at d = 1 (constant Σ) and d = 2 for the models
+    /// that have them, the batched tape with per-lane formulas for any other d ≤ 4
+    /// objective with one output ([`LaneTape::new`]), one point at a time otherwise.
+    pub(crate) fn of(kind: ModelKind, eta: f64, ev: Evaluator<'p>) -> Choice<'p> {
+        let point = ModelTerm::new(kind, eta, ev);
+        let problem = point.ev.problem;
+        let d = problem.dim();
+        // Gradient flow and SME-1 read only ∇f (SME-1's σ is √η Σ^{1/2}).
+        let order = if kind == ModelKind::Gf || kind.series_order() == Some(0) {
+            Order::Gradient
+        } else {
+            Order::Hessian
+        };
+        let Some(tape) = LaneTape::new(problem.objective_tape(), order) else {
+            return Choice::PerPoint(Box::new(point));
+        };
+        let noise_lanes = if kind == ModelKind::Gf {
+            None
+        } else {
+            batched_noise(problem, point.ev.noise)
+        };
+        let spectral = matches!(kind, ModelKind::Hasme | ModelKind::HasmeExact);
+        let closed = spectral || kind == ModelKind::Gf || kind.series_order() <= Some(1);
+        let (needs_noise, _) = point.noise_needs(d);
+        // A state-dependent Σ has no d = 1 closed form (gradient flow reads no Σ).
+        let state_noise = needs_noise && matches!(point.ev.noise, NoiseSource::State);
+        let form = match d {
+            2 if closed => LaneForm::TwoByTwo,
+            1 if closed && !state_noise => {
+                let model = match kind {
+                    ModelKind::Gf => Scalar::Gf,
+                    _ if spectral => Scalar::Spectral,
+                    _ if kind.series_order() == Some(0) => Scalar::Sme1,
+                    _ => Scalar::Sme2,
+                };
+                let cov = match point.ev.noise {
+                    NoiseSource::Constant { cov, sqrt } if needs_noise => Some((cov[0], sqrt[0])),
+                    _ => None,
+                };
+                LaneForm::Scalar(model, cov)
+            }
+            _ => LaneForm::Tape,
+        };
+        let mut term = LaneTerm {
+            point,
+            form,
+            tape,
+            noise_lanes,
+            g: vec![0.0; d],
+            h: vec![0.0; d * d],
             cov: [[0.0; LANES]; 3],
             sqrt: [[0.0; LANES]; 3],
             slow: [false; LANES],
             tmp: [[0.0; LANES]; 10],
         };
         // A constant Σ (and √Σ) as rows, once: the d = 2 closed forms read them.
-        if let NoiseSource::Constant { cov, sqrt } = term.ev.noise
+        if let NoiseSource::Constant { cov, sqrt } = term.point.ev.noise
             && d == 2
         {
             term.cov = [
@@ -428,19 +509,24 @@ impl<'p> ModelTerm<'p> {
             ];
             term.sqrt = [[sqrt[0]; LANES], [sqrt[1]; LANES], [sqrt[3]; LANES]];
         }
-        term
+        Choice::Lanes(Box::new(term))
     }
 
-    /// Whether [`ModelTerm::eval_lanes`] is available (d ≤ 4, a single-output tape).
-    pub(crate) fn batched(&self) -> bool {
-        self.lanes.is_some()
+    /// The per-point term, whatever was chosen (what a caller that steps paths one at
+    /// a time uses).
+    pub(crate) fn into_point(self) -> ModelTerm<'p> {
+        match self {
+            Choice::Lanes(t) => t.point,
+            Choice::PerPoint(t) => *t,
+        }
     }
+}
 
-    /// Whether the model's diffusion needs Σ, and its square root.
-    fn noise_needs(&self, d: usize) -> (bool, bool) {
-        let kind = self.coeffs.kind;
-        let one_term = d <= JACOBI_MAX_DIM && matches!(kind.series_order(), Some(k) if k <= 1);
-        (kind != ModelKind::Gf, one_term)
+impl LaneTerm<'_> {
+    /// How the term evaluates a block.
+    #[cfg(test)]
+    pub(crate) fn form(&self) -> LaneForm {
+        self.form
     }
 
     /// Evaluates the coefficients at the block of points `xs` (`d` rows, [`LaneTape::eval`]'s
@@ -450,9 +536,6 @@ impl<'p> ModelTerm<'p> {
     /// finite is evaluated again by the tape's own code, which either succeeds or names
     /// the failure exactly as [`Term::eval`] does. Each lane's result depends on its
     /// point only.
-    ///
-    /// # Panics
-    /// When the term is not [`ModelTerm::batched`].
     pub(crate) fn eval_lanes(
         &mut self,
         xs: &[Row],
@@ -460,19 +543,25 @@ impl<'p> ModelTerm<'p> {
         out: &mut LaneCoefficients,
     ) {
         let d = self.g.len();
-        let (needs_noise, one_term) = self.noise_needs(d);
-        let lanes = self.lanes.as_mut().expect("a batched term");
-        lanes.eval(xs);
-        let fast = match d {
-            1 => self.one_by_one(xs, live, out),
-            2 => self.two_by_two(xs, live, out),
-            _ => false,
+        let (needs_noise, one_term) = self.point.noise_needs(d);
+        self.tape.eval(xs);
+        let fast = match self.form {
+            LaneForm::Scalar(model, cov) => {
+                self.one_by_one(model, cov, xs, live, out);
+                true
+            }
+            LaneForm::TwoByTwo => {
+                self.two_by_two(xs, live, out);
+                true
+            }
+            LaneForm::Tape => false,
         };
         out.any_failure = false;
         if fast && !self.slow.contains(&true) {
             return;
         }
-        let lanes = self.lanes.as_mut().expect("a batched term");
+        let lanes = &mut self.tape;
+        let ModelTerm { ev, coeffs } = &mut self.point;
         let mut point = [0.0; LANES_MAX_DIM];
         for l in 0..LANES {
             if !live[l] || (fast && !self.slow[l]) {
@@ -487,23 +576,23 @@ impl<'p> ModelTerm<'p> {
                     lanes.gradient(l, &mut self.g);
                     lanes.hessian(l, &mut self.h);
                 } else {
-                    self.ev.derivatives(x)?;
-                    self.g.copy_from_slice(self.ev.jets.gradient(0));
-                    self.h.copy_from_slice(self.ev.jets.hessian(0));
+                    ev.derivatives(x)?;
+                    self.g.copy_from_slice(ev.jets.gradient(0));
+                    self.h.copy_from_slice(ev.jets.hessian(0));
                 }
-                if needs_noise && matches!(self.ev.noise, NoiseSource::State) {
-                    self.ev.state_noise(x, one_term)?;
+                if needs_noise && matches!(ev.noise, NoiseSource::State) {
+                    ev.state_noise(x, one_term)?;
                 }
-                let (cov, sqrt) = self.ev.noise_refs(needs_noise, one_term);
-                self.coeffs.compute(x, &self.g, &self.h, cov, sqrt)
+                let (cov, sqrt) = ev.noise_refs(needs_noise, one_term);
+                coeffs.compute(x, &self.g, &self.h, cov, sqrt)
             })();
             match r {
                 Ok(noisy) => {
-                    for (row, &v) in out.drift.iter_mut().zip(&self.coeffs.drift) {
+                    for (row, &v) in out.drift.iter_mut().zip(&coeffs.drift) {
                         row[l] = v;
                     }
                     if noisy {
-                        for (row, &v) in out.factor.iter_mut().zip(&self.coeffs.factor) {
+                        for (row, &v) in out.factor.iter_mut().zip(&coeffs.factor) {
                             row[l] = v;
                         }
                     }
@@ -519,7 +608,7 @@ impl<'p> ModelTerm<'p> {
     }
 }
 
-impl ModelTerm<'_> {
+impl LaneTerm<'_> {
     /// A state-dependent Σ (and √Σ for the SME models) per lane of a d = 2 block, into
     /// `self.cov` and `self.sqrt`, for the lanes not already marked slow: the batched
     /// entries when they are plainly a covariance (the square root as one point at a
@@ -527,8 +616,9 @@ impl ModelTerm<'_> {
     /// batched) through the problem's own checks; a lane they reject is marked slow
     /// and goes to the general code.
     fn state_noise_lanes(&mut self, xs: &[Row], live: &[bool; LANES], out: &mut LaneCoefficients) {
-        let (_, one_term) = self.noise_needs(2);
-        let kind = self.ev.problem.noise_kind();
+        let (_, one_term) = self.point.noise_needs(2);
+        let ev = &mut self.point.ev;
+        let kind = ev.problem.noise_kind();
         if let Some(nl) = &mut self.noise_lanes {
             nl.eval(xs);
         }
@@ -543,16 +633,16 @@ impl ModelTerm<'_> {
                 .and_then(|nl| clearly_covariance(kind, nl, l));
             let ok = match batched {
                 Some(c) => {
-                    self.ev.cov.copy_from_slice(&c);
-                    !one_term || self.ev.noise_sqrt(x).is_ok()
+                    ev.cov.copy_from_slice(&c);
+                    !one_term || ev.noise_sqrt(x).is_ok()
                 }
-                None => self.ev.state_noise(x, one_term).is_ok(),
+                None => ev.state_noise(x, one_term).is_ok(),
             };
             if !ok {
                 self.slow[l] = true;
                 continue;
             }
-            let (cov, sqrt) = (&self.ev.cov, &self.ev.sqrt);
+            let (cov, sqrt) = (&ev.cov, &ev.sqrt);
             out.noisy[l] = true;
             self.cov[0][l] = cov[0];
             self.cov[1][l] = 0.5 * cov[1] + 0.5 * cov[2];
@@ -570,27 +660,17 @@ impl ModelTerm<'_> {
     /// `−ℓ(p) g` (`hasme`, `hasme-exact`), and σ is `√η Σ^{1/2}` (SME) or
     /// `√(η Σ ℓ(p²))` (both HA-SME models: `W₀₀ = ℓ(p²)` for each). A lane that is not
     /// finite, leaves the domain (`p ≤ 0`) or whose Γ is not positive is marked in
-    /// `self.slow` for the general code; a state-dependent Σ, or another model, returns
-    /// `false` (all lanes to the general code).
-    fn one_by_one(&mut self, xs: &[Row], live: &[bool; LANES], out: &mut LaneCoefficients) -> bool {
-        let kind = self.coeffs.kind;
-        let model = match kind {
-            ModelKind::Gf => Scalar::Gf,
-            ModelKind::Hasme | ModelKind::HasmeExact => Scalar::Spectral,
-            k => match k.series_order() {
-                Some(0) => Scalar::Sme1,
-                Some(1) => Scalar::Sme2,
-                _ => return false,
-            },
-        };
-        let (needs_noise, _) = self.noise_needs(1);
-        let cov = match &self.ev.noise {
-            _ if !needs_noise => None,
-            NoiseSource::Zero => None,
-            NoiseSource::Constant { cov, sqrt } => Some((cov[0], sqrt[0])),
-            NoiseSource::State => return false,
-        };
-        let lanes = self.lanes.as_ref().expect("a batched term");
+    /// `self.slow` for the general code. `cov`: Σ's entry and its square root, when
+    /// the model reads them.
+    fn one_by_one(
+        &mut self,
+        model: Scalar,
+        cov: Option<(f64, f64)>,
+        xs: &[Row],
+        live: &[bool; LANES],
+        out: &mut LaneCoefficients,
+    ) {
+        let lanes = &self.tape;
         lanes.all_finite(&mut self.slow);
         let x0 = &xs[0];
         for (l, s) in self.slow.iter_mut().enumerate() {
@@ -607,7 +687,7 @@ impl ModelTerm<'_> {
         let [p, e, ..] = &mut self.tmp;
         scalar_coefficients(
             model,
-            self.coeffs.eta,
+            self.point.coeffs.eta,
             cov,
             [g, h],
             [p, e],
@@ -617,11 +697,10 @@ impl ModelTerm<'_> {
         for (s, &live) in self.slow.iter_mut().zip(live) {
             *s &= live;
         }
-        true
     }
 
     /// The d = 2 closed forms over a block, in structure-of-arrays loops: `gf`, `sme1`,
-    /// `sme2`, `hasme`, `hasme-exact` (other models: `false`, nothing written). The
+    /// `sme2`, `hasme`, `hasme-exact` (the models [`Choice::of`] gives this form). The
     /// formulas are those of [`Coeffs::compute`] written out for a 2×2 `H = [[a, b],
     /// [b, c]]` with eigenvectors `e₀ = (cs, −sn)`, `e₁ = (sn, cs)` (the rotation of
     /// `linalg::sym_eigen`):
@@ -637,22 +716,17 @@ impl ModelTerm<'_> {
     /// round-off floor, where the closed form does not apply) is marked in
     /// `self.slow` and left to the general per-lane code, which reports or handles it
     /// exactly as [`Term::eval`].
-    fn two_by_two(&mut self, xs: &[Row], live: &[bool; LANES], out: &mut LaneCoefficients) -> bool {
+    fn two_by_two(&mut self, xs: &[Row], live: &[bool; LANES], out: &mut LaneCoefficients) {
         // Every lane is computed (branch-free loops of fixed length, which the compiler
         // vectorises); `live` lanes only are flagged slow, and read.
-        let kind = self.coeffs.kind;
-        let eta = self.coeffs.eta;
+        let kind = self.point.coeffs.kind;
+        let eta = self.point.coeffs.eta;
         let spectral = matches!(kind, ModelKind::Hasme | ModelKind::HasmeExact);
-        let series = match kind {
-            ModelKind::Gf => None,
-            k => match k.series_order() {
-                Some(o) if o <= 1 => Some(o),
-                _ if spectral => None,
-                _ => return false,
-            },
-        };
-        let (needs_noise, _) = self.noise_needs(2);
-        let lanes = self.lanes.as_ref().expect("a batched term");
+        // Gradient flow and the spectral models have no series order; SME-1 and SME-2
+        // have 0 and 1 (the only ones this form is chosen for).
+        let series = kind.series_order();
+        let (needs_noise, _) = self.point.noise_needs(2);
+        let lanes = &self.tape;
         lanes.all_finite(&mut self.slow);
         let (x0, x1) = (&xs[0], &xs[1]);
         for (l, s) in self.slow.iter_mut().enumerate() {
@@ -662,14 +736,14 @@ impl ModelTerm<'_> {
         out.noisy = [false; LANES];
         // Σ (and √Σ for the SME models): a constant one for the whole block at once, a
         // state-dependent one per lane.
-        match self.ev.noise {
+        match self.point.ev.noise {
             _ if !needs_noise => {}
             NoiseSource::Zero => {}
-            // Its rows were filled when the term was built (`ModelTerm::new`).
+            // Its rows were filled when the term was built (`Choice::of`).
             NoiseSource::Constant { .. } => out.noisy = self.slow.map(|s| !s),
             NoiseSource::State => self.state_noise_lanes(xs, live, out),
         }
-        let lanes = self.lanes.as_ref().expect("a batched term");
+        let lanes = &self.tape;
         let row = |r: usize| lanes.row(r);
         let (g0, g1) = (row(1), row(2));
         if let Some(order) = series {
@@ -736,13 +810,12 @@ impl ModelTerm<'_> {
             *s &= live;
         }
         // `out.failure` is all `None` here: the caller takes every failure it is given.
-        true
     }
 }
 
-/// A model's closed forms at d = 1 ([`ModelTerm::one_by_one`]).
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Scalar {
+/// A model's closed forms at d = 1 ([`LaneTerm::one_by_one`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Scalar {
     Gf,
     Sme1,
     Sme2,
@@ -750,7 +823,7 @@ enum Scalar {
 }
 
 multiversion! {
-    /// [`ModelTerm::one_by_one`]'s arithmetic over a block: ∇f and f'' in `gh`, the
+    /// [`LaneTerm::one_by_one`]'s arithmetic over a block: ∇f and f'' in `gh`, the
     /// constant Σ and its square root in `cov`, `p` and `ℓ(p)` into `tmp`, drift and
     /// factor into `out`; a lane whose results do not stand is flagged in `slow`.
     fn scalar_coefficients(
@@ -1308,6 +1381,48 @@ mod tests {
         .expect("a valid problem")
     }
 
+    /// Model `kind`'s lane-batched term (the problems here all have one).
+    fn lane_term<'p>(kind: ModelKind, eta: f64, ev: Evaluator<'p>) -> LaneTerm<'p> {
+        match Choice::of(kind, eta, ev) {
+            Choice::Lanes(t) => *t,
+            Choice::PerPoint(_) => panic!("{kind}: no lane form"),
+        }
+    }
+
+    /// Each model gets the fastest form its problem allows, chosen once.
+    #[test]
+    fn terms_choose_their_form_once() {
+        let form = |text: &str, kind: ModelKind| {
+            let p = Problem::from_str(text).expect("a valid problem");
+            let noise = NoiseSource::for_problem(&p, &p.start()).expect("Σ is valid");
+            match Choice::of(kind, 0.1, Evaluator::new(&p, &noise)) {
+                Choice::Lanes(t) => Some(t.form()),
+                Choice::PerPoint(_) => None,
+            }
+        };
+        let one = "var x = 1\nminimize x^2 + cos(x)\nnoise sd 0.5";
+        let one_state = "var x = 1\nminimize x^2\nnoise sd 1 + 0.1*x^2";
+        let two = "var x = 1, y = 0\nminimize x^2 + y^4\nnoise sd 0.5";
+        let five = "var w[5] = 1\nminimize sum(i = 1..5, w[i]^2)\nnoise sd 0.5";
+        assert_eq!(
+            form(one, ModelKind::Hasme),
+            Some(LaneForm::Scalar(Scalar::Spectral, Some((0.25, 0.5))))
+        );
+        assert_eq!(
+            form(one, ModelKind::Gf),
+            Some(LaneForm::Scalar(Scalar::Gf, None))
+        );
+        // A state-dependent Σ: no d = 1 closed form, except for gradient flow (no Σ).
+        assert_eq!(form(one_state, ModelKind::Sme1), Some(LaneForm::Tape));
+        assert_eq!(
+            form(one_state, ModelKind::Gf),
+            Some(LaneForm::Scalar(Scalar::Gf, None))
+        );
+        assert_eq!(form(two, ModelKind::Sme2), Some(LaneForm::TwoByTwo));
+        assert_eq!(form(two, ModelKind::Series(3)), Some(LaneForm::Tape));
+        assert_eq!(form(five, ModelKind::Hasme), None);
+    }
+
     fn assert_close(a: &[f64], b: &[f64], what: &str) {
         let scale = b.iter().fold(1e-300f64, |m, v| m.max(v.abs()));
         for (x, y) in a.iter().zip(b) {
@@ -1385,7 +1500,7 @@ mod tests {
             }
         }
 
-        /// The same at a block of points ([`ModelTerm::eval_lanes`]: the batched tape,
+        /// The same at a block of points ([`LaneTerm::eval_lanes`]: the batched tape,
         /// the d = 2 closed forms and the per-lane fallback), with the point at two
         /// lanes among others: each lane's result depends on its own point only.
         #[test]
@@ -1408,8 +1523,7 @@ mod tests {
             xs[2 * (n - 1)..2 * n].copy_from_slice(&x);
             let local = p.local(&x).expect("finite");
             for kind in ModelKind::all().into_iter().chain([ModelKind::Series(3)]) {
-                let mut term = ModelTerm::new(kind, eta, Evaluator::new(&p, &noise));
-                prop_assert!(term.batched());
+                let mut term = lane_term(kind, eta, Evaluator::new(&p, &noise));
                 let mut out = LaneCoefficients::new();
                 let live = std::array::from_fn(|l| l < n);
                 term.eval_lanes(&rows_of(&xs, 2), &live, &mut out);
@@ -1448,7 +1562,7 @@ mod tests {
             let source = NoiseSource::for_problem(&p, &p.start()).expect("Σ is valid");
             let live = std::array::from_fn(|l| l < points.len());
             for kind in ModelKind::all().into_iter().chain([ModelKind::Series(3)]) {
-                let mut term = ModelTerm::new(kind, eta, Evaluator::new(&p, &source));
+                let mut term = lane_term(kind, eta, Evaluator::new(&p, &source));
                 let mut out = LaneCoefficients::new();
                 term.eval_lanes(&rows_of(&points, 1), &live, &mut out);
                 for (l, &x) in points.iter().enumerate() {
@@ -1489,7 +1603,7 @@ mod tests {
         ];
         let xs: Vec<f64> = points.iter().flatten().copied().collect();
         for kind in ModelKind::all() {
-            let mut term = ModelTerm::new(kind, 0.1, Evaluator::new(p, &noise));
+            let mut term = lane_term(kind, 0.1, Evaluator::new(p, &noise));
             let mut out = LaneCoefficients::new();
             let live = std::array::from_fn(|l| l < points.len());
             term.eval_lanes(&rows_of(&xs, 2), &live, &mut out);
