@@ -10,11 +10,14 @@ use hasme::inspect::{CheckSummary, DeriveReport, ModelRequest};
 use hasme::models::{ModelKind, ModelOptions, PsdPolicy};
 use hasme::moments::{self, MomentsConfig, MomentsError};
 use hasme::output::{self, OutputError};
-use hasme::sim::progress::PathProgress;
 use hasme::sim::{Coupling, SimConfig, SimError, simulate_with_progress};
 use hasme::{Overrides, Problem, ProblemError};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 #[derive(Parser)]
 #[command(
@@ -823,4 +826,57 @@ fn run_escape(args: EscapeArgs) -> Result<ExitCode> {
     }
     args.run.deliver(&text)?;
     Ok(ExitCode::SUCCESS)
+}
+
+// ---------------------------------------------------------------------------------------
+// Progress bars: the library reports finished paths through a callback; drawing them is
+// the CLI's business.
+
+/// How long a run must last before the bar appears.
+const SHOW_AFTER: Duration = Duration::from_secs(1);
+
+/// A bar of finished paths on stderr, shown only when stderr is a terminal and the run
+/// has lasted more than a second (a short run prints nothing), and never when asked to
+/// be quiet. Safe to update from worker threads.
+#[derive(Debug)]
+struct PathProgress {
+    bar: ProgressBar,
+    start: Instant,
+    enabled: bool,
+    shown: AtomicBool,
+}
+
+impl PathProgress {
+    /// A bar over `total` paths on stderr: inert when `quiet` or when stderr is not a
+    /// terminal.
+    fn stderr(total: u64, quiet: bool) -> PathProgress {
+        let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::hidden());
+        if let Ok(style) = ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:30}] {human_pos}/{human_len} paths, ETA {eta}",
+        ) {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        PathProgress {
+            bar,
+            start: Instant::now(),
+            enabled: !quiet && std::io::stderr().is_terminal(),
+            shown: AtomicBool::new(false),
+        }
+    }
+
+    /// `n` more paths are done.
+    fn inc(&self, n: u64) {
+        self.bar.inc(n);
+        if self.enabled
+            && self.start.elapsed() >= SHOW_AFTER
+            && !self.shown.swap(true, Ordering::Relaxed)
+        {
+            self.bar.set_draw_target(ProgressDrawTarget::stderr());
+        }
+    }
+
+    /// Removes the bar (if it was shown).
+    fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
 }

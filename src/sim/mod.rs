@@ -111,7 +111,6 @@ pub(crate) mod engine;
 mod lanes;
 mod linalg;
 pub mod minibatch;
-pub mod progress;
 pub mod schemes;
 pub mod terms;
 mod vmath;
