@@ -677,6 +677,56 @@ impl Watcher<'_> {
             self.config.models[p - 1].to_string()
         }
     }
+
+    /// The engine's errors as the escape run's.
+    fn error(&self, e: EngineError<EscapeError>) -> EscapeError {
+        match e {
+            EngineError::Fatal {
+                process,
+                path,
+                step,
+                source,
+            } => EscapeError::Run {
+                process: self.name(process),
+                path,
+                step,
+                time: step as f64 * self.config.eta,
+                message: source.to_string(),
+            },
+            EngineError::Threads { threads, message } => EscapeError::Threads { threads, message },
+            EngineError::Observer(e) => e,
+        }
+    }
+}
+
+/// The engine and the observer of a run of `config` (checked, its coupling one the
+/// problem can have), once the problem and the region are checked at the start point.
+fn prepare<'p>(
+    problem: &'p Problem,
+    config: &'p EscapeConfig,
+) -> Result<(Engine<'p>, Watcher<'p>), EscapeError> {
+    let start = problem.start();
+    problem.objective_derivatives(&start)?;
+    let noise = NoiseSource::for_problem(problem, &start)?;
+    let region = compile_region(problem, &config.region, &start)?;
+    let engine = Engine {
+        problem,
+        noise,
+        start,
+        settings: Settings {
+            eta: config.eta,
+            steps: config.max_steps,
+            paths: config.paths,
+            models: config.models.clone(),
+            substeps: config.substeps,
+            coupling: config.coupling,
+            seed: config.seed,
+            threads: config.threads,
+            batch: 0,
+            minibatch: true,
+        },
+    };
+    Ok((engine, Watcher { config, region }))
 }
 
 impl Observer for Watcher<'_> {
@@ -900,32 +950,12 @@ pub fn escape_with_progress(
         };
         &adjusted
     };
-    let start = problem.start();
-    problem.objective_derivatives(&start)?;
-    let noise = NoiseSource::for_problem(problem, &start)?;
-    let region = compile_region(problem, &config.region, &start)?;
-    let centre = match &region {
+    let (engine, watcher) = prepare(problem, config)?;
+    let start = engine.start.clone();
+    let centre = match &watcher.region {
         Compiled::Ball { centre, .. } => Some(centre.clone()),
         Compiled::When(_) | Compiled::File(_) => None,
     };
-    let engine = Engine {
-        problem,
-        noise,
-        start: start.clone(),
-        settings: Settings {
-            eta: config.eta,
-            steps: config.max_steps,
-            paths: config.paths,
-            models: config.models.clone(),
-            substeps: config.substeps,
-            coupling: config.coupling,
-            seed: config.seed,
-            threads: config.threads,
-            batch: 0,
-            minibatch: true,
-        },
-    };
-    let watcher = Watcher { config, region };
     let processes = config.models.len() + 1;
     let mut outcomes = Vec::with_capacity(config.paths as usize * processes);
     let mut first: Vec<Option<FirstDivergence>> = vec![None; processes];
@@ -939,22 +969,7 @@ pub fn escape_with_progress(
                 }
             }
         })
-        .map_err(|e| match e {
-            EngineError::Fatal {
-                process,
-                path,
-                step,
-                source,
-            } => EscapeError::Run {
-                process: watcher.name(process),
-                path,
-                step,
-                time: step as f64 * config.eta,
-                message: source.to_string(),
-            },
-            EngineError::Threads { threads, message } => EscapeError::Threads { threads, message },
-            EngineError::Observer(e) => e,
-        })?;
+        .map_err(|e| watcher.error(e))?;
     let names: Vec<String> = std::iter::once("sgd".to_string())
         .chain(config.models.iter().map(|m| m.to_string()))
         .collect();
@@ -1262,6 +1277,86 @@ impl fmt::Display for EscapeReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sim::engine::tap::{Tap, Trace};
+    use crate::sim::{SchemeKind, SimConfig};
+
+    /// The states the engine showed the escape observer on every path.
+    fn escape_traces(problem: &Problem, config: &EscapeConfig) -> Vec<Trace> {
+        config.check().expect("valid settings");
+        let (engine, watcher) = prepare(problem, config).expect("a valid problem");
+        let mut traces = Vec::new();
+        engine
+            .run(EulerMaruyama, &Tap(watcher), &|_| {}, |(_, t)| {
+                traces.extend(t)
+            })
+            .expect("runs");
+        traces
+    }
+
+    /// `simulate` (Euler–Maruyama, saving every step) and `escape` on the same paths
+    /// see the same bits: at every grid time a process is still inside the region in
+    /// escape, its state is the one simulate saves. On a 2-d saddle (the closed-form
+    /// lanes) and on the 4-d Rosenbrock function (the batched tape), with a few hundred
+    /// paths so that some lanes take a second path while others still run their first.
+    #[test]
+    fn simulate_and_escape_agree_path_by_path() {
+        let saddle = Problem::from_str(
+            "var x = 0, y = 0\nminimize 0.5*x^2 - y^2 + 0.1*x*y^3\nnoise diag [0.04, 0.01*(1 + x^2)]",
+        )
+        .expect("a valid problem");
+        let rosenbrock = Problem::from_str(
+            "var w[4] = 0.5\nminimize sum(i = 1..3, 100*(w[i+1] - w[i]^2)^2 + (1 - w[i])^2)\nnoise sd 0.1",
+        )
+        .expect("a valid problem");
+        for (problem, eta, radius, models) in [
+            (
+                &saddle,
+                0.1,
+                0.8,
+                vec![ModelKind::Hasme, ModelKind::Sme2, ModelKind::Gf],
+            ),
+            (
+                &rosenbrock,
+                0.0005,
+                0.3,
+                vec![ModelKind::Hasme, ModelKind::Sme1],
+            ),
+        ] {
+            let steps = 60;
+            let mut e = EscapeConfig::new(eta, steps, 300, Region::ball(radius));
+            e.models = models.clone();
+            e.substeps = 4;
+            e.seed = 11;
+            let mut s = SimConfig::new(eta, steps as f64 * eta, 300);
+            s.models = models;
+            s.substeps = 4;
+            s.seed = 11;
+            s.scheme = SchemeKind::EulerMaruyama;
+            let simulated = crate::sim::trace(problem, &s).expect("runs");
+            let escaped = escape_traces(problem, &e);
+            assert_eq!(simulated.len(), 300);
+            assert_eq!(escaped.len(), 300);
+            let mut compared = 0;
+            let mut stopped = 0;
+            for (path, (a, b)) in simulated.iter().zip(&escaped).enumerate() {
+                for (step, p, x) in b {
+                    let same = a.iter().find(|(k, q, _)| k == step && q == p);
+                    let (_, _, y) = same.expect("simulate saw the process there");
+                    let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(x), bits(y), "path {path}, step {step}, process {p}");
+                    compared += 1;
+                }
+                // Escape stops looking at a process once it left.
+                stopped +=
+                    usize::from(b.len() < a.len() - a.iter().filter(|(k, ..)| *k == 0).count());
+            }
+            assert!(compared > 10_000, "{compared} states compared");
+            assert!(
+                stopped > 50,
+                "only {stopped} paths escaped: the test needs escapes"
+            );
+        }
+    }
 
     fn o(time: f64, escaped: bool) -> Observation {
         Observation { time, escaped }

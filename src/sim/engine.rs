@@ -496,3 +496,87 @@ impl<O: Observer, S: Scheme + Copy> Core<'_, '_, O, S> {
         Ok(())
     }
 }
+
+/// An observer that records the states it is shown before handing them on, to test
+/// that two commands see the same paths.
+#[cfg(test)]
+pub(crate) mod tap {
+    use super::{Observer, States};
+
+    /// One path's states at every look: `(step, process, state)` for each process
+    /// still running there, in look order.
+    pub(crate) type Trace = Vec<(u64, usize, Vec<f64>)>;
+
+    /// `O`, recording.
+    pub(crate) struct Tap<O>(pub O);
+
+    impl<O: Observer> Observer for Tap<O> {
+        type Path = (O::Path, Trace);
+        /// The inner summary, and the traces of the chunk's paths in path order.
+        type Chunk = (O::Chunk, Vec<Trace>);
+        type Scratch = O::Scratch;
+        type Error = O::Error;
+
+        fn new_path(&self) -> Self::Path {
+            (self.0.new_path(), Vec::new())
+        }
+        fn new_chunk(&self) -> Self::Chunk {
+            (self.0.new_chunk(), Vec::new())
+        }
+        fn new_scratch(&self) -> O::Scratch {
+            self.0.new_scratch()
+        }
+        fn start_path(&self, path: &mut Self::Path) {
+            self.0.start_path(&mut path.0);
+            path.1.clear();
+        }
+        fn looks_at(&self, step: u64) -> bool {
+            self.0.looks_at(step)
+        }
+        fn look(
+            &self,
+            at: (u64, u64),
+            states: States<'_>,
+            alive: &mut [bool],
+            path: &mut Self::Path,
+            chunk: &mut Self::Chunk,
+            scratch: &mut O::Scratch,
+        ) -> Result<(), O::Error> {
+            for (p, _) in alive.iter().enumerate().filter(|(_, a)| **a) {
+                let x = if p == 0 {
+                    states.sgd
+                } else {
+                    &states.models[p - 1]
+                };
+                path.1.push((at.1, p, x.to_vec()));
+            }
+            self.0
+                .look(at, states, alive, &mut path.0, &mut chunk.0, scratch)
+        }
+        fn diverged(
+            &self,
+            p: usize,
+            at: (u64, u64),
+            point: &[f64],
+            reason: String,
+            path: &mut Self::Path,
+            chunk: &mut Self::Chunk,
+        ) {
+            self.0
+                .diverged(p, at, point, reason, &mut path.0, &mut chunk.0);
+        }
+        fn non_finite(&self, p: usize) -> String {
+            self.0.non_finite(p)
+        }
+        fn finish_path(
+            &self,
+            index: u64,
+            alive: &[bool],
+            path: &mut Self::Path,
+            chunk: &mut Self::Chunk,
+        ) {
+            self.0.finish_path(index, alive, &mut path.0, &mut chunk.0);
+            chunk.1.push(std::mem::take(&mut path.1));
+        }
+    }
+}

@@ -695,12 +695,13 @@ impl<S: Scheme> Observer for Saver<'_, S> {
     }
 }
 
-fn run<S: Scheme + Copy>(
-    problem: &Problem,
-    config: &SimConfig,
+/// The engine and the observer of a run, once the configuration and the start point
+/// are checked.
+fn prepare<'p, S: Scheme>(
+    problem: &'p Problem,
+    config: &'p SimConfig,
     scheme: S,
-    progress: &(dyn Fn(u64) + Sync),
-) -> Result<SimResult, SimError> {
+) -> Result<(Engine<'p>, Saver<'p, S>), SimError> {
     let (steps, saved) = config.plan()?;
     let start = problem.start();
     // Evaluate everything once at the start point, so a problem that is invalid there
@@ -740,22 +741,62 @@ fn run<S: Scheme + Copy>(
         saved,
         layout,
     };
-    let mut total = ChunkStats::new(&layout);
+    Ok((engine, saver))
+}
+
+/// Maps the engine's errors to the simulator's.
+fn sim_error(config: &SimConfig, e: EngineError<std::convert::Infallible>) -> SimError {
+    match e {
+        EngineError::Fatal {
+            path, step, source, ..
+        } => SimError::Problem {
+            path,
+            step,
+            time: step as f64 * config.eta,
+            source,
+        },
+        EngineError::Threads { threads, message } => SimError::Threads { threads, message },
+        EngineError::Observer(never) => match never {},
+    }
+}
+
+fn run<S: Scheme + Copy>(
+    problem: &Problem,
+    config: &SimConfig,
+    scheme: S,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<SimResult, SimError> {
+    let (engine, saver) = prepare(problem, config, scheme)?;
+    let mut total = ChunkStats::new(&saver.layout);
     engine
         .run(scheme, &saver, progress, |c| total.merge(c))
-        .map_err(|e| match e {
-            EngineError::Fatal {
-                path, step, source, ..
-            } => SimError::Problem {
-                path,
-                step,
-                time: step as f64 * config.eta,
-                source,
-            },
-            EngineError::Threads { threads, message } => SimError::Threads { threads, message },
-            EngineError::Observer(never) => match never {},
-        })?;
+        .map_err(|e| sim_error(config, e))?;
     Ok(finish(&saver, total))
+}
+
+/// What the engine's processes were at every saved step of every path of an
+/// Euler–Maruyama run ([`engine::tap`]), for tests that compare commands path by path.
+#[cfg(test)]
+pub(crate) fn trace(
+    problem: &Problem,
+    config: &SimConfig,
+) -> Result<Vec<engine::tap::Trace>, SimError> {
+    assert_eq!(
+        config.scheme,
+        SchemeKind::EulerMaruyama,
+        "one copy per model"
+    );
+    let (engine, saver) = prepare(problem, config, EulerMaruyama)?;
+    let mut traces = Vec::new();
+    engine
+        .run(
+            EulerMaruyama,
+            &engine::tap::Tap(saver),
+            &|_| {},
+            |(_, t)| traces.extend(t),
+        )
+        .map_err(|e| sim_error(config, e))?;
+    Ok(traces)
 }
 
 /// `Some(x)` for finite `x`: statistics never carry NaN or infinities.
