@@ -47,6 +47,11 @@
 //! `|1 − ηλ_min|`, a model's `e^{μη}` with `μ` its linear drift's eigenvalue there
 //! ([`crate::moments::Quadratic::model_sde`]).
 //!
+//! The paths run on the simulator's path engine (the random streams, chunks, threads,
+//! divergences and lane-batched stepping of `simulate`), with an observer that stops a
+//! process once it is outside the region: a path's states at the grid times are the
+//! bits `simulate` would save on the same seed with Euler–Maruyama.
+//!
 //! Invariant: the same seed gives the same numbers on any number of threads. Memory is
 //! one outcome per path and process, whatever the number of steps.
 //!
