@@ -11,7 +11,13 @@
 //! Invariant: a chunk is an independent unit. Its paths read their own random streams,
 //! its summary receives the paths in path order (whatever order the lanes finish them
 //! in), and the caller merges the chunk summaries in chunk order, so the numbers do not
-//! depend on the threads, the batch size, or which paths share a block.
+//! depend on the threads, the batch size, or which paths share a block. A shard of a
+//! run is therefore a range of chunk indices, and a checkpoint the merged summary of a
+//! prefix of them.
+//!
+//! A model's term is chosen once, when a worker is built ([`Choice::of`]): a new way of
+//! evaluating coefficients (e.g. matrix-free for large d) is a new variant there and a
+//! new arm of the worker's stepping.
 
 use rayon::prelude::*;
 
