@@ -21,7 +21,7 @@ mod eval;
 mod expression;
 mod finite_sum;
 
-pub use check::{Degree, KEYWORDS, UNROLL_BUDGET};
+pub use check::{Degree, UNROLL_BUDGET};
 pub use eval::{NoiseBuffers, SYMMETRY_TOL, min_eigenvalue_if_negative};
 
 use crate::data::FiniteSum;

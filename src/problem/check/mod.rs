@@ -27,14 +27,6 @@ use noise::CompiledNoise;
 use scope::LetDef;
 use std::collections::{HashMap, HashSet};
 
-/// Statement keywords (reserved, like `pi` and the function names).
-pub const KEYWORDS: [&str; 10] = [
-    "param", "var", "let", "minimize", "noise", "observe", "data", "batch", "sampling", "escape",
-];
-
-/// Functions that take other than one plain argument, or are not yet available.
-const SPECIAL_FUNCTIONS: [&str; 4] = ["pow", "mean", "sum", "prod"];
-
 pub(crate) enum CheckFailure {
     Diag(Box<Diagnostic>),
     Usage(String),

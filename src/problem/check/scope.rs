@@ -4,11 +4,12 @@
 //! needed), with "did you mean" suggestions.
 
 use super::compile::Degree;
-use super::{CheckFailure, CheckResult, Checker, KEYWORDS, SPECIAL_FUNCTIONS};
+use super::{CheckFailure, CheckResult, Checker};
 use crate::lang::Span;
 use crate::lang::ast::*;
 use crate::lang::source::suggest;
-use crate::tape::{Func, TapeBuilder, Val};
+use crate::lang::words::{WordKind, reserved};
+use crate::tape::{TapeBuilder, Val};
 
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum BindingKind {
@@ -49,17 +50,12 @@ impl Checker<'_> {
         stmt: usize,
     ) -> CheckResult<()> {
         let name = ident.name.as_str();
-        if name == "pi"
-            || KEYWORDS.contains(&name)
-            || Func::from_name(name).is_some()
-            || SPECIAL_FUNCTIONS.contains(&name)
-        {
-            let what = if name == "pi" {
-                "the constant π"
-            } else if KEYWORDS.contains(&name) {
-                "a statement keyword"
-            } else {
-                "a built-in function"
+        if let Some(kind) = reserved(name) {
+            let what = match kind {
+                WordKind::Constant => "the constant π",
+                WordKind::Statement => "a statement keyword",
+                // `reserved` never gives a clause keyword.
+                WordKind::Function | WordKind::Clause => "a built-in function",
             };
             return Err(self.err(
                 ident.span,
@@ -117,7 +113,7 @@ impl Checker<'_> {
                     stmt: 0,
                 });
             }
-            if Func::from_name(name).is_some() || SPECIAL_FUNCTIONS.contains(&name) {
+            if reserved(name) == Some(WordKind::Function) {
                 return Err(self.err(
                     span,
                     format!("`{name}` is a function; call it as `{name}(…)`"),
