@@ -724,9 +724,20 @@ fn noise_shapes_and_constant_covariances_are_checked() {
         16,
         "a variance must be ≥ 0, found -0.5",
     );
-    // Entries written differently but equal up to an ulp are symmetric (SYMMETRY_TOL).
+    // Entries written differently but equal up to an ulp are symmetric (models::SYMMETRY_TOLERANCE).
     Problem::from_str("var x, y\nminimize x\nnoise cov [[1, 0.3], [0.1*3, 1]]")
         .expect("0.3 and 0.1*3 differ by an ulp only");
+    // The tolerance is the models' (1e-10 relative): what `Local::new` would symmetrise
+    // as round-off is accepted, anything larger is an error.
+    Problem::from_str("var x, y\nminimize x\nnoise cov [[1, 0.3], [0.300000000003, 1]]")
+        .expect("a relative asymmetry of 1e-11 is round-off");
+    expect_error(
+        "var x, y\nminimize x\nnoise cov [[1, 0.3], [0.30000003, 1]]",
+        Kind::Check,
+        3,
+        16,
+        "the covariance is not symmetric: entry (1, 2) = 0.3 but entry (2, 1) = 0.30000003",
+    );
 }
 
 #[test]

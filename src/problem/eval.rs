@@ -4,15 +4,14 @@
 //! error naming the expression, its place in the file and the point.
 
 use super::{Derivatives, NoiseKind, Problem, ProblemError};
-use crate::models::Local;
+use crate::models::{Local, PSD_TOLERANCE, SYMMETRY_TOLERANCE};
 use crate::tape::{Derivs, Jets, NonFinite, Workspace};
 use nalgebra::{DMatrix, DVector, SymmetricEigen};
 
-/// Relative tolerance for symmetry and PSD checks of Σ: entries written differently
-/// (`0.3` and `0.1*3`) differ by an ulp, and an eigendecomposition of a d×d matrix
-/// with d ≤ a few hundred loses a few more; 1e-12 sits far above that and far below
-/// any real asymmetry.
-pub const SYMMETRY_TOL: f64 = 1e-12;
+// Σ is checked with the models' own tolerances, so the problem accepts exactly the
+// covariances the models read: mirror entries may differ by round-off
+// (`SYMMETRY_TOLERANCE`: `0.3` and `0.1*3` differ by an ulp), and an eigenvalue counts
+// as negative only beyond the eigensolver's round-off (`PSD_TOLERANCE`).
 
 impl Problem {
     pub(super) fn check_point(&self, x: &[f64]) -> Result<(), ProblemError> {
@@ -239,7 +238,8 @@ impl Problem {
         }
         for &(a, b) in &self.noise.runtime_symmetry {
             let (va, vb) = (values[a], values[b]);
-            if (va - vb).abs() > SYMMETRY_TOL * va.abs().max(vb.abs()).max(f64::MIN_POSITIVE) {
+            if (va - vb).abs() > SYMMETRY_TOLERANCE * va.abs().max(vb.abs()).max(f64::MIN_POSITIVE)
+            {
                 return Err(self.noise_error(
                     format!(
                         "Σ(x) is not symmetric at {}: entry ({}, {}) = {va} but entry ({}, {}) = {vb}",
@@ -407,11 +407,11 @@ pub struct NoiseBuffers {
 /// A cheap sufficient test that the symmetric `m` (row-major d×d) is PSD within the
 /// tolerance of [`min_eigenvalue_if_negative`]: diagonal matrices by their entries,
 /// others by an in-place Cholesky factorisation of `m + δI` with
-/// δ = SYMMETRY_TOL·trace(m) (trace ≥ λ_max for a PSD matrix). `false` means "not
+/// δ = PSD_TOLERANCE·trace(m) (trace ≥ λ_max for a PSD matrix). `false` means "not
 /// shown PSD": the caller then computes the smallest eigenvalue to decide and report.
 fn psd_within_tolerance(d: usize, m: &[f64], scratch: &mut Vec<f64>) -> bool {
     let trace: f64 = (0..d).map(|i| m[i * d + i]).sum();
-    let delta = SYMMETRY_TOL * trace.abs();
+    let delta = PSD_TOLERANCE * trace.abs();
     let diagonal = (0..d).all(|i| (0..d).all(|j| i == j || m[i * d + j] == 0.0));
     if diagonal {
         return (0..d).all(|i| m[i * d + i] >= -delta);
@@ -442,7 +442,7 @@ fn psd_within_tolerance(d: usize, m: &[f64], scratch: &mut Vec<f64>) -> bool {
 }
 
 /// The smallest eigenvalue of a symmetric matrix when it is negative beyond round-off
-/// (relative [`SYMMETRY_TOL`] of the largest magnitude).
+/// (relative [`PSD_TOLERANCE`] of the largest magnitude).
 pub fn min_eigenvalue_if_negative(m: &DMatrix<f64>) -> Option<f64> {
     if m.nrows() == 0 {
         return None;
@@ -450,7 +450,7 @@ pub fn min_eigenvalue_if_negative(m: &DMatrix<f64>) -> Option<f64> {
     let eig = SymmetricEigen::new(m.clone()).eigenvalues;
     let scale = eig.iter().fold(0.0f64, |a, v| a.max(v.abs()));
     let min = eig.iter().copied().fold(f64::INFINITY, f64::min);
-    (min < -SYMMETRY_TOL * scale.max(f64::MIN_POSITIVE)).then_some(min)
+    (min < -PSD_TOLERANCE * scale.max(f64::MIN_POSITIVE)).then_some(min)
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ mod expression;
 mod finite_sum;
 
 pub use check::{Degree, UNROLL_BUDGET};
-pub use eval::{NoiseBuffers, SYMMETRY_TOL, min_eigenvalue_if_negative};
+pub use eval::{NoiseBuffers, min_eigenvalue_if_negative};
 
 use crate::data::FiniteSum;
 use crate::lang::{Diagnostic, Source, Span, parse};

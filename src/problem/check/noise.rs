@@ -7,7 +7,8 @@ use super::scope::{Binding, BindingKind};
 use super::{CheckResult, Checker};
 use crate::lang::Span;
 use crate::lang::ast::*;
-use crate::problem::eval::{SYMMETRY_TOL, min_eigenvalue_if_negative};
+use crate::models::SYMMETRY_TOLERANCE;
+use crate::problem::eval::min_eigenvalue_if_negative;
 use crate::problem::{NoiseKind, NoiseTape};
 use crate::tape::{TapeBuilder, Val};
 use nalgebra::DMatrix;
@@ -129,7 +130,7 @@ impl Checker<'_> {
                         let (c, _) = vals[j * d + i];
                         match (a, c) {
                             (Val::Const(x), Val::Const(y)) => {
-                                if (x - y).abs() > SYMMETRY_TOL * x.abs().max(y.abs()) {
+                                if (x - y).abs() > SYMMETRY_TOLERANCE * x.abs().max(y.abs()) {
                                     return Err(self.err(
                                         sa,
                                         format!(
