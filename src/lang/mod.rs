@@ -14,4 +14,4 @@ pub mod words;
 pub use ast::{Expr, Program};
 pub use parse::{parse, parse_expr};
 pub use print::{print_expr, print_program};
-pub use source::{Diagnostic, Source, Span};
+pub use source::{Diagnostic, Source, Sources, Span};

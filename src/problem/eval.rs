@@ -4,6 +4,7 @@
 //! error naming the expression, its place in the file and the point.
 
 use super::{Derivatives, NoiseKind, Problem, ProblemError};
+use crate::lang::Sources;
 use crate::models::{Local, PSD_TOLERANCE, SYMMETRY_TOLERANCE};
 use crate::tape::{Derivs, Jets, NonFinite, Workspace};
 use nalgebra::{DMatrix, DVector, SymmetricEigen};
@@ -32,7 +33,17 @@ impl Problem {
     }
 
     pub(super) fn eval_error(&self, nf: NonFinite, x: &[f64]) -> ProblemError {
-        let expr = self.source.snippet(nf.span).to_string();
+        self.eval_error_in(Sources::file(&self.source), nf, x)
+    }
+
+    /// An evaluation error of a tape whose spans point into `sources`.
+    pub(super) fn eval_error_in(
+        &self,
+        sources: Sources<'_>,
+        nf: NonFinite,
+        x: &[f64],
+    ) -> ProblemError {
+        let expr = sources.snippet(nf.span).to_string();
         // Only the default observables have no source text; of them only `norm2` can
         // overflow (the coordinates themselves are finite).
         let expr = if expr.is_empty() {
@@ -62,7 +73,7 @@ impl Problem {
         } else {
             "not a finite number here"
         };
-        ProblemError::Eval(Box::new(self.source.diagnostic(nf.span, message, label)))
+        ProblemError::Eval(Box::new(sources.diagnostic(nf.span, message, label)))
     }
 
     /// f(x). For a finite sum, the mean of the per-example losses.

@@ -23,12 +23,13 @@ mod finite_sum;
 
 pub use check::{Degree, UNROLL_BUDGET};
 pub use eval::{NoiseBuffers, min_eigenvalue_if_negative};
+pub use expression::Expression;
 
 use crate::data::FiniteSum;
 use crate::lang::{Diagnostic, Source, Span, parse};
 use crate::models::ModelError;
 use crate::tape::Tape;
-use check::{CheckFailure, Checker};
+use check::{CheckFailure, Checker, Scope};
 use nalgebra::{DMatrix, DVector};
 use serde::Serialize;
 use std::fmt;
@@ -85,6 +86,15 @@ impl ProblemError {
         match self {
             ProblemError::Eval(_) | ProblemError::Model(_) => 1,
             _ => 2,
+        }
+    }
+}
+
+impl From<CheckFailure> for ProblemError {
+    fn from(e: CheckFailure) -> ProblemError {
+        match e {
+            CheckFailure::Diag(d) => ProblemError::Check(d),
+            CheckFailure::Usage(m) => ProblemError::Usage(m),
         }
     }
 }
@@ -233,10 +243,9 @@ struct NoiseTape {
 pub struct Problem {
     source: Source,
     variables: Vec<String>,
-    vectors: Vec<VectorVar>,
     start: Vec<f64>,
-    params: Vec<(String, f64)>,
-    param_vectors: Vec<(String, Vec<f64>)>,
+    /// The checker's names (params, variables, `let`s), for expressions compiled later.
+    scope: Scope,
     objective: Tape,
     noise: NoiseTape,
     observable_names: Vec<String>,
@@ -275,12 +284,7 @@ impl Problem {
     /// Parses and checks a source with param overrides.
     pub fn from_source(source: Source, overrides: &Overrides) -> Result<Problem, ProblemError> {
         let program = parse(&source).map_err(ProblemError::Syntax)?;
-        Checker::new(&source, overrides)
-            .check(&program)
-            .map_err(|e| match e {
-                CheckFailure::Diag(d) => ProblemError::Check(d),
-                CheckFailure::Usage(m) => ProblemError::Usage(m),
-            })
+        Ok(Checker::new(&source, overrides).check(&program)?)
     }
 
     /// The source the problem came from.
@@ -305,17 +309,17 @@ impl Problem {
 
     /// Scalar params with their values (after overrides), in declaration order.
     pub fn params(&self) -> &[(String, f64)] {
-        &self.params
+        &self.scope.params
     }
 
     /// Vector params (`param a[3] = [1, 2, 3]`) with their values, in declaration order.
     pub fn param_vectors(&self) -> &[(String, Vec<f64>)] {
-        &self.param_vectors
+        &self.scope.param_vecs
     }
 
     /// Vector variables (`var w[n]`), in declaration order.
     pub fn vectors(&self) -> &[VectorVar] {
-        &self.vectors
+        &self.scope.vector_vars
     }
 
     /// Observable names, in order.

@@ -64,7 +64,10 @@ impl Checker<'_> {
         for node in &expr.nodes {
             if let NodeKind::Call { func, .. } = &node.kind
                 && func.name == "mean"
-                && self.scope.as_ref().is_none_or(|s| s.mean_span != node.span)
+                && self
+                    .data_scope
+                    .as_ref()
+                    .is_none_or(|s| s.mean_span != node.span)
             {
                 return Err(self.err(
                     node.span,
@@ -139,7 +142,7 @@ impl Checker<'_> {
                         *ctx.lets.get(i).ok_or_else(|| self.internal())?
                     }
                     BindingKind::ParamVec(p) => {
-                        let len = self.param_vecs[p].1.len();
+                        let len = self.scope.param_vecs[p].1.len();
                         return Err(self.err(
                             span,
                             format!(
@@ -158,7 +161,7 @@ impl Checker<'_> {
                     BindingKind::Data(_) => {
                         // The table argument of the objective's `mean(…)` has no value.
                         if self
-                            .scope
+                            .data_scope
                             .as_ref()
                             .is_some_and(|s| s.table_arg_span == span)
                         {
@@ -176,7 +179,7 @@ impl Checker<'_> {
                 let binding = self.resolve(&name.name, name.span, ctx.stmt, ctx.constant)?;
                 let ispan = ctx.expr.nodes[*index as usize].span;
                 let (len, what) = match binding.kind {
-                    BindingKind::ParamVec(p) => (self.param_vecs[p].1.len(), "param"),
+                    BindingKind::ParamVec(p) => (self.scope.param_vecs[p].1.len(), "param"),
                     BindingKind::VarVec { len, .. } => (len, "variable"),
                     _ => {
                         return Err(self.err(
@@ -213,7 +216,7 @@ impl Checker<'_> {
                 let i = i as usize - 1;
                 match binding.kind {
                     BindingKind::ParamVec(p) => {
-                        (Val::Const(self.param_vecs[p].1[i]), Degree::Poly(0))
+                        (Val::Const(self.scope.param_vecs[p].1[i]), Degree::Poly(0))
                     }
                     BindingKind::VarVec { start, .. } => (b.var(start + i, span), Degree::Poly(1)),
                     _ => return Err(self.internal()),
@@ -240,7 +243,7 @@ impl Checker<'_> {
                     ));
                 }
                 ctx.budget -= cost;
-                if let Some(prev) = self.names.get(&index.name) {
+                if let Some(prev) = self.scope.names.get(&index.name) {
                     let what = if matches!(prev.kind, BindingKind::Index(_)) {
                         "an enclosing loop index"
                     } else {
@@ -257,7 +260,7 @@ impl Checker<'_> {
                     ReduceKind::Prod => (Val::Const(1.0), Degree::Poly(0)),
                 };
                 for i in lo_v..=hi_v {
-                    self.names.insert(
+                    self.scope.names.insert(
                         index.name.clone(),
                         Binding {
                             kind: BindingKind::Index(i as f64),
@@ -268,7 +271,7 @@ impl Checker<'_> {
                     self.loop_stack.push((index.name.clone(), i));
                     let r = self.compile_range(ctx, b, body_start, body, vals);
                     self.loop_stack.pop();
-                    self.names.remove(&index.name);
+                    self.scope.names.remove(&index.name);
                     r?;
                     let (v, d) = vals[body];
                     let combined = match kind {
@@ -304,7 +307,11 @@ impl Checker<'_> {
                 let want = match name {
                     "pow" => 2,
                     "mean" => {
-                        if self.scope.as_ref().is_some_and(|s| s.mean_span == span) {
+                        if self
+                            .data_scope
+                            .as_ref()
+                            .is_some_and(|s| s.mean_span == span)
+                        {
                             // The per-example loss: the body, read on one row.
                             return Ok(at(vals, args[1]));
                         }
@@ -375,7 +382,7 @@ impl Checker<'_> {
                 }
             }
             NodeKind::Column { data, column } => {
-                let inside = self.scope.as_ref().and_then(|s| {
+                let inside = self.data_scope.as_ref().and_then(|s| {
                     (s.mean_span.start <= span.start && span.end <= s.mean_span.end)
                         .then_some((s.table, &s.columns))
                 });

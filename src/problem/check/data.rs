@@ -153,7 +153,7 @@ impl Checker<'_> {
         let arg = &nodes[args[0] as usize];
         let table_names: Vec<&str> = self.tables.iter().map(|t| t.name.as_str()).collect();
         let table = match &arg.kind {
-            NodeKind::Name(n) => match self.names.get(n).map(|b| b.kind) {
+            NodeKind::Name(n) => match self.scope.names.get(n).map(|b| b.kind) {
                 Some(BindingKind::Data(t)) => t,
                 _ => {
                     let hint = suggest(n, table_names.iter().copied())
@@ -289,7 +289,7 @@ impl Checker<'_> {
         batch: Option<(f64, Span, Span)>,
         sampling: Option<(Sampling, Span)>,
     ) -> CheckResult<Option<FiniteSum>> {
-        Ok(match &self.scope {
+        Ok(match &self.data_scope {
             None => {
                 if let Some((_, _, span)) = batch {
                     return Err(self.err(

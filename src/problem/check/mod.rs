@@ -12,19 +12,19 @@ mod noise;
 mod scope;
 
 pub use compile::{Degree, UNROLL_BUDGET};
-pub(super) use scope::{Binding, BindingKind};
+pub(super) use scope::Scope;
 
 use super::{
     EscapeRegion, MAX_DIMENSION, NoiseKind, NoiseTape, Overrides, Problem, Structure, VectorVar,
 };
 use crate::lang::ast::*;
 use crate::lang::source::suggest;
-use crate::lang::{Diagnostic, Source, Span, print_expr};
+use crate::lang::{Diagnostic, Source, Sources, Span, print_expr};
 use crate::tape::{TapeBuilder, Val};
 
 use data::{DataScope, TableDef};
 use noise::CompiledNoise;
-use scope::LetDef;
+use scope::{BindingKind, LetDef};
 use std::collections::{HashMap, HashSet};
 
 pub(crate) enum CheckFailure {
@@ -35,14 +35,11 @@ pub(crate) enum CheckFailure {
 pub(crate) type CheckResult<T> = Result<T, CheckFailure>;
 
 pub(crate) struct Checker<'a> {
-    pub(crate) source: &'a Source,
+    /// Where spans point: the file, and an expression compiled after it.
+    pub(crate) source: Sources<'a>,
     pub(crate) overrides: &'a Overrides,
-    pub(crate) names: HashMap<String, Binding>,
-    pub(crate) params: Vec<(String, f64)>,
-    pub(crate) param_vecs: Vec<(String, Vec<f64>)>,
-    pub(crate) vars: Vec<(String, f64)>,
-    pub(crate) vector_vars: Vec<VectorVar>,
-    pub(crate) lets: Vec<(String, Span, LetDef)>,
+    /// The names defined so far; the problem keeps them.
+    pub(crate) scope: Scope,
     pub(crate) used_lets: HashSet<usize>,
     pub(crate) loop_stack: Vec<(String, i64)>,
     /// Every name the file declares, with its first definition: to tell "used before
@@ -51,27 +48,32 @@ pub(crate) struct Checker<'a> {
     pub(crate) warned: HashSet<Span>,
     pub(crate) warnings: Vec<Diagnostic>,
     pub(crate) tables: Vec<TableDef>,
-    pub(crate) scope: Option<DataScope>,
+    /// The objective's `mean(…)`, once found.
+    pub(crate) data_scope: Option<DataScope>,
 }
 
 impl<'a> Checker<'a> {
     pub(crate) fn new(source: &'a Source, overrides: &'a Overrides) -> Checker<'a> {
+        Checker::in_scope(Sources::file(source), Scope::default(), overrides)
+    }
+
+    /// A checker that starts from the names of `scope`, spans pointing into `source`.
+    pub(crate) fn in_scope(
+        source: Sources<'a>,
+        scope: Scope,
+        overrides: &'a Overrides,
+    ) -> Checker<'a> {
         Checker {
             source,
             overrides,
-            names: HashMap::new(),
-            params: Vec::new(),
-            param_vecs: Vec::new(),
-            vars: Vec::new(),
-            vector_vars: Vec::new(),
-            lets: Vec::new(),
+            scope,
             used_lets: HashSet::new(),
             loop_stack: Vec::new(),
             declared: HashMap::new(),
             warned: HashSet::new(),
             warnings: Vec::new(),
             tables: Vec::new(),
-            scope: None,
+            data_scope: None,
         }
     }
 
@@ -85,7 +87,7 @@ impl<'a> Checker<'a> {
     }
 
     pub(crate) fn pos(&self, span: Span) -> String {
-        let p = self.source.position(span.start);
+        let p = self.source.position(span);
         format!("{}:{}", p.line, p.column)
     }
 
@@ -189,9 +191,9 @@ impl<'a> Checker<'a> {
                                 *v = o;
                             }
                         }
-                        let index = self.param_vecs.len();
+                        let index = self.scope.param_vecs.len();
                         self.define(name, BindingKind::ParamVec(index), k)?;
-                        self.param_vecs.push((name.name.clone(), values));
+                        self.scope.param_vecs.push((name.name.clone(), values));
                         continue;
                     }
                     let expr = match value {
@@ -211,7 +213,7 @@ impl<'a> Checker<'a> {
                     let v = self.constant_of(expr, k, "a param value")?;
                     let v = self.overrides.get(&name.name).unwrap_or(v);
                     self.define(name, BindingKind::Param(v), k)?;
-                    self.params.push((name.name.clone(), v));
+                    self.scope.params.push((name.name.clone(), v));
                 }
                 StatementKind::Var(decls) => {
                     for d in decls {
@@ -219,15 +221,15 @@ impl<'a> Checker<'a> {
                             Some(e) => self.constant_of(e, k, "a start value")?,
                             None => 0.0,
                         };
-                        let index = self.vars.len();
+                        let index = self.scope.vars.len();
                         match &d.size {
                             None => {
                                 self.define(&d.name, BindingKind::Var(index), k)?;
-                                self.vars.push((d.name.name.clone(), start));
+                                self.scope.vars.push((d.name.name.clone(), start));
                             }
                             Some(size) => {
                                 let len = self.size_of(size, k)?;
-                                if self.vars.len() + len > MAX_DIMENSION {
+                                if self.scope.vars.len() + len > MAX_DIMENSION {
                                     return Err(self.err(
                                         size.span(),
                                         format!("more than {MAX_DIMENSION} variables in all"),
@@ -236,9 +238,11 @@ impl<'a> Checker<'a> {
                                 }
                                 self.define(&d.name, BindingKind::VarVec { start: index, len }, k)?;
                                 for i in 1..=len {
-                                    self.vars.push((format!("{}[{i}]", d.name.name), start));
+                                    self.scope
+                                        .vars
+                                        .push((format!("{}[{i}]", d.name.name), start));
                                 }
-                                self.vector_vars.push(VectorVar {
+                                self.scope.vector_vars.push(VectorVar {
                                     name: d.name.name.clone(),
                                     start: index,
                                     len,
@@ -248,9 +252,9 @@ impl<'a> Checker<'a> {
                     }
                 }
                 StatementKind::Let { name, value } => {
-                    let index = self.lets.len();
+                    let index = self.scope.lets.len();
                     self.define(name, BindingKind::Let(index), k)?;
-                    self.lets.push((
+                    self.scope.lets.push((
                         name.name.clone(),
                         name.span,
                         LetDef {
@@ -343,17 +347,18 @@ impl<'a> Checker<'a> {
         }
         for (name, _) in &self.overrides.values {
             let vector_entry = self
+                .scope
                 .param_vecs
                 .iter()
                 .any(|(p, v)| p == name || (1..=v.len()).any(|i| *name == format!("{p}[{i}]")));
-            if !vector_entry && !self.params.iter().any(|(p, _)| p == name) {
-                let all = self.params.iter().map(|(p, _)| p.as_str());
+            if !vector_entry && !self.scope.params.iter().any(|(p, _)| p == name) {
+                let all = self.scope.params.iter().map(|(p, _)| p.as_str());
                 let hint = suggest(
                     name,
-                    all.chain(self.param_vecs.iter().map(|(p, _)| p.as_str())),
+                    all.chain(self.scope.param_vecs.iter().map(|(p, _)| p.as_str())),
                 )
                 .map_or(String::new(), |s| format!("; did you mean `{s}`?"));
-                let known = if self.params.is_empty() && self.param_vecs.is_empty() {
+                let known = if self.scope.params.is_empty() && self.scope.param_vecs.is_empty() {
                     " (the file declares no params)".to_string()
                 } else {
                     String::new()
@@ -372,13 +377,13 @@ impl<'a> Checker<'a> {
                 "expected `minimize EXPR` somewhere in the file",
             ));
         };
-        let d = self.vars.len();
+        let d = self.scope.vars.len();
 
         // Finite sums: the objective's `mean(…)`, its table and the columns it reads.
-        self.scope = self.find_mean(objective_expr)?;
+        self.data_scope = self.find_mean(objective_expr)?;
         let finite_sum = self.finite_sum(noise.map(|(_, span, _)| span), batch, sampling)?;
         for (t, def) in self.tables.iter().enumerate() {
-            if self.scope.as_ref().is_none_or(|s| s.table != t) {
+            if self.data_scope.as_ref().is_none_or(|s| s.table != t) {
                 self.warnings.push(self.source.diagnostic(
                     def.span,
                     format!("data `{}` is never used", def.name),
@@ -390,7 +395,7 @@ impl<'a> Checker<'a> {
         // Pass 2: compile. Lets are compiled into each tape once, in order; the tape
         // drops the ones it does not use. A finite sum's objective is the per-example
         // loss F_i, reading the row's columns as data inputs.
-        let data_inputs = self.scope.as_ref().map_or(0, |s| s.columns.len());
+        let data_inputs = self.data_scope.as_ref().map_or(0, |s| s.columns.len());
         let mut b = TapeBuilder::with_data(d, data_inputs);
         let lets = self.compile_lets(&mut b)?;
         let (f, degree) = self.compile(objective_expr, objective_stmt, &mut b, None, &lets)?;
@@ -402,7 +407,10 @@ impl<'a> Checker<'a> {
                     kind: NoiseKind::Minibatch,
                     tape: TapeBuilder::new(d).finish(&[]),
                     runtime_symmetry: Vec::new(),
-                    span: self.scope.as_ref().map_or(Span::default(), |s| s.mean_span),
+                    span: self
+                        .data_scope
+                        .as_ref()
+                        .map_or(Span::default(), |s| s.mean_span),
                 },
                 // Σ is constant when the data-dependent part of F_i is affine in x.
                 constant: match objective.data_part_degree(0) {
@@ -430,7 +438,7 @@ impl<'a> Checker<'a> {
         if observes.is_empty() {
             // Default observables: every variable and the squared norm.
             let mut norm2 = Val::Const(0.0);
-            for (i, (name, _)) in self.vars.iter().enumerate() {
+            for (i, (name, _)) in self.scope.vars.iter().enumerate() {
                 let v = b.var(i, Span::default());
                 outputs.push((v, Span::default()));
                 observable_names.push(name.clone());
@@ -466,7 +474,7 @@ impl<'a> Checker<'a> {
             }
         };
 
-        for (i, (name, span, _)) in self.lets.iter().enumerate() {
+        for (i, (name, span, _)) in self.scope.lets.iter().enumerate() {
             if !self.used_lets.contains(&i) {
                 self.warnings.push(self.source.diagnostic(
                     *span,
@@ -482,12 +490,10 @@ impl<'a> Checker<'a> {
             Degree::Other => None,
         };
         Ok(Problem {
-            source: self.source.clone(),
-            variables: self.vars.iter().map(|(n, _)| n.clone()).collect(),
-            vectors: self.vector_vars,
-            param_vectors: self.param_vecs,
-            start: self.vars.iter().map(|&(_, s)| s).collect(),
-            params: self.params,
+            source: self.source.file_source().clone(),
+            variables: self.scope.vars.iter().map(|(n, _)| n.clone()).collect(),
+            start: self.scope.vars.iter().map(|&(_, s)| s).collect(),
+            scope: self.scope,
             objective,
             noise: noise_tape.tape,
             observable_names,

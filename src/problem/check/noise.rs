@@ -54,10 +54,10 @@ impl Checker<'_> {
                         && let Some(Binding {
                             kind: BindingKind::ParamVec(p),
                             ..
-                        }) = self.names.get(n).copied()
+                        }) = self.scope.names.get(n).copied()
                     {
                         self.resolve(n, *span, k, None)?;
-                        for &c in &self.param_vecs[p].1 {
+                        for &c in &self.scope.param_vecs[p].1 {
                             if c < 0.0 {
                                 return Err(self.err(
                                     *span,

@@ -9,12 +9,14 @@ use crate::lang::Span;
 use crate::lang::ast::*;
 use crate::lang::source::suggest;
 use crate::lang::words::{WordKind, reserved};
+use crate::problem::VectorVar;
 use crate::tape::{TapeBuilder, Val};
+use std::collections::HashMap;
 
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum BindingKind {
     Param(f64),
-    /// Index into `Checker::param_vecs`.
+    /// Index into `Scope::param_vecs`.
     ParamVec(usize),
     Var(usize),
     /// Coordinates `start..start + len`.
@@ -37,9 +39,46 @@ pub(crate) struct Binding {
     pub(crate) stmt: usize,
 }
 
+#[derive(Clone, Debug)]
 pub(crate) struct LetDef {
     pub(crate) expr: Expr,
     pub(crate) stmt: usize,
+}
+
+/// The names a file defines, as the checker leaves them. The problem keeps them, so
+/// that expressions written after the file (`--when`, `--at`, constants) compile
+/// against the file's names without checking the file again.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Scope {
+    pub(crate) names: HashMap<String, Binding>,
+    /// Scalar params with their values (after overrides), in file order.
+    pub(crate) params: Vec<(String, f64)>,
+    /// Vector params with their values, in file order.
+    pub(crate) param_vecs: Vec<(String, Vec<f64>)>,
+    /// Coordinates of the point (vector variables laid out as `w[1]` …) with their
+    /// start values.
+    pub(crate) vars: Vec<(String, f64)>,
+    pub(crate) vector_vars: Vec<VectorVar>,
+    /// `let`s as syntax, compiled into each tape that reads them.
+    pub(crate) lets: Vec<(String, Span, LetDef)>,
+}
+
+impl Scope {
+    /// The part of the scope known before any point: params and vector params. A
+    /// constant (a `--at` value) sees only these, so a variable or a `let` there is an
+    /// unknown name, as it is in a `param` statement written before it.
+    pub(crate) fn constants(&self) -> Scope {
+        Scope {
+            names: self
+                .names
+                .iter()
+                .filter(|(_, b)| matches!(b.kind, BindingKind::Param(_) | BindingKind::ParamVec(_)))
+                .map(|(n, b)| (n.clone(), *b))
+                .collect(),
+            param_vecs: self.param_vecs.clone(),
+            ..Scope::default()
+        }
+    }
 }
 
 impl Checker<'_> {
@@ -63,7 +102,7 @@ impl Checker<'_> {
                 "choose another name",
             ));
         }
-        if let Some(prev) = self.names.get(name) {
+        if let Some(prev) = self.scope.names.get(name) {
             let d = self
                 .source
                 .diagnostic(
@@ -74,7 +113,7 @@ impl Checker<'_> {
                 .with_note(format!("first defined at {}", self.pos(prev.span)));
             return Err(CheckFailure::Diag(Box::new(d)));
         }
-        self.names.insert(
+        self.scope.names.insert(
             name.to_string(),
             Binding {
                 kind,
@@ -86,10 +125,10 @@ impl Checker<'_> {
     }
 
     pub(crate) fn compile_lets(&mut self, b: &mut TapeBuilder) -> CheckResult<Vec<(Val, Degree)>> {
-        let mut out: Vec<(Val, Degree)> = Vec::with_capacity(self.lets.len());
-        for i in 0..self.lets.len() {
+        let mut out: Vec<(Val, Degree)> = Vec::with_capacity(self.scope.lets.len());
+        for i in 0..self.scope.lets.len() {
             let (expr, stmt) = {
-                let def = &self.lets[i].2;
+                let def = &self.scope.lets[i].2;
                 (def.expr.clone(), def.stmt)
             };
             let v = self.compile(&expr, stmt, b, None, &out)?;
@@ -105,7 +144,7 @@ impl Checker<'_> {
         stmt: usize,
         constant: Option<&str>,
     ) -> CheckResult<Binding> {
-        let Some(&b) = self.names.get(name) else {
+        let Some(&b) = self.scope.names.get(name) else {
             if name == "pi" {
                 return Ok(Binding {
                     kind: BindingKind::Param(std::f64::consts::PI),
@@ -131,7 +170,7 @@ impl Checker<'_> {
                     .with_note(format!("`{name}` is defined at {}", self.pos(later)));
                 return Err(CheckFailure::Diag(Box::new(d)));
             }
-            let mut candidates: Vec<&str> = self.names.keys().map(String::as_str).collect();
+            let mut candidates: Vec<&str> = self.scope.names.keys().map(String::as_str).collect();
             candidates.sort();
             candidates.push("pi");
             let hint = suggest(name, candidates)
