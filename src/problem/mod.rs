@@ -13,8 +13,10 @@
 //! The rooms: this file holds the checked [`Problem`] and its public types; `eval`
 //! evaluates it at points (values, derivatives, Σ(x) and its checks); `finite_sum` the
 //! finite sums `mean(DATA, EXPR)` (per-example gradients, the minibatch covariance);
-//! `expression` the points and constants given on the command line; `check` turns a
-//! syntax tree into a problem (names and scope, compiling to tapes, noise, data).
+//! `expression` what is written after the file (`--when` expressions, `--at` points,
+//! constants), compiled against the names the checker kept rather than by checking
+//! the file again; `check` turns a syntax tree into a problem (names and scope,
+//! compiling to tapes, noise, data).
 
 mod check;
 mod eval;

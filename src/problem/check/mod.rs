@@ -4,7 +4,11 @@
 //! compiles the objective, Σ(x), the observables and the escape region into tapes.
 //! Names and scope are in `scope`, the compiler of one expression in `compile`, the
 //! `noise` statement in `noise`, `data` statements and the objective's `mean(…)` in
-//! `data`.
+//! `data`. The problem keeps the final [`Scope`], so that expressions written later
+//! compile against it ([`Checker::in_scope`]).
+//!
+//! The module is private to `problem`; its items are `pub(crate)` only so that the
+//! problem's other rooms (`expression`) can drive a checker.
 
 mod compile;
 mod data;
