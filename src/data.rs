@@ -9,11 +9,11 @@
 //! 1.0, 2.9
 //! ```
 //!
-//! Cells are separated by commas and trimmed of spaces; a column name may be quoted
-//! (`"x"`) and must be a name the language can read as `DATA.col`; every cell must be a
-//! finite number; blank lines are skipped; `\r\n` line ends and a UTF-8 byte-order mark
-//! are accepted. Anything else is an error at the file, line and column of the fault,
-//! with a caret, like an error in the objective file itself.
+//! The file is read by the `csv` crate (commas, RFC 4180 quotes, `\n` or `\r\n` line
+//! ends); cells are trimmed of spaces; a column name must be a name the language
+//! can read as `DATA.col`; every cell must be a finite number; blank lines are skipped;
+//! a UTF-8 byte-order mark is accepted. Anything else is an error at the file, line and
+//! column of the fault, with a caret, like an error in the objective file itself.
 
 use crate::lang::ast::Sampling;
 use crate::lang::{Diagnostic, Source, Span};
@@ -152,43 +152,45 @@ pub fn parse_csv(source: &Source) -> Result<Table, Box<Diagnostic>> {
     let err = |start: usize, end: usize, message: String, label: &str| {
         Box::new(source.diagnostic(Span::new(start, end), message, label))
     };
+    // A byte-order mark is not part of the first column's name (the reader keeps it).
+    let bom = if text.starts_with('\u{feff}') {
+        '\u{feff}'.len_utf8()
+    } else {
+        0
+    };
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(&text.as_bytes()[bom..]);
     let mut columns: Vec<String> = Vec::new();
     let mut header_span = Span::default();
     let mut values = Vec::new();
-    let mut offset = 0;
-    // A byte-order mark is not part of the first column's name.
-    if text.starts_with('\u{feff}') {
-        offset = '\u{feff}'.len_utf8();
-    }
-    while offset < text.len() {
-        let rest = &text[offset..];
-        let line_len = rest.find('\n').unwrap_or(rest.len());
-        let line_start = offset;
-        let line = rest[..line_len]
-            .strip_suffix('\r')
-            .unwrap_or(&rest[..line_len]);
-        offset += line_len + 1;
-        if line.trim().is_empty() {
+    let mut record = csv::StringRecord::new();
+    loop {
+        let start = bom + reader.position().byte() as usize;
+        match reader.read_record(&mut record) {
+            Ok(true) => {}
+            Ok(false) => break,
+            // The text is UTF-8 and rows may differ in length, so the reader has no
+            // error of its own to give; should one come, it is located at the record.
+            Err(e) => return Err(err(start, start, format!("unreadable CSV: {e}"), "here")),
+        }
+        // A line of spaces is one empty cell to the reader, and blank here.
+        if record.len() <= 1 && record.get(0).is_none_or(|cell| cell.trim().is_empty()) {
             continue;
         }
-        // Cells with their byte ranges (trimmed) in the file.
-        let mut cells: Vec<(usize, usize)> = Vec::new();
-        let mut cell_start = 0;
-        for part in line.split(',') {
-            let lead = part.len() - part.trim_start().len();
-            let trimmed = part.trim();
-            let s = line_start + cell_start + lead;
-            cells.push((s, s + trimmed.len()));
-            cell_start += part.len() + 1;
-        }
+        let cells = cell_spans(text, start, &record);
+        let line_end = cells.last().map_or(start, |c| c.raw_end);
         if columns.is_empty() {
-            header_span = Span::new(line_start, line_start + line.len());
-            for &(s, e) in &cells {
-                let raw = &text[s..e];
+            header_span = Span::new(cells.first().map_or(start, |c| c.raw_start), line_end);
+            for cell in &cells {
+                let raw = cell.text.as_str();
+                // A name quoted after a space is not unquoted by the reader.
                 let name = raw
                     .strip_prefix('"')
                     .and_then(|r| r.strip_suffix('"'))
                     .unwrap_or(raw);
+                let (s, e) = (cell.start, cell.end);
                 if name.is_empty() {
                     return Err(err(
                         s,
@@ -221,9 +223,9 @@ pub fn parse_csv(source: &Source) -> Result<Table, Box<Diagnostic>> {
         }
         if cells.len() != columns.len() {
             let (s, e) = if cells.len() > columns.len() {
-                (cells[columns.len()].0, line_start + line.len())
+                (cells[columns.len()].start, line_end)
             } else {
-                (line_start + line.len(), line_start + line.len())
+                (line_end, line_end)
             };
             return Err(err(
                 s,
@@ -240,9 +242,9 @@ pub fn parse_csv(source: &Source) -> Result<Table, Box<Diagnostic>> {
                 },
             ));
         }
-        for (j, &(s, e)) in cells.iter().enumerate() {
-            let cell = &text[s..e];
-            if cell.is_empty() {
+        for (j, cell) in cells.iter().enumerate() {
+            let (s, e, text) = (cell.start, cell.end, cell.text.as_str());
+            if text.is_empty() {
                 return Err(err(
                     s,
                     e,
@@ -250,14 +252,14 @@ pub fn parse_csv(source: &Source) -> Result<Table, Box<Diagnostic>> {
                     "expected a number",
                 ));
             }
-            match cell.parse::<f64>() {
+            match text.parse::<f64>() {
                 Ok(v) if v.is_finite() => values.push(v),
                 Ok(v) => {
                     return Err(err(
                         s,
                         e,
                         format!(
-                            "`{cell}` in column `{}` is not a finite number ({v})",
+                            "`{text}` in column `{}` is not a finite number ({v})",
                             columns[j]
                         ),
                         "not finite",
@@ -267,7 +269,7 @@ pub fn parse_csv(source: &Source) -> Result<Table, Box<Diagnostic>> {
                     return Err(err(
                         s,
                         e,
-                        format!("`{cell}` in column `{}` is not a number", columns[j]),
+                        format!("`{text}` in column `{}` is not a number", columns[j]),
                         "expected a number",
                     ));
                 }
@@ -291,6 +293,56 @@ pub fn parse_csv(source: &Source) -> Result<Table, Box<Diagnostic>> {
         )));
     }
     Ok(Table { columns, values })
+}
+
+/// One cell of a record: its text trimmed of spaces, where that text lies in the file
+/// (for the caret), and where the raw cell (quotes and spaces included) ends.
+struct Cell {
+    text: String,
+    start: usize,
+    end: usize,
+    raw_start: usize,
+    raw_end: usize,
+}
+
+/// Places the cells of `record`, read by the csv reader from `start` in `text`, back in
+/// the file. The reader gives a record's start but not its cells', so they are counted
+/// from its output: a field is its text, or, when it starts with a quote, the text
+/// quoted with each inner quote doubled; fields are one comma apart. (Text after a
+/// closing quote, which the reader keeps, can shift later carets of that line; the
+/// spans stay inside the file.)
+fn cell_spans(text: &str, start: usize, record: &csv::StringRecord) -> Vec<Cell> {
+    let bytes = text.as_bytes();
+    // The reader skips line ends before a record.
+    let mut at = start;
+    while matches!(bytes.get(at), Some(b'\r' | b'\n')) {
+        at += 1;
+    }
+    let mut cells = Vec::with_capacity(record.len());
+    for field in record.iter() {
+        let trimmed = field.trim();
+        let (lead, trail) = (
+            field.len() - field.trim_start().len(),
+            field.len() - field.trim_end().len(),
+        );
+        // A quoted cell's caret covers its quotes, as it is written.
+        let (raw_len, start, end) = if bytes.get(at) == Some(&b'"') {
+            let raw_len = field.len() + 2 + field.matches('"').count();
+            (raw_len, at, at + raw_len - trail)
+        } else {
+            (field.len(), at + lead, at + field.len() - trail)
+        };
+        let raw_end = (at + raw_len).min(text.len());
+        cells.push(Cell {
+            text: trimmed.to_string(),
+            start: start.min(raw_end),
+            end: end.min(raw_end),
+            raw_start: at.min(text.len()),
+            raw_end,
+        });
+        at = raw_end + 1;
+    }
+    cells
 }
 
 #[cfg(test)]
@@ -328,5 +380,40 @@ mod tests {
         }
         let e = parse("x,y\n1,\n").unwrap_err();
         assert!(e.message.contains("empty cell"), "{}", e.message);
+    }
+
+    /// Quotes follow RFC 4180 (a quoted cell may hold a comma or a doubled quote), and
+    /// faults after blank lines, quoted cells or `\r\n` line ends are still located at
+    /// their cell, a quoted cell's caret covering its quotes.
+    #[test]
+    fn quoted_cells_and_skipped_lines_keep_their_places() {
+        let t = parse("\"x\",\"y\"\n\"1\", 2\n").unwrap();
+        assert_eq!(
+            (t.columns.clone(), t.values),
+            (vec!["x".into(), "y".into()], vec![1.0, 2.0])
+        );
+        let cases: [(&str, usize, usize, usize, &str); 5] = [
+            ("x,y\n\n\n1,2\n\n3,abc\n", 6, 3, 3, "`abc` in column `y`"),
+            // A quote after a space is text, not a quote.
+            ("x,y\n  \n1,2\n3, \"q\"\n", 4, 4, 3, "`\"q\"` in column `y`"),
+            ("x,y\n\"1,5\",2\n", 2, 1, 5, "`1,5` in column `x`"),
+            (
+                "x\n\"a\"\"b\",zz\n",
+                2,
+                8,
+                2,
+                "2 cells but the header has 1",
+            ),
+            ("x,y\r\n1,2\r\n3,zz\r\n", 3, 3, 2, "`zz` in column `y`"),
+        ];
+        for (text, line, column, carets, message) in cases {
+            let e = parse(text).expect_err(text);
+            assert_eq!(
+                (e.line, e.column, e.caret_len),
+                (line, column, carets),
+                "{text:?}: {e}"
+            );
+            assert!(e.message.contains(message), "{text:?}: {}", e.message);
+        }
     }
 }

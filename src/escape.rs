@@ -79,12 +79,10 @@ use std::fmt;
 use nalgebra::SymmetricEigen;
 use serde_json::{Map, Value, json};
 
-use crate::lang::ast::StatementKind;
-use crate::lang::{Program, Source, parse, parse_expr, print_program};
 use crate::models::ModelKind;
 use crate::moments::Quadratic;
 use crate::plot::LinePlot;
-use crate::problem::{Overrides, Problem, ProblemError};
+use crate::problem::{Expression, Problem, ProblemError};
 use crate::sim::engine::{self, Engine, EngineError, Observer, Settings, States};
 use crate::sim::terms::NoiseSource;
 use crate::sim::{CHUNK_PATHS, Coupling, EulerMaruyama, MAX_STEPS};
@@ -539,55 +537,28 @@ pub fn growth_rates(problem: &Problem, eta: f64, models: &[ModelKind]) -> Option
 /// The region, compiled against a problem.
 enum Compiled<'p> {
     Ball { centre: Vec<f64>, r2: f64 },
-    When(Box<Problem>),
+    When(Expression<'p>),
     File(&'p Problem),
 }
 
 impl Compiled<'_> {
-    /// Whether `x` is outside; `slots` is the evaluation scratch of the file's region.
+    /// Whether `x` is outside; `slots` is the evaluation scratch of the region's tape.
     fn outside(&self, x: &[f64], slots: &mut Vec<f64>) -> Result<bool, ProblemError> {
         match self {
             Compiled::Ball { centre, r2 } => {
                 let d2: f64 = x.iter().zip(centre).map(|(a, c)| (a - c) * (a - c)).sum();
                 Ok(d2 > *r2)
             }
-            Compiled::When(g) => Ok(g.value(x)? > 0.0),
+            Compiled::When(e) => Ok(e.value_with(x, slots)? > 0.0),
             Compiled::File(p) => Ok(p.escape_margin_with(x, slots)?.is_some_and(|m| m > 0.0)),
         }
     }
 }
 
-/// Compiles `EXPR` of `--when` into a problem over the same variables: the `param`,
-/// `var` and `let` statements of the original file, followed by `minimize EXPR`, with
-/// the original's param values as overrides (so `--set` carries over).
-fn compile_when(problem: &Problem, expr: &str) -> Result<Problem, ProblemError> {
-    // Syntax errors point into the expression itself.
-    parse_expr(&Source::new("--when", expr)).map_err(ProblemError::Syntax)?;
-    let original = parse(problem.source()).map_err(ProblemError::Syntax)?;
-    let kept = Program {
-        statements: original
-            .statements
-            .into_iter()
-            .filter(|s| {
-                matches!(
-                    s.kind,
-                    StatementKind::Param { .. } | StatementKind::Var(_) | StatementKind::Let { .. }
-                )
-            })
-            .collect(),
-    };
-    let text = format!("{}\nminimize {expr}\n", print_program(&kept));
-    let mut overrides = Overrides::none();
-    for (name, value) in problem.params() {
-        overrides = overrides.set(name.clone(), *value);
-    }
-    let g = Problem::from_source(Source::new("--when", text), &overrides)?;
-    if g.variables() != problem.variables() {
-        return Err(ProblemError::Usage(
-            "--when: the expression's problem does not have the file's variables".into(),
-        ));
-    }
-    Ok(g)
+/// Compiles `EXPR` of `--when` in the file's scope (its params, with `--set` applied,
+/// variables and `let`s); errors point into the expression itself.
+fn compile_when<'p>(problem: &'p Problem, expr: &str) -> Result<Expression<'p>, ProblemError> {
+    problem.compile_expression("--when", expr)
 }
 
 fn compile_region<'p>(
@@ -609,7 +580,7 @@ fn compile_region<'p>(
                 r2: radius * radius,
             }
         }
-        Region::When(expr) => Compiled::When(Box::new(compile_when(problem, expr)?)),
+        Region::When(expr) => Compiled::When(compile_when(problem, expr)?),
         Region::File if problem.escape_region().is_some() => Compiled::File(problem),
         Region::File => {
             return Err(EscapeError::Config(

@@ -724,9 +724,20 @@ fn noise_shapes_and_constant_covariances_are_checked() {
         16,
         "a variance must be ≥ 0, found -0.5",
     );
-    // Entries written differently but equal up to an ulp are symmetric (SYMMETRY_TOL).
+    // Entries written differently but equal up to an ulp are symmetric (models::SYMMETRY_TOLERANCE).
     Problem::from_str("var x, y\nminimize x\nnoise cov [[1, 0.3], [0.1*3, 1]]")
         .expect("0.3 and 0.1*3 differ by an ulp only");
+    // The tolerance is the models' (1e-10 relative): what `Local::new` would symmetrise
+    // as round-off is accepted, anything larger is an error.
+    Problem::from_str("var x, y\nminimize x\nnoise cov [[1, 0.3], [0.300000000003, 1]]")
+        .expect("a relative asymmetry of 1e-11 is round-off");
+    expect_error(
+        "var x, y\nminimize x\nnoise cov [[1, 0.3], [0.30000003, 1]]",
+        Kind::Check,
+        3,
+        16,
+        "the covariance is not symmetric: entry (1, 2) = 0.3 but entry (2, 1) = 0.30000003",
+    );
 }
 
 #[test]
@@ -1101,4 +1112,73 @@ fn exit_codes() {
         ],
         [2, 2, 2, 1]
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Expressions compiled in a checked problem's scope (`--when`)
+
+#[test]
+fn expressions_are_checked_in_the_files_scope_and_located_in_their_own_text() {
+    let file = "param r = 2\nvar x = 0.5, y\nlet d2 = x^2 + y^2\nlet q = log(x)\nminimize x*y";
+    let p = Problem::from_source(
+        Source::new("f.hasme", file),
+        &Overrides::none().set("r", 3.0),
+    )
+    .expect("valid");
+    // Params (with overrides), variables and lets are all visible.
+    let e = p
+        .compile_expression("--when", "d2 - r^2 + q")
+        .expect("valid");
+    assert_eq!(e.text(), "d2 - r^2 + q");
+    assert_eq!(e.value(&[1.0, 2.0]).expect("finite"), 5.0 - 9.0);
+    // Check errors point into the expression, under its name.
+    for (text, column, message) in [
+        ("d3 - 1", 1, "unknown name `d3`; did you mean `d2`?"),
+        (
+            "x + y[1]",
+            5,
+            "`y` is not a vector, so it cannot be indexed",
+        ),
+        ("2*exp(1000)", 3, "`exp(1000)` is not a finite number"),
+        (
+            "mean(t, x)",
+            1,
+            "`mean(…)` may only appear in the `minimize` statement",
+        ),
+        ("x + t.a", 5, "`t.a` reads a data column outside `mean(…)`"),
+    ] {
+        let err = p.compile_expression("--when", text).expect_err(text);
+        let (kind, d) = diagnostic(&err).expect("a diagnostic");
+        assert_eq!(kind, Kind::Check, "{text}");
+        assert_eq!(
+            (d.file.as_str(), d.line, d.column),
+            ("--when", 1, column),
+            "{text}: {d}"
+        );
+        assert!(d.message.contains(message), "{text}: {d}");
+        assert_rendered(d, text);
+    }
+    let err = p.compile_expression("--when", "y -").expect_err("syntax");
+    let (kind, d) = diagnostic(&err).expect("a diagnostic");
+    assert_eq!((kind, d.line, d.column), (Kind::Syntax, 1, 4));
+    // An evaluation error in the expression is located there; in a `let` it reads, in
+    // the file.
+    let d = eval_error(
+        p.compile_expression("--when", "1 + sqrt(y)")
+            .expect("valid")
+            .value(&[1.0, -1.0]),
+    );
+    assert_eq!((d.file.as_str(), d.line, d.column), ("--when", 1, 5), "{d}");
+    assert_eq!(d.message, "`sqrt(y)` evaluates to NaN at (x = 1, y = -1)");
+    assert_rendered(&d, "1 + sqrt(y)");
+    let d = eval_error(e.value(&[-1.0, 0.0]));
+    assert_eq!(
+        (d.file.as_str(), d.line, d.column),
+        ("f.hasme", 4, 9),
+        "{d}"
+    );
+    assert_eq!(d.message, "`log(x)` evaluates to NaN at (x = -1, y = 0)");
+    assert_rendered(&d, file);
+    // A point of the wrong size is a usage error, as for the problem itself.
+    usage_error(e.value(&[1.0]));
 }

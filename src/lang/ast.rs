@@ -39,21 +39,31 @@ impl Expr {
     /// The same expression with every span zeroed: two expressions that differ only
     /// in layout (spaces, redundant parentheses) compare equal this way.
     pub fn without_spans(&self) -> Expr {
-        let mut e = self.clone();
-        for n in &mut e.nodes {
-            n.span = Span::default();
+        self.clone().map_spans(|_| Span::default())
+    }
+
+    /// The same expression with every span moved `by` bytes later: an expression
+    /// compiled against a file keeps its spans apart from the file's
+    /// ([`Sources`](super::source::Sources)).
+    pub fn shifted(self, by: usize) -> Expr {
+        self.map_spans(|s| Span::new(s.start + by, s.end + by))
+    }
+
+    fn map_spans(mut self, f: impl Fn(Span) -> Span) -> Expr {
+        for n in &mut self.nodes {
+            n.span = f(n.span);
             match &mut n.kind {
-                NodeKind::Index { name, .. } => name.span = Span::default(),
+                NodeKind::Index { name, .. } => name.span = f(name.span),
                 NodeKind::Column { data, column } => {
-                    data.span = Span::default();
-                    column.span = Span::default();
+                    data.span = f(data.span);
+                    column.span = f(column.span);
                 }
-                NodeKind::Call { func, .. } => func.span = Span::default(),
-                NodeKind::Reduce { index, .. } => index.span = Span::default(),
+                NodeKind::Call { func, .. } => func.span = f(func.span),
+                NodeKind::Reduce { index, .. } => index.span = f(index.span),
                 _ => {}
             }
         }
-        e
+        self
     }
 
     /// A one-node expression.

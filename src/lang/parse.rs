@@ -10,6 +10,7 @@
 
 use super::ast::*;
 use super::source::{Diagnostic, Source, Span};
+use super::words::{WordKind, words};
 use pest::Parser;
 use pest::iterators::Pair;
 use std::sync::Once;
@@ -227,7 +228,7 @@ fn syntax_error(err: &pest::error::Error<Rule>, text: &str, source: &Source) -> 
     // A misspelt statement keyword: suggest the keyword.
     if expected.iter().any(|e| e.starts_with("a statement")) {
         let word = &rest[..found_len(rest)];
-        if let Some(k) = super::source::suggest(word, crate::problem::KEYWORDS) {
+        if let Some(k) = super::source::suggest(word, words(WordKind::Statement)) {
             found = format!("{found}; did you mean `{k}`?");
         }
     }

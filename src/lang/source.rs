@@ -132,6 +132,88 @@ impl Source {
     }
 }
 
+/// The texts a compiled expression's spans point into: a file and, optionally, one
+/// expression compiled later against the file's names (a command line's `--when`).
+/// The expression's spans are shifted past the end of the file ([`Sources::base`]), so
+/// a span alone says which text it points into, and the `let`s of the file compiled
+/// into the same tape keep their places in the file.
+#[derive(Clone, Copy, Debug)]
+pub struct Sources<'a> {
+    file: &'a Source,
+    expression: Option<&'a Source>,
+}
+
+impl<'a> Sources<'a> {
+    /// The file alone.
+    pub fn file(file: &'a Source) -> Sources<'a> {
+        Sources {
+            file,
+            expression: None,
+        }
+    }
+
+    /// The file and an expression whose spans start at [`Sources::base`]`(file)`.
+    pub fn with_expression(file: &'a Source, expression: &'a Source) -> Sources<'a> {
+        Sources {
+            file,
+            expression: Some(expression),
+        }
+    }
+
+    /// Where the spans of an expression compiled against `file` start: one past the
+    /// file's end, so the empty span at the very end of the file stays the file's.
+    pub fn base(file: &Source) -> usize {
+        file.text.len() + 1
+    }
+
+    /// The file.
+    pub fn file_source(&self) -> &'a Source {
+        self.file
+    }
+
+    /// The file's display name.
+    pub fn name(&self) -> &'a str {
+        self.file.name()
+    }
+
+    /// The file's text.
+    pub fn text(&self) -> &'a str {
+        self.file.text()
+    }
+
+    /// The text a span points into, and the span within it.
+    fn locate(&self, span: Span) -> (&'a Source, Span) {
+        let base = Sources::base(self.file);
+        match self.expression {
+            Some(e) if span.start >= base => (e, Span::new(span.start - base, span.end - base)),
+            _ => (self.file, span),
+        }
+    }
+
+    /// [`Source::snippet`] in the text the span points into.
+    pub fn snippet(&self, span: Span) -> &'a str {
+        let (source, span) = self.locate(span);
+        source.snippet(span)
+    }
+
+    /// [`Source::position`] of a span's start, in the text it points into.
+    pub fn position(&self, span: Span) -> Position {
+        let (source, span) = self.locate(span);
+        source.position(span.start)
+    }
+
+    /// [`Source::diagnostic`] in the text the span points into.
+    pub fn diagnostic(
+        &self,
+        span: Span,
+        message: impl Into<String>,
+        label: impl Into<String>,
+    ) -> Diagnostic {
+        let (source, span) = self.locate(span);
+        source.diagnostic(span, message, label)
+    }
+}
+
 fn floor_char(text: &str, offset: usize) -> usize {
     let mut i = offset.min(text.len());
     while !text.is_char_boundary(i) {

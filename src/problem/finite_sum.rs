@@ -1,0 +1,178 @@
+//! Finite sums `f = (1/n) Σ_i F_i` over the rows of a data table (MODELS.md §1), at
+//! evaluation time: errors naming the example, per-example gradients for minibatch SGD,
+//! and the minibatch covariance Σ(x) = κ C(x) from the per-example gradients, alone or
+//! in the same pass over the rows as ∇f and ∇²f.
+
+use super::eval::NoiseBuffers;
+use super::{Problem, ProblemError};
+use crate::data::FiniteSum;
+use crate::tape::{Jets, NonFinite, Workspace};
+
+impl Problem {
+    /// An evaluation error in example `i` of a finite sum: the expression, the point,
+    /// and the row.
+    pub(super) fn row_eval_error(&self, nf: NonFinite, x: &[f64], i: usize) -> ProblemError {
+        let mut e = self.eval_error(nf, x);
+        if let (ProblemError::Eval(d), Some(fs)) = (&mut e, &self.finite_sum) {
+            let cells: Vec<String> = fs
+                .columns
+                .iter()
+                .zip(fs.row(i))
+                .map(|(c, v)| format!("{}.{c} = {v}", fs.table))
+                .collect();
+            d.notes.push(format!(
+                "in example {} of `{}` ({})",
+                i + 1,
+                fs.table,
+                cells.join(", ")
+            ));
+        }
+        e
+    }
+
+    /// The finite sum, when the objective is `mean(DATA, …)` over a data table.
+    pub fn finite_sum(&self) -> Option<&FiniteSum> {
+        self.finite_sum.as_ref()
+    }
+
+    /// Value and gradient of the per-example loss F_i at x (example `i`, 0-based, of
+    /// the finite sum; for a problem without data, of f itself) into `jets`, by reverse
+    /// mode: what a minibatch SGD step needs. No allocation once the buffers have grown.
+    pub fn example_gradient_with(
+        &self,
+        x: &[f64],
+        i: usize,
+        ws: &mut Workspace,
+        jets: &mut Jets,
+    ) -> Result<(), ProblemError> {
+        self.check_point(x)?;
+        let row = self.finite_sum.as_ref().map_or(&[][..], |fs| fs.row(i));
+        self.objective
+            .gradients_row(x, row, ws, jets)
+            .map_err(|nf| self.row_eval_error(nf, x, i))
+    }
+
+    /// Σ(x) = κ C(x) of a finite sum, `C = (1/n) Σ_i (∇F_i − ∇f)(∇F_i − ∇f)ᵀ` from the
+    /// per-example gradients (reverse mode, one pass per row), accumulated in one pass
+    /// with Welford's co-moment update (no cancellation between a large mean square
+    /// and a large squared mean, no storage per row).
+    pub(super) fn minibatch_cov_into(
+        &self,
+        fs: &FiniteSum,
+        x: &[f64],
+        buffers: &mut NoiseBuffers,
+        out: &mut [f64],
+    ) -> Result<(), ProblemError> {
+        out.fill(0.0);
+        if fs.columns.is_empty() || fs.noise_factor() == 0.0 {
+            // Every example is the same, or the batch is the whole table: no noise.
+            return Ok(());
+        }
+        let NoiseBuffers {
+            ws,
+            jets,
+            mean,
+            delta,
+            ..
+        } = buffers;
+        comoment_start(self.dim(), mean, delta);
+        for i in 0..fs.n {
+            self.objective
+                .gradients_row(x, fs.row(i), ws, jets)
+                .map_err(|nf| self.row_eval_error(nf, x, i))?;
+            comoment_push(i + 1, jets.gradient(0), mean, delta, out);
+        }
+        self.minibatch_cov_finish(fs, x, out)
+    }
+
+    /// `out ← κ/n · out` (the co-moment of the n per-example gradients), symmetric,
+    /// checked finite.
+    pub(super) fn minibatch_cov_finish(
+        &self,
+        fs: &FiniteSum,
+        x: &[f64],
+        out: &mut [f64],
+    ) -> Result<(), ProblemError> {
+        let d = self.dim();
+        let scale = fs.noise_factor() / fs.n as f64;
+        for a in 0..d {
+            for b in a..d {
+                let v = out[a * d + b] * scale;
+                out[a * d + b] = v;
+                out[b * d + a] = v;
+            }
+        }
+        if let Some(k) = out.iter().position(|v| !v.is_finite()) {
+            return Err(self.noise_error(
+                format!(
+                    "the minibatch covariance overflows at {} (entry ({}, {}))",
+                    self.format_point(x),
+                    k / d + 1,
+                    k % d + 1
+                ),
+                "this finite sum",
+            ));
+        }
+        Ok(())
+    }
+
+    /// [`Problem::objective_derivatives_with`] and [`Problem::noise_cov_into`] at the
+    /// same point: for a finite sum in one pass over the rows (each example's gradient
+    /// serves both ∇f and Σ), otherwise one after the other. What a simulator needs at
+    /// every model evaluation.
+    pub fn derivatives_and_noise_with(
+        &self,
+        x: &[f64],
+        ws: &mut Workspace,
+        jets: &mut Jets,
+        buffers: &mut NoiseBuffers,
+        cov: &mut [f64],
+    ) -> Result<(), ProblemError> {
+        let Some(fs) = self
+            .finite_sum
+            .as_ref()
+            .filter(|fs| !fs.columns.is_empty() && fs.noise_factor() > 0.0)
+        else {
+            self.objective_derivatives_with(x, ws, jets)?;
+            return self.noise_cov_into(x, buffers, cov);
+        };
+        self.check_point(x)?;
+        assert_eq!(cov.len(), self.dim() * self.dim(), "Σ has d² entries");
+        cov.fill(0.0);
+        let NoiseBuffers { mean, delta, .. } = buffers;
+        comoment_start(self.dim(), mean, delta);
+        let mut k = 0;
+        self.objective
+            .mean_derivatives_with(x, &fs.rows, ws, jets, |row| {
+                k += 1;
+                comoment_push(k, row.gradient(0), mean, delta, cov);
+            })
+            .map_err(|(i, nf)| self.row_eval_error(nf, x, i))?;
+        self.minibatch_cov_finish(fs, x, cov)
+    }
+}
+
+/// Starts Welford's co-moment of d-vectors: `mean ← 0`, `delta` sized.
+fn comoment_start(d: usize, mean: &mut Vec<f64>, delta: &mut Vec<f64>) {
+    mean.clear();
+    mean.resize(d, 0.0);
+    delta.clear();
+    delta.resize(d, 0.0);
+}
+
+/// Adds the `k`-th vector `g` (1-based) to the running mean and to the upper triangle of
+/// the co-moment `m2` (row-major d×d): `m2 += (g − mean_{k−1})(g − mean_k)ᵀ`, the update
+/// that avoids cancelling a large mean square against a large squared mean.
+fn comoment_push(k: usize, g: &[f64], mean: &mut [f64], delta: &mut [f64], m2: &mut [f64]) {
+    let d = g.len();
+    let k = k as f64;
+    for a in 0..d {
+        delta[a] = g[a] - mean[a];
+        mean[a] += delta[a] / k;
+    }
+    for a in 0..d {
+        for b in a..d {
+            m2[a * d + b] += delta[a] * (g[b] - mean[b]);
+        }
+    }
+}
