@@ -1,5 +1,12 @@
-//! Small line plots rendered to SVG: a few named series of `(x, y)` points, a linear
-//! or logarithmic y-axis, axis labels, a legend below the chart and caption notes.
+//! Small line plots rendered to SVG: a few named series of `(x, y)` points, linear or
+//! logarithmic axes, axis labels, a legend below the chart and caption notes.
+//!
+//! The plots are made to read as a reader expects: a marker at every measured point
+//! (its own shape per series, open for a point the analysis left out), x ticks where
+//! the data were taken when the caller gives them (the step sizes of a run), error bars
+//! only where both ends exist on the axis, step functions drawn as steps with a mark at
+//! every jump, reference lines (slope guides) grey and labelled on the chart rather
+//! than in the legend, and a legend laid out in as many columns as its names allow.
 //!
 //! Rendering uses `plotters` with only its SVG backend: text becomes SVG `<text>`
 //! elements that the viewer draws with its own sans-serif font, and plotters lays text
