@@ -1119,8 +1119,11 @@ impl EscapeReport {
         })
     }
 
-    /// The survival curves `Ŝ(t)` of every process, in one plot.
+    /// The survival curves `Ŝ(t)` of every process, in one plot: a step at every
+    /// escape time, marked, on a time axis that ends shortly after every curve has
+    /// fallen to 1% (or at the cap).
     pub fn survival_plot(&self) -> LinePlot {
+        let end = self.survival_plot_end();
         let mut plot = LinePlot::new(
             format!(
                 "Escape: Kaplan–Meier survival (η = {}, {} paths, cap {} steps)",
@@ -1128,22 +1131,51 @@ impl EscapeReport {
             ),
             "t = kη",
             "fraction still inside",
-        );
+        )
+        .x_limits(0.0, end);
         for p in &self.processes {
             let mut points = vec![(0.0, 1.0)];
-            let mut s = 1.0;
-            for step in p.survival.steps() {
-                points.push((step.time, s));
-                s = step.survival;
-                points.push((step.time, s));
-            }
-            points.push((self.cap_time, s));
-            plot = plot.series(p.name.clone(), points);
+            points.extend(
+                p.survival
+                    .steps()
+                    .iter()
+                    .filter(|step| step.time <= end)
+                    .map(|step| (step.time, step.survival)),
+            );
+            plot = plot.step_series(p.name.clone(), points);
         }
+        let axis = if end < self.cap_time {
+            // Three decimals: the end is 5% past a grid time, not a number to read.
+            let shown = (end * 1e3).round() / 1e3;
+            format!("The axis ends at t ≈ {shown}, when every curve is below 1%")
+        } else {
+            "The axis ends at the cap".to_string()
+        };
         plot.note(
-            "Escape times read at t = kη for SGD and every model; paths still inside at the \
-             cap are censored there (Kaplan–Meier).",
+            "Escape times read at t = kη for SGD and every model; a mark at every escape time.",
         )
+        .note(format!(
+            "{axis}; paths still inside at the cap (t = {}) are censored there.",
+            self.cap_time
+        ))
+    }
+
+    /// Where the survival plot's time axis ends: 5% past the first time by which every
+    /// curve is at or below 1% (so the last drop is not drawn on the frame), at most the
+    /// cap; the cap when some curve stays above 1% (or ends undefined).
+    fn survival_plot_end(&self) -> f64 {
+        let mut last = 0.0f64;
+        for p in &self.processes {
+            match p.survival.steps().iter().find(|step| step.survival <= 0.01) {
+                Some(step) => last = last.max(step.time),
+                None => return self.cap_time,
+            }
+        }
+        if last > 0.0 {
+            (1.05 * last).min(self.cap_time)
+        } else {
+            self.cap_time
+        }
     }
 }
 

@@ -74,7 +74,7 @@
 //! ```
 
 use crate::models::{Model, ModelKind};
-use crate::plot::{LinePlot, YAxis};
+use crate::plot::{LinePlot, Series, YAxis};
 use crate::problem::{Overrides, Problem, ProblemError};
 use crate::sim::{SchemeKind, SimConfig, SimError, SimResult, simulate_with_progress};
 use crate::stats::Welford;
@@ -1220,14 +1220,16 @@ impl WeakOrderReport {
             .any(|m| m.hint.is_some())
     }
 
-    /// A log-log plot of the errors against η with 95% error bars, and the reference
-    /// slopes 1 and 2 drawn as dotted guides through the geometric mean of the largest-η
-    /// errors.
+    /// A log-log plot of the errors against η: a marker at every estimate (open when
+    /// the point is left out of the fit), 95% error bars where the interval stays above
+    /// 0, ticks at the step sizes of the run, and the reference slopes 1 and 2 as grey
+    /// guides through the geometric mean of the largest-η errors.
     pub fn plot(&self) -> LinePlot {
         let several = self.observables.len() > 1;
         let mut plot = LinePlot::new("Weak error against η", "η", "|E φ(x_N) − E φ(X_T)|")
             .x_axis(YAxis::Log)
-            .y_axis(YAxis::Log);
+            .y_axis(YAxis::Log)
+            .x_ticks(self.config.etas.clone());
         let mut anchors = Vec::new();
         for obs in &self.observables {
             for m in &obs.models {
@@ -1236,12 +1238,13 @@ impl WeakOrderReport {
                 } else {
                     m.model.to_string()
                 };
-                let mut pts = Vec::new();
-                let mut bars = Vec::new();
+                let (mut pts, mut bars, mut open) = (Vec::new(), Vec::new(), Vec::new());
                 for p in &m.points {
                     if let (Some(e), Some(ci)) = (p.error, p.ci) {
                         pts.push((p.eta, e));
-                        bars.push(ci);
+                        // A CI that reaches 0 has no end on a log axis: no bar.
+                        bars.push(if ci.0 > 0.0 { ci } else { (f64::NAN, f64::NAN) });
+                        open.push(p.excluded.is_some());
                     }
                 }
                 if let Some(&(_, e)) = pts.first().filter(|p| p.1 > 0.0) {
@@ -1251,7 +1254,11 @@ impl WeakOrderReport {
                     .fit
                     .as_ref()
                     .map_or(String::new(), |f| format!(" (slope {:.2})", f.slope));
-                plot = plot.series_with_error_bars(format!("{name}{slope}"), pts, bars);
+                plot = plot.with(
+                    Series::new(format!("{name}{slope}"), pts)
+                        .error_bars(bars)
+                        .open(open),
+                );
             }
         }
         let (hi, lo) = (
@@ -1261,15 +1268,18 @@ impl WeakOrderReport {
         if !anchors.is_empty() && hi > lo {
             let anchor = (anchors.iter().sum::<f64>() / anchors.len() as f64).exp();
             for p in [1, 2] {
-                plot = plot.series(
-                    format!("slope {p} (guide)"),
+                plot = plot.guide(
+                    format!("slope {p}"),
                     vec![(hi, anchor), (lo, anchor * (lo / hi).powi(p))],
                 );
             }
         }
         plot.note(format!(
-            "{} paths, T = {}, {} substeps ({}), seed {}; bars: 95% CI; points with |e| ≤ {NOISE_FLOOR_SE} se are not fitted.",
+            "{} paths, T = {}, {} substeps ({}), seed {}; bars: 95% CI (none where it reaches 0).",
             self.config.paths, self.config.horizon, self.config.substeps, self.config.scheme, self.config.seed
+        ))
+        .note(format!(
+            "Open markers: not fitted (|e| ≤ {NOISE_FLOOR_SE} se, below the noise floor). Grey dotted: slopes 1 and 2."
         ))
     }
 }

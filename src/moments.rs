@@ -1218,8 +1218,9 @@ impl MomentsReport {
         out
     }
 
-    /// W2 to SGD against t on a log axis, one line per successful model (exact zeros,
-    /// e.g. at t = 0, are drawn at the axis floor and the legend says how many).
+    /// W2 to SGD against t on a log axis, one line per successful model with a marker
+    /// at every reported step (exact zeros, e.g. at t = 0, are drawn at the axis floor
+    /// and the legend says how many). No error bars: the moments are exact.
     pub fn w2_plot(&self) -> LinePlot {
         let times = self.times();
         let title = format!(

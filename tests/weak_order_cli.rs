@@ -150,7 +150,8 @@ fn plot_and_out_are_written_atomically() {
     assert!(o.stdout.is_empty(), "--out replaces stdout");
     let text = std::fs::read_to_string(&svg).unwrap();
     assert!(text.trim_start().starts_with("<svg") && text.trim_end().ends_with("</svg>"));
-    assert!(text.contains("slope 2 (guide)") && text.contains("slope 1 (guide)"));
+    // The slope guides are labelled on the chart.
+    assert!(text.contains(">\nslope 2\n</text>") && text.contains(">\nslope 1\n</text>"));
     let v: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     assert!(v["observables"]["x2"]["hasme"].is_object());
     // Only the two targets: no temporary file left behind.
