@@ -1,0 +1,633 @@
+//! Every model's coefficients at one point, computed once for all callers on reusable
+//! buffers (spec MODELS.md §2): `gf` (drift `−g`), the series truncations `series:K`
+//! (`sme1 = series:0`, `sme2 = series:1`: drift `−Σ_{k≤K} (ηH)^k g/(k+1)`, diffusion
+//! `η Σ_{k<max(K,1)} 𝒬^k(Σ)/(k+1)`), and the closed forms through `H = U diag(λ) Uᵀ`,
+//! `p_i = 1 − ηλ_i`: drift `−U diag(ℓ(p_i)) Uᵀ g`, diffusion `η U (Σ̂ ∘ W) Uᵀ` with
+//! `Σ̂ = UᵀΣU` and `W_ij = ℓ(p_i²)^{1/2} ℓ(p_j²)^{1/2}` (`hasme`) or `ℓ(p_i p_j)`
+//! (`hasme-exact`); then `σ = Γ^{1/2}` after the positive semidefinite check of Γ.
+//!
+//! [`Model::coefficients`](super::Model::coefficients) runs this code on a fresh
+//! [`ModelWorkspace`], the simulator keeps one per worker and model (no allocation per
+//! point). The formulas, their order of operations, domain checks and errors are one;
+//! what the caller chooses is the [`Arithmetic`] of the linear algebra underneath, which
+//! fixes the last bits of the results (every command's output is reproducible to the
+//! bit, so each caller keeps the arithmetic its numbers have always come from).
+
+use nalgebra::{DMatrix, DMatrixView, DVector, DVectorView};
+
+use super::ell::ell_pq;
+use super::error::{ModelError, Point};
+use super::linalg::{
+    EigenScratch, mul, mul_tr, mul_vec, sym_eigen, sym_sqrt, symmetrise, tr_mul, tr_mul_vec,
+};
+use super::spectral::{PSD_TOLERANCE, Psd, eigen, symmetric_part};
+use super::{ModelKind, PsdPolicy, series};
+
+/// The linear algebra a coefficient computation runs on. Both compute the same
+/// formulas to round-off (agreement to 1e−11 relative is tested); they differ in the
+/// last bits, so each caller keeps one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arithmetic {
+    /// nalgebra's tridiagonal QR eigensolver and products (blocked above 5×5), `ηH`
+    /// formed before it multiplies, and each weight `ℓ(p_i p_j)` from its own `q` formed
+    /// with one rounding: what [`Model::coefficients`](super::Model::coefficients)
+    /// gives (`derive`, `moments`, the simulator above
+    /// [`JACOBI_MAX_DIM`](super::linalg::JACOBI_MAX_DIM)). Allocates per call.
+    Qr,
+    /// Cyclic Jacobi ([`sym_eigen`]) and products summed in index order, `η` applied
+    /// after each product with `H` (d multiplications instead of d² per term), and
+    /// `ℓ(p_i²) = 2ℓ(p_i)/(1 + p_i)` from the drift's `ℓ(p_i)` (one logarithm per
+    /// eigenvalue): what the simulator steps with up to `JACOBI_MAX_DIM`, and what its
+    /// closed forms at d ≤ 2 write out lane by lane. No allocation.
+    Jacobi,
+}
+
+/// Σ at the point, as the diffusion reads it.
+#[derive(Debug, Clone, Copy)]
+pub struct Noise<'a> {
+    /// Σ, row-major `d×d`, positive semidefinite (checked by the caller).
+    pub cov: &'a [f64],
+    /// `Σ^{1/2}` when the caller knows it (row-major): then the one-term diffusion `ηΣ`
+    /// has the factor `√η Σ^{1/2}` without another eigendecomposition.
+    pub sqrt: Option<&'a [f64]>,
+}
+
+/// Which error an indefinite Γ is.
+enum Indefinite {
+    /// `hasme-exact`: no real diffusion reproduces SGD exactly.
+    Exact,
+    /// Any other model.
+    Other,
+}
+
+/// Reusable buffers for model coefficients at points of dimension `d`, and the last
+/// results: [`ModelWorkspace::drift`], [`ModelWorkspace::diffusion`], [`ModelWorkspace::factor`]
+/// (column-major, the two matrices symmetric).
+#[derive(Debug, Clone)]
+pub struct ModelWorkspace {
+    drift: DVector<f64>,
+    gamma: DMatrix<f64>,
+    factor: DMatrix<f64>,
+    /// The eigenvectors of H (columns) and `x_i = ηλ_i`, `ℓ(p_i)`.
+    u: DMatrix<f64>,
+    x: DVector<f64>,
+    ells: DVector<f64>,
+    m1: DMatrix<f64>,
+    m2: DMatrix<f64>,
+    m3: DMatrix<f64>,
+    v1: DVector<f64>,
+    v2: DVector<f64>,
+    eigen: EigenScratch,
+}
+
+impl ModelWorkspace {
+    /// Buffers for points of dimension `d`.
+    pub fn new(d: usize) -> ModelWorkspace {
+        let m = || DMatrix::zeros(d, d);
+        let v = || DVector::zeros(d);
+        ModelWorkspace {
+            drift: v(),
+            gamma: m(),
+            factor: m(),
+            u: m(),
+            x: v(),
+            ells: v(),
+            m1: m(),
+            m2: m(),
+            m3: m(),
+            v1: v(),
+            v2: v(),
+            eigen: EigenScratch::new(d),
+        }
+    }
+
+    /// The dimension the buffers are for.
+    pub fn dim(&self) -> usize {
+        self.drift.len()
+    }
+
+    /// The drift of the last computation.
+    pub fn drift(&self) -> &DVector<f64> {
+        &self.drift
+    }
+
+    /// The diffusion Γ of the last computation (zero without noise).
+    pub fn diffusion(&self) -> &DMatrix<f64> {
+        &self.gamma
+    }
+
+    /// The factor σ = Γ^{1/2} of the last computation (zero without noise).
+    pub fn factor(&self) -> &DMatrix<f64> {
+        &self.factor
+    }
+
+    /// `kind`'s drift, diffusion and factor at `point` from `g`, `H` (row-major) and
+    /// the noise (none: Σ = 0), into the workspace; returns whether the diffusion is
+    /// nonzero. Inputs are taken as checked (finite, `d`-dimensional, Σ positive
+    /// semidefinite, and exactly symmetric for [`Arithmetic::Qr`]); an indefinite Γ is
+    /// an error (`hasme-exact`, or a series whose η‖H‖ is not small).
+    ///
+    /// For `d` = 1 and 2 the sequential arithmetic runs with the dimension a constant
+    /// (loops unrolled, bounds checks gone: measured 2× faster at d = 2).
+    #[allow(clippy::too_many_arguments)]
+    pub fn evaluate(
+        &mut self,
+        kind: ModelKind,
+        eta: f64,
+        arithmetic: Arithmetic,
+        point: &[f64],
+        g: &[f64],
+        h: &[f64],
+        noise: Option<Noise<'_>>,
+    ) -> Result<bool, ModelError> {
+        let mut no_warnings = Vec::new();
+        let mut run = |ws: &mut ModelWorkspace, d| {
+            if kind.is_spectral() {
+                ws.spectrum_in(d, eta, arithmetic, point, h)?;
+            }
+            ws.finish_in(
+                d,
+                kind,
+                eta,
+                arithmetic,
+                point,
+                g,
+                h,
+                noise,
+                PsdPolicy::Error,
+                &mut no_warnings,
+            )
+        };
+        match (arithmetic, point.len()) {
+            (Arithmetic::Jacobi, 1) => run(self, 1),
+            (Arithmetic::Jacobi, 2) => run(self, 2),
+            (_, d) => run(self, d),
+        }
+    }
+
+    /// The spectral step of `hasme` and `hasme-exact`: `H = U diag(λ) Uᵀ` and the domain
+    /// `ηλ_max < 1` (every `p_i > 0`), checked before anything else is computed.
+    pub(crate) fn spectrum(
+        &mut self,
+        eta: f64,
+        arithmetic: Arithmetic,
+        point: &[f64],
+        h: &[f64],
+    ) -> Result<(), ModelError> {
+        self.spectrum_in(point.len(), eta, arithmetic, point, h)
+    }
+
+    #[inline(always)]
+    fn spectrum_in(
+        &mut self,
+        d: usize,
+        eta: f64,
+        arithmetic: Arithmetic,
+        point: &[f64],
+        h: &[f64],
+    ) -> Result<(), ModelError> {
+        let lambda_max = match arithmetic {
+            Arithmetic::Qr => {
+                let hessian = DMatrix::from_column_slice(d, d, &h[..d * d]);
+                let e = eigen(hessian, "the Hessian", &Point::from_slice(point))?;
+                self.u.copy_from(&e.eigenvectors);
+                self.x.copy_from(&(&e.eigenvalues * eta));
+                e.eigenvalues.max()
+            }
+            Arithmetic::Jacobi => {
+                let (a, u) = (self.m1.as_mut_slice(), self.u.as_mut_slice());
+                a.copy_from_slice(&h[..d * d]);
+                symmetrise(d, a);
+                sym_eigen(d, a, u, self.x.as_mut_slice()).map_err(|_| ModelError::EigenFailed {
+                    quantity: "the Hessian",
+                    reason: "no convergence within the iteration budget",
+                    point: Point::from_slice(point),
+                })?;
+                // `sym_eigen` writes the eigenvectors row-major: the buffer holds Uᵀ.
+                self.u.transpose_mut();
+                let lambda_max = self.x.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                for x in self.x.iter_mut() {
+                    *x *= eta;
+                }
+                lambda_max
+            }
+        };
+        let product = eta * lambda_max;
+        // η and λ_max are finite, so the product is finite or ±inf, never NaN; +inf is
+        // outside the domain too.
+        if product >= 1.0 {
+            return Err(ModelError::StepSizeTooLarge {
+                lambda_max,
+                eta,
+                product,
+                inverse_lambda_max: 1.0 / lambda_max,
+                point: Point::from_slice(point),
+            });
+        }
+        for i in 0..d {
+            let p = 1.0 - self.x[i];
+            self.ells[i] = match arithmetic {
+                // q = −x_i exactly, while p_i is rounded: ell_pq reads q near p = 1.
+                Arithmetic::Qr => ell_pq(p, -self.x[i]),
+                // ℓ of the rounded p, as the closed forms' lanes compute it.
+                Arithmetic::Jacobi => ell_pq(p, p - 1.0),
+            };
+        }
+        Ok(())
+    }
+
+    /// Everything after [`ModelWorkspace::spectrum`] (which the closed forms need first):
+    /// drift, Γ and σ, with the output checks. `policy` says what an indefinite Γ
+    /// becomes; a clipped one is recorded in `warnings`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn finish(
+        &mut self,
+        kind: ModelKind,
+        eta: f64,
+        arithmetic: Arithmetic,
+        point: &[f64],
+        g: &[f64],
+        h: &[f64],
+        noise: Option<Noise<'_>>,
+        policy: PsdPolicy,
+        warnings: &mut Vec<String>,
+    ) -> Result<bool, ModelError> {
+        let d = point.len();
+        self.finish_in(
+            d, kind, eta, arithmetic, point, g, h, noise, policy, warnings,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn finish_in(
+        &mut self,
+        d: usize,
+        kind: ModelKind,
+        eta: f64,
+        arithmetic: Arithmetic,
+        point: &[f64],
+        g: &[f64],
+        h: &[f64],
+        noise: Option<Noise<'_>>,
+        policy: PsdPolicy,
+        warnings: &mut Vec<String>,
+    ) -> Result<bool, ModelError> {
+        let noise = noise.filter(|_| kind != ModelKind::Gf);
+        if kind == ModelKind::Gf {
+            for (b, gi) in self.drift.iter_mut().zip(g) {
+                *b = -gi;
+            }
+        } else if kind.is_spectral() {
+            self.spectral_drift(d, arithmetic, g);
+        } else {
+            let order = kind.series_order().unwrap_or(0) as usize;
+            self.series_drift(d, eta, arithmetic, order, g, h);
+        }
+        let noisy = match noise {
+            None => {
+                self.gamma.fill(0.0);
+                self.factor.fill(0.0);
+                false
+            }
+            Some(noise) => {
+                let which = if kind == ModelKind::HasmeExact {
+                    Indefinite::Exact
+                } else {
+                    Indefinite::Other
+                };
+                let terms = kind.series_order().map(series::diffusion_term_count);
+                if kind.is_spectral() {
+                    self.spectral_diffusion(d, eta, arithmetic, kind, noise.cov);
+                } else {
+                    self.series_diffusion(d, eta, arithmetic, terms.unwrap_or(1), h, noise.cov);
+                }
+                match (terms, noise.sqrt) {
+                    (Some(1), Some(sqrt)) => {
+                        // Γ = ηΣ: its square root is √η Σ^{1/2}.
+                        let s = eta.sqrt();
+                        for (f, r) in self.factor.iter_mut().zip(sqrt) {
+                            *f = s * r;
+                        }
+                    }
+                    _ => {
+                        self.factor_of_gamma(d, arithmetic, kind, which, point, policy, warnings)?
+                    }
+                }
+                true
+            }
+        };
+        let overflow = |quantity| ModelError::Overflow {
+            quantity,
+            point: Point::from_slice(point),
+        };
+        if !self.drift.iter().all(|v| v.is_finite()) {
+            return Err(overflow("the drift"));
+        }
+        if !self.gamma.iter().all(|v| v.is_finite()) {
+            return Err(overflow("the diffusion Γ"));
+        }
+        if !self.factor.iter().all(|v| v.is_finite()) {
+            return Err(overflow("the diffusion factor σ"));
+        }
+        Ok(noisy)
+    }
+
+    /// `−U diag(ℓ(p_i)) Uᵀ g`.
+    #[inline(always)]
+    fn spectral_drift(&mut self, d: usize, arithmetic: Arithmetic, g: &[f64]) {
+        match arithmetic {
+            Arithmetic::Qr => {
+                self.u
+                    .tr_mul_to(&DVectorView::from_slice(g, d), &mut self.v1);
+            }
+            Arithmetic::Jacobi => tr_mul_vec(d, self.u.as_slice(), g, self.v1.as_mut_slice()),
+        }
+        for i in 0..d {
+            self.v1[i] *= -self.ells[i];
+        }
+        match arithmetic {
+            Arithmetic::Qr => self.drift.gemv(1.0, &self.u, &self.v1, 0.0),
+            Arithmetic::Jacobi => mul_vec(
+                d,
+                self.u.as_slice(),
+                self.v1.as_slice(),
+                self.drift.as_mut_slice(),
+            ),
+        }
+    }
+
+    /// `Γ = η U ((UᵀΣU) ∘ W) Uᵀ`, W the `hasme` or `hasme-exact` weights.
+    #[inline(always)]
+    fn spectral_diffusion(
+        &mut self,
+        d: usize,
+        eta: f64,
+        arithmetic: Arithmetic,
+        kind: ModelKind,
+        cov: &[f64],
+    ) {
+        // Σ̂ = UᵀΣU into m1 (Σ as given, row-major: Σ_ik is cov[i·d + k]).
+        match arithmetic {
+            Arithmetic::Qr => {
+                DMatrixView::from_slice(&cov[..d * d], d, d).mul_to(&self.u, &mut self.m2);
+                self.u.tr_mul_to(&self.m2, &mut self.m1);
+            }
+            Arithmetic::Jacobi => {
+                tr_mul(d, cov, self.u.as_slice(), self.m2.as_mut_slice());
+                tr_mul(
+                    d,
+                    self.u.as_slice(),
+                    self.m2.as_slice(),
+                    self.m1.as_mut_slice(),
+                );
+            }
+        }
+        let p = |x: f64| 1.0 - x;
+        // ℓ(p_i²): the diagonal weights of both models.
+        for i in 0..d {
+            let pi = p(self.x[i]);
+            self.v2[i] = match arithmetic {
+                Arithmetic::Qr => ell_of_product(pi, pi),
+                Arithmetic::Jacobi => ell_square(self.ells[i], pi),
+            };
+        }
+        if kind == ModelKind::HasmeExact {
+            // L_ij = ℓ(p_i p_j), symmetric: one logarithm per pair.
+            for j in 0..d {
+                for i in 0..d {
+                    let w = if i == j {
+                        self.v2[i]
+                    } else {
+                        let (pi, pj) = (p(self.x[i]), p(self.x[j]));
+                        match arithmetic {
+                            Arithmetic::Qr => ell_of_product(pi, pj),
+                            Arithmetic::Jacobi => {
+                                let q = pi * pj;
+                                ell_pq(q, q - 1.0)
+                            }
+                        }
+                    };
+                    self.m1[(i, j)] *= eta * w;
+                }
+            }
+        } else {
+            // s_i = ℓ(p_i²)^{1/2}, weights s_i s_j.
+            for s in self.v2.iter_mut() {
+                *s = s.sqrt();
+            }
+            for j in 0..d {
+                for i in 0..d {
+                    self.m1[(i, j)] *= eta * (self.v2[i] * self.v2[j]);
+                }
+            }
+        }
+        // Γ = U Σ̂∘W Uᵀ, made exactly symmetric.
+        match arithmetic {
+            Arithmetic::Qr => {
+                self.u.mul_to(&self.m1, &mut self.m2);
+                self.u.transpose_to(&mut self.m3);
+                self.m2.mul_to(&self.m3, &mut self.gamma);
+                self.gamma = symmetric_part(&self.gamma);
+            }
+            Arithmetic::Jacobi => {
+                mul(
+                    d,
+                    self.u.as_slice(),
+                    self.m1.as_slice(),
+                    self.m2.as_mut_slice(),
+                );
+                mul_tr(
+                    d,
+                    self.m2.as_slice(),
+                    self.u.as_slice(),
+                    self.gamma.as_mut_slice(),
+                );
+                symmetrise(d, self.gamma.as_mut_slice());
+            }
+        }
+    }
+
+    /// The drift terms `k = 0..=order`, summed: `−g − Σ_{k≥1} (ηH)^k g/(k + 1)`.
+    #[inline(always)]
+    fn series_drift(
+        &mut self,
+        d: usize,
+        eta: f64,
+        arithmetic: Arithmetic,
+        order: usize,
+        g: &[f64],
+        h: &[f64],
+    ) {
+        self.v1.as_mut_slice().copy_from_slice(&g[..d]);
+        for (b, gi) in self.drift.iter_mut().zip(g) {
+            *b = -gi;
+        }
+        if order > 0 && arithmetic == Arithmetic::Qr {
+            series::scaled_hessian(d, eta, h, &mut self.m3);
+        }
+        for k in 1..=order {
+            series::next_drift_power(d, eta, arithmetic, h, &self.m3, &mut self.v1, &mut self.v2);
+            let c = -1.0 / (k as f64 + 1.0);
+            for i in 0..d {
+                self.drift[i] += self.v1[i] * c;
+            }
+        }
+    }
+
+    /// The diffusion terms `k = 0..terms`, summed: `η Σ_k 𝒬^k(Σ)/(k + 1)`.
+    #[inline(always)]
+    fn series_diffusion(
+        &mut self,
+        d: usize,
+        eta: f64,
+        arithmetic: Arithmetic,
+        terms: usize,
+        h: &[f64],
+        cov: &[f64],
+    ) {
+        // Γ = ηΣ and S = Σ, entry (i, j) of Σ being cov[i·d + j].
+        for j in 0..d {
+            for i in 0..d {
+                self.m1[(i, j)] = cov[i * d + j];
+                self.gamma[(i, j)] = cov[i * d + j] * eta;
+            }
+        }
+        if terms > 1 && arithmetic == Arithmetic::Qr {
+            series::scaled_hessian(d, eta, h, &mut self.m3);
+        }
+        for k in 1..terms {
+            series::next_diffusion_power(
+                d,
+                eta,
+                arithmetic,
+                h,
+                &self.m3,
+                &mut self.m1,
+                [&mut self.m2, &mut self.factor],
+            );
+            let c = eta / (k as f64 + 1.0);
+            for (g_, s) in self.gamma.iter_mut().zip(self.m1.iter()) {
+                *g_ += s * c;
+            }
+        }
+    }
+
+    /// `σ = Γ^{1/2}` after the positive semidefinite check of Γ (round-off below
+    /// [`PSD_TOLERANCE`] counts as 0): an indefinite Γ is an error or, under
+    /// [`PsdPolicy::Clip`], clipped with a warning.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn factor_of_gamma(
+        &mut self,
+        d: usize,
+        arithmetic: Arithmetic,
+        kind: ModelKind,
+        which: Indefinite,
+        point: &[f64],
+        policy: PsdPolicy,
+        warnings: &mut Vec<String>,
+    ) -> Result<(), ModelError> {
+        let at = || Point::from_slice(point);
+        let (min, scale) = match arithmetic {
+            Arithmetic::Qr => {
+                let psd = Psd::new(&self.gamma, "the diffusion Γ", &at())?;
+                if psd.is_psd() {
+                    self.factor.copy_from(&psd.sqrt());
+                    return Ok(());
+                }
+                if policy == PsdPolicy::Clip {
+                    let model = kind.to_string();
+                    let consequence = if kind == ModelKind::HasmeExact {
+                        "; no real diffusion reproduces SGD exactly at this point"
+                    } else {
+                        ""
+                    };
+                    warnings.push(format!(
+                        "the {model} diffusion Γ at {} is indefinite (smallest eigenvalue {}, \
+                         largest |eigenvalue| {}): clipped to the nearest PSD matrix (negative \
+                         eigenvalues set to 0){consequence}",
+                        at(),
+                        psd.min,
+                        psd.scale
+                    ));
+                    self.gamma.copy_from(&psd.clipped());
+                    self.factor.copy_from(&psd.sqrt());
+                    return Ok(());
+                }
+                (psd.min, psd.scale)
+            }
+            Arithmetic::Jacobi => {
+                if !self.gamma.iter().all(|v| v.is_finite()) {
+                    return Err(ModelError::Overflow {
+                        quantity: "the diffusion Γ",
+                        point: at(),
+                    });
+                }
+                // `sym_sqrt` reads its matrix row-major: hand it Γ row-major (a series
+                // Γ keeps the round-off asymmetry of a given Σ).
+                self.gamma.transpose_to(&mut self.m3);
+                let spread = sym_sqrt(
+                    d,
+                    self.m3.as_slice(),
+                    PSD_TOLERANCE,
+                    &mut self.eigen,
+                    self.factor.as_mut_slice(),
+                )
+                .map_err(|_| ModelError::EigenFailed {
+                    quantity: "the diffusion Γ",
+                    reason: "no convergence within the iteration budget",
+                    point: at(),
+                })?;
+                if spread.min >= -PSD_TOLERANCE * spread.scale {
+                    return Ok(());
+                }
+                if policy == PsdPolicy::Clip {
+                    unreachable!("PsdPolicy::Clip runs Arithmetic::Qr")
+                }
+                (spread.min, spread.scale)
+            }
+        };
+        Err(match which {
+            Indefinite::Exact => ModelError::ExactDiffusionIndefinite {
+                min_eigenvalue: min,
+                scale,
+                point: at(),
+            },
+            Indefinite::Other => ModelError::DiffusionIndefinite {
+                model: kind.to_string(),
+                min_eigenvalue: min,
+                scale,
+                point: at(),
+            },
+        })
+    }
+
+    /// The `hasme-exact` Γ alone, possibly indefinite, after [`ModelWorkspace::spectrum`].
+    pub(crate) fn exact_diffusion(&mut self, eta: f64, arithmetic: Arithmetic, cov: &[f64]) {
+        let d = self.dim();
+        self.spectral_diffusion(d, eta, arithmetic, ModelKind::HasmeExact, cov);
+    }
+}
+
+/// `ℓ(p_i p_j)` with `q = p_i p_j − 1` formed with one rounding: q has absolute error
+/// ≲ ε(1 + p_i p_j), which moves ℓ by no more than that (|ℓ'| ≤ 1/2 near q = 0),
+/// whatever the cancellation in q.
+fn ell_of_product(pi: f64, pj: f64) -> f64 {
+    ell_pq(pi * pj, pi.mul_add(pj, -1.0))
+}
+
+/// `ℓ(p²) = 2ℓ(p)/(1 + p)` from `ℓ(p)` (as `log p² = 2 log p` and
+/// `p² − 1 = (p − 1)(p + 1)`): one logarithm per eigenvalue serves both the drift's φ
+/// and the diffusion's ψ, and `1 + p > 1` loses nothing.
+#[inline]
+pub(crate) fn ell_square(ell_p: f64, p: f64) -> f64 {
+    2.0 * ell_p / (1.0 + p)
+}
+
+impl ModelKind {
+    /// Whether the model is a closed form through H's eigendecomposition.
+    pub(crate) fn is_spectral(&self) -> bool {
+        matches!(self, ModelKind::Hasme | ModelKind::HasmeExact)
+    }
+}
