@@ -16,6 +16,10 @@
 //! [`diffusion_series_terms`]); `hasme` and `hasme-exact` are its closed forms, computed
 //! through one symmetric eigendecomposition of `H` per call (`φ` has eigenvalues
 //! `ℓ(p_i)`, `ψ` has `ℓ(p_i²)`, `L_ij = ℓ(p_i p_j)`, `p_i = 1 − ηλ_i`, `Σ̂ = UᵀΣU`).
+//! The formulas are written once, in [`ModelWorkspace`]: [`Model::coefficients`] runs
+//! them on fresh buffers, a simulator keeps a workspace and calls
+//! [`ModelWorkspace::evaluate`] at every step without allocating; each picks the
+//! [`Arithmetic`] (eigensolver and order of operations) its numbers come from.
 //! The weak order of `series:K` is capped at 2 because a diffusion model of SGD is in
 //! general weak order 2 at best (the higher moments of the noise are not matched), so
 //! the extra terms improve the constant, not the order.
@@ -252,7 +256,7 @@ impl Model for ModelKind {
         let warnings = self.coefficients_into(local, eta, options, &mut ws)?;
         Ok(Coefficients {
             drift: ws.drift().clone(),
-            diffusion: ws.diffusion().clone(),
+            diffusion: ws.diffusion().expect("Qr forms Γ").clone(),
             factor: ws.factor().clone(),
             warnings,
         })
@@ -344,8 +348,9 @@ pub fn hasme_exact_gamma(local: &Local, eta: f64) -> Result<DMatrix<f64>, ModelE
     let x = local.point.as_slice();
     ws.spectrum(eta, Arithmetic::Qr, x, checked.hessian.as_slice())?;
     ws.exact_diffusion(eta, Arithmetic::Qr, checked.noise_cov.as_slice());
-    finite_or_overflow(ws.diffusion().iter(), "the diffusion Γ", local)?;
-    Ok(ws.diffusion().clone())
+    let gamma = ws.diffusion().expect("the closed forms form Γ");
+    finite_or_overflow(gamma.iter(), "the diffusion Γ", local)?;
+    Ok(gamma.clone())
 }
 
 /// η must be finite and positive.

@@ -121,7 +121,7 @@ pub(crate) fn next_drift_power(
         Arithmetic::Jacobi => {
             // H_ik is h[i·d + k]: as a column-major matrix the slice is Hᵀ.
             tr_mul_vec(d, h, v.as_slice(), tmp.as_mut_slice());
-            for (v, t) in v.iter_mut().zip(tmp.iter()) {
+            for (v, t) in v.as_mut_slice().iter_mut().zip(tmp.as_slice()) {
                 *v = eta * t;
             }
         }
@@ -160,15 +160,16 @@ pub(crate) fn next_diffusion_power(
         }
         Arithmetic::Jacobi => {
             // AS = η(HS), then ASA = η((AS)H); H_ik is h[i·d + k] (the slice is Hᵀ).
-            tr_mul(d, h, s.as_slice(), as_.as_mut_slice());
+            let (s, as_, asa) = (s.as_mut_slice(), as_.as_mut_slice(), asa.as_mut_slice());
+            tr_mul(d, h, s, as_);
             as_.iter_mut().for_each(|v| *v *= eta);
-            mul_tr(d, as_.as_slice(), h, asa.as_mut_slice());
+            mul_tr(d, as_, h, asa);
             for j in 0..d {
                 for i in 0..d {
-                    s[(i, j)] = as_[(i, j)] + as_[(j, i)] - eta * asa[(i, j)];
+                    s[j * d + i] = as_[j * d + i] + as_[i * d + j] - eta * asa[j * d + i];
                 }
             }
-            symmetrise(d, s.as_mut_slice());
+            symmetrise(d, s);
         }
     }
 }

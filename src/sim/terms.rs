@@ -1,15 +1,12 @@
 //! Terms: the drift `b(x)` and a diffusion factor `σ(x)` (`σσᵀ = Γ`) of each SDE model
 //! at the simulator's current point, and SGD's own step (spec MODELS.md §1–2).
 //!
-//! This is the models' mathematics ([`crate::models`]) recomputed without allocation:
-//! `Model::coefficients` builds a few nalgebra matrices and three eigendecompositions
-//! per call (≈ 4 µs at d = 2, measured), which a simulator pays at every substep of
-//! every path. Here the same formulas run on reusable row-major buffers with a Jacobi
-//! eigensolver (`sim::linalg`): `gf` and `series:K` (hence `sme1 = series:0`,
-//! `sme2 = series:1`) by their series, `hasme` and `hasme-exact` through one
-//! eigendecomposition of `H`; `σ` is the symmetric PSD square root of `Γ`, as the
-//! models' `factor`, with the same round-off floor ([`PSD_TOLERANCE`]). The unit tests
-//! check every model against `Model::coefficients` at random points.
+//! One point at a time, a model's coefficients are the models' own code
+//! ([`crate::models::ModelWorkspace`]), run on buffers the term keeps, so nothing is
+//! allocated per step: up to `JACOBI_MAX_DIM` in [`Arithmetic::Jacobi`] (its
+//! allocation-free eigensolver), above it through `Model::coefficients` itself. A
+//! block of points at d ≤ 2 has closed forms of its own (`ModelTerm::eval_lanes`),
+//! tested lane by lane against `Model::coefficients`.
 //!
 //! Domain failures are the models' own [`ModelError`]s (`ηλ_max ≥ 1`, an indefinite Γ,
 //! overflow); the simulator counts them as divergences of the path for that model.
