@@ -63,14 +63,14 @@ pub(crate) fn tr_mul(d: usize, a: &[f64], b: &[f64], out: &mut [f64]) {
     }
 }
 
-/// `out = a · bᵀ`.
+/// `out = aᵀ · bᵀ`.
 #[inline(always)]
-pub(crate) fn mul_tr(d: usize, a: &[f64], b: &[f64], out: &mut [f64]) {
+pub(crate) fn tr_mul_tr(d: usize, a: &[f64], b: &[f64], out: &mut [f64]) {
     for j in 0..d {
         for i in 0..d {
             let mut s = 0.0;
             for k in 0..d {
-                s += a[k * d + i] * b[k * d + j];
+                s += a[i * d + k] * b[k * d + j];
             }
             out[j * d + i] = s;
         }

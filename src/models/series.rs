@@ -25,7 +25,7 @@
 use nalgebra::{DMatrix, DVector};
 
 use super::error::ModelError;
-use super::linalg::{mul_tr, symmetrise, tr_mul, tr_mul_vec};
+use super::linalg::{mul, symmetrise, tr_mul_vec};
 use super::local::{Local, check};
 use super::workspace::Arithmetic;
 use super::{check_eta, finite_or_overflow};
@@ -159,14 +159,15 @@ pub(crate) fn next_diffusion_power(
             }
         }
         Arithmetic::Jacobi => {
-            // AS = η(HS), then ASA = η((AS)H); H_ik is h[i·d + k] (the slice is Hᵀ).
+            // AS = η(HS), then ASA = η((AS)H), every matrix row-major in its memory (H
+            // and Σ as given): the row-major product a·b is the column-major b·a.
             let (s, as_, asa) = (s.as_mut_slice(), as_.as_mut_slice(), asa.as_mut_slice());
-            tr_mul(d, h, s, as_);
+            mul(d, s, h, as_);
             as_.iter_mut().for_each(|v| *v *= eta);
-            mul_tr(d, as_, h, asa);
-            for j in 0..d {
-                for i in 0..d {
-                    s[j * d + i] = as_[j * d + i] + as_[i * d + j] - eta * asa[j * d + i];
+            mul(d, h, as_, asa);
+            for i in 0..d {
+                for j in 0..d {
+                    s[i * d + j] = as_[i * d + j] + as_[j * d + i] - eta * asa[i * d + j];
                 }
             }
             symmetrise(d, s);

@@ -18,7 +18,7 @@ use nalgebra::{DMatrix, DMatrixView, DVector, DVectorView};
 use super::ell::ell_pq;
 use super::error::{ModelError, Point};
 use super::linalg::{
-    EigenScratch, mul, mul_tr, mul_vec, sym_eigen, sym_sqrt, symmetrise, tr_mul, tr_mul_vec,
+    EigenScratch, mul, mul_vec, sym_eigen, sym_sqrt, symmetrise, tr_mul, tr_mul_tr, tr_mul_vec,
 };
 use super::spectral::{PSD_TOLERANCE, Psd, eigen, symmetric_part};
 use super::{ModelKind, PsdPolicy, series};
@@ -138,6 +138,7 @@ impl ModelWorkspace {
     /// For `d` = 1 and 2 the sequential arithmetic runs with the dimension a constant
     /// (loops unrolled, bounds checks gone: measured 2× faster at d = 2).
     #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
     pub fn evaluate(
         &mut self,
         kind: ModelKind,
@@ -230,8 +231,8 @@ impl ModelWorkspace {
                     reason: "no convergence within the iteration budget",
                     point: Point::from_slice(point),
                 })?;
-                // `sym_eigen` writes the eigenvectors row-major: the buffer holds Uᵀ.
-                self.u.transpose_mut();
+                // `sym_eigen` writes the eigenvectors row-major: the buffer holds Uᵀ,
+                // which the products below read as such.
                 let lambda_max = self.x.iter().copied().fold(f64::NEG_INFINITY, f64::max);
                 for x in self.x.iter_mut() {
                     *x *= eta;
@@ -312,6 +313,8 @@ impl ModelWorkspace {
             self.series_drift(d, eta, arithmetic, order, g, h);
         }
         self.gamma_formed = true;
+        // Whether Γ is formed and not yet checked finite (`factor_of_gamma` checks it).
+        let mut gamma_unchecked = false;
         let noisy = match noise {
             None => {
                 if !self.zero_noise {
@@ -344,6 +347,7 @@ impl ModelWorkspace {
                 match (terms, noise.sqrt) {
                     (Some(1), Some(sqrt)) => {
                         // Γ = ηΣ: its square root is √η Σ^{1/2}.
+                        gamma_unchecked = self.gamma_formed;
                         let s = eta.sqrt();
                         for (f, r) in self.factor.as_mut_slice().iter_mut().zip(sqrt) {
                             *f = s * r;
@@ -364,7 +368,7 @@ impl ModelWorkspace {
         if !finite(self.drift.as_slice()) {
             return Err(overflow("the drift"));
         }
-        if self.gamma_formed && !finite(self.gamma.as_slice()) {
+        if gamma_unchecked && !finite(self.gamma.as_slice()) {
             return Err(overflow("the diffusion Γ"));
         }
         if !finite(self.factor.as_slice()) {
@@ -381,14 +385,15 @@ impl ModelWorkspace {
                 self.u
                     .tr_mul_to(&DVectorView::from_slice(g, d), &mut self.v1);
             }
-            Arithmetic::Jacobi => tr_mul_vec(d, self.u.as_slice(), g, self.v1.as_mut_slice()),
+            // `u` holds Uᵀ (`Workspace::spectrum`).
+            Arithmetic::Jacobi => mul_vec(d, self.u.as_slice(), g, self.v1.as_mut_slice()),
         }
         for i in 0..d {
             self.v1[i] *= -self.ells[i];
         }
         match arithmetic {
             Arithmetic::Qr => self.drift.gemv(1.0, &self.u, &self.v1, 0.0),
-            Arithmetic::Jacobi => mul_vec(
+            Arithmetic::Jacobi => tr_mul_vec(
                 d,
                 self.u.as_slice(),
                 self.v1.as_slice(),
@@ -414,8 +419,9 @@ impl ModelWorkspace {
                 self.u.tr_mul_to(&self.m2, &mut self.m1);
             }
             Arithmetic::Jacobi => {
-                tr_mul(d, cov, self.u.as_slice(), self.m2.as_mut_slice());
-                tr_mul(
+                // `u` holds Uᵀ: ΣU = cov·(Uᵀ)ᵀ, then Uᵀ(ΣU).
+                tr_mul_tr(d, cov, self.u.as_slice(), self.m2.as_mut_slice());
+                mul(
                     d,
                     self.u.as_slice(),
                     self.m2.as_slice(),
@@ -432,12 +438,14 @@ impl ModelWorkspace {
                 Arithmetic::Jacobi => ell_square(self.ells[i], pi),
             };
         }
+        let (hat, diagonal) = (self.m1.as_mut_slice(), self.v2.as_mut_slice());
         if kind == ModelKind::HasmeExact {
-            // L_ij = ℓ(p_i p_j), symmetric: one logarithm per pair.
+            // L_ij = ℓ(p_i p_j), symmetric (both forms are symmetric in i, j to the
+            // bit): one logarithm per pair.
             for j in 0..d {
-                for i in 0..d {
+                for i in 0..=j {
                     let w = if i == j {
-                        self.v2[i]
+                        diagonal[i]
                     } else {
                         let (pi, pj) = (p(self.x[i]), p(self.x[j]));
                         match arithmetic {
@@ -448,17 +456,21 @@ impl ModelWorkspace {
                             }
                         }
                     };
-                    self.m1[(i, j)] *= eta * w;
+                    let w = eta * w;
+                    hat[j * d + i] *= w;
+                    if i != j {
+                        hat[i * d + j] *= w;
+                    }
                 }
             }
         } else {
             // s_i = ℓ(p_i²)^{1/2}, weights s_i s_j.
-            for s in self.v2.iter_mut() {
+            for s in diagonal.iter_mut() {
                 *s = s.sqrt();
             }
             for j in 0..d {
                 for i in 0..d {
-                    self.m1[(i, j)] *= eta * (self.v2[i] * self.v2[j]);
+                    hat[j * d + i] *= eta * (diagonal[i] * diagonal[j]);
                 }
             }
         }
@@ -471,13 +483,14 @@ impl ModelWorkspace {
                 self.gamma = symmetric_part(&self.gamma);
             }
             Arithmetic::Jacobi => {
-                mul(
+                // `u` holds Uᵀ: U·Σ̂∘W = (Uᵀ)ᵀ·Σ̂∘W, then times (Uᵀ).
+                tr_mul(
                     d,
                     self.u.as_slice(),
                     self.m1.as_slice(),
                     self.m2.as_mut_slice(),
                 );
-                mul_tr(
+                mul(
                     d,
                     self.m2.as_slice(),
                     self.u.as_slice(),
@@ -527,15 +540,15 @@ impl ModelWorkspace {
         h: &[f64],
         cov: &[f64],
     ) {
-        // Γ = ηΣ and S = Σ, entry (i, j) of Σ being cov[i·d + j].
+        // Γ = ηΣ and S = Σ, in Σ's memory order: the Jacobi products read them
+        // row-major as given (a Σ may keep a round-off asymmetry), and `sym_sqrt` reads
+        // Γ so; Qr's Σ is exactly symmetric.
         let (s, gamma) = (self.m1.as_mut_slice(), self.gamma.as_mut_slice());
-        for j in 0..d {
-            for i in 0..d {
-                gamma[j * d + i] = cov[i * d + j] * eta;
-                if terms > 1 {
-                    s[j * d + i] = cov[i * d + j];
-                }
-            }
+        for (g_, c) in gamma.iter_mut().zip(&cov[..d * d]) {
+            *g_ = c * eta;
+        }
+        if terms > 1 {
+            s.copy_from_slice(&cov[..d * d]);
         }
         if terms > 1 && arithmetic == Arithmetic::Qr {
             series::scaled_hessian(d, eta, h, &mut self.m3);
@@ -608,18 +621,10 @@ impl ModelWorkspace {
                         point: at(),
                     });
                 }
-                // `sym_sqrt` reads its matrix row-major: hand it a series Γ row-major
-                // (it keeps the round-off asymmetry of a given Σ; the closed forms'
-                // Γ is exactly symmetric).
-                let gamma = if kind.is_spectral() {
-                    self.gamma.as_slice()
-                } else {
-                    self.gamma.transpose_to(&mut self.m3);
-                    self.m3.as_slice()
-                };
+                // A series Γ is in Σ's (row-major) memory order, as `sym_sqrt` reads.
                 let spread = sym_sqrt(
                     d,
-                    gamma,
+                    self.gamma.as_slice(),
                     PSD_TOLERANCE,
                     &mut self.eigen,
                     self.factor.as_mut_slice(),
