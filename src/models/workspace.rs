@@ -338,8 +338,8 @@ impl ModelWorkspace {
                     && terms == Some(1)
                     && noise.sqrt.is_some()
                 {
-                    // The simulator reads σ alone: Γ = ηΣ is not formed (measured 20%
-                    // of an SME step at d = 3).
+                    // The simulator reads σ alone: Γ = ηΣ is not formed (d² products
+                    // and checks per step that nothing would read).
                     self.gamma_formed = false;
                 } else {
                     self.series_diffusion(d, eta, arithmetic, terms.unwrap_or(1), h, noise.cov);
@@ -371,7 +371,7 @@ impl ModelWorkspace {
         if gamma_unchecked && !finite(self.gamma.as_slice()) {
             return Err(overflow("the diffusion Γ"));
         }
-        if !finite(self.factor.as_slice()) {
+        if noisy && !finite(self.factor.as_slice()) {
             return Err(overflow("the diffusion factor σ"));
         }
         Ok(noisy)
