@@ -254,10 +254,12 @@ impl Model for ModelKind {
     ) -> Result<Coefficients, ModelError> {
         let mut ws = ModelWorkspace::new(local.dim());
         let warnings = self.coefficients_into(local, eta, options, &mut ws)?;
+        // Arithmetic::Qr always forms Γ.
+        let (drift, diffusion, factor) = ws.into_parts();
         Ok(Coefficients {
-            drift: ws.drift().clone(),
-            diffusion: ws.diffusion().expect("Qr forms Γ").clone(),
-            factor: ws.factor().clone(),
+            drift,
+            diffusion,
+            factor,
             warnings,
         })
     }

@@ -101,7 +101,9 @@ impl ModelWorkspace {
             m3: m(),
             v1: v(),
             v2: v(),
-            eigen: EigenScratch::new(d),
+            // Allocated by the first Jacobi square root, so Qr calls (a fresh workspace
+            // each) do not pay for it.
+            eigen: EigenScratch::default(),
             zero_noise: true,
             gamma_formed: true,
         }
@@ -110,6 +112,11 @@ impl ModelWorkspace {
     /// The dimension the buffers are for.
     pub fn dim(&self) -> usize {
         self.drift.len()
+    }
+
+    /// Drift, Γ and σ of the last computation, moved out (Γ zero if not formed).
+    pub(crate) fn into_parts(self) -> (DVector<f64>, DMatrix<f64>, DMatrix<f64>) {
+        (self.drift, self.gamma, self.factor)
     }
 
     /// The drift of the last computation.
@@ -620,6 +627,9 @@ impl ModelWorkspace {
                         quantity: "the diffusion Γ",
                         point: at(),
                     });
+                }
+                if self.eigen.w.len() != d {
+                    self.eigen = EigenScratch::new(d);
                 }
                 // A series Γ is in Σ's (row-major) memory order, as `sym_sqrt` reads.
                 let spread = sym_sqrt(
