@@ -4,9 +4,11 @@
 //! symmetric square root σ), plus a handful of d×d products, so its ratio to the
 //! baseline is the number to watch.
 //!
-//! A third row per dimension times the derivatives (value, gradient, Hessian of a
-//! smooth d-variable objective from its tape), so the report can say what the models
-//! cost relative to producing their input.
+//! A third row (d ≤ 16) times the same coefficients on a kept [`ModelWorkspace`] in
+//! the simulator's arithmetic, what each simulated step pays. A fourth times the
+//! derivatives (value, gradient, Hessian of a smooth d-variable objective from its
+//! tape), so the report can say what the models cost relative to producing their
+//! input.
 //! Run: `cargo bench --bench models`; ids are `models/<what>/<d>`.
 
 use std::hint::black_box;
@@ -15,7 +17,7 @@ use std::time::Duration;
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, BenchmarkId, Criterion, criterion_group, criterion_main};
 use hasme::Problem;
-use hasme::models::{Local, Model, ModelKind};
+use hasme::models::{Arithmetic, Local, Model, ModelKind, ModelWorkspace, Noise};
 use hasme::tape::{Jets, Workspace};
 use nalgebra::{DMatrix, DVector, SymmetricEigen};
 
@@ -59,6 +61,36 @@ fn hasme_coefficients(group: &mut BenchmarkGroup<'_, WallTime>, local: &Local, e
             bench.iter(|| ModelKind::Hasme.coefficients(black_box(local), black_box(eta)));
         },
     );
+}
+
+/// The same `hasme` coefficients on a kept workspace in the simulator's arithmetic
+/// (Jacobi, no allocation), as its per-point terms compute them up to d = 16.
+fn hasme_on_workspace(group: &mut BenchmarkGroup<'_, WallTime>, local: &Local, eta: f64) {
+    let d = local.dim();
+    let mut ws = ModelWorkspace::new(d);
+    let (x, g, h) = (
+        local.point.as_slice(),
+        local.gradient.as_slice(),
+        local.hessian.as_slice(),
+    );
+    let noise = Noise {
+        cov: local.noise_cov.as_slice(),
+        sqrt: None,
+    };
+    group.bench_function(BenchmarkId::new("hasme-workspace", d), |bench| {
+        bench.iter(|| {
+            ws.evaluate(
+                ModelKind::Hasme,
+                black_box(eta),
+                Arithmetic::Jacobi,
+                x,
+                black_box(g),
+                h,
+                Some(noise),
+            )
+            .expect("in the domain")
+        });
+    });
 }
 
 /// A smooth non-quadratic objective in `d` variables, written out in the file language:
@@ -105,6 +137,9 @@ fn models(c: &mut Criterion) {
         let (local, eta) = bench_case(d);
         eigendecomposition(&mut group, &local);
         hasme_coefficients(&mut group, &local, eta);
+        if d <= 16 {
+            hasme_on_workspace(&mut group, &local, eta);
+        }
         derivatives(&mut group, d);
     }
     group.finish();

@@ -15,6 +15,10 @@ pub struct Point(pub Vec<f64>);
 impl Point {
     /// How many coordinates a message shows before eliding the rest.
     pub const SHOWN: usize = 8;
+
+    pub(crate) fn from_slice(x: &[f64]) -> Point {
+        Point(x.to_vec())
+    }
 }
 
 impl From<&nalgebra::DVector<f64>> for Point {

@@ -16,6 +16,10 @@
 //! [`diffusion_series_terms`]); `hasme` and `hasme-exact` are its closed forms, computed
 //! through one symmetric eigendecomposition of `H` per call (`φ` has eigenvalues
 //! `ℓ(p_i)`, `ψ` has `ℓ(p_i²)`, `L_ij = ℓ(p_i p_j)`, `p_i = 1 − ηλ_i`, `Σ̂ = UᵀΣU`).
+//! The formulas are written once, in [`ModelWorkspace`]: [`Model::coefficients`] runs
+//! them on fresh buffers, a simulator keeps a workspace and calls
+//! [`ModelWorkspace::evaluate`] at every step without allocating; each picks the
+//! [`Arithmetic`] (eigensolver and order of operations) its numbers come from.
 //! The weak order of `series:K` is capped at 2 because a diffusion model of SGD is in
 //! general weak order 2 at best (the higher moments of the noise are not matched), so
 //! the extra terms improve the constant, not the order.
@@ -59,9 +63,11 @@
 
 mod ell;
 mod error;
+pub(crate) mod linalg;
 mod local;
 mod series;
 mod spectral;
+mod workspace;
 
 use std::fmt;
 use std::str::FromStr;
@@ -73,8 +79,10 @@ pub use error::{ModelError, Point};
 pub use local::{Local, SYMMETRY_TOLERANCE};
 pub use series::{diffusion_series_terms, drift_series_terms};
 pub use spectral::PSD_TOLERANCE;
+pub(crate) use workspace::ell_square;
+pub use workspace::{Arithmetic, ModelWorkspace, Noise};
 
-use spectral::{Psd, Spectrum};
+use spectral::Psd;
 
 /// A model's coefficients at one point.
 #[derive(Debug, Clone, PartialEq)]
@@ -244,51 +252,72 @@ impl Model for ModelKind {
         eta: f64,
         options: &ModelOptions,
     ) -> Result<Coefficients, ModelError> {
-        check_eta(eta)?;
-        let checked = local::check(local)?;
-        let point = local.where_();
-        let mut warnings = Vec::new();
-        let (drift, diffusion, factor) = if *self == ModelKind::Gf {
-            let d = local.dim();
-            (-&local.gradient, DMatrix::zeros(d, d), DMatrix::zeros(d, d))
-        } else if let Some(order) = self.series_order() {
-            let noise = psd_noise(&checked.noise_cov, options, &point, &mut warnings)?;
-            let (drift, gamma) =
-                series::truncation(&checked.hessian, &local.gradient, &noise.matrix, eta, order);
-            let (gamma, factor) = if series::diffusion_term_count(order) == 1 {
-                // Γ = ηΣ₊: its square root is √η Σ₊^{1/2}, no second eigendecomposition.
-                let factor = noise.psd.sqrt() * eta.sqrt();
-                (gamma, factor)
-            } else {
-                let which = Indefinite::Other(self.name());
-                with_factor(gamma, which, options, &point, &mut warnings)?
-            };
-            (drift, gamma, factor)
-        } else {
-            // hasme or hasme-exact: the closed forms.
-            let spectrum = Spectrum::new(&checked.hessian, eta, &point)?;
-            let noise = psd_noise(&checked.noise_cov, options, &point, &mut warnings)?;
-            let drift = spectrum.drift(&local.gradient);
-            let (gamma, which) = if *self == ModelKind::HasmeExact {
-                (spectrum.exact_diffusion(&noise.matrix), Indefinite::Exact)
-            } else {
-                // Congruent to Σ₊, hence PSD up to round-off: the check in `with_factor`
-                // is a safeguard that names the model should round-off ever exceed it.
-                let gamma = spectrum.hasme_diffusion(&noise.matrix);
-                (gamma, Indefinite::Other(self.name()))
-            };
-            let (gamma, factor) = with_factor(gamma, which, options, &point, &mut warnings)?;
-            (drift, gamma, factor)
-        };
-        finite_or_overflow(drift.iter(), "the drift", local)?;
-        finite_or_overflow(diffusion.iter(), "the diffusion Γ", local)?;
-        finite_or_overflow(factor.iter(), "the diffusion factor σ", local)?;
+        let mut ws = ModelWorkspace::new(local.dim());
+        let warnings = self.coefficients_into(local, eta, options, &mut ws)?;
+        // Arithmetic::Qr always forms Γ.
+        let (drift, diffusion, factor) = ws.into_parts();
         Ok(Coefficients {
             drift,
             diffusion,
             factor,
             warnings,
         })
+    }
+}
+
+impl ModelKind {
+    /// [`Model::coefficients_with`] into `ws` (of the local data's dimension, results in
+    /// [`ModelWorkspace::drift`], [`ModelWorkspace::diffusion`], [`ModelWorkspace::factor`]); returns
+    /// the warnings.
+    pub(crate) fn coefficients_into(
+        &self,
+        local: &Local,
+        eta: f64,
+        options: &ModelOptions,
+        ws: &mut ModelWorkspace,
+    ) -> Result<Vec<String>, ModelError> {
+        check_eta(eta)?;
+        let checked = local::check(local)?;
+        let point = local.where_();
+        let (x, g, h) = (
+            local.point.as_slice(),
+            local.gradient.as_slice(),
+            checked.hessian.as_slice(),
+        );
+        // The domain of the closed forms is checked before Σ.
+        if self.is_spectral() {
+            ws.spectrum(eta, Arithmetic::Qr, x, h)?;
+        }
+        let mut warnings = Vec::new();
+        let noise = if *self == ModelKind::Gf {
+            None
+        } else {
+            Some(psd_noise(
+                &checked.noise_cov,
+                options,
+                &point,
+                &mut warnings,
+            )?)
+        };
+        // Γ = ηΣ₊ has the square root √η Σ₊^{1/2}: no second eigendecomposition.
+        let one_term = self.series_order().map(series::diffusion_term_count) == Some(1);
+        let sqrt = noise.as_ref().filter(|_| one_term).map(|n| n.psd.sqrt());
+        let noise = noise.as_ref().map(|n| Noise {
+            cov: n.matrix.as_slice(),
+            sqrt: sqrt.as_ref().map(|s| s.as_slice()),
+        });
+        ws.finish(
+            *self,
+            eta,
+            Arithmetic::Qr,
+            x,
+            g,
+            h,
+            noise,
+            options.psd,
+            &mut warnings,
+        )?;
+        Ok(warnings)
     }
 }
 
@@ -317,10 +346,13 @@ impl Model for ModelKind {
 pub fn hasme_exact_gamma(local: &Local, eta: f64) -> Result<DMatrix<f64>, ModelError> {
     check_eta(eta)?;
     let checked = local::check(local)?;
-    let point = local.where_();
-    let gamma = Spectrum::new(&checked.hessian, eta, &point)?.exact_diffusion(&checked.noise_cov);
+    let mut ws = ModelWorkspace::new(local.dim());
+    let x = local.point.as_slice();
+    ws.spectrum(eta, Arithmetic::Qr, x, checked.hessian.as_slice())?;
+    ws.exact_diffusion(eta, Arithmetic::Qr, checked.noise_cov.as_slice());
+    let gamma = ws.diffusion().expect("the closed forms form Γ");
     finite_or_overflow(gamma.iter(), "the diffusion Γ", local)?;
-    Ok(gamma)
+    Ok(gamma.clone())
 }
 
 /// η must be finite and positive.
@@ -351,7 +383,7 @@ pub(crate) fn finite_or_overflow<'a>(
 
 /// Σ made usable: itself when PSD up to round-off, else clipped (with a warning) or an
 /// error, per the policy. Keeps Σ's spectrum for its square root.
-struct Noise {
+struct UsableNoise {
     matrix: DMatrix<f64>,
     psd: Psd,
 }
@@ -361,10 +393,10 @@ fn psd_noise(
     options: &ModelOptions,
     point: &Point,
     warnings: &mut Vec<String>,
-) -> Result<Noise, ModelError> {
+) -> Result<UsableNoise, ModelError> {
     let psd = Psd::new(noise_cov, "the noise covariance", point)?;
     if psd.is_psd() {
-        return Ok(Noise {
+        return Ok(UsableNoise {
             matrix: noise_cov.clone(),
             psd,
         });
@@ -382,66 +414,10 @@ fn psd_noise(
                  (negative eigenvalues set to 0)",
                 psd.min, psd.scale
             ));
-            Ok(Noise {
+            Ok(UsableNoise {
                 matrix: psd.clipped(),
                 psd,
             })
-        }
-    }
-}
-
-/// Which error an indefinite Γ is.
-enum Indefinite {
-    /// `hasme-exact`: no real diffusion reproduces SGD exactly.
-    Exact,
-    /// Any other model, by name.
-    Other(String),
-}
-
-/// `(Γ, σ)` with `σ` the symmetric PSD square root, after the PSD check of Γ.
-fn with_factor(
-    gamma: DMatrix<f64>,
-    which: Indefinite,
-    options: &ModelOptions,
-    point: &Point,
-    warnings: &mut Vec<String>,
-) -> Result<(DMatrix<f64>, DMatrix<f64>), ModelError> {
-    let psd = Psd::new(&gamma, "the diffusion Γ", point)?;
-    if psd.is_psd() {
-        let factor = psd.sqrt();
-        return Ok((gamma, factor));
-    }
-    match options.psd {
-        PsdPolicy::Error => Err(match which {
-            Indefinite::Exact => ModelError::ExactDiffusionIndefinite {
-                min_eigenvalue: psd.min,
-                scale: psd.scale,
-                point: point.clone(),
-            },
-            Indefinite::Other(model) => ModelError::DiffusionIndefinite {
-                model,
-                min_eigenvalue: psd.min,
-                scale: psd.scale,
-                point: point.clone(),
-            },
-        }),
-        PsdPolicy::Clip => {
-            let model = match which {
-                Indefinite::Exact => "hasme-exact".to_owned(),
-                Indefinite::Other(model) => model,
-            };
-            let consequence = if model == "hasme-exact" {
-                "; no real diffusion reproduces SGD exactly at this point"
-            } else {
-                ""
-            };
-            warnings.push(format!(
-                "the {model} diffusion Γ at {point} is indefinite (smallest eigenvalue {}, \
-                 largest |eigenvalue| {}): clipped to the nearest PSD matrix (negative \
-                 eigenvalues set to 0){consequence}",
-                psd.min, psd.scale
-            ));
-            Ok((psd.clipped(), psd.sqrt()))
         }
     }
 }

@@ -25,8 +25,9 @@
 use nalgebra::{DMatrix, DVector};
 
 use super::error::ModelError;
+use super::linalg::{mul, symmetrise, tr_mul_vec};
 use super::local::{Local, check};
-use super::spectral::symmetric_part;
+use super::workspace::Arithmetic;
 use super::{check_eta, finite_or_overflow};
 
 /// The first `count` drift terms `−(ηH)^k g/(k + 1)`, `k = 0..count`.
@@ -39,9 +40,19 @@ pub fn drift_series_terms(
 ) -> Result<Vec<DVector<f64>>, ModelError> {
     check_eta(eta)?;
     let checked = check(local)?;
-    let terms = drift_terms(&checked.hessian, &local.gradient, eta, count);
-    for t in &terms {
+    let d = local.dim();
+    let h = checked.hessian.as_slice();
+    let mut a = DMatrix::zeros(d, d);
+    scaled_hessian(d, eta, h, &mut a);
+    let (mut power, mut tmp) = (local.gradient.clone(), DVector::zeros(d));
+    let mut terms = Vec::with_capacity(count);
+    for k in 0..count {
+        if k > 0 {
+            next_drift_power(d, eta, Arithmetic::Qr, h, &a, &mut power, &mut tmp);
+        }
+        let t = &power * (-1.0 / (k as f64 + 1.0));
         finite_or_overflow(t.iter(), "a drift series term", local)?;
+        terms.push(t);
     }
     Ok(terms)
 }
@@ -57,91 +68,114 @@ pub fn diffusion_series_terms(
 ) -> Result<Vec<DMatrix<f64>>, ModelError> {
     check_eta(eta)?;
     let checked = check(local)?;
-    let terms = diffusion_terms(&checked.hessian, &checked.noise_cov, eta, count);
-    for t in &terms {
+    let d = local.dim();
+    let h = checked.hessian.as_slice();
+    let mut a = DMatrix::zeros(d, d);
+    scaled_hessian(d, eta, h, &mut a);
+    let mut power = checked.noise_cov;
+    let (mut t1, mut t2) = (DMatrix::zeros(d, d), DMatrix::zeros(d, d));
+    let mut terms = Vec::with_capacity(count);
+    for k in 0..count {
+        if k > 0 {
+            next_diffusion_power(
+                d,
+                eta,
+                Arithmetic::Qr,
+                h,
+                &a,
+                &mut power,
+                [&mut t1, &mut t2],
+            );
+        }
+        let t = &power * (eta / (k as f64 + 1.0));
         finite_or_overflow(t.iter(), "a diffusion series term", local)?;
+        terms.push(t);
     }
     Ok(terms)
 }
 
-/// `−(ηH)^k g/(k + 1)` for `k = 0..count`, on checked inputs.
-pub(crate) fn drift_terms(
-    hessian: &DMatrix<f64>,
-    gradient: &DVector<f64>,
-    eta: f64,
-    count: usize,
-) -> Vec<DVector<f64>> {
-    let a = hessian * eta;
-    let mut power = gradient.clone();
-    let mut terms = Vec::with_capacity(count);
-    for k in 0..count {
-        if k > 0 {
-            power = &a * &power;
-        }
-        terms.push(&power * (-1.0 / (k as f64 + 1.0)));
+/// `a = ηH` (for [`Arithmetic::Qr`], whose powers multiply by it), H exactly symmetric.
+pub(crate) fn scaled_hessian(d: usize, eta: f64, h: &[f64], a: &mut DMatrix<f64>) {
+    for (a, h) in a.iter_mut().zip(&h[..d * d]) {
+        *a = h * eta;
     }
-    terms
 }
 
-/// `η 𝒬^k(Σ)/(k + 1)` for `k = 0..count`, on checked inputs.
-pub(crate) fn diffusion_terms(
-    hessian: &DMatrix<f64>,
-    noise_cov: &DMatrix<f64>,
+/// `v ← ηH v`, the next power's vector: `(ηH)v` with `a = ηH` for [`Arithmetic::Qr`],
+/// `η(Hv)` for [`Arithmetic::Jacobi`] (H row-major as given). `tmp` is scratch.
+#[inline(always)]
+pub(crate) fn next_drift_power(
+    d: usize,
     eta: f64,
-    count: usize,
-) -> Vec<DMatrix<f64>> {
-    let a = hessian * eta;
-    let mut power = noise_cov.clone();
-    let mut terms = Vec::with_capacity(count);
-    for k in 0..count {
-        if k > 0 {
-            power = q_map(&a, &power);
+    arithmetic: Arithmetic,
+    h: &[f64],
+    a: &DMatrix<f64>,
+    v: &mut DVector<f64>,
+    tmp: &mut DVector<f64>,
+) {
+    match arithmetic {
+        Arithmetic::Qr => {
+            tmp.gemv(1.0, a, v, 0.0);
+            v.copy_from(tmp);
         }
-        terms.push(&power * (eta / (k as f64 + 1.0)));
+        Arithmetic::Jacobi => {
+            // H_ik is h[i·d + k]: as a column-major matrix the slice is Hᵀ.
+            tr_mul_vec(d, h, v.as_slice(), tmp.as_mut_slice());
+            for (v, t) in v.as_mut_slice().iter_mut().zip(tmp.as_slice()) {
+                *v = eta * t;
+            }
+        }
     }
-    terms
 }
 
-/// `𝒬(S) = AS + SA − ASA` with `A = ηH`, using `SA = (AS)ᵀ` for symmetric `A`, `S`:
-/// two matrix products per term.
-fn q_map(a: &DMatrix<f64>, s: &DMatrix<f64>) -> DMatrix<f64> {
-    let as_ = a * s;
-    let asa = &as_ * a;
-    symmetric_part(&(&as_ + as_.transpose() - asa))
-}
-
-/// The `series:K` drift and diffusion (before any positive semidefinite check).
-pub(crate) fn truncation(
-    hessian: &DMatrix<f64>,
-    gradient: &DVector<f64>,
-    noise_cov: &DMatrix<f64>,
+/// `S ← 𝒬(S) = AS + SA − ASA` with `A = ηH`, using `SA = (AS)ᵀ` for symmetric `A`, `S`
+/// (two matrix products), made exactly symmetric. `tmp` is scratch.
+#[inline(always)]
+pub(crate) fn next_diffusion_power(
+    d: usize,
     eta: f64,
-    order: u32,
-) -> (DVector<f64>, DMatrix<f64>) {
-    let k = order as usize;
-    let drift = sum_vectors(drift_terms(hessian, gradient, eta, k + 1));
-    let diffusion = sum_matrices(diffusion_terms(
-        hessian,
-        noise_cov,
-        eta,
-        diffusion_term_count(order),
-    ));
-    (drift, diffusion)
+    arithmetic: Arithmetic,
+    h: &[f64],
+    a: &DMatrix<f64>,
+    s: &mut DMatrix<f64>,
+    tmp: [&mut DMatrix<f64>; 2],
+) {
+    let [as_, asa] = tmp;
+    match arithmetic {
+        Arithmetic::Qr => {
+            a.mul_to(s, as_);
+            as_.mul_to(a, asa);
+            for j in 0..d {
+                for i in 0..d {
+                    s[(i, j)] = as_[(i, j)] + as_[(j, i)] - asa[(i, j)];
+                }
+            }
+            // (S + Sᵀ)/2 entry by entry, the same expression on both sides.
+            let sum = s.clone();
+            for j in 0..d {
+                for i in 0..d {
+                    s[(i, j)] = 0.5 * sum[(i, j)] + 0.5 * sum[(j, i)];
+                }
+            }
+        }
+        Arithmetic::Jacobi => {
+            // AS = η(HS), then ASA = η((AS)H), every matrix row-major in its memory (H
+            // and Σ as given): the row-major product a·b is the column-major b·a.
+            let (s, as_, asa) = (s.as_mut_slice(), as_.as_mut_slice(), asa.as_mut_slice());
+            mul(d, s, h, as_);
+            as_.iter_mut().for_each(|v| *v *= eta);
+            mul(d, h, as_, asa);
+            for i in 0..d {
+                for j in 0..d {
+                    s[i * d + j] = as_[i * d + j] + as_[j * d + i] - eta * asa[i * d + j];
+                }
+            }
+            symmetrise(d, s);
+        }
+    }
 }
 
 /// `series:K` keeps diffusion terms `k = 0..=max(K − 1, 0)`.
 pub(crate) fn diffusion_term_count(order: u32) -> usize {
     (order as usize).max(1)
-}
-
-fn sum_vectors(terms: Vec<DVector<f64>>) -> DVector<f64> {
-    let mut it = terms.into_iter();
-    let first = it.next().unwrap_or_else(|| DVector::zeros(0));
-    it.fold(first, |acc, t| acc + t)
-}
-
-fn sum_matrices(terms: Vec<DMatrix<f64>>) -> DMatrix<f64> {
-    let mut it = terms.into_iter();
-    let first = it.next().unwrap_or_else(|| DMatrix::zeros(0, 0));
-    it.fold(first, |acc, t| acc + t)
 }

@@ -1,18 +1,10 @@
-//! The closed (resummed) forms, through the symmetric eigendecomposition
-//! `H = U diag(λ) Uᵀ` computed once per call (spec MODELS.md §2): with `x_i = ηλ_i` and
-//! `p_i = 1 − x_i`,
-//!
-//! * drift `−φ(ηH) g = −U diag(ℓ(p_i)) Uᵀ g`;
-//! * `hasme` diffusion `η ψ^{1/2} Σ ψ^{1/2} = η U (Σ̂ ∘ s sᵀ) Uᵀ`, `s_i = ℓ(p_i²)^{1/2}`;
-//! * `hasme-exact` diffusion `η U (Σ̂ ∘ L) Uᵀ`, `L_ij = ℓ(p_i p_j)`,
-//!
-//! where `Σ̂ = Uᵀ Σ U`. Both diffusions are one weighted congruence in the eigenbasis;
-//! they coincide when Σ commutes with H (then Σ̂ is diagonal and `L_ii = s_i²`).
-//! Also here: the positive semidefinite checks and square roots of Σ and Γ.
+//! Symmetric spectra with nalgebra's QR eigensolver (the models' [`Arithmetic::Qr`](
+//! super::Arithmetic::Qr)): `A = V diag(μ) Vᵀ` checked finite, and the positive
+//! semidefinite checks, clipping and square roots of Σ and Γ (spec MODELS.md §2: Σ and
+//! Γ must be covariances, `σ = Γ^{1/2}`).
 
-use nalgebra::{DMatrix, DVector, Dyn, SymmetricEigen};
+use nalgebra::{DMatrix, Dyn, SymmetricEigen};
 
-use super::ell::ell_pq;
 use super::error::{ModelError, Point};
 
 /// Eigenvalues at or above `−PSD_TOLERANCE · max|eigenvalue|` count as zero.
@@ -115,92 +107,5 @@ impl Psd {
     pub(crate) fn sqrt(&self) -> DMatrix<f64> {
         let floor = PSD_TOLERANCE * self.scale;
         recompose(&self.eigen, |mu| if mu > floor { mu.sqrt() } else { 0.0 })
-    }
-}
-
-/// The eigendecomposition of `ηH` with the domain of the resummed models checked.
-pub(crate) struct Spectrum {
-    u: DMatrix<f64>,
-    /// `x_i = ηλ_i`.
-    x: DVector<f64>,
-    eta: f64,
-}
-
-impl Spectrum {
-    /// Decomposes `H` and checks `ηλ_max < 1` (every `p_i = 1 − ηλ_i > 0`).
-    pub(crate) fn new(
-        hessian: &DMatrix<f64>,
-        eta: f64,
-        point: &Point,
-    ) -> Result<Spectrum, ModelError> {
-        let e = eigen(hessian.clone(), "the Hessian", point)?;
-        let lambda_max = e.eigenvalues.max();
-        let product = eta * lambda_max;
-        // η and λ_max are finite, so the product is finite or ±inf, never NaN; +inf is
-        // outside the domain too.
-        if product >= 1.0 {
-            return Err(ModelError::StepSizeTooLarge {
-                lambda_max,
-                eta,
-                product,
-                inverse_lambda_max: 1.0 / lambda_max,
-                point: point.clone(),
-            });
-        }
-        Ok(Spectrum {
-            x: e.eigenvalues * eta,
-            u: e.eigenvectors,
-            eta,
-        })
-    }
-
-    /// `p_i = 1 − ηλ_i`.
-    fn p(&self, i: usize) -> f64 {
-        1.0 - self.x[i]
-    }
-
-    /// The drift `−φ(ηH) g = −U diag(ℓ(1 − x_i)) Uᵀ g`.
-    pub(crate) fn drift(&self, gradient: &DVector<f64>) -> DVector<f64> {
-        let mut in_basis = self.u.tr_mul(gradient);
-        for (i, c) in in_basis.iter_mut().enumerate() {
-            // q = −x_i exactly, while p_i is rounded: ell_pq reads q near p = 1.
-            *c *= -ell_pq(self.p(i), -self.x[i]);
-        }
-        &self.u * in_basis
-    }
-
-    /// `ℓ(p_i p_j)`: the `hasme-exact` weights; the diagonal is `ψ`'s eigenvalues.
-    fn ell_of_products(&self, i: usize, j: usize) -> f64 {
-        let (pi, pj) = (self.p(i), self.p(j));
-        // One rounding: q has absolute error ≲ ε(1 + p_i p_j), which moves ℓ by no more
-        // than that (|ℓ'| ≤ 1/2 near q = 0), whatever the cancellation in q.
-        ell_pq(pi * pj, pi.mul_add(pj, -1.0))
-    }
-
-    /// The `hasme` diffusion `η ψ^{1/2} Σ ψ^{1/2}`.
-    pub(crate) fn hasme_diffusion(&self, noise_cov: &DMatrix<f64>) -> DMatrix<f64> {
-        let d = self.x.len();
-        let s = DVector::from_fn(d, |i, _| self.ell_of_products(i, i).sqrt());
-        self.weighted_congruence(noise_cov, |i, j| s[i] * s[j])
-    }
-
-    /// The `hasme-exact` diffusion `η U (Σ̂ ∘ L) Uᵀ`, possibly indefinite.
-    pub(crate) fn exact_diffusion(&self, noise_cov: &DMatrix<f64>) -> DMatrix<f64> {
-        self.weighted_congruence(noise_cov, |i, j| self.ell_of_products(i, j))
-    }
-
-    /// `η U ((UᵀΣU) ∘ W) Uᵀ`.
-    fn weighted_congruence(
-        &self,
-        noise_cov: &DMatrix<f64>,
-        weight: impl Fn(usize, usize) -> f64,
-    ) -> DMatrix<f64> {
-        let mut hat = self.u.tr_mul(&(noise_cov * &self.u));
-        for j in 0..hat.ncols() {
-            for i in 0..hat.nrows() {
-                hat[(i, j)] *= self.eta * weight(i, j);
-            }
-        }
-        symmetric_part(&(&self.u * hat * self.u.transpose()))
     }
 }

@@ -1,29 +1,26 @@
 //! Terms: the drift `b(x)` and a diffusion factor `σ(x)` (`σσᵀ = Γ`) of each SDE model
 //! at the simulator's current point, and SGD's own step (spec MODELS.md §1–2).
 //!
-//! This is the models' mathematics ([`crate::models`]) recomputed without allocation:
-//! `Model::coefficients` builds a few nalgebra matrices and three eigendecompositions
-//! per call (≈ 4 µs at d = 2, measured), which a simulator pays at every substep of
-//! every path. Here the same formulas run on reusable row-major buffers with a Jacobi
-//! eigensolver (`sim::linalg`): `gf` and `series:K` (hence `sme1 = series:0`,
-//! `sme2 = series:1`) by their series, `hasme` and `hasme-exact` through one
-//! eigendecomposition of `H`; `σ` is the symmetric PSD square root of `Γ`, as the
-//! models' `factor`, with the same round-off floor ([`PSD_TOLERANCE`]). The unit tests
-//! check every model against `Model::coefficients` at random points.
+//! One point at a time, a model's coefficients are the models' own code
+//! ([`crate::models::ModelWorkspace`]), run on buffers the term keeps, so nothing is
+//! allocated per step: up to `JACOBI_MAX_DIM` in [`Arithmetic::Jacobi`] (its
+//! allocation-free eigensolver), above it through `Model::coefficients` itself. A
+//! block of points at d ≤ 2 has closed forms of its own (`ModelTerm::eval_lanes`),
+//! tested lane by lane against `Model::coefficients`.
 //!
 //! Domain failures are the models' own [`ModelError`]s (`ηλ_max ≥ 1`, an indefinite Γ,
 //! overflow); the simulator counts them as divergences of the path for that model.
 
-use crate::models::{Local, Model, ModelError, ModelKind, PSD_TOLERANCE, Point, ell};
+use crate::models::{
+    Arithmetic, Local, ModelError, ModelKind, ModelOptions, ModelWorkspace, Noise, PSD_TOLERANCE,
+    Point, ell_square,
+};
 use crate::problem::{NoiseBuffers, NoiseKind, Problem, ProblemError};
 use crate::tape::{Jets, Workspace};
 use nalgebra::{DMatrix, DVector};
 
 use super::lanes::{LANES, LANES_MAX_DIM, LaneTape, Order, Row};
-use super::linalg::{
-    EigenScratch, JACOBI_MAX_DIM, NoConvergence, mat_mul, mat_tr_mul, mat_tr_vec, mat_vec,
-    sym_eigen, sym_sqrt, symmetrise,
-};
+use super::linalg::{EigenScratch, JACOBI_MAX_DIM, NoConvergence, mat_vec, sym_sqrt};
 use super::vmath::ell as ell_lanes;
 
 /// Why a process stopped at a point.
@@ -343,24 +340,13 @@ pub(crate) struct LaneTerm<'p> {
     tmp: [[f64; LANES]; 10],
 }
 
-/// A model's formulas and their scratch buffers.
+/// One model's coefficients at a point: the models' own code ([`ModelWorkspace`]) on
+/// buffers kept for the term.
 #[derive(Debug)]
 struct Coeffs {
     kind: ModelKind,
     eta: f64,
-    drift: Vec<f64>,
-    factor: Vec<f64>,
-    // Scratch.
-    u: Vec<f64>,
-    lambda: Vec<f64>,
-    m1: Vec<f64>,
-    m2: Vec<f64>,
-    m3: Vec<f64>,
-    v1: Vec<f64>,
-    v2: Vec<f64>,
-    /// `ℓ(1 − ηλ_i)` of the HA-SME models.
-    ells: Vec<f64>,
-    scratch: EigenScratch,
+    ws: ModelWorkspace,
 }
 
 /// Drift, factor and outcome per lane of a block evaluation, in the block's layout
@@ -412,23 +398,12 @@ impl<'p> ModelTerm<'p> {
     /// The per-point term of model `kind` at step size `eta`.
     pub(crate) fn new(kind: ModelKind, eta: f64, ev: Evaluator<'p>) -> ModelTerm<'p> {
         let d = ev.problem.dim();
-        let z = |n| vec![0.0; n];
         ModelTerm {
             ev,
             coeffs: Coeffs {
                 kind,
                 eta,
-                drift: z(d),
-                factor: z(d * d),
-                u: z(d * d),
-                lambda: z(d),
-                m1: z(d * d),
-                m2: z(d * d),
-                m3: z(d * d),
-                v1: z(d),
-                v2: z(d),
-                ells: z(d),
-                scratch: EigenScratch::new(d),
+                ws: ModelWorkspace::new(d),
             },
         }
     }
@@ -588,11 +563,11 @@ impl LaneTerm<'_> {
             })();
             match r {
                 Ok(noisy) => {
-                    for (row, &v) in out.drift.iter_mut().zip(&coeffs.drift) {
+                    for (row, &v) in out.drift.iter_mut().zip(coeffs.drift()) {
                         row[l] = v;
                     }
                     if noisy {
-                        for (row, &v) in out.factor.iter_mut().zip(&coeffs.factor) {
+                        for (row, &v) in out.factor.iter_mut().zip(coeffs.factor()) {
                             row[l] = v;
                         }
                     }
@@ -1082,13 +1057,14 @@ impl Term for ModelTerm<'_> {
             sqrt,
         )?;
         let c = &self.coeffs;
-        Ok((&c.drift, noisy.then_some(&c.factor[..])))
+        Ok((c.drift(), noisy.then_some(c.factor())))
     }
 }
 
 impl Coeffs {
-    /// The drift and factor at `x` from ∇f, ∇²f and Σ (and Σ^{1/2} when the factor is
-    /// √η Σ^{1/2}); returns whether the diffusion is nonzero.
+    /// The drift and factor at `x` from ∇f, ∇²f (row-major) and Σ (and Σ^{1/2} when
+    /// known); returns whether the diffusion is nonzero. A model's domain failure is a
+    /// divergence of the path.
     fn compute(
         &mut self,
         x: &[f64],
@@ -1097,28 +1073,11 @@ impl Coeffs {
         cov: Option<&[f64]>,
         sqrt: Option<&[f64]>,
     ) -> Result<bool, Failure> {
-        // The commonest dimensions get their own copy of the code with d a constant
-        // (loops unrolled, bounds checks gone): measured 2× faster at d = 2.
-        match x.len() {
-            1 => self.compute_in(1, x, g, h, cov, sqrt),
-            2 => self.compute_in(2, x, g, h, cov, sqrt),
-            d => self.compute_in(d, x, g, h, cov, sqrt),
-        }
-    }
-
-    #[inline(always)]
-    fn compute_in(
-        &mut self,
-        d: usize,
-        x: &[f64],
-        g: &[f64],
-        h: &[f64],
-        cov: Option<&[f64]>,
-        sqrt: Option<&[f64]>,
-    ) -> Result<bool, Failure> {
-        let eta = self.eta;
+        let d = x.len();
+        let diverged = |e: ModelError| Failure::Diverged(e.to_string());
         if d > JACOBI_MAX_DIM {
-            // Large d: the models' own (allocating) code, whose O(d³) work dominates.
+            // Large d: `Model::coefficients` itself, with its checks (the O(d³) work
+            // dwarfs its allocations).
             let zero;
             let sigma = match cov {
                 Some(c) => c,
@@ -1133,234 +1092,28 @@ impl Coeffs {
                 DMatrix::from_row_slice(d, d, h),
                 DMatrix::from_row_slice(d, d, sigma),
             )
-            .map_err(|e| Failure::Diverged(e.to_string()))?;
-            let c = self
-                .kind
-                .coefficients(&local, eta)
-                .map_err(|e| Failure::Diverged(e.to_string()))?;
-            self.drift.copy_from_slice(c.drift.as_slice());
-            // σ is symmetric: column-major storage is row-major too.
-            self.factor.copy_from_slice(c.factor.as_slice());
-            return Ok(c.factor.iter().any(|&v| v != 0.0));
+            .map_err(diverged)?;
+            self.kind
+                .coefficients_into(&local, self.eta, &ModelOptions::default(), &mut self.ws)
+                .map_err(diverged)?;
+            return Ok(self.ws.factor().iter().any(|&v| v != 0.0));
         }
-        let point = || Point(x.to_vec());
-        let diverged = |e: ModelError| Failure::Diverged(e.to_string());
-        let noisy = match self.kind {
-            ModelKind::Gf => {
-                for (b, gi) in self.drift.iter_mut().zip(g) {
-                    *b = -gi;
-                }
-                false
-            }
-            ModelKind::Hasme | ModelKind::HasmeExact => {
-                // H = U diag(λ) Uᵀ.
-                self.m1.copy_from_slice(h);
-                symmetrise(d, &mut self.m1);
-                sym_eigen(d, &mut self.m1, &mut self.u, &mut self.lambda).map_err(|_| {
-                    diverged(ModelError::EigenFailed {
-                        quantity: "the Hessian",
-                        reason: "no convergence within the iteration budget",
-                        point: point(),
-                    })
-                })?;
-                let lambda_max = self
-                    .lambda
-                    .iter()
-                    .copied()
-                    .fold(f64::NEG_INFINITY, f64::max);
-                let product = eta * lambda_max;
-                if product >= 1.0 {
-                    return Err(diverged(ModelError::StepSizeTooLarge {
-                        lambda_max,
-                        eta,
-                        product,
-                        inverse_lambda_max: 1.0 / lambda_max,
-                        point: point(),
-                    }));
-                }
-                // drift = −U diag(ℓ(1 − ηλ_i)) Uᵀ g.
-                mat_tr_vec(d, &self.u, g, &mut self.v1);
-                for i in 0..d {
-                    self.ells[i] = ell(1.0 - eta * self.lambda[i]);
-                    self.v1[i] *= -self.ells[i];
-                }
-                mat_vec(d, &self.u, &self.v1, &mut self.drift);
-                match cov {
-                    None => false,
-                    Some(cov) => {
-                        // Σ̂ = UᵀΣU, weighted entrywise, then Γ = U (Σ̂ ∘ W) Uᵀ.
-                        mat_mul(d, cov, &self.u, &mut self.m2);
-                        mat_tr_mul(d, &self.u, &self.m2, &mut self.m1);
-                        let p = |i: usize| 1.0 - eta * self.lambda[i];
-                        if self.kind == ModelKind::HasmeExact {
-                            // L_ij = ℓ(p_i p_j), symmetric: one logarithm per pair.
-                            for i in 0..d {
-                                for j in i..d {
-                                    let w = eta
-                                        * if i == j {
-                                            ell_square(self.ells[i], p(i))
-                                        } else {
-                                            ell(p(i) * p(j))
-                                        };
-                                    self.m1[i * d + j] *= w;
-                                    if j != i {
-                                        self.m1[j * d + i] *= w;
-                                    }
-                                }
-                            }
-                        } else {
-                            // s_i = ℓ(p_i²)^{1/2}, weights s_i s_j.
-                            for i in 0..d {
-                                self.v2[i] = ell_square(self.ells[i], p(i)).sqrt();
-                            }
-                            for i in 0..d {
-                                for j in 0..d {
-                                    self.m1[i * d + j] *= eta * (self.v2[i] * self.v2[j]);
-                                }
-                            }
-                        }
-                        mat_mul(d, &self.u, &self.m1, &mut self.m2);
-                        for i in 0..d {
-                            for j in 0..d {
-                                let mut s = 0.0;
-                                for k in 0..d {
-                                    s += self.m2[i * d + k] * self.u[j * d + k];
-                                }
-                                self.m3[i * d + j] = s;
-                            }
-                        }
-                        symmetrise(d, &mut self.m3);
-                        self.factor_of_gamma(x)?;
-                        true
-                    }
-                }
-            }
-            kind => {
-                // series:K (sme1 = series:0, sme2 = series:1): drift −Σ_{k≤K} (ηH)^k g/(k+1).
-                let order = kind.series_order().unwrap_or(0) as usize;
-                self.v1.copy_from_slice(g);
-                for (b, gi) in self.drift.iter_mut().zip(g) {
-                    *b = -gi;
-                }
-                for k in 1..=order {
-                    mat_vec(d, h, &self.v1, &mut self.v2);
-                    let c = -1.0 / (k as f64 + 1.0);
-                    for i in 0..d {
-                        self.v1[i] = eta * self.v2[i];
-                        self.drift[i] += c * self.v1[i];
-                    }
-                }
-                match (cov, sqrt) {
-                    (None, _) => false,
-                    (Some(_), Some(sqrt)) if order <= 1 => {
-                        // Γ = ηΣ: σ = √η Σ^{1/2}.
-                        let s = eta.sqrt();
-                        for (f, r) in self.factor.iter_mut().zip(sqrt) {
-                            *f = s * r;
-                        }
-                        true
-                    }
-                    (Some(cov), _) => {
-                        // Γ = η Σ_{k<K} 𝒬^k(Σ)/(k+1), 𝒬(S) = AS + SA − ASA, A = ηH.
-                        let terms = order.max(1);
-                        self.m1.copy_from_slice(cov);
-                        for (g_, s) in self.m3.iter_mut().zip(cov) {
-                            *g_ = eta * s;
-                        }
-                        for k in 1..terms {
-                            // m2 = A S (A = ηH), then S ← AS + (AS)ᵀ − ASA.
-                            mat_mul(d, h, &self.m1, &mut self.m2);
-                            self.m2.iter_mut().for_each(|v| *v *= eta);
-                            for i in 0..d {
-                                for j in 0..d {
-                                    let mut asa = 0.0;
-                                    for l in 0..d {
-                                        asa += self.m2[i * d + l] * h[l * d + j];
-                                    }
-                                    self.m1[i * d + j] =
-                                        self.m2[i * d + j] + self.m2[j * d + i] - eta * asa;
-                                }
-                            }
-                            symmetrise(d, &mut self.m1);
-                            let c = eta / (k as f64 + 1.0);
-                            for (g_, s) in self.m3.iter_mut().zip(&self.m1) {
-                                *g_ += c * s;
-                            }
-                        }
-                        self.factor_of_gamma(x)?;
-                        true
-                    }
-                }
-            }
-        };
-        if !self.drift.iter().all(|v| v.is_finite())
-            || (noisy && !self.factor.iter().all(|v| v.is_finite()))
-        {
-            return Err(diverged(ModelError::Overflow {
-                quantity: "the drift or the diffusion factor",
-                point: point(),
-            }));
-        }
-        Ok(noisy)
+        let noise = cov.map(|cov| Noise { cov, sqrt });
+        self.ws
+            .evaluate(self.kind, self.eta, Arithmetic::Jacobi, x, g, h, noise)
+            .map_err(diverged)
     }
 
-    /// `self.factor = Γ^{1/2}` for `Γ = self.m3`, after the PSD check of Γ.
-    fn factor_of_gamma(&mut self, x: &[f64]) -> Result<(), Failure> {
-        let d = x.len();
-        let point = || Point(x.to_vec());
-        if !self.m3.iter().all(|v| v.is_finite()) {
-            return Err(Failure::Diverged(
-                ModelError::Overflow {
-                    quantity: "the diffusion Γ",
-                    point: point(),
-                }
-                .to_string(),
-            ));
-        }
-        let spread = sym_sqrt(
-            d,
-            &self.m3,
-            PSD_TOLERANCE,
-            &mut self.scratch,
-            &mut self.factor,
-        )
-        .map_err(|_| {
-            Failure::Diverged(
-                ModelError::EigenFailed {
-                    quantity: "the diffusion Γ",
-                    reason: "no convergence within the iteration budget",
-                    point: point(),
-                }
-                .to_string(),
-            )
-        })?;
-        if spread.min < -PSD_TOLERANCE * spread.scale {
-            let e = if self.kind == ModelKind::HasmeExact {
-                ModelError::ExactDiffusionIndefinite {
-                    min_eigenvalue: spread.min,
-                    scale: spread.scale,
-                    point: point(),
-                }
-            } else {
-                ModelError::DiffusionIndefinite {
-                    model: self.kind.to_string(),
-                    min_eigenvalue: spread.min,
-                    scale: spread.scale,
-                    point: point(),
-                }
-            };
-            return Err(Failure::Diverged(e.to_string()));
-        }
-        Ok(())
+    /// The drift of the last [`Coeffs::compute`].
+    fn drift(&self) -> &[f64] {
+        self.ws.drift().as_slice()
     }
-}
 
-/// `ℓ(p²) = 2ℓ(p)/(1 + p)` from `ℓ(p)` (as `log p² = 2 log p` and
-/// `p² − 1 = (p − 1)(p + 1)`): one logarithm per eigenvalue serves both the drift's φ
-/// and the diffusion's ψ, and `1 + p > 1` loses nothing.
-#[inline]
-fn ell_square(ell_p: f64, p: f64) -> f64 {
-    2.0 * ell_p / (1.0 + p)
+    /// The factor of the last [`Coeffs::compute`] (symmetric, so its column-major
+    /// storage reads row-major too).
+    fn factor(&self) -> &[f64] {
+        self.ws.factor().as_slice()
+    }
 }
 
 #[cfg(test)]
