@@ -208,13 +208,13 @@ impl EscapeConfig {
 /// Why an escape run could not be done.
 #[derive(Debug, thiserror::Error)]
 pub enum EscapeError {
-    /// A setting is invalid (exit status 2).
+    /// A setting is invalid (bad input).
     #[error("{0}")]
     Config(String),
-    /// The problem, or the region's expression, is invalid (its own exit status).
+    /// The problem, or the region's expression, is invalid (its own kind).
     #[error("{0}")]
     Problem(#[from] ProblemError),
-    /// The run failed at a point a path reached (exit status 1).
+    /// The run failed at a point a path reached (a failure while running).
     #[error("{process}, path {path}, step {step} (t = {time}): {message}")]
     Run {
         /// `sgd` or the model.
@@ -228,7 +228,7 @@ pub enum EscapeError {
         /// What went wrong.
         message: String,
     },
-    /// The thread pool could not be built (exit status 1).
+    /// The thread pool could not be built (a failure while running).
     #[error("cannot start {threads} worker threads: {message}")]
     Threads {
         /// Threads asked for.
@@ -239,12 +239,12 @@ pub enum EscapeError {
 }
 
 impl EscapeError {
-    /// Process exit status: 2 for bad settings or input, 1 for a failure while running.
-    pub fn exit_code(&self) -> i32 {
+    /// Bad settings or input, or a failure while running.
+    pub fn kind(&self) -> crate::ErrorKind {
         match self {
-            EscapeError::Config(_) => 2,
-            EscapeError::Problem(e) => e.exit_code(),
-            EscapeError::Run { .. } | EscapeError::Threads { .. } => 1,
+            EscapeError::Config(_) => crate::ErrorKind::Input,
+            EscapeError::Problem(e) => crate::problem_error_kind(e),
+            EscapeError::Run { .. } | EscapeError::Threads { .. } => crate::ErrorKind::Run,
         }
     }
 }

@@ -73,6 +73,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+use crate::ErrorKind;
 use crate::models::{Model, ModelKind};
 use crate::plot::{LinePlot, YAxis};
 use crate::problem::{Overrides, Problem, ProblemError};
@@ -335,7 +336,7 @@ impl WeakOrderConfig {
 /// Why the experiment could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum WeakOrderError {
-    /// A setting is invalid (exit status 2).
+    /// A setting is invalid (bad input).
     #[error("{0}")]
     Config(String),
     /// Rebuilding the problem for a sweep value failed.
@@ -359,12 +360,12 @@ pub enum WeakOrderError {
 }
 
 impl WeakOrderError {
-    /// Process exit status: 2 for bad settings or input, 1 for a failure while running.
-    pub fn exit_code(&self) -> i32 {
+    /// Bad settings or input, or a failure while running.
+    pub fn kind(&self) -> ErrorKind {
         match self {
-            WeakOrderError::Config(_) => 2,
-            WeakOrderError::Sweep { source, .. } => source.exit_code(),
-            WeakOrderError::Sim { source, .. } => source.exit_code(),
+            WeakOrderError::Config(_) => ErrorKind::Input,
+            WeakOrderError::Sweep { source, .. } => crate::problem_error_kind(source),
+            WeakOrderError::Sim { source, .. } => source.kind(),
         }
     }
 }

@@ -24,3 +24,24 @@ pub mod stats;
 pub mod tape;
 
 pub use problem::{Derivatives, Overrides, Problem, ProblemError};
+
+/// What kind of failure a library error is. The library does not know about exit
+/// statuses; the command line maps these to its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// The caller's input is wrong: a file, an expression, a setting, an output path.
+    Input,
+    /// The input was accepted, but the computation failed while running (a non-finite
+    /// value, a model outside its domain, a file the system refused to write).
+    Run,
+}
+
+/// The kind of a [`ProblemError`], read from its exit status until the problem module
+/// says its kind itself.
+pub(crate) fn problem_error_kind(e: &ProblemError) -> ErrorKind {
+    if e.exit_code() == 2 {
+        ErrorKind::Input
+    } else {
+        ErrorKind::Run
+    }
+}

@@ -6,13 +6,15 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
 use hasme::escape::{EscapeConfig, EscapeError, Region, escape_with_progress};
+use hasme::experiment::WeakOrderError;
 use hasme::inspect::{CheckSummary, DeriveReport, ModelRequest};
 use hasme::models::{ModelKind, ModelOptions, PsdPolicy};
 use hasme::moments::{self, MomentsConfig, MomentsError};
 use hasme::output::{self, OutputError};
+use hasme::report::ReportError;
 use hasme::sim::progress::PathProgress;
 use hasme::sim::{Coupling, SimConfig, SimError, simulate_with_progress};
-use hasme::{Overrides, Problem, ProblemError};
+use hasme::{ErrorKind, Overrides, Problem, ProblemError};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -361,31 +363,45 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(err) => {
-            let code = if let Some(e) = err.downcast_ref::<ProblemError>() {
-                e.exit_code()
-            } else if let Some(e) = err.downcast_ref::<MomentsError>() {
-                e.exit_code()
-            } else if let Some(e) = err.downcast_ref::<OutputError>() {
-                e.exit_code()
-            } else if let Some(e) = err.downcast_ref::<SimError>() {
-                e.exit_code()
-            } else if let Some(e) = err.downcast_ref::<EscapeError>() {
-                e.exit_code()
-            } else if let Some(e) = err.downcast_ref::<hasme::experiment::WeakOrderError>() {
-                e.exit_code()
-            } else if let Some(e) = err.downcast_ref::<hasme::report::ReportError>() {
-                e.exit_code()
-            } else {
-                2
-            };
+            let code = exit_status(&err);
             let text = err.to_string();
             if text.contains(": error: ") {
                 eprintln!("{text}");
             } else {
                 eprintln!("error: {text}");
             }
-            ExitCode::from(code as u8)
+            ExitCode::from(code)
         }
+    }
+}
+
+/// The exit status of a failed command: 2 for bad input (files, syntax, names,
+/// arguments), 1 for a failure while running. Errors that are not the library's (the
+/// argument parser's, the plot's, a write to stdout) count as bad input.
+fn exit_status(err: &anyhow::Error) -> u8 {
+    let kind = if let Some(e) = err.downcast_ref::<ProblemError>() {
+        match e.exit_code() {
+            1 => ErrorKind::Run,
+            _ => ErrorKind::Input,
+        }
+    } else if let Some(e) = err.downcast_ref::<MomentsError>() {
+        e.kind()
+    } else if let Some(e) = err.downcast_ref::<OutputError>() {
+        e.kind()
+    } else if let Some(e) = err.downcast_ref::<SimError>() {
+        e.kind()
+    } else if let Some(e) = err.downcast_ref::<EscapeError>() {
+        e.kind()
+    } else if let Some(e) = err.downcast_ref::<WeakOrderError>() {
+        e.kind()
+    } else if let Some(e) = err.downcast_ref::<ReportError>() {
+        e.kind()
+    } else {
+        ErrorKind::Input
+    };
+    match kind {
+        ErrorKind::Input => 2,
+        ErrorKind::Run => 1,
     }
 }
 

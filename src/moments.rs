@@ -67,6 +67,7 @@ use nalgebra::{DMatrix, DVector, SymmetricEigen};
 use serde::Serialize;
 use serde::ser::{SerializeMap, Serializer};
 
+use crate::ErrorKind;
 use crate::models::{
     Local, Model, ModelError, ModelKind, PSD_TOLERANCE, SYMMETRY_TOLERANCE, hasme_exact_gamma,
 };
@@ -150,19 +151,18 @@ fn at_time(time: Option<f64>) -> String {
 }
 
 impl MomentsError {
-    /// Process exit status: 2 for bad input (configuration, a non-quadratic problem,
-    /// invalid matrices, or the problem's own input errors), 1 for a failure while
-    /// running.
-    pub fn exit_code(&self) -> i32 {
+    /// Bad input: the configuration, a non-quadratic problem, invalid matrices, or the
+    /// problem's own input errors; anything else failed while running.
+    pub fn kind(&self) -> ErrorKind {
         match self {
             MomentsError::InvalidConfig(_)
             | MomentsError::NotQuadratic { .. }
-            | MomentsError::InvalidInput(_) => 2,
-            MomentsError::Problem(e) => e.exit_code(),
+            | MomentsError::InvalidInput(_) => ErrorKind::Input,
+            MomentsError::Problem(e) => crate::problem_error_kind(e),
             MomentsError::Model(_)
             | MomentsError::SgdOverflow { .. }
             | MomentsError::Overflow { .. }
-            | MomentsError::Numerical { .. } => 1,
+            | MomentsError::Numerical { .. } => ErrorKind::Run,
         }
     }
 }
@@ -1704,7 +1704,7 @@ mod tests {
                 .unwrap_err(),
         ] {
             assert!(matches!(e, MomentsError::InvalidConfig(_)), "{e}");
-            assert_eq!(e.exit_code(), 2);
+            assert_eq!(e.kind(), ErrorKind::Input);
         }
     }
 
@@ -1777,7 +1777,7 @@ mod tests {
             panic!("expected an SGD overflow, got {e}");
         };
         assert!((140..300).contains(&step), "{step}");
-        assert_eq!(e.exit_code(), 1);
+        assert_eq!(e.kind(), ErrorKind::Run);
     }
 
     #[test]

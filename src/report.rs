@@ -13,6 +13,7 @@
 //! eigenvalue of `∇²f` at the start point, i.e. half of the `1/(2λ_max)` bound, so that
 //! HA-SME (`ηλ < 1`) stays in its domain while the curvature grows along the path.
 
+use crate::ErrorKind;
 use crate::escape::{self, EscapeConfig, EscapeError, EscapeReport, Region};
 use crate::experiment::{self, WeakOrderConfig, WeakOrderError, WeakOrderReport};
 use crate::inspect::{CheckSummary, DeriveReport, ModelRequest};
@@ -113,16 +114,16 @@ pub enum ReportError {
 }
 
 impl ReportError {
-    /// 2 for bad input, 1 for a failure while running.
-    pub fn exit_code(&self) -> i32 {
+    /// Bad input, or a failure while running: that of the part that failed.
+    pub fn kind(&self) -> ErrorKind {
         match self {
-            ReportError::Config(_) => 2,
-            ReportError::Problem(e) => e.exit_code(),
-            ReportError::Moments(e) => e.exit_code(),
-            ReportError::WeakOrder(e) => e.exit_code(),
-            ReportError::Escape(e) => e.exit_code(),
-            ReportError::Output(e) => e.exit_code(),
-            ReportError::Plot(_) | ReportError::Json(_) => 1,
+            ReportError::Config(_) => ErrorKind::Input,
+            ReportError::Problem(e) => crate::problem_error_kind(e),
+            ReportError::Moments(e) => e.kind(),
+            ReportError::WeakOrder(e) => e.kind(),
+            ReportError::Escape(e) => e.kind(),
+            ReportError::Output(e) => e.kind(),
+            ReportError::Plot(_) | ReportError::Json(_) => ErrorKind::Run,
         }
     }
 }

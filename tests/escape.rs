@@ -190,11 +190,11 @@ fn the_when_expression_sees_params_lets_and_overrides() {
     for bad in ["d3 - 1", "x^^2"] {
         c.region = Region::When(bad.into());
         let err = escape(&p, &c).unwrap_err();
-        assert_eq!(err.exit_code(), 2, "{bad}: {err}");
+        assert_eq!(err.kind(), hasme::ErrorKind::Input, "{bad}: {err}");
     }
     // Starting outside the region is a bad setting.
     c.region = Region::When("1 - x^2".into());
-    assert_eq!(escape(&p, &c).unwrap_err().exit_code(), 2);
+    assert_eq!(escape(&p, &c).unwrap_err().kind(), hasme::ErrorKind::Input);
 }
 
 fn write_file(name: &str, text: &str) -> std::path::PathBuf {
@@ -270,6 +270,6 @@ fn bad_settings_are_config_errors() {
         let mut c = ok.clone();
         f(&mut c);
         let err = escape(&p, &c).unwrap_err();
-        assert_eq!(err.exit_code(), 2, "case {i}: {err}");
+        assert_eq!(err.kind(), hasme::ErrorKind::Input, "case {i}: {err}");
     }
 }

@@ -257,7 +257,7 @@ fn file_text_is_escaped_and_bad_eta_is_a_config_error() {
     let err = run_report(&problem, &Overrides::none(), &config, &Silent)
         .err()
         .unwrap();
-    assert_eq!(err.exit_code(), 2);
+    assert_eq!(err.kind(), hasme::ErrorKind::Input);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

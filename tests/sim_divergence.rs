@@ -105,7 +105,7 @@ fn an_invalid_covariance_at_a_reached_point_is_an_error() {
     c.models = vec![];
     let err = simulate(&problem, &c).expect_err("Σ(x) < 0 is reached");
     assert!(matches!(err, SimError::Problem { path: 0, .. }), "{err}");
-    assert_eq!(err.exit_code(), 1);
+    assert_eq!(err.kind(), hasme::ErrorKind::Run);
     let text = err.to_string();
     assert!(text.starts_with("path 0, step "), "{text}");
     assert!(text.contains("positive semidefinite"), "{text}");

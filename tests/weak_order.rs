@@ -252,7 +252,7 @@ fn bad_configurations_are_config_errors() {
     ];
     for (config, want) in cases {
         let err = weak_order(&p, &Overrides::none(), &config).unwrap_err();
-        assert_eq!(err.exit_code(), 2, "{err}");
+        assert_eq!(err.kind(), hasme::ErrorKind::Input, "{err}");
         assert!(err.to_string().contains(want), "{err} (wanted {want})");
     }
 }

@@ -359,13 +359,13 @@ pub struct SimResult {
 /// Why a simulation could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {
-    /// A setting is invalid (exit status 2).
+    /// A setting is invalid (bad input).
     #[error("{0}")]
     Config(String),
     /// The problem cannot be evaluated at its start point.
     #[error("at the start point: {0}")]
     Start(ProblemError),
-    /// Σ(x) is not a covariance at a point a path reached (exit status 1).
+    /// Σ(x) is not a covariance at a point a path reached (a failure while running).
     #[error("path {path}, step {step} (t = {time}): {source}")]
     Problem {
         /// The path index.
@@ -388,12 +388,12 @@ pub enum SimError {
 }
 
 impl SimError {
-    /// Process exit status: 2 for bad settings or input, 1 for a failure while running.
-    pub fn exit_code(&self) -> i32 {
+    /// Bad settings or input, or a failure while running.
+    pub fn kind(&self) -> crate::ErrorKind {
         match self {
-            SimError::Config(_) => 2,
-            SimError::Start(e) => e.exit_code(),
-            SimError::Problem { .. } | SimError::Threads { .. } => 1,
+            SimError::Config(_) => crate::ErrorKind::Input,
+            SimError::Start(e) => crate::problem_error_kind(e),
+            SimError::Problem { .. } | SimError::Threads { .. } => crate::ErrorKind::Run,
         }
     }
 }
@@ -1158,7 +1158,7 @@ mod tests {
                 || e.to_string().contains("0.4"),
             "{e}"
         );
-        assert_eq!(e.exit_code(), 2);
+        assert_eq!(e.kind(), crate::ErrorKind::Input);
     }
 
     #[test]
