@@ -73,8 +73,9 @@ use std::fmt;
 
 use nalgebra::SymmetricEigen;
 use rayon::prelude::*;
-use serde_json::{Map, Value, json};
+use serde::Serialize;
 
+use crate::format::Named;
 use crate::lang::ast::StatementKind;
 use crate::lang::{Program, Source, parse, parse_expr, print_program};
 use crate::models::ModelKind;
@@ -1103,106 +1104,177 @@ pub fn escape_with_progress(
     })
 }
 
-fn opt(x: Option<f64>) -> Value {
-    x.filter(|v| v.is_finite())
-        .map_or(Value::Null, |v| json!(v))
+fn fmt_opt(x: Option<f64>) -> String {
+    crate::format::cell(x, crate::format::Style::Fixed(4))
 }
 
-fn fmt_opt(x: Option<f64>) -> String {
-    x.map_or("—".to_string(), |v| format!("{v:.4}"))
+/// The JSON form (the contract of `hasme escape --json`): the settings (`eta`,
+/// `max_steps`, `cap_time`, `paths`, `seed`, `substeps`, `scheme`, `coupling`, `region`,
+/// `variables`, `start`), `models.PROCESS` for `sgd` and each model with `escaped`,
+/// `censored`, `diverged`, `escaped_fraction`, `mean_time`, `mean_time_stderr`,
+/// `mean_time_ci` (`[low, high]`), `mean_restricted`, `median_time` and `quartiles`
+/// (`[q25, q75]`; `null` where the KM curve never drops that far) and, for models,
+/// `ks_distance`, `ks_pvalue`, `mean_diff`, `mean_diff_stderr`, `growth_rate`;
+/// `first_divergence` where one diverged; and `growth_rates` (`null` unless the problem
+/// is quadratic with constant noise). Times are in units of `t = kη`; a non-finite
+/// number is `null`.
+impl Serialize for EscapeReport {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let region = match &self.region {
+            Region::Ball { radius, .. } => RegionJson {
+                kind: "ball",
+                centre: Some(self.centre.as_deref()),
+                radius: Some(*radius),
+                expr: None,
+            },
+            Region::When(e) => RegionJson {
+                kind: "when",
+                centre: None,
+                radius: None,
+                expr: Some(Some(format!("{e} > 0"))),
+            },
+            Region::File => RegionJson {
+                kind: "file",
+                centre: None,
+                radius: None,
+                expr: Some(self.file_region.clone()),
+            },
+        };
+        let growth = self.growth_rates.as_ref().map(|g| GrowthJson {
+            lambda_min: g.lambda_min,
+            direction: &g.direction,
+            per_step: std::iter::once(("sgd".to_string(), Some(g.sgd)))
+                .chain(
+                    g.models
+                        .iter()
+                        .map(|(k, r)| (k.to_string(), r.as_ref().ok().copied())),
+                )
+                .collect(),
+        });
+        let models = self
+            .processes
+            .iter()
+            .map(|p| {
+                let model = p.name != "sgd";
+                let ci = p.mean_time_ci();
+                let json = ProcessJson {
+                    escaped: p.escaped,
+                    censored: p.censored,
+                    diverged: p.diverged,
+                    escaped_fraction: p.escaped_fraction,
+                    mean_time: p.mean_time,
+                    mean_time_stderr: p.mean_time_stderr,
+                    mean_time_ci: [ci.map(|c| c[0]), ci.map(|c| c[1])],
+                    mean_restricted: p.mean_restricted,
+                    median_time: p.median_time,
+                    quartiles: p.quartiles,
+                    ks_distance: model.then_some(p.ks_distance),
+                    ks_pvalue: model.then_some(p.ks_pvalue),
+                    mean_diff: model.then_some(p.mean_diff),
+                    mean_diff_stderr: model.then_some(p.mean_diff_stderr),
+                    growth_rate: self.growth_rates.as_ref().map(|g| g.per_step(&p.name)),
+                    first_divergence: p.first_divergence.as_ref().map(|f| DivergenceJson {
+                        path: f.path,
+                        step: f.step,
+                        time: f.step as f64 * self.eta,
+                        reason: &f.reason,
+                    }),
+                };
+                (p.name.as_str(), json)
+            })
+            .collect();
+        EscapeJson {
+            eta: self.eta,
+            max_steps: self.max_steps,
+            cap_time: self.cap_time,
+            paths: self.paths,
+            seed: self.seed,
+            substeps: self.substeps,
+            scheme: "em",
+            coupling: self.coupling.to_string(),
+            region,
+            variables: &self.variables,
+            start: &self.start,
+            models,
+            growth_rates: growth,
+        }
+        .serialize(serializer)
+    }
+}
+
+/// [`EscapeReport`]'s JSON, field by field in the contract's order.
+#[derive(Serialize)]
+struct EscapeJson<'a> {
+    eta: f64,
+    max_steps: u64,
+    cap_time: f64,
+    paths: u64,
+    seed: u64,
+    substeps: usize,
+    scheme: &'static str,
+    coupling: String,
+    region: RegionJson<'a>,
+    variables: &'a [String],
+    start: &'a [f64],
+    models: Named<&'a str, ProcessJson<'a>>,
+    growth_rates: Option<GrowthJson<'a>>,
+}
+
+/// The region: `kind`, then `centre` and `radius` for a ball, `expr` otherwise.
+#[derive(Serialize)]
+struct RegionJson<'a> {
+    kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    centre: Option<Option<&'a [f64]>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    radius: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expr: Option<Option<String>>,
+}
+
+/// One process's escape statistics; the outer `Option`s leave a field out.
+#[derive(Serialize)]
+struct ProcessJson<'a> {
+    escaped: u64,
+    censored: u64,
+    diverged: u64,
+    escaped_fraction: Option<f64>,
+    mean_time: Option<f64>,
+    mean_time_stderr: Option<f64>,
+    mean_time_ci: [Option<f64>; 2],
+    mean_restricted: bool,
+    median_time: Option<f64>,
+    quartiles: [Option<f64>; 2],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ks_distance: Option<Option<f64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ks_pvalue: Option<Option<f64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mean_diff: Option<Option<f64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mean_diff_stderr: Option<Option<f64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    growth_rate: Option<Option<f64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    first_divergence: Option<DivergenceJson<'a>>,
+}
+
+#[derive(Serialize)]
+struct DivergenceJson<'a> {
+    path: u64,
+    step: u64,
+    time: f64,
+    reason: &'a str,
+}
+
+#[derive(Serialize)]
+struct GrowthJson<'a> {
+    lambda_min: f64,
+    direction: &'a [f64],
+    per_step: Named<String, Option<f64>>,
 }
 
 impl EscapeReport {
-    /// The JSON form (the contract of `hasme escape --json`): the settings (`eta`,
-    /// `max_steps`, `cap_time`, `paths`, `seed`, `substeps`, `scheme`, `coupling`,
-    /// `region`, `variables`, `start`), `models.PROCESS` for `sgd` and each model with
-    /// `escaped`, `censored`, `diverged`, `escaped_fraction`, `mean_time`,
-    /// `mean_time_stderr`, `mean_time_ci` (`[low, high]`), `mean_restricted`,
-    /// `median_time` and `quartiles` (`[q25, q75]`; `null` where the KM curve never
-    /// drops that far) and, for models, `ks_distance`, `ks_pvalue`, `mean_diff`,
-    /// `mean_diff_stderr`, `growth_rate`; `first_divergence` where one diverged; and
-    /// `growth_rates` (`null` unless the problem is quadratic with constant noise).
-    /// Times are in units of `t = kη`.
-    pub fn to_json(&self) -> Value {
-        let mut models = Map::new();
-        for p in &self.processes {
-            let mut m = Map::new();
-            m.insert("escaped".into(), json!(p.escaped));
-            m.insert("censored".into(), json!(p.censored));
-            m.insert("diverged".into(), json!(p.diverged));
-            m.insert("escaped_fraction".into(), opt(p.escaped_fraction));
-            m.insert("mean_time".into(), opt(p.mean_time));
-            m.insert("mean_time_stderr".into(), opt(p.mean_time_stderr));
-            let ci = p.mean_time_ci();
-            m.insert(
-                "mean_time_ci".into(),
-                json!([opt(ci.map(|c| c[0])), opt(ci.map(|c| c[1]))]),
-            );
-            m.insert("mean_restricted".into(), json!(p.mean_restricted));
-            m.insert("median_time".into(), opt(p.median_time));
-            m.insert(
-                "quartiles".into(),
-                json!([opt(p.quartiles[0]), opt(p.quartiles[1])]),
-            );
-            if p.name != "sgd" {
-                m.insert("ks_distance".into(), opt(p.ks_distance));
-                m.insert("ks_pvalue".into(), opt(p.ks_pvalue));
-                m.insert("mean_diff".into(), opt(p.mean_diff));
-                m.insert("mean_diff_stderr".into(), opt(p.mean_diff_stderr));
-            }
-            if let Some(g) = &self.growth_rates {
-                let rate = g.per_step(&p.name);
-                m.insert("growth_rate".into(), opt(rate));
-            }
-            if let Some(f) = &p.first_divergence {
-                m.insert(
-                    "first_divergence".into(),
-                    json!({"path": f.path, "step": f.step, "time": f.step as f64 * self.eta, "reason": f.reason}),
-                );
-            }
-            models.insert(p.name.clone(), Value::Object(m));
-        }
-        let region = match &self.region {
-            Region::Ball { radius, .. } => json!({
-                "kind": "ball",
-                "centre": self.centre.as_ref().map(|c| c.iter().map(|&v| opt(Some(v))).collect::<Vec<_>>()),
-                "radius": radius,
-            }),
-            Region::When(e) => json!({"kind": "when", "expr": format!("{e} > 0")}),
-            Region::File => json!({"kind": "file", "expr": self.file_region}),
-        };
-        let growth = self.growth_rates.as_ref().map_or(Value::Null, |g| {
-            let mut rates = Map::new();
-            rates.insert("sgd".into(), opt(Some(g.sgd)));
-            for (k, r) in &g.models {
-                rates.insert(
-                    k.to_string(),
-                    r.as_ref().ok().map_or(Value::Null, |&v| opt(Some(v))),
-                );
-            }
-            json!({
-                "lambda_min": opt(Some(g.lambda_min)),
-                "direction": g.direction.iter().map(|&v| opt(Some(v))).collect::<Vec<_>>(),
-                "per_step": rates,
-            })
-        });
-        json!({
-            "eta": self.eta,
-            "max_steps": self.max_steps,
-            "cap_time": self.cap_time,
-            "paths": self.paths,
-            "seed": self.seed,
-            "substeps": self.substeps,
-            "scheme": "em",
-            "coupling": self.coupling.to_string(),
-            "region": region,
-            "variables": self.variables,
-            "start": self.start.iter().map(|&v| opt(Some(v))).collect::<Vec<_>>(),
-            "models": models,
-            "growth_rates": growth,
-        })
-    }
-
     /// The survival curves `Ŝ(t)` of every process, in one plot.
     pub fn survival_plot(&self) -> LinePlot {
         let mut plot = LinePlot::new(

@@ -74,12 +74,13 @@
 //! ```
 
 use crate::ErrorKind;
+use crate::format::{Named, Style};
 use crate::models::{Model, ModelKind};
 use crate::plot::{LinePlot, YAxis};
 use crate::problem::{Overrides, Problem, ProblemError};
 use crate::sim::{SchemeKind, SimConfig, SimError, SimResult, simulate_with_progress};
 use crate::stats::Welford;
-use serde_json::{Map, Value, json};
+use serde::Serialize;
 use std::fmt;
 
 /// A point enters the fit only when `|d| > NOISE_FLOOR_SE · se`. Why 3: at 3 standard
@@ -702,98 +703,133 @@ impl ModelAnalysis {
         (!checks.is_empty()).then(|| checks.iter().all(|&b| b))
     }
 
-    fn to_json(&self, check_substeps: Option<usize>) -> Value {
-        let num = |v: Option<f64>| {
-            v.filter(|v| v.is_finite())
-                .map_or(Value::Null, |v| json!(v))
-        };
-        let mut m = Map::new();
-        m.insert("nominal_order".into(), json!(self.nominal_order));
-        m.insert(
-            "etas".into(),
-            json!(self.points.iter().map(|p| p.eta).collect::<Vec<_>>()),
-        );
-        let col = |f: &dyn Fn(&Point) -> Option<f64>| -> Value {
-            Value::Array(self.points.iter().map(|p| num(f(p))).collect())
-        };
-        m.insert("errors".into(), col(&|p| p.error));
-        m.insert("ci_low".into(), col(&|p| p.ci.map(|c| c.0)));
-        m.insert("ci_high".into(), col(&|p| p.ci.map(|c| c.1)));
-        m.insert("signed".into(), col(&|p| p.signed));
-        m.insert("stderr".into(), col(&|p| p.stderr));
-        m.insert(
-            "pairs".into(),
-            json!(self.points.iter().map(|p| p.pairs).collect::<Vec<_>>()),
-        );
-        m.insert("verdict".into(), json!(self.verdict.key()));
-        m.insert("slope".into(), num(self.fit.as_ref().map(|f| f.slope)));
-        m.insert(
-            "slope_ci".into(),
-            self.fit
-                .as_ref()
-                .map_or(Value::Null, |f| json!([f.slope_ci.0, f.slope_ci.1])),
-        );
-        m.insert(
-            "slope_stderr_residual".into(),
-            num(self.fit.as_ref().and_then(|f| f.stderr_residual)),
-        );
-        m.insert(
-            "slope_stderr_propagated".into(),
-            num(self.fit.as_ref().map(|f| f.stderr_propagated)),
-        );
-        m.insert(
-            "intercept".into(),
-            num(self.fit.as_ref().map(|f| f.intercept)),
-        );
-        m.insert(
-            "constant".into(),
-            self.constant.as_ref().map_or(
-                Value::Null,
-                |c| json!({"value": c.value, "order": c.order, "ci": [c.ci.0, c.ci.1]}),
-            ),
-        );
-        m.insert("constant_upper_bound".into(), num(self.constant_bound));
+    /// The JSON form of the analysis (`observables.NAME.MODEL` of the report's JSON),
+    /// with the integration check's substeps when it ran.
+    fn json(&self, check_substeps: Option<usize>) -> AnalysisJson<'_> {
+        let col = |f: &dyn Fn(&Point) -> Option<f64>| self.points.iter().map(f).collect();
+        let fit = self.fit.as_ref();
         let excluded: Vec<&Point> = self
             .points
             .iter()
             .filter(|p| p.excluded.is_some())
             .collect();
-        m.insert(
-            "excluded".into(),
-            json!(excluded.iter().map(|p| p.eta).collect::<Vec<_>>()),
-        );
-        m.insert(
-            "excluded_reasons".into(),
-            Value::Array(
-                excluded
-                    .iter()
-                    .map(|p| json!({"eta": p.eta, "reason": p.excluded}))
-                    .collect(),
-            ),
-        );
-        m.insert(
-            "integration_check".into(),
-            match check_substeps {
-                None => Value::Null,
-                Some(s) => json!({
-                    "substeps": s,
-                    "paths": self.points.iter().find_map(|p| p.integration.as_ref().map(|c| c.paths)),
-                    "estimates": col(&|p| p.integration.as_ref().and_then(|c| c.estimate)),
-                    "deltas": col(&|p| p.integration.as_ref().and_then(|c| c.delta)),
-                    "delta_stderrs": col(&|p| p.integration.as_ref().and_then(|c| c.delta_stderr)),
-                    "negligible": self.points.iter().map(|p| p.integration.as_ref().map(|c| c.negligible)).collect::<Vec<_>>(),
-                    "all_negligible": self.integration_negligible(),
-                }),
-            },
-        );
-        m.insert(
-            "sample_size_hint".into(),
-            self.hint.as_ref().map_or(Value::Null, |h| {
-                json!({"eta": h.eta, "expected_error": num(h.expected_error), "paths": h.paths})
+        AnalysisJson {
+            nominal_order: self.nominal_order,
+            etas: self.points.iter().map(|p| p.eta).collect(),
+            errors: col(&|p| p.error),
+            ci_low: col(&|p| p.ci.map(|c| c.0)),
+            ci_high: col(&|p| p.ci.map(|c| c.1)),
+            signed: col(&|p| p.signed),
+            stderr: col(&|p| p.stderr),
+            pairs: self.points.iter().map(|p| p.pairs).collect(),
+            verdict: self.verdict.key(),
+            slope: fit.map(|f| f.slope),
+            slope_ci: fit.map(|f| [f.slope_ci.0, f.slope_ci.1]),
+            slope_stderr_residual: fit.and_then(|f| f.stderr_residual),
+            slope_stderr_propagated: fit.map(|f| f.stderr_propagated),
+            intercept: fit.map(|f| f.intercept),
+            constant: self.constant.as_ref().map(ConstantJson::from),
+            constant_upper_bound: self.constant_bound,
+            excluded: excluded.iter().map(|p| p.eta).collect(),
+            excluded_reasons: excluded
+                .iter()
+                .map(|p| ExclusionJson {
+                    eta: p.eta,
+                    reason: p.excluded.as_deref(),
+                })
+                .collect(),
+            integration_check: check_substeps.map(|substeps| {
+                fn check(p: &Point) -> Option<&IntegrationCheck> {
+                    p.integration.as_ref()
+                }
+                IntegrationJson {
+                    substeps,
+                    paths: self.points.iter().find_map(|p| check(p).map(|c| c.paths)),
+                    estimates: col(&|p| check(p).and_then(|c| c.estimate)),
+                    deltas: col(&|p| check(p).and_then(|c| c.delta)),
+                    delta_stderrs: col(&|p| check(p).and_then(|c| c.delta_stderr)),
+                    negligible: self
+                        .points
+                        .iter()
+                        .map(|p| check(p).map(|c| c.negligible))
+                        .collect(),
+                    all_negligible: self.integration_negligible(),
+                }
             }),
-        );
-        Value::Object(m)
+            sample_size_hint: self.hint.as_ref().map(|h| HintJson {
+                eta: h.eta,
+                expected_error: h.expected_error,
+                paths: h.paths,
+            }),
+        }
     }
+}
+
+/// [`ModelAnalysis`]'s JSON, field by field in the contract's order (a non-finite
+/// number is `null`).
+#[derive(Serialize)]
+struct AnalysisJson<'a> {
+    nominal_order: u32,
+    etas: Vec<f64>,
+    errors: Vec<Option<f64>>,
+    ci_low: Vec<Option<f64>>,
+    ci_high: Vec<Option<f64>>,
+    signed: Vec<Option<f64>>,
+    stderr: Vec<Option<f64>>,
+    pairs: Vec<Option<u64>>,
+    verdict: &'static str,
+    slope: Option<f64>,
+    slope_ci: Option<[f64; 2]>,
+    slope_stderr_residual: Option<f64>,
+    slope_stderr_propagated: Option<f64>,
+    intercept: Option<f64>,
+    constant: Option<ConstantJson>,
+    constant_upper_bound: Option<f64>,
+    excluded: Vec<f64>,
+    excluded_reasons: Vec<ExclusionJson<'a>>,
+    integration_check: Option<IntegrationJson>,
+    sample_size_hint: Option<HintJson>,
+}
+
+#[derive(Serialize)]
+struct ConstantJson {
+    value: f64,
+    order: u32,
+    ci: [f64; 2],
+}
+
+impl From<&Constant> for ConstantJson {
+    fn from(c: &Constant) -> Self {
+        ConstantJson {
+            value: c.value,
+            order: c.order,
+            ci: [c.ci.0, c.ci.1],
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ExclusionJson<'a> {
+    eta: f64,
+    reason: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct IntegrationJson {
+    substeps: usize,
+    paths: Option<u64>,
+    estimates: Vec<Option<f64>>,
+    deltas: Vec<Option<f64>>,
+    delta_stderrs: Vec<Option<f64>>,
+    negligible: Vec<Option<bool>>,
+    all_negligible: Option<bool>,
+}
+
+#[derive(Serialize)]
+struct HintJson {
+    eta: f64,
+    expected_error: Option<f64>,
+    paths: u64,
 }
 
 /// The analyses of one observable, one per model.
@@ -1102,117 +1138,6 @@ fn last_diff(result: &SimResult, obs: &str, k: usize) -> (Option<f64>, Option<f6
 }
 
 impl WeakOrderReport {
-    /// The JSON form (the contract of `hasme weak-order --json`): settings (`etas`,
-    /// `horizon`, `paths`, `seed`, `substeps`, `scheme`, `coupling`, `models`, `params`,
-    /// `noise_floor_se`), `observables.NAME.MODEL` (see the README), `sweep` (when
-    /// asked), `warnings`.
-    pub fn to_json(&self) -> Value {
-        let c = &self.config;
-        let check = c.integration_check.then(|| c.check_substeps());
-        let mut root = Map::new();
-        root.insert("etas".into(), json!(c.etas));
-        root.insert("horizon".into(), json!(c.horizon));
-        root.insert("paths".into(), json!(c.paths));
-        root.insert("seed".into(), json!(c.seed));
-        root.insert("substeps".into(), json!(c.substeps));
-        root.insert("scheme".into(), json!(c.scheme.to_string()));
-        root.insert("coupling".into(), json!("coupled"));
-        root.insert(
-            "sgd_noise".into(),
-            json!(if self.split { "minibatch" } else { "gaussian" }),
-        );
-        root.insert(
-            "estimator".into(),
-            json!(if self.split { "split" } else { "coupled" }),
-        );
-        if self.split {
-            root.insert("sgd_paths".into(), json!(c.sgd_paths()));
-        }
-        root.insert(
-            "models".into(),
-            json!(c.models.iter().map(|m| m.to_string()).collect::<Vec<_>>()),
-        );
-        root.insert(
-            "params".into(),
-            Value::Object(
-                self.params
-                    .iter()
-                    .map(|(n, v)| (n.clone(), json!(v)))
-                    .collect(),
-            ),
-        );
-        root.insert("noise_floor_se".into(), json!(NOISE_FLOOR_SE));
-        root.insert(
-            "observables".into(),
-            observables_json(&self.observables, check),
-        );
-        if let Some((param, runs)) = &self.sweep {
-            let mut constants = Map::new();
-            let mut constant_ci = Map::new();
-            let mut slopes = Map::new();
-            let mut verdicts = Map::new();
-            let mut bounds = Map::new();
-            for (o, obs) in self.observables.iter().enumerate() {
-                let (mut cm, mut ci, mut sm, mut vm, mut bm) =
-                    (Map::new(), Map::new(), Map::new(), Map::new(), Map::new());
-                for (k, model) in obs.models.iter().enumerate() {
-                    let per = |f: &dyn Fn(&ModelAnalysis) -> Value| -> Value {
-                        Value::Array(
-                            runs.iter()
-                                .map(|r| f(&r.observables[o].models[k]))
-                                .collect(),
-                        )
-                    };
-                    let key = model.model.to_string();
-                    cm.insert(
-                        key.clone(),
-                        per(&|a| a.constant.as_ref().map_or(Value::Null, |c| json!(c.value))),
-                    );
-                    ci.insert(
-                        key.clone(),
-                        per(&|a| {
-                            a.constant
-                                .as_ref()
-                                .map_or(Value::Null, |c| json!([c.ci.0, c.ci.1]))
-                        }),
-                    );
-                    sm.insert(
-                        key.clone(),
-                        per(&|a| a.fit.as_ref().map_or(Value::Null, |f| json!(f.slope))),
-                    );
-                    vm.insert(key.clone(), per(&|a| json!(a.verdict.key())));
-                    bm.insert(
-                        key,
-                        per(&|a| a.constant_bound.map_or(Value::Null, |b| json!(b))),
-                    );
-                }
-                constants.insert(obs.name.clone(), Value::Object(cm));
-                constant_ci.insert(obs.name.clone(), Value::Object(ci));
-                slopes.insert(obs.name.clone(), Value::Object(sm));
-                verdicts.insert(obs.name.clone(), Value::Object(vm));
-                bounds.insert(obs.name.clone(), Value::Object(bm));
-            }
-            root.insert(
-                "sweep".into(),
-                json!({
-                    "param": param,
-                    "values": runs.iter().map(|r| r.value).collect::<Vec<_>>(),
-                    "constants": constants,
-                    "constant_ci": constant_ci,
-                    "slopes": slopes,
-                    "verdicts": verdicts,
-                    "constant_upper_bounds": bounds,
-                    "runs": runs.iter().map(|r| json!({
-                        "value": r.value,
-                        "observables": observables_json(&r.observables, check),
-                    })).collect::<Vec<_>>(),
-                }),
-            );
-        }
-        root.insert("warnings".into(), json!(self.warnings));
-        Value::Object(root)
-    }
-
     /// Whether any model's fit is starved (a sample-size hint is attached).
     pub fn starved(&self) -> bool {
         self.observables
@@ -1275,27 +1200,147 @@ impl WeakOrderReport {
     }
 }
 
-fn observables_json(observables: &[ObservableAnalysis], check: Option<usize>) -> Value {
-    Value::Object(
-        observables
-            .iter()
-            .map(|o| {
-                (
-                    o.name.clone(),
-                    Value::Object(
-                        o.models
-                            .iter()
-                            .map(|m| (m.model.to_string(), m.to_json(check)))
-                            .collect(),
-                    ),
-                )
-            })
-            .collect(),
-    )
+/// The JSON form (the contract of `hasme weak-order --json`): settings (`etas`,
+/// `horizon`, `paths`, `seed`, `substeps`, `scheme`, `coupling`, `sgd_noise`,
+/// `estimator`, `sgd_paths` for a finite sum, `models`, `params`, `noise_floor_se`),
+/// `observables.NAME.MODEL` (see the README), `sweep` (when asked), `warnings`.
+impl Serialize for WeakOrderReport {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let c = &self.config;
+        let check = c.integration_check.then(|| c.check_substeps());
+        let sweep = self.sweep.as_ref().map(|(param, runs)| {
+            // Per observable and model, one entry per swept value.
+            let across = |f: &dyn Fn(&ModelAnalysis) -> SweepValue| -> SweepTable {
+                self.observables
+                    .iter()
+                    .enumerate()
+                    .map(|(o, obs)| {
+                        let per_model = obs.models.iter().enumerate().map(|(k, model)| {
+                            let values = runs
+                                .iter()
+                                .map(|r| f(&r.observables[o].models[k]))
+                                .collect();
+                            (model.model.to_string(), values)
+                        });
+                        (obs.name.clone(), per_model.collect())
+                    })
+                    .collect()
+            };
+            SweepJson {
+                param,
+                values: runs.iter().map(|r| r.value).collect(),
+                constants: across(&|a| SweepValue::Number(a.constant.as_ref().map(|c| c.value))),
+                constant_ci: across(&|a| {
+                    SweepValue::Interval(a.constant.as_ref().map(|c| [c.ci.0, c.ci.1]))
+                }),
+                slopes: across(&|a| SweepValue::Number(a.fit.as_ref().map(|f| f.slope))),
+                verdicts: across(&|a| SweepValue::Verdict(a.verdict.key())),
+                constant_upper_bounds: across(&|a| SweepValue::Number(a.constant_bound)),
+                runs: runs
+                    .iter()
+                    .map(|r| RunJson {
+                        value: r.value,
+                        observables: observables_json(&r.observables, check),
+                    })
+                    .collect(),
+            }
+        });
+        WeakOrderJson {
+            etas: &c.etas,
+            horizon: c.horizon,
+            paths: c.paths,
+            seed: c.seed,
+            substeps: c.substeps,
+            scheme: c.scheme.to_string(),
+            coupling: "coupled",
+            sgd_noise: if self.split { "minibatch" } else { "gaussian" },
+            estimator: if self.split { "split" } else { "coupled" },
+            sgd_paths: self.split.then(|| c.sgd_paths()),
+            models: c.models.iter().map(|m| m.to_string()).collect(),
+            params: self.params.iter().map(|(n, v)| (n.as_str(), *v)).collect(),
+            noise_floor_se: NOISE_FLOOR_SE,
+            observables: observables_json(&self.observables, check),
+            sweep,
+            warnings: &self.warnings,
+        }
+        .serialize(serializer)
+    }
+}
+
+/// [`WeakOrderReport`]'s JSON, field by field in the contract's order.
+#[derive(Serialize)]
+struct WeakOrderJson<'a> {
+    etas: &'a [f64],
+    horizon: f64,
+    paths: u64,
+    seed: u64,
+    substeps: usize,
+    scheme: String,
+    coupling: &'static str,
+    sgd_noise: &'static str,
+    estimator: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sgd_paths: Option<u64>,
+    models: Vec<String>,
+    params: Named<&'a str, f64>,
+    noise_floor_se: f64,
+    observables: ObservablesJson<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sweep: Option<SweepJson<'a>>,
+    warnings: &'a [String],
+}
+
+/// Observable name → model name → analysis.
+type ObservablesJson<'a> = Named<&'a str, Named<String, AnalysisJson<'a>>>;
+
+/// Observable name → model name → one value per swept value.
+type SweepTable = Named<String, Named<String, Vec<SweepValue>>>;
+
+/// One entry of a sweep's summary tables.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum SweepValue {
+    Number(Option<f64>),
+    Interval(Option<[f64; 2]>),
+    Verdict(&'static str),
+}
+
+#[derive(Serialize)]
+struct SweepJson<'a> {
+    param: &'a str,
+    values: Vec<f64>,
+    constants: SweepTable,
+    constant_ci: SweepTable,
+    slopes: SweepTable,
+    verdicts: SweepTable,
+    constant_upper_bounds: SweepTable,
+    runs: Vec<RunJson<'a>>,
+}
+
+#[derive(Serialize)]
+struct RunJson<'a> {
+    value: f64,
+    observables: ObservablesJson<'a>,
+}
+
+fn observables_json(
+    observables: &[ObservableAnalysis],
+    check: Option<usize>,
+) -> ObservablesJson<'_> {
+    observables
+        .iter()
+        .map(|o| {
+            let models = o
+                .models
+                .iter()
+                .map(|m| (m.model.to_string(), m.json(check)));
+            (o.name.as_str(), models.collect())
+        })
+        .collect()
 }
 
 fn fmt_opt(v: Option<f64>) -> String {
-    v.map_or("—".to_string(), |v| format!("{v:.3e}"))
+    crate::format::cell(v, Style::Sci(3))
 }
 
 fn write_analyses(f: &mut fmt::Formatter<'_>, observables: &[ObservableAnalysis]) -> fmt::Result {
@@ -1551,8 +1596,9 @@ mod tests {
         assert_eq!(a.verdict, Verdict::IndistinguishableFromZero);
         assert!(a.fit.is_none() && a.constant.is_none());
         assert_eq!(a.hint.as_ref().unwrap().paths, 50_000);
-        assert!(a.to_json(None)["slope"].is_null());
-        assert_eq!(a.to_json(None)["verdict"], "indistinguishable_from_zero");
+        let json = serde_json::to_value(a.json(None)).unwrap();
+        assert!(json["slope"].is_null());
+        assert_eq!(json["verdict"], "indistinguishable_from_zero");
     }
 
     #[test]

@@ -46,6 +46,7 @@
 pub mod data;
 pub mod escape;
 pub mod experiment;
+pub mod format;
 pub mod inspect;
 // Second-order jets, the tape's number type for small Hessians: not a stable
 // interface, public only for the tape's benchmarks and tests.

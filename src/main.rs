@@ -7,6 +7,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
 use hasme::escape::{EscapeConfig, EscapeError, Region, escape_with_progress};
 use hasme::experiment::WeakOrderError;
+use hasme::format::WithFile;
 use hasme::inspect::{CheckSummary, DeriveReport, ModelRequest};
 use hasme::models::{ModelKind, ModelOptions, PsdPolicy};
 use hasme::moments::{self, MomentsConfig, MomentsError};
@@ -691,11 +692,8 @@ fn run_simulate(args: SimulateArgs) -> Result<ExitCode> {
     progress.finish();
     let result = result?;
     let text = if args.run.json {
-        let mut value = result.to_json();
-        if let Some(map) = value.as_object_mut() {
-            map.insert("file".into(), args.file.display().to_string().into());
-        }
-        serde_json::to_string_pretty(&value)? + "\n"
+        let file = args.file.display().to_string();
+        serde_json::to_string_pretty(&WithFile::new(&result, &file))? + "\n"
     } else {
         format!("{result}\n")
     };
@@ -761,11 +759,8 @@ fn run_weak_order(args: WeakOrderArgs) -> Result<ExitCode> {
         output::write_atomic(path, svg.as_bytes())?;
     }
     let text = if args.run.json {
-        let mut value = report.to_json();
-        if let Some(map) = value.as_object_mut() {
-            map.insert("file".into(), args.file.display().to_string().into());
-        }
-        serde_json::to_string_pretty(&value)? + "\n"
+        let file = args.file.display().to_string();
+        serde_json::to_string_pretty(&WithFile::new(&report, &file))? + "\n"
     } else {
         format!("{report}")
     };
@@ -825,11 +820,8 @@ fn run_escape(args: EscapeArgs) -> Result<ExitCode> {
     progress.finish();
     let report = report?;
     let text = if args.run.json {
-        let mut value = report.to_json();
-        if let Some(map) = value.as_object_mut() {
-            map.insert("file".into(), args.file.display().to_string().into());
-        }
-        serde_json::to_string_pretty(&value)? + "\n"
+        let file = args.file.display().to_string();
+        serde_json::to_string_pretty(&WithFile::new(&report, &file))? + "\n"
     } else {
         format!("{report}")
     };

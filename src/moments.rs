@@ -1522,23 +1522,7 @@ impl Serialize for MomentsReport {
 /// A number for the text report: plain decimals between 1e−3 and 1e5, else scientific,
 /// six significant digits.
 fn num(x: f64) -> String {
-    if x == 0.0 {
-        return "0".to_string();
-    }
-    if (1e-3..1e5).contains(&x.abs()) {
-        let s = format!(
-            "{:.*}",
-            (5 - x.abs().log10().floor() as i32).max(0) as usize,
-            x
-        );
-        if s.contains('.') {
-            s.trim_end_matches('0').trim_end_matches('.').to_string()
-        } else {
-            s
-        }
-    } else {
-        format!("{x:.5e}")
-    }
+    crate::format::num(x, crate::format::Style::Significant(6))
 }
 
 fn list(v: &DVector<f64>) -> String {

@@ -16,6 +16,7 @@
 use crate::ErrorKind;
 use crate::escape::{self, EscapeConfig, EscapeError, EscapeReport, Region};
 use crate::experiment::{self, WeakOrderConfig, WeakOrderError, WeakOrderReport};
+use crate::format::WithFile;
 use crate::inspect::{CheckSummary, DeriveReport, ModelRequest};
 use crate::models::{ModelKind, ModelOptions, PsdPolicy};
 use crate::moments::{self, MomentsConfig, MomentsError, MomentsReport};
@@ -522,18 +523,13 @@ pub fn html_escape(s: &str) -> String {
     out
 }
 
-/// A number for the page: 4 significant digits, `—` for none or non-finite.
+/// A number for the page: rounded to 4 decimals (scientific outside [1e−3, 1e5)), `—`
+/// for none or non-finite.
 fn fmt_num(v: Option<f64>) -> String {
-    match v {
-        Some(v) if v.is_finite() => {
-            if v != 0.0 && (v.abs() < 1e-3 || v.abs() >= 1e5) {
-                format!("{v:.3e}")
-            } else {
-                format!("{}", (v * 1e4).round() / 1e4)
-            }
-        }
-        _ => "—".into(),
-    }
+    crate::format::cell(
+        v.filter(|v| v.is_finite()),
+        crate::format::Style::Rounded(4),
+    )
 }
 
 /// The page's sections, in order (their headings).
@@ -548,12 +544,6 @@ pub const SECTIONS: [&str; 5] = [
 impl Report {
     /// The JSON of every part, by file name, as written.
     pub fn parts_json(&self, file: &str) -> Result<Vec<(String, Value)>, ReportError> {
-        let with_file = |mut v: Value| {
-            if let Some(m) = v.as_object_mut() {
-                m.insert("file".into(), file.into());
-            }
-            v
-        };
         let mut out = vec![
             ("check.json".to_string(), serde_json::to_value(&self.check)?),
             (
@@ -566,10 +556,13 @@ impl Report {
         }
         out.push((
             "weak_order.json".into(),
-            with_file(self.weak_order.to_json()),
+            serde_json::to_value(WithFile::new(&self.weak_order, file))?,
         ));
         if let Some(e) = &self.escape {
-            out.push(("escape.json".into(), with_file(e.to_json())));
+            out.push((
+                "escape.json".into(),
+                serde_json::to_value(WithFile::new(e, file))?,
+            ));
         }
         Ok(out)
     }

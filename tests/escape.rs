@@ -106,7 +106,7 @@ fn exact_growth_rates_accompany_the_quadratic_saddle() {
         };
         assert!((rate - expected).abs() < 1e-12, "{kind}: {rate}");
     }
-    let json = r.to_json();
+    let json = serde_json::to_value(&r).unwrap();
     assert_eq!(
         json["models"]["hasme"]["growth_rate"],
         serde_json::json!(1.2)
@@ -240,7 +240,7 @@ fn divergence_censors_and_is_reported() {
             .reason
             .contains("λ_max")
     );
-    let text = r.to_json().to_string();
+    let text = serde_json::to_string(&r).unwrap();
     assert!(!text.contains("NaN"));
 }
 

@@ -168,7 +168,7 @@ fn parts_agree_with_the_standalone_calls() {
         let mut wc = report.settings.weak_order.clone();
         wc.threads = 1;
         let weak = weak_order(&problem, &overrides, &wc).unwrap();
-        let mut standalone = weak.to_json();
+        let mut standalone = serde_json::to_value(&weak).unwrap();
         standalone["file"] = file.into();
         assert_eq!(
             read_text(&dir, "weak_order.json"),
@@ -187,7 +187,7 @@ fn parts_agree_with_the_standalone_calls() {
             let mut ec = ec.clone();
             ec.threads = 1;
             let e = escape(&problem, &ec).unwrap();
-            let mut standalone = e.to_json();
+            let mut standalone = serde_json::to_value(&e).unwrap();
             standalone["file"] = file.into();
             assert_eq!(
                 read_text(&dir, "escape.json"),

@@ -26,7 +26,7 @@ fn config(seed: u64, threads: usize, batch: u64) -> SimConfig {
 }
 
 fn json(problem: &Problem, c: &SimConfig) -> String {
-    serde_json::to_string(&simulate(problem, c).expect("runs").to_json()).expect("JSON")
+    serde_json::to_string(&simulate(problem, c).expect("runs")).expect("JSON")
 }
 
 #[test]

@@ -116,7 +116,9 @@ mod vmath;
 use std::fmt;
 
 use rayon::prelude::*;
-use serde_json::{Map, Value, json};
+use serde::Serialize;
+
+use crate::format::{Named, Style};
 
 use crate::models::ModelKind;
 use crate::problem::{Problem, ProblemError};
@@ -256,8 +258,9 @@ impl SimConfig {
     }
 }
 
-/// Where and why a process first diverged.
-#[derive(Clone, Debug, PartialEq)]
+/// Where and why a process first diverged. Its JSON form lists the fields in this order
+/// (a non-finite coordinate of `point` as `null`).
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Divergence {
     /// The path index.
     pub path: u64,
@@ -974,81 +977,7 @@ fn finish(plan: &Plan<'_>, total: ChunkStats) -> SimResult {
     }
 }
 
-fn opt(x: Option<f64>) -> Value {
-    x.map_or(Value::Null, |v| json!(v))
-}
-
-fn opts(xs: &[Option<f64>]) -> Value {
-    Value::Array(xs.iter().map(|&x| opt(x)).collect())
-}
-
 impl SimResult {
-    /// The JSON form (the contract of `hasme simulate --json`): `times`, `paths`,
-    /// `seed`, `eta`, `horizon`, `steps`, `every`, `scheme`, `substeps`, `coupling`,
-    /// `models`, `observables.NAME.PROCESS.{mean, stderr, variance}` and, for models,
-    /// `.diff_mean`/`.diff_stderr` (lists aligned with `times`, `null` where no path
-    /// survived), `diverged.PROCESS`, `pairs.MODEL`, and `first_divergence.PROCESS`
-    /// (`path`, `step`, `time`, `point`, `reason`) for each process that diverged.
-    pub fn to_json(&self) -> Value {
-        let mut observables = Map::new();
-        for o in &self.observables {
-            let mut per = Map::new();
-            for s in &o.processes {
-                let mut m = Map::new();
-                m.insert("mean".into(), opts(&s.mean));
-                m.insert("stderr".into(), opts(&s.stderr));
-                m.insert("variance".into(), opts(&s.variance));
-                if let (Some(dm), Some(ds)) = (&s.diff_mean, &s.diff_stderr) {
-                    m.insert("diff_mean".into(), opts(dm));
-                    m.insert("diff_stderr".into(), opts(ds));
-                }
-                per.insert(s.name.clone(), Value::Object(m));
-            }
-            observables.insert(o.name.clone(), Value::Object(per));
-        }
-        let mut diverged = Map::new();
-        let mut pairs = Map::new();
-        let mut first = Map::new();
-        for (p, name) in self.processes.iter().enumerate() {
-            diverged.insert(name.clone(), json!(self.diverged[p]));
-            if let Some(n) = self.pairs[p] {
-                pairs.insert(name.clone(), json!(n));
-            }
-            if let Some(f) = &self.first_divergence[p] {
-                first.insert(
-                    name.clone(),
-                    json!({
-                        "path": f.path,
-                        "step": f.step,
-                        "time": f.time,
-                        "point": f.point.iter().map(|&v| opt(Some(v).filter(|v| v.is_finite()))).collect::<Vec<_>>(),
-                        "reason": f.reason,
-                    }),
-                );
-            }
-        }
-        json!({
-            "times": self.times,
-            "paths": self.paths,
-            "seed": self.seed,
-            "eta": self.eta,
-            "horizon": self.horizon,
-            "steps": self.steps,
-            "every": self.every,
-            "scheme": self.scheme.to_string(),
-            "weak_order": self.scheme.weak_order(),
-            "substeps": self.substeps,
-            "coupling": self.coupling.to_string(),
-            "sgd_noise": self.sgd_noise,
-            "models": self.processes[1..],
-            "variables": self.variables,
-            "observables": observables,
-            "diverged": diverged,
-            "pairs": pairs,
-            "first_divergence": first,
-        })
-    }
-
     /// Total divergences over all processes.
     pub fn total_diverged(&self) -> u64 {
         self.diverged.iter().sum()
@@ -1065,8 +994,108 @@ impl SimResult {
     }
 }
 
+/// The JSON form (the contract of `hasme simulate --json`): `times`, `paths`, `seed`,
+/// `eta`, `horizon`, `steps`, `every`, `scheme`, `weak_order`, `substeps`, `coupling`,
+/// `sgd_noise`, `models`, `variables`, `observables.NAME.PROCESS.{mean, stderr,
+/// variance}` and, for models, `.diff_mean`/`.diff_stderr` (lists aligned with
+/// `times`, `null` where no path survived), `diverged.PROCESS`, `pairs.MODEL`, and
+/// `first_divergence.PROCESS` (`path`, `step`, `time`, `point`, `reason`) for each
+/// process that diverged.
+impl Serialize for SimResult {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let names = self.processes.iter().map(String::as_str);
+        SimJson {
+            times: &self.times,
+            paths: self.paths,
+            seed: self.seed,
+            eta: self.eta,
+            horizon: self.horizon,
+            steps: self.steps,
+            every: self.every,
+            scheme: self.scheme.to_string(),
+            weak_order: self.scheme.weak_order(),
+            substeps: self.substeps,
+            coupling: self.coupling.to_string(),
+            sgd_noise: self.sgd_noise,
+            models: &self.processes[1..],
+            variables: &self.variables,
+            observables: self
+                .observables
+                .iter()
+                .map(|o| {
+                    let per = o
+                        .processes
+                        .iter()
+                        .map(|s| (s.name.as_str(), SeriesJson::from(s)));
+                    (o.name.as_str(), per.collect())
+                })
+                .collect(),
+            diverged: names.clone().zip(self.diverged.iter().copied()).collect(),
+            pairs: names
+                .clone()
+                .zip(&self.pairs)
+                .filter_map(|(n, p)| p.map(|p| (n, p)))
+                .collect(),
+            first_divergence: names
+                .zip(&self.first_divergence)
+                .filter_map(|(n, d)| d.as_ref().map(|d| (n, d)))
+                .collect(),
+        }
+        .serialize(serializer)
+    }
+}
+
+/// [`SimResult`]'s JSON, field by field in the contract's order.
+#[derive(Serialize)]
+struct SimJson<'a> {
+    times: &'a [f64],
+    paths: u64,
+    seed: u64,
+    eta: f64,
+    horizon: f64,
+    steps: u64,
+    every: u64,
+    scheme: String,
+    weak_order: u32,
+    substeps: usize,
+    coupling: String,
+    sgd_noise: &'a str,
+    models: &'a [String],
+    variables: &'a [String],
+    observables: Named<&'a str, Named<&'a str, SeriesJson<'a>>>,
+    diverged: Named<&'a str, u64>,
+    pairs: Named<&'a str, u64>,
+    first_divergence: Named<&'a str, &'a Divergence>,
+}
+
+/// One process's statistics for one observable; the differences for models only.
+#[derive(Serialize)]
+struct SeriesJson<'a> {
+    mean: &'a [Option<f64>],
+    stderr: &'a [Option<f64>],
+    variance: &'a [Option<f64>],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    diff_mean: Option<&'a [Option<f64>]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    diff_stderr: Option<&'a [Option<f64>]>,
+}
+
+impl<'a> From<&'a Series> for SeriesJson<'a> {
+    fn from(s: &'a Series) -> Self {
+        // Both differences or neither, as the simulator fills them.
+        let both = s.diff_mean.is_some() && s.diff_stderr.is_some();
+        SeriesJson {
+            mean: &s.mean,
+            stderr: &s.stderr,
+            variance: &s.variance,
+            diff_mean: s.diff_mean.as_deref().filter(|_| both),
+            diff_stderr: s.diff_stderr.as_deref().filter(|_| both),
+        }
+    }
+}
+
 fn cell(x: Option<f64>) -> String {
-    x.map_or("—".to_string(), |v| format!("{v:.6e}"))
+    crate::format::cell(x, Style::Sci(6))
 }
 
 impl fmt::Display for SimResult {
