@@ -41,9 +41,10 @@ fn bench(c: &mut Criterion) {
         ("all", ModelKind::all().to_vec(), 2),
     ];
     for (name, models, threads) in cases {
-        let mut config = EscapeConfig::new(0.1, 2000, PATHS, Region::ball(1.0));
-        config.models = models;
-        config.threads = threads;
+        let mut config = EscapeConfig::builder(0.1, 2000, PATHS, Region::ball(1.0));
+        config.models(models);
+        config.threads(threads);
+        let config = config.build().expect("valid settings");
         group.bench_with_input(BenchmarkId::new(name, threads), &config, |b, config| {
             b.iter(|| black_box(escape(&problem, config).expect("the run succeeds")))
         });

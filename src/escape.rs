@@ -58,8 +58,9 @@
 //! let problem = Problem::from_str(
 //!     "var x = 0, y = 0\nminimize 0.5*x^2 - 0.5*y^2\nnoise sd 0.1",
 //! )?;
-//! let mut config = EscapeConfig::new(0.1, 2000, 200, Region::ball(0.5));
-//! config.models = vec![ModelKind::Hasme];
+//! let config = EscapeConfig::builder(0.1, 2000, 200, Region::ball(0.5))
+//!     .models(vec![ModelKind::Hasme])
+//!     .build()?;
 //! let report = escape(&problem, &config)?;
 //! let sgd = &report.processes[0];
 //! assert_eq!(sgd.name, "sgd");
@@ -123,36 +124,124 @@ impl Region {
     }
 }
 
-/// What to simulate. Build with [`EscapeConfig::new`] (defaults on each field), adjust
-/// the public fields; [`escape`] checks everything once before starting.
+/// What to simulate: built by [`EscapeConfig::builder`], which checks every setting
+/// once (defaults on each field below); read through the getters.
+///
+/// ```
+/// use hasme::{EscapeConfig, EscapeError, Region};
+///
+/// let config = EscapeConfig::builder(0.1, 500, 200, Region::ball(1.0)).seed(3).build()?;
+/// assert_eq!((config.max_steps(), config.substeps()), (500, 32));
+/// let err = EscapeConfig::builder(0.1, 500, 200, Region::ball(-1.0)).build().unwrap_err();
+/// assert_eq!(err.to_string(), "the radius must be a finite number > 0, got -1");
+/// # Ok::<(), EscapeError>(())
+/// ```
 #[derive(Clone, Debug, PartialEq)]
 pub struct EscapeConfig {
     /// SGD step size η > 0.
-    pub eta: f64,
+    pub(crate) eta: f64,
     /// The cap K ≥ 1 on SGD steps: paths still inside at `Kη` are censored there.
-    pub max_steps: u64,
+    pub(crate) max_steps: u64,
     /// Number of paths (≥ 1).
-    pub paths: u64,
+    pub(crate) paths: u64,
     /// The region to leave.
-    pub region: Region,
+    pub(crate) region: Region,
     /// Models simulated beside SGD (default: the five named models).
-    pub models: Vec<ModelKind>,
+    pub(crate) models: Vec<ModelKind>,
     /// Euler–Maruyama substeps per SGD step (default 32: at 8, HA-SME's paired
     /// difference to SGD on the quadratic saddle shows the scheme's O(h) bias, about 1%
     /// of the mean escape time; at 32 it is below the standard error of 2000 paths).
-    pub substeps: usize,
+    pub(crate) substeps: usize,
     /// Coupled (default) or independent noise. A finite sum's minibatch SGD cannot be
     /// coupled: its runs are always independent (and reported so).
-    pub coupling: Coupling,
+    pub(crate) coupling: Coupling,
     /// The seed (default 0).
-    pub seed: u64,
+    pub(crate) seed: u64,
     /// Worker threads (default 1). Does not change the numbers.
-    pub threads: usize,
+    pub(crate) threads: usize,
+}
+
+/// The settings of an escape run, before they are checked: see [`EscapeConfig`].
+#[derive(Clone, Debug)]
+pub struct EscapeConfigBuilder {
+    draft: EscapeConfig,
+}
+
+impl EscapeConfigBuilder {
+    crate::config::setters! {
+        /// SGD step size η (finite, > 0).
+        eta: f64,
+        /// The cap K on SGD steps (between 1 and `MAX_STEPS − 1`).
+        max_steps: u64,
+        /// Number of paths (≥ 1).
+        paths: u64,
+        /// The region to leave (a ball's radius finite and > 0).
+        region: Region,
+        /// Models simulated beside SGD, in this order (no model twice).
+        models: Vec<ModelKind>,
+        /// Euler–Maruyama substeps per SGD step, between 1 and [`MAX_SUBSTEPS`].
+        substeps: usize,
+        /// Coupled or independent noise.
+        coupling: Coupling,
+        /// The seed.
+        seed: u64,
+        /// Worker threads (≥ 1).
+        threads: usize,
+    }
+
+    /// Checks every setting (the same checks as [`escape`] makes, in the same order)
+    /// and returns the configuration.
+    pub fn build(&self) -> Result<EscapeConfig, EscapeError> {
+        self.draft.check()?;
+        Ok(self.draft.clone())
+    }
 }
 
 impl EscapeConfig {
-    /// A configuration with the defaults listed on each field.
-    pub fn new(eta: f64, max_steps: u64, paths: u64, region: Region) -> EscapeConfig {
+    /// These settings as a builder, to derive a variant (e.g. another thread count).
+    pub fn to_builder(&self) -> EscapeConfigBuilder {
+        EscapeConfigBuilder {
+            draft: self.clone(),
+        }
+    }
+
+    /// Settings with the defaults listed on each field, to adjust and then
+    /// [`build`](EscapeConfigBuilder::build).
+    pub fn builder(eta: f64, max_steps: u64, paths: u64, region: Region) -> EscapeConfigBuilder {
+        EscapeConfigBuilder {
+            draft: EscapeConfig::unchecked(eta, max_steps, paths, region),
+        }
+    }
+
+    crate::config::getters! {
+        /// SGD step size η.
+        eta: f64,
+        /// The cap K on SGD steps.
+        max_steps: u64,
+        /// Number of paths.
+        paths: u64,
+        /// Euler–Maruyama substeps per SGD step.
+        substeps: usize,
+        /// The coupling asked for.
+        coupling: Coupling,
+        /// The seed.
+        seed: u64,
+        /// Worker threads.
+        threads: usize,
+    }
+
+    /// The region to leave.
+    pub fn region(&self) -> &Region {
+        &self.region
+    }
+
+    /// Models simulated beside SGD.
+    pub fn models(&self) -> &[ModelKind] {
+        &self.models
+    }
+
+    /// The defaults listed on each field, unchecked ([`escape`] checks it).
+    pub(crate) fn unchecked(eta: f64, max_steps: u64, paths: u64, region: Region) -> EscapeConfig {
         EscapeConfig {
             eta,
             max_steps,

@@ -64,8 +64,9 @@
 //! use hasme::models::ModelKind;
 //!
 //! let problem = Problem::from_str("var x = 1\nminimize 0.5*x^2 + cos(x)\nnoise sd 0.5\nobserve x2 = x^2")?;
-//! let mut config = WeakOrderConfig::new(vec![0.2, 0.1], 1.0, 2000);
-//! config.models = vec![ModelKind::Sme1];
+//! let config = WeakOrderConfig::builder(vec![0.2, 0.1], 1.0, 2000)
+//!     .models(vec![ModelKind::Sme1])
+//!     .build()?;
 //! let report = weak_order(&problem, &Overrides::none(), &config)?;
 //! let sme1 = &report.observables[0].models[0];
 //! assert_eq!(sme1.points.len(), 2);
@@ -136,38 +137,51 @@ impl Sweep {
     }
 }
 
-/// What to measure. Build with [`WeakOrderConfig::new`], adjust the public fields;
-/// [`weak_order`] checks everything once before any simulation.
+/// What to measure: built by [`WeakOrderConfig::builder`], which checks every setting
+/// that does not need the problem (defaults on each field below); [`weak_order`]
+/// checks the rest (the observables and the swept param exist) before any simulation.
+///
+/// ```
+/// use hasme::{WeakOrderConfig, WeakOrderError};
+///
+/// let config = WeakOrderConfig::builder(WeakOrderConfig::halving(0.2, 3), 1.0, 1000)
+///     .seed(5)
+///     .build()?;
+/// assert_eq!(config.etas(), [0.2, 0.1, 0.05]);
+/// let err = WeakOrderConfig::builder(vec![0.3], 1.0, 1000).build().unwrap_err();
+/// assert!(err.to_string().starts_with("the horizon 1 is not a positive multiple of η = 0.3"));
+/// # Ok::<(), WeakOrderError>(())
+/// ```
 #[derive(Clone, Debug, PartialEq)]
 pub struct WeakOrderConfig {
     /// The step sizes (each > 0, distinct, the horizon a multiple of each); analysed from
     /// the largest down.
-    pub etas: Vec<f64>,
+    pub(crate) etas: Vec<f64>,
     /// The horizon T.
-    pub horizon: f64,
+    pub(crate) horizon: f64,
     /// Paths per simulation.
-    pub paths: u64,
+    pub(crate) paths: u64,
     /// Models (default: `sme1`, `sme2`, `hasme`, `hasme-exact`, the stochastic ones).
-    pub models: Vec<ModelKind>,
+    pub(crate) models: Vec<ModelKind>,
     /// Observable names (empty: all of the problem's).
-    pub observables: Vec<String>,
+    pub(crate) observables: Vec<String>,
     /// Seed (default 0); every η uses it, so the same paths' noise is reused.
-    pub seed: u64,
+    pub(crate) seed: u64,
     /// SDE substeps per SGD step (default 8).
-    pub substeps: usize,
+    pub(crate) substeps: usize,
     /// Integrator (default Talay–Tubaro).
-    pub scheme: SchemeKind,
+    pub(crate) scheme: SchemeKind,
     /// Worker threads (default 1); the numbers do not depend on it.
-    pub threads: usize,
+    pub(crate) threads: usize,
     /// Rerun with a param varied.
-    pub sweep: Option<Sweep>,
+    pub(crate) sweep: Option<Sweep>,
     /// Rerun every η at the other substep count to check the integration error
     /// (default true; it costs half a run with `m` even).
-    pub integration_check: bool,
+    pub(crate) integration_check: bool,
     /// Finite sums only: paths of each of the two SGD-only runs of the split estimator
     /// (minibatch SGD and its Gaussian surrogate); 0 (the default) means
     /// [`SGD_PATHS_FACTOR`] × `paths`.
-    pub sgd_paths: u64,
+    pub(crate) sgd_paths: u64,
 }
 
 /// Default ratio of SGD-only paths to SDE paths in the split estimator of finite sums:
@@ -176,9 +190,105 @@ pub struct WeakOrderConfig {
 /// the split estimate's standard error is dominated by them.
 pub const SGD_PATHS_FACTOR: u64 = 16;
 
+/// The settings of a weak-order experiment, before they are checked: see
+/// [`WeakOrderConfig`].
+#[derive(Clone, Debug)]
+pub struct WeakOrderConfigBuilder {
+    draft: WeakOrderConfig,
+}
+
+impl WeakOrderConfigBuilder {
+    crate::config::setters! {
+        /// The step sizes (each finite and > 0, distinct, the horizon a multiple of
+        /// each).
+        etas: Vec<f64>,
+        /// The horizon T (finite, > 0).
+        horizon: f64,
+        /// Paths per simulation (≥ 2).
+        paths: u64,
+        /// The models, in this order (at least one, none twice).
+        models: Vec<ModelKind>,
+        /// Observable names (empty: all of the problem's).
+        observables: Vec<String>,
+        /// The seed.
+        seed: u64,
+        /// SDE substeps per SGD step.
+        substeps: usize,
+        /// The integrator.
+        scheme: SchemeKind,
+        /// Worker threads.
+        threads: usize,
+        /// Rerun with a param varied (at least one value).
+        sweep: Option<Sweep>,
+        /// Whether to run the integration check.
+        integration_check: bool,
+        /// Finite sums: paths of each SGD-only run (0: [`SGD_PATHS_FACTOR`] × paths).
+        sgd_paths: u64,
+    }
+
+    /// Checks every setting that does not need the problem (in the order
+    /// [`weak_order`] checks them) and returns the configuration.
+    pub fn build(&self) -> Result<WeakOrderConfig, WeakOrderError> {
+        self.draft.check_settings()?;
+        Ok(self.draft.clone())
+    }
+}
+
 impl WeakOrderConfig {
-    /// A configuration with the defaults listed on each field.
-    pub fn new(etas: Vec<f64>, horizon: f64, paths: u64) -> WeakOrderConfig {
+    /// These settings as a builder, to derive a variant (e.g. another thread count).
+    pub fn to_builder(&self) -> WeakOrderConfigBuilder {
+        WeakOrderConfigBuilder {
+            draft: self.clone(),
+        }
+    }
+
+    /// Settings with the defaults listed on each field, to adjust and then
+    /// [`build`](WeakOrderConfigBuilder::build).
+    pub fn builder(etas: Vec<f64>, horizon: f64, paths: u64) -> WeakOrderConfigBuilder {
+        WeakOrderConfigBuilder {
+            draft: WeakOrderConfig::unchecked(etas, horizon, paths),
+        }
+    }
+
+    crate::config::getters! {
+        /// The horizon T.
+        horizon: f64,
+        /// Paths per simulation.
+        paths: u64,
+        /// The seed.
+        seed: u64,
+        /// SDE substeps per SGD step.
+        substeps: usize,
+        /// The integrator.
+        scheme: SchemeKind,
+        /// Worker threads.
+        threads: usize,
+        /// Whether the integration check runs.
+        integration_check: bool,
+    }
+
+    /// The step sizes (in a report: sorted from the largest down).
+    pub fn etas(&self) -> &[f64] {
+        &self.etas
+    }
+
+    /// The models.
+    pub fn models(&self) -> &[ModelKind] {
+        &self.models
+    }
+
+    /// The observable names asked for (empty: all of the problem's).
+    pub fn observables(&self) -> &[String] {
+        &self.observables
+    }
+
+    /// The swept param and its values, if any.
+    pub fn sweep(&self) -> Option<&Sweep> {
+        self.sweep.as_ref()
+    }
+
+    /// The defaults listed on each field, unchecked ([`weak_order`] checks it).
+    pub(crate) fn unchecked(etas: Vec<f64>, horizon: f64, paths: u64) -> WeakOrderConfig {
         WeakOrderConfig {
             etas,
             horizon,
@@ -255,6 +365,36 @@ impl WeakOrderConfig {
     /// Checks the configuration against the problem; returns the etas sorted from the
     /// largest down.
     fn check(&self, problem: &Problem) -> Result<Vec<f64>, WeakOrderError> {
+        let etas = self.check_settings()?;
+        let bad = |m: String| Err(WeakOrderError::Config(m));
+        for name in &self.observables {
+            if !problem.observable_names().contains(name) {
+                return bad(format!(
+                    "unknown observable `{name}`; the file has: {}",
+                    problem.observable_names().join(", ")
+                ));
+            }
+        }
+        if let Some(sweep) = &self.sweep
+            && !problem.params().iter().any(|(n, _)| n == &sweep.param)
+        {
+            let names: Vec<&str> = problem.params().iter().map(|(n, _)| n.as_str()).collect();
+            return bad(format!(
+                "--sweep: the file has no scalar param `{}` (params: {})",
+                sweep.param,
+                if names.is_empty() {
+                    "none".to_string()
+                } else {
+                    names.join(", ")
+                }
+            ));
+        }
+        Ok(etas)
+    }
+
+    /// The checks that do not need the problem; returns the etas sorted from the
+    /// largest down.
+    fn check_settings(&self) -> Result<Vec<f64>, WeakOrderError> {
         let bad = |m: String| Err(WeakOrderError::Config(m));
         if self.etas.is_empty() {
             return bad("give at least one step size (--etas or --eta-max with --levels)".into());
@@ -305,30 +445,10 @@ impl WeakOrderConfig {
                 return bad(format!("model `{m}` is listed twice"));
             }
         }
-        for name in &self.observables {
-            if !problem.observable_names().contains(name) {
-                return bad(format!(
-                    "unknown observable `{name}`; the file has: {}",
-                    problem.observable_names().join(", ")
-                ));
-            }
-        }
-        if let Some(sweep) = &self.sweep {
-            if sweep.values.is_empty() {
-                return bad(format!("--sweep {}: give at least one value", sweep.param));
-            }
-            if !problem.params().iter().any(|(n, _)| n == &sweep.param) {
-                let names: Vec<&str> = problem.params().iter().map(|(n, _)| n.as_str()).collect();
-                return bad(format!(
-                    "--sweep: the file has no scalar param `{}` (params: {})",
-                    sweep.param,
-                    if names.is_empty() {
-                        "none".to_string()
-                    } else {
-                        names.join(", ")
-                    }
-                ));
-            }
+        if let Some(sweep) = &self.sweep
+            && sweep.values.is_empty()
+        {
+            return bad(format!("--sweep {}: give at least one value", sweep.param));
         }
         Ok(etas)
     }
@@ -944,7 +1064,7 @@ fn analyse(
                        paths: u64,
                        progress: &(dyn Fn(u64) + Sync)|
      -> Result<SimResult, WeakOrderError> {
-        let mut sim = SimConfig::new(eta, config.horizon, paths);
+        let mut sim = SimConfig::unchecked(eta, config.horizon, paths);
         sim.keep_paths = check_paths;
         sim.models = config.models.clone();
         sim.substeps = substeps;
@@ -963,7 +1083,7 @@ fn analyse(
     // The split estimator's SGD-only runs: E φ of minibatch SGD and of its Gaussian
     // surrogate, on streams independent of the coupled run's (another seed).
     let sgd_only = |eta: f64, gaussian: bool| -> Result<SimResult, WeakOrderError> {
-        let mut sim = SimConfig::new(eta, config.horizon, config.sgd_paths());
+        let mut sim = SimConfig::unchecked(eta, config.horizon, config.sgd_paths());
         sim.models = Vec::new();
         sim.seed = split_seed(config.seed);
         sim.threads = config.threads;

@@ -36,13 +36,15 @@
 //! use hasme::{ModelKind, Problem, SimConfig, simulate};
 //!
 //! let problem = Problem::from_str("var x = 1\nminimize 0.5*x^2\nnoise sd 0.5")?;
-//! let mut config = SimConfig::new(0.1, 1.0, 500);
-//! config.models = vec![ModelKind::Sme1];
+//! let config = SimConfig::builder(0.1, 1.0, 500)
+//!     .models(vec![ModelKind::Sme1])
+//!     .build()?;
 //! let result = simulate(&problem, &config)?;
 //! assert_eq!(result.processes, ["sgd", "sme1"]);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod config;
 pub mod data;
 pub mod escape;
 pub mod experiment;
@@ -67,18 +69,25 @@ pub mod stats;
 #[doc(hidden)]
 pub mod tape;
 
-pub use escape::{EscapeConfig, EscapeError, EscapeReport, Region, escape, escape_with_progress};
+pub use escape::{
+    EscapeConfig, EscapeConfigBuilder, EscapeError, EscapeReport, Region, escape,
+    escape_with_progress,
+};
 pub use experiment::{
-    Sweep, WeakOrderConfig, WeakOrderError, WeakOrderReport, weak_order, weak_order_with_progress,
+    Sweep, WeakOrderConfig, WeakOrderConfigBuilder, WeakOrderError, WeakOrderReport, weak_order,
+    weak_order_with_progress,
 };
 pub use inspect::{CheckSummary, DeriveReport, ModelRequest};
 pub use models::{Coefficients, Local, Model, ModelError, ModelKind, ModelOptions, PsdPolicy};
 pub use moments::{MomentsConfig, MomentsError, MomentsReport, compare as compare_moments};
 pub use output::{OutputError, write_atomic};
 pub use problem::{Derivatives, Overrides, Problem, ProblemError};
-pub use report::{Progress, Report, ReportConfig, ReportError, Silent, run_report};
+pub use report::{
+    Progress, Report, ReportConfig, ReportConfigBuilder, ReportError, Silent, run_report,
+};
 pub use sim::{
-    Coupling, SchemeKind, SimConfig, SimError, SimResult, simulate, simulate_with_progress,
+    Coupling, SchemeKind, SimConfig, SimConfigBuilder, SimError, SimResult, simulate,
+    simulate_with_progress,
 };
 pub use tape::{Derivs, Jets, Workspace};
 

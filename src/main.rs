@@ -547,15 +547,17 @@ fn run_report(args: ReportArgs) -> Result<ExitCode> {
             "examples/report.hasme".to_string(),
         ),
     };
-    let mut config = ReportConfig::new(&args.out);
-    config.eta = args.eta;
-    config.quick = args.quick;
-    config.seed = args.seed;
-    config.threads = args
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    config.file_label = Some(label);
-    config.set = args.set.clone();
+    let config = ReportConfig::builder(&args.out)
+        .eta(args.eta)
+        .quick(args.quick)
+        .seed(args.seed)
+        .threads(
+            args.threads
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        )
+        .file_label(Some(label))
+        .set(args.set.clone())
+        .build()?;
     let bars = StageBars {
         quiet: args.quiet,
         bar: std::sync::Mutex::new(None),
@@ -675,19 +677,23 @@ fn run_simulate(args: SimulateArgs) -> Result<ExitCode> {
         output::check_target(path)?;
     }
     let usage = |m: String| ProblemError::Usage(m);
-    let mut config = SimConfig::new(args.eta, args.horizon, args.paths);
-    config.models = parse_models(&args.models)?;
-    config.substeps = args.substeps;
-    config.scheme = args
+    let models = parse_models(&args.models)?;
+    let scheme = args
         .scheme
         .parse()
         .map_err(|m| usage(format!("--scheme: {m}")))?;
-    config.coupling = coupling_of(args.coupling.as_deref(), &problem)?;
-    config.seed = args.run.seed;
-    config.every = args.every;
-    config.threads = args.run.threads();
-    config.batch = args.batch.unwrap_or(0);
-    let progress = PathProgress::stderr(config.paths, args.run.quiet);
+    let coupling = coupling_of(args.coupling.as_deref(), &problem)?;
+    let config = SimConfig::builder(args.eta, args.horizon, args.paths)
+        .models(models)
+        .substeps(args.substeps)
+        .scheme(scheme)
+        .coupling(coupling)
+        .seed(args.run.seed)
+        .every(args.every)
+        .threads(args.run.threads())
+        .batch(args.batch.unwrap_or(0))
+        .build()?;
+    let progress = PathProgress::stderr(config.paths(), args.run.quiet);
     let result = simulate_with_progress(&problem, &config, &|n| progress.inc(n));
     progress.finish();
     let result = result?;
@@ -729,27 +735,38 @@ fn run_weak_order(args: WeakOrderArgs) -> Result<ExitCode> {
         }
     };
     check_outputs(args.run.out.iter(), args.plot.as_ref())?;
-    let mut config = WeakOrderConfig::new(etas, args.horizon, args.paths);
-    if !args.models.is_empty() {
-        config.models = parse_models(&args.models)?;
-    }
-    config.observables = args
-        .observables
-        .iter()
-        .map(|o| o.trim().to_string())
-        .collect();
-    config.seed = args.run.seed;
-    config.substeps = args.substeps;
-    config.scheme = args
+    let models = if args.models.is_empty() {
+        None
+    } else {
+        Some(parse_models(&args.models)?)
+    };
+    let scheme = args
         .scheme
         .parse()
         .map_err(|m| usage(format!("--scheme: {m}")))?;
-    config.integration_check = !args.no_integration_check;
-    config.sgd_paths = args.sgd_paths.unwrap_or(0);
-    config.threads = args.run.threads();
-    if let Some(sweep) = &args.sweep {
-        config.sweep = Some(Sweep::parse(sweep)?);
+    let sweep = match &args.sweep {
+        Some(sweep) => Some(Sweep::parse(sweep)?),
+        None => None,
+    };
+    let mut config = WeakOrderConfig::builder(etas, args.horizon, args.paths);
+    if let Some(models) = models {
+        config.models(models);
     }
+    let config = config
+        .observables(
+            args.observables
+                .iter()
+                .map(|o| o.trim().to_string())
+                .collect(),
+        )
+        .seed(args.run.seed)
+        .substeps(args.substeps)
+        .scheme(scheme)
+        .integration_check(!args.no_integration_check)
+        .sgd_paths(args.sgd_paths.unwrap_or(0))
+        .threads(args.run.threads())
+        .sweep(sweep)
+        .build()?;
     let progress = PathProgress::stderr(config.total_paths(&problem), args.run.quiet);
     let report = weak_order_with_progress(&problem, &overrides, &config, &|n| progress.inc(n));
     progress.finish();
@@ -809,13 +826,16 @@ fn run_escape(args: EscapeArgs) -> Result<ExitCode> {
         }
     };
     check_outputs(args.run.out.iter(), args.plot.as_ref())?;
-    let mut config = EscapeConfig::new(args.eta, args.max_steps, args.paths, region);
-    config.models = parse_models(&args.models)?;
-    config.substeps = args.substeps;
-    config.coupling = coupling_of(args.coupling.as_deref(), &problem)?;
-    config.seed = args.run.seed;
-    config.threads = args.run.threads();
-    let progress = PathProgress::stderr(config.paths, args.run.quiet);
+    let models = parse_models(&args.models)?;
+    let coupling = coupling_of(args.coupling.as_deref(), &problem)?;
+    let config = EscapeConfig::builder(args.eta, args.max_steps, args.paths, region)
+        .models(models)
+        .substeps(args.substeps)
+        .coupling(coupling)
+        .seed(args.run.seed)
+        .threads(args.run.threads())
+        .build()?;
+    let progress = PathProgress::stderr(config.paths(), args.run.quiet);
     let report = escape_with_progress(&problem, &config, &|n| progress.inc(n));
     progress.finish();
     let report = report?;

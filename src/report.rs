@@ -30,35 +30,117 @@ use std::path::PathBuf;
 /// Largest default step size.
 pub const DEFAULT_ETA_MAX: f64 = 0.1;
 
-/// What a report runs. Build with [`ReportConfig::new`], adjust the public fields;
-/// [`run_report`] checks everything once before starting.
+/// What a report runs: built by [`ReportConfig::builder`], which checks every setting
+/// (defaults on each field below); [`run_report`] checks them again before starting,
+/// since the output directory may have changed since.
+///
+/// ```
+/// use hasme::{ReportConfig, ReportError};
+///
+/// let config = ReportConfig::builder("hasme-report").quick(true).seed(1).build()?;
+/// assert!(config.quick() && config.eta().is_none());
+/// let err = ReportConfig::builder("hasme-report").eta(Some(-1.0)).build().unwrap_err();
+/// assert_eq!(err.to_string(), "--eta must be a finite number > 0, got -1");
+/// # Ok::<(), ReportError>(())
+/// ```
 #[derive(Clone, Debug)]
 pub struct ReportConfig {
     /// The step size η (largest of the weak-order grid); `None`: [`default_eta`].
-    pub eta: Option<f64>,
+    pub(crate) eta: Option<f64>,
     /// Seconds instead of a minute: fewer paths, two η levels, fewer substeps.
-    pub quick: bool,
+    pub(crate) quick: bool,
     /// Seed of every random stream.
-    pub seed: u64,
+    pub(crate) seed: u64,
     /// Worker threads (the numbers do not depend on it).
-    pub threads: usize,
+    pub(crate) threads: usize,
     /// The directory the page and the JSON files are written into.
-    pub out_dir: PathBuf,
+    pub(crate) out_dir: PathBuf,
     /// The file name shown in the reproduce commands (default: the source's name).
-    pub file_label: Option<String>,
+    pub(crate) file_label: Option<String>,
     /// The `--set NAME=VALUE` overrides, for the reproduce commands.
-    pub set: Vec<String>,
+    pub(crate) set: Vec<String>,
+}
+
+/// The settings of a report, before they are checked: see [`ReportConfig`].
+#[derive(Clone, Debug)]
+pub struct ReportConfigBuilder {
+    draft: ReportConfig,
+}
+
+impl ReportConfigBuilder {
+    crate::config::setters! {
+        /// The output directory (not an existing file).
+        out_dir: PathBuf,
+        /// The step size η (finite, > 0); `None`: [`default_eta`].
+        eta: Option<f64>,
+        /// Seconds instead of a minute.
+        quick: bool,
+        /// Seed of every random stream.
+        seed: u64,
+        /// Worker threads (≥ 1).
+        threads: usize,
+        /// The file name shown in the reproduce commands.
+        file_label: Option<String>,
+        /// The `--set NAME=VALUE` overrides, for the reproduce commands.
+        set: Vec<String>,
+    }
+
+    /// Checks every setting and returns the configuration.
+    pub fn build(&self) -> Result<ReportConfig, ReportError> {
+        self.draft.check()?;
+        Ok(self.draft.clone())
+    }
 }
 
 impl ReportConfig {
-    /// The defaults: η chosen from the problem, full mode, seed 0, one thread.
-    pub fn new(out_dir: impl Into<PathBuf>) -> ReportConfig {
+    /// These settings as a builder, to derive a variant (e.g. another thread count).
+    pub fn to_builder(&self) -> ReportConfigBuilder {
+        ReportConfigBuilder {
+            draft: self.clone(),
+        }
+    }
+
+    /// The defaults (η chosen from the problem, full mode, seed 0, one thread), to
+    /// adjust and then [`build`](ReportConfigBuilder::build).
+    pub fn builder(out_dir: impl Into<PathBuf>) -> ReportConfigBuilder {
+        ReportConfigBuilder {
+            draft: ReportConfig::unchecked(out_dir.into()),
+        }
+    }
+
+    crate::config::getters! {
+        /// The step size η, when given.
+        eta: Option<f64>,
+        /// Whether the report is the quick one.
+        quick: bool,
+        /// The seed.
+        seed: u64,
+        /// Worker threads.
+        threads: usize,
+    }
+
+    /// The directory the page and the JSON files are written into.
+    pub fn out_dir(&self) -> &std::path::Path {
+        &self.out_dir
+    }
+
+    /// The file name shown in the reproduce commands, when given.
+    pub fn file_label(&self) -> Option<&str> {
+        self.file_label.as_deref()
+    }
+
+    /// The `--set` overrides shown in the reproduce commands.
+    pub fn set(&self) -> &[String] {
+        &self.set
+    }
+
+    fn unchecked(out_dir: PathBuf) -> ReportConfig {
         ReportConfig {
             eta: None,
             quick: false,
             seed: 0,
             threads: 1,
-            out_dir: out_dir.into(),
+            out_dir,
             file_label: None,
             set: Vec::new(),
         }
@@ -215,8 +297,7 @@ pub fn default_eta(problem: &Problem) -> Result<f64, ProblemError> {
 /// ```no_run
 /// use hasme::report::{ReportConfig, Silent, run_report};
 /// let p = hasme::Problem::from_file("examples/report.hasme", &hasme::Overrides::none())?;
-/// let mut c = ReportConfig::new("hasme-report");
-/// c.quick = true;
+/// let c = ReportConfig::builder("hasme-report").quick(true).build()?;
 /// let r = run_report(&p, &hasme::Overrides::none(), &c, &Silent)?;
 /// println!("{}", r.files[0].display());
 /// # Ok::<(), Box<dyn std::error::Error>>(())
@@ -293,7 +374,7 @@ pub fn run_report(
 
     let escape = match &settings.escape {
         Some(ec) => {
-            progress.stage("escape", ec.paths);
+            progress.stage("escape", ec.paths());
             let e = escape::escape_with_progress(problem, ec, &|n| progress.inc(n));
             progress.finish();
             Some(e?)
@@ -370,48 +451,48 @@ fn settings(problem: &Problem, config: &ReportConfig) -> Result<Settings, Report
     // Ten SGD steps at the largest η: long enough for the errors to build up, short
     // enough that the smallest η (8× more steps) stays cheap.
     let levels = if config.quick { 2 } else { 3 };
-    let mut wc = WeakOrderConfig::new(
-        WeakOrderConfig::halving(eta, levels),
-        10.0 * eta,
-        match (config.quick, problem.dim()) {
-            // Above 4 variables every model step costs eigendecompositions of d×d
-            // matrices: 100 paths keep `--quick` to seconds at d = 20.
-            (true, d) if d > 4 => 100,
-            (true, _) => 500,
-            (false, _) => 20_000,
-        },
-    );
-    wc.seed = config.seed;
-    wc.threads = config.threads;
+    let paths = match (config.quick, problem.dim()) {
+        // Above 4 variables every model step costs eigendecompositions of d×d
+        // matrices: 100 paths keep `--quick` to seconds at d = 20.
+        (true, d) if d > 4 => 100,
+        (true, _) => 500,
+        (false, _) => 20_000,
+    };
+    let mut wc = WeakOrderConfig::builder(WeakOrderConfig::halving(eta, levels), 10.0 * eta, paths);
+    wc.seed(config.seed).threads(config.threads);
     if config.quick {
-        wc.models = vec![ModelKind::Sme1, ModelKind::Hasme];
-        wc.substeps = 4;
-        wc.integration_check = false;
+        wc.models(vec![ModelKind::Sme1, ModelKind::Hasme])
+            .substeps(4)
+            .integration_check(false);
     }
-    let escape = problem.escape_region().map(|_| {
-        let mut ec = EscapeConfig::new(
-            eta,
-            if config.quick { 500 } else { 2000 },
-            if config.quick { 100 } else { 1000 },
-            Region::File,
-        );
-        // Noiseless gradient flow never leaves a saddle it starts on: every path would
-        // run to the cap.
-        ec.models = if config.quick {
-            vec![ModelKind::Sme1, ModelKind::Hasme]
-        } else {
-            vec![
-                ModelKind::Sme1,
-                ModelKind::Sme2,
-                ModelKind::Hasme,
-                ModelKind::HasmeExact,
-            ]
-        };
-        ec.substeps = if config.quick { 8 } else { 32 };
-        ec.seed = config.seed;
-        ec.threads = config.threads;
-        ec
-    });
+    let wc = wc.build()?;
+    let escape = match problem.escape_region() {
+        None => None,
+        Some(_) => Some(
+            EscapeConfig::builder(
+                eta,
+                if config.quick { 500 } else { 2000 },
+                if config.quick { 100 } else { 1000 },
+                Region::File,
+            )
+            // Noiseless gradient flow never leaves a saddle it starts on: every path
+            // would run to the cap.
+            .models(if config.quick {
+                vec![ModelKind::Sme1, ModelKind::Hasme]
+            } else {
+                vec![
+                    ModelKind::Sme1,
+                    ModelKind::Sme2,
+                    ModelKind::Hasme,
+                    ModelKind::HasmeExact,
+                ]
+            })
+            .substeps(if config.quick { 8 } else { 32 })
+            .seed(config.seed)
+            .threads(config.threads)
+            .build()?,
+        ),
+    };
     Ok(Settings {
         eta,
         eta_reason,

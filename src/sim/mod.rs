@@ -47,8 +47,9 @@
 //! use hasme::sim::{SimConfig, simulate};
 //!
 //! let problem = Problem::from_str("var x = 1\nminimize 0.5*x^2 + cos(x)\nnoise sd 0.5")?;
-//! let mut config = SimConfig::new(0.1, 1.0, 2000);
-//! config.models = vec![ModelKind::Sme1, ModelKind::Hasme];
+//! let config = SimConfig::builder(0.1, 1.0, 2000)
+//!     .models(vec![ModelKind::Sme1, ModelKind::Hasme])
+//!     .build()?;
 //! let result = simulate(&problem, &config)?;
 //! assert_eq!(result.times.len(), 11);
 //! let x = &result.observables[0]; // default observables: `x`, then `norm2`
@@ -140,50 +141,153 @@ pub const CHUNK_PATHS: u64 = 256;
 /// substeps of a 2-d problem already cost seconds per path).
 pub const MAX_SUBSTEPS: usize = 1 << 20;
 
-/// What to simulate and how. Build with [`SimConfig::new`] (defaults below), adjust the
-/// public fields, and [`simulate`] checks everything once before starting.
+/// What to simulate and how: built by [`SimConfig::builder`], which checks every
+/// setting once (defaults on each field below); read through the getters.
+///
+/// ```
+/// use hasme::{SimConfig, SimError};
+///
+/// let config = SimConfig::builder(0.1, 1.0, 1000).substeps(4).seed(7).build()?;
+/// assert_eq!((config.eta(), config.substeps(), config.seed()), (0.1, 4, 7));
+/// let err = SimConfig::builder(0.1, 0.25, 1000).build().unwrap_err();
+/// assert_eq!(err.to_string(), "the horizon 0.25 is not a multiple of η = 0.1: use 0.2 or 0.30000000000000004");
+/// assert!(matches!(SimConfig::builder(0.1, 1.0, 0).build(), Err(SimError::Config(_))));
+/// # Ok::<(), SimError>(())
+/// ```
 #[derive(Clone, Debug, PartialEq)]
 pub struct SimConfig {
     /// SGD step size η > 0.
-    pub eta: f64,
+    pub(crate) eta: f64,
     /// Horizon T ≥ 0; must be a multiple of η (to 1e−9 relative): the run takes
     /// `N = round(T/η)` steps and reports `Nη`.
-    pub horizon: f64,
+    pub(crate) horizon: f64,
     /// Number of paths (≥ 1).
-    pub paths: u64,
+    pub(crate) paths: u64,
     /// SDE models simulated beside SGD (default: the five named models).
-    pub models: Vec<ModelKind>,
+    pub(crate) models: Vec<ModelKind>,
     /// Substeps `m` per SGD step (default 8): the SDE step is `h = η/m`.
-    pub substeps: usize,
+    pub(crate) substeps: usize,
     /// The integrator (default [`SchemeKind::TalayTubaro`]).
-    pub scheme: SchemeKind,
+    pub(crate) scheme: SchemeKind,
     /// Coupled (default) or independent noise. For a finite sum, SGD draws real
     /// minibatches, which share no Gaussian numbers with the SDEs: such runs are always
     /// independent, and the result says so.
-    pub coupling: Coupling,
+    pub(crate) coupling: Coupling,
     /// The seed (default 0).
-    pub seed: u64,
+    pub(crate) seed: u64,
     /// Save every `K`-th SGD step (default 1); the horizon is always saved.
-    pub every: u64,
+    pub(crate) every: u64,
     /// Worker threads (default 1). Does not change the numbers.
-    pub threads: usize,
+    pub(crate) threads: usize,
     /// Paths handed to the thread pool at a time (default 16 chunks per thread);
     /// bounds memory. Does not change the numbers.
-    pub batch: u64,
+    pub(crate) batch: u64,
     /// For a finite sum: simulate SGD with Gaussian noise of the exact minibatch
     /// covariance, `z ~ N(0, Σ(x))` (the *Gaussian surrogate*), instead of real
     /// minibatches; it is then coupled to the SDEs like any Gaussian SGD. Default
     /// false. No effect on other problems.
-    pub gaussian_sgd: bool,
+    pub(crate) gaussian_sgd: bool,
     /// Keep the values at the horizon of the first `keep_paths` paths, one per path,
     /// observable and process ([`SimResult::kept`], default 0): what a paired
     /// comparison of two runs on the same paths needs. Memory grows with it.
-    pub keep_paths: u64,
+    pub(crate) keep_paths: u64,
+}
+
+/// The settings of a simulation, before they are checked: see [`SimConfig`].
+#[derive(Clone, Debug)]
+pub struct SimConfigBuilder {
+    draft: SimConfig,
+}
+
+impl SimConfigBuilder {
+    crate::config::setters! {
+        /// SGD step size η (finite, > 0).
+        eta: f64,
+        /// The horizon T (finite, ≥ 0, a multiple of η).
+        horizon: f64,
+        /// Number of paths (≥ 1).
+        paths: u64,
+        /// SDE models simulated beside SGD, in this order (no model twice).
+        models: Vec<ModelKind>,
+        /// Substeps per SGD step, between 1 and [`MAX_SUBSTEPS`].
+        substeps: usize,
+        /// The integrator.
+        scheme: SchemeKind,
+        /// Coupled or independent noise.
+        coupling: Coupling,
+        /// The seed.
+        seed: u64,
+        /// Save every `K`-th SGD step (K ≥ 1).
+        every: u64,
+        /// Worker threads (≥ 1).
+        threads: usize,
+        /// Paths handed to the thread pool at a time (0: the default).
+        batch: u64,
+        /// For a finite sum: simulate the Gaussian surrogate of minibatch SGD.
+        gaussian_sgd: bool,
+        /// Keep the horizon values of the first `keep_paths` paths.
+        keep_paths: u64,
+    }
+
+    /// Checks every setting (in the order of the fields, the same checks as
+    /// [`simulate`] makes) and returns the configuration.
+    pub fn build(&self) -> Result<SimConfig, SimError> {
+        self.draft.plan()?;
+        Ok(self.draft.clone())
+    }
 }
 
 impl SimConfig {
-    /// A configuration with the defaults listed on each field.
-    pub fn new(eta: f64, horizon: f64, paths: u64) -> SimConfig {
+    /// These settings as a builder, to derive a variant (e.g. another thread count).
+    pub fn to_builder(&self) -> SimConfigBuilder {
+        SimConfigBuilder {
+            draft: self.clone(),
+        }
+    }
+
+    /// Settings with the defaults listed on each field, to adjust and then
+    /// [`build`](SimConfigBuilder::build).
+    pub fn builder(eta: f64, horizon: f64, paths: u64) -> SimConfigBuilder {
+        SimConfigBuilder {
+            draft: SimConfig::unchecked(eta, horizon, paths),
+        }
+    }
+
+    crate::config::getters! {
+        /// SGD step size η.
+        eta: f64,
+        /// The horizon T.
+        horizon: f64,
+        /// Number of paths.
+        paths: u64,
+        /// Substeps per SGD step.
+        substeps: usize,
+        /// The integrator.
+        scheme: SchemeKind,
+        /// The coupling asked for.
+        coupling: Coupling,
+        /// The seed.
+        seed: u64,
+        /// The save interval K.
+        every: u64,
+        /// Worker threads.
+        threads: usize,
+        /// Paths handed to the thread pool at a time (0: the default).
+        batch: u64,
+        /// Whether a finite sum's SGD is its Gaussian surrogate.
+        gaussian_sgd: bool,
+        /// Paths whose horizon values are kept.
+        keep_paths: u64,
+    }
+
+    /// SDE models simulated beside SGD.
+    pub fn models(&self) -> &[ModelKind] {
+        &self.models
+    }
+
+    /// The defaults listed on each field, unchecked: the crate's own analyses start
+    /// from it and [`simulate`] checks it.
+    pub(crate) fn unchecked(eta: f64, horizon: f64, paths: u64) -> SimConfig {
         SimConfig {
             eta,
             horizon,
@@ -1178,10 +1282,9 @@ mod tests {
 
     #[test]
     fn horizons_must_be_multiples_of_eta() {
-        let c = SimConfig::new(0.1, 0.3, 10);
+        let c = SimConfig::builder(0.1, 0.3, 10).build().unwrap();
         assert_eq!(c.plan().unwrap().0, 3);
-        let c = SimConfig::new(0.1, 0.35, 10);
-        let e = c.plan().unwrap_err();
+        let e = SimConfig::builder(0.1, 0.35, 10).build().unwrap_err();
         assert!(
             e.to_string().contains("use 0.30000000000000004 or 0.4")
                 || e.to_string().contains("0.4"),
@@ -1192,32 +1295,32 @@ mod tests {
 
     #[test]
     fn saved_steps_include_the_horizon() {
-        let mut c = SimConfig::new(0.1, 1.0, 10);
+        let mut c = SimConfig::unchecked(0.1, 1.0, 10);
         c.every = 3;
         assert_eq!(c.plan().unwrap().1, vec![0, 3, 6, 9, 10]);
         c.every = 20;
         assert_eq!(c.plan().unwrap().1, vec![0, 10]);
-        let c = SimConfig::new(0.1, 0.0, 10);
+        let c = SimConfig::unchecked(0.1, 0.0, 10);
         assert_eq!(c.plan().unwrap().1, vec![0]);
     }
 
     #[test]
     fn bad_settings_are_config_errors() {
-        let base = SimConfig::new(0.1, 1.0, 10);
-        let cases: [fn(&mut SimConfig); 8] = [
-            |c| c.eta = -1.0,
-            |c| c.eta = f64::NAN,
-            |c| c.horizon = f64::INFINITY,
-            |c| c.paths = 0,
-            |c| c.substeps = 0,
-            |c| c.every = 0,
-            |c| c.threads = 0,
-            |c| c.models = vec![ModelKind::Gf, ModelKind::Gf],
+        let base = SimConfig::builder(0.1, 1.0, 10);
+        let cases: [fn(&mut SimConfigBuilder); 8] = [
+            |c| c.draft.eta = -1.0,
+            |c| c.draft.eta = f64::NAN,
+            |c| c.draft.horizon = f64::INFINITY,
+            |c| c.draft.paths = 0,
+            |c| _ = c.substeps(0),
+            |c| _ = c.every(0),
+            |c| _ = c.threads(0),
+            |c| _ = c.models(vec![ModelKind::Gf, ModelKind::Gf]),
         ];
         for f in cases {
             let mut c = base.clone();
             f(&mut c);
-            assert!(matches!(c.plan(), Err(SimError::Config(_))), "{c:?}");
+            assert!(matches!(c.build(), Err(SimError::Config(_))), "{c:?}");
         }
     }
 
