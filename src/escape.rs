@@ -89,7 +89,8 @@ use crate::sim::{BrownianPath, CHUNK_PATHS, Coupling, EulerMaruyama, MAX_STEPS, 
 use crate::sim::{Failure, MAX_SUBSTEPS};
 use crate::stats::Welford;
 
-/// The two-sided 97.5 % standard normal quantile, for 95 % intervals.
+/// The two-sided 97.5 % standard normal quantile, for 95 % intervals (the same
+/// constant as [`crate::experiment::Z975`], see there why not `statrs`).
 const Z95: f64 = 1.959_963_984_540_054;
 
 /// Relative slack when comparing a KM product with `1 − q`: the product of
@@ -511,7 +512,8 @@ pub fn ks_distance(a: &KaplanMeier, b: &KaplanMeier) -> f64 {
 /// `Q(λ) = P(K > λ)` for the Kolmogorov distribution `K = sup |B(t)|` of a Brownian
 /// bridge: `2 Σ_{j≥1} (−1)^{j−1} e^{−2j²λ²}` for λ ≥ 1.18, and
 /// `1 − √(2π)/λ Σ_{j≥1} e^{−(2j−1)²π²/(8λ²)}` below (both series converge in a few
-/// terms on their side of 1.18, where they agree to 1e−15).
+/// terms on their side of 1.18, where they agree to 1e−15). Written here because
+/// `statrs` has no Kolmogorov distribution.
 ///
 /// ```
 /// use hasme::escape::kolmogorov_q;
@@ -1046,7 +1048,19 @@ pub struct EscapeReport {
     pub growth_rates: Option<GrowthRates>,
 }
 
-/// Runs the escape simulation.
+/// Runs the escape simulation: `hasme escape`.
+///
+/// ```
+/// use hasme::{EscapeConfig, ModelKind, Problem, Region, escape};
+///
+/// let p = Problem::from_str("var x = 0, y = 0\nminimize 0.5*x^2 - y^2\nnoise sd 0.1")?;
+/// let c = EscapeConfig::builder(0.1, 1000, 100, Region::ball(0.5))
+///     .models(vec![ModelKind::Sme1])
+///     .build()?;
+/// let r = escape(&p, &c)?;
+/// assert_eq!(r.processes[0].escaped, 100); // SGD leaves the saddle on every path
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn escape(problem: &Problem, config: &EscapeConfig) -> Result<EscapeReport, EscapeError> {
     escape_with_progress(problem, config, &|_| {})
 }

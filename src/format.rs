@@ -34,7 +34,7 @@ pub enum Style {
 ///
 /// ```
 /// use hasme::format::{Style, num};
-/// assert_eq!(num(0.012345, Style::Sci(3)), "1.234e-2");
+/// assert_eq!(num(0.0123456, Style::Sci(3)), "1.235e-2");
 /// assert_eq!(num(0.012345, Style::Fixed(4)), "0.0123");
 /// assert_eq!(num(-0.0, Style::Exact), "0");
 /// assert_eq!(num(1.0 / 3.0, Style::Exact), "3.333333333e-1");

@@ -1262,6 +1262,17 @@ impl MomentsReport {
 /// SGD's own moments overflowing. A model that cannot be built or whose moments
 /// overflow is reported as failed in [`MomentsReport::models`] while the others are
 /// still compared.
+///
+/// ```
+/// use hasme::{ModelKind, MomentsConfig, Problem, compare_moments};
+///
+/// let p = Problem::from_str("var x = 1\nminimize 0.5*x^2\nnoise sd 0.1")?;
+/// let c = MomentsConfig::new(0.1, 10)?.with_models([ModelKind::HasmeExact])?;
+/// let r = compare_moments(&p, &c)?;
+/// let exact = r.model(ModelKind::HasmeExact).unwrap().as_ref().unwrap();
+/// assert!(exact.w2.iter().all(|&w| w < 1e-12)); // exact on a quadratic
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn compare(problem: &Problem, config: &MomentsConfig) -> Result<MomentsReport, MomentsError> {
     let mut report = compare_quadratic(&Quadratic::from_problem(problem)?, config)?;
     report.minibatch = problem.finite_sum().is_some();

@@ -505,7 +505,21 @@ impl SimError {
     }
 }
 
-/// Runs the simulation.
+/// Runs the simulation: `hasme simulate`. Divergences are counted in the result, not
+/// errors; the text form is what the command prints, the JSON form (`serde`) what it
+/// prints with `--json` (less the `file` field).
+///
+/// ```
+/// use hasme::{ModelKind, Problem, SimConfig, simulate};
+///
+/// let p = Problem::from_str("var x = 1\nminimize x^2\nnoise sd 0.1")?;
+/// let c = SimConfig::builder(0.1, 0.5, 200).models(vec![ModelKind::Hasme]).build()?;
+/// let r = simulate(&p, &c)?;
+/// assert_eq!((r.steps, r.total_diverged()), (5, 0));
+/// assert!(format!("{r}").starts_with("200 paths, η = 0.1"));
+/// assert_eq!(serde_json::to_value(&r)?["models"], serde_json::json!(["hasme"]));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn simulate(problem: &Problem, config: &SimConfig) -> Result<SimResult, SimError> {
     simulate_with_progress(problem, config, &|_| {})
 }
