@@ -1478,13 +1478,17 @@ impl fmt::Display for EscapeReport {
                 mean,
                 fmt_opt(p.median_time),
                 format!("{} {}", fmt_opt(p.quartiles[0]), fmt_opt(p.quartiles[1])),
-                p.ks_distance.map_or("—".into(), |d| format!("{d:.4}")),
-                p.ks_pvalue.map_or("—".into(), |v| format!("{v:.3}")),
+                crate::format::cell(p.ks_distance, crate::format::Style::Fixed(4)),
+                crate::format::cell(p.ks_pvalue, crate::format::Style::Fixed(3)),
                 diff
             )?;
             if let Some(g) = &self.growth_rates {
                 let rate = g.per_step(&p.name);
-                write!(f, " {:>12}", rate.map_or("—".into(), |r| format!("{r:.6}")))?;
+                write!(
+                    f,
+                    " {:>12}",
+                    crate::format::cell(rate, crate::format::Style::Fixed(6))
+                )?;
             }
             writeln!(f)?;
         }

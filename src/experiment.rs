@@ -1518,7 +1518,7 @@ fn write_analyses(f: &mut fmt::Formatter<'_>, observables: &[ObservableAnalysis]
                     format!("{}", p.eta),
                     fmt_opt(p.error),
                     ci,
-                    p.stderr.map_or("—".to_string(), |s| format!("{s:.2e}")),
+                    crate::format::cell(p.stderr, Style::Sci(2)),
                     p.integration
                         .as_ref()
                         .map_or("—".to_string(), |c| fmt_opt(c.delta)),
