@@ -57,9 +57,10 @@ fn bench(c: &mut Criterion) {
         ("all", ModelKind::all().to_vec(), 2),
     ];
     for (name, models, threads) in cases {
-        let mut config = EscapeConfig::new(0.1, 2000, PATHS, Region::ball(1.0));
-        config.models = models;
-        config.threads = threads;
+        let mut config = EscapeConfig::builder(0.1, 2000, PATHS, Region::ball(1.0));
+        config.models(models);
+        config.threads(threads);
+        let config = config.build().expect("valid settings");
         group.bench_with_input(BenchmarkId::new(name, threads), &config, |b, config| {
             b.iter(|| black_box(escape(&problem, config).expect("the run succeeds")))
         });
@@ -76,9 +77,11 @@ fn ratio(c: &mut Criterion) {
         "/examples/quadratic_saddle.hasme"
     );
     let problem = Problem::from_file(path, &Overrides::none()).expect("the example parses");
-    let mut esc = EscapeConfig::new(ETA, 2000, RATIO_PATHS, Region::ball(1.0));
-    esc.models = vec![ModelKind::Hasme];
-    esc.substeps = 8;
+    let esc = EscapeConfig::builder(ETA, 2000, RATIO_PATHS, Region::ball(1.0))
+        .models(vec![ModelKind::Hasme])
+        .substeps(8)
+        .build()
+        .expect("valid settings");
     let report = escape(&problem, &esc).expect("the run succeeds");
     // Steps per escape path, at least: the larger mean of the two processes.
     let mean_steps = report
@@ -88,10 +91,12 @@ fn ratio(c: &mut Criterion) {
         .fold(0.0, f64::max);
     let steps = mean_steps.round();
     for scheme in [SchemeKind::EulerMaruyama, SchemeKind::TalayTubaro] {
-        let mut sim = SimConfig::new(ETA, steps * ETA, RATIO_PATHS);
-        sim.models = vec![ModelKind::Hasme];
-        sim.substeps = 8;
-        sim.scheme = scheme;
+        let sim = SimConfig::builder(ETA, steps * ETA, RATIO_PATHS)
+            .models(vec![ModelKind::Hasme])
+            .substeps(8)
+            .scheme(scheme)
+            .build()
+            .expect("valid settings");
         let p = paired::paired_ratio(
             9,
             1,

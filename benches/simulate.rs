@@ -45,13 +45,13 @@ const SEED: u64 = 3;
 const LAMBDA: f64 = 2.0;
 const MU: f64 = 0.5;
 
-fn config(threads: usize) -> SimConfig {
-    let mut c = SimConfig::new(ETA, ETA * STEPS as f64, PATHS);
-    c.models = vec![ModelKind::Hasme];
-    c.substeps = SUBSTEPS;
-    c.scheme = SchemeKind::EulerMaruyama;
-    c.seed = SEED;
-    c.threads = threads;
+fn config(threads: usize) -> hasme::SimConfigBuilder {
+    let mut c = SimConfig::builder(ETA, ETA * STEPS as f64, PATHS);
+    c.models(vec![ModelKind::Hasme]);
+    c.substeps(SUBSTEPS);
+    c.scheme(SchemeKind::EulerMaruyama);
+    c.seed(SEED);
+    c.threads(threads);
     c
 }
 
@@ -208,7 +208,7 @@ fn hand_written(paths: u64, state: bool) -> Vec<Welford> {
 
 /// The hand-written loop and the engine compute the same numbers.
 fn check_same_mathematics(problem: &Problem, state: bool) {
-    let result = simulate(problem, &config(1)).expect("the saddle simulates");
+    let result = simulate(problem, &config(1).build().unwrap()).expect("the saddle simulates");
     let hand = hand_written(PATHS, state);
     let t = STEPS as usize;
     for o in 0..2 {
@@ -257,7 +257,7 @@ fn bench(c: &mut Criterion) {
         for threads in [1, 2] {
             let cfg = config(threads);
             group.bench_function(BenchmarkId::new("engine", threads), |b| {
-                b.iter(|| black_box(simulate(problem, &cfg).expect("runs")))
+                b.iter(|| black_box(simulate(problem, &cfg.build().unwrap()).expect("runs")))
             });
         }
         group.finish();
@@ -265,7 +265,7 @@ fn bench(c: &mut Criterion) {
         let p = paired::paired_ratio(
             21,
             1,
-            || simulate(problem, &cfg).expect("runs"),
+            || simulate(problem, &cfg.build().unwrap()).expect("runs"),
             || hand_written(black_box(PATHS), state),
         );
         println!(

@@ -63,8 +63,9 @@
 //! let problem = Problem::from_str(
 //!     "var x = 0, y = 0\nminimize 0.5*x^2 - 0.5*y^2\nnoise sd 0.1",
 //! )?;
-//! let mut config = EscapeConfig::new(0.1, 2000, 200, Region::ball(0.5));
-//! config.models = vec![ModelKind::Hasme];
+//! let config = EscapeConfig::builder(0.1, 2000, 200, Region::ball(0.5))
+//!     .models(vec![ModelKind::Hasme])
+//!     .build()?;
 //! let report = escape(&problem, &config)?;
 //! let sgd = &report.processes[0];
 //! assert_eq!(sgd.name, "sgd");
@@ -77,8 +78,9 @@
 use std::fmt;
 
 use nalgebra::SymmetricEigen;
-use serde_json::{Map, Value, json};
+use serde::Serialize;
 
+use crate::format::Named;
 use crate::models::ModelKind;
 use crate::moments::Quadratic;
 use crate::plot::LinePlot;
@@ -88,7 +90,8 @@ use crate::sim::terms::NoiseSource;
 use crate::sim::{CHUNK_PATHS, Coupling, EulerMaruyama, MAX_STEPS};
 use crate::stats::Welford;
 
-/// The two-sided 97.5 % standard normal quantile, for 95 % intervals.
+/// The two-sided 97.5 % standard normal quantile, for 95 % intervals (the same
+/// constant as [`crate::experiment::Z975`], see there why not `statrs`).
 const Z95: f64 = 1.959_963_984_540_054;
 
 /// Relative slack when comparing a KM product with `1 − q`: the product of
@@ -123,36 +126,124 @@ impl Region {
     }
 }
 
-/// What to simulate. Build with [`EscapeConfig::new`] (defaults on each field), adjust
-/// the public fields; [`escape`] checks everything once before starting.
+/// What to simulate: built by [`EscapeConfig::builder`], which checks every setting
+/// once (defaults on each field below); read through the getters.
+///
+/// ```
+/// use hasme::{EscapeConfig, EscapeError, Region};
+///
+/// let config = EscapeConfig::builder(0.1, 500, 200, Region::ball(1.0)).seed(3).build()?;
+/// assert_eq!((config.max_steps(), config.substeps()), (500, 32));
+/// let err = EscapeConfig::builder(0.1, 500, 200, Region::ball(-1.0)).build().unwrap_err();
+/// assert_eq!(err.to_string(), "the radius must be a finite number > 0, got -1");
+/// # Ok::<(), EscapeError>(())
+/// ```
 #[derive(Clone, Debug, PartialEq)]
 pub struct EscapeConfig {
     /// SGD step size η > 0.
-    pub eta: f64,
+    pub(crate) eta: f64,
     /// The cap K ≥ 1 on SGD steps: paths still inside at `Kη` are censored there.
-    pub max_steps: u64,
+    pub(crate) max_steps: u64,
     /// Number of paths (≥ 1).
-    pub paths: u64,
+    pub(crate) paths: u64,
     /// The region to leave.
-    pub region: Region,
+    pub(crate) region: Region,
     /// Models simulated beside SGD (default: the five named models).
-    pub models: Vec<ModelKind>,
+    pub(crate) models: Vec<ModelKind>,
     /// Euler–Maruyama substeps per SGD step (default 32: at 8, HA-SME's paired
     /// difference to SGD on the quadratic saddle shows the scheme's O(h) bias, about 1%
     /// of the mean escape time; at 32 it is below the standard error of 2000 paths).
-    pub substeps: usize,
+    pub(crate) substeps: usize,
     /// Coupled (default) or independent noise. A finite sum's minibatch SGD cannot be
     /// coupled: its runs are always independent (and reported so).
-    pub coupling: Coupling,
+    pub(crate) coupling: Coupling,
     /// The seed (default 0).
-    pub seed: u64,
+    pub(crate) seed: u64,
     /// Worker threads (default 1). Does not change the numbers.
-    pub threads: usize,
+    pub(crate) threads: usize,
+}
+
+/// The settings of an escape run, before they are checked: see [`EscapeConfig`].
+#[derive(Clone, Debug)]
+pub struct EscapeConfigBuilder {
+    draft: EscapeConfig,
+}
+
+impl EscapeConfigBuilder {
+    crate::config::setters! {
+        /// SGD step size η (finite, > 0).
+        eta: f64,
+        /// The cap K on SGD steps (between 1 and `MAX_STEPS − 1`).
+        max_steps: u64,
+        /// Number of paths (≥ 1).
+        paths: u64,
+        /// The region to leave (a ball's radius finite and > 0).
+        region: Region,
+        /// Models simulated beside SGD, in this order (no model twice).
+        models: Vec<ModelKind>,
+        /// Euler–Maruyama substeps per SGD step, between 1 and [`MAX_SUBSTEPS`].
+        substeps: usize,
+        /// Coupled or independent noise.
+        coupling: Coupling,
+        /// The seed.
+        seed: u64,
+        /// Worker threads (≥ 1).
+        threads: usize,
+    }
+
+    /// Checks every setting (the same checks as [`escape`] makes, in the same order)
+    /// and returns the configuration.
+    pub fn build(&self) -> Result<EscapeConfig, EscapeError> {
+        self.draft.check()?;
+        Ok(self.draft.clone())
+    }
 }
 
 impl EscapeConfig {
-    /// A configuration with the defaults listed on each field.
-    pub fn new(eta: f64, max_steps: u64, paths: u64, region: Region) -> EscapeConfig {
+    /// These settings as a builder, to derive a variant (e.g. another thread count).
+    pub fn to_builder(&self) -> EscapeConfigBuilder {
+        EscapeConfigBuilder {
+            draft: self.clone(),
+        }
+    }
+
+    /// Settings with the defaults listed on each field, to adjust and then
+    /// [`build`](EscapeConfigBuilder::build).
+    pub fn builder(eta: f64, max_steps: u64, paths: u64, region: Region) -> EscapeConfigBuilder {
+        EscapeConfigBuilder {
+            draft: EscapeConfig::unchecked(eta, max_steps, paths, region),
+        }
+    }
+
+    crate::config::getters! {
+        /// SGD step size η.
+        eta: f64,
+        /// The cap K on SGD steps.
+        max_steps: u64,
+        /// Number of paths.
+        paths: u64,
+        /// Euler–Maruyama substeps per SGD step.
+        substeps: usize,
+        /// The coupling asked for.
+        coupling: Coupling,
+        /// The seed.
+        seed: u64,
+        /// Worker threads.
+        threads: usize,
+    }
+
+    /// The region to leave.
+    pub fn region(&self) -> &Region {
+        &self.region
+    }
+
+    /// Models simulated beside SGD.
+    pub fn models(&self) -> &[ModelKind] {
+        &self.models
+    }
+
+    /// The defaults listed on each field, unchecked ([`escape`] checks it).
+    pub(crate) fn unchecked(eta: f64, max_steps: u64, paths: u64, region: Region) -> EscapeConfig {
         EscapeConfig {
             eta,
             max_steps,
@@ -194,13 +285,13 @@ impl EscapeConfig {
 /// Why an escape run could not be done.
 #[derive(Debug, thiserror::Error)]
 pub enum EscapeError {
-    /// A setting is invalid (exit status 2).
+    /// A setting is invalid (bad input).
     #[error("{0}")]
     Config(String),
-    /// The problem, or the region's expression, is invalid (its own exit status).
+    /// The problem, or the region's expression, is invalid (its own kind).
     #[error("{0}")]
     Problem(#[from] ProblemError),
-    /// The run failed at a point a path reached (exit status 1).
+    /// The run failed at a point a path reached (a failure while running).
     #[error("{process}, path {path}, step {step} (t = {time}): {message}")]
     Run {
         /// `sgd` or the model.
@@ -214,7 +305,7 @@ pub enum EscapeError {
         /// What went wrong.
         message: String,
     },
-    /// The thread pool could not be built (exit status 1).
+    /// The thread pool could not be built (a failure while running).
     #[error("cannot start {threads} worker threads: {message}")]
     Threads {
         /// Threads asked for.
@@ -225,12 +316,12 @@ pub enum EscapeError {
 }
 
 impl EscapeError {
-    /// Process exit status: 2 for bad settings or input, 1 for a failure while running.
-    pub fn exit_code(&self) -> i32 {
+    /// Bad settings or input, or a failure while running.
+    pub fn kind(&self) -> crate::ErrorKind {
         match self {
-            EscapeError::Config(_) => 2,
-            EscapeError::Problem(e) => e.exit_code(),
-            EscapeError::Run { .. } | EscapeError::Threads { .. } => 1,
+            EscapeError::Config(_) => crate::ErrorKind::Input,
+            EscapeError::Problem(e) => crate::problem_error_kind(e),
+            EscapeError::Run { .. } | EscapeError::Threads { .. } => crate::ErrorKind::Run,
         }
     }
 }
@@ -407,7 +498,8 @@ pub fn ks_distance(a: &KaplanMeier, b: &KaplanMeier) -> f64 {
 /// `Q(λ) = P(K > λ)` for the Kolmogorov distribution `K = sup |B(t)|` of a Brownian
 /// bridge: `2 Σ_{j≥1} (−1)^{j−1} e^{−2j²λ²}` for λ ≥ 1.18, and
 /// `1 − √(2π)/λ Σ_{j≥1} e^{−(2j−1)²π²/(8λ²)}` below (both series converge in a few
-/// terms on their side of 1.18, where they agree to 1e−15).
+/// terms on their side of 1.18, where they agree to 1e−15). Written here because
+/// `statrs` has no Kolmogorov distribution.
 ///
 /// ```
 /// use hasme::escape::kolmogorov_q;
@@ -903,7 +995,19 @@ pub struct EscapeReport {
     pub growth_rates: Option<GrowthRates>,
 }
 
-/// Runs the escape simulation.
+/// Runs the escape simulation: `hasme escape`.
+///
+/// ```
+/// use hasme::{EscapeConfig, ModelKind, Problem, Region, escape};
+///
+/// let p = Problem::from_str("var x = 0, y = 0\nminimize 0.5*x^2 - y^2\nnoise sd 0.1")?;
+/// let c = EscapeConfig::builder(0.1, 1000, 100, Region::ball(0.5))
+///     .models(vec![ModelKind::Sme1])
+///     .build()?;
+/// let r = escape(&p, &c)?;
+/// assert_eq!(r.processes[0].escaped, 100); // SGD leaves the saddle on every path
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn escape(problem: &Problem, config: &EscapeConfig) -> Result<EscapeReport, EscapeError> {
     escape_with_progress(problem, config, &|_| {})
 }
@@ -1019,106 +1123,177 @@ pub fn escape_with_progress(
     })
 }
 
-fn opt(x: Option<f64>) -> Value {
-    x.filter(|v| v.is_finite())
-        .map_or(Value::Null, |v| json!(v))
+fn fmt_opt(x: Option<f64>) -> String {
+    crate::format::cell(x, crate::format::Style::Fixed(4))
 }
 
-fn fmt_opt(x: Option<f64>) -> String {
-    x.map_or("—".to_string(), |v| format!("{v:.4}"))
+/// The JSON form (the contract of `hasme escape --json`): the settings (`eta`,
+/// `max_steps`, `cap_time`, `paths`, `seed`, `substeps`, `scheme`, `coupling`, `region`,
+/// `variables`, `start`), `models.PROCESS` for `sgd` and each model with `escaped`,
+/// `censored`, `diverged`, `escaped_fraction`, `mean_time`, `mean_time_stderr`,
+/// `mean_time_ci` (`[low, high]`), `mean_restricted`, `median_time` and `quartiles`
+/// (`[q25, q75]`; `null` where the KM curve never drops that far) and, for models,
+/// `ks_distance`, `ks_pvalue`, `mean_diff`, `mean_diff_stderr`, `growth_rate`;
+/// `first_divergence` where one diverged; and `growth_rates` (`null` unless the problem
+/// is quadratic with constant noise). Times are in units of `t = kη`; a non-finite
+/// number is `null`.
+impl Serialize for EscapeReport {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let region = match &self.region {
+            Region::Ball { radius, .. } => RegionJson {
+                kind: "ball",
+                centre: Some(self.centre.as_deref()),
+                radius: Some(*radius),
+                expr: None,
+            },
+            Region::When(e) => RegionJson {
+                kind: "when",
+                centre: None,
+                radius: None,
+                expr: Some(Some(format!("{e} > 0"))),
+            },
+            Region::File => RegionJson {
+                kind: "file",
+                centre: None,
+                radius: None,
+                expr: Some(self.file_region.clone()),
+            },
+        };
+        let growth = self.growth_rates.as_ref().map(|g| GrowthJson {
+            lambda_min: g.lambda_min,
+            direction: &g.direction,
+            per_step: std::iter::once(("sgd".to_string(), Some(g.sgd)))
+                .chain(
+                    g.models
+                        .iter()
+                        .map(|(k, r)| (k.to_string(), r.as_ref().ok().copied())),
+                )
+                .collect(),
+        });
+        let models = self
+            .processes
+            .iter()
+            .map(|p| {
+                let model = p.name != "sgd";
+                let ci = p.mean_time_ci();
+                let json = ProcessJson {
+                    escaped: p.escaped,
+                    censored: p.censored,
+                    diverged: p.diverged,
+                    escaped_fraction: p.escaped_fraction,
+                    mean_time: p.mean_time,
+                    mean_time_stderr: p.mean_time_stderr,
+                    mean_time_ci: [ci.map(|c| c[0]), ci.map(|c| c[1])],
+                    mean_restricted: p.mean_restricted,
+                    median_time: p.median_time,
+                    quartiles: p.quartiles,
+                    ks_distance: model.then_some(p.ks_distance),
+                    ks_pvalue: model.then_some(p.ks_pvalue),
+                    mean_diff: model.then_some(p.mean_diff),
+                    mean_diff_stderr: model.then_some(p.mean_diff_stderr),
+                    growth_rate: self.growth_rates.as_ref().map(|g| g.per_step(&p.name)),
+                    first_divergence: p.first_divergence.as_ref().map(|f| DivergenceJson {
+                        path: f.path,
+                        step: f.step,
+                        time: f.step as f64 * self.eta,
+                        reason: &f.reason,
+                    }),
+                };
+                (p.name.as_str(), json)
+            })
+            .collect();
+        EscapeJson {
+            eta: self.eta,
+            max_steps: self.max_steps,
+            cap_time: self.cap_time,
+            paths: self.paths,
+            seed: self.seed,
+            substeps: self.substeps,
+            scheme: "em",
+            coupling: self.coupling.to_string(),
+            region,
+            variables: &self.variables,
+            start: &self.start,
+            models,
+            growth_rates: growth,
+        }
+        .serialize(serializer)
+    }
+}
+
+/// [`EscapeReport`]'s JSON, field by field in the contract's order.
+#[derive(Serialize)]
+struct EscapeJson<'a> {
+    eta: f64,
+    max_steps: u64,
+    cap_time: f64,
+    paths: u64,
+    seed: u64,
+    substeps: usize,
+    scheme: &'static str,
+    coupling: String,
+    region: RegionJson<'a>,
+    variables: &'a [String],
+    start: &'a [f64],
+    models: Named<&'a str, ProcessJson<'a>>,
+    growth_rates: Option<GrowthJson<'a>>,
+}
+
+/// The region: `kind`, then `centre` and `radius` for a ball, `expr` otherwise.
+#[derive(Serialize)]
+struct RegionJson<'a> {
+    kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    centre: Option<Option<&'a [f64]>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    radius: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expr: Option<Option<String>>,
+}
+
+/// One process's escape statistics; the outer `Option`s leave a field out.
+#[derive(Serialize)]
+struct ProcessJson<'a> {
+    escaped: u64,
+    censored: u64,
+    diverged: u64,
+    escaped_fraction: Option<f64>,
+    mean_time: Option<f64>,
+    mean_time_stderr: Option<f64>,
+    mean_time_ci: [Option<f64>; 2],
+    mean_restricted: bool,
+    median_time: Option<f64>,
+    quartiles: [Option<f64>; 2],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ks_distance: Option<Option<f64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ks_pvalue: Option<Option<f64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mean_diff: Option<Option<f64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mean_diff_stderr: Option<Option<f64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    growth_rate: Option<Option<f64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    first_divergence: Option<DivergenceJson<'a>>,
+}
+
+#[derive(Serialize)]
+struct DivergenceJson<'a> {
+    path: u64,
+    step: u64,
+    time: f64,
+    reason: &'a str,
+}
+
+#[derive(Serialize)]
+struct GrowthJson<'a> {
+    lambda_min: f64,
+    direction: &'a [f64],
+    per_step: Named<String, Option<f64>>,
 }
 
 impl EscapeReport {
-    /// The JSON form (the contract of `hasme escape --json`): the settings (`eta`,
-    /// `max_steps`, `cap_time`, `paths`, `seed`, `substeps`, `scheme`, `coupling`,
-    /// `region`, `variables`, `start`), `models.PROCESS` for `sgd` and each model with
-    /// `escaped`, `censored`, `diverged`, `escaped_fraction`, `mean_time`,
-    /// `mean_time_stderr`, `mean_time_ci` (`[low, high]`), `mean_restricted`,
-    /// `median_time` and `quartiles` (`[q25, q75]`; `null` where the KM curve never
-    /// drops that far) and, for models, `ks_distance`, `ks_pvalue`, `mean_diff`,
-    /// `mean_diff_stderr`, `growth_rate`; `first_divergence` where one diverged; and
-    /// `growth_rates` (`null` unless the problem is quadratic with constant noise).
-    /// Times are in units of `t = kη`.
-    pub fn to_json(&self) -> Value {
-        let mut models = Map::new();
-        for p in &self.processes {
-            let mut m = Map::new();
-            m.insert("escaped".into(), json!(p.escaped));
-            m.insert("censored".into(), json!(p.censored));
-            m.insert("diverged".into(), json!(p.diverged));
-            m.insert("escaped_fraction".into(), opt(p.escaped_fraction));
-            m.insert("mean_time".into(), opt(p.mean_time));
-            m.insert("mean_time_stderr".into(), opt(p.mean_time_stderr));
-            let ci = p.mean_time_ci();
-            m.insert(
-                "mean_time_ci".into(),
-                json!([opt(ci.map(|c| c[0])), opt(ci.map(|c| c[1]))]),
-            );
-            m.insert("mean_restricted".into(), json!(p.mean_restricted));
-            m.insert("median_time".into(), opt(p.median_time));
-            m.insert(
-                "quartiles".into(),
-                json!([opt(p.quartiles[0]), opt(p.quartiles[1])]),
-            );
-            if p.name != "sgd" {
-                m.insert("ks_distance".into(), opt(p.ks_distance));
-                m.insert("ks_pvalue".into(), opt(p.ks_pvalue));
-                m.insert("mean_diff".into(), opt(p.mean_diff));
-                m.insert("mean_diff_stderr".into(), opt(p.mean_diff_stderr));
-            }
-            if let Some(g) = &self.growth_rates {
-                let rate = g.per_step(&p.name);
-                m.insert("growth_rate".into(), opt(rate));
-            }
-            if let Some(f) = &p.first_divergence {
-                m.insert(
-                    "first_divergence".into(),
-                    json!({"path": f.path, "step": f.step, "time": f.step as f64 * self.eta, "reason": f.reason}),
-                );
-            }
-            models.insert(p.name.clone(), Value::Object(m));
-        }
-        let region = match &self.region {
-            Region::Ball { radius, .. } => json!({
-                "kind": "ball",
-                "centre": self.centre.as_ref().map(|c| c.iter().map(|&v| opt(Some(v))).collect::<Vec<_>>()),
-                "radius": radius,
-            }),
-            Region::When(e) => json!({"kind": "when", "expr": format!("{e} > 0")}),
-            Region::File => json!({"kind": "file", "expr": self.file_region}),
-        };
-        let growth = self.growth_rates.as_ref().map_or(Value::Null, |g| {
-            let mut rates = Map::new();
-            rates.insert("sgd".into(), opt(Some(g.sgd)));
-            for (k, r) in &g.models {
-                rates.insert(
-                    k.to_string(),
-                    r.as_ref().ok().map_or(Value::Null, |&v| opt(Some(v))),
-                );
-            }
-            json!({
-                "lambda_min": opt(Some(g.lambda_min)),
-                "direction": g.direction.iter().map(|&v| opt(Some(v))).collect::<Vec<_>>(),
-                "per_step": rates,
-            })
-        });
-        json!({
-            "eta": self.eta,
-            "max_steps": self.max_steps,
-            "cap_time": self.cap_time,
-            "paths": self.paths,
-            "seed": self.seed,
-            "substeps": self.substeps,
-            "scheme": "em",
-            "coupling": self.coupling.to_string(),
-            "region": region,
-            "variables": self.variables,
-            "start": self.start.iter().map(|&v| opt(Some(v))).collect::<Vec<_>>(),
-            "models": models,
-            "growth_rates": growth,
-        })
-    }
-
     /// The survival curves `Ŝ(t)` of every process, in one plot: a step at every
     /// escape time, marked, on a time axis that ends shortly after every curve has
     /// fallen to 1% (or at the cap).
@@ -1251,13 +1426,17 @@ impl fmt::Display for EscapeReport {
                 mean,
                 fmt_opt(p.median_time),
                 format!("{} {}", fmt_opt(p.quartiles[0]), fmt_opt(p.quartiles[1])),
-                p.ks_distance.map_or("—".into(), |d| format!("{d:.4}")),
-                p.ks_pvalue.map_or("—".into(), |v| format!("{v:.3}")),
+                crate::format::cell(p.ks_distance, crate::format::Style::Fixed(4)),
+                crate::format::cell(p.ks_pvalue, crate::format::Style::Fixed(3)),
                 diff
             )?;
             if let Some(g) = &self.growth_rates {
                 let rate = g.per_step(&p.name);
-                write!(f, " {:>12}", rate.map_or("—".into(), |r| format!("{r:.6}")))?;
+                write!(
+                    f,
+                    " {:>12}",
+                    crate::format::cell(rate, crate::format::Style::Fixed(6))
+                )?;
             }
             writeln!(f)?;
         }
@@ -1331,11 +1510,11 @@ mod tests {
             ),
         ] {
             let steps = 60;
-            let mut e = EscapeConfig::new(eta, steps, 300, Region::ball(radius));
+            let mut e = EscapeConfig::unchecked(eta, steps, 300, Region::ball(radius));
             e.models = models.clone();
             e.substeps = 4;
             e.seed = 11;
-            let mut s = SimConfig::new(eta, steps as f64 * eta, 300);
+            let mut s = SimConfig::unchecked(eta, steps as f64 * eta, 300);
             s.models = models;
             s.substeps = 4;
             s.seed = 11;

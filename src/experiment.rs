@@ -64,8 +64,9 @@
 //! use hasme::models::ModelKind;
 //!
 //! let problem = Problem::from_str("var x = 1\nminimize 0.5*x^2 + cos(x)\nnoise sd 0.5\nobserve x2 = x^2")?;
-//! let mut config = WeakOrderConfig::new(vec![0.2, 0.1], 1.0, 2000);
-//! config.models = vec![ModelKind::Sme1];
+//! let config = WeakOrderConfig::builder(vec![0.2, 0.1], 1.0, 2000)
+//!     .models(vec![ModelKind::Sme1])
+//!     .build()?;
 //! let report = weak_order(&problem, &Overrides::none(), &config)?;
 //! let sme1 = &report.observables[0].models[0];
 //! assert_eq!(sme1.points.len(), 2);
@@ -73,12 +74,14 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+use crate::ErrorKind;
+use crate::format::{Named, Style};
 use crate::models::{Model, ModelKind};
 use crate::plot::{LinePlot, Series, YAxis};
 use crate::problem::{Overrides, Problem, ProblemError};
 use crate::sim::{SchemeKind, SimConfig, SimError, SimResult, simulate_with_progress};
 use crate::stats::Welford;
-use serde_json::{Map, Value, json};
+use serde::Serialize;
 use std::fmt;
 
 /// A point enters the fit only when `|d| > NOISE_FLOOR_SE · se`. Why 3: at 3 standard
@@ -91,7 +94,9 @@ pub const NOISE_FLOOR_SE: f64 = 3.0;
 /// 3-se floor with a margin for its own noise.
 pub const HINT_TARGET_SE: f64 = 4.0;
 
-/// The normal 97.5% quantile (two-sided 95% intervals).
+/// The normal 97.5% quantile (two-sided 95% intervals). A constant rather than
+/// `statrs`' `Normal::inverse_cdf(0.975)`, which is 2.2e−16 (one ulp) below it: that
+/// last bit reaches every interval of the JSON reports, whose bytes are a contract.
 pub const Z975: f64 = 1.959_963_984_540_054;
 
 /// Largest accepted η grid (a guard against typos; 64 halvings span 1e19).
@@ -134,38 +139,51 @@ impl Sweep {
     }
 }
 
-/// What to measure. Build with [`WeakOrderConfig::new`], adjust the public fields;
-/// [`weak_order`] checks everything once before any simulation.
+/// What to measure: built by [`WeakOrderConfig::builder`], which checks every setting
+/// that does not need the problem (defaults on each field below); [`weak_order`]
+/// checks the rest (the observables and the swept param exist) before any simulation.
+///
+/// ```
+/// use hasme::{WeakOrderConfig, WeakOrderError};
+///
+/// let config = WeakOrderConfig::builder(WeakOrderConfig::halving(0.2, 3), 1.0, 1000)
+///     .seed(5)
+///     .build()?;
+/// assert_eq!(config.etas(), [0.2, 0.1, 0.05]);
+/// let err = WeakOrderConfig::builder(vec![0.3], 1.0, 1000).build().unwrap_err();
+/// assert!(err.to_string().starts_with("the horizon 1 is not a positive multiple of η = 0.3"));
+/// # Ok::<(), WeakOrderError>(())
+/// ```
 #[derive(Clone, Debug, PartialEq)]
 pub struct WeakOrderConfig {
     /// The step sizes (each > 0, distinct, the horizon a multiple of each); analysed from
     /// the largest down.
-    pub etas: Vec<f64>,
+    pub(crate) etas: Vec<f64>,
     /// The horizon T.
-    pub horizon: f64,
+    pub(crate) horizon: f64,
     /// Paths per simulation.
-    pub paths: u64,
+    pub(crate) paths: u64,
     /// Models (default: `sme1`, `sme2`, `hasme`, `hasme-exact`, the stochastic ones).
-    pub models: Vec<ModelKind>,
+    pub(crate) models: Vec<ModelKind>,
     /// Observable names (empty: all of the problem's).
-    pub observables: Vec<String>,
+    pub(crate) observables: Vec<String>,
     /// Seed (default 0); every η uses it, so the same paths' noise is reused.
-    pub seed: u64,
+    pub(crate) seed: u64,
     /// SDE substeps per SGD step (default 8).
-    pub substeps: usize,
+    pub(crate) substeps: usize,
     /// Integrator (default Talay–Tubaro).
-    pub scheme: SchemeKind,
+    pub(crate) scheme: SchemeKind,
     /// Worker threads (default 1); the numbers do not depend on it.
-    pub threads: usize,
+    pub(crate) threads: usize,
     /// Rerun with a param varied.
-    pub sweep: Option<Sweep>,
+    pub(crate) sweep: Option<Sweep>,
     /// Rerun every η at the other substep count to check the integration error
     /// (default true; it costs half a run with `m` even).
-    pub integration_check: bool,
+    pub(crate) integration_check: bool,
     /// Finite sums only: paths of each of the two SGD-only runs of the split estimator
     /// (minibatch SGD and its Gaussian surrogate); 0 (the default) means
     /// [`SGD_PATHS_FACTOR`] × `paths`.
-    pub sgd_paths: u64,
+    pub(crate) sgd_paths: u64,
 }
 
 /// Default ratio of SGD-only paths to SDE paths in the split estimator of finite sums:
@@ -174,9 +192,105 @@ pub struct WeakOrderConfig {
 /// the split estimate's standard error is dominated by them.
 pub const SGD_PATHS_FACTOR: u64 = 16;
 
+/// The settings of a weak-order experiment, before they are checked: see
+/// [`WeakOrderConfig`].
+#[derive(Clone, Debug)]
+pub struct WeakOrderConfigBuilder {
+    draft: WeakOrderConfig,
+}
+
+impl WeakOrderConfigBuilder {
+    crate::config::setters! {
+        /// The step sizes (each finite and > 0, distinct, the horizon a multiple of
+        /// each).
+        etas: Vec<f64>,
+        /// The horizon T (finite, > 0).
+        horizon: f64,
+        /// Paths per simulation (≥ 2).
+        paths: u64,
+        /// The models, in this order (at least one, none twice).
+        models: Vec<ModelKind>,
+        /// Observable names (empty: all of the problem's).
+        observables: Vec<String>,
+        /// The seed.
+        seed: u64,
+        /// SDE substeps per SGD step.
+        substeps: usize,
+        /// The integrator.
+        scheme: SchemeKind,
+        /// Worker threads.
+        threads: usize,
+        /// Rerun with a param varied (at least one value).
+        sweep: Option<Sweep>,
+        /// Whether to run the integration check.
+        integration_check: bool,
+        /// Finite sums: paths of each SGD-only run (0: [`SGD_PATHS_FACTOR`] × paths).
+        sgd_paths: u64,
+    }
+
+    /// Checks every setting that does not need the problem (in the order
+    /// [`weak_order`] checks them) and returns the configuration.
+    pub fn build(&self) -> Result<WeakOrderConfig, WeakOrderError> {
+        self.draft.check_settings()?;
+        Ok(self.draft.clone())
+    }
+}
+
 impl WeakOrderConfig {
-    /// A configuration with the defaults listed on each field.
-    pub fn new(etas: Vec<f64>, horizon: f64, paths: u64) -> WeakOrderConfig {
+    /// These settings as a builder, to derive a variant (e.g. another thread count).
+    pub fn to_builder(&self) -> WeakOrderConfigBuilder {
+        WeakOrderConfigBuilder {
+            draft: self.clone(),
+        }
+    }
+
+    /// Settings with the defaults listed on each field, to adjust and then
+    /// [`build`](WeakOrderConfigBuilder::build).
+    pub fn builder(etas: Vec<f64>, horizon: f64, paths: u64) -> WeakOrderConfigBuilder {
+        WeakOrderConfigBuilder {
+            draft: WeakOrderConfig::unchecked(etas, horizon, paths),
+        }
+    }
+
+    crate::config::getters! {
+        /// The horizon T.
+        horizon: f64,
+        /// Paths per simulation.
+        paths: u64,
+        /// The seed.
+        seed: u64,
+        /// SDE substeps per SGD step.
+        substeps: usize,
+        /// The integrator.
+        scheme: SchemeKind,
+        /// Worker threads.
+        threads: usize,
+        /// Whether the integration check runs.
+        integration_check: bool,
+    }
+
+    /// The step sizes (in a report: sorted from the largest down).
+    pub fn etas(&self) -> &[f64] {
+        &self.etas
+    }
+
+    /// The models.
+    pub fn models(&self) -> &[ModelKind] {
+        &self.models
+    }
+
+    /// The observable names asked for (empty: all of the problem's).
+    pub fn observables(&self) -> &[String] {
+        &self.observables
+    }
+
+    /// The swept param and its values, if any.
+    pub fn sweep(&self) -> Option<&Sweep> {
+        self.sweep.as_ref()
+    }
+
+    /// The defaults listed on each field, unchecked ([`weak_order`] checks it).
+    pub(crate) fn unchecked(etas: Vec<f64>, horizon: f64, paths: u64) -> WeakOrderConfig {
         WeakOrderConfig {
             etas,
             horizon,
@@ -253,6 +367,36 @@ impl WeakOrderConfig {
     /// Checks the configuration against the problem; returns the etas sorted from the
     /// largest down.
     fn check(&self, problem: &Problem) -> Result<Vec<f64>, WeakOrderError> {
+        let etas = self.check_settings()?;
+        let bad = |m: String| Err(WeakOrderError::Config(m));
+        for name in &self.observables {
+            if !problem.observable_names().contains(name) {
+                return bad(format!(
+                    "unknown observable `{name}`; the file has: {}",
+                    problem.observable_names().join(", ")
+                ));
+            }
+        }
+        if let Some(sweep) = &self.sweep
+            && !problem.params().iter().any(|(n, _)| n == &sweep.param)
+        {
+            let names: Vec<&str> = problem.params().iter().map(|(n, _)| n.as_str()).collect();
+            return bad(format!(
+                "--sweep: the file has no scalar param `{}` (params: {})",
+                sweep.param,
+                if names.is_empty() {
+                    "none".to_string()
+                } else {
+                    names.join(", ")
+                }
+            ));
+        }
+        Ok(etas)
+    }
+
+    /// The checks that do not need the problem; returns the etas sorted from the
+    /// largest down.
+    fn check_settings(&self) -> Result<Vec<f64>, WeakOrderError> {
         let bad = |m: String| Err(WeakOrderError::Config(m));
         if self.etas.is_empty() {
             return bad("give at least one step size (--etas or --eta-max with --levels)".into());
@@ -303,30 +447,10 @@ impl WeakOrderConfig {
                 return bad(format!("model `{m}` is listed twice"));
             }
         }
-        for name in &self.observables {
-            if !problem.observable_names().contains(name) {
-                return bad(format!(
-                    "unknown observable `{name}`; the file has: {}",
-                    problem.observable_names().join(", ")
-                ));
-            }
-        }
-        if let Some(sweep) = &self.sweep {
-            if sweep.values.is_empty() {
-                return bad(format!("--sweep {}: give at least one value", sweep.param));
-            }
-            if !problem.params().iter().any(|(n, _)| n == &sweep.param) {
-                let names: Vec<&str> = problem.params().iter().map(|(n, _)| n.as_str()).collect();
-                return bad(format!(
-                    "--sweep: the file has no scalar param `{}` (params: {})",
-                    sweep.param,
-                    if names.is_empty() {
-                        "none".to_string()
-                    } else {
-                        names.join(", ")
-                    }
-                ));
-            }
+        if let Some(sweep) = &self.sweep
+            && sweep.values.is_empty()
+        {
+            return bad(format!("--sweep {}: give at least one value", sweep.param));
         }
         Ok(etas)
     }
@@ -335,7 +459,7 @@ impl WeakOrderConfig {
 /// Why the experiment could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum WeakOrderError {
-    /// A setting is invalid (exit status 2).
+    /// A setting is invalid (bad input).
     #[error("{0}")]
     Config(String),
     /// Rebuilding the problem for a sweep value failed.
@@ -359,12 +483,12 @@ pub enum WeakOrderError {
 }
 
 impl WeakOrderError {
-    /// Process exit status: 2 for bad settings or input, 1 for a failure while running.
-    pub fn exit_code(&self) -> i32 {
+    /// Bad settings or input, or a failure while running.
+    pub fn kind(&self) -> ErrorKind {
         match self {
-            WeakOrderError::Config(_) => 2,
-            WeakOrderError::Sweep { source, .. } => source.exit_code(),
-            WeakOrderError::Sim { source, .. } => source.exit_code(),
+            WeakOrderError::Config(_) => ErrorKind::Input,
+            WeakOrderError::Sweep { source, .. } => crate::problem_error_kind(source),
+            WeakOrderError::Sim { source, .. } => source.kind(),
         }
     }
 }
@@ -373,6 +497,11 @@ impl WeakOrderError {
 /// two-sided 95% intervals). Exact table to 3 decimals for 1–30 degrees of freedom;
 /// above, the Cornish–Fisher expansion `z + (z³ + z)/(4ν) + (5z⁵ + 16z³ + 3z)/(96ν²)`,
 /// whose error at ν = 31 is below 2e−4. `dof = 0` has no quantile: infinity.
+///
+/// Kept by hand rather than `statrs`' `StudentsT::inverse_cdf`: the table differs from
+/// the exact quantile by up to 4.7e−4 (its rounding) and the expansion by up to 8.8e−5
+/// (measured over ν ≤ 100 000, and held by a test against `statrs`), and the reported
+/// confidence intervals, whose bytes are a contract, are computed with these values.
 pub fn t975(dof: usize) -> f64 {
     const TABLE: [f64; 30] = [
         12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
@@ -701,98 +830,133 @@ impl ModelAnalysis {
         (!checks.is_empty()).then(|| checks.iter().all(|&b| b))
     }
 
-    fn to_json(&self, check_substeps: Option<usize>) -> Value {
-        let num = |v: Option<f64>| {
-            v.filter(|v| v.is_finite())
-                .map_or(Value::Null, |v| json!(v))
-        };
-        let mut m = Map::new();
-        m.insert("nominal_order".into(), json!(self.nominal_order));
-        m.insert(
-            "etas".into(),
-            json!(self.points.iter().map(|p| p.eta).collect::<Vec<_>>()),
-        );
-        let col = |f: &dyn Fn(&Point) -> Option<f64>| -> Value {
-            Value::Array(self.points.iter().map(|p| num(f(p))).collect())
-        };
-        m.insert("errors".into(), col(&|p| p.error));
-        m.insert("ci_low".into(), col(&|p| p.ci.map(|c| c.0)));
-        m.insert("ci_high".into(), col(&|p| p.ci.map(|c| c.1)));
-        m.insert("signed".into(), col(&|p| p.signed));
-        m.insert("stderr".into(), col(&|p| p.stderr));
-        m.insert(
-            "pairs".into(),
-            json!(self.points.iter().map(|p| p.pairs).collect::<Vec<_>>()),
-        );
-        m.insert("verdict".into(), json!(self.verdict.key()));
-        m.insert("slope".into(), num(self.fit.as_ref().map(|f| f.slope)));
-        m.insert(
-            "slope_ci".into(),
-            self.fit
-                .as_ref()
-                .map_or(Value::Null, |f| json!([f.slope_ci.0, f.slope_ci.1])),
-        );
-        m.insert(
-            "slope_stderr_residual".into(),
-            num(self.fit.as_ref().and_then(|f| f.stderr_residual)),
-        );
-        m.insert(
-            "slope_stderr_propagated".into(),
-            num(self.fit.as_ref().map(|f| f.stderr_propagated)),
-        );
-        m.insert(
-            "intercept".into(),
-            num(self.fit.as_ref().map(|f| f.intercept)),
-        );
-        m.insert(
-            "constant".into(),
-            self.constant.as_ref().map_or(
-                Value::Null,
-                |c| json!({"value": c.value, "order": c.order, "ci": [c.ci.0, c.ci.1]}),
-            ),
-        );
-        m.insert("constant_upper_bound".into(), num(self.constant_bound));
+    /// The JSON form of the analysis (`observables.NAME.MODEL` of the report's JSON),
+    /// with the integration check's substeps when it ran.
+    fn json(&self, check_substeps: Option<usize>) -> AnalysisJson<'_> {
+        let col = |f: &dyn Fn(&Point) -> Option<f64>| self.points.iter().map(f).collect();
+        let fit = self.fit.as_ref();
         let excluded: Vec<&Point> = self
             .points
             .iter()
             .filter(|p| p.excluded.is_some())
             .collect();
-        m.insert(
-            "excluded".into(),
-            json!(excluded.iter().map(|p| p.eta).collect::<Vec<_>>()),
-        );
-        m.insert(
-            "excluded_reasons".into(),
-            Value::Array(
-                excluded
-                    .iter()
-                    .map(|p| json!({"eta": p.eta, "reason": p.excluded}))
-                    .collect(),
-            ),
-        );
-        m.insert(
-            "integration_check".into(),
-            match check_substeps {
-                None => Value::Null,
-                Some(s) => json!({
-                    "substeps": s,
-                    "paths": self.points.iter().find_map(|p| p.integration.as_ref().map(|c| c.paths)),
-                    "estimates": col(&|p| p.integration.as_ref().and_then(|c| c.estimate)),
-                    "deltas": col(&|p| p.integration.as_ref().and_then(|c| c.delta)),
-                    "delta_stderrs": col(&|p| p.integration.as_ref().and_then(|c| c.delta_stderr)),
-                    "negligible": self.points.iter().map(|p| p.integration.as_ref().map(|c| c.negligible)).collect::<Vec<_>>(),
-                    "all_negligible": self.integration_negligible(),
-                }),
-            },
-        );
-        m.insert(
-            "sample_size_hint".into(),
-            self.hint.as_ref().map_or(Value::Null, |h| {
-                json!({"eta": h.eta, "expected_error": num(h.expected_error), "paths": h.paths})
+        AnalysisJson {
+            nominal_order: self.nominal_order,
+            etas: self.points.iter().map(|p| p.eta).collect(),
+            errors: col(&|p| p.error),
+            ci_low: col(&|p| p.ci.map(|c| c.0)),
+            ci_high: col(&|p| p.ci.map(|c| c.1)),
+            signed: col(&|p| p.signed),
+            stderr: col(&|p| p.stderr),
+            pairs: self.points.iter().map(|p| p.pairs).collect(),
+            verdict: self.verdict.key(),
+            slope: fit.map(|f| f.slope),
+            slope_ci: fit.map(|f| [f.slope_ci.0, f.slope_ci.1]),
+            slope_stderr_residual: fit.and_then(|f| f.stderr_residual),
+            slope_stderr_propagated: fit.map(|f| f.stderr_propagated),
+            intercept: fit.map(|f| f.intercept),
+            constant: self.constant.as_ref().map(ConstantJson::from),
+            constant_upper_bound: self.constant_bound,
+            excluded: excluded.iter().map(|p| p.eta).collect(),
+            excluded_reasons: excluded
+                .iter()
+                .map(|p| ExclusionJson {
+                    eta: p.eta,
+                    reason: p.excluded.as_deref(),
+                })
+                .collect(),
+            integration_check: check_substeps.map(|substeps| {
+                fn check(p: &Point) -> Option<&IntegrationCheck> {
+                    p.integration.as_ref()
+                }
+                IntegrationJson {
+                    substeps,
+                    paths: self.points.iter().find_map(|p| check(p).map(|c| c.paths)),
+                    estimates: col(&|p| check(p).and_then(|c| c.estimate)),
+                    deltas: col(&|p| check(p).and_then(|c| c.delta)),
+                    delta_stderrs: col(&|p| check(p).and_then(|c| c.delta_stderr)),
+                    negligible: self
+                        .points
+                        .iter()
+                        .map(|p| check(p).map(|c| c.negligible))
+                        .collect(),
+                    all_negligible: self.integration_negligible(),
+                }
             }),
-        );
-        Value::Object(m)
+            sample_size_hint: self.hint.as_ref().map(|h| HintJson {
+                eta: h.eta,
+                expected_error: h.expected_error,
+                paths: h.paths,
+            }),
+        }
     }
+}
+
+/// [`ModelAnalysis`]'s JSON, field by field in the contract's order (a non-finite
+/// number is `null`).
+#[derive(Serialize)]
+struct AnalysisJson<'a> {
+    nominal_order: u32,
+    etas: Vec<f64>,
+    errors: Vec<Option<f64>>,
+    ci_low: Vec<Option<f64>>,
+    ci_high: Vec<Option<f64>>,
+    signed: Vec<Option<f64>>,
+    stderr: Vec<Option<f64>>,
+    pairs: Vec<Option<u64>>,
+    verdict: &'static str,
+    slope: Option<f64>,
+    slope_ci: Option<[f64; 2]>,
+    slope_stderr_residual: Option<f64>,
+    slope_stderr_propagated: Option<f64>,
+    intercept: Option<f64>,
+    constant: Option<ConstantJson>,
+    constant_upper_bound: Option<f64>,
+    excluded: Vec<f64>,
+    excluded_reasons: Vec<ExclusionJson<'a>>,
+    integration_check: Option<IntegrationJson>,
+    sample_size_hint: Option<HintJson>,
+}
+
+#[derive(Serialize)]
+struct ConstantJson {
+    value: f64,
+    order: u32,
+    ci: [f64; 2],
+}
+
+impl From<&Constant> for ConstantJson {
+    fn from(c: &Constant) -> Self {
+        ConstantJson {
+            value: c.value,
+            order: c.order,
+            ci: [c.ci.0, c.ci.1],
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ExclusionJson<'a> {
+    eta: f64,
+    reason: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct IntegrationJson {
+    substeps: usize,
+    paths: Option<u64>,
+    estimates: Vec<Option<f64>>,
+    deltas: Vec<Option<f64>>,
+    delta_stderrs: Vec<Option<f64>>,
+    negligible: Vec<Option<bool>>,
+    all_negligible: Option<bool>,
+}
+
+#[derive(Serialize)]
+struct HintJson {
+    eta: f64,
+    expected_error: Option<f64>,
+    paths: u64,
 }
 
 /// The analyses of one observable, one per model.
@@ -830,8 +994,21 @@ pub struct WeakOrderReport {
     pub split: bool,
 }
 
-/// Runs the experiment. `overrides` are those `problem` was built with; a sweep rebuilds
-/// the problem from its source with them plus the swept value.
+/// Runs the experiment: `hasme weak-order`. `overrides` are those `problem` was built
+/// with; a sweep rebuilds the problem from its source with them plus the swept value.
+///
+/// ```
+/// use hasme::{ModelKind, Overrides, Problem, WeakOrderConfig, weak_order};
+///
+/// let p = Problem::from_str("var x = 1\nminimize 0.5*x^2 + cos(x)\nnoise sd 0.5")?;
+/// let c = WeakOrderConfig::builder(vec![0.2, 0.1], 0.4, 200)
+///     .models(vec![ModelKind::Hasme])
+///     .integration_check(false)
+///     .build()?;
+/// let r = weak_order(&p, &Overrides::none(), &c)?;
+/// assert_eq!(r.observables[0].models[0].points.len(), 2);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn weak_order(
     problem: &Problem,
     overrides: &Overrides,
@@ -907,7 +1084,7 @@ fn analyse(
                        paths: u64,
                        progress: &(dyn Fn(u64) + Sync)|
      -> Result<SimResult, WeakOrderError> {
-        let mut sim = SimConfig::new(eta, config.horizon, paths);
+        let mut sim = SimConfig::unchecked(eta, config.horizon, paths);
         sim.keep_paths = check_paths;
         sim.models = config.models.clone();
         sim.substeps = substeps;
@@ -926,7 +1103,7 @@ fn analyse(
     // The split estimator's SGD-only runs: E φ of minibatch SGD and of its Gaussian
     // surrogate, on streams independent of the coupled run's (another seed).
     let sgd_only = |eta: f64, gaussian: bool| -> Result<SimResult, WeakOrderError> {
-        let mut sim = SimConfig::new(eta, config.horizon, config.sgd_paths());
+        let mut sim = SimConfig::unchecked(eta, config.horizon, config.sgd_paths());
         sim.models = Vec::new();
         sim.seed = split_seed(config.seed);
         sim.threads = config.threads;
@@ -1101,117 +1278,6 @@ fn last_diff(result: &SimResult, obs: &str, k: usize) -> (Option<f64>, Option<f6
 }
 
 impl WeakOrderReport {
-    /// The JSON form (the contract of `hasme weak-order --json`): settings (`etas`,
-    /// `horizon`, `paths`, `seed`, `substeps`, `scheme`, `coupling`, `models`, `params`,
-    /// `noise_floor_se`), `observables.NAME.MODEL` (see the README), `sweep` (when
-    /// asked), `warnings`.
-    pub fn to_json(&self) -> Value {
-        let c = &self.config;
-        let check = c.integration_check.then(|| c.check_substeps());
-        let mut root = Map::new();
-        root.insert("etas".into(), json!(c.etas));
-        root.insert("horizon".into(), json!(c.horizon));
-        root.insert("paths".into(), json!(c.paths));
-        root.insert("seed".into(), json!(c.seed));
-        root.insert("substeps".into(), json!(c.substeps));
-        root.insert("scheme".into(), json!(c.scheme.to_string()));
-        root.insert("coupling".into(), json!("coupled"));
-        root.insert(
-            "sgd_noise".into(),
-            json!(if self.split { "minibatch" } else { "gaussian" }),
-        );
-        root.insert(
-            "estimator".into(),
-            json!(if self.split { "split" } else { "coupled" }),
-        );
-        if self.split {
-            root.insert("sgd_paths".into(), json!(c.sgd_paths()));
-        }
-        root.insert(
-            "models".into(),
-            json!(c.models.iter().map(|m| m.to_string()).collect::<Vec<_>>()),
-        );
-        root.insert(
-            "params".into(),
-            Value::Object(
-                self.params
-                    .iter()
-                    .map(|(n, v)| (n.clone(), json!(v)))
-                    .collect(),
-            ),
-        );
-        root.insert("noise_floor_se".into(), json!(NOISE_FLOOR_SE));
-        root.insert(
-            "observables".into(),
-            observables_json(&self.observables, check),
-        );
-        if let Some((param, runs)) = &self.sweep {
-            let mut constants = Map::new();
-            let mut constant_ci = Map::new();
-            let mut slopes = Map::new();
-            let mut verdicts = Map::new();
-            let mut bounds = Map::new();
-            for (o, obs) in self.observables.iter().enumerate() {
-                let (mut cm, mut ci, mut sm, mut vm, mut bm) =
-                    (Map::new(), Map::new(), Map::new(), Map::new(), Map::new());
-                for (k, model) in obs.models.iter().enumerate() {
-                    let per = |f: &dyn Fn(&ModelAnalysis) -> Value| -> Value {
-                        Value::Array(
-                            runs.iter()
-                                .map(|r| f(&r.observables[o].models[k]))
-                                .collect(),
-                        )
-                    };
-                    let key = model.model.to_string();
-                    cm.insert(
-                        key.clone(),
-                        per(&|a| a.constant.as_ref().map_or(Value::Null, |c| json!(c.value))),
-                    );
-                    ci.insert(
-                        key.clone(),
-                        per(&|a| {
-                            a.constant
-                                .as_ref()
-                                .map_or(Value::Null, |c| json!([c.ci.0, c.ci.1]))
-                        }),
-                    );
-                    sm.insert(
-                        key.clone(),
-                        per(&|a| a.fit.as_ref().map_or(Value::Null, |f| json!(f.slope))),
-                    );
-                    vm.insert(key.clone(), per(&|a| json!(a.verdict.key())));
-                    bm.insert(
-                        key,
-                        per(&|a| a.constant_bound.map_or(Value::Null, |b| json!(b))),
-                    );
-                }
-                constants.insert(obs.name.clone(), Value::Object(cm));
-                constant_ci.insert(obs.name.clone(), Value::Object(ci));
-                slopes.insert(obs.name.clone(), Value::Object(sm));
-                verdicts.insert(obs.name.clone(), Value::Object(vm));
-                bounds.insert(obs.name.clone(), Value::Object(bm));
-            }
-            root.insert(
-                "sweep".into(),
-                json!({
-                    "param": param,
-                    "values": runs.iter().map(|r| r.value).collect::<Vec<_>>(),
-                    "constants": constants,
-                    "constant_ci": constant_ci,
-                    "slopes": slopes,
-                    "verdicts": verdicts,
-                    "constant_upper_bounds": bounds,
-                    "runs": runs.iter().map(|r| json!({
-                        "value": r.value,
-                        "observables": observables_json(&r.observables, check),
-                    })).collect::<Vec<_>>(),
-                }),
-            );
-        }
-        root.insert("warnings".into(), json!(self.warnings));
-        Value::Object(root)
-    }
-
     /// Whether any model's fit is starved (a sample-size hint is attached).
     pub fn starved(&self) -> bool {
         self.observables
@@ -1284,27 +1350,147 @@ impl WeakOrderReport {
     }
 }
 
-fn observables_json(observables: &[ObservableAnalysis], check: Option<usize>) -> Value {
-    Value::Object(
-        observables
-            .iter()
-            .map(|o| {
-                (
-                    o.name.clone(),
-                    Value::Object(
-                        o.models
-                            .iter()
-                            .map(|m| (m.model.to_string(), m.to_json(check)))
-                            .collect(),
-                    ),
-                )
-            })
-            .collect(),
-    )
+/// The JSON form (the contract of `hasme weak-order --json`): settings (`etas`,
+/// `horizon`, `paths`, `seed`, `substeps`, `scheme`, `coupling`, `sgd_noise`,
+/// `estimator`, `sgd_paths` for a finite sum, `models`, `params`, `noise_floor_se`),
+/// `observables.NAME.MODEL` (see the README), `sweep` (when asked), `warnings`.
+impl Serialize for WeakOrderReport {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let c = &self.config;
+        let check = c.integration_check.then(|| c.check_substeps());
+        let sweep = self.sweep.as_ref().map(|(param, runs)| {
+            // Per observable and model, one entry per swept value.
+            let across = |f: &dyn Fn(&ModelAnalysis) -> SweepValue| -> SweepTable {
+                self.observables
+                    .iter()
+                    .enumerate()
+                    .map(|(o, obs)| {
+                        let per_model = obs.models.iter().enumerate().map(|(k, model)| {
+                            let values = runs
+                                .iter()
+                                .map(|r| f(&r.observables[o].models[k]))
+                                .collect();
+                            (model.model.to_string(), values)
+                        });
+                        (obs.name.clone(), per_model.collect())
+                    })
+                    .collect()
+            };
+            SweepJson {
+                param,
+                values: runs.iter().map(|r| r.value).collect(),
+                constants: across(&|a| SweepValue::Number(a.constant.as_ref().map(|c| c.value))),
+                constant_ci: across(&|a| {
+                    SweepValue::Interval(a.constant.as_ref().map(|c| [c.ci.0, c.ci.1]))
+                }),
+                slopes: across(&|a| SweepValue::Number(a.fit.as_ref().map(|f| f.slope))),
+                verdicts: across(&|a| SweepValue::Verdict(a.verdict.key())),
+                constant_upper_bounds: across(&|a| SweepValue::Number(a.constant_bound)),
+                runs: runs
+                    .iter()
+                    .map(|r| RunJson {
+                        value: r.value,
+                        observables: observables_json(&r.observables, check),
+                    })
+                    .collect(),
+            }
+        });
+        WeakOrderJson {
+            etas: &c.etas,
+            horizon: c.horizon,
+            paths: c.paths,
+            seed: c.seed,
+            substeps: c.substeps,
+            scheme: c.scheme.to_string(),
+            coupling: "coupled",
+            sgd_noise: if self.split { "minibatch" } else { "gaussian" },
+            estimator: if self.split { "split" } else { "coupled" },
+            sgd_paths: self.split.then(|| c.sgd_paths()),
+            models: c.models.iter().map(|m| m.to_string()).collect(),
+            params: self.params.iter().map(|(n, v)| (n.as_str(), *v)).collect(),
+            noise_floor_se: NOISE_FLOOR_SE,
+            observables: observables_json(&self.observables, check),
+            sweep,
+            warnings: &self.warnings,
+        }
+        .serialize(serializer)
+    }
+}
+
+/// [`WeakOrderReport`]'s JSON, field by field in the contract's order.
+#[derive(Serialize)]
+struct WeakOrderJson<'a> {
+    etas: &'a [f64],
+    horizon: f64,
+    paths: u64,
+    seed: u64,
+    substeps: usize,
+    scheme: String,
+    coupling: &'static str,
+    sgd_noise: &'static str,
+    estimator: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sgd_paths: Option<u64>,
+    models: Vec<String>,
+    params: Named<&'a str, f64>,
+    noise_floor_se: f64,
+    observables: ObservablesJson<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sweep: Option<SweepJson<'a>>,
+    warnings: &'a [String],
+}
+
+/// Observable name → model name → analysis.
+type ObservablesJson<'a> = Named<&'a str, Named<String, AnalysisJson<'a>>>;
+
+/// Observable name → model name → one value per swept value.
+type SweepTable = Named<String, Named<String, Vec<SweepValue>>>;
+
+/// One entry of a sweep's summary tables.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum SweepValue {
+    Number(Option<f64>),
+    Interval(Option<[f64; 2]>),
+    Verdict(&'static str),
+}
+
+#[derive(Serialize)]
+struct SweepJson<'a> {
+    param: &'a str,
+    values: Vec<f64>,
+    constants: SweepTable,
+    constant_ci: SweepTable,
+    slopes: SweepTable,
+    verdicts: SweepTable,
+    constant_upper_bounds: SweepTable,
+    runs: Vec<RunJson<'a>>,
+}
+
+#[derive(Serialize)]
+struct RunJson<'a> {
+    value: f64,
+    observables: ObservablesJson<'a>,
+}
+
+fn observables_json(
+    observables: &[ObservableAnalysis],
+    check: Option<usize>,
+) -> ObservablesJson<'_> {
+    observables
+        .iter()
+        .map(|o| {
+            let models = o
+                .models
+                .iter()
+                .map(|m| (m.model.to_string(), m.json(check)));
+            (o.name.as_str(), models.collect())
+        })
+        .collect()
 }
 
 fn fmt_opt(v: Option<f64>) -> String {
-    v.map_or("—".to_string(), |v| format!("{v:.3e}"))
+    crate::format::cell(v, Style::Sci(3))
 }
 
 fn write_analyses(f: &mut fmt::Formatter<'_>, observables: &[ObservableAnalysis]) -> fmt::Result {
@@ -1342,7 +1528,7 @@ fn write_analyses(f: &mut fmt::Formatter<'_>, observables: &[ObservableAnalysis]
                     format!("{}", p.eta),
                     fmt_opt(p.error),
                     ci,
-                    p.stderr.map_or("—".to_string(), |s| format!("{s:.2e}")),
+                    crate::format::cell(p.stderr, Style::Sci(2)),
                     p.integration
                         .as_ref()
                         .map_or("—".to_string(), |c| fmt_opt(c.delta)),
@@ -1479,6 +1665,23 @@ mod tests {
     }
 
     #[test]
+    fn t_quantiles_are_within_their_stated_error_of_statrs() {
+        use statrs::distribution::{ContinuousCDF, Normal, StudentsT};
+        let z = Normal::new(0.0, 1.0).unwrap().inverse_cdf(0.975);
+        // One ulp: the constant is the correctly rounded quantile's neighbour.
+        assert!((z - Z975).abs() <= 2.3e-16, "{z}");
+        for dof in (1..=200).chain([1000, 100_000]) {
+            let exact = StudentsT::new(0.0, 1.0, dof as f64)
+                .unwrap()
+                .inverse_cdf(0.975);
+            // 4.8e−4: the table's rounding to 3 decimals (at most 5e−4); 9e−5: the
+            // expansion's error, largest at ν = 31.
+            let bound = if dof <= 30 { 4.8e-4 } else { 9e-5 };
+            assert!((t975(dof) - exact).abs() < bound, "ν = {dof}: {exact}");
+        }
+    }
+
+    #[test]
     fn t_quantiles_match_the_table_and_the_normal_limit() {
         assert_eq!(t975(1), 12.706);
         assert_eq!(t975(30), 2.042);
@@ -1560,8 +1763,9 @@ mod tests {
         assert_eq!(a.verdict, Verdict::IndistinguishableFromZero);
         assert!(a.fit.is_none() && a.constant.is_none());
         assert_eq!(a.hint.as_ref().unwrap().paths, 50_000);
-        assert!(a.to_json(None)["slope"].is_null());
-        assert_eq!(a.to_json(None)["verdict"], "indistinguishable_from_zero");
+        let json = serde_json::to_value(a.json(None)).unwrap();
+        assert!(json["slope"].is_null());
+        assert_eq!(json["verdict"], "indistinguishable_from_zero");
     }
 
     #[test]

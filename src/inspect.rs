@@ -7,13 +7,13 @@
 //! `noise_kind`, `noise_cov`, `observables` (name → value, in declaration order).
 
 use crate::data::FiniteSumSummary;
+use crate::format::{Named, Style};
 use crate::models::{
     Model, ModelError, ModelKind, ModelOptions, diffusion_series_terms, drift_series_terms,
 };
 use crate::problem::{NoiseKind, Problem, ProblemError, Structure, VectorVar};
 use nalgebra::DMatrix;
 use serde::Serialize;
-use serde_json::{Map, Value};
 use std::fmt;
 
 /// Summary of a checked problem (`hasme check`).
@@ -29,8 +29,8 @@ pub struct CheckSummary {
     pub start: Vec<f64>,
     /// Vector variables (name, first coordinate, length).
     pub vectors: Vec<VectorVar>,
-    /// Params (after overrides).
-    pub params: Map<String, Value>,
+    /// Params (after overrides), by name: scalars, then vectors.
+    pub params: Named<String, ParamValue>,
     /// Noise kind.
     pub noise_kind: NoiseKind,
     /// The finite sum (`mean(DATA, …)` objectives only): table, rows, columns, batch,
@@ -77,15 +77,32 @@ impl CheckSummary {
     }
 }
 
-fn params_map(problem: &Problem) -> Map<String, Value> {
+/// A param's value: a number, or a vector of numbers.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum ParamValue {
+    /// A scalar `param`.
+    Scalar(f64),
+    /// A vector `param`.
+    Vector(Vec<f64>),
+}
+
+impl fmt::Display for ParamValue {
+    /// As in the JSON (`1.0`, `[1.0,2.0]`).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&serde_json::to_string(self).map_err(|_| fmt::Error)?)
+    }
+}
+
+fn params_map(problem: &Problem) -> Named<String, ParamValue> {
     let scalars = problem
         .params()
         .iter()
-        .map(|(n, v)| (n.clone(), Value::from(*v)));
+        .map(|(n, v)| (n.clone(), ParamValue::Scalar(*v)));
     let vectors = problem
         .param_vectors()
         .iter()
-        .map(|(n, v)| (n.clone(), Value::from(v.clone())));
+        .map(|(n, v)| (n.clone(), ParamValue::Vector(v.clone())));
     scalars.chain(vectors).collect()
 }
 
@@ -131,9 +148,8 @@ impl fmt::Display for CheckSummary {
         let params: Vec<String> = self
             .params
             .iter()
-            .map(|(n, v)| match v.as_array() {
-                Some(items) => {
-                    let xs: Vec<f64> = items.iter().filter_map(Value::as_f64).collect();
+            .map(|(n, v)| match v {
+                ParamValue::Vector(xs) => {
                     if xs.windows(2).all(|w| w[0] == w[1]) {
                         format!(
                             "{n}[1..{}] = {}",
@@ -141,7 +157,7 @@ impl fmt::Display for CheckSummary {
                             xs.first().map_or(String::new(), |x| num(*x))
                         )
                     } else if xs.len() <= 6 {
-                        format!("{n} = {}", vector(&xs))
+                        format!("{n} = {}", vector(xs))
                     } else {
                         format!(
                             "{n}[1..{}] = [{}, {}, …, {}]",
@@ -152,7 +168,7 @@ impl fmt::Display for CheckSummary {
                         )
                     }
                 }
-                None => format!("{n} = {}", v.as_f64().map_or(v.to_string(), num)),
+                ParamValue::Scalar(x) => format!("{n} = {}", num(*x)),
             })
             .collect();
         writeln!(
@@ -242,8 +258,8 @@ pub struct DeriveReport {
     pub file: String,
     /// Variable names.
     pub variables: Vec<String>,
-    /// Params (after overrides).
-    pub params: Map<String, Value>,
+    /// Params (after overrides), by name: scalars, then vectors.
+    pub params: Named<String, ParamValue>,
     /// The point.
     pub point: Vec<f64>,
     /// f(x)
@@ -257,16 +273,16 @@ pub struct DeriveReport {
     /// Σ(x), row-major.
     pub noise_cov: Vec<Vec<f64>>,
     /// Observable values by name.
-    pub observables: Map<String, Value>,
+    pub observables: Named<String, f64>,
     /// Step size, when model coefficients were asked for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub eta: Option<f64>,
     /// Model coefficients by model name.
-    #[serde(skip_serializing_if = "Map::is_empty")]
-    pub models: Map<String, Value>,
+    #[serde(skip_serializing_if = "Named::is_empty")]
+    pub models: Named<String, ModelEntry>,
     /// Backward-error series terms, when asked for.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub series: Option<Value>,
+    pub series: Option<SeriesEntry>,
     /// Text blocks appended to the text form (models, series).
     #[serde(skip)]
     pub text_sections: Vec<String>,
@@ -297,10 +313,10 @@ impl DeriveReport {
                 .observable_names()
                 .iter()
                 .zip(&d.observables)
-                .map(|(n, v)| (n.clone(), Value::from(*v)))
+                .map(|(n, v)| (n.clone(), *v))
                 .collect(),
             eta: None,
-            models: Map::new(),
+            models: Named::default(),
             series: None,
             text_sections: Vec::new(),
         })
@@ -315,12 +331,9 @@ pub fn rows(m: &DMatrix<f64>) -> Vec<Vec<f64>> {
 }
 
 /// A number for text output: the shortest exact form when short, else 10 significant
-/// digits in scientific notation.
+/// digits in scientific notation ([`Style::Exact`]).
 pub fn num(v: f64) -> String {
-    // −0 (from negating a zero gradient) reads as a sign error; print it as 0.
-    let v = if v == 0.0 { 0.0 } else { v };
-    let s = format!("{v}");
-    if s.len() <= 12 { s } else { format!("{v:.9e}") }
+    crate::format::num(v, Style::Exact)
 }
 
 /// A vector for text output.
@@ -371,9 +384,19 @@ impl fmt::Display for DeriveReport {
             self.noise_kind
         )?;
         write!(f, "  observables")?;
-        let width = self.observables.keys().map(String::len).max().unwrap_or(0);
-        for (n, v) in &self.observables {
-            let v = v.as_f64().map_or(String::new(), num);
+        let width = self
+            .observables
+            .iter()
+            .map(|(n, _)| n.len())
+            .max()
+            .unwrap_or(0);
+        for (n, v) in self.observables.iter() {
+            // A non-finite value (never produced: evaluation fails first) prints empty.
+            let v = if v.is_finite() {
+                num(*v)
+            } else {
+                String::new()
+            };
             write!(f, "\n    {n:<width$}  {v}")?;
         }
         for s in &self.text_sections {
@@ -381,6 +404,47 @@ impl fmt::Display for DeriveReport {
         }
         Ok(())
     }
+}
+
+/// One model's entry in [`DeriveReport::models`]: its coefficients at the point, or
+/// why it has none.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum ModelEntry {
+    /// The model's drift and diffusion (Γ, row-major).
+    Coefficients {
+        /// The drift.
+        drift: Vec<f64>,
+        /// The diffusion matrix Γ = σσᵀ, row-major.
+        diffusion: Vec<Vec<f64>>,
+        /// The model's weak order.
+        weak_order: u32,
+        /// What was noticed (e.g. a clipped Γ).
+        warnings: Vec<String>,
+    },
+    /// The model failed at this point (e.g. `ηλ_max ≥ 1` for `hasme`).
+    Error {
+        /// The model's error.
+        error: String,
+    },
+}
+
+/// The backward-error series terms in [`DeriveReport::series`], or why they failed.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum SeriesEntry {
+    /// Term k of the drift and diffusion series, k = 0, 1, ….
+    Terms {
+        /// Drift terms `−(ηH)^k g/(k+1)`.
+        drift: Vec<Vec<f64>>,
+        /// Diffusion terms `η 𝒬^k(Σ)/(k+1)`, row-major.
+        diffusion: Vec<Vec<Vec<f64>>>,
+    },
+    /// The series could not be computed.
+    Error {
+        /// The error.
+        error: String,
+    },
 }
 
 /// Which models `derive` adds, for which step size.
@@ -403,14 +467,16 @@ impl DeriveReport {
     /// still computed.
     ///
     /// ```
-    /// use hasme::{Problem, inspect::{DeriveReport, ModelRequest}, models::{ModelKind, ModelOptions}};
+    /// use hasme::{Problem, inspect::{DeriveReport, ModelEntry, ModelRequest}, models::{ModelKind, ModelOptions}};
     /// let p = Problem::from_str("var x = 1\nminimize x^2\nnoise sd 0.5").unwrap();
     /// let mut r = DeriveReport::new(&p, &[1.0]).unwrap();
     /// let req = ModelRequest { eta: 0.1, models: ModelKind::all().to_vec(), series_terms: 2, options: ModelOptions::default() };
     /// let failures = r.add_models(&p, &req).unwrap();
     /// assert!(failures.is_empty());
-    /// let drift = r.models["sme2"]["drift"][0].as_f64().unwrap();
-    /// assert!((drift - (-2.0 - 0.05 * 2.0 * 2.0)).abs() < 1e-12); // −g − (η/2)Hg
+    /// let Some(ModelEntry::Coefficients { drift, .. }) = r.models.get("sme2") else {
+    ///     panic!("sme2 has coefficients at x = 1")
+    /// };
+    /// assert!((drift[0] - (-2.0 - 0.05 * 2.0 * 2.0)).abs() < 1e-12); // −g − (η/2)Hg
     /// ```
     pub fn add_models(
         &mut self,
@@ -433,19 +499,16 @@ impl DeriveReport {
             match kind.coefficients_with(&local, eta, &request.options) {
                 Ok(c) => {
                     let diffusion = rows(&c.diffusion);
-                    let mut entry = Map::new();
-                    entry.insert(
-                        "drift".into(),
-                        Value::from(c.drift.iter().copied().collect::<Vec<f64>>()),
-                    );
-                    entry.insert(
-                        "diffusion".into(),
-                        serde_json::to_value(&diffusion).unwrap_or(Value::Null),
-                    );
-                    entry.insert("weak_order".into(), Value::from(kind.weak_order()));
-                    entry.insert("warnings".into(), Value::from(c.warnings.clone()));
-                    self.models.insert(name.clone(), Value::Object(entry));
                     let drift: Vec<f64> = c.drift.iter().copied().collect();
+                    self.models.0.push((
+                        name.clone(),
+                        ModelEntry::Coefficients {
+                            drift: drift.clone(),
+                            diffusion: diffusion.clone(),
+                            weak_order: kind.weak_order(),
+                            warnings: c.warnings.clone(),
+                        },
+                    ));
                     text.push_str(&format!(
                         "\n    {name:<width$}  drift      {}",
                         vector(&drift)
@@ -461,9 +524,12 @@ impl DeriveReport {
                     }
                 }
                 Err(e) => {
-                    let mut entry = Map::new();
-                    entry.insert("error".into(), Value::from(e.to_string()));
-                    self.models.insert(name.clone(), Value::Object(entry));
+                    self.models.0.push((
+                        name.clone(),
+                        ModelEntry::Error {
+                            error: e.to_string(),
+                        },
+                    ));
                     text.push_str(&format!("\n    {name:<width$}  error: {e}"));
                     failures.push((*kind, e));
                 }
@@ -472,7 +538,7 @@ impl DeriveReport {
         self.text_sections.push(text);
         if request.series_terms > 0 {
             let k = request.series_terms;
-            let series = (|| -> Result<Value, ModelError> {
+            let series = (|| -> Result<SeriesEntry, ModelError> {
                 let drift = drift_series_terms(&local, eta, k)?;
                 let diffusion = diffusion_series_terms(&local, eta, k)?;
                 let mut text = String::from(
@@ -484,15 +550,17 @@ impl DeriveReport {
                     text.push_str(&format!("\n{:13}diffusion  {}", "", matrix(&rows(g), 24)));
                 }
                 self.text_sections.push(text);
-                Ok(serde_json::json!({
-                    "drift": drift.iter().map(|t| t.iter().copied().collect::<Vec<f64>>()).collect::<Vec<_>>(),
-                    "diffusion": diffusion.iter().map(rows).collect::<Vec<_>>(),
-                }))
+                Ok(SeriesEntry::Terms {
+                    drift: drift.iter().map(|t| t.iter().copied().collect()).collect(),
+                    diffusion: diffusion.iter().map(rows).collect(),
+                })
             })();
             match series {
                 Ok(v) => self.series = Some(v),
                 Err(e) => {
-                    self.series = Some(serde_json::json!({ "error": e.to_string() }));
+                    self.series = Some(SeriesEntry::Error {
+                        error: e.to_string(),
+                    });
                     self.text_sections.push(format!("  series  error: {e}"));
                     failures.push((ModelKind::Series(k as u32), e));
                 }

@@ -6,12 +6,15 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
 use hasme::escape::{EscapeConfig, EscapeError, Region, escape_with_progress};
+use hasme::experiment::WeakOrderError;
+use hasme::format::WithFile;
 use hasme::inspect::{CheckSummary, DeriveReport, ModelRequest};
 use hasme::models::{ModelKind, ModelOptions, PsdPolicy};
 use hasme::moments::{self, MomentsConfig, MomentsError};
 use hasme::output::{self, OutputError};
+use hasme::report::ReportError;
 use hasme::sim::{Coupling, SimConfig, SimError, simulate_with_progress};
-use hasme::{Overrides, Problem, ProblemError};
+use hasme::{ErrorKind, Overrides, Problem, ProblemError};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -364,31 +367,45 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(err) => {
-            let code = if let Some(e) = err.downcast_ref::<ProblemError>() {
-                e.exit_code()
-            } else if let Some(e) = err.downcast_ref::<MomentsError>() {
-                e.exit_code()
-            } else if let Some(e) = err.downcast_ref::<OutputError>() {
-                e.exit_code()
-            } else if let Some(e) = err.downcast_ref::<SimError>() {
-                e.exit_code()
-            } else if let Some(e) = err.downcast_ref::<EscapeError>() {
-                e.exit_code()
-            } else if let Some(e) = err.downcast_ref::<hasme::experiment::WeakOrderError>() {
-                e.exit_code()
-            } else if let Some(e) = err.downcast_ref::<hasme::report::ReportError>() {
-                e.exit_code()
-            } else {
-                2
-            };
+            let code = exit_status(&err);
             let text = err.to_string();
             if text.contains(": error: ") {
                 eprintln!("{text}");
             } else {
                 eprintln!("error: {text}");
             }
-            ExitCode::from(code as u8)
+            ExitCode::from(code)
         }
+    }
+}
+
+/// The exit status of a failed command: 2 for bad input (files, syntax, names,
+/// arguments), 1 for a failure while running. Errors that are not the library's (the
+/// argument parser's, the plot's, a write to stdout) count as bad input.
+fn exit_status(err: &anyhow::Error) -> u8 {
+    let kind = if let Some(e) = err.downcast_ref::<ProblemError>() {
+        match e.exit_code() {
+            1 => ErrorKind::Run,
+            _ => ErrorKind::Input,
+        }
+    } else if let Some(e) = err.downcast_ref::<MomentsError>() {
+        e.kind()
+    } else if let Some(e) = err.downcast_ref::<OutputError>() {
+        e.kind()
+    } else if let Some(e) = err.downcast_ref::<SimError>() {
+        e.kind()
+    } else if let Some(e) = err.downcast_ref::<EscapeError>() {
+        e.kind()
+    } else if let Some(e) = err.downcast_ref::<WeakOrderError>() {
+        e.kind()
+    } else if let Some(e) = err.downcast_ref::<ReportError>() {
+        e.kind()
+    } else {
+        ErrorKind::Input
+    };
+    match kind {
+        ErrorKind::Input => 2,
+        ErrorKind::Run => 1,
     }
 }
 
@@ -533,15 +550,17 @@ fn run_report(args: ReportArgs) -> Result<ExitCode> {
             "examples/report.hasme".to_string(),
         ),
     };
-    let mut config = ReportConfig::new(&args.out);
-    config.eta = args.eta;
-    config.quick = args.quick;
-    config.seed = args.seed;
-    config.threads = args
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    config.file_label = Some(label);
-    config.set = args.set.clone();
+    let config = ReportConfig::builder(&args.out)
+        .eta(args.eta)
+        .quick(args.quick)
+        .seed(args.seed)
+        .threads(
+            args.threads
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        )
+        .file_label(Some(label))
+        .set(args.set.clone())
+        .build()?;
     let bars = StageBars {
         quiet: args.quiet,
         bar: std::sync::Mutex::new(None),
@@ -661,28 +680,29 @@ fn run_simulate(args: SimulateArgs) -> Result<ExitCode> {
         output::check_target(path)?;
     }
     let usage = |m: String| ProblemError::Usage(m);
-    let mut config = SimConfig::new(args.eta, args.horizon, args.paths);
-    config.models = parse_models(&args.models)?;
-    config.substeps = args.substeps;
-    config.scheme = args
+    let models = parse_models(&args.models)?;
+    let scheme = args
         .scheme
         .parse()
         .map_err(|m| usage(format!("--scheme: {m}")))?;
-    config.coupling = coupling_of(args.coupling.as_deref(), &problem)?;
-    config.seed = args.run.seed;
-    config.every = args.every;
-    config.threads = args.run.threads();
-    config.batch = args.batch.unwrap_or(0);
-    let progress = PathProgress::stderr(config.paths, args.run.quiet);
+    let coupling = coupling_of(args.coupling.as_deref(), &problem)?;
+    let config = SimConfig::builder(args.eta, args.horizon, args.paths)
+        .models(models)
+        .substeps(args.substeps)
+        .scheme(scheme)
+        .coupling(coupling)
+        .seed(args.run.seed)
+        .every(args.every)
+        .threads(args.run.threads())
+        .batch(args.batch.unwrap_or(0))
+        .build()?;
+    let progress = PathProgress::stderr(config.paths(), args.run.quiet);
     let result = simulate_with_progress(&problem, &config, &|n| progress.inc(n));
     progress.finish();
     let result = result?;
     let text = if args.run.json {
-        let mut value = result.to_json();
-        if let Some(map) = value.as_object_mut() {
-            map.insert("file".into(), args.file.display().to_string().into());
-        }
-        serde_json::to_string_pretty(&value)? + "\n"
+        let file = args.file.display().to_string();
+        serde_json::to_string_pretty(&WithFile::new(&result, &file))? + "\n"
     } else {
         format!("{result}\n")
     };
@@ -718,27 +738,38 @@ fn run_weak_order(args: WeakOrderArgs) -> Result<ExitCode> {
         }
     };
     check_outputs(args.run.out.iter(), args.plot.as_ref())?;
-    let mut config = WeakOrderConfig::new(etas, args.horizon, args.paths);
-    if !args.models.is_empty() {
-        config.models = parse_models(&args.models)?;
-    }
-    config.observables = args
-        .observables
-        .iter()
-        .map(|o| o.trim().to_string())
-        .collect();
-    config.seed = args.run.seed;
-    config.substeps = args.substeps;
-    config.scheme = args
+    let models = if args.models.is_empty() {
+        None
+    } else {
+        Some(parse_models(&args.models)?)
+    };
+    let scheme = args
         .scheme
         .parse()
         .map_err(|m| usage(format!("--scheme: {m}")))?;
-    config.integration_check = !args.no_integration_check;
-    config.sgd_paths = args.sgd_paths.unwrap_or(0);
-    config.threads = args.run.threads();
-    if let Some(sweep) = &args.sweep {
-        config.sweep = Some(Sweep::parse(sweep)?);
+    let sweep = match &args.sweep {
+        Some(sweep) => Some(Sweep::parse(sweep)?),
+        None => None,
+    };
+    let mut config = WeakOrderConfig::builder(etas, args.horizon, args.paths);
+    if let Some(models) = models {
+        config.models(models);
     }
+    let config = config
+        .observables(
+            args.observables
+                .iter()
+                .map(|o| o.trim().to_string())
+                .collect(),
+        )
+        .seed(args.run.seed)
+        .substeps(args.substeps)
+        .scheme(scheme)
+        .integration_check(!args.no_integration_check)
+        .sgd_paths(args.sgd_paths.unwrap_or(0))
+        .threads(args.run.threads())
+        .sweep(sweep)
+        .build()?;
     let progress = PathProgress::stderr(config.total_paths(&problem), args.run.quiet);
     let report = weak_order_with_progress(&problem, &overrides, &config, &|n| progress.inc(n));
     progress.finish();
@@ -748,11 +779,8 @@ fn run_weak_order(args: WeakOrderArgs) -> Result<ExitCode> {
         output::write_atomic(path, svg.as_bytes())?;
     }
     let text = if args.run.json {
-        let mut value = report.to_json();
-        if let Some(map) = value.as_object_mut() {
-            map.insert("file".into(), args.file.display().to_string().into());
-        }
-        serde_json::to_string_pretty(&value)? + "\n"
+        let file = args.file.display().to_string();
+        serde_json::to_string_pretty(&WithFile::new(&report, &file))? + "\n"
     } else {
         format!("{report}")
     };
@@ -801,22 +829,22 @@ fn run_escape(args: EscapeArgs) -> Result<ExitCode> {
         }
     };
     check_outputs(args.run.out.iter(), args.plot.as_ref())?;
-    let mut config = EscapeConfig::new(args.eta, args.max_steps, args.paths, region);
-    config.models = parse_models(&args.models)?;
-    config.substeps = args.substeps;
-    config.coupling = coupling_of(args.coupling.as_deref(), &problem)?;
-    config.seed = args.run.seed;
-    config.threads = args.run.threads();
-    let progress = PathProgress::stderr(config.paths, args.run.quiet);
+    let models = parse_models(&args.models)?;
+    let coupling = coupling_of(args.coupling.as_deref(), &problem)?;
+    let config = EscapeConfig::builder(args.eta, args.max_steps, args.paths, region)
+        .models(models)
+        .substeps(args.substeps)
+        .coupling(coupling)
+        .seed(args.run.seed)
+        .threads(args.run.threads())
+        .build()?;
+    let progress = PathProgress::stderr(config.paths(), args.run.quiet);
     let report = escape_with_progress(&problem, &config, &|n| progress.inc(n));
     progress.finish();
     let report = report?;
     let text = if args.run.json {
-        let mut value = report.to_json();
-        if let Some(map) = value.as_object_mut() {
-            map.insert("file".into(), args.file.display().to_string().into());
-        }
-        serde_json::to_string_pretty(&value)? + "\n"
+        let file = args.file.display().to_string();
+        serde_json::to_string_pretty(&WithFile::new(&report, &file))? + "\n"
     } else {
         format!("{report}")
     };

@@ -67,6 +67,7 @@ use nalgebra::{DMatrix, DVector, SymmetricEigen};
 use serde::Serialize;
 use serde::ser::{SerializeMap, Serializer};
 
+use crate::ErrorKind;
 use crate::models::{
     Local, Model, ModelError, ModelKind, PSD_TOLERANCE, SYMMETRY_TOLERANCE, hasme_exact_gamma,
 };
@@ -150,19 +151,18 @@ fn at_time(time: Option<f64>) -> String {
 }
 
 impl MomentsError {
-    /// Process exit status: 2 for bad input (configuration, a non-quadratic problem,
-    /// invalid matrices, or the problem's own input errors), 1 for a failure while
-    /// running.
-    pub fn exit_code(&self) -> i32 {
+    /// Bad input: the configuration, a non-quadratic problem, invalid matrices, or the
+    /// problem's own input errors; anything else failed while running.
+    pub fn kind(&self) -> ErrorKind {
         match self {
             MomentsError::InvalidConfig(_)
             | MomentsError::NotQuadratic { .. }
-            | MomentsError::InvalidInput(_) => 2,
-            MomentsError::Problem(e) => e.exit_code(),
+            | MomentsError::InvalidInput(_) => ErrorKind::Input,
+            MomentsError::Problem(e) => crate::problem_error_kind(e),
             MomentsError::Model(_)
             | MomentsError::SgdOverflow { .. }
             | MomentsError::Overflow { .. }
-            | MomentsError::Numerical { .. } => 1,
+            | MomentsError::Numerical { .. } => ErrorKind::Run,
         }
     }
 }
@@ -1263,6 +1263,17 @@ impl MomentsReport {
 /// SGD's own moments overflowing. A model that cannot be built or whose moments
 /// overflow is reported as failed in [`MomentsReport::models`] while the others are
 /// still compared.
+///
+/// ```
+/// use hasme::{ModelKind, MomentsConfig, Problem, compare_moments};
+///
+/// let p = Problem::from_str("var x = 1\nminimize 0.5*x^2\nnoise sd 0.1")?;
+/// let c = MomentsConfig::new(0.1, 10)?.with_models([ModelKind::HasmeExact])?;
+/// let r = compare_moments(&p, &c)?;
+/// let exact = r.model(ModelKind::HasmeExact).unwrap().as_ref().unwrap();
+/// assert!(exact.w2.iter().all(|&w| w < 1e-12)); // exact on a quadratic
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn compare(problem: &Problem, config: &MomentsConfig) -> Result<MomentsReport, MomentsError> {
     let mut report = compare_quadratic(&Quadratic::from_problem(problem)?, config)?;
     report.minibatch = problem.finite_sum().is_some();
@@ -1523,23 +1534,7 @@ impl Serialize for MomentsReport {
 /// A number for the text report: plain decimals between 1e−3 and 1e5, else scientific,
 /// six significant digits.
 fn num(x: f64) -> String {
-    if x == 0.0 {
-        return "0".to_string();
-    }
-    if (1e-3..1e5).contains(&x.abs()) {
-        let s = format!(
-            "{:.*}",
-            (5 - x.abs().log10().floor() as i32).max(0) as usize,
-            x
-        );
-        if s.contains('.') {
-            s.trim_end_matches('0').trim_end_matches('.').to_string()
-        } else {
-            s
-        }
-    } else {
-        format!("{x:.5e}")
-    }
+    crate::format::num(x, crate::format::Style::Significant(6))
 }
 
 fn list(v: &DVector<f64>) -> String {
@@ -1705,7 +1700,7 @@ mod tests {
                 .unwrap_err(),
         ] {
             assert!(matches!(e, MomentsError::InvalidConfig(_)), "{e}");
-            assert_eq!(e.exit_code(), 2);
+            assert_eq!(e.kind(), ErrorKind::Input);
         }
     }
 
@@ -1778,7 +1773,7 @@ mod tests {
             panic!("expected an SGD overflow, got {e}");
         };
         assert!((140..300).contains(&step), "{step}");
-        assert_eq!(e.exit_code(), 1);
+        assert_eq!(e.kind(), ErrorKind::Run);
     }
 
     #[test]

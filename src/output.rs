@@ -19,7 +19,7 @@
 //!
 //! let err = write_atomic(dir.join("no-such-dir/table.csv"), b"x").unwrap_err();
 //! assert!(matches!(err, OutputError::MissingDirectory { .. }));
-//! assert_eq!(err.exit_code(), 2);
+//! assert_eq!(err.kind(), hasme::ErrorKind::Input);
 //! # std::fs::remove_dir_all(&dir).unwrap();
 //! # Ok::<(), OutputError>(())
 //! ```
@@ -28,6 +28,8 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::ErrorKind;
 
 /// Why an output file could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -59,12 +61,12 @@ pub enum OutputError {
 }
 
 impl OutputError {
-    /// Process exit status: 2 for a bad path (a bad argument), 1 for a failure while
-    /// writing.
-    pub fn exit_code(&self) -> i32 {
+    /// A bad path is the caller's input; a refusal of the system while writing is a
+    /// failure while running.
+    pub fn kind(&self) -> ErrorKind {
         match self {
-            OutputError::MissingDirectory { .. } | OutputError::BadPath { .. } => 2,
-            OutputError::Io { .. } => 1,
+            OutputError::MissingDirectory { .. } | OutputError::BadPath { .. } => ErrorKind::Input,
+            OutputError::Io { .. } => ErrorKind::Run,
         }
     }
 }
@@ -198,7 +200,7 @@ mod tests {
         let path = dir.join("absent").join("out.svg");
         let err = write_atomic(&path, b"<svg/>").unwrap_err();
         assert!(matches!(err, OutputError::MissingDirectory { .. }), "{err}");
-        assert_eq!(err.exit_code(), 2);
+        assert_eq!(err.kind(), ErrorKind::Input);
         assert!(err.to_string().contains("does not exist"), "{err}");
         assert!(entries(&dir).is_empty());
         fs::remove_dir_all(&dir).unwrap();

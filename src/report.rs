@@ -13,8 +13,10 @@
 //! eigenvalue of `∇²f` at the start point, i.e. half of the `1/(2λ_max)` bound, so that
 //! HA-SME (`ηλ < 1`) stays in its domain while the curvature grows along the path.
 
+use crate::ErrorKind;
 use crate::escape::{self, EscapeConfig, EscapeError, EscapeReport, Region};
 use crate::experiment::{self, WeakOrderConfig, WeakOrderError, WeakOrderReport};
+use crate::format::WithFile;
 use crate::inspect::{CheckSummary, DeriveReport, ModelRequest};
 use crate::models::{ModelKind, ModelOptions, PsdPolicy};
 use crate::moments::{self, MomentsConfig, MomentsError, MomentsReport};
@@ -28,35 +30,117 @@ use std::path::PathBuf;
 /// Largest default step size.
 pub const DEFAULT_ETA_MAX: f64 = 0.1;
 
-/// What a report runs. Build with [`ReportConfig::new`], adjust the public fields;
-/// [`run_report`] checks everything once before starting.
+/// What a report runs: built by [`ReportConfig::builder`], which checks every setting
+/// (defaults on each field below); [`run_report`] checks them again before starting,
+/// since the output directory may have changed since.
+///
+/// ```
+/// use hasme::{ReportConfig, ReportError};
+///
+/// let config = ReportConfig::builder("hasme-report").quick(true).seed(1).build()?;
+/// assert!(config.quick() && config.eta().is_none());
+/// let err = ReportConfig::builder("hasme-report").eta(Some(-1.0)).build().unwrap_err();
+/// assert_eq!(err.to_string(), "--eta must be a finite number > 0, got -1");
+/// # Ok::<(), ReportError>(())
+/// ```
 #[derive(Clone, Debug)]
 pub struct ReportConfig {
     /// The step size η (largest of the weak-order grid); `None`: [`default_eta`].
-    pub eta: Option<f64>,
+    pub(crate) eta: Option<f64>,
     /// Seconds instead of a minute: fewer paths, two η levels, fewer substeps.
-    pub quick: bool,
+    pub(crate) quick: bool,
     /// Seed of every random stream.
-    pub seed: u64,
+    pub(crate) seed: u64,
     /// Worker threads (the numbers do not depend on it).
-    pub threads: usize,
+    pub(crate) threads: usize,
     /// The directory the page and the JSON files are written into.
-    pub out_dir: PathBuf,
+    pub(crate) out_dir: PathBuf,
     /// The file name shown in the reproduce commands (default: the source's name).
-    pub file_label: Option<String>,
+    pub(crate) file_label: Option<String>,
     /// The `--set NAME=VALUE` overrides, for the reproduce commands.
-    pub set: Vec<String>,
+    pub(crate) set: Vec<String>,
+}
+
+/// The settings of a report, before they are checked: see [`ReportConfig`].
+#[derive(Clone, Debug)]
+pub struct ReportConfigBuilder {
+    draft: ReportConfig,
+}
+
+impl ReportConfigBuilder {
+    crate::config::setters! {
+        /// The output directory (not an existing file).
+        out_dir: PathBuf,
+        /// The step size η (finite, > 0); `None`: [`default_eta`].
+        eta: Option<f64>,
+        /// Seconds instead of a minute.
+        quick: bool,
+        /// Seed of every random stream.
+        seed: u64,
+        /// Worker threads (≥ 1).
+        threads: usize,
+        /// The file name shown in the reproduce commands.
+        file_label: Option<String>,
+        /// The `--set NAME=VALUE` overrides, for the reproduce commands.
+        set: Vec<String>,
+    }
+
+    /// Checks every setting and returns the configuration.
+    pub fn build(&self) -> Result<ReportConfig, ReportError> {
+        self.draft.check()?;
+        Ok(self.draft.clone())
+    }
 }
 
 impl ReportConfig {
-    /// The defaults: η chosen from the problem, full mode, seed 0, one thread.
-    pub fn new(out_dir: impl Into<PathBuf>) -> ReportConfig {
+    /// These settings as a builder, to derive a variant (e.g. another thread count).
+    pub fn to_builder(&self) -> ReportConfigBuilder {
+        ReportConfigBuilder {
+            draft: self.clone(),
+        }
+    }
+
+    /// The defaults (η chosen from the problem, full mode, seed 0, one thread), to
+    /// adjust and then [`build`](ReportConfigBuilder::build).
+    pub fn builder(out_dir: impl Into<PathBuf>) -> ReportConfigBuilder {
+        ReportConfigBuilder {
+            draft: ReportConfig::unchecked(out_dir.into()),
+        }
+    }
+
+    crate::config::getters! {
+        /// The step size η, when given.
+        eta: Option<f64>,
+        /// Whether the report is the quick one.
+        quick: bool,
+        /// The seed.
+        seed: u64,
+        /// Worker threads.
+        threads: usize,
+    }
+
+    /// The directory the page and the JSON files are written into.
+    pub fn out_dir(&self) -> &std::path::Path {
+        &self.out_dir
+    }
+
+    /// The file name shown in the reproduce commands, when given.
+    pub fn file_label(&self) -> Option<&str> {
+        self.file_label.as_deref()
+    }
+
+    /// The `--set` overrides shown in the reproduce commands.
+    pub fn set(&self) -> &[String] {
+        &self.set
+    }
+
+    fn unchecked(out_dir: PathBuf) -> ReportConfig {
         ReportConfig {
             eta: None,
             quick: false,
             seed: 0,
             threads: 1,
-            out_dir: out_dir.into(),
+            out_dir,
             file_label: None,
             set: Vec::new(),
         }
@@ -113,16 +197,16 @@ pub enum ReportError {
 }
 
 impl ReportError {
-    /// 2 for bad input, 1 for a failure while running.
-    pub fn exit_code(&self) -> i32 {
+    /// Bad input, or a failure while running: that of the part that failed.
+    pub fn kind(&self) -> ErrorKind {
         match self {
-            ReportError::Config(_) => 2,
-            ReportError::Problem(e) => e.exit_code(),
-            ReportError::Moments(e) => e.exit_code(),
-            ReportError::WeakOrder(e) => e.exit_code(),
-            ReportError::Escape(e) => e.exit_code(),
-            ReportError::Output(e) => e.exit_code(),
-            ReportError::Plot(_) | ReportError::Json(_) => 1,
+            ReportError::Config(_) => ErrorKind::Input,
+            ReportError::Problem(e) => crate::problem_error_kind(e),
+            ReportError::Moments(e) => e.kind(),
+            ReportError::WeakOrder(e) => e.kind(),
+            ReportError::Escape(e) => e.kind(),
+            ReportError::Output(e) => e.kind(),
+            ReportError::Plot(_) | ReportError::Json(_) => ErrorKind::Run,
         }
     }
 }
@@ -213,8 +297,7 @@ pub fn default_eta(problem: &Problem) -> Result<f64, ProblemError> {
 /// ```no_run
 /// use hasme::report::{ReportConfig, Silent, run_report};
 /// let p = hasme::Problem::from_file("examples/report.hasme", &hasme::Overrides::none())?;
-/// let mut c = ReportConfig::new("hasme-report");
-/// c.quick = true;
+/// let c = ReportConfig::builder("hasme-report").quick(true).build()?;
 /// let r = run_report(&p, &hasme::Overrides::none(), &c, &Silent)?;
 /// println!("{}", r.files[0].display());
 /// # Ok::<(), Box<dyn std::error::Error>>(())
@@ -291,7 +374,7 @@ pub fn run_report(
 
     let escape = match &settings.escape {
         Some(ec) => {
-            progress.stage("escape", ec.paths);
+            progress.stage("escape", ec.paths());
             let e = escape::escape_with_progress(problem, ec, &|n| progress.inc(n));
             progress.finish();
             Some(e?)
@@ -368,48 +451,48 @@ fn settings(problem: &Problem, config: &ReportConfig) -> Result<Settings, Report
     // Ten SGD steps at the largest η: long enough for the errors to build up, short
     // enough that the smallest η (8× more steps) stays cheap.
     let levels = if config.quick { 2 } else { 3 };
-    let mut wc = WeakOrderConfig::new(
-        WeakOrderConfig::halving(eta, levels),
-        10.0 * eta,
-        match (config.quick, problem.dim()) {
-            // Above 4 variables every model step costs eigendecompositions of d×d
-            // matrices: 100 paths keep `--quick` to seconds at d = 20.
-            (true, d) if d > 4 => 100,
-            (true, _) => 500,
-            (false, _) => 20_000,
-        },
-    );
-    wc.seed = config.seed;
-    wc.threads = config.threads;
+    let paths = match (config.quick, problem.dim()) {
+        // Above 4 variables every model step costs eigendecompositions of d×d
+        // matrices: 100 paths keep `--quick` to seconds at d = 20.
+        (true, d) if d > 4 => 100,
+        (true, _) => 500,
+        (false, _) => 20_000,
+    };
+    let mut wc = WeakOrderConfig::builder(WeakOrderConfig::halving(eta, levels), 10.0 * eta, paths);
+    wc.seed(config.seed).threads(config.threads);
     if config.quick {
-        wc.models = vec![ModelKind::Sme1, ModelKind::Hasme];
-        wc.substeps = 4;
-        wc.integration_check = false;
+        wc.models(vec![ModelKind::Sme1, ModelKind::Hasme])
+            .substeps(4)
+            .integration_check(false);
     }
-    let escape = problem.escape_region().map(|_| {
-        let mut ec = EscapeConfig::new(
-            eta,
-            if config.quick { 500 } else { 2000 },
-            if config.quick { 100 } else { 1000 },
-            Region::File,
-        );
-        // Noiseless gradient flow never leaves a saddle it starts on: every path would
-        // run to the cap.
-        ec.models = if config.quick {
-            vec![ModelKind::Sme1, ModelKind::Hasme]
-        } else {
-            vec![
-                ModelKind::Sme1,
-                ModelKind::Sme2,
-                ModelKind::Hasme,
-                ModelKind::HasmeExact,
-            ]
-        };
-        ec.substeps = if config.quick { 8 } else { 32 };
-        ec.seed = config.seed;
-        ec.threads = config.threads;
-        ec
-    });
+    let wc = wc.build()?;
+    let escape = match problem.escape_region() {
+        None => None,
+        Some(_) => Some(
+            EscapeConfig::builder(
+                eta,
+                if config.quick { 500 } else { 2000 },
+                if config.quick { 100 } else { 1000 },
+                Region::File,
+            )
+            // Noiseless gradient flow never leaves a saddle it starts on: every path
+            // would run to the cap.
+            .models(if config.quick {
+                vec![ModelKind::Sme1, ModelKind::Hasme]
+            } else {
+                vec![
+                    ModelKind::Sme1,
+                    ModelKind::Sme2,
+                    ModelKind::Hasme,
+                    ModelKind::HasmeExact,
+                ]
+            })
+            .substeps(if config.quick { 8 } else { 32 })
+            .seed(config.seed)
+            .threads(config.threads)
+            .build()?,
+        ),
+    };
     Ok(Settings {
         eta,
         eta_reason,
@@ -521,18 +604,13 @@ pub fn html_escape(s: &str) -> String {
     out
 }
 
-/// A number for the page: 4 significant digits, `—` for none or non-finite.
+/// A number for the page: rounded to 4 decimals (scientific outside [1e−3, 1e5)), `—`
+/// for none or non-finite.
 fn fmt_num(v: Option<f64>) -> String {
-    match v {
-        Some(v) if v.is_finite() => {
-            if v != 0.0 && (v.abs() < 1e-3 || v.abs() >= 1e5) {
-                format!("{v:.3e}")
-            } else {
-                format!("{}", (v * 1e4).round() / 1e4)
-            }
-        }
-        _ => "—".into(),
-    }
+    crate::format::cell(
+        v.filter(|v| v.is_finite()),
+        crate::format::Style::Rounded(4),
+    )
 }
 
 /// The page's sections, in order (their headings).
@@ -547,12 +625,6 @@ pub const SECTIONS: [&str; 5] = [
 impl Report {
     /// The JSON of every part, by file name, as written.
     pub fn parts_json(&self, file: &str) -> Result<Vec<(String, Value)>, ReportError> {
-        let with_file = |mut v: Value| {
-            if let Some(m) = v.as_object_mut() {
-                m.insert("file".into(), file.into());
-            }
-            v
-        };
         let mut out = vec![
             ("check.json".to_string(), serde_json::to_value(&self.check)?),
             (
@@ -565,10 +637,13 @@ impl Report {
         }
         out.push((
             "weak_order.json".into(),
-            with_file(self.weak_order.to_json()),
+            serde_json::to_value(WithFile::new(&self.weak_order, file))?,
         ));
         if let Some(e) = &self.escape {
-            out.push(("escape.json".into(), with_file(e.to_json())));
+            out.push((
+                "escape.json".into(),
+                serde_json::to_value(WithFile::new(e, file))?,
+            ));
         }
         Ok(out)
     }

@@ -20,10 +20,10 @@ fn run(problem: &Problem, config: &EscapeConfig) -> EscapeReport {
     escape(problem, config).unwrap()
 }
 
-fn saddle_config(eta: f64, paths: u64, models: Vec<ModelKind>) -> EscapeConfig {
-    let mut c = EscapeConfig::new(eta, 2000, paths, Region::ball(1.0));
-    c.models = models;
-    c.threads = 2;
+fn saddle_config(eta: f64, paths: u64, models: Vec<ModelKind>) -> hasme::EscapeConfigBuilder {
+    let mut c = EscapeConfig::builder(eta, 2000, paths, Region::ball(1.0));
+    c.models(models);
+    c.threads(2);
     c
 }
 
@@ -37,10 +37,10 @@ fn hasme_escape_times_match_sgd_and_sme1_are_biased() {
     // stays far below what n = 2000 can resolve (standard error of the mean ≈ 1 %).
     let p = saddle(2.0);
     let mut c = saddle_config(0.1, 2000, vec![ModelKind::Hasme, ModelKind::Sme1]);
-    c.coupling = Coupling::Independent;
-    c.substeps = 32;
-    c.seed = 7;
-    let r = run(&p, &c);
+    c.coupling(Coupling::Independent);
+    c.substeps(32);
+    c.seed(7);
+    let r = run(&p, &c.build().unwrap());
     let (sgd, hasme, sme1) = (&r.processes[0], &r.processes[1], &r.processes[2]);
     assert_eq!(
         sgd.escaped, 2000,
@@ -71,7 +71,12 @@ fn coupled_sme1_bias_grows_with_eta_lambda() {
     // η|λ| = 0.1 and 0.3, from the rates log(1 + η|λ|)/η against |λ|).
     let p = saddle(2.0);
     let relative_bias = |eta: f64| {
-        let r = run(&p, &saddle_config(eta, 1000, vec![ModelKind::Sme1]));
+        let r = run(
+            &p,
+            &saddle_config(eta, 1000, vec![ModelKind::Sme1])
+                .build()
+                .unwrap(),
+        );
         let (sgd, sme1) = (&r.processes[0], &r.processes[1]);
         let (d, se) = (sme1.mean_diff.unwrap(), sme1.mean_diff_stderr.unwrap());
         let mean = sgd.mean_time.unwrap();
@@ -89,7 +94,12 @@ fn coupled_sme1_bias_grows_with_eta_lambda() {
 #[test]
 fn exact_growth_rates_accompany_the_quadratic_saddle() {
     let p = saddle(2.0);
-    let r = run(&p, &saddle_config(0.1, 10, ModelKind::all().to_vec()));
+    let r = run(
+        &p,
+        &saddle_config(0.1, 10, ModelKind::all().to_vec())
+            .build()
+            .unwrap(),
+    );
     let g = r.growth_rates.as_ref().unwrap();
     assert_eq!(g.lambda_min, -2.0);
     assert!((g.sgd - 1.2).abs() < 1e-15);
@@ -106,7 +116,7 @@ fn exact_growth_rates_accompany_the_quadratic_saddle() {
         };
         assert!((rate - expected).abs() < 1e-12, "{kind}: {rate}");
     }
-    let json = r.to_json();
+    let json = serde_json::to_value(&r).unwrap();
     assert_eq!(
         json["models"]["hasme"]["growth_rate"],
         serde_json::json!(1.2)
@@ -119,9 +129,9 @@ fn with_a_tiny_cap_survival_is_the_empirical_fraction() {
     // censored at the cap, so the KM curve must be the plain empirical survival.
     let p = saddle(2.0);
     let mut c = saddle_config(0.1, 1000, vec![ModelKind::Sme1]);
-    c.max_steps = 8;
-    c.region = Region::ball(0.05);
-    let r = run(&p, &c);
+    c.max_steps(8);
+    c.region(Region::ball(0.05));
+    let r = run(&p, &c.build().unwrap());
     for proc in &r.processes {
         assert_eq!(proc.escaped + proc.censored, 1000);
         assert!(proc.escaped > 0 && proc.censored > 0, "{}", proc.escaped);
@@ -150,18 +160,20 @@ fn with_a_tiny_cap_survival_is_the_empirical_fraction() {
 fn ball_expression_and_file_statement_give_the_same_times() {
     let ball = run(
         &saddle(2.0),
-        &saddle_config(0.1, 300, vec![ModelKind::Hasme]),
+        &saddle_config(0.1, 300, vec![ModelKind::Hasme])
+            .build()
+            .unwrap(),
     );
     let mut c = saddle_config(0.1, 300, vec![ModelKind::Hasme]);
-    c.region = Region::When("x^2 + y^2 - 1".into());
-    let when = run(&saddle(2.0), &c);
+    c.region(Region::When("x^2 + y^2 - 1".into()));
+    let when = run(&saddle(2.0), &c.build().unwrap());
     let file = Problem::from_str(
         "param kappa = 2\nvar x = 0, y = 0\nminimize 0.5*x^2 - 0.5*kappa*y^2\nnoise sd 0.1\n\
          escape when x^2 + y^2 > 1",
     )
     .unwrap();
-    c.region = Region::File;
-    let stated = run(&file, &c);
+    c.region(Region::File);
+    let stated = run(&file, &c.build().unwrap());
     for (a, b) in ball.processes.iter().zip(&when.processes) {
         assert_eq!(a.survival, b.survival);
     }
@@ -181,20 +193,23 @@ fn the_when_expression_sees_params_lets_and_overrides() {
     )
     .unwrap();
     let mut c = saddle_config(0.1, 100, vec![]);
-    c.region = Region::When("d2 - r^2".into());
-    let when = run(&p, &c);
-    c.region = Region::ball(1.0);
-    let ball = run(&p, &c);
+    c.region(Region::When("d2 - r^2".into()));
+    let when = run(&p, &c.build().unwrap());
+    c.region(Region::ball(1.0));
+    let ball = run(&p, &c.build().unwrap());
     assert_eq!(when.processes[0].survival, ball.processes[0].survival);
     // Unknown names and syntax errors are the user's: exit status 2.
     for bad in ["d3 - 1", "x^^2"] {
-        c.region = Region::When(bad.into());
-        let err = escape(&p, &c).unwrap_err();
-        assert_eq!(err.exit_code(), 2, "{bad}: {err}");
+        c.region(Region::When(bad.into()));
+        let err = escape(&p, &c.build().unwrap()).unwrap_err();
+        assert_eq!(err.kind(), hasme::ErrorKind::Input, "{bad}: {err}");
     }
     // Starting outside the region is a bad setting.
-    c.region = Region::When("1 - x^2".into());
-    assert_eq!(escape(&p, &c).unwrap_err().exit_code(), 2);
+    c.region(Region::When("1 - x^2".into()));
+    assert_eq!(
+        escape(&p, &c.build().unwrap()).unwrap_err().kind(),
+        hasme::ErrorKind::Input
+    );
 }
 
 fn write_file(name: &str, text: &str) -> std::path::PathBuf {
@@ -210,13 +225,13 @@ fn the_numbers_do_not_depend_on_the_threads() {
     // 600 paths: three chunks of 256, the last one partial.
     let p = saddle(2.0);
     let mut c = saddle_config(0.1, 600, vec![ModelKind::Sme2, ModelKind::Hasme]);
-    c.threads = 1;
-    let one = run(&p, &c);
-    c.threads = 3;
-    let three = run(&p, &c);
+    c.threads(1);
+    let one = run(&p, &c.build().unwrap());
+    c.threads(3);
+    let three = run(&p, &c.build().unwrap());
     assert_eq!(one, three);
-    c.seed = 1;
-    assert_ne!(one, run(&p, &c));
+    c.seed(1);
+    assert_ne!(one, run(&p, &c.build().unwrap()));
 }
 
 #[test]
@@ -225,9 +240,9 @@ fn divergence_censors_and_is_reported() {
     // 0; its curve is unidentified beyond t = 0 and its mean is None, never NaN.
     let p = saddle(2.0);
     let mut c = saddle_config(1.5, 50, vec![ModelKind::Hasme]);
-    c.max_steps = 20;
-    c.region = Region::ball(1e6);
-    let r = run(&p, &c);
+    c.max_steps(20);
+    c.region(Region::ball(1e6));
+    let r = run(&p, &c.build().unwrap());
     let h = &r.processes[1];
     assert_eq!(h.diverged, 50);
     assert_eq!(h.mean_time, None);
@@ -240,7 +255,7 @@ fn divergence_censors_and_is_reported() {
             .reason
             .contains("λ_max")
     );
-    let text = r.to_json().to_string();
+    let text = serde_json::to_string(&r).unwrap();
     assert!(!text.contains("NaN"));
 }
 
@@ -248,28 +263,32 @@ fn divergence_censors_and_is_reported() {
 fn bad_settings_are_config_errors() {
     let p = saddle(2.0);
     let ok = saddle_config(0.1, 10, vec![ModelKind::Hasme]);
-    type Edit = Box<dyn Fn(&mut EscapeConfig)>;
+    type Edit = Box<dyn Fn(&mut hasme::EscapeConfigBuilder)>;
     let cases: Vec<Edit> = vec![
-        Box::new(|c| c.eta = 0.0),
-        Box::new(|c| c.eta = f64::NAN),
-        Box::new(|c| c.max_steps = 0),
-        Box::new(|c| c.paths = 0),
-        Box::new(|c| c.substeps = 0),
-        Box::new(|c| c.threads = 0),
-        Box::new(|c| c.region = Region::ball(-1.0)),
-        Box::new(|c| c.region = Region::File),
+        Box::new(|c| _ = c.eta(0.0)),
+        Box::new(|c| _ = c.eta(f64::NAN)),
+        Box::new(|c| _ = c.max_steps(0)),
+        Box::new(|c| _ = c.paths(0)),
+        Box::new(|c| _ = c.substeps(0)),
+        Box::new(|c| _ = c.threads(0)),
+        Box::new(|c| _ = c.region(Region::ball(-1.0))),
+        Box::new(|c| _ = c.region(Region::File)),
         Box::new(|c| {
-            c.region = Region::Ball {
+            c.region(Region::Ball {
                 centre: Some(vec![0.0]),
                 radius: 1.0,
-            }
+            });
         }),
-        Box::new(|c| c.models = vec![ModelKind::Hasme, ModelKind::Hasme]),
+        Box::new(|c| _ = c.models(vec![ModelKind::Hasme, ModelKind::Hasme])),
     ];
     for (i, f) in cases.iter().enumerate() {
         let mut c = ok.clone();
         f(&mut c);
-        let err = escape(&p, &c).unwrap_err();
-        assert_eq!(err.exit_code(), 2, "case {i}: {err}");
+        // Settings are checked when built; what needs the problem, when run.
+        let err = match c.build() {
+            Err(e) => e,
+            Ok(c) => escape(&p, &c).unwrap_err(),
+        };
+        assert_eq!(err.kind(), hasme::ErrorKind::Input, "case {i}: {err}");
     }
 }

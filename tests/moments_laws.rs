@@ -588,7 +588,7 @@ fn overflowing_moments_are_errors_not_infinities() {
     let sde = ou(10.0, 0.0, 1.0);
     let e = sde.moments(&dvector![1.0], 100.0).unwrap_err();
     assert!(e.to_string().contains("overflows f64 at t = 100"), "{e}");
-    assert_eq!(e.exit_code(), 1);
+    assert_eq!(e.kind(), hasme::ErrorKind::Run);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -17,11 +17,12 @@ fn saddle() -> Problem {
 }
 
 fn config(max_steps: u64) -> EscapeConfig {
-    let mut c = EscapeConfig::new(0.1, max_steps, 300, Region::ball(1.0));
-    c.models = vec![ModelKind::Sme1, ModelKind::Hasme];
-    c.substeps = 4;
-    c.threads = 2;
-    c
+    EscapeConfig::builder(0.1, max_steps, 300, Region::ball(1.0))
+        .models(vec![ModelKind::Sme1, ModelKind::Hasme])
+        .substeps(4)
+        .threads(2)
+        .build()
+        .unwrap()
 }
 
 #[test]

@@ -104,12 +104,12 @@ fn every_bundled_example_reports_in_quick_mode() {
         let overrides = Overrides::parse(&set).unwrap();
         let problem = Problem::from_file(&path, &overrides).unwrap();
         let dir = out_dir(&stem);
-        let mut config = ReportConfig::new(&dir);
-        config.quick = true;
-        config.seed = 7;
-        config.threads = 2;
-        config.set = set;
-        let report = run_report(&problem, &overrides, &config, &Silent)
+        let mut config = ReportConfig::builder(&dir);
+        config.quick(true);
+        config.seed(7);
+        config.threads(2);
+        config.set(set);
+        let report = run_report(&problem, &overrides, &config.build().unwrap(), &Silent)
             .unwrap_or_else(|e| panic!("{stem}: {e}"));
         let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
         check_balanced(&html).unwrap_or_else(|e| panic!("{stem}: {e}"));
@@ -158,17 +158,22 @@ fn parts_agree_with_the_standalone_calls() {
             file.trim_start_matches("examples/")
                 .trim_end_matches(".hasme")
         ));
-        let mut config = ReportConfig::new(&dir);
-        config.quick = true;
-        config.seed = 11;
-        config.threads = 2;
-        let report = run_report(&problem, &overrides, &config, &Silent).unwrap();
+        let mut config = ReportConfig::builder(&dir);
+        config.quick(true);
+        config.seed(11);
+        config.threads(2);
+        let report = run_report(&problem, &overrides, &config.build().unwrap(), &Silent).unwrap();
 
         // Standalone, on one thread: same seed, same numbers.
-        let mut wc = report.settings.weak_order.clone();
-        wc.threads = 1;
+        let wc = report
+            .settings
+            .weak_order
+            .to_builder()
+            .threads(1)
+            .build()
+            .unwrap();
         let weak = weak_order(&problem, &overrides, &wc).unwrap();
-        let mut standalone = weak.to_json();
+        let mut standalone = serde_json::to_value(&weak).unwrap();
         standalone["file"] = file.into();
         assert_eq!(
             read_text(&dir, "weak_order.json"),
@@ -184,10 +189,9 @@ fn parts_agree_with_the_standalone_calls() {
         assert!(first.eta > 0.0);
 
         if let Some(ec) = &report.settings.escape {
-            let mut ec = ec.clone();
-            ec.threads = 1;
+            let ec = ec.to_builder().threads(1).build().unwrap();
             let e = escape(&problem, &ec).unwrap();
-            let mut standalone = e.to_json();
+            let mut standalone = serde_json::to_value(&e).unwrap();
             standalone["file"] = file.into();
             assert_eq!(
                 read_text(&dir, "escape.json"),
@@ -246,18 +250,22 @@ fn parts_agree_with_the_standalone_calls() {
 fn file_text_is_escaped_and_bad_eta_is_a_config_error() {
     let problem = Problem::from_str("# <script>alert(1)</script> & co\nvar x = 1\nminimize x^2/2\nnoise sd 0.1\nobserve a_b = x").unwrap();
     let dir = out_dir("escaped");
-    let mut config = ReportConfig::new(&dir);
-    config.quick = true;
-    run_report(&problem, &Overrides::none(), &config, &Silent).unwrap();
+    let mut config = ReportConfig::builder(&dir);
+    config.quick(true);
+    run_report(
+        &problem,
+        &Overrides::none(),
+        &config.build().unwrap(),
+        &Silent,
+    )
+    .unwrap();
     let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
     assert!(!html.contains("<script>"));
     assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt; &amp; co"));
     check_balanced(&html).unwrap();
-    config.eta = Some(-1.0);
-    let err = run_report(&problem, &Overrides::none(), &config, &Silent)
-        .err()
-        .unwrap();
-    assert_eq!(err.exit_code(), 2);
+    config.eta(Some(-1.0));
+    let err = config.build().err().unwrap();
+    assert_eq!(err.kind(), hasme::ErrorKind::Input);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -18,12 +18,12 @@ fn halving_the_substep_moves_means_less_than_their_standard_error() {
     )
     .expect("the example parses");
     let run = |substeps| {
-        let mut c = SimConfig::new(0.1, 2.0, 2000);
-        c.models = vec![ModelKind::Sme2, ModelKind::Hasme];
-        c.substeps = substeps;
-        c.threads = 2;
-        c.seed = 11;
-        simulate(&problem, &c).expect("runs")
+        let mut c = SimConfig::builder(0.1, 2.0, 2000);
+        c.models(vec![ModelKind::Sme2, ModelKind::Hasme]);
+        c.substeps(substeps);
+        c.threads(2);
+        c.seed(11);
+        simulate(&problem, &c.build().unwrap()).expect("runs")
     };
     let (coarse, fine) = (run(8), run(16));
     for (oc, of) in coarse.observables.iter().zip(&fine.observables) {
@@ -52,11 +52,11 @@ fn schemes_show_their_declared_weak_order() {
     let problem = Problem::from_str("var x = 1.5\nminimize 0.5*x^2 + cos(x)\nobserve x = x")
         .expect("valid problem");
     let final_x = |scheme, substeps| {
-        let mut c = SimConfig::new(0.25, 1.0, 1);
-        c.models = vec![ModelKind::Gf];
-        c.scheme = scheme;
-        c.substeps = substeps;
-        let r = simulate(&problem, &c).expect("runs");
+        let mut c = SimConfig::builder(0.25, 1.0, 1);
+        c.models(vec![ModelKind::Gf]);
+        c.scheme(scheme);
+        c.substeps(substeps);
+        let r = simulate(&problem, &c.build().unwrap()).expect("runs");
         r.observables[0].processes[1].mean[4].expect("finite")
     };
     // Reference: TT with h = 0.25/4096, error ~ (6e-5)² ≈ 4e-9 below the smallest

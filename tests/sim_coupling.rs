@@ -24,12 +24,12 @@ fn coupled_differences_have_tiny_standard_errors() {
         Problem::from_str("var x = 1\nminimize 0.5*x^2 + cos(x)\nnoise sd 0.5\nobserve phi = x^2")
             .expect("valid problem");
     let diff_se = |coupling| {
-        let mut c = SimConfig::new(0.025, 1.0, PATHS);
-        c.models = vec![ModelKind::Hasme];
-        c.coupling = coupling;
-        c.threads = 2;
-        c.seed = 4;
-        let r = simulate(&problem, &c).expect("runs");
+        let mut c = SimConfig::builder(0.025, 1.0, PATHS);
+        c.models(vec![ModelKind::Hasme]);
+        c.coupling(coupling);
+        c.threads(2);
+        c.seed(4);
+        let r = simulate(&problem, &c.build().unwrap()).expect("runs");
         let (sgd, s) = (
             &r.observables[0].processes[0],
             &r.observables[0].processes[1],

@@ -11,9 +11,13 @@ use hasme::sim::{SimConfig, SimError, simulate};
 #[test]
 fn step_size_beyond_one_over_lambda_max_diverges_hasme_on_every_path() {
     let problem = Problem::from_str("var x = 1\nminimize 2*x^2\nnoise sd 0.1").unwrap();
-    let mut c = SimConfig::new(0.3, 1.5, 300);
-    c.models = vec![ModelKind::Sme1, ModelKind::Hasme, ModelKind::HasmeExact];
-    let r = simulate(&problem, &c).expect("divergences are results, not errors");
+    let mut c = SimConfig::builder(0.3, 1.5, 300);
+    c.models(vec![
+        ModelKind::Sme1,
+        ModelKind::Hasme,
+        ModelKind::HasmeExact,
+    ]);
+    let r = simulate(&problem, &c.build().unwrap()).expect("divergences are results, not errors");
     assert_eq!(r.diverged, vec![0, 0, 300, 300]);
     assert_eq!(r.pairs, vec![None, Some(300), Some(0), Some(0)]);
     let first = r.first_divergence[2].as_ref().expect("reported");
@@ -35,28 +39,29 @@ fn step_size_beyond_one_over_lambda_max_diverges_hasme_on_every_path() {
         );
         assert!(o.processes[1].mean.iter().all(Option::is_some));
     }
-    let json = serde_json::to_string(&r.to_json()).unwrap();
+    let json = serde_json::to_string(&r).unwrap();
     assert!(!json.contains("NaN"), "{json}");
-    assert_eq!(r.to_json()["diverged"]["hasme"], 300);
-    assert!(r.to_json()["observables"]["x"]["hasme"]["mean"][0].is_null());
+    let value = serde_json::to_value(&r).unwrap();
+    assert_eq!(value["diverged"]["hasme"], 300);
+    assert!(value["observables"]["x"]["hasme"]["mean"][0].is_null());
 }
 
 /// SGD on x⁴/4 with η = 0.5 blows up once |x| > 2 (then |x_{k+1}| ≈ ηx³ grows without
 /// bound): with unit noise some paths get there and some do not.
-fn quartic() -> (Problem, SimConfig) {
+fn quartic() -> (Problem, hasme::SimConfigBuilder) {
     let problem =
         Problem::from_str("var x = 1\nminimize 0.25*x^4\nnoise sd 1.5\nobserve x2 = x^2").unwrap();
-    let mut c = SimConfig::new(0.5, 10.0, 600);
-    c.models = vec![ModelKind::Sme1];
-    c.substeps = 2;
-    c.seed = 9;
+    let mut c = SimConfig::builder(0.5, 10.0, 600);
+    c.models(vec![ModelKind::Sme1]);
+    c.substeps(2);
+    c.seed(9);
     (problem, c)
 }
 
 #[test]
 fn blow_ups_are_counted_and_left_out() {
     let (problem, c) = quartic();
-    let r = simulate(&problem, &c).expect("runs");
+    let r = simulate(&problem, &c.build().unwrap()).expect("runs");
     let n = r.diverged[0];
     assert!(0 < n && n < 600, "{n} of 600 SGD paths diverged");
     let first = r.first_divergence[0].clone().expect("reported");
@@ -69,12 +74,22 @@ fn blow_ups_are_counted_and_left_out() {
     assert_eq!(first.time, first.step as f64 * 0.5);
     // The first divergence is on the smallest path index: the paths before it are clean.
     let mut before = c.clone();
-    before.paths = first.path;
+    before.paths(first.path);
     if first.path > 0 {
-        assert_eq!(simulate(&problem, &before).unwrap().diverged[0], 0);
+        assert_eq!(
+            simulate(&problem, &before.build().unwrap())
+                .unwrap()
+                .diverged[0],
+            0
+        );
     }
-    before.paths = first.path + 1;
-    assert_eq!(simulate(&problem, &before).unwrap().diverged[0], 1);
+    before.paths(first.path + 1);
+    assert_eq!(
+        simulate(&problem, &before.build().unwrap())
+            .unwrap()
+            .diverged[0],
+        1
+    );
     // Survivors' statistics are numbers or null, never NaN (a survivor about to blow
     // up can still overflow a sum of squares: that statistic is null too).
     let sgd = &r.observables[0].processes[0];
@@ -91,8 +106,8 @@ fn blow_ups_are_counted_and_left_out() {
     assert!(pairs <= 600 - n.max(r.diverged[1]));
     // Threads do not change which divergence comes first.
     let mut two = c.clone();
-    two.threads = 2;
-    assert_eq!(simulate(&problem, &two).unwrap(), r);
+    two.threads(2);
+    assert_eq!(simulate(&problem, &two.build().unwrap()).unwrap(), r);
 }
 
 /// Σ(x) = 1 − x stops being a variance once the drift (f = −x pushes x up by η per
@@ -101,11 +116,11 @@ fn blow_ups_are_counted_and_left_out() {
 #[test]
 fn an_invalid_covariance_at_a_reached_point_is_an_error() {
     let problem = Problem::from_str("var x = 0\nminimize -x\nnoise diag [1 - x]").unwrap();
-    let mut c = SimConfig::new(0.1, 3.0, 10);
-    c.models = vec![];
-    let err = simulate(&problem, &c).expect_err("Σ(x) < 0 is reached");
+    let mut c = SimConfig::builder(0.1, 3.0, 10);
+    c.models(vec![]);
+    let err = simulate(&problem, &c.build().unwrap()).expect_err("Σ(x) < 0 is reached");
     assert!(matches!(err, SimError::Problem { path: 0, .. }), "{err}");
-    assert_eq!(err.exit_code(), 1);
+    assert_eq!(err.kind(), hasme::ErrorKind::Run);
     let text = err.to_string();
     assert!(text.starts_with("path 0, step "), "{text}");
     assert!(text.contains("positive semidefinite"), "{text}");
@@ -118,17 +133,27 @@ fn an_invalid_covariance_in_a_block_is_the_same_error() {
     let problem =
         Problem::from_str("var x = 0, y = 0\nminimize -x + y^2\nnoise cov [[1 - x, 0], [0, 1]]")
             .unwrap();
-    let mut c = SimConfig::new(0.1, 3.0, 10);
-    c.models = vec![ModelKind::Hasme];
-    let err = simulate(&problem, &c).expect_err("Σ(x) is not PSD once x > 1");
+    let mut c = SimConfig::builder(0.1, 3.0, 10);
+    c.models(vec![ModelKind::Hasme]);
+    let err = simulate(&problem, &c.build().unwrap()).expect_err("Σ(x) is not PSD once x > 1");
     assert!(matches!(err, SimError::Problem { path: 0, .. }), "{err}");
     let text = err.to_string();
     assert!(text.starts_with("path 0, step "), "{text}");
     assert!(text.contains("positive semidefinite"), "{text}");
     // The same on a path stepped alone (one path: a block of one lane) and on two threads.
-    c.paths = 1;
-    assert_eq!(simulate(&problem, &c).expect_err("same").to_string(), text);
-    c.paths = 10;
-    c.threads = 2;
-    assert_eq!(simulate(&problem, &c).expect_err("same").to_string(), text);
+    c.paths(1);
+    assert_eq!(
+        simulate(&problem, &c.build().unwrap())
+            .expect_err("same")
+            .to_string(),
+        text
+    );
+    c.paths(10);
+    c.threads(2);
+    assert_eq!(
+        simulate(&problem, &c.build().unwrap())
+            .expect_err("same")
+            .to_string(),
+        text
+    );
 }

@@ -65,10 +65,10 @@ fn check(r: &SimResult, process: &str, k: usize, exact: &Gaussian) {
 #[test]
 fn simulated_moments_match_the_exact_ones() {
     let problem = Problem::from_str(PROBLEM).expect("valid problem");
-    let mut config = SimConfig::new(ETA, ETA * STEPS as f64, PATHS);
-    config.threads = 2;
-    config.seed = 20240501;
-    let r = simulate(&problem, &config).expect("simulates");
+    let mut config = SimConfig::builder(ETA, ETA * STEPS as f64, PATHS);
+    config.threads(2);
+    config.seed(20240501);
+    let r = simulate(&problem, &config.build().unwrap()).expect("simulates");
     assert_eq!(r.total_diverged(), 0);
     let q = Quadratic::from_problem(&problem).expect("a quadratic");
     let checked = [2, 5, 10];
@@ -120,12 +120,12 @@ observe yy = w[20]^2",
     )
     .expect("valid problem");
     assert_eq!(problem.dim(), 20);
-    let mut config = SimConfig::new(ETA, 0.5, 1000);
-    config.models = vec![ModelKind::Sme1, ModelKind::HasmeExact];
-    config.threads = 2;
-    config.substeps = 2;
-    config.every = 5;
-    let r = simulate(&problem, &config).expect("simulates");
+    let mut config = SimConfig::builder(ETA, 0.5, 1000);
+    config.models(vec![ModelKind::Sme1, ModelKind::HasmeExact]);
+    config.threads(2);
+    config.substeps(2);
+    config.every(5);
+    let r = simulate(&problem, &config.build().unwrap()).expect("simulates");
     assert_eq!(r.total_diverged(), 0);
     let q = Quadratic::from_problem(&problem).expect("a quadratic");
     let mut sgd = q.sgd(ETA).expect("SGD moments");
@@ -142,7 +142,7 @@ observe yy = w[20]^2",
         }
     };
     check(&r, "sgd", 1, &last(sgd.gaussian()));
-    for kind in &config.models {
+    for kind in config.build().unwrap().models() {
         let sde = q.model_sde(*kind, ETA).expect("linear SDE").sde;
         let exact = sde.moments(q.start(), 0.5).expect("exact moments");
         check(&r, &kind.to_string(), 1, &last(&exact));

@@ -35,12 +35,16 @@ fn model<'a>(r: &'a WeakOrderReport, obs: &str, m: ModelKind) -> &'a ModelAnalys
 /// local slopes; an order-1 model (slope ≈ 0.7 on this grid) is far outside.
 #[test]
 fn order_two_models_have_slope_two_on_a_smooth_objective() {
-    let mut config = WeakOrderConfig::new(vec![0.2, 0.1, 0.05], 1.0, 8000);
-    config.models = vec![ModelKind::Sme2, ModelKind::Hasme, ModelKind::HasmeExact];
-    config.seed = 11;
-    config.threads = 2;
-    config.integration_check = false;
-    let r = run(&cosine(), &config);
+    let mut config = WeakOrderConfig::builder(vec![0.2, 0.1, 0.05], 1.0, 8000);
+    config.models(vec![
+        ModelKind::Sme2,
+        ModelKind::Hasme,
+        ModelKind::HasmeExact,
+    ]);
+    config.seed(11);
+    config.threads(2);
+    config.integration_check(false);
+    let r = run(&cosine(), &config.build().unwrap());
     for m in [ModelKind::Sme2, ModelKind::Hasme, ModelKind::HasmeExact] {
         let a = model(&r, "x2", m);
         assert_eq!(a.verdict, Verdict::Fitted, "{m}");
@@ -64,12 +68,12 @@ fn order_two_models_have_slope_two_on_a_smooth_objective() {
 /// the band [0.85, 1.1] is the pre-asymptotic bias (≤ 0.1 low) plus 5 standard errors.
 #[test]
 fn sme1_has_slope_one() {
-    let mut config = WeakOrderConfig::new(WeakOrderConfig::halving(0.05, 4), 1.0, 1000);
-    config.models = vec![ModelKind::Sme1];
-    config.seed = 3;
-    config.threads = 2;
-    config.integration_check = false;
-    let r = run(&cosine(), &config);
+    let mut config = WeakOrderConfig::builder(WeakOrderConfig::halving(0.05, 4), 1.0, 1000);
+    config.models(vec![ModelKind::Sme1]);
+    config.seed(3);
+    config.threads(2);
+    config.integration_check(false);
+    let r = run(&cosine(), &config.build().unwrap());
     let a = model(&r, "x2", ModelKind::Sme1);
     assert_eq!(a.verdict, Verdict::Fitted);
     let fit = a.fit.as_ref().unwrap();
@@ -88,11 +92,11 @@ fn sme1_has_slope_one() {
 fn hasme_is_indistinguishable_from_zero_on_a_quadratic_while_sme2_is_not() {
     let problem = Problem::from_str("var x = 1\nminimize x^2\nnoise sd 0.5\nobserve x2 = x^2")
         .expect("parses");
-    let mut config = WeakOrderConfig::new(vec![0.2, 0.1, 0.05], 1.0, 4000);
-    config.models = vec![ModelKind::Sme2, ModelKind::Hasme];
-    config.seed = 5;
-    config.threads = 2;
-    let r = run(&problem, &config);
+    let mut config = WeakOrderConfig::builder(vec![0.2, 0.1, 0.05], 1.0, 4000);
+    config.models(vec![ModelKind::Sme2, ModelKind::Hasme]);
+    config.seed(5);
+    config.threads(2);
+    let r = run(&problem, &config.build().unwrap());
     let hasme = model(&r, "x2", ModelKind::Hasme);
     assert_eq!(hasme.verdict, Verdict::IndistinguishableFromZero);
     assert!(hasme.fit.is_none());
@@ -100,7 +104,7 @@ fn hasme_is_indistinguishable_from_zero_on_a_quadratic_while_sme2_is_not() {
         hasme.hint.is_some(),
         "a starved fit carries a sample-size hint"
     );
-    let json = r.to_json();
+    let json = serde_json::to_value(&r).unwrap();
     assert!(json["observables"]["x2"]["hasme"]["slope"].is_null());
     assert_eq!(
         json["observables"]["x2"]["hasme"]["excluded"]
@@ -126,12 +130,12 @@ fn hasme_is_indistinguishable_from_zero_on_a_quadratic_while_sme2_is_not() {
 /// hundreds of standard errors of a coupled estimate at 2000 paths (se ≈ 5e−5).
 #[test]
 fn integration_check_flags_a_coarse_integrator() {
-    let mut config = WeakOrderConfig::new(vec![0.1], 1.0, 2000);
-    config.models = vec![ModelKind::Hasme];
-    config.scheme = SchemeKind::EulerMaruyama;
-    config.substeps = 1;
-    config.threads = 2;
-    let r = run(&cosine(), &config);
+    let mut config = WeakOrderConfig::builder(vec![0.1], 1.0, 2000);
+    config.models(vec![ModelKind::Hasme]);
+    config.scheme(SchemeKind::EulerMaruyama);
+    config.substeps(1);
+    config.threads(2);
+    let r = run(&cosine(), &config.build().unwrap());
     let a = model(&r, "x2", ModelKind::Hasme);
     assert_eq!(a.points[0].integration.as_ref().unwrap().substeps, 2);
     assert_eq!(a.integration_negligible(), Some(false));
@@ -152,14 +156,16 @@ fn integration_check_flags_a_coarse_integrator() {
 #[test]
 fn sweep_sme2_constant_grows_faster_with_curvature_than_hasme() {
     let problem = Problem::from_file("examples/stiff.hasme", &Overrides::none()).unwrap();
-    let mut config = WeakOrderConfig::new(vec![0.1, 0.05], 1.0, 3000);
-    config.models = vec![ModelKind::Sme2, ModelKind::Hasme];
-    config.observables = vec!["energy".into()];
-    config.seed = 2;
-    config.threads = 2;
-    config.integration_check = false;
-    config.sweep = Some(hasme::experiment::Sweep::parse("lambda=1,4,8").unwrap());
-    let r = run(&problem, &config);
+    let mut config = WeakOrderConfig::builder(vec![0.1, 0.05], 1.0, 3000);
+    config.models(vec![ModelKind::Sme2, ModelKind::Hasme]);
+    config.observables(vec!["energy".into()]);
+    config.seed(2);
+    config.threads(2);
+    config.integration_check(false);
+    config.sweep(Some(
+        hasme::experiment::Sweep::parse("lambda=1,4,8").unwrap(),
+    ));
+    let r = run(&problem, &config.build().unwrap());
     let (_, runs) = r.sweep.as_ref().expect("swept");
     let at = |i: usize, m: ModelKind| -> &ModelAnalysis {
         runs[i].observables[0]
@@ -192,7 +198,7 @@ fn sweep_sme2_constant_grows_faster_with_curvature_than_hasme() {
         sme2_growth_low > 2.0 * hasme_growth_high,
         "sme2 grows by ≥ {sme2_growth_low:.3}, hasme by ≤ {hasme_growth_high:.3}"
     );
-    let json = r.to_json();
+    let json = serde_json::to_value(&r).unwrap();
     assert_eq!(json["sweep"]["param"], "lambda");
     assert_eq!(
         json["sweep"]["constants"]["energy"]["sme2"]
@@ -206,53 +212,57 @@ fn sweep_sme2_constant_grows_faster_with_curvature_than_hasme() {
 /// Same seed, 1 or 2 threads: identical reports (the simulator's invariant carries over).
 #[test]
 fn reports_do_not_depend_on_threads() {
-    let mut config = WeakOrderConfig::new(vec![0.2, 0.1], 1.0, 600);
-    config.models = vec![ModelKind::Sme1, ModelKind::Hasme];
-    config.threads = 1;
-    let a = run(&cosine(), &config).to_json();
-    config.threads = 2;
-    let b = run(&cosine(), &config).to_json();
+    let mut config = WeakOrderConfig::builder(vec![0.2, 0.1], 1.0, 600);
+    config.models(vec![ModelKind::Sme1, ModelKind::Hasme]);
+    config.threads(1);
+    let a = serde_json::to_value(run(&cosine(), &config.build().unwrap())).unwrap();
+    config.threads(2);
+    let b = serde_json::to_value(run(&cosine(), &config.build().unwrap())).unwrap();
     assert_eq!(a, b);
 }
 
 #[test]
 fn bad_configurations_are_config_errors() {
     let p = cosine();
-    let cases: Vec<(WeakOrderConfig, &str)> = vec![
+    let cases: Vec<(hasme::WeakOrderConfigBuilder, &str)> = vec![
         (
-            WeakOrderConfig::new(vec![], 1.0, 100),
+            WeakOrderConfig::builder(vec![], 1.0, 100),
             "at least one step size",
         ),
         (
-            WeakOrderConfig::new(vec![0.3], 1.0, 100),
+            WeakOrderConfig::builder(vec![0.3], 1.0, 100),
             "not a positive multiple",
         ),
         (
-            WeakOrderConfig::new(vec![0.1, 0.1], 1.0, 100),
+            WeakOrderConfig::builder(vec![0.1, 0.1], 1.0, 100),
             "listed twice",
         ),
-        (WeakOrderConfig::new(vec![-0.1], 1.0, 100), "> 0"),
-        (WeakOrderConfig::new(vec![0.1], 1.0, 1), "2 paths"),
+        (WeakOrderConfig::builder(vec![-0.1], 1.0, 100), "> 0"),
+        (WeakOrderConfig::builder(vec![0.1], 1.0, 1), "2 paths"),
         (
             {
-                let mut c = WeakOrderConfig::new(vec![0.1], 1.0, 100);
-                c.observables = vec!["nope".into()];
+                let mut c = WeakOrderConfig::builder(vec![0.1], 1.0, 100);
+                c.observables(vec!["nope".into()]);
                 c
             },
             "unknown observable",
         ),
         (
             {
-                let mut c = WeakOrderConfig::new(vec![0.1], 1.0, 100);
-                c.sweep = Some(hasme::experiment::Sweep::parse("lambda=1,2").unwrap());
+                let mut c = WeakOrderConfig::builder(vec![0.1], 1.0, 100);
+                c.sweep(Some(hasme::experiment::Sweep::parse("lambda=1,2").unwrap()));
                 c
             },
             "no scalar param `lambda`",
         ),
     ];
     for (config, want) in cases {
-        let err = weak_order(&p, &Overrides::none(), &config).unwrap_err();
-        assert_eq!(err.exit_code(), 2, "{err}");
+        // Settings are checked when built; what needs the problem, when run.
+        let err = match config.build() {
+            Err(e) => e,
+            Ok(config) => weak_order(&p, &Overrides::none(), &config).unwrap_err(),
+        };
+        assert_eq!(err.kind(), hasme::ErrorKind::Input, "{err}");
         assert!(err.to_string().contains(want), "{err} (wanted {want})");
     }
 }
@@ -266,11 +276,11 @@ fn bad_configurations_are_config_errors() {
 /// (√8 · 0.2 ≈ 0.57 < 1). 40 000 paths, so the subset (5000) is an eighth.
 #[test]
 fn integration_check_pairs_a_subset_of_the_paths() {
-    let mut config = WeakOrderConfig::new(vec![0.1], 1.0, 40_000);
-    config.models = vec![ModelKind::Hasme];
-    config.threads = 2;
-    assert_eq!(config.check_paths(), 5000);
-    let r = run(&cosine(), &config);
+    let mut config = WeakOrderConfig::builder(vec![0.1], 1.0, 40_000);
+    config.models(vec![ModelKind::Hasme]);
+    config.threads(2);
+    assert_eq!(config.build().unwrap().check_paths(), 5000);
+    let r = run(&cosine(), &config.build().unwrap());
     let p = &model(&r, "x2", ModelKind::Hasme).points[0];
     let c = p.integration.as_ref().expect("the check ran");
     assert_eq!((c.paths, c.substeps), (5000, 4));
@@ -280,7 +290,10 @@ fn integration_check_pairs_a_subset_of_the_paths() {
     assert!((c.estimate.unwrap() - (p.signed.unwrap() - delta)).abs() < 1e-15);
     // Fewer paths than the floor: the check runs on all of them.
     assert_eq!(
-        WeakOrderConfig::new(vec![0.1], 1.0, 3000).check_paths(),
+        WeakOrderConfig::builder(vec![0.1], 1.0, 3000)
+            .build()
+            .unwrap()
+            .check_paths(),
         3000
     );
 }

@@ -49,8 +49,9 @@
 //! use hasme::sim::{SimConfig, simulate};
 //!
 //! let problem = Problem::from_str("var x = 1\nminimize 0.5*x^2 + cos(x)\nnoise sd 0.5")?;
-//! let mut config = SimConfig::new(0.1, 1.0, 2000);
-//! config.models = vec![ModelKind::Sme1, ModelKind::Hasme];
+//! let config = SimConfig::builder(0.1, 1.0, 2000)
+//!     .models(vec![ModelKind::Sme1, ModelKind::Hasme])
+//!     .build()?;
 //! let result = simulate(&problem, &config)?;
 //! assert_eq!(result.times.len(), 11);
 //! let x = &result.observables[0]; // default observables: `x`, then `norm2`
@@ -117,7 +118,9 @@ mod vmath;
 
 use std::fmt;
 
-use serde_json::{Map, Value, json};
+use serde::Serialize;
+
+use crate::format::{Named, Style};
 
 use crate::models::ModelKind;
 use crate::problem::{Problem, ProblemError};
@@ -139,50 +142,153 @@ pub const CHUNK_PATHS: u64 = 256;
 /// substeps of a 2-d problem already cost seconds per path).
 pub const MAX_SUBSTEPS: usize = 1 << 20;
 
-/// What to simulate and how. Build with [`SimConfig::new`] (defaults below), adjust the
-/// public fields, and [`simulate`] checks everything once before starting.
+/// What to simulate and how: built by [`SimConfig::builder`], which checks every
+/// setting once (defaults on each field below); read through the getters.
+///
+/// ```
+/// use hasme::{SimConfig, SimError};
+///
+/// let config = SimConfig::builder(0.1, 1.0, 1000).substeps(4).seed(7).build()?;
+/// assert_eq!((config.eta(), config.substeps(), config.seed()), (0.1, 4, 7));
+/// let err = SimConfig::builder(0.1, 0.25, 1000).build().unwrap_err();
+/// assert_eq!(err.to_string(), "the horizon 0.25 is not a multiple of η = 0.1: use 0.2 or 0.30000000000000004");
+/// assert!(matches!(SimConfig::builder(0.1, 1.0, 0).build(), Err(SimError::Config(_))));
+/// # Ok::<(), SimError>(())
+/// ```
 #[derive(Clone, Debug, PartialEq)]
 pub struct SimConfig {
     /// SGD step size η > 0.
-    pub eta: f64,
+    pub(crate) eta: f64,
     /// Horizon T ≥ 0; must be a multiple of η (to 1e−9 relative): the run takes
     /// `N = round(T/η)` steps and reports `Nη`.
-    pub horizon: f64,
+    pub(crate) horizon: f64,
     /// Number of paths (≥ 1).
-    pub paths: u64,
+    pub(crate) paths: u64,
     /// SDE models simulated beside SGD (default: the five named models).
-    pub models: Vec<ModelKind>,
+    pub(crate) models: Vec<ModelKind>,
     /// Substeps `m` per SGD step (default 8): the SDE step is `h = η/m`.
-    pub substeps: usize,
+    pub(crate) substeps: usize,
     /// The integrator (default [`SchemeKind::TalayTubaro`]).
-    pub scheme: SchemeKind,
+    pub(crate) scheme: SchemeKind,
     /// Coupled (default) or independent noise. For a finite sum, SGD draws real
     /// minibatches, which share no Gaussian numbers with the SDEs: such runs are always
     /// independent, and the result says so.
-    pub coupling: Coupling,
+    pub(crate) coupling: Coupling,
     /// The seed (default 0).
-    pub seed: u64,
+    pub(crate) seed: u64,
     /// Save every `K`-th SGD step (default 1); the horizon is always saved.
-    pub every: u64,
+    pub(crate) every: u64,
     /// Worker threads (default 1). Does not change the numbers.
-    pub threads: usize,
+    pub(crate) threads: usize,
     /// Paths handed to the thread pool at a time (default 16 chunks per thread);
     /// bounds memory. Does not change the numbers.
-    pub batch: u64,
+    pub(crate) batch: u64,
     /// For a finite sum: simulate SGD with Gaussian noise of the exact minibatch
     /// covariance, `z ~ N(0, Σ(x))` (the *Gaussian surrogate*), instead of real
     /// minibatches; it is then coupled to the SDEs like any Gaussian SGD. Default
     /// false. No effect on other problems.
-    pub gaussian_sgd: bool,
+    pub(crate) gaussian_sgd: bool,
     /// Keep the values at the horizon of the first `keep_paths` paths, one per path,
     /// observable and process ([`SimResult::kept`], default 0): what a paired
     /// comparison of two runs on the same paths needs. Memory grows with it.
-    pub keep_paths: u64,
+    pub(crate) keep_paths: u64,
+}
+
+/// The settings of a simulation, before they are checked: see [`SimConfig`].
+#[derive(Clone, Debug)]
+pub struct SimConfigBuilder {
+    draft: SimConfig,
+}
+
+impl SimConfigBuilder {
+    crate::config::setters! {
+        /// SGD step size η (finite, > 0).
+        eta: f64,
+        /// The horizon T (finite, ≥ 0, a multiple of η).
+        horizon: f64,
+        /// Number of paths (≥ 1).
+        paths: u64,
+        /// SDE models simulated beside SGD, in this order (no model twice).
+        models: Vec<ModelKind>,
+        /// Substeps per SGD step, between 1 and [`MAX_SUBSTEPS`].
+        substeps: usize,
+        /// The integrator.
+        scheme: SchemeKind,
+        /// Coupled or independent noise.
+        coupling: Coupling,
+        /// The seed.
+        seed: u64,
+        /// Save every `K`-th SGD step (K ≥ 1).
+        every: u64,
+        /// Worker threads (≥ 1).
+        threads: usize,
+        /// Paths handed to the thread pool at a time (0: the default).
+        batch: u64,
+        /// For a finite sum: simulate the Gaussian surrogate of minibatch SGD.
+        gaussian_sgd: bool,
+        /// Keep the horizon values of the first `keep_paths` paths.
+        keep_paths: u64,
+    }
+
+    /// Checks every setting (in the order of the fields, the same checks as
+    /// [`simulate`] makes) and returns the configuration.
+    pub fn build(&self) -> Result<SimConfig, SimError> {
+        self.draft.plan()?;
+        Ok(self.draft.clone())
+    }
 }
 
 impl SimConfig {
-    /// A configuration with the defaults listed on each field.
-    pub fn new(eta: f64, horizon: f64, paths: u64) -> SimConfig {
+    /// These settings as a builder, to derive a variant (e.g. another thread count).
+    pub fn to_builder(&self) -> SimConfigBuilder {
+        SimConfigBuilder {
+            draft: self.clone(),
+        }
+    }
+
+    /// Settings with the defaults listed on each field, to adjust and then
+    /// [`build`](SimConfigBuilder::build).
+    pub fn builder(eta: f64, horizon: f64, paths: u64) -> SimConfigBuilder {
+        SimConfigBuilder {
+            draft: SimConfig::unchecked(eta, horizon, paths),
+        }
+    }
+
+    crate::config::getters! {
+        /// SGD step size η.
+        eta: f64,
+        /// The horizon T.
+        horizon: f64,
+        /// Number of paths.
+        paths: u64,
+        /// Substeps per SGD step.
+        substeps: usize,
+        /// The integrator.
+        scheme: SchemeKind,
+        /// The coupling asked for.
+        coupling: Coupling,
+        /// The seed.
+        seed: u64,
+        /// The save interval K.
+        every: u64,
+        /// Worker threads.
+        threads: usize,
+        /// Paths handed to the thread pool at a time (0: the default).
+        batch: u64,
+        /// Whether a finite sum's SGD is its Gaussian surrogate.
+        gaussian_sgd: bool,
+        /// Paths whose horizon values are kept.
+        keep_paths: u64,
+    }
+
+    /// SDE models simulated beside SGD.
+    pub fn models(&self) -> &[ModelKind] {
+        &self.models
+    }
+
+    /// The defaults listed on each field, unchecked: the crate's own analyses start
+    /// from it and [`simulate`] checks it.
+    pub(crate) fn unchecked(eta: f64, horizon: f64, paths: u64) -> SimConfig {
         SimConfig {
             eta,
             horizon,
@@ -242,8 +348,9 @@ impl SimConfig {
     }
 }
 
-/// Where and why a process first diverged.
-#[derive(Clone, Debug, PartialEq)]
+/// Where and why a process first diverged. Its JSON form lists the fields in this order
+/// (a non-finite coordinate of `point` as `null`).
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Divergence {
     /// The path index.
     pub path: u64,
@@ -345,13 +452,13 @@ pub struct SimResult {
 /// Why a simulation could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {
-    /// A setting is invalid (exit status 2).
+    /// A setting is invalid (bad input).
     #[error("{0}")]
     Config(String),
     /// The problem cannot be evaluated at its start point.
     #[error("at the start point: {0}")]
     Start(ProblemError),
-    /// Σ(x) is not a covariance at a point a path reached (exit status 1).
+    /// Σ(x) is not a covariance at a point a path reached (a failure while running).
     #[error("path {path}, step {step} (t = {time}): {source}")]
     Problem {
         /// The path index.
@@ -374,17 +481,31 @@ pub enum SimError {
 }
 
 impl SimError {
-    /// Process exit status: 2 for bad settings or input, 1 for a failure while running.
-    pub fn exit_code(&self) -> i32 {
+    /// Bad settings or input, or a failure while running.
+    pub fn kind(&self) -> crate::ErrorKind {
         match self {
-            SimError::Config(_) => 2,
-            SimError::Start(e) => e.exit_code(),
-            SimError::Problem { .. } | SimError::Threads { .. } => 1,
+            SimError::Config(_) => crate::ErrorKind::Input,
+            SimError::Start(e) => crate::problem_error_kind(e),
+            SimError::Problem { .. } | SimError::Threads { .. } => crate::ErrorKind::Run,
         }
     }
 }
 
-/// Runs the simulation.
+/// Runs the simulation: `hasme simulate`. Divergences are counted in the result, not
+/// errors; the text form is what the command prints, the JSON form (`serde`) what it
+/// prints with `--json` (less the `file` field).
+///
+/// ```
+/// use hasme::{ModelKind, Problem, SimConfig, simulate};
+///
+/// let p = Problem::from_str("var x = 1\nminimize x^2\nnoise sd 0.1")?;
+/// let c = SimConfig::builder(0.1, 0.5, 200).models(vec![ModelKind::Hasme]).build()?;
+/// let r = simulate(&p, &c)?;
+/// assert_eq!((r.steps, r.total_diverged()), (5, 0));
+/// assert!(format!("{r}").starts_with("200 paths, η = 0.1"));
+/// assert_eq!(serde_json::to_value(&r)?["models"], serde_json::json!(["hasme"]));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn simulate(problem: &Problem, config: &SimConfig) -> Result<SimResult, SimError> {
     simulate_with_progress(problem, config, &|_| {})
 }
@@ -874,81 +995,7 @@ fn finish<S>(plan: &Saver<'_, S>, total: ChunkStats) -> SimResult {
     }
 }
 
-fn opt(x: Option<f64>) -> Value {
-    x.map_or(Value::Null, |v| json!(v))
-}
-
-fn opts(xs: &[Option<f64>]) -> Value {
-    Value::Array(xs.iter().map(|&x| opt(x)).collect())
-}
-
 impl SimResult {
-    /// The JSON form (the contract of `hasme simulate --json`): `times`, `paths`,
-    /// `seed`, `eta`, `horizon`, `steps`, `every`, `scheme`, `substeps`, `coupling`,
-    /// `models`, `observables.NAME.PROCESS.{mean, stderr, variance}` and, for models,
-    /// `.diff_mean`/`.diff_stderr` (lists aligned with `times`, `null` where no path
-    /// survived), `diverged.PROCESS`, `pairs.MODEL`, and `first_divergence.PROCESS`
-    /// (`path`, `step`, `time`, `point`, `reason`) for each process that diverged.
-    pub fn to_json(&self) -> Value {
-        let mut observables = Map::new();
-        for o in &self.observables {
-            let mut per = Map::new();
-            for s in &o.processes {
-                let mut m = Map::new();
-                m.insert("mean".into(), opts(&s.mean));
-                m.insert("stderr".into(), opts(&s.stderr));
-                m.insert("variance".into(), opts(&s.variance));
-                if let (Some(dm), Some(ds)) = (&s.diff_mean, &s.diff_stderr) {
-                    m.insert("diff_mean".into(), opts(dm));
-                    m.insert("diff_stderr".into(), opts(ds));
-                }
-                per.insert(s.name.clone(), Value::Object(m));
-            }
-            observables.insert(o.name.clone(), Value::Object(per));
-        }
-        let mut diverged = Map::new();
-        let mut pairs = Map::new();
-        let mut first = Map::new();
-        for (p, name) in self.processes.iter().enumerate() {
-            diverged.insert(name.clone(), json!(self.diverged[p]));
-            if let Some(n) = self.pairs[p] {
-                pairs.insert(name.clone(), json!(n));
-            }
-            if let Some(f) = &self.first_divergence[p] {
-                first.insert(
-                    name.clone(),
-                    json!({
-                        "path": f.path,
-                        "step": f.step,
-                        "time": f.time,
-                        "point": f.point.iter().map(|&v| opt(Some(v).filter(|v| v.is_finite()))).collect::<Vec<_>>(),
-                        "reason": f.reason,
-                    }),
-                );
-            }
-        }
-        json!({
-            "times": self.times,
-            "paths": self.paths,
-            "seed": self.seed,
-            "eta": self.eta,
-            "horizon": self.horizon,
-            "steps": self.steps,
-            "every": self.every,
-            "scheme": self.scheme.to_string(),
-            "weak_order": self.scheme.weak_order(),
-            "substeps": self.substeps,
-            "coupling": self.coupling.to_string(),
-            "sgd_noise": self.sgd_noise,
-            "models": self.processes[1..],
-            "variables": self.variables,
-            "observables": observables,
-            "diverged": diverged,
-            "pairs": pairs,
-            "first_divergence": first,
-        })
-    }
-
     /// Total divergences over all processes.
     pub fn total_diverged(&self) -> u64 {
         self.diverged.iter().sum()
@@ -965,8 +1012,108 @@ impl SimResult {
     }
 }
 
+/// The JSON form (the contract of `hasme simulate --json`): `times`, `paths`, `seed`,
+/// `eta`, `horizon`, `steps`, `every`, `scheme`, `weak_order`, `substeps`, `coupling`,
+/// `sgd_noise`, `models`, `variables`, `observables.NAME.PROCESS.{mean, stderr,
+/// variance}` and, for models, `.diff_mean`/`.diff_stderr` (lists aligned with
+/// `times`, `null` where no path survived), `diverged.PROCESS`, `pairs.MODEL`, and
+/// `first_divergence.PROCESS` (`path`, `step`, `time`, `point`, `reason`) for each
+/// process that diverged.
+impl Serialize for SimResult {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let names = self.processes.iter().map(String::as_str);
+        SimJson {
+            times: &self.times,
+            paths: self.paths,
+            seed: self.seed,
+            eta: self.eta,
+            horizon: self.horizon,
+            steps: self.steps,
+            every: self.every,
+            scheme: self.scheme.to_string(),
+            weak_order: self.scheme.weak_order(),
+            substeps: self.substeps,
+            coupling: self.coupling.to_string(),
+            sgd_noise: self.sgd_noise,
+            models: &self.processes[1..],
+            variables: &self.variables,
+            observables: self
+                .observables
+                .iter()
+                .map(|o| {
+                    let per = o
+                        .processes
+                        .iter()
+                        .map(|s| (s.name.as_str(), SeriesJson::from(s)));
+                    (o.name.as_str(), per.collect())
+                })
+                .collect(),
+            diverged: names.clone().zip(self.diverged.iter().copied()).collect(),
+            pairs: names
+                .clone()
+                .zip(&self.pairs)
+                .filter_map(|(n, p)| p.map(|p| (n, p)))
+                .collect(),
+            first_divergence: names
+                .zip(&self.first_divergence)
+                .filter_map(|(n, d)| d.as_ref().map(|d| (n, d)))
+                .collect(),
+        }
+        .serialize(serializer)
+    }
+}
+
+/// [`SimResult`]'s JSON, field by field in the contract's order.
+#[derive(Serialize)]
+struct SimJson<'a> {
+    times: &'a [f64],
+    paths: u64,
+    seed: u64,
+    eta: f64,
+    horizon: f64,
+    steps: u64,
+    every: u64,
+    scheme: String,
+    weak_order: u32,
+    substeps: usize,
+    coupling: String,
+    sgd_noise: &'a str,
+    models: &'a [String],
+    variables: &'a [String],
+    observables: Named<&'a str, Named<&'a str, SeriesJson<'a>>>,
+    diverged: Named<&'a str, u64>,
+    pairs: Named<&'a str, u64>,
+    first_divergence: Named<&'a str, &'a Divergence>,
+}
+
+/// One process's statistics for one observable; the differences for models only.
+#[derive(Serialize)]
+struct SeriesJson<'a> {
+    mean: &'a [Option<f64>],
+    stderr: &'a [Option<f64>],
+    variance: &'a [Option<f64>],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    diff_mean: Option<&'a [Option<f64>]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    diff_stderr: Option<&'a [Option<f64>]>,
+}
+
+impl<'a> From<&'a Series> for SeriesJson<'a> {
+    fn from(s: &'a Series) -> Self {
+        // Both differences or neither, as the simulator fills them.
+        let both = s.diff_mean.is_some() && s.diff_stderr.is_some();
+        SeriesJson {
+            mean: &s.mean,
+            stderr: &s.stderr,
+            variance: &s.variance,
+            diff_mean: s.diff_mean.as_deref().filter(|_| both),
+            diff_stderr: s.diff_stderr.as_deref().filter(|_| both),
+        }
+    }
+}
+
 fn cell(x: Option<f64>) -> String {
-    x.map_or("—".to_string(), |v| format!("{v:.6e}"))
+    crate::format::cell(x, Style::Sci(6))
 }
 
 impl fmt::Display for SimResult {
@@ -1049,46 +1196,45 @@ mod tests {
 
     #[test]
     fn horizons_must_be_multiples_of_eta() {
-        let c = SimConfig::new(0.1, 0.3, 10);
+        let c = SimConfig::builder(0.1, 0.3, 10).build().unwrap();
         assert_eq!(c.plan().unwrap().0, 3);
-        let c = SimConfig::new(0.1, 0.35, 10);
-        let e = c.plan().unwrap_err();
+        let e = SimConfig::builder(0.1, 0.35, 10).build().unwrap_err();
         assert!(
             e.to_string().contains("use 0.30000000000000004 or 0.4")
                 || e.to_string().contains("0.4"),
             "{e}"
         );
-        assert_eq!(e.exit_code(), 2);
+        assert_eq!(e.kind(), crate::ErrorKind::Input);
     }
 
     #[test]
     fn saved_steps_include_the_horizon() {
-        let mut c = SimConfig::new(0.1, 1.0, 10);
+        let mut c = SimConfig::unchecked(0.1, 1.0, 10);
         c.every = 3;
         assert_eq!(c.plan().unwrap().1, vec![0, 3, 6, 9, 10]);
         c.every = 20;
         assert_eq!(c.plan().unwrap().1, vec![0, 10]);
-        let c = SimConfig::new(0.1, 0.0, 10);
+        let c = SimConfig::unchecked(0.1, 0.0, 10);
         assert_eq!(c.plan().unwrap().1, vec![0]);
     }
 
     #[test]
     fn bad_settings_are_config_errors() {
-        let base = SimConfig::new(0.1, 1.0, 10);
-        let cases: [fn(&mut SimConfig); 8] = [
-            |c| c.eta = -1.0,
-            |c| c.eta = f64::NAN,
-            |c| c.horizon = f64::INFINITY,
-            |c| c.paths = 0,
-            |c| c.substeps = 0,
-            |c| c.every = 0,
-            |c| c.threads = 0,
-            |c| c.models = vec![ModelKind::Gf, ModelKind::Gf],
+        let base = SimConfig::builder(0.1, 1.0, 10);
+        let cases: [fn(&mut SimConfigBuilder); 8] = [
+            |c| c.draft.eta = -1.0,
+            |c| c.draft.eta = f64::NAN,
+            |c| c.draft.horizon = f64::INFINITY,
+            |c| c.draft.paths = 0,
+            |c| _ = c.substeps(0),
+            |c| _ = c.every(0),
+            |c| _ = c.threads(0),
+            |c| _ = c.models(vec![ModelKind::Gf, ModelKind::Gf]),
         ];
         for f in cases {
             let mut c = base.clone();
             f(&mut c);
-            assert!(matches!(c.plan(), Err(SimError::Config(_))), "{c:?}");
+            assert!(matches!(c.build(), Err(SimError::Config(_))), "{c:?}");
         }
     }
 
