@@ -4,7 +4,7 @@
 //! For each path `p = 0, 1, …, paths − 1`, SGD and every model start at the problem's
 //! start point and run on the coupled noise of [`crate::sim`] (SGD step `k` and the SDE
 //! substeps on `[kη, (k+1)η]` share the Gaussian draws of the path's own ChaCha8
-//! stream, [`crate::sim::brownian`]). The *escape time* of a process is `kη` for the
+//! stream, [`crate::sim::BrownianPath`]). The *escape time* of a process is `kη` for the
 //! first `k ≥ 1` at which its state is outside the region ([`Region`]): a ball
 //! `‖x − c‖ > r`, or `g(x) > 0` for an expression `g`. The SDEs are integrated with
 //! substeps but looked at only at grid times, so SGD and the models are compared on the
@@ -181,7 +181,7 @@ impl EscapeConfigBuilder {
         region: Region,
         /// Models simulated beside SGD, in this order (no model twice).
         models: Vec<ModelKind>,
-        /// Euler–Maruyama substeps per SGD step, between 1 and [`MAX_SUBSTEPS`].
+        /// Euler–Maruyama substeps per SGD step, between 1 and [`crate::sim::MAX_SUBSTEPS`].
         substeps: usize,
         /// Coupled or independent noise.
         coupling: Coupling,
@@ -320,7 +320,7 @@ impl EscapeError {
     pub fn kind(&self) -> crate::ErrorKind {
         match self {
             EscapeError::Config(_) => crate::ErrorKind::Input,
-            EscapeError::Problem(e) => crate::problem_error_kind(e),
+            EscapeError::Problem(e) => e.kind(),
             EscapeError::Run { .. } | EscapeError::Threads { .. } => crate::ErrorKind::Run,
         }
     }

@@ -487,7 +487,7 @@ impl WeakOrderError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             WeakOrderError::Config(_) => ErrorKind::Input,
-            WeakOrderError::Sweep { source, .. } => crate::problem_error_kind(source),
+            WeakOrderError::Sweep { source, .. } => source.kind(),
             WeakOrderError::Sim { source, .. } => source.kind(),
         }
     }

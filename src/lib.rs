@@ -101,13 +101,3 @@ pub enum ErrorKind {
     /// value, a model outside its domain, a file the system refused to write).
     Run,
 }
-
-/// The kind of a [`ProblemError`], read from its exit status until the problem module
-/// says its kind itself.
-pub(crate) fn problem_error_kind(e: &ProblemError) -> ErrorKind {
-    if e.exit_code() == 2 {
-        ErrorKind::Input
-    } else {
-        ErrorKind::Run
-    }
-}

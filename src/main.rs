@@ -384,10 +384,7 @@ fn main() -> ExitCode {
 /// argument parser's, the plot's, a write to stdout) count as bad input.
 fn exit_status(err: &anyhow::Error) -> u8 {
     let kind = if let Some(e) = err.downcast_ref::<ProblemError>() {
-        match e.exit_code() {
-            1 => ErrorKind::Run,
-            _ => ErrorKind::Input,
-        }
+        e.kind()
     } else if let Some(e) = err.downcast_ref::<MomentsError>() {
         e.kind()
     } else if let Some(e) = err.downcast_ref::<OutputError>() {

@@ -158,7 +158,7 @@ impl MomentsError {
             MomentsError::InvalidConfig(_)
             | MomentsError::NotQuadratic { .. }
             | MomentsError::InvalidInput(_) => ErrorKind::Input,
-            MomentsError::Problem(e) => crate::problem_error_kind(e),
+            MomentsError::Problem(e) => e.kind(),
             MomentsError::Model(_)
             | MomentsError::SgdOverflow { .. }
             | MomentsError::Overflow { .. }

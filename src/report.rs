@@ -201,7 +201,7 @@ impl ReportError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             ReportError::Config(_) => ErrorKind::Input,
-            ReportError::Problem(e) => crate::problem_error_kind(e),
+            ReportError::Problem(e) => e.kind(),
             ReportError::Moments(e) => e.kind(),
             ReportError::WeakOrder(e) => e.kind(),
             ReportError::Escape(e) => e.kind(),

@@ -7,7 +7,7 @@ use hasme::lang::ast::Sampling;
 use hasme::problem::NoiseKind;
 use hasme::sim::minibatch::MinibatchSampler;
 use hasme::tape::{Jets, Workspace};
-use hasme::{Overrides, Problem, ProblemError};
+use hasme::{ErrorKind, Overrides, Problem, ProblemError};
 use proptest::prelude::*;
 
 /// Logistic regression written in the language: rows (x1, x2, y) with y = ±1,
@@ -335,7 +335,7 @@ fn check_error_in(
     message: &str,
 ) -> hasme::lang::Diagnostic {
     let e = r.expect_err(text);
-    assert_eq!(e.exit_code(), 2, "{text}: {e}");
+    assert_eq!(e.kind(), ErrorKind::Input, "{text}: {e}");
     let ProblemError::Check(d) = e else {
         panic!("{text}: expected a check error, got {e:?}");
     };
@@ -554,7 +554,7 @@ fn evaluation_errors_name_the_example() {
     let e = p
         .objective_derivatives(&[1.0])
         .expect_err("log of a negative");
-    assert_eq!(e.exit_code(), 1);
+    assert_eq!(e.kind(), ErrorKind::Run);
     let ProblemError::Eval(d) = e else {
         panic!("{e:?}")
     };

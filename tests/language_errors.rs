@@ -7,7 +7,7 @@
 use hasme::lang::ast::{BinOp, NodeKind};
 use hasme::lang::parse::MAX_NESTING;
 use hasme::lang::{Diagnostic, Source, parse_expr};
-use hasme::{Overrides, Problem, ProblemError};
+use hasme::{ErrorKind, Overrides, Problem, ProblemError};
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::sample::select;
@@ -86,14 +86,22 @@ fn expect_error(text: &str, kind: Kind, line: usize, column: usize, message: &st
         "position for:\n{text}\n{e}"
     );
     assert_rendered(d, text);
-    assert_eq!(e.exit_code(), 2, "input errors exit with status 2");
+    assert_eq!(
+        e.kind(),
+        ErrorKind::Input,
+        "input errors exit with status 2"
+    );
     d.clone()
 }
 
 /// The Eval error of a failed evaluation (exit status 1).
 fn eval_error(r: Result<impl std::fmt::Debug, ProblemError>) -> Diagnostic {
     let e = r.expect_err("expected an evaluation error");
-    assert_eq!(e.exit_code(), 1, "evaluation failures exit with status 1");
+    assert_eq!(
+        e.kind(),
+        ErrorKind::Run,
+        "evaluation failures exit with status 1"
+    );
     match e {
         ProblemError::Eval(d) => *d,
         other => panic!("expected an evaluation error, got {other:?}"),
@@ -104,7 +112,11 @@ fn eval_error(r: Result<impl std::fmt::Debug, ProblemError>) -> Diagnostic {
 fn usage_error(r: Result<impl std::fmt::Debug, ProblemError>) -> String {
     match r {
         Err(e @ ProblemError::Usage(_)) => {
-            assert_eq!(e.exit_code(), 2, "usage errors exit with status 2");
+            assert_eq!(
+                e.kind(),
+                ErrorKind::Input,
+                "usage errors exit with status 2"
+            );
             e.to_string()
         }
         other => panic!("expected a usage error, got {other:?}"),
@@ -447,10 +459,10 @@ fn invalid_utf8_is_an_error_with_its_position() {
         matches!(&e, ProblemError::Syntax(d) if (d.line, d.column) == (2, 14)),
         "{e:?}"
     );
-    assert_eq!(e.exit_code(), 2);
+    assert_eq!(e.kind(), ErrorKind::Input);
     let e = Problem::from_file(dir.join("missing.hasme"), &Overrides::none()).expect_err("no file");
     assert!(matches!(e, ProblemError::Io { .. }), "{e:?}");
-    assert_eq!(e.exit_code(), 2);
+    assert_eq!(e.kind(), ErrorKind::Input);
     std::fs::remove_dir_all(&dir).expect("clean up");
 }
 
@@ -1095,7 +1107,7 @@ fn overflow_in_a_default_observable_names_it() {
 }
 
 #[test]
-fn exit_codes() {
+fn error_kinds() {
     let syntax = Problem::from_str("var x\nminimize x *").expect_err("syntax");
     let check = Problem::from_str("var x\nminimize y").expect_err("check");
     let usage = Overrides::parse(&["a"]).expect_err("usage");
@@ -1104,13 +1116,13 @@ fn exit_codes() {
     assert!(matches!(syntax, ProblemError::Syntax(_)));
     assert!(matches!(check, ProblemError::Check(_)));
     assert_eq!(
+        [syntax.kind(), check.kind(), usage.kind(), eval.kind()],
         [
-            syntax.exit_code(),
-            check.exit_code(),
-            usage.exit_code(),
-            eval.exit_code()
-        ],
-        [2, 2, 2, 1]
+            ErrorKind::Input,
+            ErrorKind::Input,
+            ErrorKind::Input,
+            ErrorKind::Run
+        ]
     );
 }
 

@@ -27,6 +27,7 @@ pub use check::{Degree, UNROLL_BUDGET};
 pub use eval::{NoiseBuffers, min_eigenvalue_if_negative};
 pub use expression::Expression;
 
+use crate::ErrorKind;
 use crate::data::FiniteSum;
 use crate::lang::{Diagnostic, Source, Span, parse};
 use crate::models::ModelError;
@@ -83,11 +84,13 @@ pub enum ProblemError {
 }
 
 impl ProblemError {
-    /// Process exit status: 2 for bad input, 1 for a failure while running.
-    pub fn exit_code(&self) -> i32 {
+    /// Whether the input was wrong ([`ErrorKind::Input`]: the file, its syntax or
+    /// meaning, a command-line value) or the evaluation failed at a point
+    /// ([`ErrorKind::Run`]).
+    pub fn kind(&self) -> ErrorKind {
         match self {
-            ProblemError::Eval(_) | ProblemError::Model(_) => 1,
-            _ => 2,
+            ProblemError::Eval(_) | ProblemError::Model(_) => ErrorKind::Run,
+            _ => ErrorKind::Input,
         }
     }
 }

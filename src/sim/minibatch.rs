@@ -3,7 +3,7 @@
 //!
 //! **Random stream.** Step `k` of path `p` of a run with seed `S` draws its minibatch
 //! from the ChaCha8 keystream with key `S` (little-endian in bytes 0–7) and byte 8 set
-//! to 1 (the Brownian paths of [`super::brownian`] use byte 8 = 0, so the two never share
+//! to 1 (the Brownian paths of [`super::BrownianPath`] use byte 8 = 0, so the two never share
 //! a word), stream id `p`, starting at word `k · 2³⁶`. A draw is thus a function of
 //! (seed, path, step) alone: nothing depends on the thread that runs the path, on how
 //! paths are grouped or interleaved, or on earlier draws, so results are bit-identical on

@@ -7,10 +7,10 @@
 //!   with Σ factored at every step when it depends on x; for a finite sum, real
 //!   minibatch SGD instead ([`minibatch`]: uncoupled, since it draws no Gaussian
 //!   numbers), or with [`SimConfig::gaussian_sgd`] its Gaussian surrogate;
-//! * each model `dX = b(X) dt + σ(X) dW` ([`terms`]), integrated by a [`Scheme`] with
+//! * each model `dX = b(X) dt + σ(X) dW` ([`Term`]), integrated by a [`Scheme`] with
 //!   `m` substeps of `h = η/m` per SGD step, on a Brownian path whose increments over
 //!   `[kη, (k+1)η]` sum to `√η ξ_k` (coupled, the default) or are independent of SGD's
-//!   noise ([`brownian`]).
+//!   noise ([`BrownianPath`]).
 //!
 //! The split follows diffrax: *terms* (the models' drift and diffusion factor),
 //! *schemes* (integrators that step and declare a weak order), *Brownian paths* (noise
@@ -32,12 +32,12 @@
 //! stops with an error naming the path, step and point.
 //!
 //! Invariant: the same seed gives the same numbers on any number of threads and any
-//! batch size. Paths read their own random streams ([`brownian`]); paths are grouped in
+//! batch size. Paths read their own random streams ([`BrownianPath`]); paths are grouped in
 //! chunks of [`CHUNK_PATHS`] consecutive indices, each chunk summarised in path order,
 //! and the chunk summaries merged in chunk order.
 //!
 //! The paths are run by the crate's path engine (`engine.rs`, shared with
-//! [`crate::escape`]); what `simulate` adds is the observer that saves the observables
+//! [`mod@crate::escape`]); what `simulate` adds is the observer that saves the observables
 //! at the saved steps. Speed: for d ≤ 4 the paths of a chunk are stepped 64 at a time
 //! (`block.rs`), each model evaluated over the whole block at once (`lanes.rs`,
 //! `LaneTerm::eval_lanes`); every lane computes from its own point only, so a path's
@@ -107,13 +107,12 @@ macro_rules! multiversion {
 }
 
 mod block;
-pub mod brownian;
+pub(crate) mod brownian;
 pub(crate) mod engine;
 mod lanes;
-mod linalg;
 pub mod minibatch;
-pub mod schemes;
-pub mod terms;
+pub(crate) mod schemes;
+pub(crate) mod terms;
 mod vmath;
 
 use std::fmt;
@@ -485,7 +484,7 @@ impl SimError {
     pub fn kind(&self) -> crate::ErrorKind {
         match self {
             SimError::Config(_) => crate::ErrorKind::Input,
-            SimError::Start(e) => crate::problem_error_kind(e),
+            SimError::Start(e) => e.kind(),
             SimError::Problem { .. } | SimError::Threads { .. } => crate::ErrorKind::Run,
         }
     }

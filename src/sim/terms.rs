@@ -20,8 +20,8 @@ use crate::tape::{Jets, Workspace};
 use nalgebra::{DMatrix, DVector};
 
 use super::lanes::{LANES, LANES_MAX_DIM, LaneTape, Order, Row};
-use super::linalg::{EigenScratch, JACOBI_MAX_DIM, NoConvergence, mat_vec, sym_sqrt};
 use super::vmath::ell as ell_lanes;
+use crate::models::linalg::{EigenScratch, JACOBI_MAX_DIM, NoConvergence, mat_vec, sym_sqrt};
 
 /// Why a process stopped at a point.
 #[derive(Debug)]
