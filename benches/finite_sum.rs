@@ -1,4 +1,4 @@
-//! The cost of a finite sum's exact noise covariance Σ(x) = κ C(x) (MODELS.md §1),
+//! The cost of a finite sum's exact noise covariance Σ(x) = κ C(x) (docs/models.md §1),
 //! against one full gradient ∇f = (1/n) Σ ∇F_i of the same problem measured in the same
 //! run: both loop over the n rows with one reverse pass of the per-example tape, and Σ
 //! adds the d×d co-moment update per row. Two problems, generated deterministically:

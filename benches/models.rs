@@ -1,4 +1,4 @@
-//! The cost of model coefficients at one point (spec MODELS.md §2), measured as a ratio
+//! The cost of model coefficients at one point (docs/models.md §2), measured as a ratio
 //! against a baseline in the same run: one symmetric eigendecomposition of `H` at the
 //! same dimension. `hasme` needs three (H, and Σ and Γ for their PSD checks and the
 //! symmetric square root σ), plus a handful of d×d products, so its ratio to the

@@ -103,7 +103,7 @@ fn sqrt2(a: f64, b: f64, d: f64) -> [f64; 3] {
     [(a + det) / n, b / n, (d + det) / n]
 }
 
-/// The `hasme` drift and σ at x (MODELS.md §2), in closed form for d = 2.
+/// The `hasme` drift and σ at x (docs/models.md §2), in closed form for d = 2.
 #[inline]
 fn hasme(x: [f64; 2], state: bool) -> ([f64; 2], [f64; 3]) {
     let (g, h) = derivatives(x);

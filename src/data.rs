@@ -1,4 +1,4 @@
-//! Data tables for finite-sum objectives (LANGUAGE.md "Finite sums"): reading CSV
+//! Data tables for finite-sum objectives (docs/language.md "Finite sums"): reading CSV
 //! files and holding the numbers.
 //!
 //! A CSV file has a header row of column names, then one row of numbers per example:
@@ -20,7 +20,7 @@ use crate::lang::{Diagnostic, Source, Span};
 use serde::Serialize;
 
 /// A finite-sum objective `f = (1/n) Σ_i F_i` over the rows of a data table
-/// (MODELS.md §1): what the problem's per-example tape reads, and how SGD samples.
+/// (docs/models.md §1): what the problem's per-example tape reads, and how SGD samples.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FiniteSum {
     /// The table's name in the file.

@@ -1,5 +1,5 @@
 //! Escape from saddles and sharp minima: first-exit times of SGD and of its SDE models,
-//! read on the grid `t = kη`, compared as distributions (spec MODELS.md §5).
+//! read on the grid `t = kη`, compared as distributions (docs/models.md §5).
 //!
 //! For each path `p = 0, 1, …, paths − 1`, SGD and every model start at the problem's
 //! start point and run on the coupled noise of [`crate::sim`] (SGD step `k` and the SDE

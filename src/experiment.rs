@@ -1,4 +1,4 @@
-//! Weak error and its order in η (spec MODELS.md §4): `hasme weak-order`.
+//! Weak error and its order in η (docs/models.md §4): `hasme weak-order`.
 //!
 //! For a grid of step sizes η, each model and each observable φ, the weak error
 //!

@@ -1,5 +1,5 @@
 //! Exact Gaussian moments of SGD and of every SDE model on a quadratic objective with
-//! constant noise, and the distances between them (spec MODELS.md §3).
+//! constant noise, and the distances between them (docs/models.md §3).
 //!
 //! For `f(x) = ½xᵀHx + cᵀx` and constant Σ, SGD started at `x₀` is the Gaussian chain
 //!
@@ -13,7 +13,7 @@
 //! `g(x) = Hx + c`, hence column `i` of `A` is the drift evaluated with gradient `He_i`
 //! and `a` the drift with gradient `c` (no differences, so no cancellation). `Γ` is the
 //! model's diffusion; for `hasme-exact` it is [`hasme_exact_gamma`], which may be
-//! indefinite (spec MODELS.md §2): the moments below are linear in `Γ` and remain well
+//! indefinite (docs/models.md §2): the moments below are linear in `Γ` and remain well
 //! defined (they are the moments of the formal linear SDE), and they still equal SGD's.
 //!
 //! The SDE moments at `t = kη` are
@@ -798,7 +798,7 @@ impl Quadratic {
         )?;
         let mut warnings = Vec::new();
         let diffusion = if kind == ModelKind::HasmeExact {
-            // Possibly indefinite (spec MODELS.md §2): the moments are linear in Γ and
+            // Possibly indefinite (docs/models.md §2): the moments are linear in Γ and
             // stay well defined, and they are still SGD's; only a simulator needs a real σ.
             let gamma = hasme_exact_gamma(&local, eta)?;
             let e = symmetric_eigen(&gamma, "the hasme-exact diffusion")?;

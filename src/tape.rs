@@ -22,7 +22,7 @@ use nalgebra::{DMatrix, DVector, U1, U8};
 use num_dual::{Derivative, Dual64, DualNum, HyperDualVec};
 use std::collections::HashMap;
 
-/// Built-in functions of LANGUAGE.md (one argument each; `pow` is an instruction).
+/// Built-in functions of docs/language.md (one argument each; `pow` is an instruction).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Func {
     /// `exp`

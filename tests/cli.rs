@@ -316,7 +316,7 @@ fn model_outside_its_domain_fails_alone() {
 
 #[test]
 fn indefinite_exact_diffusion_needs_explicit_clip() {
-    // MODELS.md §2: η = 0.1, λ = (1, 5), Σ = [[1, .999], [.999, 1]] makes Γ indefinite.
+    // docs/models.md §2: η = 0.1, λ = (1, 5), Σ = [[1, .999], [.999, 1]] makes Γ indefinite.
     let f = temp_file(
         "indef.hasme",
         "var x, y\nminimize 0.5*x^2 + 2.5*y^2\nnoise cov [[1, 0.999], [0.999, 1]]\n",

@@ -1,4 +1,4 @@
-//! Escape times on a quadratic saddle (spec MODELS.md §5): `hasme` reproduces SGD's
+//! Escape times on a quadratic saddle (docs/models.md §5): `hasme` reproduces SGD's
 //! escape-time distribution, `sme1` is biased and more so as η|λ_min| grows; censoring
 //! at a tiny cap; the three ways of giving the region agree; threads change nothing.
 

@@ -1,4 +1,4 @@
-//! Finite sums over data (MODELS.md §1, LANGUAGE.md "Finite sums"): the exact minibatch
+//! Finite sums over data (docs/models.md §1, docs/language.md "Finite sums"): the exact minibatch
 //! covariance against independent computations and exhaustive enumeration, the
 //! unbiasedness of a minibatch step, the sampler's distribution, structure detection,
 //! and every bad-input error with its file, line and column.
@@ -569,7 +569,7 @@ fn evaluation_errors_name_the_example() {
 // ---- weak order ---------------------------------------------------------------------
 
 /// Weak order on the finite sum d = 2, n = 8 (examples/finite_sum_tight.hasme),
-/// φ = ‖x‖², T = 1, η = 0.5 … 0.0625, with the split estimator (MODELS.md §1:
+/// φ = ‖x‖², T = 1, η = 0.5 … 0.0625, with the split estimator (docs/models.md §1:
 /// minibatch SGD cannot be coupled to an SDE).
 ///
 /// Pilot runs (2000 SDE paths, 100 000 SGD paths per SGD-only run, seeds 0 and 5)

@@ -1,4 +1,4 @@
-//! The error contract of LANGUAGE.md ("Errors"): no input, however malformed, huge or
+//! The error contract of docs/language.md ("Errors"): no input, however malformed, huge or
 //! deeply nested, panics, hangs or overflows the stack; every error names the line and
 //! column of its cause, shows the line with a caret under it and says what was
 //! expected; evaluation failures name the expression and the point. Each error class

@@ -1,4 +1,4 @@
-//! The laws the objective-file language claims (spec LANGUAGE.md), each checked against
+//! The laws the objective-file language claims (docs/language.md), each checked against
 //! an independent reference: the printer and parser invert each other on random syntax
 //! trees; derivatives agree with central finite differences on random smooth
 //! expressions; every built-in function matches its closed-form derivatives; `let`,
@@ -686,7 +686,7 @@ fn pow_of_two_variables_matches_its_closed_form() {
     }
 }
 
-/// Constant subexpressions are folded with the precedence of LANGUAGE.md.
+/// Constant subexpressions are folded with the precedence of docs/language.md.
 #[test]
 fn constants_fold_with_the_right_precedence() {
     let p = problem("var x\nminimize x");

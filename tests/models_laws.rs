@@ -1,4 +1,4 @@
-//! The laws the `models` module claims (spec MODELS.md §2), each checked against an
+//! The laws the `models` module claims (docs/models.md §2), each checked against an
 //! independent formula: the explicit Taylor terms, the tail bounds of the series, exact
 //! 2×2 closed forms, and invariance under rotations. Tolerances carry their reasons.
 
@@ -76,7 +76,7 @@ fn clip() -> ModelOptions {
 // ---------------------------------------------------------------------------------------
 // Independent formulas
 
-/// `−g − (η/2)Hg − (η²/3)H²g`, the drift through O(η²) (MODELS.md §2).
+/// `−g − (η/2)Hg − (η²/3)H²g`, the drift through O(η²) (docs/models.md §2).
 fn drift_through_eta2(l: &Local, eta: f64) -> DVector<f64> {
     let hg = &l.hessian * &l.gradient;
     let h2g = &l.hessian * &hg;

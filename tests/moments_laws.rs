@@ -1,4 +1,4 @@
-//! The laws of the exact-moments module (spec MODELS.md §3), each against an independent
+//! The laws of the exact-moments module (docs/models.md §3), each against an independent
 //! formula: SGD's moments in H's eigenbasis, the Ornstein–Uhlenbeck closed forms, a
 //! Jordan-block closed form for Van Loan's method, and the closed forms of W2 for 1-D and
 //! commuting covariances. Tolerances carry their reasons.

@@ -1,4 +1,4 @@
-//! The SDE integration error is negligible (spec MODELS.md §4): halving the substep
+//! The SDE integration error is negligible (docs/models.md §4): halving the substep
 //! moves a model's mean by less than its standard error on a non-quadratic problem
 //! with state-dependent noise, and each scheme shows its declared weak order.
 

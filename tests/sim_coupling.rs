@@ -1,4 +1,4 @@
-//! Coupling SGD and the SDEs with common random numbers (spec MODELS.md §4) makes the
+//! Coupling SGD and the SDEs with common random numbers (docs/models.md §4) makes the
 //! difference `φ(X_T) − φ(x_N)` far less variable than with independent noise.
 //!
 //! Reference run of the spec: f = x²/2 + cos x, σ = 0.5, x₀ = 1, φ = x², T = 1,

@@ -1,4 +1,4 @@
-//! The simulator against exact Gaussian moments (spec MODELS.md §3): on a quadratic with
+//! The simulator against exact Gaussian moments (docs/models.md §3): on a quadratic with
 //! constant correlated noise, the simulated means and second moments of SGD and of every
 //! model agree with `hasme::moments` within 4 standard errors.
 //!

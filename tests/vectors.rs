@@ -1,4 +1,4 @@
-//! Vector variables, vector params, indices and `sum`/`prod` (LANGUAGE.md "Vector
+//! Vector variables, vector params, indices and `sum`/`prod` (docs/language.md "Vector
 //! variables"): the vector form equals the written-out form exactly, derivatives at
 //! d = 50 match finite differences, and every misuse is an error at its position.
 

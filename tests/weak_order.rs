@@ -1,4 +1,4 @@
-//! Statistical tests of `hasme weak-order` (spec MODELS.md §4): measured orders on a
+//! Statistical tests of `hasme weak-order` (docs/models.md §4): measured orders on a
 //! smooth non-quadratic objective, HA-SME's exactness on a quadratic, and the smoothness
 //! sweep. Fixed seeds; every sample budget and band is justified where it is used.
 //! Path counts keep the whole file to a few seconds of release-mode CPU.
@@ -27,7 +27,7 @@ fn model<'a>(r: &'a WeakOrderReport, obs: &str, m: ModelKind) -> &'a ModelAnalys
 /// Order-2 models on f = x²/2 + cos x, σ = 0.5, x₀ = 1, φ = x², T = 1.
 ///
 /// Grid 0.2, 0.1, 0.05: a 20 000-path pilot gave local slopes 1.98–2.06 for every
-/// order-2 model on it (asymptotic already; MODELS.md §4's pre-asymptotic range concerns
+/// order-2 model on it (asymptotic already; docs/models.md §4's pre-asymptotic range concerns
 /// `sme1`), and errors 3e−3…2e−4 far above the coupled noise. Budget 8000 paths: relative
 /// standard errors of the points ≈ 2–8% (sme2 is the noisiest), so the propagated
 /// standard error of the slope is √(r₁² + r₃²)/(2 ln 2) ≈ 0.07 (asserted below to be
@@ -63,7 +63,7 @@ fn order_two_models_have_slope_two_on_a_smooth_objective() {
 /// SME-1 on the same problem. Its error is O(η) and large (9e−4 at η = 0.025) against a
 /// coupled noise of ≈ 1.6e−5 at 1000 paths, so few paths suffice; the grid goes down to
 /// η = 0.00625 because the pre-asymptotic range is long (local slope 0.6 between 0.2
-/// and 0.1, 0.94 between 0.05 and 0.025, MODELS.md §4). Measured pilot slope on this
+/// and 0.1, 0.94 between 0.05 and 0.025, docs/models.md §4). Measured pilot slope on this
 /// grid: ≈ 0.95. The propagated slope standard error is ≈ 0.01 (asserted < 0.03), so
 /// the band [0.85, 1.1] is the pre-asymptotic bias (≤ 0.1 low) plus 5 standard errors.
 #[test]
@@ -82,7 +82,7 @@ fn sme1_has_slope_one() {
     assert_eq!(a.constant.as_ref().unwrap().order, 1);
 }
 
-/// On a quadratic with constant noise HA-SME is exact in distribution (MODELS.md §3),
+/// On a quadratic with constant noise HA-SME is exact in distribution (docs/models.md §3),
 /// so its coupled differences are pure noise: every point must sit on its 3-se floor
 /// (a zero error crosses it with probability 0.3% per point). SME-2 misses the
 /// O(η²) terms: 3e−3 ± 1.4e−4 at η = 0.2 and 1e−4 ± 1.4e−5 at η = 0.05 with 4000

@@ -3,7 +3,7 @@
 
 Reproduces what `hasme weak-order examples/reference2d.hasme --eta-max 0.5 --levels 4
 --horizon 1 --substeps 16` computes (without its integration check), following the
-specification MODELS.md (sections 1, 2 and 4):
+docs/models.md (sections 1, 2 and 4):
 
   objective   f(x, y) = 0.5 x^2 + 0.5 cos x + 0.25 y^2 + 0.1 x y,  start (1.0, -0.5)
   noise       constant Gaussian, Sigma = diag(0.25, 0.1)
@@ -72,7 +72,7 @@ PSD_TOL = 1e-12  # relative round-off floor for an indefinite diffusion
 
 
 def ell(p):
-    """l(p) = log(p)/(p - 1), l(1) = 1, stable near p = 1 (MODELS.md section 2).
+    """l(p) = log(p)/(p - 1), l(1) = 1, stable near p = 1 (docs/models.md §2).
 
     With q = p - 1: log1p(q)/q, or the series 1 - q/2 + q^2/3 - q^3/4 + q^4/5 for
     |q| < 1e-4 (error ~ q^5 < 1e-20 relative).

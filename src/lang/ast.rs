@@ -4,7 +4,7 @@
 //! before it and the root is the last node. Walking an expression is therefore a loop,
 //! never a recursion, so a megabyte-long operator chain can be checked, compiled and
 //! dropped without touching the call stack. The tree already has room for the parts of
-//! LANGUAGE.md that later work fills in (vector variables and indices, `sum`/`prod`,
+//! docs/language.md that later work fills in (vector variables and indices, `sum`/`prod`,
 //! data tables and `mean`), so adding them changes the checker, not the shape.
 
 use super::source::Span;
@@ -318,7 +318,7 @@ pub enum Sampling {
     WithoutReplacement,
 }
 
-/// The statements of LANGUAGE.md.
+/// The statements of docs/language.md.
 #[derive(Clone, Debug, PartialEq)]
 pub enum StatementKind {
     /// `param NAME [size] = value`

@@ -1,4 +1,4 @@
-//! The objective-file language of LANGUAGE.md: source text and diagnostics
+//! The objective-file language of docs/language.md: source text and diagnostics
 //! ([`source`]), the syntax tree ([`ast`]), the parser ([`mod@parse`]), the printer
 //! ([`mod@print`]) and the words of the language ([`words`]).
 //!

@@ -1,11 +1,11 @@
 //! Text → syntax tree.
 //!
 //! Three steps, none of which recurses on the input's size: `blank_bracketed` turns
-//! newlines and comments inside brackets into spaces (continuation lines, LANGUAGE.md)
+//! newlines and comments inside brackets into spaces (continuation lines, docs/language.md)
 //! and caps bracket nesting at [`MAX_NESTING`]; the pest grammar in
 //! `grammar/hasme.pest` checks the syntax; and an operator-precedence pass (an explicit
 //! operator stack, in the manner of shunting-yard) builds each expression's post-order
-//! arena with the precedence of LANGUAGE.md: `+ -` < `* /` < unary `-` < `^` (right).
+//! arena with the precedence of docs/language.md: `+ -` < `* /` < unary `-` < `^` (right).
 //! The only recursion left is into brackets, which the nesting cap bounds.
 
 use super::ast::*;

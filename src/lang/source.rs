@@ -1,6 +1,6 @@
 //! Source text and diagnostics: every error the language reports names the file, the
 //! line and column, shows the line with a caret under the place, and says what was
-//! expected (LANGUAGE.md "Errors").
+//! expected (docs/language.md "Errors").
 
 use std::fmt;
 

@@ -1,6 +1,6 @@
 //! The language's own words, in one list: statement keywords, the keywords that only
 //! follow a statement's keyword, the constant `pi` and the built-in functions
-//! (LANGUAGE.md "Expressions": reserved are `pi`, function names and statement
+//! (docs/language.md "Expressions": reserved are `pi`, function names and statement
 //! keywords). The checker reads it to refuse a reserved word as a name, the
 //! parser to suggest a misspelt statement keyword; a test holds it against the
 //! grammar's keyword rules and the tape's function names.

@@ -1,6 +1,6 @@
 //! The scalar function behind every model, `ℓ(p) = log(p)/(p − 1)` with `ℓ(1) = 1`,
 //! equivalently `ℓ(1 + q) = ln(1 + q)/q = 1 − q/2 + q²/3 − q³/4 + …`; see spec
-//! MODELS.md §2. `φ(ηH)` has eigenvalues `ℓ(1 − ηλ_i)`, `ψ(ηH)` has `ℓ((1 − ηλ_i)²)` and
+//! docs/models.md §2. `φ(ηH)` has eigenvalues `ℓ(1 − ηλ_i)`, `ψ(ηH)` has `ℓ((1 − ηλ_i)²)` and
 //! the `hasme-exact` weights are `ℓ((1 − ηλ_i)(1 − ηλ_j))`.
 //!
 //! Accuracy. The naive `−log(1 − x)/x` (x = ηλ) loses `ε/x` relative accuracy because
@@ -17,7 +17,7 @@
 const SERIES_BELOW: f64 = 1e-4;
 
 /// `ℓ(p) = log(p)/(p − 1)`, `ℓ(1) = 1`: the function whose matrix versions are every
-/// model's drift and diffusion multipliers (spec MODELS.md §2).
+/// model's drift and diffusion multipliers (docs/models.md §2).
 ///
 /// Accurate to a few ulps (relative) for every `p > 0`, including `p → 1` where the
 /// naive quotient cancels. Limits: `ℓ(0) = +∞`, `ℓ(+∞) = 0`. Like `f64::ln`, it returns

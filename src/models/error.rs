@@ -1,5 +1,5 @@
 //! What can go wrong when computing model coefficients at a point: every domain check
-//! of spec MODELS.md §2 (η > 0, `ηλ_max < 1` for the resummed models, Σ and Γ positive
+//! of docs/models.md §2 (η > 0, `ηλ_max < 1` for the resummed models, Σ and Γ positive
 //! semidefinite) becomes one variant that names the point and the offending quantity,
 //! so that no model ever hands back a NaN.
 

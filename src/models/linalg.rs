@@ -1,7 +1,7 @@
 //! Allocation-free dense linear algebra on small slices, for coefficients computed at
 //! every step of a simulation: products, the symmetric eigendecomposition by cyclic
 //! Jacobi rotations, and the symmetric positive semidefinite square root (spec
-//! MODELS.md §2 needs `H = U diag(λ) Uᵀ` and `σ = Γ^{1/2}` at each point).
+//! docs/models.md §2 needs `H = U diag(λ) Uᵀ` and `σ = Γ^{1/2}` at each point).
 //!
 //! Why Jacobi: for the dimensions simulated step by step (d ≤ a few dozen) it needs no
 //! workspace beyond the matrices, is simple enough to be obviously right, and is at

@@ -1,5 +1,5 @@
 //! The local data every model reads at one point `x`: `g = ∇f(x)`, `H = ∇²f(x)` and the
-//! SGD noise covariance `Σ(x)` (spec MODELS.md §1–2), checked once at the boundary.
+//! SGD noise covariance `Σ(x)` (docs/models.md §1–2), checked once at the boundary.
 //!
 //! Checks: matching dimensions, finite entries, and symmetric `H` and `Σ`. A Hessian
 //! from automatic differentiation is symmetric only up to round-off (`H_ij` and `H_ji`

@@ -1,5 +1,5 @@
 //! The SDE models of SGD: drift `b(x)` and diffusion `Γ(x) = σσᵀ` from the local data
-//! `g = ∇f(x)`, `H = ∇²f(x)`, `Σ(x)` at one point; see spec MODELS.md §2.
+//! `g = ∇f(x)`, `H = ∇²f(x)`, `Σ(x)` at one point; see docs/models.md §2.
 //!
 //! | model | drift | diffusion Γ | weak order |
 //! |---|---|---|---|
@@ -10,7 +10,7 @@
 //! | `hasme-exact` | `−φ(ηH)g` | `η U (Σ̂ ∘ L) Uᵀ` | 2 |
 //! | `series:K` | `−Σ_{k≤K} (ηH)^k g/(k+1)` | `η Σ_{k≤max(K−1,0)} 𝒬^k(Σ)/(k+1)` | min(K+1, 2) |
 //!
-//! Everything is one series (MODELS.md §2): with `P = I − ηH` and `ℓ(p) = log p/(p − 1)`
+//! Everything is one series (docs/models.md §2): with `P = I − ηH` and `ℓ(p) = log p/(p − 1)`
 //! ([`ell`]), the drift is `−ℓ(P)g` and the exact diffusion `η ℓ(𝒫)(Σ)`, `𝒫(S) = PSPᵀ`.
 //! `sme1` and `sme2` are its truncations and are computed as such ([`drift_series_terms`],
 //! [`diffusion_series_terms`]); `hasme` and `hasme-exact` are its closed forms, computed
@@ -122,7 +122,7 @@ pub trait Model {
     /// The model's name as the CLI spells it (`hasme-exact`, `series:3`).
     fn name(&self) -> String;
 
-    /// The weak order in η the model is expected to have (spec MODELS.md §2, §4).
+    /// The weak order in η the model is expected to have (docs/models.md §2, §4).
     fn weak_order(&self) -> u32;
 
     /// Drift, diffusion and its square root at `local.point` for step size `eta`.
@@ -139,7 +139,7 @@ pub trait Model {
     }
 }
 
-/// The models of spec MODELS.md §2, by name.
+/// The models of docs/models.md §2, by name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub enum ModelKind {
@@ -323,7 +323,7 @@ impl ModelKind {
 
 /// The `hasme-exact` diffusion `Γ = η U (Σ̂ ∘ L) Uᵀ` as it is, possibly indefinite and
 /// with Σ not checked for positive semidefiniteness: what exact-moment code needs
-/// (Gaussian moments stay well defined with an indefinite Γ, spec MODELS.md §2–3).
+/// (Gaussian moments stay well defined with an indefinite Γ, docs/models.md §2–3).
 ///
 /// Errors: an invalid η or [`Local`], and the domain `ηλ_max < 1`.
 ///

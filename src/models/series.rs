@@ -1,4 +1,4 @@
-//! The series behind every model (spec MODELS.md §2, "one series behind every model"):
+//! The series behind every model (docs/models.md §2, "one series behind every model"):
 //! with `P = I − ηH` and `ℓ(p) = Σ_k (1 − p)^k/(k + 1)`,
 //!
 //! ```text

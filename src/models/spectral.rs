@@ -1,6 +1,6 @@
 //! Symmetric spectra with nalgebra's QR eigensolver (the models' [`Arithmetic::Qr`](
 //! super::Arithmetic::Qr)): `A = V diag(μ) Vᵀ` checked finite, and the positive
-//! semidefinite checks, clipping and square roots of Σ and Γ (spec MODELS.md §2: Σ and
+//! semidefinite checks, clipping and square roots of Σ and Γ (docs/models.md §2: Σ and
 //! Γ must be covariances, `σ = Γ^{1/2}`).
 
 use nalgebra::{DMatrix, Dyn, SymmetricEigen};

@@ -1,5 +1,5 @@
 //! Every model's coefficients at one point, computed once for all callers on reusable
-//! buffers (spec MODELS.md §2): `gf` (drift `−g`), the series truncations `series:K`
+//! buffers (docs/models.md §2): `gf` (drift `−g`), the series truncations `series:K`
 //! (`sme1 = series:0`, `sme2 = series:1`: drift `−Σ_{k≤K} (ηH)^k g/(k+1)`, diffusion
 //! `η Σ_{k<max(K,1)} 𝒬^k(Σ)/(k+1)`), and the closed forms through `H = U diag(λ) Uᵀ`,
 //! `p_i = 1 − ηλ_i`: drift `−U diag(ℓ(p_i)) Uᵀ g`, diffusion `η U (Σ̂ ∘ W) Uᵀ` with

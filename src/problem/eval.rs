@@ -395,7 +395,7 @@ impl Problem {
         Ok(Some(out[0]))
     }
 
-    /// The local data every SDE model reads at x: ∇f, ∇²f and Σ (MODELS.md §2).
+    /// The local data every SDE model reads at x: ∇f, ∇²f and Σ (docs/models.md §2).
     pub fn local(&self, x: &[f64]) -> Result<Local, ProblemError> {
         let d = self.derivatives(x)?;
         Ok(Local::new(d.point, d.gradient, d.hessian, d.noise_cov)?)

@@ -1,4 +1,4 @@
-//! Finite sums `f = (1/n) Σ_i F_i` over the rows of a data table (MODELS.md §1), at
+//! Finite sums `f = (1/n) Σ_i F_i` over the rows of a data table (docs/models.md §1), at
 //! evaluation time: errors naming the example, per-example gradients for minibatch SGD,
 //! and the minibatch covariance Σ(x) = κ C(x) from the per-example gradients, alone or
 //! in the same pass over the rows as ∇f and ∇²f.

@@ -1,7 +1,7 @@
 //! The checked problem: a parsed file given meaning. Names are resolved (each defined
 //! once, before use), params evaluated (with `--set` overrides), shapes checked, and
 //! every expression compiled to a [`Tape`]: the objective f, the noise covariance
-//! Σ(x) of MODELS.md §1 (`noise sd|diag|cov`), and the observables.
+//! Σ(x) of docs/models.md §1 (`noise sd|diag|cov`), and the observables.
 //!
 //! A structural analysis on the syntax tree records whether f is a polynomial of
 //! degree ≤ 2 (a quadratic) and whether Σ is constant; exact-moment code relies on it.
@@ -157,7 +157,7 @@ impl Overrides {
     }
 }
 
-/// The kind of gradient noise (MODELS.md §1).
+/// The kind of gradient noise (docs/models.md §1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NoiseKind {
@@ -170,7 +170,7 @@ pub enum NoiseKind {
     /// `noise cov [[…]]`: Σ in full.
     Cov,
     /// A finite sum `mean(DATA, …)`: Σ(x) = κ C(x), the covariance of minibatch
-    /// gradients (MODELS.md §1).
+    /// gradients (docs/models.md §1).
     Minibatch,
 }
 

@@ -1,4 +1,4 @@
-//! Brownian paths and the coupling of SGD with the SDEs (spec MODELS.md §4).
+//! Brownian paths and the coupling of SGD with the SDEs (docs/models.md §4).
 //!
 //! **Random streams.** Path `p` of a run with seed `S` reads the ChaCha8 keystream with
 //! key `S` (little-endian in the first 8 bytes, zeros after) and stream id `p`
@@ -17,7 +17,7 @@
 //! `W_c = W_a + (c−a)/(b−a) (W_b − W_a) + √(h (c−a)(b−c)/(b−a)) Z`,
 //! `c = ⌊(a+b)/2⌋`. The increments `ΔW_j = W_{j+1} − W_j` are exactly independent
 //! `N(0, h I)` and sum to `√η ξ_k`: SGD step `k` uses `z_k = −Σ^{1/2} ξ_k`, so it moves by
-//! `−η z_k = +η Σ^{1/2} ξ_k`, in the direction of the SDE's noise `σ ΔW` (MODELS.md §4:
+//! `−η z_k = +η Σ^{1/2} ξ_k`, in the direction of the SDE's noise `σ ΔW` (docs/models.md §4:
 //! with the opposite sign the two would be anti-correlated).
 //!
 //! Two consequences of this layout: SGD's numbers do not depend on the scheme or the

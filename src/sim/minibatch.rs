@@ -1,4 +1,4 @@
-//! Real minibatch SGD for finite sums (MODELS.md §1): `x ← x − η (1/b) Σ_{i∈B} ∇F_i(x)`
+//! Real minibatch SGD for finite sums (docs/models.md §1): `x ← x − η (1/b) Σ_{i∈B} ∇F_i(x)`
 //! with a minibatch `B` of `b` examples drawn at every step.
 //!
 //! **Random stream.** Step `k` of path `p` of a run with seed `S` draws its minibatch

@@ -1,5 +1,5 @@
 //! Monte Carlo simulation of SGD and of its SDE models side by side, coupled and
-//! reproducible (spec MODELS.md §1, §2, §4).
+//! reproducible (docs/models.md §1, §2, §4).
 //!
 //! For each path `p = 0, 1, …, paths − 1`:
 //!

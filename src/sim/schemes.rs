@@ -1,5 +1,5 @@
 //! Integrators of `dX = b(X) dt + σ(X) dW` over one substep of length `h`, driven by
-//! given Brownian increments (spec MODELS.md §4, "integrate the SDE accurately").
+//! given Brownian increments (docs/models.md §4, "integrate the SDE accurately").
 //!
 //! * [`EulerMaruyama`]: `X ← X + b(X) h + σ(X) ΔW`; weak order 1.
 //! * [`TalayTubaro`]: Euler–Maruyama run twice on the *same* Brownian path, with step

@@ -1,5 +1,5 @@
 //! Terms: the drift `b(x)` and a diffusion factor `σ(x)` (`σσᵀ = Γ`) of each SDE model
-//! at the simulator's current point, and SGD's own step (spec MODELS.md §1–2).
+//! at the simulator's current point, and SGD's own step (docs/models.md §1–2).
 //!
 //! One point at a time, a model's coefficients are the models' own code
 //! ([`crate::models::ModelWorkspace`]), run on buffers the term keeps, so nothing is
@@ -237,7 +237,7 @@ impl Evaluator<'_> {
     }
 }
 
-/// One SGD step in place: `x ← x − η(∇f(x) + z)`, `z = −Σ(x)^{1/2} ξ` (MODELS.md §1, §4).
+/// One SGD step in place: `x ← x − η(∇f(x) + z)`, `z = −Σ(x)^{1/2} ξ` (docs/models.md §1, §4).
 pub(crate) fn sgd_step(
     ev: &mut Evaluator<'_>,
     eta: f64,

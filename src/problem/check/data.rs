@@ -268,7 +268,7 @@ impl Checker<'_> {
                         "the objective must be an average of per-example losses, so `mean(…)` may only be added, subtracted, negated, or multiplied or divided by an expression without `mean`",
                         "not linear in the finite sum",
                     )
-                    .with_note("f = (1/n) Σ_i F_i is what makes minibatch SGD unbiased (MODELS.md §1)");
+                    .with_note("f = (1/n) Σ_i F_i is what makes minibatch SGD unbiased (docs/models.md §1)");
                 return Err(CheckFailure::Diag(Box::new(d)));
             }
         }
@@ -313,7 +313,7 @@ impl Checker<'_> {
                         .source
                         .diagnostic(
                             span,
-                            "a `noise` statement cannot be combined with `mean(…)`: a finite sum defines its own noise (the minibatch covariance of MODELS.md §1)",
+                            "a `noise` statement cannot be combined with `mean(…)`: a finite sum defines its own noise (the minibatch covariance of docs/models.md §1)",
                             "remove this statement",
                         )
                         .with_note(format!("the finite sum is at {}", self.pos(scope.mean_span)));
