@@ -10,9 +10,8 @@
 //! A path runs until every process has left the ball (≈ 27 steps here), so a path is
 //! ≈ 27 SGD steps plus, per model, ≈ 27 × 8 substeps. Except `gf`: noiseless and
 //! started at the saddle, it never leaves and runs to the cap (2000 steps) on every
-//! path, so `all/…` measures mostly `gf` (measured on a shared 2-core machine under a
-//! load of about 8: ≈ 24 000 paths/s for SGD alone, ≈ 10 000 with `hasme`, ≈ 270 with
-//! all five). Memory is one outcome per path and process, whatever the number of steps.
+//! path, so `all/…` measures mostly `gf` (figures in docs/performance.md, "Escape").
+//! Memory is one outcome per path and process, whatever the number of steps.
 //!
 //! Then escape's path-step throughput against `simulate`'s on the same problem, models
 //! (`hasme`), substeps (8), paths (20 000) and thread (one), in paired rounds (one run
@@ -59,6 +58,7 @@ fn bench(c: &mut Criterion) {
     for (name, models, threads) in cases {
         let mut config = EscapeConfig::builder(0.1, 2000, PATHS, Region::ball(1.0));
         config.models(models);
+        config.substeps(8);
         config.threads(threads);
         let config = config.build().expect("valid settings");
         group.bench_with_input(BenchmarkId::new(name, threads), &config, |b, config| {

@@ -1,11 +1,12 @@
-//! The documentation stands alone: every relative link in README.md and docs/*.md
-//! names a file inside the repository, and every `#anchor` a heading of its target.
+//! The documentation stands alone: every relative link in README.md, ARCHITECTURE.md
+//! and docs/*.md names a file inside the repository, and every `#anchor` a heading of
+//! its target.
 
 use std::path::{Path, PathBuf};
 
-/// The Markdown files checked: the README and everything under docs/.
+/// The Markdown files checked: the README, ARCHITECTURE.md and everything under docs/.
 fn documents(root: &Path) -> Vec<PathBuf> {
-    let mut files = vec![root.join("README.md")];
+    let mut files = vec![root.join("README.md"), root.join("ARCHITECTURE.md")];
     for entry in std::fs::read_dir(root.join("docs")).expect("docs/ exists") {
         let path = entry.expect("a directory entry").path();
         if path.extension().is_some_and(|e| e == "md") {
