@@ -30,6 +30,17 @@ pub enum Style {
     Rounded(usize),
 }
 
+/// A point with its coordinates named, as errors and reports print it:
+/// `(x = 0.1, y = 2)` (each value in Rust's shortest exact form).
+pub fn point(names: &[String], x: &[f64]) -> String {
+    let parts: Vec<String> = names
+        .iter()
+        .zip(x)
+        .map(|(n, v)| format!("{n} = {v}"))
+        .collect();
+    format!("({})", parts.join(", "))
+}
+
 /// `x` in `style`.
 ///
 /// ```

@@ -361,13 +361,7 @@ impl Problem {
 
     /// Formats a point as `(x = 0.1, y = 2)`.
     pub fn format_point(&self, x: &[f64]) -> String {
-        let parts: Vec<String> = self
-            .variables
-            .iter()
-            .zip(x)
-            .map(|(n, v)| format!("{n} = {v}"))
-            .collect();
-        format!("({})", parts.join(", "))
+        crate::format::point(&self.variables, x)
     }
 }
 

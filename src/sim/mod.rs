@@ -1001,13 +1001,7 @@ impl SimResult {
     }
 
     fn format_point(&self, x: &[f64]) -> String {
-        let parts: Vec<String> = self
-            .variables
-            .iter()
-            .zip(x)
-            .map(|(n, v)| format!("{n} = {v}"))
-            .collect();
-        format!("({})", parts.join(", "))
+        crate::format::point(&self.variables, x)
     }
 }
 
