@@ -965,6 +965,9 @@ impl ProcessEscape {
 /// Everything an escape run reports. Nothing in it depends on the number of threads.
 #[derive(Clone, Debug, PartialEq)]
 pub struct EscapeReport {
+    /// The init seed of the problem's random start values, when it draws some
+    /// ([`Problem::init_seed_if_random`](crate::Problem::init_seed_if_random)).
+    pub init_seed: Option<u64>,
     /// η.
     pub eta: f64,
     /// The step cap K.
@@ -1111,6 +1114,7 @@ pub fn escape_with_progress(
         cap_time,
         paths: config.paths,
         seed: config.seed,
+        init_seed: problem.init_seed_if_random(),
         substeps: config.substeps,
         coupling: config.coupling,
         region: config.region.clone(),
@@ -1128,7 +1132,8 @@ fn fmt_opt(x: Option<f64>) -> String {
 }
 
 /// The JSON form (the contract of `hasme escape --json`): the settings (`eta`,
-/// `max_steps`, `cap_time`, `paths`, `seed`, `substeps`, `scheme`, `coupling`, `region`,
+/// `max_steps`, `cap_time`, `paths`, `seed`, `init_seed` (only when the problem draws
+/// its start), `substeps`, `scheme`, `coupling`, `region`,
 /// `variables`, `start`), `models.PROCESS` for `sgd` and each model with `escaped`,
 /// `censored`, `diverged`, `escaped_fraction`, `mean_time`, `mean_time_stderr`,
 /// `mean_time_ci` (`[low, high]`), `mean_restricted`, `median_time` and `quartiles`
@@ -1208,6 +1213,7 @@ impl Serialize for EscapeReport {
             cap_time: self.cap_time,
             paths: self.paths,
             seed: self.seed,
+            init_seed: self.init_seed,
             substeps: self.substeps,
             scheme: "em",
             coupling: self.coupling.to_string(),
@@ -1229,6 +1235,8 @@ struct EscapeJson<'a> {
     cap_time: f64,
     paths: u64,
     seed: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    init_seed: Option<u64>,
     substeps: usize,
     scheme: &'static str,
     coupling: String,

@@ -980,6 +980,9 @@ pub struct SweepRun {
 /// Everything `hasme weak-order` reports.
 #[derive(Clone, Debug, PartialEq)]
 pub struct WeakOrderReport {
+    /// The init seed of the problem's random start values, when it draws some
+    /// ([`Problem::init_seed_if_random`](crate::Problem::init_seed_if_random)).
+    pub init_seed: Option<u64>,
     /// The configuration (etas sorted from the largest down).
     pub config: WeakOrderConfig,
     /// The problem's params as used (after `--set`).
@@ -1051,6 +1054,7 @@ pub fn weak_order_with_progress(
         }
     };
     Ok(WeakOrderReport {
+        init_seed: problem.init_seed_if_random(),
         params: problem.params().to_vec(),
         config,
         observables,
@@ -1351,7 +1355,8 @@ impl WeakOrderReport {
 }
 
 /// The JSON form (the contract of `hasme weak-order --json`): settings (`etas`,
-/// `horizon`, `paths`, `seed`, `substeps`, `scheme`, `coupling`, `sgd_noise`,
+/// `horizon`, `paths`, `seed`, `init_seed` (only when the problem draws its start),
+/// `substeps`, `scheme`, `coupling`, `sgd_noise`,
 /// `estimator`, `sgd_paths` for a finite sum, `models`, `params`, `noise_floor_se`),
 /// `observables.NAME.MODEL` (see the README), `sweep` (when asked), `warnings`.
 impl Serialize for WeakOrderReport {
@@ -1400,6 +1405,7 @@ impl Serialize for WeakOrderReport {
             horizon: c.horizon,
             paths: c.paths,
             seed: c.seed,
+            init_seed: self.init_seed,
             substeps: c.substeps,
             scheme: c.scheme.to_string(),
             coupling: "coupled",
@@ -1424,6 +1430,8 @@ struct WeakOrderJson<'a> {
     horizon: f64,
     paths: u64,
     seed: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    init_seed: Option<u64>,
     substeps: usize,
     scheme: String,
     coupling: &'static str,

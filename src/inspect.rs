@@ -11,7 +11,9 @@ use crate::format::{Named, Style};
 use crate::models::{
     Model, ModelError, ModelKind, ModelOptions, diffusion_series_terms, drift_series_terms,
 };
-use crate::problem::{NoiseKind, Problem, ProblemError, Structure, VectorVar};
+use crate::problem::{
+    MatrixVar, NoiseKind, Problem, ProblemError, RandomStart, Structure, VectorVar,
+};
 use nalgebra::DMatrix;
 use serde::Serialize;
 use std::fmt;
@@ -29,7 +31,18 @@ pub struct CheckSummary {
     pub start: Vec<f64>,
     /// Vector variables (name, first coordinate, length).
     pub vectors: Vec<VectorVar>,
-    /// Params (after overrides), by name: scalars, then vectors.
+    /// Matrix variables (name, first coordinate, rows, columns); absent when none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub matrices: Vec<MatrixVar>,
+    /// The seed the random start values were drawn with; absent when the file draws
+    /// none (so the JSON of such a file does not depend on `--init-seed`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub init_seed: Option<u64>,
+    /// The variables whose start values are drawn, with their draws' mean and sample
+    /// standard deviation; absent when none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub random_starts: Vec<RandomStart>,
+    /// Params (after overrides), by name: scalars, then vectors, then matrices.
     pub params: Named<String, ParamValue>,
     /// Noise kind.
     pub noise_kind: NoiseKind,
@@ -62,6 +75,9 @@ impl CheckSummary {
             variables: problem.variables().to_vec(),
             start: problem.start(),
             vectors: problem.vectors().to_vec(),
+            matrices: problem.matrices().to_vec(),
+            init_seed: problem.init_seed_if_random(),
+            random_starts: problem.random_starts().to_vec(),
             params: params_map(problem),
             noise_kind: problem.noise_kind(),
             finite_sum: problem.finite_sum().map(|fs| fs.summary()),
@@ -77,7 +93,7 @@ impl CheckSummary {
     }
 }
 
-/// A param's value: a number, or a vector of numbers.
+/// A param's value: a number, a vector or a matrix (rows) of numbers.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum ParamValue {
@@ -85,6 +101,8 @@ pub enum ParamValue {
     Scalar(f64),
     /// A vector `param`.
     Vector(Vec<f64>),
+    /// A matrix `param`, row by row.
+    Matrix(Vec<Vec<f64>>),
 }
 
 impl fmt::Display for ParamValue {
@@ -103,7 +121,38 @@ fn params_map(problem: &Problem) -> Named<String, ParamValue> {
         .param_vectors()
         .iter()
         .map(|(n, v)| (n.clone(), ParamValue::Vector(v.clone())));
-    scalars.chain(vectors).collect()
+    let matrices = problem
+        .param_matrices()
+        .iter()
+        .map(|m| (m.name.clone(), ParamValue::Matrix(m.to_rows())));
+    scalars.chain(vectors).chain(matrices).collect()
+}
+
+/// `lo … hi` of some values, or their one value.
+fn range_of(values: &[f64]) -> String {
+    let (lo, hi) = values
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| {
+            (a.min(x), b.max(x))
+        });
+    if lo == hi {
+        num(lo)
+    } else {
+        format!("{} … {}", num(lo), num(hi))
+    }
+}
+
+impl CheckSummary {
+    /// How a variable is named in the text: `w[1..n]`, `W[1..r,1..c]`, or its name.
+    fn label(&self, name: &str) -> String {
+        if let Some(v) = self.vectors.iter().find(|v| v.name == name) {
+            format!("{name}[1..{}]", v.len)
+        } else if let Some(m) = self.matrices.iter().find(|m| m.name == name) {
+            format!("{name}[1..{},1..{}]", m.rows, m.cols)
+        } else {
+            name.to_string()
+        }
+    }
 }
 
 fn yes_no(b: bool) -> &'static str {
@@ -113,25 +162,27 @@ fn yes_no(b: bool) -> &'static str {
 impl fmt::Display for CheckSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "{}: ok", self.file)?;
-        // Vector variables print as one item, `w[1..n] = v` (or the range of values).
+        // Vector and matrix variables print as one item, `w[1..n] = v` (or the range of
+        // values).
         let mut vars: Vec<String> = Vec::new();
         let mut i = 0;
         while i < self.variables.len() {
-            match self.vectors.iter().find(|v| v.start == i) {
-                Some(v) => {
-                    let s = &self.start[i..i + v.len];
-                    let (lo, hi) = s
+            let array = self
+                .vectors
+                .iter()
+                .find(|v| v.start == i)
+                .map(|v| (&v.name, v.len))
+                .or_else(|| {
+                    self.matrices
                         .iter()
-                        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| {
-                            (a.min(x), b.max(x))
-                        });
-                    let value = if lo == hi {
-                        num(lo)
-                    } else {
-                        format!("{} … {}", num(lo), num(hi))
-                    };
-                    vars.push(format!("{}[1..{}] = {value}", v.name, v.len));
-                    i += v.len;
+                        .find(|m| m.start == i)
+                        .map(|m| (&m.name, m.rows * m.cols))
+                });
+            match array {
+                Some((name, len)) => {
+                    let value = range_of(&self.start[i..i + len]);
+                    vars.push(format!("{} = {value}", self.label(name)));
+                    i += len;
                 }
                 None => {
                     vars.push(format!("{} = {}", self.variables[i], num(self.start[i])));
@@ -145,10 +196,39 @@ impl fmt::Display for CheckSummary {
             self.dimension,
             vars.join(", ")
         )?;
+        if let Some(seed) = self.init_seed {
+            writeln!(f, "  random starts  init seed {seed}")?;
+            for r in &self.random_starts {
+                // Four significant digits: a summary of the draws, not their values.
+                let short = |x: f64| crate::format::num(x, Style::Significant(4));
+                let sd = r.sd.map_or(String::new(), |s| format!(", sd {}", short(s)));
+                let draws = if r.count == 1 { "draw" } else { "draws" };
+                writeln!(
+                    f,
+                    "    {} ~ {}({}, {}): {} {draws}, mean {}{sd}",
+                    self.label(&r.name),
+                    r.distribution,
+                    num(r.parameters[0]),
+                    num(r.parameters[1]),
+                    r.count,
+                    short(r.mean)
+                )?;
+            }
+        }
         let params: Vec<String> = self
             .params
             .iter()
             .map(|(n, v)| match v {
+                ParamValue::Matrix(rows) => {
+                    let all: Vec<f64> = rows.iter().flatten().copied().collect();
+                    let shape = format!("{n}[1..{},1..{}]", rows.len(), rows[0].len());
+                    if all.windows(2).all(|w| w[0] == w[1]) || all.len() > 6 {
+                        format!("{shape} = {}", range_of(&all))
+                    } else {
+                        let rows: Vec<String> = rows.iter().map(|r| vector(r)).collect();
+                        format!("{n} = [{}]", rows.join(", "))
+                    }
+                }
                 ParamValue::Vector(xs) => {
                     if xs.windows(2).all(|w| w[0] == w[1]) {
                         format!(
@@ -256,6 +336,9 @@ impl fmt::Display for CheckSummary {
 pub struct DeriveReport {
     /// The file.
     pub file: String,
+    /// The seed the random start values were drawn with, when the file draws some.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub init_seed: Option<u64>,
     /// Variable names.
     pub variables: Vec<String>,
     /// Params (after overrides), by name: scalars, then vectors.
@@ -301,6 +384,7 @@ impl DeriveReport {
         let d = problem.derivatives(x)?;
         Ok(DeriveReport {
             file: problem.source().name().to_string(),
+            init_seed: problem.init_seed_if_random(),
             variables: problem.variables().to_vec(),
             params: params_map(problem),
             point: x.to_vec(),

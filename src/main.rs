@@ -42,6 +42,9 @@ enum Command {
         /// Override a param: NAME=VALUE (repeatable).
         #[arg(long = "set", value_name = "NAME=VALUE")]
         set: Vec<String>,
+        /// Seed of the random start values (`var w ~ normal(0, 1)`).
+        #[arg(long, default_value_t = 0, value_name = "S")]
+        init_seed: u64,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -58,6 +61,9 @@ enum Command {
         /// Override a param: NAME=VALUE (repeatable).
         #[arg(long = "set", value_name = "NAME=VALUE")]
         set: Vec<String>,
+        /// Seed of the random start values (`var w ~ normal(0, 1)`).
+        #[arg(long, default_value_t = 0, value_name = "S")]
+        init_seed: u64,
         /// Step size η: adds every requested model's drift and diffusion.
         #[arg(long)]
         eta: Option<f64>,
@@ -115,6 +121,9 @@ struct ReportArgs {
     /// Override a param: NAME=VALUE (repeatable).
     #[arg(long = "set", value_name = "NAME=VALUE")]
     set: Vec<String>,
+    /// Seed of the random start values (`var w ~ normal(0, 1)`).
+    #[arg(long, default_value_t = 0, value_name = "S")]
+    init_seed: u64,
     /// No progress bars.
     #[arg(long)]
     quiet: bool,
@@ -135,6 +144,9 @@ struct RunArgs {
     /// Override a param: NAME=VALUE (repeatable).
     #[arg(long = "set", value_name = "NAME=VALUE")]
     set: Vec<String>,
+    /// Seed of the random start values (`var w ~ normal(0, 1)`).
+    #[arg(long, default_value_t = 0, value_name = "S")]
+    init_seed: u64,
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -147,6 +159,11 @@ struct RunArgs {
 }
 
 impl RunArgs {
+    /// `--set` and `--init-seed`.
+    fn overrides(&self) -> Result<Overrides, ProblemError> {
+        overrides(&self.set, self.init_seed)
+    }
+
     /// `--threads`, defaulting to every core.
     fn threads(&self) -> usize {
         self.threads
@@ -187,6 +204,9 @@ struct MomentsArgs {
     /// Override a param: NAME=VALUE (repeatable).
     #[arg(long = "set", value_name = "NAME=VALUE")]
     set: Vec<String>,
+    /// Seed of the random start values (`var w ~ normal(0, 1)`).
+    #[arg(long, default_value_t = 0, value_name = "S")]
+    init_seed: u64,
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -417,6 +437,11 @@ fn emit(text: &str) -> Result<()> {
     }
 }
 
+/// `--set NAME=VALUE` items and the `--init-seed`.
+fn overrides(set: &[String], init_seed: u64) -> Result<Overrides, ProblemError> {
+    Ok(Overrides::parse(set)?.init_seed(init_seed))
+}
+
 fn print_json(value: &impl serde::Serialize) -> Result<()> {
     emit(&format!("{}\n", serde_json::to_string_pretty(value)?))?;
     Ok(())
@@ -424,8 +449,13 @@ fn print_json(value: &impl serde::Serialize) -> Result<()> {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Check { file, set, json } => {
-            let problem = Problem::from_file(&file, &Overrides::parse(&set)?)?;
+        Command::Check {
+            file,
+            set,
+            init_seed,
+            json,
+        } => {
+            let problem = Problem::from_file(&file, &overrides(&set, init_seed)?)?;
             let summary = CheckSummary::new(&problem);
             if json {
                 print_json(&summary)?;
@@ -438,13 +468,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             file,
             at,
             set,
+            init_seed,
             eta,
             model,
             series,
             psd,
             json,
         } => {
-            let problem = Problem::from_file(&file, &Overrides::parse(&set)?)?;
+            let problem = Problem::from_file(&file, &overrides(&set, init_seed)?)?;
             let x = problem.point_from_assignments(at.as_deref().unwrap_or(""))?;
             let mut report = DeriveReport::new(&problem, &x)?;
             let mut failed = false;
@@ -533,7 +564,7 @@ impl hasme::report::Progress for StageBars {
 fn run_report(args: ReportArgs) -> Result<ExitCode> {
     use hasme::lang::Source;
     use hasme::report::{ReportConfig, run_report};
-    let overrides = Overrides::parse(&args.set)?;
+    let overrides = overrides(&args.set, args.init_seed)?;
     let (problem, label) = match &args.file {
         Some(path) => (
             Problem::from_file(path, &overrides)?,
@@ -574,7 +605,7 @@ fn run_report(args: ReportArgs) -> Result<ExitCode> {
 /// `hasme moments`: checks the output paths first (so a typo fails before the work),
 /// compares, writes the files atomically, prints; exit 1 when a model failed.
 fn run_moments(args: MomentsArgs) -> Result<ExitCode> {
-    let problem = Problem::from_file(&args.file, &Overrides::parse(&args.set)?)?;
+    let problem = Problem::from_file(&args.file, &overrides(&args.set, args.init_seed)?)?;
     let mut config = MomentsConfig::new(args.eta, args.steps)?;
     if let Some(every) = args.every {
         config = config.with_every(every)?;
@@ -672,7 +703,7 @@ fn parse_models(names: &[String]) -> Result<Vec<ModelKind>, ProblemError> {
 /// `hasme simulate`: checks the output path first, simulates with a progress bar,
 /// prints (or writes atomically) text or JSON; divergences are reported, not errors.
 fn run_simulate(args: SimulateArgs) -> Result<ExitCode> {
-    let problem = Problem::from_file(&args.file, &Overrides::parse(&args.run.set)?)?;
+    let problem = Problem::from_file(&args.file, &args.run.overrides()?)?;
     if let Some(path) = &args.run.out {
         output::check_target(path)?;
     }
@@ -721,7 +752,7 @@ fn run_simulate(args: SimulateArgs) -> Result<ExitCode> {
 /// progress bar, writes the plot and the text or JSON (atomically with --out), prints.
 fn run_weak_order(args: WeakOrderArgs) -> Result<ExitCode> {
     use hasme::experiment::{Sweep, WeakOrderConfig, weak_order_with_progress};
-    let overrides = Overrides::parse(&args.run.set)?;
+    let overrides = args.run.overrides()?;
     let problem = Problem::from_file(&args.file, &overrides)?;
     let usage = |m: String| ProblemError::Usage(m);
     let etas = match (args.eta_max, args.levels) {
@@ -793,7 +824,7 @@ fn run_weak_order(args: WeakOrderArgs) -> Result<ExitCode> {
 /// `hasme escape`: checks the settings and output paths first, simulates with a
 /// progress bar, prints (or writes atomically) text or JSON, and the survival plot.
 fn run_escape(args: EscapeArgs) -> Result<ExitCode> {
-    let problem = Problem::from_file(&args.file, &Overrides::parse(&args.run.set)?)?;
+    let problem = Problem::from_file(&args.file, &args.run.overrides()?)?;
     let usage = |m: String| ProblemError::Usage(m);
     let region = match (&args.when, args.radius) {
         (Some(_), Some(_)) => {

@@ -1140,6 +1140,9 @@ pub struct ModelMoments {
 pub struct MomentsReport {
     /// The file the problem came from.
     pub file: String,
+    /// The init seed of the problem's random start values, when it draws some
+    /// ([`Problem::init_seed_if_random`](crate::Problem::init_seed_if_random)).
+    pub init_seed: Option<u64>,
     /// Variable names.
     pub variables: Vec<String>,
     /// The step size η.
@@ -1277,6 +1280,7 @@ impl MomentsReport {
 pub fn compare(problem: &Problem, config: &MomentsConfig) -> Result<MomentsReport, MomentsError> {
     let mut report = compare_quadratic(&Quadratic::from_problem(problem)?, config)?;
     report.minibatch = problem.finite_sum().is_some();
+    report.init_seed = problem.init_seed_if_random();
     Ok(report)
 }
 
@@ -1342,6 +1346,7 @@ pub fn compare_quadratic(
         commutator <= COMMUTE_TOLERANCE * norm(h.as_slice()) * norm(s.as_slice());
     Ok(MomentsReport {
         file: q.name.clone(),
+        init_seed: None,
         variables: q.variables.clone(),
         eta,
         every: config.every(),
@@ -1489,6 +1494,8 @@ impl Serialize for ModelsJson<'_> {
 #[derive(Serialize)]
 struct ReportJson<'a> {
     file: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    init_seed: Option<u64>,
     variables: &'a [String],
     eta: f64,
     horizon: f64,
@@ -1509,6 +1516,7 @@ impl Serialize for MomentsReport {
         let last = self.steps.last().copied().unwrap_or(0);
         ReportJson {
             file: &self.file,
+            init_seed: self.init_seed,
             variables: &self.variables,
             eta: self.eta,
             horizon: last as f64 * self.eta,

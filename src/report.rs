@@ -243,6 +243,9 @@ pub struct Settings {
     pub weak_order: WeakOrderConfig,
     /// The escape configuration, when run.
     pub escape: Option<EscapeConfig>,
+    /// The init seed of the random start values, when the problem draws some (the
+    /// reproduce commands then pass `--init-seed`).
+    pub init_seed: Option<u64>,
 }
 
 /// Everything a report computed, and where it was written.
@@ -499,6 +502,7 @@ fn settings(problem: &Problem, config: &ReportConfig) -> Result<Settings, Report
         moments,
         weak_order: wc,
         escape,
+        init_seed: problem.init_seed_if_random(),
     })
 }
 
@@ -512,11 +516,14 @@ fn join_models(models: &[ModelKind]) -> String {
 
 fn commands(file: &str, config: &ReportConfig, s: &Settings) -> Vec<(String, String)> {
     let file = shell_word(file);
-    let set: String = config
+    let mut set: String = config
         .set
         .iter()
         .map(|v| format!(" --set {}", shell_word(v)))
         .collect();
+    if let Some(seed) = s.init_seed {
+        set.push_str(&format!(" --init-seed {seed}"));
+    }
     let mut out = vec![
         (
             "check.json".into(),
@@ -832,6 +839,9 @@ impl Report {
         );
         for s in &config.set {
             let _ = write!(whole, " --set {}", shell_word(s));
+        }
+        if let Some(seed) = self.settings.init_seed {
+            let _ = write!(whole, " --init-seed {seed}");
         }
         let _ = write!(whole, " --eta {} --seed {}", self.settings.eta, config.seed);
         if config.quick {

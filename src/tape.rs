@@ -55,11 +55,14 @@ pub enum Func {
     Expm1,
     /// `abs` (not differentiable at 0; the derivative there is taken as +1)
     Abs,
+    /// `relu(x) = max(x, 0)` (not differentiable at 0; the derivative there is taken
+    /// as 0)
+    Relu,
 }
 
 impl Func {
     /// Every unary function, for lookups and suggestions.
-    pub const ALL: [Func; 15] = [
+    pub const ALL: [Func; 16] = [
         Func::Exp,
         Func::Log,
         Func::Sqrt,
@@ -75,6 +78,7 @@ impl Func {
         Func::Log1p,
         Func::Expm1,
         Func::Abs,
+        Func::Relu,
     ];
 
     /// The name used in objective files.
@@ -95,6 +99,7 @@ impl Func {
             Func::Log1p => "log1p",
             Func::Expm1 => "expm1",
             Func::Abs => "abs",
+            Func::Relu => "relu",
         }
     }
 
@@ -131,6 +136,7 @@ impl Func {
             Func::Log1p => (x.clone() + 1.0).recip(),
             Func::Expm1 => y.clone() + 1.0,
             Func::Abs => D::from(if x.re() >= 0.0 { 1.0 } else { -1.0 }),
+            Func::Relu => D::from(if x.re() > 0.0 { 1.0 } else { 0.0 }),
         }
     }
 
@@ -184,6 +190,14 @@ impl Func {
                     -x.clone()
                 }
             }
+            Func::Relu => {
+                // A NaN operand stays NaN (an error at its instruction, not a silent 0).
+                if x.re() > 0.0 || x.re().is_nan() {
+                    x.clone()
+                } else {
+                    D::from(0.0)
+                }
+            }
         }
     }
 }
@@ -232,6 +246,26 @@ pub enum Op {
     ConstPow(f64, Slot),
     /// `f(a)`
     Func(Func, Slot),
+    /// `max(a, b)`: the larger operand, value and derivatives alike; a tie takes `a`
+    /// ([`max_takes_first`]).
+    Max(Slot, Slot),
+    /// `min(a, b)`: the smaller operand; a tie takes `a` ([`min_takes_first`]).
+    Min(Slot, Slot),
+}
+
+/// Whether `max(a, b)` is its first operand: `a ≥ b` (a tie takes the first, so the
+/// derivative at a kink is the first operand's), or `a` is NaN (a NaN operand is kept,
+/// so evaluation reports it rather than dropping it).
+#[inline(always)]
+pub fn max_takes_first(a: f64, b: f64) -> bool {
+    a >= b || a.is_nan()
+}
+
+/// Whether `min(a, b)` is its first operand: `a ≤ b` or `a` is NaN (see
+/// [`max_takes_first`]).
+#[inline(always)]
+pub fn min_takes_first(a: f64, b: f64) -> bool {
+    a <= b || a.is_nan()
 }
 
 impl Op {
@@ -256,6 +290,8 @@ impl Op {
             Op::PowF(a, c) => (14, a as u64, b(c)),
             Op::ConstPow(c, a) => (15, a as u64, b(c)),
             Op::Func(f, a) => (16 + f as u8, a as u64, 0),
+            Op::Max(a, c) => (64, a as u64, c as u64),
+            Op::Min(a, c) => (65, a as u64, c as u64),
             // Two slots and a constant: slots packed in one word (each < 2³²).
             Op::AddScaled(a, s, c) => (255, ((a as u64) << 32) | s as u64, b(c)),
         }
@@ -269,6 +305,8 @@ impl Op {
             | Op::Mul(a, b)
             | Op::Div(a, b)
             | Op::Pow(a, b)
+            | Op::Max(a, b)
+            | Op::Min(a, b)
             | Op::AddScaled(a, b, _) => [Some(a), Some(b)],
             Op::AddConst(a, _)
             | Op::ConstSub(_, a)
@@ -292,6 +330,8 @@ impl Op {
             | Op::Mul(a, b)
             | Op::Div(a, b)
             | Op::Pow(a, b)
+            | Op::Max(a, b)
+            | Op::Min(a, b)
             | Op::AddScaled(a, b, _) => {
                 m(a);
                 m(b);
@@ -334,6 +374,14 @@ fn step<D: DualNum<Primitive = f64>>(op: Op, s: &[D], x: &[D], out: &mut D) {
         Op::PowF(a, c) => *out = powf(at(a), c),
         Op::ConstPow(c, a) => *out = (at(a).clone() * c.ln()).exp(),
         Op::Func(f, a) => *out = outlined(|| f.apply(at(a))),
+        Op::Max(a, b) => {
+            let first = max_takes_first(at(a).re(), at(b).re());
+            *out = if first { at(a) } else { at(b) }.clone();
+        }
+        Op::Min(a, b) => {
+            let first = min_takes_first(at(a).re(), at(b).re());
+            *out = if first { at(a) } else { at(b) }.clone();
+        }
     }
 }
 
@@ -360,6 +408,20 @@ fn jet_step<const N: usize>(op: Op, s: &[Jet<N>], x: &[f64], row: &[f64], out: &
         Op::DivConst(a, c) => out.set_map(at(a), |v| v / c),
         Op::Neg(a) => out.set_map(at(a), |v| -v),
         Op::PowI(a, 2) => out.set_square(at(a)),
+        Op::Max(a, b) => {
+            *out = *if max_takes_first(at(a).re, at(b).re) {
+                at(a)
+            } else {
+                at(b)
+            }
+        }
+        Op::Min(a, b) => {
+            *out = *if min_takes_first(at(a).re, at(b).re) {
+                at(a)
+            } else {
+                at(b)
+            }
+        }
         Op::PowI(a, n) if n > 2 => {
             // f = aⁿ, f′ = n aⁿ⁻¹, f″ = n(n − 1) aⁿ⁻².
             let x = at(a).re;
@@ -607,7 +669,8 @@ impl Tape {
                 | Op::ConstPow(_, a)
                 | Op::ConstDiv(_, a)
                 | Op::Func(_, a) => smooth(at(a)),
-                Op::Pow(a, b) => {
+                // Piecewise: polynomial only when both operands are constant in x.
+                Op::Pow(a, b) | Op::Max(a, b) | Op::Min(a, b) => {
                     let ((da, ca), (db, cb)) = (at(a), at(b));
                     smooth((max(da, db).filter(|&d| d == 0), join(ca, cb)))
                 }
@@ -1195,6 +1258,14 @@ fn adjoint<D: DualNum<Primitive = f64> + Copy>(
         Op::PowF(a, c) => adj[a as usize] += vbar * powf(&at(a), c - 1.0) * c,
         Op::ConstPow(c, a) => adj[a as usize] += vbar * out * c.ln(),
         Op::Func(f, a) => adj[a as usize] += vbar * f.derivative(&at(a), &out),
+        Op::Max(a, b) => {
+            let first = max_takes_first(at(a).re(), at(b).re());
+            adj[if first { a } else { b } as usize] += vbar;
+        }
+        Op::Min(a, b) => {
+            let first = min_takes_first(at(a).re(), at(b).re());
+            adj[if first { a } else { b } as usize] += vbar;
+        }
     }
 }
 
@@ -1306,15 +1377,27 @@ impl TapeBuilder {
     }
 
     fn emit(&mut self, op: Op, span: Span) -> Val {
+        Val::Slot(self.emit_slot(op, span))
+    }
+
+    fn emit_slot(&mut self, op: Op, span: Span) -> Slot {
         let key = op.key();
         if let Some(&s) = self.cache.get(&key) {
-            return Val::Slot(s);
+            return s;
         }
         let s = self.ops.len() as Slot;
         self.ops.push(op);
         self.spans.push(span);
         self.cache.insert(key, s);
-        Val::Slot(s)
+        s
+    }
+
+    /// The slot holding `v` (a constant gets an `Op::Const` slot).
+    fn slot_of(&mut self, v: Val, span: Span) -> Slot {
+        match v {
+            Val::Slot(s) => s,
+            Val::Const(c) => self.emit_slot(Op::Const(c), span),
+        }
     }
 
     fn fold(c: f64) -> Result<Val, f64> {
@@ -1330,12 +1413,10 @@ impl TapeBuilder {
         self.emit(Op::Var(i as u32), span)
     }
 
-    /// Data input `j` (a column of the current row).
+    /// Data input `j` (a column of the current row); the tape's data inputs grow to
+    /// hold it (a column first read while compiling, e.g. `d.x[i]` in a loop).
     pub fn column(&mut self, j: usize, span: Span) -> Val {
-        debug_assert!(
-            j < self.data,
-            "column index beyond the builder's data inputs"
-        );
+        self.data = self.data.max(j + 1);
         self.emit(Op::Var((self.dim + j) as u32), span)
     }
 
@@ -1461,17 +1542,37 @@ impl TapeBuilder {
         })
     }
 
+    /// `max(a, b)`; a tie takes `a` ([`max_takes_first`]). A constant operand beside a
+    /// slot gets a slot of its own.
+    pub fn max(&mut self, a: Val, b: Val, span: Span) -> Result<Val, f64> {
+        self.select(a, b, span, max_takes_first, Op::Max)
+    }
+
+    /// `min(a, b)`; a tie takes `a` ([`min_takes_first`]).
+    pub fn min(&mut self, a: Val, b: Val, span: Span) -> Result<Val, f64> {
+        self.select(a, b, span, min_takes_first, Op::Min)
+    }
+
+    fn select(
+        &mut self,
+        a: Val,
+        b: Val,
+        span: Span,
+        first: fn(f64, f64) -> bool,
+        op: fn(Slot, Slot) -> Op,
+    ) -> Result<Val, f64> {
+        if let (Val::Const(x), Val::Const(y)) = (a, b) {
+            return Self::fold(if first(x, y) { x } else { y });
+        }
+        let (x, y) = (self.slot_of(a, span), self.slot_of(b, span));
+        Ok(self.emit(op(x, y), span))
+    }
+
     /// Finishes with the given outputs, keeping only the instructions they need.
     pub fn finish(mut self, outputs: &[(Val, Span)]) -> Tape {
         let mut out_slots = Vec::with_capacity(outputs.len());
         for &(v, span) in outputs {
-            let s = match v {
-                Val::Slot(s) => s,
-                Val::Const(c) => match self.emit(Op::Const(c), span) {
-                    Val::Slot(s) => s,
-                    Val::Const(_) => unreachable!("emit always returns a slot"),
-                },
-            };
+            let s = self.slot_of(v, span);
             out_slots.push(s);
         }
         // Dead-code elimination: operands always precede users, so one backward pass.
@@ -1599,7 +1700,8 @@ mod tests {
         + tan(0.2*x1) + tanh(x2) + sinh(0.5*x3) + cosh(0.5*x1) + atan(x2*x3) + sigmoid(x1 - x3) \
         + softplus(x2) + log1p(x3^2) + expm1(0.1*x1) + abs(x2 - 3) + (1 + x1^2)^x2 \
         + (2 + x3)^0.7 + 3^x1 + x1/(2 + x2^2) + 1/(3 + x3) + x2/4 - x1 - (5 - x3) + x1^-2 * 0.01 \
-        + pow(2 + x2, 1.5)";
+        + pow(2 + x2, 1.5) + max(x1, x2^2) + min(x3, 0.5*x1) + relu(x2 - 0.1) \
+        + logsumexp(k = 1..3, k*x1 - x3^2)";
 
     fn all_methods_agree(text: &str, x: &[f64]) {
         let p = crate::Problem::from_str(text).unwrap();
@@ -1666,6 +1768,64 @@ mod tests {
         );
         let x: Vec<f64> = (0..11).map(|i| 0.1 * i as f64 - 0.45).collect();
         all_methods_agree(&text, &x);
+    }
+
+    /// `max` and `min` pass the chosen operand through whole, a tie taking the first,
+    /// in every method; `relu` has derivative 0 at 0.
+    #[test]
+    fn max_min_and_relu_take_the_documented_side_at_kinks() {
+        // At x = y = 1: max(x, 2y − 1) and min(x, 2y − 1) tie and take x; the swapped
+        // max takes 2y − 1; relu(x − 1) sits at its kink.
+        let text = "var x, y\nminimize max(x, 2*y - 1) + 10*min(x, 2*y - 1) \
+            + 100*max(2*y - 1, x) + 1000*relu(x - 1) + max(x^2, 0)*y";
+        let p = crate::Problem::from_str(text).unwrap();
+        let tape = p.objective_tape();
+        let want_gradient = [1.0 + 10.0 + 2.0, 200.0 + 1.0];
+        for method in [
+            HessianMethod::Static,
+            HessianMethod::Blocked,
+            HessianMethod::Reverse,
+        ] {
+            let mut jets = Jets::default();
+            tape.derivatives_by(method, &[1.0, 1.0], &mut Workspace::default(), &mut jets)
+                .unwrap();
+            assert_eq!(jets.values[0], 1.0 + 10.0 + 100.0 + 0.0 + 1.0, "{method:?}");
+            assert_eq!(jets.gradient(0), want_gradient, "{method:?}");
+            // ∂²(x²y) only: 2y, 2x, 2x, 0.
+            assert_eq!(jets.hessian(0), [2.0, 2.0, 2.0, 0.0], "{method:?}");
+        }
+        let mut g = Jets::default();
+        tape.gradients_with(&[1.0, 1.0], &mut Workspace::default(), &mut g)
+            .unwrap();
+        assert_eq!(g.gradient(0), want_gradient);
+        // Away from the kinks each is the smooth piece it picks.
+        let d = &tape.derivatives(&[2.0, 0.5]).unwrap()[0];
+        assert_eq!(
+            d.gradient.as_slice(),
+            [1.0 + 0.0 + 100.0 + 1000.0 + 4.0 * 0.5, 20.0 + 4.0]
+        );
+    }
+
+    #[test]
+    fn max_and_min_fold_constants_and_keep_a_nan() {
+        let mut b = TapeBuilder::new(1);
+        assert_eq!(
+            b.max(Val::Const(2.0), Val::Const(3.0), sp()),
+            Ok(Val::Const(3.0))
+        );
+        assert_eq!(
+            b.min(Val::Const(2.0), Val::Const(3.0), sp()),
+            Ok(Val::Const(2.0))
+        );
+        assert!(max_takes_first(f64::NAN, 1.0) && !max_takes_first(1.0, f64::NAN));
+        assert!(min_takes_first(f64::NAN, 1.0) && !min_takes_first(1.0, f64::NAN));
+        // A NaN operand reaches the output, so evaluation reports it.
+        let x = b.var(0, sp());
+        let l = b.func(Func::Log, x, sp()).unwrap();
+        let m = b.max(Val::Const(0.0), l, sp()).unwrap();
+        let tape = b.finish(&[(m, sp())]);
+        assert!(tape.values(&[-1.0]).is_err());
+        assert_eq!(tape.values(&[1.0]).unwrap(), [0.0]);
     }
 
     #[test]

@@ -163,7 +163,7 @@ fn never_panics(text: &str) -> Result<(), TestCaseError> {
 
 /// The language's own tokens, with the separators that matter (newlines of every kind,
 /// `;`, comments, string quotes) and a few wide characters.
-const TOKENS: [&str; 59] = [
+const TOKENS: [&str; 67] = [
     "param",
     "var",
     "let",
@@ -193,6 +193,14 @@ const TOKENS: [&str; 59] = [
     "sum",
     "prod",
     "mean",
+    "max",
+    "relu",
+    "logsumexp",
+    "~",
+    "normal",
+    "uniform",
+    "W",
+    "d.x",
     "0",
     "1",
     "2.5",
@@ -949,6 +957,322 @@ fn vector_errors_name_the_index() {
         1,
         14,
         "`a` is declared with 2 entries but the list has 3",
+    );
+}
+
+/// Matrices: the number of indices and lengths, indices against the shape, and param
+/// literals against their declared shape.
+#[test]
+fn matrix_errors_name_the_index_and_the_shape() {
+    let m = "var W[2, 3]\n";
+    // A third index, at its place.
+    expect_error(
+        &format!("{m}minimize W[1, 2, 1]"),
+        Kind::Check,
+        2,
+        18,
+        "at most two indices, `W[i]` or `W[i, j]`, found 3",
+    );
+    // Out of range, by axis, with the loop index's value.
+    let d = expect_error(
+        &format!("{m}minimize sum(i = 1..3, W[i, 1])"),
+        Kind::Check,
+        2,
+        26,
+        "row index 3 is out of range for the 2×3 variable matrix `W` (valid: 1..2)",
+    );
+    assert_eq!(d.notes, vec!["when i = 3".to_string()]);
+    expect_error(
+        &format!("{m}minimize W[1, 4]"),
+        Kind::Check,
+        2,
+        15,
+        "column index 4 is out of range for the 2×3 variable matrix `W` (valid: 1..3)",
+    );
+    expect_error(
+        &format!("{m}minimize W[0, 1]"),
+        Kind::Check,
+        2,
+        12,
+        "row index 0 is out of range",
+    );
+    // The wrong number of indices: a matrix with one, a vector with two.
+    expect_error(
+        &format!("{m}minimize 1 + W[2]"),
+        Kind::Check,
+        2,
+        14,
+        "`W` is a 2×3 variable matrix: it takes two indices, `W[i, j]`",
+    );
+    expect_error(
+        "var w[3]\nminimize w[1, 1]",
+        Kind::Check,
+        2,
+        15,
+        "`w` is a variable vector of 3 entries: it takes one index, `w[i]`",
+    );
+    expect_error(
+        "param A[2, 2] = 1\nvar x\nminimize x*A[3]",
+        Kind::Check,
+        3,
+        12,
+        "`A` is a 2×2 param matrix: it takes two indices",
+    );
+    expect_error(
+        &format!("{m}minimize W"),
+        Kind::Check,
+        2,
+        10,
+        "`W` is a 2×3 matrix of variables; index it, e.g. `W[1, 1]`",
+    );
+    expect_error(
+        "var x\nminimize x[1, 1]",
+        Kind::Check,
+        2,
+        10,
+        "`x` is not a vector, so it cannot be indexed",
+    );
+    // Declarations: a third length, a bad length.
+    expect_error(
+        "var W[2, 2, 2]\nminimize 1",
+        Kind::Check,
+        1,
+        13,
+        "at most two lengths: a vector `[n]` or a matrix `[rows, cols]`, found 3",
+    );
+    expect_error(
+        "var W[2, 0.5]\nminimize 1",
+        Kind::Check,
+        1,
+        10,
+        "a number of columns must be an integer from 1 to 5000, found 0.5",
+    );
+    expect_error(
+        "var W[100, 100]\nminimize 1",
+        Kind::Check,
+        1,
+        6,
+        "more than 5000 variables in all",
+    );
+    // Param literals against the declared shape.
+    expect_error(
+        "param A[2, 2] = [[1, 2], [3]]\nvar x\nminimize x",
+        Kind::Check,
+        1,
+        26,
+        "row 2 of `A` has 1 entries; `A` is declared 2×2",
+    );
+    expect_error(
+        "param A[2, 2] = [[1, 2]]\nvar x\nminimize x",
+        Kind::Check,
+        1,
+        17,
+        "`A` is declared 2×2 but the matrix has 1 rows",
+    );
+    expect_error(
+        "param A[2, 2] = [1, 2, 3, 4]\nvar x\nminimize x",
+        Kind::Check,
+        1,
+        17,
+        "`A` is a 2×2 matrix: give its rows",
+    );
+    expect_error(
+        "param a[2] = [[1, 2]]\nvar x\nminimize x",
+        Kind::Check,
+        1,
+        14,
+        "`a` is a vector of 2 entries: give a list",
+    );
+    expect_error(
+        "param a = [[1, 2]]\nvar x\nminimize x",
+        Kind::Check,
+        1,
+        11,
+        "a matrix needs a matrix param: `param a[1, 2] = [[…], …]`",
+    );
+    expect_error(
+        "param A[2000, 2000] = 0\nvar x\nminimize x",
+        Kind::Check,
+        1,
+        8,
+        "more than the 1000000 a param may hold",
+    );
+}
+
+/// Matrix params are read, overridden entry by entry, and named in `--set` errors.
+#[test]
+fn matrix_params_take_overrides_by_entry() {
+    let text = "param A[2, 2] = [[1, 2], [3, 4]]\nvar x\nminimize A[2, 1]*x";
+    let p = Problem::from_source(
+        Source::new("m.hasme", text),
+        &Overrides::none().set("A[2,1]", 7.0),
+    )
+    .unwrap();
+    assert_eq!(p.param_matrices()[0].values, [1.0, 2.0, 7.0, 4.0]);
+    let p = Problem::from_source(
+        Source::new("m.hasme", text),
+        &Overrides::none().set("A", 5.0),
+    )
+    .unwrap();
+    assert_eq!(p.param_matrices()[0].values, [5.0; 4]);
+    let m = usage_error(Problem::from_source(
+        Source::new("m.hasme", text),
+        &Overrides::none().set("A[3,1]", 1.0),
+    ));
+    assert!(m.contains("`A[3,1]` is not a param"), "{m}");
+}
+
+/// Random starts: parameters checked at their place, `~` refused on a param, and only
+/// `normal` and `uniform` known.
+#[test]
+fn random_start_errors_are_at_their_place() {
+    expect_error(
+        "var w[3] ~ normal(0, -1)\nminimize 1",
+        Kind::Check,
+        1,
+        22,
+        "the standard deviation of `normal(M, S)` must be ≥ 0, found -1",
+    );
+    expect_error(
+        "var a = 1, w ~ uniform(2, 2)\nminimize a",
+        Kind::Check,
+        1,
+        16,
+        "`uniform(A, B)` needs A < B, found A = 2 and B = 2",
+    );
+    expect_error(
+        "var x\nvar w ~ normal(x, 1)\nminimize x",
+        Kind::Check,
+        2,
+        16,
+        "the mean of `normal` must be a constant, but `x` is a variable",
+    );
+    expect_error(
+        "var w ~ normal(1e308, 1e308)\nminimize w",
+        Kind::Check,
+        1,
+        9,
+        "its parameters are too large",
+    );
+    expect_error(
+        "param s ~ normal(0, 1)\nvar x\nminimize x",
+        Kind::Syntax,
+        1,
+        9,
+        "a param is a constant, so it cannot be drawn at random",
+    );
+    expect_error(
+        "var w ~ gamma(1, 2)\nminimize w",
+        Kind::Syntax,
+        1,
+        9,
+        "expected `normal(M, S)` or `uniform(A, B)`, found `gamma`",
+    );
+    expect_error(
+        "var w ~ normal(1)\nminimize w",
+        Kind::Syntax,
+        1,
+        17,
+        "expected",
+    );
+}
+
+/// Indexed columns: a missing column at the place naming it, with a suggestion and the
+/// loop index; only inside the finite sum; one index.
+#[test]
+fn indexed_column_errors_name_the_column() {
+    let data = "data d = [[x1, x2, x3, y], [1, 2, 3, 4], [0, 1, 0, 1]]\nvar w[4]\n";
+    let d = expect_error(
+        &format!("{data}minimize mean(d, (sum(i = 1..4, w[i]*d.x[i]) - d.y)^2)"),
+        Kind::Check,
+        3,
+        40,
+        "`d` has no column `x4`; did you mean `x1`? (its columns: x1, x2, x3, y)",
+    );
+    assert_eq!(d.notes, vec!["when i = 4".to_string()]);
+    expect_error(
+        &format!("{data}minimize mean(d, w[1]*d.x[-1])"),
+        Kind::Check,
+        3,
+        27,
+        "a column index must be ≥ 0",
+    );
+    expect_error(
+        &format!("{data}minimize mean(d, w[1]*d.x[w[2]])"),
+        Kind::Check,
+        3,
+        27,
+        "an index must be a constant",
+    );
+    expect_error(
+        &format!("{data}minimize mean(d, w[1]*d.y) + d.x[1]"),
+        Kind::Check,
+        3,
+        30,
+        "`d.x[…]` reads a data column outside `mean(…)`",
+    );
+    expect_error(
+        &format!("{data}minimize mean(d, w[1]*d.x[1, 2])"),
+        Kind::Syntax,
+        3,
+        30,
+        "a column takes one index: `d.x[i]` reads the column `x` followed by the digits of i",
+    );
+    // And they read the right columns.
+    let p = Problem::from_str(&format!(
+        "{data}minimize mean(d, (sum(i = 1..3, w[i]*d.x[i]) + w[4] - d.y)^2)"
+    ))
+    .unwrap();
+    let fs = p.finite_sum().unwrap();
+    assert_eq!(fs.columns, ["y", "x1", "x2", "x3"]);
+    // f at w = (1, 0, 0, 0): rows (1 − 4)², (0 − 1)², mean 5.
+    assert_eq!(p.value(&[1.0, 0.0, 0.0, 0.0]).unwrap(), 5.0);
+}
+
+/// The new functions: arity, `logsumexp` used as a call, an empty range.
+#[test]
+fn function_errors_for_max_min_and_logsumexp() {
+    expect_error(
+        "var x\nminimize max(x)",
+        Kind::Check,
+        2,
+        10,
+        "`max` takes 2 arguments, found 1",
+    );
+    expect_error(
+        "var x\nminimize relu(x, 1)",
+        Kind::Check,
+        2,
+        10,
+        "`relu` takes 1 argument, found 2",
+    );
+    expect_error(
+        "var x\nminimize logsumexp(x, 1)",
+        Kind::Check,
+        2,
+        10,
+        "`logsumexp` needs an index range: `logsumexp(i = 1..n, EXPR)`",
+    );
+    expect_error(
+        "var x\nminimize x + logsumexp(k = 2..1, k*x)",
+        Kind::Check,
+        2,
+        14,
+        "`logsumexp` over the empty range 2..1 is log 0 = −∞",
+    );
+    expect_error(
+        "var x\nminimize maxx(x, 1)",
+        Kind::Check,
+        2,
+        10,
+        "unknown function `maxx`; did you mean `max`?",
+    );
+    expect_error(
+        "var max = 1\nminimize max",
+        Kind::Check,
+        1,
+        5,
+        "`max` is reserved (a built-in function)",
     );
 }
 

@@ -3,9 +3,7 @@
 //! Every expression is an arena of nodes in post-order: a node's operands always come
 //! before it and the root is the last node. Walking an expression is therefore a loop,
 //! never a recursion, so a megabyte-long operator chain can be checked, compiled and
-//! dropped without touching the call stack. The tree already has room for the parts of
-//! docs/language.md that later work fills in (vector variables and indices, `sum`/`prod`,
-//! data tables and `mean`), so adding them changes the checker, not the shape.
+//! dropped without touching the call stack.
 
 use super::source::Span;
 
@@ -54,7 +52,7 @@ impl Expr {
             n.span = f(n.span);
             match &mut n.kind {
                 NodeKind::Index { name, .. } => name.span = f(name.span),
-                NodeKind::Column { data, column } => {
+                NodeKind::Column { data, column, .. } => {
                     data.span = f(data.span);
                     column.span = f(column.span);
                 }
@@ -128,21 +126,27 @@ impl BinOp {
 /// Precedence of unary minus.
 pub const NEG_PRECEDENCE: u8 = 3;
 
-/// `sum` or `prod`.
+/// `sum`, `prod` or `logsumexp`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ReduceKind {
     /// `sum(i = A..B, E)`
     Sum,
     /// `prod(i = A..B, E)`
     Prod,
+    /// `logsumexp(i = A..B, E)` = log Σ exp(E), evaluated stably.
+    LogSumExp,
 }
 
 impl ReduceKind {
+    /// Every reduction, for lookups.
+    pub const ALL: [ReduceKind; 3] = [ReduceKind::Sum, ReduceKind::Prod, ReduceKind::LogSumExp];
+
     /// The keyword as written.
     pub fn name(self) -> &'static str {
         match self {
             ReduceKind::Sum => "sum",
             ReduceKind::Prod => "prod",
+            ReduceKind::LogSumExp => "logsumexp",
         }
     }
 }
@@ -168,19 +172,22 @@ pub enum NodeKind {
     },
     /// A name: variable, param, let, loop index or `pi`.
     Name(String),
-    /// `name[index]`.
+    /// `name[i]` or `name[i, j]` (any number of indices is parsed; the checker
+    /// holds them against the name's shape).
     Index {
         /// The indexed name.
         name: Ident,
-        /// The index expression.
-        index: NodeId,
+        /// The index expressions, in order.
+        indices: Vec<NodeId>,
     },
-    /// `DATA.col`.
+    /// `DATA.col`, or `DATA.col[i]`: the column named `col` followed by the digits of `i`.
     Column {
         /// The data table.
         data: Ident,
-        /// The column.
+        /// The column (its name's stem when indexed).
         column: Ident,
+        /// The index of `DATA.col[i]`.
+        index: Option<NodeId>,
     },
     /// Unary minus.
     Neg(NodeId),
@@ -219,8 +226,9 @@ impl NodeKind {
     /// The operands of a node, in order.
     pub fn children(&self) -> Vec<NodeId> {
         match self {
-            NodeKind::Num { .. } | NodeKind::Name(_) | NodeKind::Column { .. } => Vec::new(),
-            NodeKind::Index { index, .. } => vec![*index],
+            NodeKind::Num { .. } | NodeKind::Name(_) => Vec::new(),
+            NodeKind::Column { index, .. } => index.iter().copied().collect(),
+            NodeKind::Index { indices, .. } => indices.clone(),
             NodeKind::Neg(a) => vec![*a],
             NodeKind::Binary { lhs, rhs, .. } => vec![*lhs, *rhs],
             NodeKind::Call { args, .. } => args.clone(),
@@ -245,15 +253,64 @@ pub struct Statement {
     pub span: Span,
 }
 
-/// A `var` declaration: `name`, `name = init`, `name[n] = init`.
+/// The shape of a vector or matrix: `[n]` or `[rows, cols]` (any number of lengths is
+/// parsed; the checker refuses more than two).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Size {
+    /// The lengths, in order.
+    pub dims: Vec<Expr>,
+    /// The brackets and everything inside.
+    pub span: Span,
+}
+
+/// A distribution of random start values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DistributionKind {
+    /// `normal(M, S)`: mean M, standard deviation S.
+    Normal,
+    /// `uniform(A, B)`: uniform on [A, B).
+    Uniform,
+}
+
+impl DistributionKind {
+    /// The name as written.
+    pub fn name(self) -> &'static str {
+        match self {
+            DistributionKind::Normal => "normal",
+            DistributionKind::Uniform => "uniform",
+        }
+    }
+}
+
+/// `~ normal(M, S)` or `~ uniform(A, B)`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Distribution {
+    /// Which distribution.
+    pub kind: DistributionKind,
+    /// Its two parameters (M, S or A, B).
+    pub args: [Expr; 2],
+    /// From `normal`/`uniform` to the closing parenthesis.
+    pub span: Span,
+}
+
+/// How a variable starts.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Start {
+    /// `= EXPR`: one constant for every coordinate.
+    Value(Expr),
+    /// `~ DIST`: every coordinate drawn.
+    Random(Distribution),
+}
+
+/// A `var` declaration: `name`, `name = init`, `name[n] = init`, `name[r, c] ~ dist`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct VarDecl {
     /// The variable.
     pub name: Ident,
-    /// Length of a vector variable.
-    pub size: Option<Expr>,
+    /// Shape of a vector or matrix variable.
+    pub size: Option<Size>,
     /// Start value (default 0).
-    pub init: Option<Expr>,
+    pub init: Option<Start>,
 }
 
 /// A param's value: an expression, or a list for a vector param.
@@ -263,6 +320,13 @@ pub enum ParamValue {
     Scalar(Expr),
     /// `param a[3] = [1, 2, 3]`
     List(List),
+    /// `param a[2, 2] = [[1, 2], [3, 4]]`
+    Matrix {
+        /// The rows.
+        rows: Vec<List>,
+        /// The outer brackets.
+        span: Span,
+    },
 }
 
 /// `[e1, …, en]` with its place.
@@ -325,8 +389,8 @@ pub enum StatementKind {
     Param {
         /// The param.
         name: Ident,
-        /// Length of a vector param.
-        size: Option<Expr>,
+        /// Shape of a vector or matrix param.
+        size: Option<Size>,
         /// Its value.
         value: ParamValue,
     },

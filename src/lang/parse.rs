@@ -164,9 +164,8 @@ fn parse_rule<'i>(
 fn describe(rule: Rule) -> Option<&'static str> {
     use Rule::*;
     Some(match rule {
-        expr | number | name | call | reduce | reduce_kind | indexed | column | paren | neg => {
-            "an expression"
-        }
+        expr | number | name | call | reduce | reduce_kind | indexed | column | column_at
+        | paren | neg => "an expression",
         add | sub | mul | div | pow => "an operator",
         EOI => "the end of the file",
         ident => "a name",
@@ -181,6 +180,8 @@ fn describe(rule: Rule) -> Option<&'static str> {
         }
         var_decl => "a variable name",
         kw_when => "`when`",
+        random_start => "`~`",
+        distribution | kw_normal | kw_uniform => "`normal(M, S)` or `uniform(A, B)`",
         gt => "`>`",
         _ => return None,
     })
@@ -209,7 +210,7 @@ fn syntax_error(err: &pest::error::Error<Rule>, text: &str, source: &Source) -> 
         for tok in attempts.expected_tokens() {
             let t = tok.to_string();
             let t = t.trim_matches('\'').trim_matches('"').to_string();
-            if ["(", ")", "[", "]", "=", ",", ".."].contains(&t.as_str()) {
+            if ["(", ")", "[", "]", "=", ",", "..", "~"].contains(&t.as_str()) {
                 push(&mut expected, format!("`{t}`"));
             }
         }
@@ -324,10 +325,32 @@ fn build_statement(pair: Pair<Rule>, source: &Source) -> Result<Statement, Box<D
             } else {
                 None
             };
-            let value = if p.as_rule() == Rule::list {
-                ParamValue::List(build_list(p, source)?)
-            } else {
-                ParamValue::Scalar(build_expr(p, source)?)
+            let value = match p.as_rule() {
+                Rule::random_start => {
+                    let at = p.as_span().start();
+                    return Err(Box::new(
+                        source
+                            .diagnostic(
+                                Span::new(at, at + 1),
+                                format!(
+                                    "a param is a constant, so it cannot be drawn at random: `~` draws the start values of variables (`var {} ~ …`)",
+                                    name.name
+                                ),
+                                "expected `=` and a value",
+                            )
+                            .with_note("a random start is drawn from the stream set by `--init-seed`"),
+                    ));
+                }
+                Rule::matrix => {
+                    let span = span_of(&p);
+                    let rows = p
+                        .into_inner()
+                        .map(|r| build_list(r, source))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    ParamValue::Matrix { rows, span }
+                }
+                Rule::list => ParamValue::List(build_list(p, source)?),
+                _ => ParamValue::Scalar(build_expr(p, source)?),
             };
             StatementKind::Param { name, size, value }
         }
@@ -341,7 +364,11 @@ fn build_statement(pair: Pair<Rule>, source: &Source) -> Result<Statement, Box<D
                 for p in parts {
                     match p.as_rule() {
                         Rule::size => size = Some(build_size(p, source)?),
-                        _ => init = Some(build_expr(p, source)?),
+                        Rule::random_start => {
+                            let dist = p.into_inner().next().ok_or_else(|| internal(source))?;
+                            init = Some(Start::Random(build_distribution(dist, source)?));
+                        }
+                        _ => init = Some(Start::Value(build_expr(p, source)?)),
                     }
                 }
                 decls.push(VarDecl { name, size, init });
@@ -449,12 +476,36 @@ fn is_keyword(rule: Rule) -> bool {
             | kw_sampling
             | kw_escape
             | kw_when
+            | kw_normal
+            | kw_uniform
     )
 }
 
-fn build_size(pair: Pair<Rule>, source: &Source) -> Result<Expr, Box<Diagnostic>> {
-    let e = pair.into_inner().next().ok_or_else(|| internal(source))?;
-    build_expr(e, source)
+fn build_size(pair: Pair<Rule>, source: &Source) -> Result<Size, Box<Diagnostic>> {
+    let span = span_of(&pair);
+    let dims = pair
+        .into_inner()
+        .map(|e| build_expr(e, source))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Size { dims, span })
+}
+
+/// `normal(M, S)` or `uniform(A, B)`.
+fn build_distribution(pair: Pair<Rule>, source: &Source) -> Result<Distribution, Box<Diagnostic>> {
+    let span = span_of(&pair);
+    let mut parts = pair.into_inner();
+    let mut next = || parts.next().ok_or_else(|| internal(source));
+    let kind = match next()?.as_rule() {
+        Rule::kw_normal => DistributionKind::Normal,
+        _ => DistributionKind::Uniform,
+    };
+    let first = build_expr(next()?, source)?;
+    let second = build_expr(next()?, source)?;
+    Ok(Distribution {
+        kind,
+        args: [first, second],
+        span,
+    })
 }
 
 fn build_list(pair: Pair<Rule>, source: &Source) -> Result<List, Box<Diagnostic>> {
@@ -602,11 +653,11 @@ impl Builder<'_> {
             Rule::reduce => {
                 let mut parts = p.into_inner();
                 let mut next = || parts.next().ok_or_else(|| internal(self.source));
-                let kind = if next()?.as_str().starts_with("sum") {
-                    ReduceKind::Sum
-                } else {
-                    ReduceKind::Prod
-                };
+                let word = next()?.as_str();
+                let kind = ReduceKind::ALL
+                    .into_iter()
+                    .find(|k| k.name() == word)
+                    .ok_or_else(|| internal(self.source))?;
                 let index = ident_of(next()?);
                 let (lo_p, hi_p, body_p) = (next()?, next()?, next()?);
                 let lo = self.expr(lo_p)?;
@@ -626,17 +677,56 @@ impl Builder<'_> {
             Rule::indexed => {
                 let mut parts = p.into_inner();
                 let name = ident_of(parts.next().ok_or_else(|| internal(self.source))?);
-                let index_p = parts.next().ok_or_else(|| internal(self.source))?;
-                let index = self.expr(index_p)?;
-                Ok(self.push(NodeKind::Index { name, index }, span))
+                let mut indices = Vec::new();
+                for index_p in parts {
+                    indices.push(self.expr(index_p)?);
+                }
+                Ok(self.push(NodeKind::Index { name, indices }, span))
             }
             Rule::column => {
+                let (data, column) = self.column_names(p)?;
+                Ok(self.push(
+                    NodeKind::Column {
+                        data,
+                        column,
+                        index: None,
+                    },
+                    span,
+                ))
+            }
+            Rule::column_at => {
                 let mut parts = p.into_inner();
-                let data = ident_of(parts.next().ok_or_else(|| internal(self.source))?);
-                let column = ident_of(parts.next().ok_or_else(|| internal(self.source))?);
-                Ok(self.push(NodeKind::Column { data, column }, span))
+                let (data, column) =
+                    self.column_names(parts.next().ok_or_else(|| internal(self.source))?)?;
+                let index = self.expr(parts.next().ok_or_else(|| internal(self.source))?)?;
+                if let Some(extra) = parts.next() {
+                    return Err(Box::new(self.source.diagnostic(
+                        span_of(&extra),
+                        format!(
+                            "a column takes one index: `{}.{}[i]` reads the column `{}` followed by the digits of i",
+                            data.name, column.name, column.name
+                        ),
+                        "a second index",
+                    )));
+                }
+                Ok(self.push(
+                    NodeKind::Column {
+                        data,
+                        column,
+                        index: Some(index),
+                    },
+                    span,
+                ))
             }
             _ => Err(internal(self.source)),
         }
+    }
+
+    /// The table and column of a `column` pair (`DATA.NAME`).
+    fn column_names(&self, p: Pair<Rule>) -> Result<(Ident, Ident), Box<Diagnostic>> {
+        let mut parts = p.into_inner();
+        let data = ident_of(parts.next().ok_or_else(|| internal(self.source))?);
+        let column = ident_of(parts.next().ok_or_else(|| internal(self.source))?);
+        Ok((data, column))
     }
 }

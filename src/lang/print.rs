@@ -16,8 +16,18 @@ pub fn print_expr(expr: &Expr) -> String {
         let printed = match &node.kind {
             NodeKind::Num { text, .. } => (text.clone(), ATOM),
             NodeKind::Name(n) => (n.clone(), ATOM),
-            NodeKind::Column { data, column } => (format!("{}.{}", data.name, column.name), ATOM),
-            NodeKind::Index { name, index } => (format!("{}[{}]", name.name, take(*index).0), ATOM),
+            NodeKind::Column {
+                data,
+                column,
+                index,
+            } => {
+                let at = index.map_or(String::new(), |i| format!("[{}]", take(i).0));
+                (format!("{}.{}{at}", data.name, column.name), ATOM)
+            }
+            NodeKind::Index { name, indices } => {
+                let indices: Vec<String> = indices.iter().map(|i| take(*i).0).collect();
+                (format!("{}[{}]", name.name, indices.join(", ")), ATOM)
+            }
             NodeKind::Call { func, args } => {
                 let args: Vec<String> = args.iter().map(|a| take(*a).0).collect();
                 (format!("{}({})", func.name, args.join(", ")), ATOM)
@@ -69,18 +79,29 @@ fn print_list(list: &List) -> String {
     format!("[{}]", items.join(", "))
 }
 
+fn print_rows(rows: &[List]) -> String {
+    let rows: Vec<String> = rows.iter().map(print_list).collect();
+    format!("[{}]", rows.join(", "))
+}
+
+fn print_size(size: Option<&Size>) -> String {
+    size.map_or(String::new(), |s| {
+        let dims: Vec<String> = s.dims.iter().map(print_expr).collect();
+        format!("[{}]", dims.join(", "))
+    })
+}
+
 /// Prints a whole program, one statement per line.
 pub fn print_program(program: &Program) -> String {
     let mut out = String::new();
     for st in &program.statements {
         let line = match &st.kind {
             StatementKind::Param { name, size, value } => {
-                let size = size
-                    .as_ref()
-                    .map_or(String::new(), |s| format!("[{}]", print_expr(s)));
+                let size = print_size(size.as_ref());
                 let value = match value {
                     ParamValue::Scalar(e) => print_expr(e),
                     ParamValue::List(l) => print_list(l),
+                    ParamValue::Matrix { rows, .. } => print_rows(rows),
                 };
                 format!("param {}{size} = {value}", name.name)
             }
@@ -88,14 +109,17 @@ pub fn print_program(program: &Program) -> String {
                 let parts: Vec<String> = decls
                     .iter()
                     .map(|d| {
-                        let size = d
-                            .size
-                            .as_ref()
-                            .map_or(String::new(), |s| format!("[{}]", print_expr(s)));
-                        let init = d
-                            .init
-                            .as_ref()
-                            .map_or(String::new(), |e| format!(" = {}", print_expr(e)));
+                        let size = print_size(d.size.as_ref());
+                        let init = match &d.init {
+                            None => String::new(),
+                            Some(Start::Value(e)) => format!(" = {}", print_expr(e)),
+                            Some(Start::Random(dist)) => format!(
+                                " ~ {}({}, {})",
+                                dist.kind.name(),
+                                print_expr(&dist.args[0]),
+                                print_expr(&dist.args[1])
+                            ),
+                        };
                         format!("{}{size}{init}", d.name.name)
                     })
                     .collect();
@@ -108,8 +132,7 @@ pub fn print_program(program: &Program) -> String {
             StatementKind::Noise(Noise::Sd(e)) => format!("noise sd {}", print_expr(e)),
             StatementKind::Noise(Noise::Diag(l)) => format!("noise diag {}", print_list(l)),
             StatementKind::Noise(Noise::Cov { rows, .. }) => {
-                let rows: Vec<String> = rows.iter().map(print_list).collect();
-                format!("noise cov [{}]", rows.join(", "))
+                format!("noise cov {}", print_rows(rows))
             }
             StatementKind::Observe { name, value } => {
                 format!("observe {} = {}", name.name, print_expr(value))

@@ -10,14 +10,14 @@
 pub enum WordKind {
     /// Starts a statement (`param`, `minimize`, …): reserved.
     Statement,
-    /// A keyword only right after its statement's keyword (`noise sd`, `escape when`).
-    /// Not reserved: the grammar reads it as a keyword in that place only, so files may
-    /// use these words as names elsewhere.
+    /// A keyword only in its place inside a statement (`noise sd`, `escape when`,
+    /// `var w ~ normal(…)`). Not reserved: the grammar reads it as a keyword in that
+    /// place only, so files may use these words as names elsewhere.
     Clause,
     /// The constant π: reserved.
     Constant,
-    /// A built-in function (`exp`, …, and `pow`, `mean`, `sum`, `prod`, which take
-    /// other than one plain argument): reserved.
+    /// A built-in function (`exp`, …, and `pow`, `max`, `min`, `mean`, `sum`, `prod`,
+    /// `logsumexp`, which take other than one plain argument): reserved.
     Function,
 }
 
@@ -39,6 +39,8 @@ pub const WORDS: &[(&str, WordKind)] = &[
     ("diag", WordKind::Clause),
     ("cov", WordKind::Clause),
     ("when", WordKind::Clause),
+    ("normal", WordKind::Clause),
+    ("uniform", WordKind::Clause),
     ("pi", WordKind::Constant),
     ("exp", WordKind::Function),
     ("log", WordKind::Function),
@@ -55,10 +57,14 @@ pub const WORDS: &[(&str, WordKind)] = &[
     ("log1p", WordKind::Function),
     ("expm1", WordKind::Function),
     ("abs", WordKind::Function),
+    ("relu", WordKind::Function),
     ("pow", WordKind::Function),
+    ("max", WordKind::Function),
+    ("min", WordKind::Function),
     ("mean", WordKind::Function),
     ("sum", WordKind::Function),
     ("prod", WordKind::Function),
+    ("logsumexp", WordKind::Function),
 ];
 
 /// The reserved kind of `name`: a statement keyword, `pi` or a built-in function; `None`
@@ -135,7 +141,8 @@ mod tests {
             statements
         );
         assert_eq!(words(WordKind::Clause).collect::<BTreeSet<_>>(), clauses);
-        // `sum` and `prod` are grammar words too (`reduce_kind`), and functions here.
+        // `sum`, `prod` and `logsumexp` are grammar words too (`reduce_kind`), and
+        // functions here.
         let (_, reduce) = rules
             .iter()
             .find(|(n, _)| *n == "reduce_kind")
@@ -150,7 +157,7 @@ mod tests {
         let listed: BTreeSet<&str> = words(WordKind::Function).collect();
         let mut known: BTreeSet<&str> = Func::ALL.iter().map(|f| f.name()).collect();
         // Compiled by the checker itself rather than as one tape function.
-        known.extend(["pow", "mean", "sum", "prod"]);
+        known.extend(["pow", "max", "min", "mean", "sum", "prod", "logsumexp"]);
         assert_eq!(listed, known);
         assert_eq!(words(WordKind::Constant).collect::<Vec<_>>(), ["pi"]);
     }
@@ -161,6 +168,8 @@ mod tests {
         assert_eq!(all.len(), WORDS.len());
         assert_eq!(reserved("sd"), None);
         assert_eq!(reserved("when"), None);
+        assert_eq!(reserved("normal"), None);
+        assert_eq!(reserved("relu"), Some(WordKind::Function));
         assert_eq!(reserved("param"), Some(WordKind::Statement));
         assert_eq!(reserved("x"), None);
     }

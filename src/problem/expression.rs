@@ -99,14 +99,23 @@ impl Problem {
                 ProblemError::Usage(format!("--at `{item}`: expected NAME=VALUE, e.g. x=0.1"))
             })?;
             let name = name.trim();
-            if let Some(v) = self.vectors().iter().find(|v| v.name == name) {
-                // `w=0.5` sets every coordinate of the vector variable `w`.
+            // `w=0.5` sets every coordinate of the vector or matrix variable `w`.
+            let whole = self
+                .vectors()
+                .iter()
+                .find(|v| v.name == name)
+                .map(|v| (v.start, v.len))
+                .or_else(|| {
+                    self.matrices()
+                        .iter()
+                        .find(|m| m.name == name)
+                        .map(|m| (m.start, m.rows * m.cols))
+                });
+            if let Some((start, len)) = whole {
                 let value = self
                     .constant(value.trim())
                     .map_err(|m| ProblemError::Usage(format!("--at `{}`: {m}", item.trim())))?;
-                x[v.start..v.start + v.len]
-                    .iter_mut()
-                    .for_each(|c| *c = value);
+                x[start..start + len].iter_mut().for_each(|c| *c = value);
                 continue;
             }
             let i = self

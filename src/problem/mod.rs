@@ -23,7 +23,7 @@ mod eval;
 mod expression;
 mod finite_sum;
 
-pub use check::{Degree, UNROLL_BUDGET};
+pub use check::{Degree, MAX_PARAM_ENTRIES, UNROLL_BUDGET};
 pub use eval::{NoiseBuffers, min_eigenvalue_if_negative};
 pub use expression::Expression;
 
@@ -53,6 +53,40 @@ pub struct VectorVar {
     pub start: usize,
     /// Its length n.
     pub len: usize,
+}
+
+/// A matrix variable `W[r, c]`: coordinates `start..start + rows·cols` of the point,
+/// row-major, named `W[1,1]`, `W[1,2]`, … `W[r,c]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct MatrixVar {
+    /// Its name.
+    pub name: String,
+    /// Index of `W[1,1]` among the coordinates.
+    pub start: usize,
+    /// Number of rows.
+    pub rows: usize,
+    /// Number of columns.
+    pub cols: usize,
+}
+
+/// A matrix param `param A[r, c] = …` with its values (after overrides).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ParamMatrix {
+    /// Its name.
+    pub name: String,
+    /// Number of rows.
+    pub rows: usize,
+    /// Number of columns.
+    pub cols: usize,
+    /// The entries, row-major.
+    pub values: Vec<f64>,
+}
+
+impl ParamMatrix {
+    /// The rows as nested vectors.
+    pub fn to_rows(&self) -> Vec<Vec<f64>> {
+        self.values.chunks(self.cols).map(<[f64]>::to_vec).collect()
+    }
 }
 
 /// Every way building or evaluating a problem can fail.
@@ -104,14 +138,27 @@ impl From<CheckFailure> for ProblemError {
     }
 }
 
-/// `--set NAME=VALUE` overrides of params, in the order given.
+/// What the command line sets in a file: `--set NAME=VALUE` overrides of params, in
+/// the order given, and the seed of the random start values (`--init-seed`, default 0).
+///
+/// ```
+/// use hasme::{Overrides, Problem};
+/// use hasme::lang::Source;
+/// let text = "var w[3] ~ normal(0, 1)\nminimize sum(i = 1..3, w[i]^2)";
+/// let p = |seed| Problem::from_source(Source::new("t", text), &Overrides::none().init_seed(seed));
+/// assert_eq!(p(7)?.start(), p(7)?.start());
+/// assert_ne!(p(7)?.start(), p(8)?.start());
+/// assert_eq!(p(7)?.init_seed(), 7);
+/// # Ok::<(), hasme::ProblemError>(())
+/// ```
 #[derive(Clone, Debug, Default)]
 pub struct Overrides {
     values: Vec<(String, f64)>,
+    init_seed: u64,
 }
 
 impl Overrides {
-    /// No overrides.
+    /// No overrides, init seed 0.
     pub fn none() -> Overrides {
         Overrides::default()
     }
@@ -119,6 +166,12 @@ impl Overrides {
     /// Adds one override.
     pub fn set(mut self, name: impl Into<String>, value: f64) -> Overrides {
         self.values.push((name.into(), value));
+        self
+    }
+
+    /// Sets the seed of the random start values (`var w ~ normal(0, 1)`).
+    pub fn init_seed(mut self, seed: u64) -> Overrides {
+        self.init_seed = seed;
         self
     }
 
@@ -197,6 +250,26 @@ pub struct Structure {
     pub constant_noise: bool,
 }
 
+/// A variable whose start values are drawn (`var W[h, p] ~ normal(0, 0.3)`): its
+/// distribution and a summary of its draws, as `check` shows them.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RandomStart {
+    /// The variable's name.
+    pub name: String,
+    /// `normal` or `uniform`.
+    pub distribution: &'static str,
+    /// The distribution's parameters: (mean, standard deviation) or (low, high).
+    pub parameters: [f64; 2],
+    /// Index of its first coordinate among the point's coordinates.
+    pub start: usize,
+    /// Number of coordinates drawn.
+    pub count: usize,
+    /// Mean of the draws.
+    pub mean: f64,
+    /// Sample standard deviation of the draws (divisor count − 1); `None` for one draw.
+    pub sd: Option<f64>,
+}
+
 /// Everything [`Problem::derivatives`] computes at one point.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Derivatives {
@@ -259,6 +332,9 @@ pub struct Problem {
     finite_sum: Option<FiniteSum>,
     structure: Structure,
     warnings: Vec<Diagnostic>,
+    /// The seed the random start values were drawn with.
+    init_seed: u64,
+    random_starts: Vec<RandomStart>,
 }
 
 impl Problem {
@@ -322,9 +398,43 @@ impl Problem {
         &self.scope.param_vecs
     }
 
+    /// Matrix params (`param A[2, 2] = [[1, 0], [0, 1]]`) with their values, in
+    /// declaration order.
+    pub fn param_matrices(&self) -> &[ParamMatrix] {
+        &self.scope.param_mats
+    }
+
     /// Vector variables (`var w[n]`), in declaration order.
     pub fn vectors(&self) -> &[VectorVar] {
         &self.scope.vector_vars
+    }
+
+    /// Matrix variables (`var W[r, c]`), in declaration order.
+    pub fn matrices(&self) -> &[MatrixVar] {
+        &self.scope.matrix_vars
+    }
+
+    /// The seed the random start values were drawn with (`--init-seed`, default 0;
+    /// [`Overrides::init_seed`]), whether or not the file draws any.
+    pub fn init_seed(&self) -> u64 {
+        self.init_seed
+    }
+
+    /// Whether some variable's start values are drawn (`~ normal(…)`, `~ uniform(…)`).
+    pub fn has_random_starts(&self) -> bool {
+        !self.random_starts.is_empty()
+    }
+
+    /// The variables whose start values are drawn, in declaration order, with their
+    /// draws' summaries.
+    pub fn random_starts(&self) -> &[RandomStart] {
+        &self.random_starts
+    }
+
+    /// The init seed when the file draws start values, else `None`: what JSON outputs
+    /// echo (a file without random starts keeps its JSON unchanged).
+    pub fn init_seed_if_random(&self) -> Option<u64> {
+        self.has_random_starts().then_some(self.init_seed)
     }
 
     /// Observable names, in order.

@@ -42,7 +42,7 @@
 use num_dual::{Dual2_64, DualNum};
 
 use super::vmath::sin_cos;
-use crate::tape::{Func, Op, Tape};
+use crate::tape::{Func, Op, Tape, max_takes_first, min_takes_first};
 
 /// Points evaluated per call. 64 lanes × (1 + d + d(d+1)/2) rows × the tape's slots
 /// stays within the first-level caches for the small tapes simulated step by step.
@@ -260,6 +260,8 @@ impl LaneTape {
                     (e, e, e)
                 }),
                 Op::Func(f, a) => self.unary(k, a as usize, |v| f.apply(&v)),
+                Op::Max(a, b) => self.select(k, a as usize, b as usize, max_takes_first),
+                Op::Min(a, b) => self.select(k, a as usize, b as usize, min_takes_first),
             }
         }
     }
@@ -301,6 +303,30 @@ impl LaneTape {
                     }
                 }
                 (false, false) => {}
+            }
+        }
+    }
+
+    /// `out = a` in the lanes where `first(a, b)` holds on the values, `b` elsewhere,
+    /// every row alike (`max` and `min`: the chosen operand's derivatives are the
+    /// result's), a row one operand lacks read as 0.
+    #[inline(always)]
+    fn select(&mut self, out: usize, a: usize, b: usize, first: fn(f64, f64) -> bool) {
+        let (ma, mb) = (self.mask[a], self.mask[b]);
+        self.mask[out] = ma | mb;
+        let (a, b, y) = self.three(out, a, b);
+        let mut take = [false; LANES];
+        for l in 0..LANES {
+            take[l] = first(a[0][l], b[0][l]);
+        }
+        for (r, ((y, a), b)) in y.iter_mut().zip(a).zip(b).enumerate() {
+            let (on_a, on_b) = (ma >> r & 1 == 1, mb >> r & 1 == 1);
+            if !on_a && !on_b {
+                continue;
+            }
+            let (a, b) = (if on_a { a } else { &ZERO }, if on_b { b } else { &ZERO });
+            for l in 0..LANES {
+                y[l] = if take[l] { a[l] } else { b[l] };
             }
         }
     }
@@ -706,6 +732,8 @@ mod tests {
             "var x, y\nminimize log(x^2 + y^2) + sqrt(1 + x^2) + -x*y",
             "var x\nminimize 3",
             "var x, y, z, w\nminimize x*y*z*w + (x - w)^2*cos(y + z)",
+            "var x, y\nminimize max(x, y)*x + min(x^2, y) + relu(x - 0.5)*y + max(1, x*y)",
+            "var x, y\nminimize logsumexp(k = 1..3, k*x - y^2 + sin(k*y))",
         ] {
             let d = Problem::from_str(text).unwrap().dim();
             let pts: Vec<Vec<f64>> = pts
@@ -765,6 +793,21 @@ mod tests {
                 .collect()
         };
         assert_eq!(bits(&a), bits(&b));
+    }
+
+    /// At a tie `max` and `min` take their first operand in every lane, as the tape
+    /// does, and `relu` has derivative 0 at 0.
+    #[test]
+    fn kinks_take_the_tapes_side() {
+        check(
+            "var x, y\nminimize max(x, y)*y + 3*min(y, x) + 5*relu(x - y) + max(x^2, y)",
+            &[
+                vec![1.0, 1.0],
+                vec![-0.5, -0.5],
+                vec![0.0, 0.0],
+                vec![2.0, -1.0],
+            ],
+        );
     }
 
     #[test]

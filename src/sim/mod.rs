@@ -407,6 +407,9 @@ pub struct ObservableStats {
 pub struct SimResult {
     /// Saved times `0, Kη, …, T`.
     pub times: Vec<f64>,
+    /// The init seed of the problem's random start values, when it draws some
+    /// ([`Problem::init_seed_if_random`](crate::Problem::init_seed_if_random)).
+    pub init_seed: Option<u64>,
     /// SGD steps `N = T/η`.
     pub steps: u64,
     /// Number of paths.
@@ -973,6 +976,7 @@ fn finish<S>(plan: &Saver<'_, S>, total: ChunkStats) -> SimResult {
         steps: plan.steps,
         paths: config.paths,
         seed: config.seed,
+        init_seed: plan.problem.init_seed_if_random(),
         eta: config.eta,
         horizon: plan.steps as f64 * config.eta,
         every: config.every,
@@ -1006,7 +1010,7 @@ impl SimResult {
 }
 
 /// The JSON form (the contract of `hasme simulate --json`): `times`, `paths`, `seed`,
-/// `eta`, `horizon`, `steps`, `every`, `scheme`, `weak_order`, `substeps`, `coupling`,
+/// `init_seed` (only when the problem draws its start), `eta`, `horizon`, `steps`, `every`, `scheme`, `weak_order`, `substeps`, `coupling`,
 /// `sgd_noise`, `models`, `variables`, `observables.NAME.PROCESS.{mean, stderr,
 /// variance}` and, for models, `.diff_mean`/`.diff_stderr` (lists aligned with
 /// `times`, `null` where no path survived), `diverged.PROCESS`, `pairs.MODEL`, and
@@ -1019,6 +1023,7 @@ impl Serialize for SimResult {
             times: &self.times,
             paths: self.paths,
             seed: self.seed,
+            init_seed: self.init_seed,
             eta: self.eta,
             horizon: self.horizon,
             steps: self.steps,
@@ -1062,6 +1067,8 @@ struct SimJson<'a> {
     times: &'a [f64],
     paths: u64,
     seed: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    init_seed: Option<u64>,
     eta: f64,
     horizon: f64,
     steps: u64,

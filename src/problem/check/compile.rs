@@ -158,6 +158,24 @@ impl Checker<'_> {
                             "a vector, not a number",
                         ));
                     }
+                    BindingKind::ParamMat(p) => {
+                        let m = &self.scope.param_mats[p];
+                        return Err(self.err(
+                            span,
+                            format!(
+                                "`{name}` is a {}×{} matrix; index it, e.g. `{name}[1, 1]`",
+                                m.rows, m.cols
+                            ),
+                            "a matrix, not a number",
+                        ));
+                    }
+                    BindingKind::VarMat { rows, cols, .. } => {
+                        return Err(self.err(
+                            span,
+                            format!("`{name}` is a {rows}×{cols} matrix of variables; index it, e.g. `{name}[1, 1]`"),
+                            "a matrix, not a number",
+                        ));
+                    }
                     BindingKind::Data(_) => {
                         // The table argument of the objective's `mean(…)` has no value.
                         if self
@@ -175,52 +193,8 @@ impl Checker<'_> {
                     }
                 }
             }
-            NodeKind::Index { name, index } => {
-                let binding = self.resolve(&name.name, name.span, ctx.stmt, ctx.constant)?;
-                let ispan = ctx.expr.nodes[*index as usize].span;
-                let (len, what) = match binding.kind {
-                    BindingKind::ParamVec(p) => (self.scope.param_vecs[p].1.len(), "param"),
-                    BindingKind::VarVec { len, .. } => (len, "variable"),
-                    _ => {
-                        return Err(self.err(
-                            name.span,
-                            format!("`{}` is not a vector, so it cannot be indexed", name.name),
-                            "not a vector",
-                        ));
-                    }
-                };
-                let i = match at(vals, *index).0 {
-                    Val::Const(c) if c.fract() == 0.0 => c,
-                    Val::Const(c) => {
-                        return Err(self.loop_err(
-                            ispan,
-                            format!("an index must be an integer, found {c}"),
-                            "not an integer",
-                        ));
-                    }
-                    Val::Slot(_) => {
-                        return Err(self.err(
-                            ispan,
-                            "an index must be a constant (numbers, params and loop indices)",
-                            "depends on the variables",
-                        ));
-                    }
-                };
-                if i < 1.0 || i > len as f64 {
-                    return Err(self.loop_err(
-                        ispan,
-                        format!("index {i} is out of range for the {what} vector `{}` (valid: 1..{len})", name.name),
-                        "out of range",
-                    ));
-                }
-                let i = i as usize - 1;
-                match binding.kind {
-                    BindingKind::ParamVec(p) => {
-                        (Val::Const(self.scope.param_vecs[p].1[i]), Degree::Poly(0))
-                    }
-                    BindingKind::VarVec { start, .. } => (b.var(start + i, span), Degree::Poly(1)),
-                    _ => return Err(self.internal()),
-                }
+            NodeKind::Index { name, indices } => {
+                self.compile_index(ctx, b, name, indices, span, vals)?
             }
             NodeKind::Reduce {
                 kind,
@@ -255,10 +229,19 @@ impl Checker<'_> {
                         "choose another index name",
                     ));
                 }
+                if *kind == ReduceKind::LogSumExp && iterations == 0 {
+                    return Err(self.err(
+                        span,
+                        format!("`logsumexp` over the empty range {lo_v}..{hi_v} is log 0 = −∞"),
+                        "no terms",
+                    ));
+                }
                 let (mut acc, mut deg) = match kind {
-                    ReduceKind::Sum => (Val::Const(0.0), Degree::Poly(0)),
+                    ReduceKind::Sum | ReduceKind::LogSumExp => (Val::Const(0.0), Degree::Poly(0)),
                     ReduceKind::Prod => (Val::Const(1.0), Degree::Poly(0)),
                 };
+                // The terms of a `logsumexp`, combined once they are all known.
+                let mut terms: Vec<Val> = Vec::new();
                 for i in lo_v..=hi_v {
                     self.scope.names.insert(
                         index.name.clone(),
@@ -277,12 +260,21 @@ impl Checker<'_> {
                     let combined = match kind {
                         ReduceKind::Sum => b.add(acc, v, span),
                         ReduceKind::Prod => b.mul(acc, v, span),
+                        ReduceKind::LogSumExp => {
+                            terms.push(v);
+                            Ok(acc)
+                        }
                     };
                     acc = combined.map_err(|c| self.fold_error(span, c))?;
                     deg = match kind {
                         ReduceKind::Sum => deg.max(d),
                         ReduceKind::Prod => binary_degree(BinOp::Mul, deg, Val::Const(0.0), d),
+                        ReduceKind::LogSumExp if d.is_const() => deg,
+                        ReduceKind::LogSumExp => Degree::Other,
                     };
+                }
+                if *kind == ReduceKind::LogSumExp {
+                    acc = log_sum_exp(b, &terms, span).map_err(|c| self.fold_error(span, c))?;
                 }
                 (acc, deg)
             }
@@ -321,7 +313,8 @@ impl Checker<'_> {
                             "a finite sum here",
                         ));
                     }
-                    "sum" | "prod" => {
+                    "max" | "min" => 2,
+                    "sum" | "prod" | "logsumexp" => {
                         return Err(self.err(
                             span,
                             format!("`{name}` needs an index range: `{name}(i = 1..n, EXPR)`"),
@@ -331,10 +324,14 @@ impl Checker<'_> {
                     _ => match Func::from_name(name) {
                         Some(_) => 1,
                         None => {
-                            let all = Func::ALL
-                                .iter()
-                                .map(|f| f.name())
-                                .chain(["pow", "sum", "prod"]);
+                            let all = Func::ALL.iter().map(|f| f.name()).chain([
+                                "pow",
+                                "max",
+                                "min",
+                                "sum",
+                                "prod",
+                                "logsumexp",
+                            ]);
                             let hint = suggest(name, all)
                                 .map_or(String::new(), |s| format!("; did you mean `{s}`?"));
                             return Err(self.err(
@@ -360,13 +357,44 @@ impl Checker<'_> {
                     let ((x, dx), (y, dy)) = (at(vals, args[0]), at(vals, args[1]));
                     let v = b.pow(x, y, span).map_err(|c| self.fold_error(span, c))?;
                     (v, binary_degree(BinOp::Pow, dx, y, dy))
+                } else if name == "max" || name == "min" {
+                    let ((x, dx), (y, dy)) = (at(vals, args[0]), at(vals, args[1]));
+                    if (x.as_const().is_none() || y.as_const().is_none())
+                        && self.warned.insert(span)
+                    {
+                        self.warnings.push(self.source.diagnostic(
+                            span,
+                            format!("`{name}` is not differentiable where its arguments are equal (hasme takes the derivative of the first there)"),
+                            "non-smooth",
+                        ));
+                    }
+                    let v = if name == "max" {
+                        b.max(x, y, span)
+                    } else {
+                        b.min(x, y, span)
+                    };
+                    let v = v.map_err(|c| self.fold_error(span, c))?;
+                    let degree = if dx.is_const() && dy.is_const() {
+                        Degree::Poly(0)
+                    } else {
+                        Degree::Other
+                    };
+                    (v, degree)
                 } else {
                     let f = Func::from_name(name).ok_or_else(|| self.internal())?;
                     let (x, dx) = at(vals, args[0]);
-                    if f == Func::Abs && x.as_const().is_none() && self.warned.insert(span) {
+                    let kink = match f {
+                        Func::Abs => Some("+1"),
+                        Func::Relu => Some("0"),
+                        _ => None,
+                    };
+                    if let Some(derivative) = kink
+                        && x.as_const().is_none()
+                        && self.warned.insert(span)
+                    {
                         self.warnings.push(self.source.diagnostic(
                             span,
-                            "`abs` is not differentiable at 0 (hasme takes the derivative +1 there)",
+                            format!("`{name}` is not differentiable at 0 (hasme takes the derivative {derivative} there)"),
                             "non-smooth",
                         ));
                     }
@@ -381,36 +409,77 @@ impl Checker<'_> {
                     )
                 }
             }
-            NodeKind::Column { data, column } => {
+            NodeKind::Column {
+                data,
+                column,
+                index,
+            } => {
                 let inside = self.data_scope.as_ref().and_then(|s| {
                     (s.mean_span.start <= span.start && span.end <= s.mean_span.end)
-                        .then_some((s.table, &s.columns))
+                        .then_some(s.table)
                 });
-                let Some((t, columns)) = inside else {
+                let Some(t) = inside else {
+                    let at = index.map_or(String::new(), |_| "[…]".to_string());
                     return Err(self.err(
                         span,
                         format!(
-                            "`{}.{}` reads a data column outside `mean(…)`: columns exist per example, inside `mean({}, …)` in the `minimize` statement",
+                            "`{}.{}{at}` reads a data column outside `mean(…)`: columns exist per example, inside `mean({}, …)` in the `minimize` statement",
                             data.name, column.name, data.name
                         ),
                         "not inside the finite sum",
                     ));
                 };
-                // `find_mean` has checked the table and the column.
-                let def = &self.tables[t];
-                let j = def
-                    .table
-                    .columns
-                    .iter()
-                    .position(|c| *c == column.name)
-                    .ok_or_else(|| self.internal())?;
-                let pos = columns
-                    .iter()
-                    .position(|&c| c == j)
-                    .ok_or_else(|| self.internal())?;
+                let (name, j) = match index {
+                    // `find_mean` has checked the table and the column.
+                    None => (column.name.clone(), self.column_position(t, &column.name)),
+                    Some(i) => {
+                        let ispan = ctx.expr.nodes[*i as usize].span;
+                        let v = self.integer_index(at(vals, *i).0, ispan)?;
+                        if v < 0.0 {
+                            return Err(self.loop_err(
+                                ispan,
+                                format!("a column index must be ≥ 0 (its digits end the column's name), found {v}"),
+                                "negative",
+                            ));
+                        }
+                        let name = format!("{}{}", column.name, v as u64);
+                        let j = self.column_position(t, &name);
+                        (name, j)
+                    }
+                };
+                let Some(j) = j else {
+                    let all = &self.tables[t].table.columns;
+                    let hint = suggest(&name, all.iter().map(String::as_str))
+                        .map_or(String::new(), |s| format!("; did you mean `{s}`?"));
+                    return Err(self.loop_err(
+                        Span::new(column.span.start, span.end),
+                        format!(
+                            "`{}` has no column `{name}`{hint} (its columns: {})",
+                            data.name,
+                            list_names(all)
+                        ),
+                        "no such column",
+                    ));
+                };
+                let Some(scope) = self.data_scope.as_mut() else {
+                    return Err(self.internal());
+                };
+                let columns = &mut scope.columns;
+                let pos = match columns.iter().position(|&c| c == j) {
+                    Some(pos) => pos,
+                    None => {
+                        columns.push(j);
+                        columns.len() - 1
+                    }
+                };
                 (b.column(pos, span), Degree::Poly(0))
             }
         })
+    }
+
+    /// Index of the column called `name` in table `t`.
+    fn column_position(&self, t: usize, name: &str) -> Option<usize> {
+        self.tables[t].table.columns.iter().position(|c| c == name)
     }
 
     /// A loop bound: an integer constant.
@@ -481,6 +550,34 @@ pub(crate) struct Ctx<'e> {
     pub(crate) constant: Option<&'e str>,
     pub(crate) lets: &'e [(Val, Degree)],
     pub(crate) budget: u64,
+}
+
+/// `log Σ exp(z_k)` over the terms, shifted by their largest: with `m = max_k z_k`
+/// (binary `max`, a tie taking the first), `m + log Σ exp(z_k − m)`. Every exponent is
+/// ≤ 0 and one is 0, so nothing overflows and the sum is ≥ 1; and since the identity
+/// holds for every `m`, the derivatives are exact wherever the maximum switches.
+fn log_sum_exp(b: &mut TapeBuilder, terms: &[Val], span: Span) -> Result<Val, f64> {
+    let mut m = terms[0];
+    for &z in &terms[1..] {
+        m = b.max(m, z, span)?;
+    }
+    let mut sum = Val::Const(0.0);
+    for &z in terms {
+        let shifted = b.sub(z, m, span)?;
+        let e = b.func(Func::Exp, shifted, span)?;
+        sum = b.add(sum, e, span)?;
+    }
+    let log = b.func(Func::Log, sum, span)?;
+    b.add(m, log, span)
+}
+
+/// Column names for a message: all of them, or the first ten and a count.
+fn list_names(all: &[String]) -> String {
+    if all.len() <= 12 {
+        all.join(", ")
+    } else {
+        format!("{}, … ({} in all)", all[..10].join(", "), all.len())
+    }
 }
 
 fn binary_degree(op: BinOp, dx: Degree, y: Val, dy: Degree) -> Degree {

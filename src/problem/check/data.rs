@@ -181,7 +181,11 @@ impl Checker<'_> {
             let inside = mean_span.start <= span.start && span.end <= mean_span.end;
             let use_of = |id: &NodeId| uses[*id as usize];
             let nonlinear = match &node.kind {
-                NodeKind::Column { data, column } => {
+                NodeKind::Column {
+                    data,
+                    column,
+                    index,
+                } => {
                     if !inside {
                         // Reported with its position when compiled.
                         continue;
@@ -198,6 +202,10 @@ impl Checker<'_> {
                             format!("unknown data table `{}`{hint}", data.name)
                         };
                         return Err(self.err(data.span, what, "not this sum's table"));
+                    }
+                    if index.is_some() {
+                        // `DATA.NAME[i]`: its column is known once `i` is, when compiled.
+                        continue;
                     }
                     let all = &self.tables[table].table.columns;
                     let Some(j) = all.iter().position(|c| *c == column.name) else {
@@ -280,91 +288,97 @@ impl Checker<'_> {
         }))
     }
 
-    /// The finite sum of the objective's `mean(…)` (found by `find_mean`), with its
-    /// batch size and sampling; `batch` and `sampling` without a finite sum, or a
-    /// `noise` statement with one, are errors.
-    pub(crate) fn finite_sum(
+    /// Checks the statements that go with a finite sum before the objective is compiled:
+    /// `batch` and `sampling` without a `mean(…)`, or a `noise` statement with one, are
+    /// errors, and a batch may not exceed the rows. Returns the batch size.
+    pub(crate) fn check_finite_sum_statements(
         &mut self,
         noise: Option<Span>,
         batch: Option<(f64, Span, Span)>,
         sampling: Option<(Sampling, Span)>,
-    ) -> CheckResult<Option<FiniteSum>> {
-        Ok(match &self.data_scope {
-            None => {
-                if let Some((_, _, span)) = batch {
-                    return Err(self.err(
-                        span,
-                        "`batch` applies to finite sums, but the objective has no `mean(DATA, …)`",
-                        "no minibatches to size",
-                    ));
-                }
-                if let Some((_, span)) = sampling {
-                    return Err(self.err(
-                        span,
-                        "`sampling` applies to finite sums, but the objective has no `mean(DATA, …)`",
-                        "no minibatches to draw",
-                    ));
-                }
-                None
+    ) -> CheckResult<usize> {
+        let Some(scope) = &self.data_scope else {
+            if let Some((_, _, span)) = batch {
+                return Err(self.err(
+                    span,
+                    "`batch` applies to finite sums, but the objective has no `mean(DATA, …)`",
+                    "no minibatches to size",
+                ));
             }
-            Some(scope) => {
-                if let Some(span) = noise {
-                    let d = self
-                        .source
-                        .diagnostic(
-                            span,
-                            "a `noise` statement cannot be combined with `mean(…)`: a finite sum defines its own noise (the minibatch covariance of docs/models.md §1)",
-                            "remove this statement",
-                        )
-                        .with_note(format!("the finite sum is at {}", self.pos(scope.mean_span)));
-                    return Err(CheckFailure::Diag(Box::new(d)));
-                }
-                let def = &self.tables[scope.table];
-                if scope.columns.is_empty() {
-                    self.warnings.push(self.source.diagnostic(
-                        scope.mean_span,
-                        format!(
-                            "`mean({}, …)` reads no column of `{}`: every example is the same, so the minibatch noise is zero",
-                            def.name, def.name
-                        ),
-                        "no column read",
-                    ));
-                }
-                let n = def.table.rows();
-                let b = match batch {
-                    None => 1,
-                    Some((b, span, _)) if b > n as f64 => {
-                        return Err(self.err(
-                            span,
-                            format!(
-                                "the batch size {b} is larger than the {n} rows of `{}`",
-                                def.name
-                            ),
-                            format!("expected at most {n}"),
-                        ));
-                    }
-                    Some((b, _, _)) => b as usize,
-                };
-                let c = def.table.columns.len();
-                let mut rows = Vec::with_capacity(n * scope.columns.len());
-                for i in 0..n {
-                    rows.extend(scope.columns.iter().map(|&j| def.table.values[i * c + j]));
-                }
-                Some(FiniteSum {
-                    table: def.name.clone(),
-                    origin: def.origin.clone(),
-                    all_columns: def.table.columns.clone(),
-                    columns: scope
-                        .columns
-                        .iter()
-                        .map(|&j| def.table.columns[j].clone())
-                        .collect(),
-                    rows,
-                    n,
-                    batch: b,
-                    sampling: sampling.map_or(Sampling::WithoutReplacement, |(s, _)| s),
-                })
+            if let Some((_, span)) = sampling {
+                return Err(self.err(
+                    span,
+                    "`sampling` applies to finite sums, but the objective has no `mean(DATA, …)`",
+                    "no minibatches to draw",
+                ));
             }
+            return Ok(1);
+        };
+        if let Some(span) = noise {
+            let d = self
+                .source
+                .diagnostic(
+                    span,
+                    "a `noise` statement cannot be combined with `mean(…)`: a finite sum defines its own noise (the minibatch covariance of docs/models.md §1)",
+                    "remove this statement",
+                )
+                .with_note(format!("the finite sum is at {}", self.pos(scope.mean_span)));
+            return Err(CheckFailure::Diag(Box::new(d)));
+        }
+        let def = &self.tables[scope.table];
+        let n = def.table.rows();
+        match batch {
+            None => Ok(1),
+            Some((b, span, _)) if b > n as f64 => Err(self.err(
+                span,
+                format!(
+                    "the batch size {b} is larger than the {n} rows of `{}`",
+                    def.name
+                ),
+                format!("expected at most {n}"),
+            )),
+            Some((b, _, _)) => Ok(b as usize),
+        }
+    }
+
+    /// The finite sum of the objective's `mean(…)` (found by `find_mean`, its columns
+    /// completed while the objective was compiled), with its batch size and sampling.
+    pub(crate) fn finite_sum(
+        &mut self,
+        batch: usize,
+        sampling: Option<(Sampling, Span)>,
+    ) -> Option<FiniteSum> {
+        let scope = self.data_scope.as_ref()?;
+        let def = &self.tables[scope.table];
+        if scope.columns.is_empty() {
+            self.warnings.push(self.source.diagnostic(
+                scope.mean_span,
+                format!(
+                    "`mean({}, …)` reads no column of `{}`: every example is the same, so the minibatch noise is zero",
+                    def.name, def.name
+                ),
+                "no column read",
+            ));
+        }
+        let n = def.table.rows();
+        let c = def.table.columns.len();
+        let mut rows = Vec::with_capacity(n * scope.columns.len());
+        for i in 0..n {
+            rows.extend(scope.columns.iter().map(|&j| def.table.values[i * c + j]));
+        }
+        Some(FiniteSum {
+            table: def.name.clone(),
+            origin: def.origin.clone(),
+            all_columns: def.table.columns.clone(),
+            columns: scope
+                .columns
+                .iter()
+                .map(|&j| def.table.columns[j].clone())
+                .collect(),
+            rows,
+            n,
+            batch,
+            sampling: sampling.map_or(Sampling::WithoutReplacement, |(s, _)| s),
         })
     }
 }

@@ -10,17 +10,18 @@
 //! The module is private to `problem`; its items are `pub(crate)` only so that the
 //! problem's other rooms (`expression`) can drive a checker.
 
+mod arrays;
 mod compile;
 mod data;
 mod noise;
 mod scope;
+mod starts;
 
+pub use arrays::MAX_PARAM_ENTRIES;
 pub use compile::{Degree, UNROLL_BUDGET};
 pub(super) use scope::Scope;
 
-use super::{
-    EscapeRegion, MAX_DIMENSION, NoiseKind, NoiseTape, Overrides, Problem, Structure, VectorVar,
-};
+use super::{EscapeRegion, NoiseKind, NoiseTape, Overrides, Problem, RandomStart, Structure};
 use crate::lang::ast::*;
 use crate::lang::source::suggest;
 use crate::lang::{Diagnostic, Source, Sources, Span, print_expr};
@@ -29,6 +30,7 @@ use crate::tape::{TapeBuilder, Val};
 use data::{DataScope, TableDef};
 use noise::CompiledNoise;
 use scope::{BindingKind, LetDef};
+use starts::StartStream;
 use std::collections::{HashMap, HashSet};
 
 pub(crate) enum CheckFailure {
@@ -54,6 +56,9 @@ pub(crate) struct Checker<'a> {
     pub(crate) tables: Vec<TableDef>,
     /// The objective's `mean(…)`, once found.
     pub(crate) data_scope: Option<DataScope>,
+    /// The stream random start values are drawn from, and what was drawn.
+    pub(crate) starts: StartStream,
+    pub(crate) random_starts: Vec<RandomStart>,
 }
 
 impl<'a> Checker<'a> {
@@ -78,6 +83,8 @@ impl<'a> Checker<'a> {
             warnings: Vec::new(),
             tables: Vec::new(),
             data_scope: None,
+            starts: StartStream::new(overrides.init_seed),
+            random_starts: Vec::new(),
         }
     }
 
@@ -117,19 +124,6 @@ impl<'a> Checker<'a> {
         v.as_const().ok_or_else(|| self.internal())
     }
 
-    /// The length of a vector: a constant integer in 1..=MAX_DIMENSION.
-    pub(crate) fn size_of(&mut self, e: &Expr, stmt: usize) -> CheckResult<usize> {
-        let v = self.constant_of(e, stmt, "a vector length")?;
-        if v.fract() != 0.0 || v < 1.0 || v > MAX_DIMENSION as f64 {
-            return Err(self.err(
-                e.span(),
-                format!("a vector length must be an integer from 1 to {MAX_DIMENSION}, found {v}"),
-                "not a valid length",
-            ));
-        }
-        Ok(v as usize)
-    }
-
     pub(crate) fn check(mut self, program: &Program) -> CheckResult<Problem> {
         let mut minimize: Option<(&Expr, Span, usize)> = None;
         let mut noise: Option<(&Noise, Span, usize)> = None;
@@ -161,43 +155,7 @@ impl<'a> Checker<'a> {
             match &st.kind {
                 StatementKind::Param { name, size, value } => {
                     if let Some(size) = size {
-                        let n = self.size_of(size, k)?;
-                        let mut values = match value {
-                            ParamValue::Scalar(e) => {
-                                vec![self.constant_of(e, k, "a param value")?; n]
-                            }
-                            ParamValue::List(l) => {
-                                if l.items.len() != n {
-                                    return Err(self.err(
-                                        l.span,
-                                        format!(
-                                            "`{}` is declared with {n} entries but the list has {}",
-                                            name.name,
-                                            l.items.len()
-                                        ),
-                                        format!("expected {n} entries"),
-                                    ));
-                                }
-                                let mut v = Vec::with_capacity(n);
-                                for e in &l.items {
-                                    v.push(self.constant_of(e, k, "a param value")?);
-                                }
-                                v
-                            }
-                        };
-                        if let Some(all) = self.overrides.get(&name.name) {
-                            values.iter_mut().for_each(|v| *v = all);
-                        }
-                        for (i, v) in values.iter_mut().enumerate() {
-                            if let Some(o) =
-                                self.overrides.get(&format!("{}[{}]", name.name, i + 1))
-                            {
-                                *v = o;
-                            }
-                        }
-                        let index = self.scope.param_vecs.len();
-                        self.define(name, BindingKind::ParamVec(index), k)?;
-                        self.scope.param_vecs.push((name.name.clone(), values));
+                        self.declare_param_array(name, size, value, k)?;
                         continue;
                     }
                     let expr = match value {
@@ -213,6 +171,18 @@ impl<'a> Checker<'a> {
                                 "a list for a scalar param",
                             ));
                         }
+                        ParamValue::Matrix { rows, span } => {
+                            return Err(self.err(
+                                *span,
+                                format!(
+                                    "a matrix needs a matrix param: `param {}[{}, {}] = [[…], …]`",
+                                    name.name,
+                                    rows.len(),
+                                    rows.first().map_or(0, |r| r.items.len())
+                                ),
+                                "a matrix for a scalar param",
+                            ));
+                        }
                     };
                     let v = self.constant_of(expr, k, "a param value")?;
                     let v = self.overrides.get(&name.name).unwrap_or(v);
@@ -221,36 +191,29 @@ impl<'a> Checker<'a> {
                 }
                 StatementKind::Var(decls) => {
                     for d in decls {
-                        let start = match &d.init {
-                            Some(e) => self.constant_of(e, k, "a start value")?,
-                            None => 0.0,
-                        };
+                        let spec = self.start_spec(d.init.as_ref(), k)?;
                         let index = self.scope.vars.len();
                         match &d.size {
                             None => {
+                                let start = self.start_values(&spec, &d.name.name, index, 1)?;
                                 self.define(&d.name, BindingKind::Var(index), k)?;
-                                self.scope.vars.push((d.name.name.clone(), start));
+                                self.scope.vars.push((d.name.name.clone(), start[0]));
                             }
                             Some(size) => {
-                                let len = self.size_of(size, k)?;
-                                if self.scope.vars.len() + len > MAX_DIMENSION {
+                                let shape = self.shape_of(size, k)?;
+                                if index + shape.len() > super::MAX_DIMENSION {
                                     return Err(self.err(
-                                        size.span(),
-                                        format!("more than {MAX_DIMENSION} variables in all"),
+                                        size.span,
+                                        format!(
+                                            "more than {} variables in all",
+                                            super::MAX_DIMENSION
+                                        ),
                                         "too many variables",
                                     ));
                                 }
-                                self.define(&d.name, BindingKind::VarVec { start: index, len }, k)?;
-                                for i in 1..=len {
-                                    self.scope
-                                        .vars
-                                        .push((format!("{}[{i}]", d.name.name), start));
-                                }
-                                self.scope.vector_vars.push(VectorVar {
-                                    name: d.name.name.clone(),
-                                    start: index,
-                                    len,
-                                });
+                                let starts =
+                                    self.start_values(&spec, &d.name.name, index, shape.len())?;
+                                self.declare_var_array(&d.name, shape, starts, k)?;
                             }
                         }
                     }
@@ -350,19 +313,18 @@ impl<'a> Checker<'a> {
             }
         }
         for (name, _) in &self.overrides.values {
-            let vector_entry = self
-                .scope
-                .param_vecs
-                .iter()
-                .any(|(p, v)| p == name || (1..=v.len()).any(|i| *name == format!("{p}[{i}]")));
-            if !vector_entry && !self.scope.params.iter().any(|(p, _)| p == name) {
+            if !self.is_param_name(name) {
                 let all = self.scope.params.iter().map(|(p, _)| p.as_str());
                 let hint = suggest(
                     name,
-                    all.chain(self.scope.param_vecs.iter().map(|(p, _)| p.as_str())),
+                    all.chain(self.scope.param_vecs.iter().map(|(p, _)| p.as_str()))
+                        .chain(self.scope.param_mats.iter().map(|m| m.name.as_str())),
                 )
                 .map_or(String::new(), |s| format!("; did you mean `{s}`?"));
-                let known = if self.scope.params.is_empty() && self.scope.param_vecs.is_empty() {
+                let known = if self.scope.params.is_empty()
+                    && self.scope.param_vecs.is_empty()
+                    && self.scope.param_mats.is_empty()
+                {
                     " (the file declares no params)".to_string()
                 } else {
                     String::new()
@@ -385,7 +347,8 @@ impl<'a> Checker<'a> {
 
         // Finite sums: the objective's `mean(…)`, its table and the columns it reads.
         self.data_scope = self.find_mean(objective_expr)?;
-        let finite_sum = self.finite_sum(noise.map(|(_, span, _)| span), batch, sampling)?;
+        let batch_size =
+            self.check_finite_sum_statements(noise.map(|(_, span, _)| span), batch, sampling)?;
         for (t, def) in self.tables.iter().enumerate() {
             if self.data_scope.as_ref().is_none_or(|s| s.table != t) {
                 self.warnings.push(self.source.diagnostic(
@@ -404,6 +367,7 @@ impl<'a> Checker<'a> {
         let lets = self.compile_lets(&mut b)?;
         let (f, degree) = self.compile(objective_expr, objective_stmt, &mut b, None, &lets)?;
         let objective = b.finish(&[(f, objective_expr.span())]);
+        let finite_sum = self.finite_sum(batch_size, sampling);
 
         let noise_tape = match noise {
             None if finite_sum.is_some() => CompiledNoise {
@@ -510,6 +474,8 @@ impl<'a> Checker<'a> {
                 constant_noise,
             },
             warnings: self.warnings,
+            init_seed: self.overrides.init_seed,
+            random_starts: self.random_starts,
         })
     }
 

@@ -9,7 +9,7 @@ use crate::lang::Span;
 use crate::lang::ast::*;
 use crate::lang::source::suggest;
 use crate::lang::words::{WordKind, reserved};
-use crate::problem::VectorVar;
+use crate::problem::{MatrixVar, ParamMatrix, VectorVar};
 use crate::tape::{TapeBuilder, Val};
 use std::collections::HashMap;
 
@@ -18,11 +18,19 @@ pub(crate) enum BindingKind {
     Param(f64),
     /// Index into `Scope::param_vecs`.
     ParamVec(usize),
+    /// Index into `Scope::param_mats`.
+    ParamMat(usize),
     Var(usize),
     /// Coordinates `start..start + len`.
     VarVec {
         start: usize,
         len: usize,
+    },
+    /// Coordinates `start..start + rows·cols`, row-major.
+    VarMat {
+        start: usize,
+        rows: usize,
+        cols: usize,
     },
     Let(usize),
     /// A `sum`/`prod` index, bound to one value while its body is compiled.
@@ -55,16 +63,19 @@ pub(crate) struct Scope {
     pub(crate) params: Vec<(String, f64)>,
     /// Vector params with their values, in file order.
     pub(crate) param_vecs: Vec<(String, Vec<f64>)>,
+    /// Matrix params with their values, in file order.
+    pub(crate) param_mats: Vec<ParamMatrix>,
     /// Coordinates of the point (vector variables laid out as `w[1]` …) with their
     /// start values.
     pub(crate) vars: Vec<(String, f64)>,
     pub(crate) vector_vars: Vec<VectorVar>,
+    pub(crate) matrix_vars: Vec<MatrixVar>,
     /// `let`s as syntax, compiled into each tape that reads them.
     pub(crate) lets: Vec<(String, Span, LetDef)>,
 }
 
 impl Scope {
-    /// The part of the scope known before any point: params and vector params. A
+    /// The part of the scope known before any point: params, vector and matrix params. A
     /// constant (a `--at` value) sees only these, so a variable or a `let` there is an
     /// unknown name, as it is in a `param` statement written before it.
     pub(crate) fn constants(&self) -> Scope {
@@ -72,10 +83,16 @@ impl Scope {
             names: self
                 .names
                 .iter()
-                .filter(|(_, b)| matches!(b.kind, BindingKind::Param(_) | BindingKind::ParamVec(_)))
+                .filter(|(_, b)| {
+                    matches!(
+                        b.kind,
+                        BindingKind::Param(_) | BindingKind::ParamVec(_) | BindingKind::ParamMat(_)
+                    )
+                })
                 .map(|(n, b)| (n.clone(), *b))
                 .collect(),
             param_vecs: self.param_vecs.clone(),
+            param_mats: self.param_mats.clone(),
             ..Scope::default()
         }
     }
@@ -179,8 +196,13 @@ impl Checker<'_> {
         };
         if let Some(what) = constant {
             let kind = match b.kind {
-                BindingKind::Param(_) | BindingKind::ParamVec(_) | BindingKind::Index(_) => None,
-                BindingKind::Var(_) | BindingKind::VarVec { .. } => Some("a variable"),
+                BindingKind::Param(_)
+                | BindingKind::ParamVec(_)
+                | BindingKind::ParamMat(_)
+                | BindingKind::Index(_) => None,
+                BindingKind::Var(_) | BindingKind::VarVec { .. } | BindingKind::VarMat { .. } => {
+                    Some("a variable")
+                }
                 BindingKind::Let(_) => Some("a `let` (which may depend on variables)"),
                 BindingKind::Data(_) => Some("a data table"),
             };
