@@ -17,7 +17,7 @@ use hasme::sim::{Coupling, SimConfig, SimError, simulate_with_progress};
 use hasme::{ErrorKind, Overrides, Problem, ProblemError};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -150,7 +150,8 @@ struct RunArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
-    /// Write the output to PATH (atomically) instead of stdout.
+    /// Write the output to PATH instead of stdout (`-`: stdout). A file is replaced
+    /// atomically, a link written through, a device or FIFO written as it is.
     #[arg(long, value_name = "PATH")]
     out: Option<PathBuf>,
     /// No progress bar.
@@ -170,12 +171,14 @@ impl RunArgs {
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
     }
 
-    /// Prints `text`, or writes it atomically to `--out`.
+    /// `--out`, unless it is absent or `-` (standard output).
+    fn out_file(&self) -> Option<&PathBuf> {
+        self.out.as_ref().filter(|p| !is_stdout(p))
+    }
+
+    /// Prints `text`, or writes it to `--out`.
     fn deliver(&self, text: &str) -> Result<()> {
-        match &self.out {
-            Some(path) => Ok(output::write_atomic(path, text.as_bytes())?),
-            None => emit(text),
-        }
+        deliver(self.out.as_ref(), text)
     }
 }
 
@@ -210,10 +213,10 @@ struct MomentsArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
-    /// Also write the comparison as CSV (one row per step and model).
+    /// Also write the comparison as CSV (one row per step and model) to PATH.
     #[arg(long, value_name = "PATH")]
     csv: Option<PathBuf>,
-    /// Also write a plot of W2 against t (SVG).
+    /// Also write a plot of W2 against t (SVG) to PATH.
     #[arg(long, value_name = "PATH.svg")]
     plot: Option<PathBuf>,
 }
@@ -314,7 +317,8 @@ struct WeakOrderArgs {
     /// Rerun the analysis with a param varied: NAME=v1,v2,…
     #[arg(long, value_name = "NAME=v1,v2,…")]
     sweep: Option<String>,
-    /// Also write a log-log plot of the errors with 95% bars (SVG).
+    /// Also write a log-log plot of the errors with 95% bars (SVG) to PATH (`-`: stdout,
+    /// when --out sends the text or JSON to a file).
     #[arg(long, value_name = "PATH.svg")]
     plot: Option<PathBuf>,
     #[command(flatten)]
@@ -367,7 +371,8 @@ struct EscapeArgs {
     /// sums (minibatch SGD) are always independent.
     #[arg(long)]
     coupling: Option<String>,
-    /// Also write the survival curves (SVG).
+    /// Also write the survival curves (SVG) to PATH (`-`: stdout, when --out sends the
+    /// text or JSON to a file).
     #[arg(long, value_name = "PATH.svg")]
     plot: Option<PathBuf>,
     #[command(flatten)]
@@ -434,6 +439,20 @@ fn emit(text: &str) -> Result<()> {
     match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
         r => Ok(r?),
+    }
+}
+
+/// Whether an output path is `-`, standard output.
+fn is_stdout(path: &Path) -> bool {
+    path.as_os_str() == "-"
+}
+
+/// Prints `text` (no path, or `-`), or writes it to the file `path` through
+/// `output::write_atomic`, which never replaces a device, a FIFO or a link.
+fn deliver(path: Option<&PathBuf>, text: &str) -> Result<()> {
+    match path {
+        Some(path) if !is_stdout(path) => Ok(output::write_atomic(path, text.as_bytes())?),
+        _ => emit(text),
     }
 }
 
@@ -564,6 +583,12 @@ impl hasme::report::Progress for StageBars {
 fn run_report(args: ReportArgs) -> Result<ExitCode> {
     use hasme::lang::Source;
     use hasme::report::{ReportConfig, run_report};
+    if is_stdout(&args.out) {
+        return Err(ProblemError::Usage(
+            "--out -: a report is a directory of files, which standard output cannot hold; give a directory".into(),
+        )
+        .into());
+    }
     let overrides = overrides(&args.set, args.init_seed)?;
     let (problem, label) = match &args.file {
         Some(path) => (
@@ -603,7 +628,7 @@ fn run_report(args: ReportArgs) -> Result<ExitCode> {
 }
 
 /// `hasme moments`: checks the output paths first (so a typo fails before the work),
-/// compares, writes the files atomically, prints; exit 1 when a model failed.
+/// compares, writes the files, prints; exit 1 when a model failed.
 fn run_moments(args: MomentsArgs) -> Result<ExitCode> {
     let problem = Problem::from_file(&args.file, &overrides(&args.set, args.init_seed)?)?;
     let mut config = MomentsConfig::new(args.eta, args.steps)?;
@@ -611,17 +636,20 @@ fn run_moments(args: MomentsArgs) -> Result<ExitCode> {
         config = config.with_every(every)?;
     }
     config = config.with_models(parse_models(&args.models)?)?;
-    check_outputs(args.csv.iter(), args.plot.as_ref())?;
+    check_outputs(
+        None,
+        "the comparison, which moments always prints",
+        &[("--csv", args.csv.as_ref()), ("--plot", args.plot.as_ref())],
+    )?;
     let report = moments::compare(&problem, &config)?;
     for (kind, err) in report.failures() {
         eprintln!("error: model `{kind}`: {err}");
     }
     if let Some(path) = &args.csv {
-        output::write_atomic(path, report.to_csv().as_bytes())?;
+        deliver(Some(path), &report.to_csv())?;
     }
     if let Some(path) = &args.plot {
-        let svg = report.w2_plot().to_svg()?;
-        output::write_atomic(path, svg.as_bytes())?;
+        deliver(Some(path), &report.w2_plot().to_svg()?)?;
     }
     if args.json {
         print_json(&report)?;
@@ -635,29 +663,53 @@ fn run_moments(args: MomentsArgs) -> Result<ExitCode> {
     })
 }
 
-/// Checks the files a command will write before any work: a `--plot` must be an SVG
-/// file, and every target must be writable (`output::check_target`).
-fn check_outputs<'a>(
-    files: impl Iterator<Item = &'a PathBuf>,
-    plot: Option<&'a PathBuf>,
-) -> Result<(), anyhow::Error> {
-    if let Some(path) = plot {
+/// Checks the outputs of a command before any work. `out` is `--out`; without it the
+/// command prints `printed` (what its text or JSON is called in a message) to standard
+/// output. `also` are the other outputs by flag (`--csv`, `--plot`). Standard output
+/// (`-`) carries one output at most; a `--plot` file must be an SVG file; every file
+/// must be writable (`output::check_target`: not a directory, its directory there, its
+/// links ending).
+fn check_outputs(
+    out: Option<&PathBuf>,
+    printed: &str,
+    also: &[(&str, Option<&PathBuf>)],
+) -> Result<()> {
+    let usage = |m: String| anyhow::Error::from(ProblemError::Usage(m));
+    let mut on_stdout = match out {
+        Some(path) if !is_stdout(path) => {
+            output::check_target(path)?;
+            None
+        }
+        Some(_) => Some("`--out -`".to_string()),
+        None => Some(printed.to_string()),
+    };
+    for &(flag, path) in also {
+        let Some(path) = path else { continue };
+        if is_stdout(path) {
+            if let Some(holder) = &on_stdout {
+                return Err(usage(format!(
+                    "`{flag} -`: standard output is already taken by {holder}"
+                )));
+            }
+            on_stdout = Some(format!("`{flag} -`"));
+            continue;
+        }
         let svg = path
             .extension()
             .is_some_and(|e| e.eq_ignore_ascii_case("svg"));
-        if !svg {
-            return Err(ProblemError::Usage(format!(
+        if flag == "--plot" && !svg {
+            return Err(usage(format!(
                 "--plot `{}`: only SVG plots are supported; use a .svg file name",
                 path.display()
-            ))
-            .into());
+            )));
         }
-    }
-    for path in files.chain(plot) {
         output::check_target(path)?;
     }
     Ok(())
 }
+
+/// What `simulate`, `weak-order` and `escape` print without `--out`, for a message.
+const PRINTED: &str = "the text or JSON (send it to a file with --out PATH)";
 
 /// The `--coupling` setting: coupled unless asked otherwise; a finite sum cannot be
 /// coupled (its SGD draws minibatches, not Gaussian numbers).
@@ -701,12 +753,10 @@ fn parse_models(names: &[String]) -> Result<Vec<ModelKind>, ProblemError> {
 }
 
 /// `hasme simulate`: checks the output path first, simulates with a progress bar,
-/// prints (or writes atomically) text or JSON; divergences are reported, not errors.
+/// prints (or writes to `--out`) text or JSON; divergences are reported, not errors.
 fn run_simulate(args: SimulateArgs) -> Result<ExitCode> {
     let problem = Problem::from_file(&args.file, &args.run.overrides()?)?;
-    if let Some(path) = &args.run.out {
-        output::check_target(path)?;
-    }
+    check_outputs(args.run.out.as_ref(), PRINTED, &[])?;
     let usage = |m: String| ProblemError::Usage(m);
     let models = parse_models(&args.models)?;
     let scheme = args
@@ -735,7 +785,7 @@ fn run_simulate(args: SimulateArgs) -> Result<ExitCode> {
         format!("{result}\n")
     };
     args.run.deliver(&text)?;
-    if result.total_diverged() > 0 && (args.run.json || args.run.out.is_some()) {
+    if result.total_diverged() > 0 && (args.run.json || args.run.out_file().is_some()) {
         for (p, name) in result.processes.iter().enumerate() {
             if let Some(d) = &result.first_divergence[p] {
                 eprintln!(
@@ -749,7 +799,7 @@ fn run_simulate(args: SimulateArgs) -> Result<ExitCode> {
 }
 
 /// `hasme weak-order`: checks the output paths first, runs the experiment with a
-/// progress bar, writes the plot and the text or JSON (atomically with --out), prints.
+/// progress bar, writes the plot and the text or JSON (to `--out` if given).
 fn run_weak_order(args: WeakOrderArgs) -> Result<ExitCode> {
     use hasme::experiment::{Sweep, WeakOrderConfig, weak_order_with_progress};
     let overrides = args.run.overrides()?;
@@ -765,7 +815,11 @@ fn run_weak_order(args: WeakOrderArgs) -> Result<ExitCode> {
             .into());
         }
     };
-    check_outputs(args.run.out.iter(), args.plot.as_ref())?;
+    check_outputs(
+        args.run.out.as_ref(),
+        PRINTED,
+        &[("--plot", args.plot.as_ref())],
+    )?;
     let models = if args.models.is_empty() {
         None
     } else {
@@ -803,8 +857,7 @@ fn run_weak_order(args: WeakOrderArgs) -> Result<ExitCode> {
     progress.finish();
     let report = report?;
     if let Some(path) = &args.plot {
-        let svg = report.plot().to_svg()?;
-        output::write_atomic(path, svg.as_bytes())?;
+        deliver(Some(path), &report.plot().to_svg()?)?;
     }
     let text = if args.run.json {
         let file = args.file.display().to_string();
@@ -813,7 +866,7 @@ fn run_weak_order(args: WeakOrderArgs) -> Result<ExitCode> {
         format!("{report}")
     };
     args.run.deliver(&text)?;
-    if args.run.json || args.run.out.is_some() {
+    if args.run.json || args.run.out_file().is_some() {
         for w in &report.warnings {
             eprintln!("warning: {w}");
         }
@@ -822,7 +875,7 @@ fn run_weak_order(args: WeakOrderArgs) -> Result<ExitCode> {
 }
 
 /// `hasme escape`: checks the settings and output paths first, simulates with a
-/// progress bar, prints (or writes atomically) text or JSON, and the survival plot.
+/// progress bar, prints (or writes to `--out`) text or JSON, and the survival plot.
 fn run_escape(args: EscapeArgs) -> Result<ExitCode> {
     let problem = Problem::from_file(&args.file, &args.run.overrides()?)?;
     let usage = |m: String| ProblemError::Usage(m);
@@ -856,7 +909,11 @@ fn run_escape(args: EscapeArgs) -> Result<ExitCode> {
             .into());
         }
     };
-    check_outputs(args.run.out.iter(), args.plot.as_ref())?;
+    check_outputs(
+        args.run.out.as_ref(),
+        PRINTED,
+        &[("--plot", args.plot.as_ref())],
+    )?;
     let models = parse_models(&args.models)?;
     let coupling = coupling_of(args.coupling.as_deref(), &problem)?;
     let config = EscapeConfig::builder(args.eta, args.max_steps, args.paths, region)
@@ -877,8 +934,7 @@ fn run_escape(args: EscapeArgs) -> Result<ExitCode> {
         format!("{report}")
     };
     if let Some(path) = &args.plot {
-        let svg = report.survival_plot().to_svg()?;
-        output::write_atomic(path, svg.as_bytes())?;
+        deliver(Some(path), &report.survival_plot().to_svg()?)?;
     }
     args.run.deliver(&text)?;
     Ok(ExitCode::SUCCESS)

@@ -295,7 +295,9 @@ pub fn default_eta(problem: &Problem) -> Result<f64, ProblemError> {
 
 /// Runs every stage that fits `problem` (built with `overrides`), writes `report.html`,
 /// `check.json`, `derive.json`, `moments.json` (if run), `weak_order.json` and
-/// `escape.json` (if run) into `config.out_dir`, atomically.
+/// `escape.json` (if run) into `config.out_dir` (created if missing) through
+/// [`output::write_atomic`]: each file replaced atomically, a link written through, a
+/// device or FIFO written as it is. Every path is checked before the first stage.
 ///
 /// ```no_run
 /// use hasme::report::{ReportConfig, Silent, run_report};
