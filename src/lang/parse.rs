@@ -481,12 +481,18 @@ fn is_keyword(rule: Rule) -> bool {
     )
 }
 
-fn build_size(pair: Pair<Rule>, source: &Source) -> Result<Size, Box<Diagnostic>> {
+/// The expressions inside a bracketed pair (`[h, p]`, `[a, b, …]`) and its span.
+fn build_exprs(pair: Pair<Rule>, source: &Source) -> Result<(Vec<Expr>, Span), Box<Diagnostic>> {
     let span = span_of(&pair);
-    let dims = pair
+    let exprs = pair
         .into_inner()
         .map(|e| build_expr(e, source))
         .collect::<Result<Vec<_>, _>>()?;
+    Ok((exprs, span))
+}
+
+fn build_size(pair: Pair<Rule>, source: &Source) -> Result<Size, Box<Diagnostic>> {
+    let (dims, span) = build_exprs(pair, source)?;
     Ok(Size { dims, span })
 }
 
@@ -509,11 +515,7 @@ fn build_distribution(pair: Pair<Rule>, source: &Source) -> Result<Distribution,
 }
 
 fn build_list(pair: Pair<Rule>, source: &Source) -> Result<List, Box<Diagnostic>> {
-    let span = span_of(&pair);
-    let items = pair
-        .into_inner()
-        .map(|e| build_expr(e, source))
-        .collect::<Result<Vec<_>, _>>()?;
+    let (items, span) = build_exprs(pair, source)?;
     Ok(List { items, span })
 }
 
