@@ -60,6 +60,7 @@ pub mod moments;
 pub mod output;
 pub mod plot;
 pub mod problem;
+pub mod quadrature;
 pub mod report;
 pub mod sim;
 pub mod stats;
