@@ -93,7 +93,9 @@ mod tests {
     fn rules_integrate_polynomials_exactly() {
         for q in [2, 3, 5, 8, 12, 20] {
             let r = Rule::new(q);
-            for degree in 0..2 * q {
+            // Up to degree 24: beyond, the dropped nodes of weight < 1e−18 matter to
+            // moments that large.
+            for degree in 0..(2 * q).min(25) {
                 let m: f64 = r
                     .nodes
                     .iter()
@@ -105,11 +107,11 @@ mod tests {
                 } else {
                     (1..degree).step_by(2).map(|k| k as f64).product()
                 };
-                // 1e-11 relative to the size of the terms, ~(degree)!!: Golub–Welsch
+                // 1e-12 relative to the size of the terms, ~(degree)!!: Golub–Welsch
                 // round-off (odd moments cancel in the sum, not term by term).
                 let size: f64 = (1..=degree).step_by(2).map(|k| k as f64).product();
                 assert!(
-                    (m - exact).abs() <= 1e-11 * size.max(1.0),
+                    (m - exact).abs() <= 1e-12 * size.max(1.0),
                     "Q = {q}, degree {degree}: {m} vs {exact}"
                 );
             }
