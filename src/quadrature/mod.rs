@@ -252,7 +252,8 @@ impl<'a> Sampler<'a> {
 
     /// ∇f and Σ at x (Σ into `self.cov`).
     fn gradient_and_noise(&mut self, x: &[f64], g: &mut [f64]) -> Result<(), ProblemError> {
-        self.problem.gradient_with(x, &mut self.ws, &mut self.jets)?;
+        self.problem
+            .gradient_with(x, &mut self.ws, &mut self.jets)?;
         g.copy_from_slice(self.jets.gradient(0));
         self.problem
             .noise_cov_into(x, &mut self.buffers, &mut self.cov)
@@ -366,8 +367,8 @@ fn sgd_steps(problem: &Problem, eta: f64, points: &[Vec<f64>]) -> Result<Steps, 
                     let mut out = Vec::with_capacity(batches.len() * d);
                     for (list, _) in &batches {
                         for a in 0..d {
-                            let mean: f64 =
-                                list.iter().map(|&i| grads[i * d + a]).sum::<f64>() / list.len() as f64;
+                            let mean: f64 = list.iter().map(|&i| grads[i * d + a]).sum::<f64>()
+                                / list.len() as f64;
                             out.push(x[a] - eta * mean);
                         }
                     }
@@ -470,7 +471,11 @@ fn expect(
         [ax, ay] => {
             let (a11, a21, a22) = (factor[0], factor[1], factor[2]);
             let point = Rule::point();
-            let first = if a11 == 0.0 && a21 == 0.0 { &point } else { rule };
+            let first = if a11 == 0.0 && a21 == 0.0 {
+                &point
+            } else {
+                rule
+            };
             let second = if a22 == 0.0 { &point } else { rule };
             for (&x1, &w1) in first.nodes.iter().zip(&first.weights) {
                 let tx = ax.local(centre[0] + a11 * x1);
@@ -739,15 +744,17 @@ fn mass_outside(path: &[(Vec<f64>, Vec<f64>)], lo: &[f64], hi: &[f64]) -> f64 {
 fn erfc(x: f64) -> f64 {
     let z = x.abs();
     let t = 1.0 / (1.0 + 0.5 * z);
-    let r = t * (-z * z - 1.265_512_23
-        + t * (1.000_023_68
-            + t * (0.374_091_96
-                + t * (0.096_784_18
-                    + t * (-0.186_288_06
-                        + t * (0.278_868_07
-                            + t * (-1.135_203_98
-                                + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77)))))))))
-        .exp();
+    let r = t
+        * (-z * z - 1.265_512_23
+            + t * (1.000_023_68
+                + t * (0.374_091_96
+                    + t * (0.096_784_18
+                        + t * (-0.186_288_06
+                            + t * (0.278_868_07
+                                + t * (-1.135_203_98
+                                    + t * (1.488_515_87
+                                        + t * (-0.822_152_23 + t * 0.170_872_77)))))))))
+            .exp();
     if x >= 0.0 { r } else { 2.0 - r }
 }
 
@@ -946,7 +953,8 @@ fn expectations_in_pool(
     };
     let sgd_base = sgd_of(&base)?;
     let sgd_refined = sgd_of(&refined)?;
-    let floor = |scale: f64, steps: usize| ROUNDOFF_ULPS * f64::EPSILON * scale * (steps as f64).sqrt();
+    let floor =
+        |scale: f64, steps: usize| ROUNDOFF_ULPS * f64::EPSILON * scale * (steps as f64).sqrt();
     let sgd = (0..observables.len())
         .map(|o| Estimate {
             value: sgd_refined.values[o],
@@ -959,7 +967,15 @@ fn expectations_in_pool(
     let mut model_results = Vec::with_capacity(models.len());
     for &model in models {
         model_results.push(model_expectations(
-            problem, model, eta, horizon, &x0, &base, &refined, observables.len(), tol,
+            problem,
+            model,
+            eta,
+            horizon,
+            &x0,
+            &base,
+            &refined,
+            observables.len(),
+            tol,
         ));
     }
     let (lo, hi) = (
@@ -1004,7 +1020,9 @@ fn model_expectations(
 ) -> Result<ModelExpectations, String> {
     let start = std::slice::from_ref(&x0.to_vec()).to_vec();
     let (b0, f0) = model_fields(problem, model, eta, &start)?;
-    let run = |r: &Run, m0: Option<usize>| -> Result<(Vec<f64>, Vec<f64>, Vec<usize>, usize, f64), String> {
+    let run = |r: &Run,
+               m0: Option<usize>|
+     -> Result<(Vec<f64>, Vec<f64>, Vec<usize>, usize, f64), String> {
         let (drift, factor) = model_fields(problem, model, eta, &r.points)?;
         // The first substep count: h₀·Lip(b) ≤ 1/4 (Euler's feet then keep their order
         // and the extrapolation's series converges fast), and at least 2 substeps.
@@ -1053,7 +1071,8 @@ fn model_expectations(
                 break;
             }
         }
-        let floor = ROUNDOFF_ULPS * f64::EPSILON * scale * (*used.last().unwrap_or(&1) as f64).sqrt();
+        let floor =
+            ROUNDOFF_ULPS * f64::EPSILON * scale * (*used.last().unwrap_or(&1) as f64).sqrt();
         let est: Vec<f64> = result.1.iter().map(|e| e + floor).collect();
         Ok((result.0, est, used, m0, scale))
     };
@@ -1131,7 +1150,10 @@ mod tests {
     #[test]
     fn extrapolation_removes_the_series_in_h() {
         let h = [0.1, 0.05, 0.1 / 3.0, 0.025];
-        let a: Vec<f64> = h.iter().map(|h| 2.0 + 3.0 * h - h * h + 0.5 * h * h * h).collect();
+        let a: Vec<f64> = h
+            .iter()
+            .map(|h| 2.0 + 3.0 * h - h * h + 0.5 * h * h * h)
+            .collect();
         let (best, _) = richardson(&h, &a);
         assert!((best - 2.0).abs() < 1e-13, "{best}");
     }
