@@ -1209,6 +1209,7 @@ fn analyse_quadrature(
     let settings = quadrature::Settings {
         tolerance: config.tolerance,
         threads: config.threads,
+        grid_scale: 1.0,
     };
     let mut points: Vec<Vec<Vec<Point>>> = vec![vec![Vec::new(); config.models.len()]; names.len()];
     for &eta in &config.etas {

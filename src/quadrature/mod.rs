@@ -81,6 +81,9 @@ pub struct Settings {
     pub tolerance: f64,
     /// Worker threads (the numbers do not depend on it).
     pub threads: usize,
+    /// Nodes per axis are multiplied by this (1 by default; 2 halves the grid spacing:
+    /// a check of the error estimates).
+    pub grid_scale: f64,
 }
 
 /// Why the quadrature could not run.
@@ -622,6 +625,9 @@ impl StepView<'_> {
 struct Backward {
     values: Vec<f64>,
     scale: f64,
+    /// The largest tail of an interpolant met, relative to its scale: how well the
+    /// grid resolved the solution.
+    tail: f64,
 }
 
 /// Runs a backward recursion of `steps` steps (the grid's step law on all but the last,
@@ -636,16 +642,29 @@ fn backward(
 ) -> Backward {
     let mut u: Vec<Vec<f64>> = phi.to_vec();
     let mut scale = 0.0f64;
+    let mut tail = 0.0f64;
+    let mut track = |interps: &[Interpolant]| {
+        for it in interps {
+            scale = scale.max(it.scale);
+            if it.scale > 0.0 {
+                tail = tail.max(it.tail / it.scale);
+            }
+        }
+    };
     for _ in 1..steps {
         let interps: Vec<Interpolant> = u.iter().map(|v| grid.interpolate(v)).collect();
-        scale = interps.iter().fold(scale, |m, it| m.max(it.scale));
+        track(&interps);
         u = step_grid(grid, &interps, rule, on_grid);
     }
     let interps: Vec<Interpolant> = u.iter().map(|v| grid.interpolate(v)).collect();
-    scale = interps.iter().fold(scale, |m, it| m.max(it.scale));
+    track(&interps);
     let mut out = vec![0.0; phi.len()];
     last.expect_from(grid, &interps, rule, 0, &mut Vec::new(), &mut out);
-    Backward { values: out, scale }
+    Backward {
+        values: out,
+        scale,
+        tail,
+    }
 }
 
 /// The linearised SGD laws along the mean path: per step, the mean and the standard
@@ -758,6 +777,9 @@ fn erfc(x: f64) -> f64 {
     if x >= 0.0 { r } else { 2.0 - r }
 }
 
+/// The node counts per axis tried, in order.
+const NODE_COUNTS: [usize; 10] = [12, 16, 24, 32, 48, 64, 96, 128, 192, 256];
+
 /// Nodes per axis that resolve the observables, the gradient and Σ on the box: the
 /// smallest of 12, 16, 24, 32, 48, 64, … (up to `max`) whose Chebyshev series of each
 /// of them has its last quarter below `tol` of its largest coefficient.
@@ -769,8 +791,7 @@ fn resolving_nodes(
     tol: f64,
 ) -> Result<usize, QuadratureError> {
     let d = problem.dim();
-    let candidates = [12, 16, 24, 32, 48, 64, 96, 128, 192, 256];
-    for &n in candidates.iter().filter(|&&n| n <= max) {
+    for &n in NODE_COUNTS.iter().filter(|&&n| n <= max) {
         let grid = Grid {
             axes: (0..d).map(|i| Axis::new(lo[i], hi[i], n)).collect(),
         };
@@ -856,6 +877,10 @@ struct Run {
     sgd_rule: Rule,
     sde_rule: Rule,
     min_levels: usize,
+    /// SGD's recursion on this run's grid.
+    sgd: Backward,
+    /// Nodes per axis before `grid_scale`.
+    nodes: usize,
 }
 
 /// Computes every expectation at step size `eta`, horizon `horizon = Nη`, for the
@@ -896,28 +921,25 @@ fn expectations_in_pool(
         .map_or(0, |fs| minibatch_count(fs.n, fs.batch, fs.sampling));
 
     // Base and refined runs.
-    let make_run = |spread: f64, refine: bool| -> Result<Run, QuadratureError> {
+    // The SGD recursion on a run's grid.
+    let sgd_on = |grid: &Grid, points: &[Vec<f64>], phi: &[Vec<f64>], rule: &Rule| {
+        let on_grid = sgd_steps(problem, eta, points)?;
+        let last = sgd_steps(problem, eta, std::slice::from_ref(&x0))?;
+        Ok::<Backward, QuadratureError>(backward(
+            grid,
+            phi,
+            rule,
+            &StepView::Steps(&on_grid, d),
+            &StepView::Steps(&last, d),
+            steps,
+        ))
+    };
+    // Resolve the solution well below the tolerance (relative to its size): the
+    // recursion adds each step's interpolation error.
+    let resolve = (tol * 1e-3).max(1e-15);
+    let make_run = |spread: f64, nodes: Option<usize>| -> Result<Run, QuadratureError> {
+        let refine = nodes.is_some();
         let (lo, hi) = domain_box(&path, spread);
-        // Resolve the coefficients well below the tolerance: the recursion composes
-        // them, and its steps add their interpolation errors.
-        let resolve = (tol * 1e-3).max(1e-15);
-        let n = resolving_nodes(problem, &lo, &hi, max_nodes, resolve)?;
-        let n = if refine {
-            (n + n.div_ceil(3)).min(max_nodes)
-        } else {
-            n
-        };
-        let grid = Grid {
-            axes: (0..d).map(|i| Axis::new(lo[i], hi[i], n)).collect(),
-        };
-        let points = grid_points(&grid);
-        let phi_rows: Vec<Result<Vec<f64>, ProblemError>> =
-            points.par_iter().map(|x| problem.observables(x)).collect();
-        let phi_rows: Vec<Vec<f64>> = phi_rows.into_iter().collect::<Result<_, _>>()?;
-        let phi = observables
-            .iter()
-            .map(|&o| phi_rows.iter().map(|r| r[o]).collect())
-            .collect();
         // Gauss–Hermite nodes: the SGD step's spread is a sizeable part of the box at
         // large η; an Euler substep's is small.
         let (q_sgd, q_sde) = match (d, refine) {
@@ -926,33 +948,52 @@ fn expectations_in_pool(
             (_, false) => (12, 6),
             (_, true) => (16, 8),
         };
-        Ok(Run {
-            grid,
-            points,
-            phi,
-            sgd_rule: Rule::new(q_sgd),
-            sde_rule: Rule::new(q_sde),
-            min_levels: if refine { 4 } else { 3 },
-        })
+        let sgd_rule = Rule::new(q_sgd);
+        let scaled = |n: usize| ((n as f64 * settings.grid_scale).round() as usize).max(4);
+        // The base run: the fewest nodes (12, 16, 24, 32, 48, …) that resolve the
+        // observables, ∇f and Σ on the box and then SGD's solution at every step; the
+        // refined run: a third more than the base.
+        let mut n = match nodes {
+            Some(n) => n,
+            None => resolving_nodes(problem, &lo, &hi, max_nodes, resolve)?,
+        };
+        loop {
+            let grid = Grid {
+                axes: (0..d).map(|i| Axis::new(lo[i], hi[i], scaled(n))).collect(),
+            };
+            let points = grid_points(&grid);
+            let phi_rows: Vec<Result<Vec<f64>, ProblemError>> =
+                points.par_iter().map(|x| problem.observables(x)).collect();
+            let phi_rows: Vec<Vec<f64>> = phi_rows.into_iter().collect::<Result<_, _>>()?;
+            let phi: Vec<Vec<f64>> = observables
+                .iter()
+                .map(|&o| phi_rows.iter().map(|r| r[o]).collect())
+                .collect();
+            let sgd = sgd_on(&grid, &points, &phi, &sgd_rule)?;
+            let next = NODE_COUNTS.iter().copied().find(|&m| m > n);
+            match next {
+                Some(m) if !refine && sgd.tail > resolve && m <= max_nodes => n = m,
+                _ => {
+                    return Ok(Run {
+                        grid,
+                        points,
+                        phi,
+                        sgd_rule,
+                        sde_rule: Rule::new(q_sde),
+                        min_levels: if refine { 4 } else { 3 },
+                        sgd,
+                        nodes: n,
+                    });
+                }
+            }
+        }
     };
-    let base = make_run(SPREAD, false)?;
-    let refined = make_run(SPREAD_REFINED, true)?;
-
-    // SGD.
-    let sgd_of = |run: &Run| -> Result<Backward, QuadratureError> {
-        let on_grid = sgd_steps(problem, eta, &run.points)?;
-        let last = sgd_steps(problem, eta, std::slice::from_ref(&x0))?;
-        Ok(backward(
-            &run.grid,
-            &run.phi,
-            &run.sgd_rule,
-            &StepView::Steps(&on_grid, d),
-            &StepView::Steps(&last, d),
-            steps,
-        ))
-    };
-    let sgd_base = sgd_of(&base)?;
-    let sgd_refined = sgd_of(&refined)?;
+    let base = make_run(SPREAD, None)?;
+    let refined = make_run(
+        SPREAD_REFINED,
+        Some((base.nodes + base.nodes.div_ceil(3)).min(max_nodes)),
+    )?;
+    let (sgd_base, sgd_refined) = (&base.sgd, &refined.sgd);
     let floor =
         |scale: f64, steps: usize| ROUNDOFF_ULPS * f64::EPSILON * scale * (steps as f64).sqrt();
     let sgd = (0..observables.len())
