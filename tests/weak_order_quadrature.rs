@@ -51,6 +51,7 @@ fn quadratics_match_the_exact_gaussian_moments() {
         ModelKind::HasmeExact,
     ];
     for (source, eta, horizon) in cases {
+        let (eta, horizon): (f64, f64) = (eta, horizon);
         let p = if source.starts_with("examples/") {
             let o = if source.contains("saddle") {
                 Overrides::none().set("x0", 0.3).set("y0", 0.1)
@@ -62,7 +63,7 @@ fn quadratics_match_the_exact_gaussian_moments() {
             Problem::from_str(source).unwrap()
         };
         let q = Quadratic::from_problem(&p).unwrap();
-        let steps = (horizon / eta as f64).round() as usize;
+        let steps = (horizon / eta).round() as usize;
         let mut sgd = q.sgd(eta).unwrap();
         for _ in 0..steps {
             sgd.advance();

@@ -284,6 +284,15 @@ fn lower_factor(s: &[f64], scale: f64, out: &mut [f64]) {
     }
 }
 
+/// Values and factors per point (a drift or centre, and a lower triangular factor).
+type Fields = (Vec<f64>, Vec<f64>);
+
+/// A run's extrapolated values, their extrapolation errors, the substep counts, `M₀`.
+type Extrapolated = (Vec<f64>, Vec<f64>, Vec<usize>, usize);
+
+/// Per step of the linearised path: the mean and each coordinate's standard deviation.
+type Path = Vec<(Vec<f64>, Vec<f64>)>;
+
 /// Where a step from each node goes: a Gaussian law `N(c, AAᵀ)` with `A` lower
 /// triangular, or the equally likely minibatch steps of a finite sum.
 #[derive(Clone, Debug)]
@@ -389,7 +398,7 @@ fn sgd_steps(problem: &Problem, eta: f64, points: &[Vec<f64>]) -> Result<Steps, 
         }
         _ => {
             let fl = factor_len(d);
-            let chunks: Vec<Result<(Vec<f64>, Vec<f64>), ProblemError>> = points
+            let chunks: Vec<Result<Fields, ProblemError>> = points
                 .par_iter()
                 .map(|x| {
                     let mut s = Sampler::new(problem);
@@ -419,10 +428,10 @@ fn model_fields(
     model: ModelKind,
     eta: f64,
     points: &[Vec<f64>],
-) -> Result<(Vec<f64>, Vec<f64>), String> {
+) -> Result<Fields, String> {
     let d = problem.dim();
     let fl = factor_len(d);
-    let per: Vec<Result<(Vec<f64>, Vec<f64>), String>> = points
+    let per: Vec<Result<Fields, String>> = points
         .par_iter()
         .map(|x| {
             let local = problem.local(x).map_err(|e| e.to_string())?;
@@ -669,11 +678,7 @@ fn backward(
 
 /// The linearised SGD laws along the mean path: per step, the mean and the standard
 /// deviation of each coordinate.
-fn linearised_path(
-    problem: &Problem,
-    eta: f64,
-    steps: usize,
-) -> Result<Vec<(Vec<f64>, Vec<f64>)>, QuadratureError> {
+fn linearised_path(problem: &Problem, eta: f64, steps: usize) -> Result<Path, QuadratureError> {
     let d = problem.dim();
     let mut m = problem.start();
     let mut c: Vec<f64> = vec![0.0; d * d];
@@ -713,8 +718,8 @@ fn linearised_path(
             }
         }
         c = next;
-        for i in 0..d {
-            m[i] -= eta * der.gradient[i];
+        for (mi, gi) in m.iter_mut().zip(der.gradient.iter()) {
+            *mi -= eta * gi;
         }
     }
     Ok(out)
@@ -1061,9 +1066,7 @@ fn model_expectations(
 ) -> Result<ModelExpectations, String> {
     let start = std::slice::from_ref(&x0.to_vec()).to_vec();
     let (b0, f0) = model_fields(problem, model, eta, &start)?;
-    let run = |r: &Run,
-               m0: Option<usize>|
-     -> Result<(Vec<f64>, Vec<f64>, Vec<usize>, usize, f64), String> {
+    let run = |r: &Run, m0: Option<usize>| -> Result<Extrapolated, String> {
         let (drift, factor) = model_fields(problem, model, eta, &r.points)?;
         // The first substep count: h₀·Lip(b) ≤ 1/4 (Euler's feet then keep their order
         // and the extrapolation's series converges fast), and at least 2 substeps.
@@ -1098,12 +1101,12 @@ fn model_expectations(
             scale = scale.max(bw.scale);
             hs.push(h);
             used.push(m);
-            for o in 0..k {
-                table[o].push(bw.values[o]);
+            for (column, v) in table.iter_mut().zip(&bw.values) {
+                column.push(*v);
             }
             let mut done = level + 1 >= r.min_levels;
-            for o in 0..k {
-                let (best, previous) = richardson(&hs, &table[o]);
+            for (o, column) in table.iter().enumerate() {
+                let (best, previous) = richardson(&hs, column);
                 result.0[o] = best;
                 result.1[o] = (best - previous).abs();
                 done &= result.1[o] <= 0.25 * tol;
@@ -1115,10 +1118,10 @@ fn model_expectations(
         let floor =
             ROUNDOFF_ULPS * f64::EPSILON * scale * (*used.last().unwrap_or(&1) as f64).sqrt();
         let est: Vec<f64> = result.1.iter().map(|e| e + floor).collect();
-        Ok((result.0, est, used, m0, scale))
+        Ok((result.0, est, used, m0))
     };
-    let (base_values, _, _, m0, _) = run(base, None)?;
-    let (values, extrapolation, substeps, _, _) = run(refined, Some(m0))?;
+    let (base_values, _, _, m0) = run(base, None)?;
+    let (values, extrapolation, substeps, _) = run(refined, Some(m0))?;
     Ok(ModelExpectations {
         values: (0..k)
             .map(|o| Estimate {
