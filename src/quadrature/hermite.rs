@@ -24,7 +24,7 @@ pub struct Rule {
 
 impl Rule {
     /// The Q-point rule (Q ≥ 1), symmetrised (nodes ±, equal weights) and without the
-    /// nodes of negligible weight ([`WEIGHT_FLOOR`]).
+    /// nodes of negligible weight (weights below 1e−18 of the total).
     pub fn new(q: usize) -> Rule {
         let q = q.max(1);
         if q == 1 {

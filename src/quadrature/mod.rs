@@ -44,7 +44,7 @@
 mod chebyshev;
 mod hermite;
 
-pub use chebyshev::{Axis, Grid, Interpolant};
+pub use chebyshev::{Axis, CHOP, Grid, Interpolant, REACH};
 pub use hermite::Rule;
 
 use crate::ErrorKind;
