@@ -254,3 +254,19 @@ fn finite_sums_average_over_every_minibatch() {
         e.sgd[0].value
     );
 }
+
+/// The same bits on any number of threads: every node's expectation is computed on its
+/// own and collected in node order.
+#[test]
+fn threads_change_no_digit() {
+    let p = Problem::from_file("examples/state_noise.hasme", &Overrides::none()).unwrap();
+    let run = |threads| {
+        let s = Settings {
+            tolerance: 1e-6,
+            threads,
+            grid_scale: 1.0,
+        };
+        expectations(&p, 0.1, 0.3, &[ModelKind::Hasme], &[0, 1], &s).unwrap()
+    };
+    assert_eq!(run(1), run(2));
+}

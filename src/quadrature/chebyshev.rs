@@ -12,19 +12,35 @@
 //! free of amplified noise. The tail of the kept series tells how well the grid resolves
 //! the function ([`Interpolant::tail`]).
 //!
-//! **Outside the box** the interpolant is evaluated as the polynomial it is, up to
-//! [`REACH`] half-widths from the centre and clamped there: the continuation of a
-//! resolved analytic function converges a moderate distance out, and only points of
-//! small probability land that far.
+//! **Outside the box** the interpolant is evaluated as the polynomial it is, as far out
+//! as its kept degree `m` allows — to `t = cosh(`[`REACH`]`/m)`, where the largest
+//! Chebyshev polynomial kept has grown to `cosh(REACH) ≈ 7e11`, so that round-off at
+//! the chopping level (1e−15 of the largest coefficient) stays below 1e−3 of it — and
+//! clamped there: the continuation of a resolved analytic function converges a moderate
+//! distance out (a low-degree one, such as the quadratic solutions of linear problems,
+//! far out), and only points of small probability land beyond.
 
 /// Coefficients below `CHOP` × the largest are round-off (4.5 ulp: the transform's
 /// own error on values of that size is a few ulp).
 pub const CHOP: f64 = 1e-15;
 
-/// Points are evaluated at most this many half-widths from the box's centre (the
-/// continuation of a degree-30 polynomial grows like 3^30 at 1.5 half-widths… so only
-/// points of negligible weight may get here; clamping keeps them finite).
-pub const REACH: f64 = 1.5;
+/// A series of kept degree `m` is continued out to `t = cosh(REACH/m)` half-widths
+/// from the box's centre (at least [`MIN_REACH`]), where `T_m` has grown to
+/// `cosh(REACH) ≈ 7e11`: round-off at the chopping level then stays below 1e−3 of the
+/// series' size.
+pub const REACH: f64 = 28.0;
+
+/// Every series is continued at least this far (1.05 half-widths).
+pub const MIN_REACH: f64 = 1.05;
+
+/// The continuation's limit for a series of `m` kept coefficients.
+fn reach(m: usize) -> f64 {
+    if m <= 1 {
+        f64::INFINITY
+    } else {
+        (REACH / (m - 1) as f64).cosh().clamp(MIN_REACH, 1e6)
+    }
+}
 
 /// One axis of a tensor grid.
 #[derive(Clone, Debug, PartialEq)]
@@ -85,11 +101,11 @@ impl Axis {
         self.nodes.is_empty()
     }
 
-    /// The point's coordinate on [−1, 1] (clamped to ±[`REACH`]).
+    /// The point's coordinate, [−1, 1] on the box (the interpolant clamps it to its
+    /// reach).
     #[inline]
     pub fn local(&self, x: f64) -> f64 {
-        let t = (2.0 * x - (self.lo + self.hi)) / (self.hi - self.lo);
-        t.clamp(-REACH, REACH)
+        (2.0 * x - (self.lo + self.hi)) / (self.hi - self.lo)
     }
 }
 
@@ -141,6 +157,8 @@ impl Grid {
                     coeffs: c[..m].to_vec(),
                     mx: m,
                     my: 1,
+                    reach_x: reach(m),
+                    reach_y: f64::INFINITY,
                     scale,
                     tail,
                 }
@@ -194,6 +212,8 @@ impl Grid {
                     coeffs,
                     mx,
                     my,
+                    reach_x: reach(mx),
+                    reach_y: reach(my),
                     scale,
                     tail,
                 }
@@ -218,6 +238,10 @@ pub struct Interpolant {
     pub mx: usize,
     /// Kept degree + 1 along y.
     pub my: usize,
+    /// How far out along x the series is continued (local coordinate).
+    pub reach_x: f64,
+    /// The same along y.
+    pub reach_y: f64,
     /// The largest coefficient.
     pub scale: f64,
     /// The largest coefficient in the last quarter of the full series along either
@@ -229,13 +253,20 @@ impl Interpolant {
     /// The 1-D series at `t` (a local coordinate).
     #[inline]
     pub fn eval1(&self, t: f64) -> f64 {
-        clenshaw(&self.coeffs, t)
+        clenshaw(&self.coeffs, t.clamp(-self.reach_x, self.reach_x))
+    }
+
+    /// A row of [`Interpolant::contract_x`] at local `ty`.
+    #[inline]
+    pub fn eval_row(&self, row: &[f64], ty: f64) -> f64 {
+        clenshaw(row, ty.clamp(-self.reach_y, self.reach_y))
     }
 
     /// Contracts the x-axis at local `tx`: `v_l = Σ_k T_k(tx) c_{kl}`, into `v` (len my).
     #[inline]
     pub fn contract_x(&self, tx: f64, v: &mut [f64]) {
         let my = self.my;
+        let tx = tx.clamp(-self.reach_x, self.reach_x);
         v.fill(0.0);
         let (mut t0, mut t1) = (1.0, tx);
         for k in 0..self.mx {
@@ -316,7 +347,7 @@ mod tests {
         let mut row = vec![0.0; it.my];
         for (x, y) in [(0.1, 0.2), (1.9, 1.4), (-0.7, 0.9)] {
             it.contract_x(g.axes[0].local(x), &mut row);
-            let value = clenshaw(&row, g.axes[1].local(y));
+            let value = it.eval_row(&row, g.axes[1].local(y));
             assert!((value - f(x, y)).abs() < 1e-13, "({x}, {y})");
         }
     }
