@@ -951,8 +951,8 @@ fn expectations_in_pool(
         let (q_sgd, q_sde) = match (d, refine) {
             (1, false) => (24, 8),
             (1, true) => (32, 10),
-            (_, false) => (12, 6),
-            (_, true) => (16, 8),
+            (_, false) => (12, 4),
+            (_, true) => (16, 6),
         };
         let sgd_rule = Rule::new(q_sgd);
         let scaled = |n: usize| ((n as f64 * settings.grid_scale).round() as usize).max(4);
@@ -1069,10 +1069,10 @@ fn model_expectations(
     let (b0, f0) = model_fields(problem, model, eta, &start)?;
     let run = |r: &Run, m0: Option<usize>| -> Result<Extrapolated, String> {
         let (drift, factor) = model_fields(problem, model, eta, &r.points)?;
-        // The first substep count: h₀·Lip(b) ≤ 1/4 (Euler's feet then keep their order
+        // The first substep count: h₀·Lip(b) ≤ 1/2 (Euler's feet then keep their order
         // and the extrapolation's series converges fast), and at least 2 substeps.
         let lip = lipschitz(&r.grid, &drift);
-        let m0 = m0.unwrap_or_else(|| ((4.0 * lip * horizon).ceil() as usize).clamp(2, 4096));
+        let m0 = m0.unwrap_or_else(|| ((2.0 * lip * horizon).ceil() as usize).clamp(2, 4096));
         let mut hs = Vec::new();
         let mut table: Vec<Vec<f64>> = vec![Vec::new(); k];
         let mut used = Vec::new();
