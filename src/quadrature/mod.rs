@@ -891,6 +891,24 @@ struct Run {
 
 /// Computes every expectation at step size `eta`, horizon `horizon = Nη`, for the
 /// observables `observables` (indices into the problem's) and the models.
+///
+/// ```
+/// use hasme::{ModelKind, Problem};
+/// use hasme::quadrature::{Settings, expectations};
+///
+/// // An Ornstein–Uhlenbeck SGD: x ← (1 − η)x + η·0.5ξ, so E x_N² = (1 − η)^{2N} x₀² +
+/// // η²/4 · Σ_k (1 − η)^{2k}.
+/// let p = Problem::from_str("var x = 1\nminimize 0.5*x^2\nnoise sd 0.5\nobserve x2 = x^2")?;
+/// let settings = Settings { tolerance: 1e-10, threads: 1, grid_scale: 1.0 };
+/// let e = expectations(&p, 0.25, 1.0, &[ModelKind::Hasme], &[0], &settings)?;
+/// let q: f64 = 0.75f64 * 0.75;
+/// let exact = q.powi(4) + 0.0625 / 4.0 * (0..4).map(|k| q.powi(k)).sum::<f64>();
+/// assert!((e.sgd[0].value - exact).abs() < 1e-12 && e.sgd[0].error < 1e-10);
+/// // HA-SME is exact in law on a quadratic: its weak error is round-off.
+/// let hasme = e.models[0].as_ref().unwrap().values[0];
+/// assert!((hasme.value - e.sgd[0].value).abs() < 1e-10);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn expectations(
     problem: &Problem,
     eta: f64,
