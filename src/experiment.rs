@@ -79,6 +79,7 @@ use crate::format::{Named, Style};
 use crate::models::{Model, ModelKind};
 use crate::plot::{LinePlot, Series, YAxis};
 use crate::problem::{Overrides, Problem, ProblemError};
+use crate::quadrature::{self, Domain, Estimate, QuadratureError};
 use crate::sim::{SchemeKind, SimConfig, SimError, SimResult, simulate_with_progress};
 use crate::stats::Welford;
 use serde::Serialize;
@@ -184,6 +185,48 @@ pub struct WeakOrderConfig {
     /// (minibatch SGD and its Gaussian surrogate); 0 (the default) means
     /// [`SGD_PATHS_FACTOR`] × `paths`.
     pub(crate) sgd_paths: u64,
+    /// How the expectations are computed (default Monte Carlo).
+    pub(crate) method: Method,
+    /// Quadrature only: the target absolute accuracy of each expectation (default
+    /// [`DEFAULT_TOLERANCE`]).
+    pub(crate) tolerance: f64,
+}
+
+/// The default target accuracy of `--method quadrature`.
+pub const DEFAULT_TOLERANCE: f64 = 1e-10;
+
+/// How `weak-order` computes the expectations.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Method {
+    /// Coupled Monte Carlo paths (any dimension), errors with confidence intervals.
+    #[default]
+    MonteCarlo,
+    /// Deterministic backward recursions on a grid ([`crate::quadrature`]): d ≤ 2,
+    /// errors with their numerical error estimates.
+    Quadrature,
+}
+
+impl fmt::Display for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Method::MonteCarlo => "monte-carlo",
+            Method::Quadrature => "quadrature",
+        })
+    }
+}
+
+impl std::str::FromStr for Method {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Method, String> {
+        match s {
+            "monte-carlo" => Ok(Method::MonteCarlo),
+            "quadrature" => Ok(Method::Quadrature),
+            _ => Err(format!(
+                "unknown method `{s}`: use monte-carlo (any dimension) or quadrature (one or two variables)"
+            )),
+        }
+    }
 }
 
 /// Default ratio of SGD-only paths to SDE paths in the split estimator of finite sums:
@@ -226,6 +269,10 @@ impl WeakOrderConfigBuilder {
         integration_check: bool,
         /// Finite sums: paths of each SGD-only run (0: [`SGD_PATHS_FACTOR`] × paths).
         sgd_paths: u64,
+        /// Monte Carlo or quadrature.
+        method: Method,
+        /// Quadrature: the target accuracy of each expectation (finite, > 0).
+        tolerance: f64,
     }
 
     /// Checks every setting that does not need the problem (in the order
@@ -267,6 +314,10 @@ impl WeakOrderConfig {
         threads: usize,
         /// Whether the integration check runs.
         integration_check: bool,
+        /// Monte Carlo or quadrature.
+        method: Method,
+        /// Quadrature: the target accuracy of each expectation.
+        tolerance: f64,
     }
 
     /// The step sizes (in a report: sorted from the largest down).
@@ -309,6 +360,8 @@ impl WeakOrderConfig {
             sweep: None,
             integration_check: true,
             sgd_paths: 0,
+            method: Method::MonteCarlo,
+            tolerance: DEFAULT_TOLERANCE,
         }
     }
 
@@ -355,6 +408,11 @@ impl WeakOrderConfig {
     /// Paths the run simulates in all (what a progress bar counts): the SDE runs, plus
     /// for a finite sum the two SGD-only runs of the split estimator per η.
     pub fn total_paths(&self, problem: &Problem) -> u64 {
+        if self.method == Method::Quadrature {
+            // No paths: one unit per η and param value.
+            let sweeps = 1 + self.sweep.as_ref().map_or(0, |s| s.values.len() as u64);
+            return self.etas.len() as u64 * sweeps;
+        }
         let mut total = self.simulations().saturating_mul(self.paths);
         if problem.finite_sum().is_some() {
             let sweeps = 1 + self.sweep.as_ref().map_or(0, |s| s.values.len() as u64);
@@ -368,6 +426,9 @@ impl WeakOrderConfig {
     /// largest down.
     fn check(&self, problem: &Problem) -> Result<Vec<f64>, WeakOrderError> {
         let etas = self.check_settings()?;
+        if self.method == Method::Quadrature {
+            crate::quadrature::supported(problem)?;
+        }
         let bad = |m: String| Err(WeakOrderError::Config(m));
         for name in &self.observables {
             if !problem.observable_names().contains(name) {
@@ -452,6 +513,12 @@ impl WeakOrderConfig {
         {
             return bad(format!("--sweep {}: give at least one value", sweep.param));
         }
+        if !(self.tolerance.is_finite() && self.tolerance > 0.0) {
+            return bad(format!(
+                "--tolerance must be a finite number > 0, got {}",
+                self.tolerance
+            ));
+        }
         Ok(etas)
     }
 }
@@ -472,6 +539,9 @@ pub enum WeakOrderError {
         /// The problem's error.
         source: Box<ProblemError>,
     },
+    /// The quadrature does not handle the problem, or failed.
+    #[error("{0}")]
+    Quadrature(#[from] QuadratureError),
     /// A simulation failed.
     #[error("η = {eta}: {source}")]
     Sim {
@@ -489,6 +559,7 @@ impl WeakOrderError {
             WeakOrderError::Config(_) => ErrorKind::Input,
             WeakOrderError::Sweep { source, .. } => source.kind(),
             WeakOrderError::Sim { source, .. } => source.kind(),
+            WeakOrderError::Quadrature(e) => e.kind(),
         }
     }
 }
@@ -677,6 +748,25 @@ pub struct Point {
     pub excluded: Option<String>,
     /// The integration check (when asked for).
     pub integration: Option<IntegrationCheck>,
+    /// Quadrature: the two expectations and their numerical errors (Monte Carlo:
+    /// `None`).
+    pub numerical: Option<Numerical>,
+}
+
+/// The two expectations behind a point of `--method quadrature`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Numerical {
+    /// SGD's `E φ(x_N)`.
+    pub sgd: Estimate,
+    /// The model's `E φ(X_T)`.
+    pub model: Estimate,
+}
+
+impl Numerical {
+    /// The numerical error of the difference: the two estimates added.
+    pub fn error(&self) -> f64 {
+        self.sgd.error + self.model.error
+    }
 }
 
 /// What the fit concluded.
@@ -755,6 +845,18 @@ impl ModelAnalysis {
     /// Classifies the points, fits, and builds the hint (`paths`: the run's paths).
     pub fn from_points(model: ModelKind, mut points: Vec<Point>, paths: u64) -> ModelAnalysis {
         for p in &mut points {
+            if let Some(n) = p.numerical {
+                p.excluded = match p.signed {
+                    Some(d) if d.abs() > n.error() => None,
+                    Some(d) => Some(format!(
+                        "below its numerical error: |e| = {:.3e} ≤ {:.3e}",
+                        d.abs(),
+                        n.error()
+                    )),
+                    None => Some("no estimate".to_string()),
+                };
+                continue;
+            }
             p.excluded = match (p.signed, p.stderr) {
                 (Some(d), Some(se)) if d.abs() > NOISE_FLOOR_SE * se => None,
                 (Some(d), Some(se)) => Some(format!(
@@ -768,7 +870,11 @@ impl ModelAnalysis {
         let kept: Vec<&Point> = points.iter().filter(|p| p.excluded.is_none()).collect();
         let etas: Vec<f64> = kept.iter().map(|p| p.eta).collect();
         let errs: Vec<f64> = kept.iter().filter_map(|p| p.error).collect();
-        let ses: Vec<f64> = kept.iter().filter_map(|p| p.stderr).collect();
+        // Quadrature points carry their numerical error in place of a standard error.
+        let ses: Vec<f64> = kept
+            .iter()
+            .filter_map(|p| p.stderr.or(p.numerical.map(|n| n.error())))
+            .collect();
         let with_estimate = points.iter().filter(|p| p.signed.is_some()).count();
         let verdict = match kept.len() {
             _ if with_estimate == 0 => Verdict::NoEstimate,
@@ -995,6 +1101,8 @@ pub struct WeakOrderReport {
     pub warnings: Vec<String>,
     /// `true` for a finite sum: the split estimator (see the module documentation).
     pub split: bool,
+    /// Quadrature: the grid box of each η (at the file's param values).
+    pub domains: Vec<(f64, Domain)>,
 }
 
 /// Runs the experiment: `hasme weak-order`. `overrides` are those `problem` was built
@@ -1032,7 +1140,20 @@ pub fn weak_order_with_progress(
     let mut config = config.clone();
     config.etas = etas;
     let mut warnings = Vec::new();
-    let observables = analyse(problem, &config, progress, &mut warnings, "")?;
+    let mut domains = Vec::new();
+    let quadrature = config.method == Method::Quadrature;
+    let run = |p: &Problem,
+               warnings: &mut Vec<String>,
+               domains: Option<&mut Vec<(f64, Domain)>>,
+               tag: &str|
+     -> Result<Vec<ObservableAnalysis>, WeakOrderError> {
+        if quadrature {
+            analyse_quadrature(p, &config, progress, warnings, domains, tag)
+        } else {
+            analyse(p, &config, progress, warnings, tag)
+        }
+    };
+    let observables = run(problem, &mut warnings, Some(&mut domains), "")?;
     let sweep = match &config.sweep {
         None => None,
         Some(sweep) => {
@@ -1047,7 +1168,7 @@ pub fn weak_order_with_progress(
                     }
                 })?;
                 let tag = format!("{} = {value}: ", sweep.param);
-                let observables = analyse(&p, &config, progress, &mut warnings, &tag)?;
+                let observables = run(&p, &mut warnings, None, &tag)?;
                 runs.push(SweepRun { value, observables });
             }
             Some((sweep.param.clone(), runs))
@@ -1061,7 +1182,92 @@ pub fn weak_order_with_progress(
         sweep,
         warnings,
         split: problem.finite_sum().is_some(),
+        domains,
     })
+}
+
+/// `--method quadrature`: the expectations of every η by [`quadrature::expectations`],
+/// one point per η, model and observable.
+fn analyse_quadrature(
+    problem: &Problem,
+    config: &WeakOrderConfig,
+    progress: &(dyn Fn(u64) + Sync),
+    warnings: &mut Vec<String>,
+    mut domains: Option<&mut Vec<(f64, Domain)>>,
+    tag: &str,
+) -> Result<Vec<ObservableAnalysis>, WeakOrderError> {
+    let all = problem.observable_names();
+    let names: Vec<String> = if config.observables.is_empty() {
+        all.to_vec()
+    } else {
+        config.observables.clone()
+    };
+    let indices: Vec<usize> = names
+        .iter()
+        .filter_map(|n| all.iter().position(|a| a == n))
+        .collect();
+    let settings = quadrature::Settings {
+        tolerance: config.tolerance,
+        threads: config.threads,
+        grid_scale: 1.0,
+    };
+    let mut points: Vec<Vec<Vec<Point>>> = vec![vec![Vec::new(); config.models.len()]; names.len()];
+    for &eta in &config.etas {
+        let e = quadrature::expectations(
+            problem,
+            eta,
+            config.horizon,
+            &config.models,
+            &indices,
+            &settings,
+        )?;
+        progress(1);
+        for (k, r) in e.models.iter().enumerate() {
+            if let Err(m) = r {
+                warnings.push(format!("{tag}η = {eta}: {}: {m}", config.models[k]));
+            }
+        }
+        for (o, per_model) in points.iter_mut().enumerate() {
+            for (k, r) in e.models.iter().enumerate() {
+                let numerical = r.as_ref().ok().map(|m| Numerical {
+                    sgd: e.sgd[o],
+                    model: m.values[o],
+                });
+                let signed = numerical.map(|n| n.model.value - n.sgd.value);
+                let ci = numerical.zip(signed).map(|(n, d)| {
+                    let err = n.error();
+                    ((d.abs() - err).max(0.0), d.abs() + err)
+                });
+                per_model[k].push(Point {
+                    eta,
+                    signed,
+                    stderr: None,
+                    error: signed.map(f64::abs),
+                    ci,
+                    pairs: None,
+                    excluded: None,
+                    integration: None,
+                    numerical,
+                });
+            }
+        }
+        if let Some(d) = domains.as_deref_mut() {
+            d.push((eta, e.domain));
+        }
+    }
+    Ok(names
+        .iter()
+        .zip(points)
+        .map(|(name, per_model)| ObservableAnalysis {
+            name: name.clone(),
+            models: config
+                .models
+                .iter()
+                .zip(per_model)
+                .map(|(&m, pts)| ModelAnalysis::from_points(m, pts, 0))
+                .collect(),
+        })
+        .collect())
 }
 
 /// Simulates every η (and its check) and analyses every observable and model.
@@ -1210,6 +1416,7 @@ fn analyse(
                     pairs: main.pairs[k + 1],
                     excluded: None,
                     integration,
+                    numerical: None,
                 });
             }
         }
@@ -1344,6 +1551,17 @@ impl WeakOrderReport {
                 );
             }
         }
+        if self.config.method == Method::Quadrature {
+            return plot
+                .note(format!(
+                    "Quadrature (no Monte Carlo), T = {}, tolerance {:e}; bars: ± the numerical error (none where it reaches 0).",
+                    self.config.horizon, self.config.tolerance
+                ))
+                .note(
+                    "Open markers: not fitted (|e| below its numerical error). Grey dotted: slopes 1 and 2."
+                        .to_string(),
+                );
+        }
         plot.note(format!(
             "{} paths, T = {}, {} substeps ({}), seed {}; bars: 95% CI (none where it reaches 0).",
             self.config.paths, self.config.horizon, self.config.substeps, self.config.scheme, self.config.seed
@@ -1362,7 +1580,8 @@ impl WeakOrderReport {
 impl Serialize for WeakOrderReport {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let c = &self.config;
-        let check = c.integration_check.then(|| c.check_substeps());
+        let quadrature = c.method == Method::Quadrature;
+        let check = (c.integration_check && !quadrature).then(|| c.check_substeps());
         let sweep = self.sweep.as_ref().map(|(param, runs)| {
             // Per observable and model, one entry per swept value.
             let across = |f: &dyn Fn(&ModelAnalysis) -> SweepValue| -> SweepTable {
@@ -1395,11 +1614,42 @@ impl Serialize for WeakOrderReport {
                     .iter()
                     .map(|r| RunJson {
                         value: r.value,
-                        observables: observables_json(&r.observables, check),
+                        observables: observables_json(&r.observables, check, quadrature),
                     })
                     .collect(),
             }
         });
+        if quadrature {
+            return QuadratureJson {
+                method: "quadrature",
+                etas: &c.etas,
+                horizon: c.horizon,
+                init_seed: self.init_seed,
+                tolerance: c.tolerance,
+                sgd_noise: if self.split { "minibatch" } else { "gaussian" },
+                models: c.models.iter().map(|m| m.to_string()).collect(),
+                params: self.params.iter().map(|(n, v)| (n.as_str(), *v)).collect(),
+                domains: self
+                    .domains
+                    .iter()
+                    .map(|(eta, d)| DomainJson {
+                        eta: *eta,
+                        lo: &d.lo,
+                        hi: &d.hi,
+                        spread_sd: d.spread,
+                        nodes: &d.nodes.1,
+                        base_nodes: &d.nodes.0,
+                        mass_outside: d.mass_outside,
+                        gauss_hermite_nodes: d.sgd_rule,
+                        minibatches: d.minibatches,
+                    })
+                    .collect(),
+                observables: observables_json(&self.observables, None, true),
+                sweep,
+                warnings: &self.warnings,
+            }
+            .serialize(serializer);
+        }
         WeakOrderJson {
             etas: &c.etas,
             horizon: c.horizon,
@@ -1415,7 +1665,7 @@ impl Serialize for WeakOrderReport {
             models: c.models.iter().map(|m| m.to_string()).collect(),
             params: self.params.iter().map(|(n, v)| (n.as_str(), *v)).collect(),
             noise_floor_se: NOISE_FLOOR_SE,
-            observables: observables_json(&self.observables, check),
+            observables: observables_json(&self.observables, check, false),
             sweep,
             warnings: &self.warnings,
         }
@@ -1449,7 +1699,118 @@ struct WeakOrderJson<'a> {
 }
 
 /// Observable name → model name → analysis.
-type ObservablesJson<'a> = Named<&'a str, Named<String, AnalysisJson<'a>>>;
+type ObservablesJson<'a> = Named<&'a str, Named<String, AnyAnalysisJson<'a>>>;
+
+/// One analysis in the JSON of either method.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum AnyAnalysisJson<'a> {
+    MonteCarlo(AnalysisJson<'a>),
+    Quadrature(QuadratureAnalysisJson<'a>),
+}
+
+/// [`ModelAnalysis`]'s JSON under `--method quadrature`: the Monte Carlo fields that
+/// apply, under the same names, with each point's numerical error in place of a
+/// standard error and the two expectations behind it.
+#[derive(Serialize)]
+struct QuadratureAnalysisJson<'a> {
+    nominal_order: u32,
+    etas: Vec<f64>,
+    errors: Vec<Option<f64>>,
+    ci_low: Vec<Option<f64>>,
+    ci_high: Vec<Option<f64>>,
+    signed: Vec<Option<f64>>,
+    numerical_error: Vec<Option<f64>>,
+    sgd_expectation: Vec<Option<f64>>,
+    sgd_numerical_error: Vec<Option<f64>>,
+    model_expectation: Vec<Option<f64>>,
+    model_numerical_error: Vec<Option<f64>>,
+    verdict: &'static str,
+    slope: Option<f64>,
+    slope_ci: Option<[f64; 2]>,
+    slope_stderr_residual: Option<f64>,
+    slope_stderr_propagated: Option<f64>,
+    intercept: Option<f64>,
+    constant: Option<ConstantJson>,
+    constant_upper_bound: Option<f64>,
+    excluded: Vec<f64>,
+    excluded_reasons: Vec<ExclusionJson<'a>>,
+}
+
+impl ModelAnalysis {
+    /// The JSON form under `--method quadrature`.
+    fn quadrature_json(&self) -> QuadratureAnalysisJson<'_> {
+        let col = |f: &dyn Fn(&Point) -> Option<f64>| self.points.iter().map(f).collect();
+        let fit = self.fit.as_ref();
+        let excluded: Vec<&Point> = self
+            .points
+            .iter()
+            .filter(|p| p.excluded.is_some())
+            .collect();
+        QuadratureAnalysisJson {
+            nominal_order: self.nominal_order,
+            etas: self.points.iter().map(|p| p.eta).collect(),
+            errors: col(&|p| p.error),
+            ci_low: col(&|p| p.ci.map(|c| c.0)),
+            ci_high: col(&|p| p.ci.map(|c| c.1)),
+            signed: col(&|p| p.signed),
+            numerical_error: col(&|p| p.numerical.map(|n| n.error())),
+            sgd_expectation: col(&|p| p.numerical.map(|n| n.sgd.value)),
+            sgd_numerical_error: col(&|p| p.numerical.map(|n| n.sgd.error)),
+            model_expectation: col(&|p| p.numerical.map(|n| n.model.value)),
+            model_numerical_error: col(&|p| p.numerical.map(|n| n.model.error)),
+            verdict: self.verdict.key(),
+            slope: fit.map(|f| f.slope),
+            slope_ci: fit.map(|f| [f.slope_ci.0, f.slope_ci.1]),
+            slope_stderr_residual: fit.and_then(|f| f.stderr_residual),
+            slope_stderr_propagated: fit.map(|f| f.stderr_propagated),
+            intercept: fit.map(|f| f.intercept),
+            constant: self.constant.as_ref().map(ConstantJson::from),
+            constant_upper_bound: self.constant_bound,
+            excluded: excluded.iter().map(|p| p.eta).collect(),
+            excluded_reasons: excluded
+                .iter()
+                .map(|p| ExclusionJson {
+                    eta: p.eta,
+                    reason: p.excluded.as_deref(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The JSON of `--method quadrature`, field by field in the contract's order.
+#[derive(Serialize)]
+struct QuadratureJson<'a> {
+    method: &'static str,
+    etas: &'a [f64],
+    horizon: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    init_seed: Option<u64>,
+    tolerance: f64,
+    sgd_noise: &'static str,
+    models: Vec<String>,
+    params: Named<&'a str, f64>,
+    domains: Vec<DomainJson<'a>>,
+    observables: ObservablesJson<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sweep: Option<SweepJson<'a>>,
+    warnings: &'a [String],
+}
+
+/// The grid box of one η.
+#[derive(Serialize)]
+struct DomainJson<'a> {
+    eta: f64,
+    lo: &'a [f64],
+    hi: &'a [f64],
+    spread_sd: f64,
+    nodes: &'a [usize],
+    base_nodes: &'a [usize],
+    mass_outside: f64,
+    gauss_hermite_nodes: usize,
+    minibatches: u64,
+}
 
 /// Observable name → model name → one value per swept value.
 type SweepTable = Named<String, Named<String, Vec<SweepValue>>>;
@@ -1484,14 +1845,19 @@ struct RunJson<'a> {
 fn observables_json(
     observables: &[ObservableAnalysis],
     check: Option<usize>,
+    quadrature: bool,
 ) -> ObservablesJson<'_> {
     observables
         .iter()
         .map(|o| {
-            let models = o
-                .models
-                .iter()
-                .map(|m| (m.model.to_string(), m.json(check)));
+            let models = o.models.iter().map(|m| {
+                let json = if quadrature {
+                    AnyAnalysisJson::Quadrature(m.quadrature_json())
+                } else {
+                    AnyAnalysisJson::MonteCarlo(m.json(check))
+                };
+                (m.model.to_string(), json)
+            });
             (o.name.as_str(), models.collect())
         })
         .collect()
@@ -1583,9 +1949,137 @@ fn write_analyses(f: &mut fmt::Formatter<'_>, observables: &[ObservableAnalysis]
     Ok(())
 }
 
+/// The analyses of `--method quadrature` as text: per model, the error, its numerical
+/// error and the two expectations at every η, then the fit.
+fn write_quadrature_analyses(
+    f: &mut fmt::Formatter<'_>,
+    observables: &[ObservableAnalysis],
+) -> fmt::Result {
+    for obs in observables {
+        for m in &obs.models {
+            writeln!(
+                f,
+                "\n{} — {} (nominal weak order {})",
+                obs.name, m.model, m.nominal_order
+            )?;
+            writeln!(
+                f,
+                "  {:>10}  {:>10}  {:>9}  {:>17}  {:>17}  note",
+                "η", "error", "± num.", "E φ(x_N) (SGD)", "E φ(X_T) (model)"
+            )?;
+            for p in &m.points {
+                let n = p.numerical;
+                let full = |v: Option<f64>| v.map_or("—".to_string(), |v| format!("{v:.14}"));
+                writeln!(
+                    f,
+                    "  {:>10}  {:>10}  {:>9}  {:>17}  {:>17}  {}",
+                    format!("{}", p.eta),
+                    fmt_opt(p.error),
+                    crate::format::cell(n.map(|n| n.error()), Style::Sci(2)),
+                    full(n.map(|n| n.sgd.value)),
+                    full(n.map(|n| n.model.value)),
+                    p.excluded
+                        .as_ref()
+                        .map_or(String::new(), |r| format!("not fitted: {r}"))
+                )?;
+            }
+            match (&m.fit, m.verdict) {
+                (Some(fit), _) => writeln!(
+                    f,
+                    "  slope {:.3}  95% CI [{:.3}, {:.3}]  ({} points)",
+                    fit.slope, fit.slope_ci.0, fit.slope_ci.1, fit.points
+                )?,
+                (None, Verdict::IndistinguishableFromZero) => writeln!(
+                    f,
+                    "  below the numerical error at every η: the model is exact to it"
+                )?,
+                (None, v) => writeln!(f, "  {v}")?,
+            }
+            if let Some(c) = &m.constant {
+                writeln!(
+                    f,
+                    "  C = {:.4e}  95% CI [{:.4e}, {:.4e}]  (e ≈ C η^{}, nominal order)",
+                    c.value, c.ci.0, c.ci.1, c.order
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+impl WeakOrderReport {
+    /// The text form of `--method quadrature`.
+    fn fmt_quadrature(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = &self.config;
+        writeln!(
+            f,
+            "weak error |E φ(x_N) − E φ(X_T)|, T = {}, by quadrature (no Monte Carlo), tolerance {:e}",
+            c.horizon, c.tolerance
+        )?;
+        writeln!(
+            f,
+            "SGD: backward recursion with {}; SDEs: backward Kolmogorov equation, extrapolated semi-Lagrangian steps; ± num.: numerical error estimate (base against refined run)",
+            if self.split {
+                "the exact mean over every minibatch"
+            } else {
+                "Gauss–Hermite steps"
+            }
+        )?;
+        for (eta, d) in &self.domains {
+            let sides: Vec<String> =
+                d.lo.iter()
+                    .zip(&d.hi)
+                    .map(|(lo, hi)| format!("[{lo:.4}, {hi:.4}]"))
+                    .collect();
+            let nodes: Vec<String> = d.nodes.1.iter().map(|n| n.to_string()).collect();
+            writeln!(
+                f,
+                "  η = {eta}: box {} ({} sd of the linearised laws), {} nodes, mass outside ≈ {:.1e}",
+                sides.join(" × "),
+                d.spread,
+                nodes.join(" × "),
+                d.mass_outside
+            )?;
+        }
+        write_quadrature_analyses(f, &self.observables)?;
+        if let Some((param, runs)) = &self.sweep {
+            writeln!(
+                f,
+                "\nsweep over {param}: C (e ≈ C η^p, p nominal) per value"
+            )?;
+            for (o, obs) in self.observables.iter().enumerate() {
+                for (k, m) in obs.models.iter().enumerate() {
+                    let cells: Vec<String> = runs
+                        .iter()
+                        .map(|r| {
+                            let a = &r.observables[o].models[k];
+                            format!(
+                                "{param} = {}: {}",
+                                r.value,
+                                a.constant.as_ref().map_or(
+                                    a.verdict.key().to_string(),
+                                    |c| format!("{:.4e}", c.value)
+                                )
+                            )
+                        })
+                        .collect();
+                    writeln!(f, "  {} — {}: {}", obs.name, m.model, cells.join(", "))?;
+                }
+            }
+        }
+        for w in &self.warnings {
+            writeln!(f, "warning: {w}")?;
+        }
+        Ok(())
+    }
+}
+
 impl fmt::Display for WeakOrderReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let c = &self.config;
+        if c.method == Method::Quadrature {
+            return self.fmt_quadrature(f);
+        }
         write!(
             f,
             "weak error |E φ(x_N) − E φ(X_T)|, T = {}, {} paths, {} substeps ({}), seed {}",
@@ -1656,6 +2150,7 @@ mod tests {
             pairs: Some(100),
             excluded: None,
             integration: None,
+            numerical: None,
         }
     }
 

@@ -4,7 +4,8 @@
 //! compiled tape (over the rows of [`data`] tables for finite sums) → derivatives →
 //! model coefficients ([`models`]) → exact Gaussian moments on quadratics
 //! ([`moments`]); Monte Carlo of SGD beside the models ([`sim`]) with streaming
-//! statistics ([`stats`]), the weak error and its order in η ([`experiment`]), escape
+//! statistics ([`stats`]), the weak error and its order in η ([`experiment`]; in one or
+//! two dimensions also without Monte Carlo noise, by [`quadrature`]), escape
 //! times ([`escape`](mod@escape)); drawn by [`plot`], written by [`output`]; one command that runs
 //! what fits a problem and writes an HTML page ([`report`]). See `ARCHITECTURE.md` for
 //! the code map and the invariants.
@@ -60,6 +61,7 @@ pub mod moments;
 pub mod output;
 pub mod plot;
 pub mod problem;
+pub mod quadrature;
 pub mod report;
 pub mod sim;
 pub mod stats;

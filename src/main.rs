@@ -317,6 +317,14 @@ struct WeakOrderArgs {
     /// Rerun the analysis with a param varied: NAME=v1,v2,…
     #[arg(long, value_name = "NAME=v1,v2,…")]
     sweep: Option<String>,
+    /// How to compute the expectations: monte-carlo (coupled paths, any dimension) or
+    /// quadrature (deterministic, one or two variables; --paths, --seed, --substeps,
+    /// --scheme and the integration check do not apply).
+    #[arg(long, default_value = "monte-carlo", value_name = "METHOD")]
+    method: String,
+    /// Quadrature: the target absolute accuracy of each expectation.
+    #[arg(long, default_value_t = hasme::experiment::DEFAULT_TOLERANCE, value_name = "TOL")]
+    tolerance: f64,
     /// Also write a log-log plot of the errors with 95% bars (SVG) to PATH (`-`: stdout,
     /// when --out sends the text or JSON to a file).
     #[arg(long, value_name = "PATH.svg")]
@@ -849,6 +857,12 @@ fn run_weak_order(args: WeakOrderArgs) -> Result<ExitCode> {
         .scheme(scheme)
         .integration_check(!args.no_integration_check)
         .sgd_paths(args.sgd_paths.unwrap_or(0))
+        .method(
+            args.method
+                .parse()
+                .map_err(|m| usage(format!("--method: {m}")))?,
+        )
+        .tolerance(args.tolerance)
         .threads(args.run.threads())
         .sweep(sweep)
         .build()?;

@@ -15,7 +15,7 @@
 
 use crate::ErrorKind;
 use crate::escape::{self, EscapeConfig, EscapeError, EscapeReport, Region};
-use crate::experiment::{self, WeakOrderConfig, WeakOrderError, WeakOrderReport};
+use crate::experiment::{self, Method, WeakOrderConfig, WeakOrderError, WeakOrderReport};
 use crate::format::WithFile;
 use crate::inspect::{CheckSummary, DeriveReport, ModelRequest};
 use crate::models::{ModelKind, ModelOptions, PsdPolicy};
@@ -29,6 +29,9 @@ use std::path::PathBuf;
 
 /// Largest default step size.
 pub const DEFAULT_ETA_MAX: f64 = 0.1;
+
+/// The target accuracy of the report's weak-order run by quadrature.
+pub const QUADRATURE_TOLERANCE: f64 = 1e-8;
 
 /// What a report runs: built by [`ReportConfig::builder`], which checks every setting
 /// (defaults on each field below); [`run_report`] checks them again before starting,
@@ -241,6 +244,8 @@ pub struct Settings {
     pub moments: Option<MomentsConfig>,
     /// The weak-order configuration.
     pub weak_order: WeakOrderConfig,
+    /// The same experiment by quadrature (d ≤ 2), when the problem allows it.
+    pub weak_order_quadrature: Option<WeakOrderConfig>,
     /// The escape configuration, when run.
     pub escape: Option<EscapeConfig>,
     /// The init seed of the random start values, when the problem draws some (the
@@ -260,6 +265,9 @@ pub struct Report {
     pub moments: Option<MomentsReport>,
     /// `hasme weak-order`.
     pub weak_order: WeakOrderReport,
+    /// `hasme weak-order --method quadrature` (d ≤ 2): exact weak errors beside the
+    /// Monte Carlo ones.
+    pub weak_order_quadrature: Option<WeakOrderReport>,
     /// `hasme escape`, when the file has an escape region.
     pub escape: Option<EscapeReport>,
     /// The exact standalone commands, one per part.
@@ -324,6 +332,7 @@ pub fn run_report(
         "derive.json",
         "moments.json",
         "weak_order.json",
+        "weak_order_quadrature.json",
         "escape.json",
     ];
     for n in names {
@@ -377,6 +386,42 @@ pub fn run_report(
     let weak = weak?;
     notes.extend(weak.warnings.iter().map(|w| format!("weak order: {w}")));
 
+    let weak_quadrature = match &settings.weak_order_quadrature {
+        Some(qc) => {
+            progress.stage("weak order by quadrature", qc.total_paths(problem));
+            let q =
+                experiment::weak_order_with_progress(problem, overrides, qc, &|n| progress.inc(n));
+            progress.finish();
+            match q {
+                Ok(q) => {
+                    notes.extend(
+                        q.warnings
+                            .iter()
+                            .map(|w| format!("weak order by quadrature: {w}")),
+                    );
+                    Some(q)
+                }
+                Err(e) => {
+                    notes.push(format!("weak order by quadrature failed: {e}"));
+                    None
+                }
+            }
+        }
+        None if config.quick => {
+            notes.push(
+                "weak order by quadrature skipped in quick mode (seconds in two dimensions): the full report runs it, as does `hasme weak-order --method quadrature`".into(),
+            );
+            None
+        }
+        None => {
+            notes.push(format!(
+                "weak order by quadrature skipped: it needs one or two variables and Gaussian noise or a finite sum with at most {} minibatches",
+                crate::quadrature::MAX_MINIBATCHES
+            ));
+            None
+        }
+    };
+
     let escape = match &settings.escape {
         Some(ec) => {
             progress.stage("escape", ec.paths());
@@ -401,6 +446,7 @@ pub fn run_report(
         derive,
         moments,
         weak_order: weak,
+        weak_order_quadrature: weak_quadrature,
         escape,
         commands,
         files: Vec::new(),
@@ -471,6 +517,19 @@ fn settings(problem: &Problem, config: &ReportConfig) -> Result<Settings, Report
             .integration_check(false);
     }
     let wc = wc.build()?;
+    // The same experiment without Monte Carlo noise where the quadrature applies (not
+    // in quick mode: in two dimensions it takes seconds). 1e−8: each expectation to
+    // about 1e−10 in practice, at half the time of the default 1e−10.
+    let wq = if !config.quick && crate::quadrature::supported(problem).is_ok() {
+        Some(
+            wc.to_builder()
+                .method(Method::Quadrature)
+                .tolerance(QUADRATURE_TOLERANCE)
+                .build()?,
+        )
+    } else {
+        None
+    };
     let escape = match problem.escape_region() {
         None => None,
         Some(_) => Some(
@@ -503,6 +562,7 @@ fn settings(problem: &Problem, config: &ReportConfig) -> Result<Settings, Report
         eta_reason,
         moments,
         weak_order: wc,
+        weak_order_quadrature: wq,
         escape,
         init_seed: problem.init_seed_if_random(),
     })
@@ -567,6 +627,19 @@ fn commands(file: &str, config: &ReportConfig, s: &Settings) -> Vec<(String, Str
             if w.integration_check { "" } else { " --no-integration-check" }
         ),
     ));
+    if let Some(q) = &s.weak_order_quadrature {
+        let etas: Vec<String> = q.etas.iter().map(|e| e.to_string()).collect();
+        out.push((
+            "weak_order_quadrature.json".into(),
+            format!(
+                "hasme weak-order {file}{set} --method quadrature --etas {} --horizon {} --models {} --tolerance {:e} --json",
+                etas.join(","),
+                q.horizon,
+                join_models(&q.models),
+                q.tolerance
+            ),
+        ));
+    }
     if let Some(e) = &s.escape {
         out.push((
             "escape.json".into(),
@@ -648,6 +721,12 @@ impl Report {
             "weak_order.json".into(),
             serde_json::to_value(WithFile::new(&self.weak_order, file))?,
         ));
+        if let Some(q) = &self.weak_order_quadrature {
+            out.push((
+                "weak_order_quadrature.json".into(),
+                serde_json::to_value(WithFile::new(q, file))?,
+            ));
+        }
         if let Some(e) = &self.escape {
             out.push((
                 "escape.json".into(),
@@ -686,6 +765,15 @@ impl Report {
                 html_escape(&o.name)
             );
         }
+        let exact = self.weak_order_quadrature.as_ref();
+        for o in exact.map_or(&[][..], |q| &q.observables[..]) {
+            let _ = write!(
+                h,
+                "<th>exact slope, quadrature ({})</th><th>exact error constant ({})</th>",
+                html_escape(&o.name),
+                html_escape(&o.name)
+            );
+        }
         if self.moments.is_some() {
             h.push_str("<th>W2 to SGD at the last step</th>");
         }
@@ -706,6 +794,22 @@ impl Report {
                                 fmt_num(Some(f.slope_ci.1))
                             ),
                             None => format!("— ({})", html_escape(&m.verdict.to_string())),
+                        };
+                        let c = match &m.constant {
+                            Some(c) => format!("{} (order {})", fmt_num(Some(c.value)), c.order),
+                            None => "—".into(),
+                        };
+                        let _ = write!(h, "<td>{slope}</td><td>{c}</td>");
+                    }
+                    None => h.push_str("<td>not run</td><td>not run</td>"),
+                }
+            }
+            for o in exact.map_or(&[][..], |q| &q.observables[..]) {
+                match o.models.iter().find(|m| m.model == *k) {
+                    Some(m) => {
+                        let slope = match &m.fit {
+                            Some(f) => fmt_num(Some(f.slope)),
+                            None => format!("— ({})", m.verdict.key().replace('_', " ")),
                         };
                         let c = match &m.constant {
                             Some(c) => format!("{} (order {})", fmt_num(Some(c.value)), c.order),
@@ -761,6 +865,7 @@ impl Report {
         h.push_str(
             "<p>Weak-order slope: the fitted order of the weak error |E φ(x<sub>N</sub>) − E φ(X<sub>T</sub>)| in η, with its 95% CI; \
              error constant C in error ≈ C η<sup>p</sup> at the nominal order p. \
+             Exact slope and constant (one or two variables): the same fit on weak errors computed by quadrature, without Monte Carlo noise (<code>--method quadrature</code>). \
              W2: the exact Wasserstein-2 distance of the model's Gaussian law to SGD's at the last step (quadratic objectives with constant noise). \
              KS: the Kolmogorov–Smirnov distance between the model's and SGD's escape-time distributions. Smaller is closer to SGD.</p>\n",
         );
@@ -772,6 +877,12 @@ impl Report {
             "Weak error against η (log-log, 95% bars)",
             self.weak_order.plot(),
         )];
+        if let Some(q) = &self.weak_order_quadrature {
+            plots.push((
+                "Weak error against η by quadrature (log-log, bars: numerical error)",
+                q.plot(),
+            ));
+        }
         if let Some(m) = &self.moments {
             plots.push(("W2 distance to SGD against t = kη", m.w2_plot()));
         }
@@ -871,6 +982,17 @@ impl Report {
         let mut s = format!("hasme report (η = {})\n", self.settings.eta);
         if let Some(o) = self.weak_order.observables.first() {
             let _ = writeln!(s, "  weak-order slope for {}:", o.name);
+            for m in &o.models {
+                let slope = m.fit.as_ref().map(|f| f.slope);
+                let _ = writeln!(s, "    {:<12} {}", m.model.to_string(), fmt_num(slope));
+            }
+        }
+        if let Some(o) = self
+            .weak_order_quadrature
+            .as_ref()
+            .and_then(|q| q.observables.first())
+        {
+            let _ = writeln!(s, "  exact weak-order slope (quadrature) for {}:", o.name);
             for m in &o.models {
                 let slope = m.fit.as_ref().map(|f| f.slope);
                 let _ = writeln!(s, "    {:<12} {}", m.model.to_string(), fmt_num(slope));

@@ -301,3 +301,48 @@ fn the_command_runs_the_bundled_example() {
     assert_eq!(bad.status.code(), Some(2));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// In one or two variables the full report also runs the weak-order experiment by
+/// quadrature: its part equals the standalone call's JSON and the table has the exact
+/// slopes beside the Monte Carlo ones; the quick report skips it and says so.
+#[test]
+fn full_reports_add_the_quadrature_part() {
+    let file = "examples/cosine.hasme";
+    let overrides = Overrides::none();
+    let problem = Problem::from_file(file, &overrides).unwrap();
+    let dir = out_dir("quadrature-full");
+    let mut config = ReportConfig::builder(&dir);
+    config.seed(2).threads(2);
+    let report = run_report(&problem, &overrides, &config.build().unwrap(), &Silent).unwrap();
+    let qc = report.settings.weak_order_quadrature.as_ref().unwrap();
+    let q = weak_order(
+        &problem,
+        &overrides,
+        &qc.to_builder().threads(1).build().unwrap(),
+    )
+    .unwrap();
+    let mut standalone = serde_json::to_value(&q).unwrap();
+    standalone["file"] = file.into();
+    assert_eq!(
+        read_text(&dir, "weak_order_quadrature.json"),
+        pretty(&standalone)
+    );
+    let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
+    check_balanced(&html).unwrap();
+    assert!(html.contains("exact slope, quadrature") && html.contains("--method quadrature"));
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let dir = out_dir("quadrature-quick");
+    let mut config = ReportConfig::builder(&dir);
+    config.quick(true).threads(2);
+    let report = run_report(&problem, &overrides, &config.build().unwrap(), &Silent).unwrap();
+    assert!(report.weak_order_quadrature.is_none());
+    assert!(
+        report
+            .notes
+            .iter()
+            .any(|n| n.contains("skipped in quick mode"))
+    );
+    assert!(!dir.join("weak_order_quadrature.json").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
