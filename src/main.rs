@@ -12,6 +12,7 @@ use hasme::inspect::{CheckSummary, DeriveReport, ModelRequest};
 use hasme::models::{ModelKind, ModelOptions, PsdPolicy};
 use hasme::moments::{self, MomentsConfig, MomentsError};
 use hasme::output::{self, OutputError};
+use hasme::problem::StartPoint;
 use hasme::report::ReportError;
 use hasme::sim::{Coupling, SimConfig, SimError, simulate_with_progress};
 use hasme::{ErrorKind, Overrides, Problem, ProblemError};
@@ -45,6 +46,11 @@ enum Command {
         /// Seed of the random start values (`var w ~ normal(0, 1)`).
         #[arg(long, default_value_t = 0, value_name = "S")]
         init_seed: u64,
+        /// Start at the point in FILE.json (`variables` and `point`, as `derive --json`
+        /// and `stationary --json` write them) instead of the file's start values and
+        /// random draws.
+        #[arg(long, value_name = "FILE.json")]
+        start: Option<PathBuf>,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -64,6 +70,11 @@ enum Command {
         /// Seed of the random start values (`var w ~ normal(0, 1)`).
         #[arg(long, default_value_t = 0, value_name = "S")]
         init_seed: u64,
+        /// Start at the point in FILE.json (`variables` and `point`, as `derive --json`
+        /// and `stationary --json` write them) instead of the file's start values and
+        /// random draws.
+        #[arg(long, value_name = "FILE.json")]
+        start: Option<PathBuf>,
         /// Step size η: adds every requested model's drift and diffusion.
         #[arg(long)]
         eta: Option<f64>,
@@ -124,6 +135,11 @@ struct ReportArgs {
     /// Seed of the random start values (`var w ~ normal(0, 1)`).
     #[arg(long, default_value_t = 0, value_name = "S")]
     init_seed: u64,
+    /// Start at the point in FILE.json (`variables` and `point`, as `derive --json`
+    /// and `stationary --json` write them) instead of the file's start values and
+    /// random draws.
+    #[arg(long, value_name = "FILE.json")]
+    start: Option<PathBuf>,
     /// No progress bars.
     #[arg(long)]
     quiet: bool,
@@ -147,6 +163,11 @@ struct RunArgs {
     /// Seed of the random start values (`var w ~ normal(0, 1)`).
     #[arg(long, default_value_t = 0, value_name = "S")]
     init_seed: u64,
+    /// Start at the point in FILE.json (`variables` and `point`, as `derive --json`
+    /// and `stationary --json` write them) instead of the file's start values and
+    /// random draws.
+    #[arg(long, value_name = "FILE.json")]
+    start: Option<PathBuf>,
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -159,9 +180,9 @@ struct RunArgs {
 }
 
 impl RunArgs {
-    /// `--set` and `--init-seed`.
+    /// `--set`, `--init-seed` and `--start`.
     fn overrides(&self) -> Result<Overrides, ProblemError> {
-        overrides(&self.set, self.init_seed)
+        overrides(&self.set, self.init_seed, self.start.as_ref())
     }
 
     /// `--threads`, defaulting to every core.
@@ -207,6 +228,11 @@ struct MomentsArgs {
     /// Seed of the random start values (`var w ~ normal(0, 1)`).
     #[arg(long, default_value_t = 0, value_name = "S")]
     init_seed: u64,
+    /// Start at the point in FILE.json (`variables` and `point`, as `derive --json`
+    /// and `stationary --json` write them) instead of the file's start values and
+    /// random draws.
+    #[arg(long, value_name = "FILE.json")]
+    start: Option<PathBuf>,
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -437,9 +463,17 @@ fn emit(text: &str) -> Result<()> {
     }
 }
 
-/// `--set NAME=VALUE` items and the `--init-seed`.
-fn overrides(set: &[String], init_seed: u64) -> Result<Overrides, ProblemError> {
-    Ok(Overrides::parse(set)?.init_seed(init_seed))
+/// `--set NAME=VALUE` items, the `--init-seed` and the `--start` file.
+fn overrides(
+    set: &[String],
+    init_seed: u64,
+    start: Option<&PathBuf>,
+) -> Result<Overrides, ProblemError> {
+    let overrides = Overrides::parse(set)?.init_seed(init_seed);
+    Ok(match start {
+        Some(path) => overrides.start(StartPoint::from_file(path)?),
+        None => overrides,
+    })
 }
 
 fn print_json(value: &impl serde::Serialize) -> Result<()> {
@@ -453,9 +487,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             file,
             set,
             init_seed,
+            start,
             json,
         } => {
-            let problem = Problem::from_file(&file, &overrides(&set, init_seed)?)?;
+            let problem = Problem::from_file(&file, &overrides(&set, init_seed, start.as_ref())?)?;
             let summary = CheckSummary::new(&problem);
             if json {
                 print_json(&summary)?;
@@ -469,13 +504,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             at,
             set,
             init_seed,
+            start,
             eta,
             model,
             series,
             psd,
             json,
         } => {
-            let problem = Problem::from_file(&file, &overrides(&set, init_seed)?)?;
+            let problem = Problem::from_file(&file, &overrides(&set, init_seed, start.as_ref())?)?;
             let x = problem.point_from_assignments(at.as_deref().unwrap_or(""))?;
             let mut report = DeriveReport::new(&problem, &x)?;
             let mut failed = false;
@@ -564,7 +600,7 @@ impl hasme::report::Progress for StageBars {
 fn run_report(args: ReportArgs) -> Result<ExitCode> {
     use hasme::lang::Source;
     use hasme::report::{ReportConfig, run_report};
-    let overrides = overrides(&args.set, args.init_seed)?;
+    let overrides = overrides(&args.set, args.init_seed, args.start.as_ref())?;
     let (problem, label) = match &args.file {
         Some(path) => (
             Problem::from_file(path, &overrides)?,
@@ -605,7 +641,10 @@ fn run_report(args: ReportArgs) -> Result<ExitCode> {
 /// `hasme moments`: checks the output paths first (so a typo fails before the work),
 /// compares, writes the files atomically, prints; exit 1 when a model failed.
 fn run_moments(args: MomentsArgs) -> Result<ExitCode> {
-    let problem = Problem::from_file(&args.file, &overrides(&args.set, args.init_seed)?)?;
+    let problem = Problem::from_file(
+        &args.file,
+        &overrides(&args.set, args.init_seed, args.start.as_ref())?,
+    )?;
     let mut config = MomentsConfig::new(args.eta, args.steps)?;
     if let Some(every) = args.every {
         config = config.with_every(every)?;
