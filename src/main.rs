@@ -15,6 +15,7 @@ use hasme::output::{self, OutputError};
 use hasme::problem::StartPoint;
 use hasme::report::ReportError;
 use hasme::sim::{Coupling, SimConfig, SimError, simulate_with_progress};
+use hasme::stationary::{StationaryConfig, StationaryError, Stop, find_stationary};
 use hasme::{ErrorKind, Overrides, Problem, ProblemError};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
@@ -108,6 +109,45 @@ enum Command {
     /// Run everything that fits the problem (check, derive, moments, weak order,
     /// escape) and write one self-contained HTML page plus the JSON of every part.
     Report(ReportArgs),
+    /// Find a stationary point from the start: Newton's method on ∇f = 0 (any kind) or
+    /// gradient descent (a minimum); the point, f, ‖∇f‖, the Hessian's eigenvalues,
+    /// index and kind. Its JSON is a --start file.
+    Stationary(StationaryArgs),
+}
+
+#[derive(clap::Args)]
+struct StationaryArgs {
+    /// The objective file (.hasme).
+    file: PathBuf,
+    /// newton (Newton on ∇f = 0 with a line search on ‖∇f‖²: minima, saddles, maxima)
+    /// or gd (gradient descent with a line search on f: a minimum).
+    #[arg(long, default_value = "newton")]
+    method: String,
+    /// Stop when ‖∇f‖ ≤ ε (default: 1e-10·max(1, ‖∇f‖ at the start)).
+    #[arg(long, value_name = "ε", allow_hyphen_values = true)]
+    tol: Option<f64>,
+    /// Iteration limit (default: 500 for newton, 100000 for gd); 0 classifies the
+    /// start point.
+    #[arg(long, value_name = "N")]
+    max_iter: Option<usize>,
+    /// Override a param: NAME=VALUE (repeatable).
+    #[arg(long = "set", value_name = "NAME=VALUE")]
+    set: Vec<String>,
+    /// Seed of the random start values (`var w ~ normal(0, 1)`).
+    #[arg(long, default_value_t = 0, value_name = "S")]
+    init_seed: u64,
+    /// Start at the point in FILE.json (`variables` and `point`, as `derive --json`
+    /// and `stationary --json` write them) instead of the file's start values and
+    /// random draws.
+    #[arg(long, value_name = "FILE.json")]
+    start: Option<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Write the output to PATH (atomically) instead of stdout; nothing is written
+    /// when the search does not converge.
+    #[arg(long, value_name = "PATH")]
+    out: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -443,6 +483,8 @@ fn exit_status(err: &anyhow::Error) -> u8 {
         e.kind()
     } else if let Some(e) = err.downcast_ref::<ReportError>() {
         e.kind()
+    } else if let Some(e) = err.downcast_ref::<StationaryError>() {
+        e.kind()
     } else {
         ErrorKind::Input
     };
@@ -561,6 +603,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Escape(args) => run_escape(args),
         Command::WeakOrder(args) => run_weak_order(args),
         Command::Report(args) => run_report(args),
+        Command::Stationary(args) => run_stationary(args),
     }
 }
 
@@ -921,6 +964,66 @@ fn run_escape(args: EscapeArgs) -> Result<ExitCode> {
     }
     args.run.deliver(&text)?;
     Ok(ExitCode::SUCCESS)
+}
+
+fn shortest(x: f64) -> String {
+    hasme::format::num(x, hasme::format::Style::Shortest)
+}
+
+/// `hasme stationary`: checks the output path first, searches, prints (or writes
+/// atomically) text or JSON. A search that does not converge exits 1 with the last
+/// ‖∇f‖ on stderr; its report still goes to stdout (the last point, e.g. to continue
+/// from with `--start`), but never to `--out`, which only ever holds a stationary point.
+fn run_stationary(args: StationaryArgs) -> Result<ExitCode> {
+    let problem = Problem::from_file(
+        &args.file,
+        &overrides(&args.set, args.init_seed, args.start.as_ref())?,
+    )?;
+    if let Some(path) = &args.out {
+        output::check_target(path)?;
+    }
+    let method = args
+        .method
+        .parse()
+        .map_err(|m| ProblemError::Usage(format!("--method: {m}")))?;
+    let config = StationaryConfig::builder()
+        .method(method)
+        .tolerance(args.tol)
+        .max_iter(args.max_iter)
+        .build()?;
+    let report = find_stationary(&problem, &config)?;
+    let text = if args.json {
+        serde_json::to_string_pretty(&report)? + "\n"
+    } else {
+        format!("{report}\n")
+    };
+    if report.converged {
+        match &args.out {
+            Some(path) => output::write_atomic(path, text.as_bytes())?,
+            None => emit(&text)?,
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if args.out.is_none() {
+        emit(&text)?;
+    }
+    let why = match report.stop {
+        Stop::MaxIter => "the iteration limit",
+        _ => "stalled: no step lowers the merit",
+    };
+    eprintln!(
+        "error: no stationary point: ‖∇f‖ = {} > {} (the tolerance) after {} {} iterations ({why}){}",
+        shortest(report.gradient_norm),
+        shortest(report.tolerance),
+        report.iterations,
+        report.method,
+        if args.out.is_some() {
+            "; nothing written to --out"
+        } else {
+            ""
+        }
+    );
+    Ok(ExitCode::from(1))
 }
 
 // ---------------------------------------------------------------------------------------

@@ -35,10 +35,12 @@ fn start_file(name: &str, text: &str) -> String {
     temp_file(name, text).display().to_string()
 }
 
-/// The start (x, y) = (0.7, 0.1), names in the other order.
-fn moved_start() -> String {
+/// The start (x, y) = (0.7, 0.1), names in the other order, in a file of its own for
+/// each `user` (tests run in parallel: one test must not read a file another is
+/// rewriting).
+fn moved_start(user: &str) -> String {
     start_file(
-        "moved.json",
+        &format!("{user}-moved.json"),
         r#"{"variables": ["y", "x"], "point": [0.1, 0.7], "note": "other fields are ignored"}"#,
     )
 }
@@ -58,7 +60,7 @@ fn without_origin(mut v: Value) -> Value {
 fn same_as_moved(objective: &str, args: &[&str]) {
     let with_start = temp_file(&format!("{}.hasme", args[0]), objective);
     let written = temp_file(&format!("{}-moved.hasme", args[0]), &moved(objective));
-    let start = moved_start();
+    let start = moved_start(args[0]);
     let run = |file: &Path, extra: &[&str]| {
         let file = file.display().to_string();
         let mut all = vec![args[0], file.as_str()];
@@ -77,6 +79,7 @@ fn same_as_moved(objective: &str, args: &[&str]) {
 fn every_command_with_an_init_seed_takes_a_start_file() {
     same_as_moved(OBJECTIVE, &["check", "--json"]);
     same_as_moved(OBJECTIVE, &["derive", "--eta", "0.1", "--json"]);
+    same_as_moved(OBJECTIVE, &["stationary", "--json"]);
     same_as_moved(
         &quadratic(),
         &[
@@ -137,10 +140,8 @@ fn every_command_with_an_init_seed_takes_a_start_file() {
 
 #[test]
 fn report_takes_a_start_file_and_passes_it_on() {
-    let file = temp_file("objective.hasme", OBJECTIVE)
-        .display()
-        .to_string();
-    let start = moved_start();
+    let file = temp_file("report.hasme", OBJECTIVE).display().to_string();
+    let start = moved_start("report");
     let dir = temp_dir("start-report");
     let out = dir.join("r").display().to_string();
     let o = hasme(&[
