@@ -968,6 +968,8 @@ pub struct EscapeReport {
     /// The init seed of the problem's random start values, when it draws some
     /// ([`Problem::init_seed_if_random`](crate::Problem::init_seed_if_random)).
     pub init_seed: Option<u64>,
+    /// The start file the start point was read from (`--start`), when given.
+    pub start_file: Option<String>,
     /// η.
     pub eta: f64,
     /// The step cap K.
@@ -1115,6 +1117,7 @@ pub fn escape_with_progress(
         paths: config.paths,
         seed: config.seed,
         init_seed: problem.init_seed_if_random(),
+        start_file: problem.start_file().map(str::to_string),
         substeps: config.substeps,
         coupling: config.coupling,
         region: config.region.clone(),
@@ -1133,7 +1136,7 @@ fn fmt_opt(x: Option<f64>) -> String {
 
 /// The JSON form (the contract of `hasme escape --json`): the settings (`eta`,
 /// `max_steps`, `cap_time`, `paths`, `seed`, `init_seed` (only when the problem draws
-/// its start), `substeps`, `scheme`, `coupling`, `region`,
+/// its start), `start_file` (only with a start file), `substeps`, `scheme`, `coupling`, `region`,
 /// `variables`, `start`), `models.PROCESS` for `sgd` and each model with `escaped`,
 /// `censored`, `diverged`, `escaped_fraction`, `mean_time`, `mean_time_stderr`,
 /// `mean_time_ci` (`[low, high]`), `mean_restricted`, `median_time` and `quartiles`
@@ -1214,6 +1217,7 @@ impl Serialize for EscapeReport {
             paths: self.paths,
             seed: self.seed,
             init_seed: self.init_seed,
+            start_file: self.start_file.as_deref(),
             substeps: self.substeps,
             scheme: "em",
             coupling: self.coupling.to_string(),
@@ -1237,6 +1241,8 @@ struct EscapeJson<'a> {
     seed: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     init_seed: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    start_file: Option<&'a str>,
     substeps: usize,
     scheme: &'static str,
     coupling: String,

@@ -1089,6 +1089,8 @@ pub struct WeakOrderReport {
     /// The init seed of the problem's random start values, when it draws some
     /// ([`Problem::init_seed_if_random`](crate::Problem::init_seed_if_random)).
     pub init_seed: Option<u64>,
+    /// The start file the start point was read from (`--start`), when given.
+    pub start_file: Option<String>,
     /// The configuration (etas sorted from the largest down).
     pub config: WeakOrderConfig,
     /// The problem's params as used (after `--set`).
@@ -1176,6 +1178,7 @@ pub fn weak_order_with_progress(
     };
     Ok(WeakOrderReport {
         init_seed: problem.init_seed_if_random(),
+        start_file: problem.start_file().map(str::to_string),
         params: problem.params().to_vec(),
         config,
         observables,
@@ -1574,7 +1577,7 @@ impl WeakOrderReport {
 
 /// The JSON form (the contract of `hasme weak-order --json`): settings (`etas`,
 /// `horizon`, `paths`, `seed`, `init_seed` (only when the problem draws its start),
-/// `substeps`, `scheme`, `coupling`, `sgd_noise`,
+/// `start_file` (only with a start file), `substeps`, `scheme`, `coupling`, `sgd_noise`,
 /// `estimator`, `sgd_paths` for a finite sum, `models`, `params`, `noise_floor_se`),
 /// `observables.NAME.MODEL` (see the README), `sweep` (when asked), `warnings`.
 impl Serialize for WeakOrderReport {
@@ -1656,6 +1659,7 @@ impl Serialize for WeakOrderReport {
             paths: c.paths,
             seed: c.seed,
             init_seed: self.init_seed,
+            start_file: self.start_file.as_deref(),
             substeps: c.substeps,
             scheme: c.scheme.to_string(),
             coupling: "coupled",
@@ -1682,6 +1686,8 @@ struct WeakOrderJson<'a> {
     seed: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     init_seed: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    start_file: Option<&'a str>,
     substeps: usize,
     scheme: String,
     coupling: &'static str,

@@ -20,6 +20,11 @@ pub enum Style {
     /// else scientific with 10 significant digits; −0 prints as 0 (a negated zero
     /// gradient would read as a sign error). What `check` and `derive` print.
     Exact,
+    /// The shorter of the plain and the scientific form, each the shortest that reads
+    /// back exactly (`1e-10`, not `0.0000000001`; `0.5`, not `5e-1`), when it has at
+    /// most 12 characters, else scientific with 10 significant digits; −0 prints as 0.
+    /// What `stationary` prints.
+    Shortest,
     /// This many significant digits: plain decimals (trailing zeros dropped) for
     /// magnitudes in [1e−3, 1e5), scientific otherwise; zero prints as `0`. What
     /// `moments` prints.
@@ -49,6 +54,9 @@ pub fn point(names: &[String], x: &[f64]) -> String {
 /// assert_eq!(num(0.012345, Style::Fixed(4)), "0.0123");
 /// assert_eq!(num(-0.0, Style::Exact), "0");
 /// assert_eq!(num(1.0 / 3.0, Style::Exact), "3.333333333e-1");
+/// assert_eq!(num(1e-10, Style::Exact), "0.0000000001");
+/// assert_eq!(num(1e-10, Style::Shortest), "1e-10");
+/// assert_eq!(num(0.5, Style::Shortest), "0.5");
 /// assert_eq!(num(123.456789, Style::Significant(6)), "123.457");
 /// assert_eq!(num(2.5e-7, Style::Significant(6)), "2.50000e-7");
 /// assert_eq!(num(0.123456, Style::Rounded(4)), "0.1235");
@@ -61,6 +69,12 @@ pub fn num(x: f64, style: Style) -> String {
         Style::Exact => {
             let x = if x == 0.0 { 0.0 } else { x };
             let s = format!("{x}");
+            if s.len() <= 12 { s } else { format!("{x:.9e}") }
+        }
+        Style::Shortest => {
+            let x = if x == 0.0 { 0.0 } else { x };
+            let (plain, sci) = (format!("{x}"), format!("{x:e}"));
+            let s = if sci.len() < plain.len() { sci } else { plain };
             if s.len() <= 12 { s } else { format!("{x:.9e}") }
         }
         Style::Significant(digits) => {

@@ -29,6 +29,10 @@ pub struct CheckSummary {
     pub variables: Vec<String>,
     /// Start point.
     pub start: Vec<f64>,
+    /// The start file the start point was read from (`--start`), replacing the file's
+    /// start values and random draws; absent when none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub start_file: Option<String>,
     /// Vector variables (name, first coordinate, length).
     pub vectors: Vec<VectorVar>,
     /// Matrix variables (name, first coordinate, rows, columns); absent when none.
@@ -39,7 +43,7 @@ pub struct CheckSummary {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub init_seed: Option<u64>,
     /// The variables whose start values are drawn, with their draws' mean and sample
-    /// standard deviation; absent when none.
+    /// standard deviation; absent when none, or when a start file replaced the draws.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub random_starts: Vec<RandomStart>,
     /// Params (after overrides), by name: scalars, then vectors, then matrices.
@@ -74,10 +78,15 @@ impl CheckSummary {
             dimension: problem.dim(),
             variables: problem.variables().to_vec(),
             start: problem.start(),
+            start_file: problem.start_file().map(str::to_string),
             vectors: problem.vectors().to_vec(),
             matrices: problem.matrices().to_vec(),
             init_seed: problem.init_seed_if_random(),
-            random_starts: problem.random_starts().to_vec(),
+            random_starts: if problem.start_file().is_some() {
+                Vec::new()
+            } else {
+                problem.random_starts().to_vec()
+            },
             params: params_map(problem),
             noise_kind: problem.noise_kind(),
             finite_sum: problem.finite_sum().map(|fs| fs.summary()),
@@ -196,6 +205,12 @@ impl fmt::Display for CheckSummary {
             self.dimension,
             vars.join(", ")
         )?;
+        if let Some(file) = &self.start_file {
+            writeln!(
+                f,
+                "  start          from {file} (in place of the file's start values and random draws)"
+            )?;
+        }
         if let Some(seed) = self.init_seed {
             writeln!(f, "  random starts  init seed {seed}")?;
             for r in &self.random_starts {
@@ -339,6 +354,9 @@ pub struct DeriveReport {
     /// The seed the random start values were drawn with, when the file draws some.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub init_seed: Option<u64>,
+    /// The start file the start point was read from (`--start`), when given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub start_file: Option<String>,
     /// Variable names.
     pub variables: Vec<String>,
     /// Params (after overrides), by name: scalars, then vectors.
@@ -385,6 +403,7 @@ impl DeriveReport {
         Ok(DeriveReport {
             file: problem.source().name().to_string(),
             init_seed: problem.init_seed_if_random(),
+            start_file: problem.start_file().map(str::to_string),
             variables: problem.variables().to_vec(),
             params: params_map(problem),
             point: x.to_vec(),

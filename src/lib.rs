@@ -6,7 +6,8 @@
 //! ([`moments`]); Monte Carlo of SGD beside the models ([`sim`]) with streaming
 //! statistics ([`stats`]), the weak error and its order in η ([`experiment`]; in one or
 //! two dimensions also without Monte Carlo noise, by [`quadrature`]), escape
-//! times ([`escape`](mod@escape)); drawn by [`plot`], written by [`output`]; one command that runs
+//! times ([`escape`](mod@escape)); stationary points by Newton's method or gradient
+//! descent ([`stationary`]); drawn by [`plot`], written by [`output`]; one command that runs
 //! what fits a problem and writes an HTML page ([`report`]). See `ARCHITECTURE.md` for
 //! the code map and the invariants.
 //!
@@ -23,6 +24,7 @@
 //! | `simulate` | [`simulate`] | [`SimConfig`] | [`SimResult`] | [`SimError`] |
 //! | `weak-order` | [`weak_order`] | [`WeakOrderConfig`] | [`WeakOrderReport`] | [`WeakOrderError`] |
 //! | `escape` | [`escape()`] | [`EscapeConfig`] | [`EscapeReport`] | [`EscapeError`] |
+//! | `stationary` | [`find_stationary`] | [`StationaryConfig`] | [`StationaryReport`] | [`StationaryError`] |
 //! | `report` | [`run_report`] | [`ReportConfig`] | [`Report`] | [`ReportError`] |
 //!
 //! Each analysis is a function named for what it does, taking the [`Problem`] and its
@@ -64,6 +66,7 @@ pub mod problem;
 pub mod quadrature;
 pub mod report;
 pub mod sim;
+pub mod stationary;
 pub mod stats;
 // The compiled tape: not a stable interface ([`Problem`] is the way in). It stays
 // reachable for the crate's own tests and benchmarks; the buffer types that
@@ -90,6 +93,9 @@ pub use report::{
 pub use sim::{
     Coupling, SchemeKind, SimConfig, SimConfigBuilder, SimError, SimResult, simulate,
     simulate_with_progress,
+};
+pub use stationary::{
+    StationaryConfig, StationaryConfigBuilder, StationaryError, StationaryReport, find_stationary,
 };
 pub use tape::{Derivs, Jets, Workspace};
 

@@ -12,8 +12,10 @@ use hasme::inspect::{CheckSummary, DeriveReport, ModelRequest};
 use hasme::models::{ModelKind, ModelOptions, PsdPolicy};
 use hasme::moments::{self, MomentsConfig, MomentsError};
 use hasme::output::{self, OutputError};
+use hasme::problem::StartPoint;
 use hasme::report::ReportError;
 use hasme::sim::{Coupling, SimConfig, SimError, simulate_with_progress};
+use hasme::stationary::{StationaryConfig, StationaryError, Stop, find_stationary};
 use hasme::{ErrorKind, Overrides, Problem, ProblemError};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
@@ -45,6 +47,11 @@ enum Command {
         /// Seed of the random start values (`var w ~ normal(0, 1)`).
         #[arg(long, default_value_t = 0, value_name = "S")]
         init_seed: u64,
+        /// Start at the point in FILE.json (`variables` and `point`, as `derive --json`
+        /// and `stationary --json` write them) instead of the file's start values and
+        /// random draws.
+        #[arg(long, value_name = "FILE.json")]
+        start: Option<PathBuf>,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -64,6 +71,11 @@ enum Command {
         /// Seed of the random start values (`var w ~ normal(0, 1)`).
         #[arg(long, default_value_t = 0, value_name = "S")]
         init_seed: u64,
+        /// Start at the point in FILE.json (`variables` and `point`, as `derive --json`
+        /// and `stationary --json` write them) instead of the file's start values and
+        /// random draws.
+        #[arg(long, value_name = "FILE.json")]
+        start: Option<PathBuf>,
         /// Step size η: adds every requested model's drift and diffusion.
         #[arg(long)]
         eta: Option<f64>,
@@ -97,6 +109,45 @@ enum Command {
     /// Run everything that fits the problem (check, derive, moments, weak order,
     /// escape) and write one self-contained HTML page plus the JSON of every part.
     Report(ReportArgs),
+    /// Find a stationary point from the start: Newton's method on ∇f = 0 (any kind) or
+    /// gradient descent (a minimum); the point, f, ‖∇f‖, the Hessian's eigenvalues,
+    /// index and kind. Its JSON is a --start file.
+    Stationary(StationaryArgs),
+}
+
+#[derive(clap::Args)]
+struct StationaryArgs {
+    /// The objective file (.hasme).
+    file: PathBuf,
+    /// newton (Newton on ∇f = 0 with a line search on ‖∇f‖²: minima, saddles, maxima)
+    /// or gd (gradient descent with a line search on f: a minimum).
+    #[arg(long, default_value = "newton")]
+    method: String,
+    /// Stop when ‖∇f‖ ≤ ε (default: 1e-10·max(1, ‖∇f‖ at the start)).
+    #[arg(long, value_name = "ε", allow_hyphen_values = true)]
+    tol: Option<f64>,
+    /// Iteration limit (default: 500 for newton, 100000 for gd); 0 classifies the
+    /// start point.
+    #[arg(long, value_name = "N")]
+    max_iter: Option<usize>,
+    /// Override a param: NAME=VALUE (repeatable).
+    #[arg(long = "set", value_name = "NAME=VALUE")]
+    set: Vec<String>,
+    /// Seed of the random start values (`var w ~ normal(0, 1)`).
+    #[arg(long, default_value_t = 0, value_name = "S")]
+    init_seed: u64,
+    /// Start at the point in FILE.json (`variables` and `point`, as `derive --json`
+    /// and `stationary --json` write them) instead of the file's start values and
+    /// random draws.
+    #[arg(long, value_name = "FILE.json")]
+    start: Option<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Write the output to PATH (atomically) instead of stdout; nothing is written
+    /// when the search does not converge.
+    #[arg(long, value_name = "PATH")]
+    out: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -124,6 +175,11 @@ struct ReportArgs {
     /// Seed of the random start values (`var w ~ normal(0, 1)`).
     #[arg(long, default_value_t = 0, value_name = "S")]
     init_seed: u64,
+    /// Start at the point in FILE.json (`variables` and `point`, as `derive --json`
+    /// and `stationary --json` write them) instead of the file's start values and
+    /// random draws.
+    #[arg(long, value_name = "FILE.json")]
+    start: Option<PathBuf>,
     /// No progress bars.
     #[arg(long)]
     quiet: bool,
@@ -147,6 +203,11 @@ struct RunArgs {
     /// Seed of the random start values (`var w ~ normal(0, 1)`).
     #[arg(long, default_value_t = 0, value_name = "S")]
     init_seed: u64,
+    /// Start at the point in FILE.json (`variables` and `point`, as `derive --json`
+    /// and `stationary --json` write them) instead of the file's start values and
+    /// random draws.
+    #[arg(long, value_name = "FILE.json")]
+    start: Option<PathBuf>,
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -160,9 +221,9 @@ struct RunArgs {
 }
 
 impl RunArgs {
-    /// `--set` and `--init-seed`.
+    /// `--set`, `--init-seed` and `--start`.
     fn overrides(&self) -> Result<Overrides, ProblemError> {
-        overrides(&self.set, self.init_seed)
+        overrides(&self.set, self.init_seed, self.start.as_ref())
     }
 
     /// `--threads`, defaulting to every core.
@@ -210,6 +271,11 @@ struct MomentsArgs {
     /// Seed of the random start values (`var w ~ normal(0, 1)`).
     #[arg(long, default_value_t = 0, value_name = "S")]
     init_seed: u64,
+    /// Start at the point in FILE.json (`variables` and `point`, as `derive --json`
+    /// and `stationary --json` write them) instead of the file's start values and
+    /// random draws.
+    #[arg(long, value_name = "FILE.json")]
+    start: Option<PathBuf>,
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -430,6 +496,8 @@ fn exit_status(err: &anyhow::Error) -> u8 {
         e.kind()
     } else if let Some(e) = err.downcast_ref::<ReportError>() {
         e.kind()
+    } else if let Some(e) = err.downcast_ref::<StationaryError>() {
+        e.kind()
     } else {
         ErrorKind::Input
     };
@@ -464,9 +532,17 @@ fn deliver(path: Option<&PathBuf>, text: &str) -> Result<()> {
     }
 }
 
-/// `--set NAME=VALUE` items and the `--init-seed`.
-fn overrides(set: &[String], init_seed: u64) -> Result<Overrides, ProblemError> {
-    Ok(Overrides::parse(set)?.init_seed(init_seed))
+/// `--set NAME=VALUE` items, the `--init-seed` and the `--start` file.
+fn overrides(
+    set: &[String],
+    init_seed: u64,
+    start: Option<&PathBuf>,
+) -> Result<Overrides, ProblemError> {
+    let overrides = Overrides::parse(set)?.init_seed(init_seed);
+    Ok(match start {
+        Some(path) => overrides.start(StartPoint::from_file(path)?),
+        None => overrides,
+    })
 }
 
 fn print_json(value: &impl serde::Serialize) -> Result<()> {
@@ -480,9 +556,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             file,
             set,
             init_seed,
+            start,
             json,
         } => {
-            let problem = Problem::from_file(&file, &overrides(&set, init_seed)?)?;
+            let problem = Problem::from_file(&file, &overrides(&set, init_seed, start.as_ref())?)?;
             let summary = CheckSummary::new(&problem);
             if json {
                 print_json(&summary)?;
@@ -496,13 +573,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             at,
             set,
             init_seed,
+            start,
             eta,
             model,
             series,
             psd,
             json,
         } => {
-            let problem = Problem::from_file(&file, &overrides(&set, init_seed)?)?;
+            let problem = Problem::from_file(&file, &overrides(&set, init_seed, start.as_ref())?)?;
             let x = problem.point_from_assignments(at.as_deref().unwrap_or(""))?;
             let mut report = DeriveReport::new(&problem, &x)?;
             let mut failed = false;
@@ -552,6 +630,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Escape(args) => run_escape(args),
         Command::WeakOrder(args) => run_weak_order(args),
         Command::Report(args) => run_report(args),
+        Command::Stationary(args) => run_stationary(args),
     }
 }
 
@@ -597,7 +676,7 @@ fn run_report(args: ReportArgs) -> Result<ExitCode> {
         )
         .into());
     }
-    let overrides = overrides(&args.set, args.init_seed)?;
+        let overrides = overrides(&args.set, args.init_seed, args.start.as_ref())?;
     let (problem, label) = match &args.file {
         Some(path) => (
             Problem::from_file(path, &overrides)?,
@@ -638,7 +717,10 @@ fn run_report(args: ReportArgs) -> Result<ExitCode> {
 /// `hasme moments`: checks the output paths first (so a typo fails before the work),
 /// compares, writes the files, prints; exit 1 when a model failed.
 fn run_moments(args: MomentsArgs) -> Result<ExitCode> {
-    let problem = Problem::from_file(&args.file, &overrides(&args.set, args.init_seed)?)?;
+    let problem = Problem::from_file(
+        &args.file,
+        &overrides(&args.set, args.init_seed, args.start.as_ref())?,
+    )?;
     let mut config = MomentsConfig::new(args.eta, args.steps)?;
     if let Some(every) = args.every {
         config = config.with_every(every)?;
@@ -952,6 +1034,66 @@ fn run_escape(args: EscapeArgs) -> Result<ExitCode> {
     }
     args.run.deliver(&text)?;
     Ok(ExitCode::SUCCESS)
+}
+
+fn shortest(x: f64) -> String {
+    hasme::format::num(x, hasme::format::Style::Shortest)
+}
+
+/// `hasme stationary`: checks the output path first, searches, prints (or writes
+/// atomically) text or JSON. A search that does not converge exits 1 with the last
+/// ‖∇f‖ on stderr; its report still goes to stdout (the last point, e.g. to continue
+/// from with `--start`), but never to `--out`, which only ever holds a stationary point.
+fn run_stationary(args: StationaryArgs) -> Result<ExitCode> {
+    let problem = Problem::from_file(
+        &args.file,
+        &overrides(&args.set, args.init_seed, args.start.as_ref())?,
+    )?;
+    if let Some(path) = &args.out {
+        output::check_target(path)?;
+    }
+    let method = args
+        .method
+        .parse()
+        .map_err(|m| ProblemError::Usage(format!("--method: {m}")))?;
+    let config = StationaryConfig::builder()
+        .method(method)
+        .tolerance(args.tol)
+        .max_iter(args.max_iter)
+        .build()?;
+    let report = find_stationary(&problem, &config)?;
+    let text = if args.json {
+        serde_json::to_string_pretty(&report)? + "\n"
+    } else {
+        format!("{report}\n")
+    };
+    if report.converged {
+        match &args.out {
+            Some(path) => output::write_atomic(path, text.as_bytes())?,
+            None => emit(&text)?,
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if args.out.is_none() {
+        emit(&text)?;
+    }
+    let why = match report.stop {
+        Stop::MaxIter => "the iteration limit",
+        _ => "stalled: no step lowers the merit",
+    };
+    eprintln!(
+        "error: no stationary point: ‖∇f‖ = {} > {} (the tolerance) after {} {} iterations ({why}){}",
+        shortest(report.gradient_norm),
+        shortest(report.tolerance),
+        report.iterations,
+        report.method,
+        if args.out.is_some() {
+            "; nothing written to --out"
+        } else {
+            ""
+        }
+    );
+    Ok(ExitCode::from(1))
 }
 
 // ---------------------------------------------------------------------------------------

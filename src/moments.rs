@@ -1130,7 +1130,8 @@ pub struct ModelMoments {
 /// SGD against each model, step by step: the result of [`compare`].
 ///
 /// Its JSON form (`serde`) is the contract of `hasme moments --json`: `file`,
-/// `variables`, `eta`, `horizon` (steps·η), `every`, `start`, `hessian_eigenvalues`,
+/// `init_seed` (only when the problem draws its start), `start_file` (only with a start
+/// file), `variables`, `eta`, `horizon` (steps·η), `every`, `start`, `hessian_eigenvalues`,
 /// `eta_lambda_max`, `noise_commutes_with_hessian`, `sgd_noise` (`gaussian` or
 /// `minibatch`), `steps` (the reported k, from 0 to
 /// the last), `times` (kη), `sgd.mean` and `sgd.cov` (last step, row-major), and for each
@@ -1143,6 +1144,8 @@ pub struct MomentsReport {
     /// The init seed of the problem's random start values, when it draws some
     /// ([`Problem::init_seed_if_random`](crate::Problem::init_seed_if_random)).
     pub init_seed: Option<u64>,
+    /// The start file the start point was read from (`--start`), when given.
+    pub start_file: Option<String>,
     /// Variable names.
     pub variables: Vec<String>,
     /// The step size η.
@@ -1281,6 +1284,7 @@ pub fn compare(problem: &Problem, config: &MomentsConfig) -> Result<MomentsRepor
     let mut report = compare_quadratic(&Quadratic::from_problem(problem)?, config)?;
     report.minibatch = problem.finite_sum().is_some();
     report.init_seed = problem.init_seed_if_random();
+    report.start_file = problem.start_file().map(str::to_string);
     Ok(report)
 }
 
@@ -1347,6 +1351,7 @@ pub fn compare_quadratic(
     Ok(MomentsReport {
         file: q.name.clone(),
         init_seed: None,
+        start_file: None,
         variables: q.variables.clone(),
         eta,
         every: config.every(),
@@ -1496,6 +1501,8 @@ struct ReportJson<'a> {
     file: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     init_seed: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    start_file: Option<&'a str>,
     variables: &'a [String],
     eta: f64,
     horizon: f64,
@@ -1517,6 +1524,7 @@ impl Serialize for MomentsReport {
         ReportJson {
             file: &self.file,
             init_seed: self.init_seed,
+            start_file: self.start_file.as_deref(),
             variables: &self.variables,
             eta: self.eta,
             horizon: last as f64 * self.eta,

@@ -251,6 +251,9 @@ pub struct Settings {
     /// The init seed of the random start values, when the problem draws some (the
     /// reproduce commands then pass `--init-seed`).
     pub init_seed: Option<u64>,
+    /// The start file the start point was read from, when given (the reproduce
+    /// commands then pass `--start`).
+    pub start_file: Option<String>,
 }
 
 /// Everything a report computed, and where it was written.
@@ -565,6 +568,7 @@ fn settings(problem: &Problem, config: &ReportConfig) -> Result<Settings, Report
         weak_order_quadrature: wq,
         escape,
         init_seed: problem.init_seed_if_random(),
+        start_file: problem.start_file().map(str::to_string),
     })
 }
 
@@ -585,6 +589,9 @@ fn commands(file: &str, config: &ReportConfig, s: &Settings) -> Vec<(String, Str
         .collect();
     if let Some(seed) = s.init_seed {
         set.push_str(&format!(" --init-seed {seed}"));
+    }
+    if let Some(start) = &s.start_file {
+        set.push_str(&format!(" --start {}", shell_word(start)));
     }
     let mut out = vec![
         (
@@ -955,6 +962,9 @@ impl Report {
         }
         if let Some(seed) = self.settings.init_seed {
             let _ = write!(whole, " --init-seed {seed}");
+        }
+        if let Some(start) = &self.settings.start_file {
+            let _ = write!(whole, " --start {}", shell_word(start));
         }
         let _ = write!(whole, " --eta {} --seed {}", self.settings.eta, config.seed);
         if config.quick {

@@ -63,6 +63,7 @@
 
 mod ell;
 mod error;
+pub mod krylov;
 pub(crate) mod linalg;
 mod local;
 mod series;

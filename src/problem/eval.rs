@@ -163,6 +163,62 @@ impl Problem {
         result
     }
 
+    /// f(x), with ∇f(x) into `grad` and the Hessian-vector product ∇²f(x)·v into `hv`,
+    /// without forming ∇²f: one forward pass in dual numbers seeded with v and one
+    /// reverse sweep (per row of a finite sum, whose mean it takes). A few tape passes
+    /// whatever d, against d of them for the whole Hessian: the product Krylov methods
+    /// (Lanczos, MINRES) are built on. No allocation once `ws` has grown.
+    ///
+    /// ```
+    /// use hasme::Problem;
+    /// use hasme::tape::Workspace;
+    /// let p = Problem::from_str("var x, y\nminimize x^2*y + y^3")?;
+    /// let (mut g, mut hv) = ([0.0; 2], [0.0; 2]);
+    /// let f = p.hessian_vector_with(&[1.0, 2.0], &[1.0, -1.0], &mut Workspace::default(), &mut g, &mut hv)?;
+    /// assert_eq!((f, g, hv), (10.0, [4.0, 13.0], [4.0 - 2.0, 2.0 - 12.0])); // H = [[2y, 2x], [2x, 6y]]
+    /// # Ok::<(), hasme::ProblemError>(())
+    /// ```
+    pub fn hessian_vector_with(
+        &self,
+        x: &[f64],
+        v: &[f64],
+        ws: &mut Workspace,
+        grad: &mut [f64],
+        hv: &mut [f64],
+    ) -> Result<f64, ProblemError> {
+        self.check_point(x)?;
+        let d = self.dim();
+        if v.len() != d || grad.len() != d || hv.len() != d {
+            return Err(ProblemError::Usage(format!(
+                "a Hessian-vector product over {d} variables needs a direction and outputs of {d} entries (got {}, {} and {})",
+                v.len(),
+                grad.len(),
+                hv.len()
+            )));
+        }
+        grad.fill(0.0);
+        hv.fill(0.0);
+        let Some(fs) = self.finite_sum.as_ref().filter(|fs| !fs.columns.is_empty()) else {
+            return self
+                .objective
+                .hessian_vector_row(0, x, &[], v, ws, grad, hv)
+                .map_err(|nf| self.eval_error(nf, x));
+        };
+        let mut sum = 0.0;
+        for i in 0..fs.n {
+            sum += self
+                .objective
+                .hessian_vector_row(0, x, fs.row(i), v, ws, grad, hv)
+                .map_err(|nf| self.row_eval_error(nf, x, i))?;
+        }
+        // The mean as the dense derivatives take it: the sums scaled by 1/n.
+        let scale = 1.0 / fs.n as f64;
+        grad.iter_mut()
+            .chain(hv.iter_mut())
+            .for_each(|a| *a *= scale);
+        Ok(sum * scale)
+    }
+
     /// Value, gradient and Hessian of f at x into reusable buffers (no allocation
     /// after the first call): the form for hot loops.
     ///

@@ -22,10 +22,12 @@ mod check;
 mod eval;
 mod expression;
 mod finite_sum;
+mod start;
 
 pub use check::{Degree, MAX_PARAM_ENTRIES, UNROLL_BUDGET};
 pub use eval::{NoiseBuffers, min_eigenvalue_if_negative};
 pub use expression::Expression;
+pub use start::StartPoint;
 
 use crate::ErrorKind;
 use crate::data::FiniteSum;
@@ -115,6 +117,10 @@ pub enum ProblemError {
     /// The local data could not be handed to the models (see [`ModelError`]).
     #[error("{0}")]
     Model(#[from] ModelError),
+    /// A start file (`--start`) is not JSON, lacks a field, or does not match the
+    /// problem's variables: the message names the file and the place in the JSON.
+    #[error("{0}")]
+    Start(String),
 }
 
 impl ProblemError {
@@ -139,7 +145,9 @@ impl From<CheckFailure> for ProblemError {
 }
 
 /// What the command line sets in a file: `--set NAME=VALUE` overrides of params, in
-/// the order given, and the seed of the random start values (`--init-seed`, default 0).
+/// the order given, the seed of the random start values (`--init-seed`, default 0), and
+/// a start point read from a file (`--start`), which replaces the file's start values
+/// and random draws.
 ///
 /// ```
 /// use hasme::{Overrides, Problem};
@@ -155,6 +163,7 @@ impl From<CheckFailure> for ProblemError {
 pub struct Overrides {
     values: Vec<(String, f64)>,
     init_seed: u64,
+    start: Option<StartPoint>,
 }
 
 impl Overrides {
@@ -173,6 +182,18 @@ impl Overrides {
     pub fn init_seed(mut self, seed: u64) -> Overrides {
         self.init_seed = seed;
         self
+    }
+
+    /// Starts at `point` instead of the file's start values and random draws (every
+    /// problem built with these overrides, e.g. each value of a weak-order sweep).
+    pub fn start(mut self, point: StartPoint) -> Overrides {
+        self.start = Some(point);
+        self
+    }
+
+    /// The start point given with [`Overrides::start`], if any.
+    pub fn start_point(&self) -> Option<&StartPoint> {
+        self.start.as_ref()
     }
 
     /// Parses `NAME=VALUE` items (as given to `--set`).
@@ -335,6 +356,8 @@ pub struct Problem {
     /// The seed the random start values were drawn with.
     init_seed: u64,
     random_starts: Vec<RandomStart>,
+    /// Where the start point came from when a start file replaced the file's own.
+    start_file: Option<String>,
 }
 
 impl Problem {
@@ -365,7 +388,36 @@ impl Problem {
     /// Parses and checks a source with param overrides.
     pub fn from_source(source: Source, overrides: &Overrides) -> Result<Problem, ProblemError> {
         let program = parse(&source).map_err(ProblemError::Syntax)?;
-        Ok(Checker::new(&source, overrides).check(&program)?)
+        let problem = Checker::new(&source, overrides).check(&program)?;
+        match overrides.start_point() {
+            Some(start) => problem.with_start(start),
+            None => Ok(problem),
+        }
+    }
+
+    /// The same problem starting at `start` (matched to the variables by name) instead
+    /// of its file's start values and random draws; [`Problem::start_file`] then names
+    /// the start's origin, and JSON outputs echo it instead of the init seed.
+    ///
+    /// ```
+    /// use hasme::Problem;
+    /// use hasme::problem::StartPoint;
+    /// let p = Problem::from_str("var x ~ normal(0, 1), y = 2\nminimize x^2 + y^2")?;
+    /// let s = StartPoint::new("s.json", vec!["y".into(), "x".into()], vec![0.5, -1.0])?;
+    /// let q = p.with_start(&s)?;
+    /// assert_eq!(q.start(), [-1.0, 0.5]);
+    /// assert_eq!((q.start_file(), q.init_seed_if_random()), (Some("s.json"), None));
+    /// # Ok::<(), hasme::ProblemError>(())
+    /// ```
+    pub fn with_start(mut self, start: &StartPoint) -> Result<Problem, ProblemError> {
+        self.start = start.point_for(&self.variables)?;
+        self.start_file = Some(start.origin().to_string());
+        Ok(self)
+    }
+
+    /// The start file the start point came from ([`Problem::with_start`]), if any.
+    pub fn start_file(&self) -> Option<&str> {
+        self.start_file.as_deref()
     }
 
     /// The source the problem came from.
@@ -431,10 +483,11 @@ impl Problem {
         &self.random_starts
     }
 
-    /// The init seed when the file draws start values, else `None`: what JSON outputs
-    /// echo (a file without random starts keeps its JSON unchanged).
+    /// The init seed when the start point depends on it (the file draws start values
+    /// and no start file replaced them), else `None`: what JSON outputs echo (a file
+    /// without random starts keeps its JSON unchanged).
     pub fn init_seed_if_random(&self) -> Option<u64> {
-        self.has_random_starts().then_some(self.init_seed)
+        (self.has_random_starts() && self.start_file.is_none()).then_some(self.init_seed)
     }
 
     /// Observable names, in order.

@@ -410,6 +410,8 @@ pub struct SimResult {
     /// The init seed of the problem's random start values, when it draws some
     /// ([`Problem::init_seed_if_random`](crate::Problem::init_seed_if_random)).
     pub init_seed: Option<u64>,
+    /// The start file the start point was read from (`--start`), when given.
+    pub start_file: Option<String>,
     /// SGD steps `N = T/η`.
     pub steps: u64,
     /// Number of paths.
@@ -977,6 +979,7 @@ fn finish<S>(plan: &Saver<'_, S>, total: ChunkStats) -> SimResult {
         paths: config.paths,
         seed: config.seed,
         init_seed: plan.problem.init_seed_if_random(),
+        start_file: plan.problem.start_file().map(str::to_string),
         eta: config.eta,
         horizon: plan.steps as f64 * config.eta,
         every: config.every,
@@ -1010,7 +1013,8 @@ impl SimResult {
 }
 
 /// The JSON form (the contract of `hasme simulate --json`): `times`, `paths`, `seed`,
-/// `init_seed` (only when the problem draws its start), `eta`, `horizon`, `steps`, `every`, `scheme`, `weak_order`, `substeps`, `coupling`,
+/// `init_seed` (only when the problem draws its start), `start_file` (only with a start
+/// file), `eta`, `horizon`, `steps`, `every`, `scheme`, `weak_order`, `substeps`, `coupling`,
 /// `sgd_noise`, `models`, `variables`, `observables.NAME.PROCESS.{mean, stderr,
 /// variance}` and, for models, `.diff_mean`/`.diff_stderr` (lists aligned with
 /// `times`, `null` where no path survived), `diverged.PROCESS`, `pairs.MODEL`, and
@@ -1024,6 +1028,7 @@ impl Serialize for SimResult {
             paths: self.paths,
             seed: self.seed,
             init_seed: self.init_seed,
+            start_file: self.start_file.as_deref(),
             eta: self.eta,
             horizon: self.horizon,
             steps: self.steps,
@@ -1069,6 +1074,8 @@ struct SimJson<'a> {
     seed: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     init_seed: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    start_file: Option<&'a str>,
     eta: f64,
     horizon: f64,
     steps: u64,

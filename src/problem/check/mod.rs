@@ -476,6 +476,7 @@ impl<'a> Checker<'a> {
             warnings: self.warnings,
             init_seed: self.overrides.init_seed,
             random_starts: self.random_starts,
+            start_file: None,
         })
     }
 
