@@ -144,8 +144,8 @@ struct StationaryArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
-    /// Write the output to PATH (atomically) instead of stdout; nothing is written
-    /// when the search does not converge.
+    /// Write the output to PATH instead of stdout (`-`: stdout; see "Output files" in
+    /// docs/commands.md); nothing is written to a file when the search does not converge.
     #[arg(long, value_name = "PATH")]
     out: Option<PathBuf>,
 }
@@ -676,7 +676,7 @@ fn run_report(args: ReportArgs) -> Result<ExitCode> {
         )
         .into());
     }
-        let overrides = overrides(&args.set, args.init_seed, args.start.as_ref())?;
+    let overrides = overrides(&args.set, args.init_seed, args.start.as_ref())?;
     let (problem, label) = match &args.file {
         Some(path) => (
             Problem::from_file(path, &overrides)?,
@@ -798,7 +798,7 @@ fn check_outputs(
     Ok(())
 }
 
-/// What `simulate`, `weak-order` and `escape` print without `--out`, for a message.
+/// What `simulate`, `weak-order`, `escape` and `stationary` print without `--out`, for a message.
 const PRINTED: &str = "the text or JSON (send it to a file with --out PATH)";
 
 /// The `--coupling` setting: coupled unless asked otherwise; a finite sum cannot be
@@ -1049,9 +1049,7 @@ fn run_stationary(args: StationaryArgs) -> Result<ExitCode> {
         &args.file,
         &overrides(&args.set, args.init_seed, args.start.as_ref())?,
     )?;
-    if let Some(path) = &args.out {
-        output::check_target(path)?;
-    }
+    check_outputs(args.out.as_ref(), PRINTED, &[])?;
     let method = args
         .method
         .parse()
@@ -1068,13 +1066,12 @@ fn run_stationary(args: StationaryArgs) -> Result<ExitCode> {
         format!("{report}\n")
     };
     if report.converged {
-        match &args.out {
-            Some(path) => output::write_atomic(path, text.as_bytes())?,
-            None => emit(&text)?,
-        }
+        deliver(args.out.as_ref(), &text)?;
         return Ok(ExitCode::SUCCESS);
     }
-    if args.out.is_none() {
+    // `--out -` is standard output, where a report that is not a stationary point may go.
+    let to_file = args.out.as_ref().is_some_and(|p| !is_stdout(p));
+    if !to_file {
         emit(&text)?;
     }
     let why = match report.stop {
@@ -1087,7 +1084,7 @@ fn run_stationary(args: StationaryArgs) -> Result<ExitCode> {
         shortest(report.tolerance),
         report.iterations,
         report.method,
-        if args.out.is_some() {
+        if to_file {
             "; nothing written to --out"
         } else {
             ""

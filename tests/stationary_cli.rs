@@ -196,6 +196,18 @@ fn a_search_that_does_not_converge_exits_1_and_writes_no_file() {
         (Some(false), Some("max-iter"))
     );
     assert_eq!(v["iterations"], 3);
+    // `--out -` is standard output: the same text, exit 1 again.
+    let dash = hasme(&[
+        "stationary",
+        "examples/rosenbrock.hasme",
+        "--max-iter",
+        "3",
+        "--json",
+        "--out",
+        "-",
+    ]);
+    assert_eq!(dash.status.code(), Some(1));
+    assert_eq!(dash.stdout, o.stdout, "--out - prints what no --out prints");
     // No stationary point at all: Newton stalls.
     let file = temp_file("linear.hasme", "var x = 0, y = 1\nminimize x + y^2");
     let o = hasme(&["stationary", &file.display().to_string()]);
