@@ -21,6 +21,13 @@
 //! in paired rounds (one run of each back to back per round, median and quartiles over
 //! 21 rounds), the figure to quote on a shared machine. Run: `cargo bench --bench
 //! simulate`.
+//!
+//! `simulate/few-paths/…`: 100 paths, fewer than one chunk of 256, on one and two
+//! threads, where the threads share the chunk's paths: the 20-variable chained
+//! Rosenbrock function (every model one point at a time; `hasme`, 5 steps) and the
+//! saddle (lanes; `hasme`, 200 steps), both Euler–Maruyama with m = 4. After each, the
+//! time on 2 threads over the time on 1 in paired rounds (11 rounds): about 0.5 when
+//! both threads work, 1 when one does. Run: `cargo bench --bench simulate -- few-paths`.
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -275,5 +282,63 @@ fn bench(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench);
+/// Paths of the few-paths runs: one chunk.
+const FEW: u64 = 100;
+
+fn few_paths(c: &mut Criterion) {
+    let rosenbrock = Problem::from_str(
+        "param n = 20\nvar w[n] = 0.5\n\
+         minimize sum(i = 1..n-1, 100*(w[i+1] - w[i]^2)^2 + (1 - w[i])^2)\nnoise sd 0.1",
+    )
+    .expect("the Rosenbrock function parses");
+    let saddle = Problem::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/examples/saddle.hasme"
+        ))
+        .expect("the saddle example is readable"),
+    )
+    .expect("the saddle example parses");
+    // η below 1/λ_max (≈ 700 at the Rosenbrock function's start point) for `hasme`.
+    for (name, problem, eta, steps) in [
+        ("rosenbrock20", &rosenbrock, 0.0005, 5),
+        ("saddle", &saddle, ETA, 200),
+    ] {
+        let config = |threads: usize| {
+            let mut c = SimConfig::builder(eta, eta * steps as f64, FEW);
+            c.models(vec![ModelKind::Hasme]);
+            c.substeps(4);
+            c.scheme(SchemeKind::EulerMaruyama);
+            c.seed(SEED);
+            c.threads(threads);
+            c.build().expect("valid settings")
+        };
+        let mut group = c.benchmark_group(format!("simulate/few-paths/{name}"));
+        group
+            .sample_size(10)
+            .warm_up_time(Duration::from_secs(1))
+            .measurement_time(Duration::from_secs(5))
+            .throughput(Throughput::Elements(FEW * steps));
+        for threads in [1, 2] {
+            let cfg = config(threads);
+            group.bench_function(BenchmarkId::new("engine", threads), |b| {
+                b.iter(|| black_box(simulate(problem, &cfg).expect("runs")))
+            });
+        }
+        group.finish();
+        let (one, two) = (config(1), config(2));
+        let p = paired::paired_ratio(
+            11,
+            1,
+            || simulate(problem, &two).expect("runs"),
+            || simulate(problem, &one).expect("runs"),
+        );
+        println!(
+            "simulate/few-paths/{name}: 2 threads / 1 thread {}",
+            p.describe(1e3, "ms")
+        );
+    }
+}
+
+criterion_group!(benches, bench, few_paths);
 criterion_main!(benches);

@@ -797,16 +797,26 @@ fn prepare<'p>(
     Ok((engine, Watcher { config, region }))
 }
 
+/// What [`Watcher`] keeps of a path while it runs: each process's outcome, once it has
+/// one, and why it diverged, if it did.
+struct Watched {
+    outcomes: Vec<Option<Outcome>>,
+    reasons: Vec<Option<String>>,
+}
+
 impl Observer for Watcher<'_> {
-    /// Each process's outcome on the path, once it has one.
-    type Path = Vec<Option<Outcome>>;
+    type Path = Watched;
     type Chunk = ChunkOut;
     /// The evaluation scratch of the file's region.
     type Scratch = Vec<f64>;
     type Error = EscapeError;
 
-    fn new_path(&self) -> Self::Path {
-        vec![None; self.config.models.len() + 1]
+    fn new_path(&self) -> Watched {
+        let processes = self.config.models.len() + 1;
+        Watched {
+            outcomes: vec![None; processes],
+            reasons: vec![None; processes],
+        }
     }
 
     fn new_chunk(&self) -> ChunkOut {
@@ -821,8 +831,9 @@ impl Observer for Watcher<'_> {
         Vec::new()
     }
 
-    fn start_path(&self, path: &mut Self::Path) {
-        path.fill(None);
+    fn start_path(&self, path: &mut Watched) {
+        path.outcomes.fill(None);
+        path.reasons.fill(None);
     }
 
     /// After every step (the start point is inside: checked before the run).
@@ -835,12 +846,11 @@ impl Observer for Watcher<'_> {
         (path, step): (u64, u64),
         states: States<'_>,
         alive: &mut [bool],
-        result: &mut Self::Path,
-        _: &mut ChunkOut,
+        result: &mut Watched,
         slots: &mut Vec<f64>,
     ) -> Result<(), EscapeError> {
-        for p in 0..alive.len() {
-            if !alive[p] {
+        for (p, alive) in alive.iter_mut().enumerate() {
+            if !*alive {
                 continue;
             }
             let state = if p == 0 {
@@ -850,8 +860,8 @@ impl Observer for Watcher<'_> {
             };
             match self.region.outside(state, slots) {
                 Ok(true) => {
-                    alive[p] = false;
-                    result[p] = Some(Outcome {
+                    *alive = false;
+                    result.outcomes[p] = Some(Outcome {
                         step,
                         status: Status::Escaped,
                     });
@@ -871,38 +881,44 @@ impl Observer for Watcher<'_> {
         Ok(())
     }
 
-    /// Censored at the last grid time seen inside; the chunk's first divergence is the
-    /// one on the smallest path.
+    /// Censored at the last grid time seen inside.
     fn diverged(
         &self,
         p: usize,
-        (path, step): (u64, u64),
+        (_, step): (u64, u64),
         _: &[f64],
         reason: String,
-        result: &mut Self::Path,
-        out: &mut ChunkOut,
+        result: &mut Watched,
     ) {
-        result[p] = Some(Outcome {
+        result.outcomes[p] = Some(Outcome {
             step,
             status: Status::Diverged,
         });
-        if out.first[p].as_ref().is_none_or(|f| path < f.path) {
-            out.first[p] = Some(FirstDivergence { path, step, reason });
-        }
+        result.reasons[p] = Some(reason);
     }
 
     fn non_finite(&self, p: usize) -> String {
         format!("the {} state became non-finite", self.name(p))
     }
 
-    /// A process still inside at the cap is censored there.
-    fn finish_path(&self, _: u64, _: &[bool], result: &mut Self::Path, out: &mut ChunkOut) {
-        out.outcomes.extend(result.iter().map(|o| {
+    /// A process still inside at the cap is censored there; the chunk's first
+    /// divergence of a process is on its smallest path (paths come in path order).
+    fn finish_path(&self, path: u64, _: &[bool], result: &mut Watched, out: &mut ChunkOut) {
+        out.outcomes.extend(result.outcomes.iter().map(|o| {
             o.unwrap_or(Outcome {
                 step: self.config.max_steps,
                 status: Status::Censored,
             })
         }));
+        for (p, reason) in result.reasons.iter_mut().enumerate() {
+            if let (Some(reason), Some(o)) = (reason.take(), result.outcomes[p]) {
+                out.first[p].get_or_insert(FirstDivergence {
+                    path,
+                    step: o.step,
+                    reason,
+                });
+            }
+        }
     }
 }
 

@@ -194,7 +194,8 @@ struct RunArgs {
     /// Seed of the random streams.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Worker threads (default: all cores). The numbers do not depend on it.
+    /// Worker threads (default: all cores), all busy even with few paths. The numbers
+    /// do not depend on it.
     #[arg(long)]
     threads: Option<usize>,
     /// Override a param: NAME=VALUE (repeatable).
@@ -322,8 +323,8 @@ struct SimulateArgs {
     /// Save every K-th SGD step (the horizon is always saved).
     #[arg(long, default_value_t = 1, value_name = "K")]
     every: u64,
-    /// Paths handed to the threads at a time (memory bound). The numbers do not depend
-    /// on it.
+    /// Paths handed to the threads at a time, rounded up to whole chunks of 256 (memory
+    /// bound). The numbers do not depend on it.
     #[arg(long, hide = true)]
     batch: Option<u64>,
     #[command(flatten)]

@@ -1,4 +1,4 @@
-//! Lane-batched stepping: the paths of a chunk advance together, [`LANES`] at a time,
+//! Lane-batched stepping: a worker's paths advance together, [`LANES`] at a time,
 //! so each SDE coefficient evaluation runs the objective's tape once for a whole block
 //! of points ([`super::lanes`]) instead of once per point.
 //!
@@ -12,14 +12,15 @@
 //! and writes, so the scheme's Euler moves ([`super::Scheme::moves`]) run across lanes
 //! too. Each lane's numbers depend on its own path only (the batched tape works lane
 //! by lane, a lane whose process stopped is masked), so a lane whose path is over
-//! takes the chunk's next path at once (paths that stop early, as in `escape`, leave no
-//! lane idle); finished paths reach the observer in path order, so the statistics do
-//! not depend on the block size or on which paths shared a block.
-
-use std::ops::Range;
+//! claims the next path from the engine's feed at once (paths that stop early, as in
+//! `escape`, leave no lane idle); the feed folds finished paths into their chunk's
+//! summary in path order, so the statistics do not depend on the block size, on which
+//! paths shared a block, or on which thread's block ran them. A lane whose path fails
+//! (a Σ(x) that is not a covariance, the observer's error) hands the error to the feed
+//! and is freed; the others go on, so the run reports the smallest failed path's error.
 
 use super::Scheme;
-use super::engine::{Core, EngineError, Observer};
+use super::engine::{Core, EngineError, Feed, Observer};
 use super::lanes::{LANES, LANES_MAX_DIM, LaneTape, Order, Row};
 use super::terms::{
     Failure, LaneCoefficients, LaneTerm, batched_noise, clearly_covariance, sgd_move,
@@ -43,11 +44,8 @@ struct Lane<P> {
 #[derive(Debug)]
 pub(super) struct Block<P> {
     lanes: Vec<Lane<P>>,
-    /// Finished paths waiting for an earlier one (the chunk summary takes them in path
-    /// order): path `first + i` at `done[i]`, with its flags and record.
-    done: Vec<Option<(Vec<bool>, P)>>,
-    /// Flags and records not in use, for the lanes' next paths.
-    spare: Vec<(Vec<bool>, P)>,
+    /// Lanes running a path (the number of `true` in `occupied`).
+    used: usize,
     /// The models' states: coordinate `i` of copy `c` of model `m` in row
     /// `(m · copies + c) · d + i`.
     states: Vec<Row>,
@@ -97,8 +95,7 @@ impl<P> Block<P> {
                     record: w.observer.new_path(),
                 })
                 .collect(),
-            done: Vec::new(),
-            spare: Vec::new(),
+            used: 0,
             states: vec![[0.0; LANES]; w.states.iter().map(Vec::len).sum()],
             increments: vec![[0.0; LANES]; grid * d],
             xs: vec![[0.0; LANES]; d],
@@ -128,67 +125,63 @@ impl<P> Block<P> {
         std::mem::swap(&mut w.path, &mut lane.record);
     }
 
-    /// Runs the paths `paths` (one chunk's) through the lanes, a lane taking the next
-    /// path as soon as its own is over, and hands the finished paths to the observer in
-    /// path order.
+    /// Runs the paths the feed hands out through at most `feed.lanes()` lanes, a lane
+    /// claiming the next path as soon as its own is over, until none is left.
     pub(super) fn run<O: Observer<Path = P>, S: Scheme + Copy>(
         &mut self,
         w: &mut Core<'_, '_, O, S>,
         terms: &mut [LaneTerm<'_>],
-        paths: Range<u64>,
-        chunk: &mut O::Chunk,
-    ) -> Result<(), EngineError<O::Error>> {
-        let first = paths.start;
-        let mut next = first;
-        let mut flushed = first;
-        self.done.clear();
-        self.done.resize_with((paths.end - first) as usize, || None);
+        feed: &mut Feed<'_, '_, O>,
+    ) {
+        let cap = feed.lanes().min(LANES);
         self.occupied = [false; LANES];
+        self.used = 0;
         for lane in &mut self.lanes {
             lane.path = None;
         }
-        let outcome = (|| {
-            loop {
-                for l in 0..LANES {
-                    while self.lanes[l].path.is_none() && next < paths.end {
-                        self.start_lane(w, chunk, l, next)?;
-                        next += 1;
-                        if self.over(w, l) {
-                            self.finish_lane(w, chunk, l, first, &mut flushed);
-                        }
-                    }
+        let mut open = true;
+        loop {
+            let mut l = 0;
+            while open && self.used < cap && l < LANES {
+                if self.lanes[l].path.is_some() {
+                    l += 1;
+                    continue;
                 }
-                if !self.occupied.contains(&true) {
-                    return Ok(());
-                }
-                self.step(w, terms, chunk)?;
-                for l in 0..LANES {
-                    let Some(path) = self.lanes[l].path else {
-                        continue;
-                    };
-                    self.lanes[l].k += 1;
-                    let k = self.lanes[l].k;
-                    if w.observer.looks_at(k) {
-                        self.look_lane(w, chunk, l, path, k)?;
-                    }
-                    if self.over(w, l) {
-                        self.finish_lane(w, chunk, l, first, &mut flushed);
-                    }
+                let Some(path) = feed.claim() else {
+                    open = false;
+                    break;
+                };
+                self.start_lane(w, feed, l, path);
+                if self.occupied[l] && self.over(w, l) {
+                    self.finish_lane(feed, l);
                 }
             }
-        })();
-        // After an error, the records of unfinished paths go back to the pool.
-        for l in 0..LANES {
-            if self.lanes[l].path.take().is_some() {
-                self.occupied[l] = false;
+            if self.used == 0 {
+                return;
+            }
+            self.step(w, terms, feed);
+            let failed = feed.failed_at();
+            for l in 0..LANES {
+                let Some(path) = self.lanes[l].path else {
+                    continue;
+                };
+                if path > failed {
+                    self.free_lane(l);
+                    continue;
+                }
+                self.lanes[l].k += 1;
+                let k = self.lanes[l].k;
+                if w.observer.looks_at(k)
+                    && let Err(e) = self.look_lane(w, l, path, k)
+                {
+                    self.fail_lane(feed, l, e);
+                    continue;
+                }
+                if self.over(w, l) {
+                    self.finish_lane(feed, l);
+                }
             }
         }
-        for slot in &mut self.done {
-            if let Some(r) = slot.take() {
-                self.spare.push(r);
-            }
-        }
-        outcome
     }
 
     /// Whether lane `l`'s path is over: every process stopped, or the last step taken.
@@ -205,10 +198,10 @@ impl<P> Block<P> {
     fn start_lane<O: Observer<Path = P>, S: Scheme + Copy>(
         &mut self,
         w: &mut Core<'_, '_, O, S>,
-        chunk: &mut O::Chunk,
+        feed: &mut Feed<'_, '_, O>,
         l: usize,
         path: u64,
-    ) -> Result<(), EngineError<O::Error>> {
+    ) {
         let start = &w.engine.start;
         let d = start.len();
         for (r, row) in self.states.iter_mut().enumerate() {
@@ -221,17 +214,18 @@ impl<P> Block<P> {
         lane.alive.fill(true);
         w.observer.start_path(&mut lane.record);
         self.occupied[l] = true;
-        if w.observer.looks_at(0) {
-            self.look_lane(w, chunk, l, path, 0)?;
+        self.used += 1;
+        if w.observer.looks_at(0)
+            && let Err(e) = self.look_lane(w, l, path, 0)
+        {
+            self.fail_lane(feed, l, e);
         }
-        Ok(())
     }
 
     /// The observer's look at lane `l` (the worker's, with the lane's states copied in).
     fn look_lane<O: Observer<Path = P>, S: Scheme + Copy>(
         &mut self,
         w: &mut Core<'_, '_, O, S>,
-        chunk: &mut O::Chunk,
         l: usize,
         path: u64,
         step: u64,
@@ -240,46 +234,36 @@ impl<P> Block<P> {
             *v = row[l];
         }
         self.swap_lane(w, l);
-        let r = w.look(chunk, path, step);
+        let r = w.look(path, step);
         self.swap_lane(w, l);
         r
     }
 
-    /// Lane `l`'s path is over: handed to the observer if every earlier path of the
-    /// chunk is, else kept until they are; the lane is free again.
-    fn finish_lane<O: Observer<Path = P>, S: Scheme + Copy>(
-        &mut self,
-        w: &mut Core<'_, '_, O, S>,
-        chunk: &mut O::Chunk,
-        l: usize,
-        first: u64,
-        flushed: &mut u64,
-    ) {
-        let lane = &mut self.lanes[l];
-        let Some(path) = lane.path.take() else {
-            return;
-        };
+    /// Lane `l` runs no path any more.
+    fn free_lane(&mut self, l: usize) -> Option<u64> {
+        let path = self.lanes[l].path.take()?;
         self.occupied[l] = false;
-        if path == *flushed {
-            w.observer
-                .finish_path(path, &lane.alive, &mut lane.record, chunk);
-            *flushed += 1;
-        } else {
-            let (alive, record) = self
-                .spare
-                .pop()
-                .unwrap_or_else(|| (lane.alive.clone(), w.observer.new_path()));
-            let alive = std::mem::replace(&mut lane.alive, alive);
-            let record = std::mem::replace(&mut lane.record, record);
-            self.done[(path - first) as usize] = Some((alive, record));
+        self.used -= 1;
+        Some(path)
+    }
+
+    /// Lane `l`'s path is over: handed to the feed, and the lane is free again.
+    fn finish_lane<O: Observer<Path = P>>(&mut self, feed: &mut Feed<'_, '_, O>, l: usize) {
+        if let Some(path) = self.free_lane(l) {
+            let lane = &mut self.lanes[l];
+            feed.finish(path, &lane.alive, &mut lane.record);
         }
-        while let Some(slot) = self.done.get_mut((*flushed - first) as usize) {
-            let Some((alive, mut record)) = slot.take() else {
-                break;
-            };
-            w.observer.finish_path(*flushed, &alive, &mut record, chunk);
-            self.spare.push((alive, record));
-            *flushed += 1;
+    }
+
+    /// Lane `l`'s path failed with `error`: reported to the feed, and the lane is free.
+    fn fail_lane<O: Observer<Path = P>>(
+        &mut self,
+        feed: &mut Feed<'_, '_, O>,
+        l: usize,
+        error: EngineError<O::Error>,
+    ) {
+        if let Some(path) = self.free_lane(l) {
+            feed.fail(path, error);
         }
     }
 
@@ -289,8 +273,8 @@ impl<P> Block<P> {
         &mut self,
         w: &mut Core<'_, '_, O, S>,
         terms: &mut [LaneTerm<'_>],
-        chunk: &mut O::Chunk,
-    ) -> Result<(), EngineError<O::Error>> {
+        feed: &mut Feed<'_, '_, O>,
+    ) {
         for l in 0..LANES {
             let lane = &mut self.lanes[l];
             let Some(path) = lane.path else { continue };
@@ -301,11 +285,10 @@ impl<P> Block<P> {
                 row[l] = v;
             }
         }
-        self.step_sgd_lanes(w, chunk)?;
+        self.step_sgd_lanes(w, feed);
         for (m, term) in terms.iter_mut().enumerate() {
-            self.step_model_lanes(w, term, chunk, m)?;
+            self.step_model_lanes(w, term, feed, m);
         }
-        Ok(())
     }
 
     /// SGD's step for every lane still running it: ∇f batched over the block (and
@@ -316,8 +299,8 @@ impl<P> Block<P> {
     fn step_sgd_lanes<O: Observer<Path = P>, S: Scheme + Copy>(
         &mut self,
         w: &mut Core<'_, '_, O, S>,
-        chunk: &mut O::Chunk,
-    ) -> Result<(), EngineError<O::Error>> {
+        feed: &mut Feed<'_, '_, O>,
+    ) {
         let eta = w.engine.settings.eta;
         let d = w.x.len();
         let kind = w.engine.problem.noise_kind();
@@ -376,31 +359,29 @@ impl<P> Block<P> {
             self.sgd_slow.push(l);
         }
         let slow = std::mem::take(&mut self.sgd_slow);
-        let mut outcome = Ok(());
         for &l in &slow {
             let (path, k) = (self.lanes[l].path.unwrap_or_default(), self.lanes[l].k);
             self.swap_lane(w, l);
-            outcome = w.step_sgd(chunk, path, k);
+            let outcome = w.step_sgd(path, k);
             self.swap_lane(w, l);
-            if outcome.is_err() {
-                break;
+            if let Err(e) = outcome {
+                self.fail_lane(feed, l, e);
             }
         }
         self.sgd_slow = slow;
-        outcome
     }
 
     /// The substeps of model `m` over the current SGD step for every lane still running
     /// it: each of the scheme's moves evaluates the coefficients at the moving copy of
     /// every lane at once, then moves all lanes still running (a lane that failed is
-    /// masked and keeps its state).
+    /// masked and keeps its state; one whose path fails is freed).
     fn step_model_lanes<O: Observer<Path = P>, S: Scheme + Copy>(
         &mut self,
         w: &mut Core<'_, '_, O, S>,
         term: &mut LaneTerm<'_>,
-        chunk: &mut O::Chunk,
+        feed: &mut Feed<'_, '_, O>,
         m: usize,
-    ) -> Result<(), EngineError<O::Error>> {
+    ) {
         let settings = &w.engine.settings;
         let d = w.x.len();
         let h = settings.eta / settings.substeps as f64;
@@ -413,7 +394,7 @@ impl<P> Block<P> {
             self.failed[l] = None;
         }
         if !self.active.contains(&true) {
-            return Ok(());
+            return;
         }
         let last = base + (copies - 1) * d;
         self.starts.copy_from_slice(&self.states[last..last + d]);
@@ -468,20 +449,21 @@ impl<P> Block<P> {
                 None => w.observer.non_finite(m + 1),
                 Some(Failure::Diverged(reason)) => reason,
                 Some(Failure::Fatal(source)) => {
-                    return Err(EngineError::Fatal {
+                    let error = EngineError::Fatal {
                         process: m + 1,
                         path,
                         step: k,
                         source,
-                    });
+                    };
+                    self.fail_lane(feed, l, error);
+                    continue;
                 }
             };
             let start: Vec<f64> = self.starts.iter().map(|row| row[l]).collect();
             self.swap_lane(w, l);
-            w.diverge(chunk, m + 1, (path, k), &start, reason);
+            w.diverge(m + 1, (path, k), &start, reason);
             self.swap_lane(w, l);
         }
-        Ok(())
     }
 }
 

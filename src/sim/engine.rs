@@ -6,25 +6,37 @@
 //! divergence of a process on a path. What a command does with the paths is an
 //! [`Observer`]: it looks at the processes at the steps it asks for (saving observables
 //! at grid times, or stopping a process that left a region), hears of divergences, and
-//! summarises each finished path into its chunk's summary.
+//! keeps all it learns of a path in the path's record, which it summarises into its
+//! chunk's summary when the path is over.
 //!
-//! Invariant: a chunk is an independent unit. Its paths read their own random streams,
-//! its summary receives the paths in path order (whatever order the lanes finish them
-//! in), and the caller merges the chunk summaries in chunk order, so the numbers do not
-//! depend on the threads, the batch size, or which paths share a block. A shard of a
-//! run is therefore a range of chunk indices, and a checkpoint the merged summary of a
-//! prefix of them.
+//! Invariant: a chunk's summary is the fold of its paths' records in path order. Its
+//! paths read their own random streams, an observer touches the chunk's summary only
+//! when it is handed a finished path ([`Observer::finish_path`], in path order,
+//! whatever order the paths finish in), and the caller merges the chunk summaries in
+//! chunk order, so the numbers do not depend on the threads, the batch size, which
+//! paths share a block, or which thread ran a path. A shard of a run is therefore a
+//! range of chunk indices, and a checkpoint the merged summary of a prefix of them.
+//!
+//! Scheduling ([`Wave`]): the threads take the chunks of a wave one at a time and
+//! claim their paths one at a time (a block of lanes claims one per free lane); a
+//! thread that finds no chunk left untouched helps the one with the most paths left.
+//! So with many chunks each is run by one thread, as whole units, and with few (100
+//! paths: one chunk) every thread still works, on paths of the same chunk. Finished
+//! paths wait in their chunk's fold until every earlier path of the chunk is folded.
 //!
 //! A model's term is chosen once, when a worker is built ([`Choice::of`]): a new way of
 //! evaluating coefficients (e.g. matrix-free for large d) is a new variant there and a
 //! new arm of the worker's stepping.
 
-use rayon::prelude::*;
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
 
 use crate::models::ModelKind;
 use crate::problem::{Problem, ProblemError};
 
 use super::block::Block;
+use super::lanes::LANES;
 use super::minibatch::MinibatchSgd;
 use super::terms::{Choice, Evaluator, Failure, LaneTerm, ModelTerm, NoiseSource, sgd_step};
 use super::{BrownianPath, CHUNK_PATHS, Coupling, MAX_SUBSTEPS, Scheme};
@@ -106,6 +118,11 @@ pub(crate) struct States<'a> {
 /// What a command does with the paths. Process `p` is SGD for 0, model `p − 1`
 /// otherwise; a process runs on a path until it diverges, the observer stops it
 /// (`alive[p] = false`), or the path reaches [`Settings::steps`].
+///
+/// All the observer learns of a path while it runs goes into the path's record
+/// ([`Observer::Path`]); the chunk's summary receives a path only through
+/// [`Observer::finish_path`], in path order. A path may run on any thread, beside other
+/// paths of its chunk.
 pub(crate) trait Observer: Sync {
     /// What is kept of one path while it runs.
     type Path: Send;
@@ -119,24 +136,22 @@ pub(crate) trait Observer: Sync {
     fn new_path(&self) -> Self::Path;
     fn new_chunk(&self) -> Self::Chunk;
     fn new_scratch(&self) -> Self::Scratch;
-    /// A new path begins (`path` is reused from an earlier one).
+    /// A new path begins (`path` is reused from an earlier one, maybe another chunk's).
     fn start_path(&self, path: &mut Self::Path);
     /// Whether to look at the processes after `step` SGD steps (0: the start).
     fn looks_at(&self, step: u64) -> bool;
     /// Looks at path `at.0` after `at.1` steps, at the processes still `alive`; may
     /// stop any of them.
-    #[allow(clippy::too_many_arguments)]
     fn look(
         &self,
         at: (u64, u64),
         states: States<'_>,
         alive: &mut [bool],
         path: &mut Self::Path,
-        chunk: &mut Self::Chunk,
         scratch: &mut Self::Scratch,
     ) -> Result<(), Self::Error>;
     /// Process `p` diverged on path `at.0` during step `at.1`; `point` is its state at
-    /// the start of that step. Paths may diverge out of path order.
+    /// the start of that step.
     fn diverged(
         &self,
         p: usize,
@@ -144,12 +159,11 @@ pub(crate) trait Observer: Sync {
         point: &[f64],
         reason: String,
         path: &mut Self::Path,
-        chunk: &mut Self::Chunk,
     );
     /// Why process `p` stopped when its state became non-finite.
     fn non_finite(&self, p: usize) -> String;
     /// Path `index` is over; `alive` marks the processes that ran to the last step.
-    /// Called in path order within a chunk.
+    /// Called in path order within a chunk, once for every path of the chunk.
     fn finish_path(
         &self,
         index: u64,
@@ -186,6 +200,9 @@ pub(crate) struct Engine<'p> {
 impl<'p> Engine<'p> {
     /// Runs every path with `scheme`, hands the chunk summaries to `merge` in chunk
     /// order and calls `progress(n)` when `n` more paths are done (from any thread).
+    /// When paths fail ([`EngineError::Fatal`], or the observer's error), the error is
+    /// the smallest such path's, as that path alone would report it, and nothing is
+    /// merged from the wave it belongs to.
     pub(crate) fn run<S: Scheme + Copy, O: Observer>(
         &self,
         scheme: S,
@@ -211,22 +228,240 @@ impl<'p> Engine<'p> {
         let mut first = 0;
         while first < chunks {
             let last = (first + wave).min(chunks);
-            let done: Vec<Result<O::Chunk, EngineError<O::Error>>> = pool.install(|| {
-                (first..last)
-                    .into_par_iter()
-                    .map_init(
-                        || Worker::new(self, observer, scheme),
-                        |w, c| w.run_chunk(c, progress),
-                    )
-                    .collect()
-            });
+            let shared = Wave::new(observer, progress, first..last, s.paths, s.threads);
+            pool.broadcast(|_| shared.work(self, scheme));
             // Merged in chunk order: the invariant that makes threads invisible.
-            for r in done {
-                merge(r?);
+            for summary in shared.into_summaries()? {
+                merge(summary);
             }
             first = last;
         }
         Ok(())
+    }
+}
+
+/// The chunks of one wave as the threads share them: each thread takes chunks no one
+/// has started, one at a time, and claims their paths in order; once none is left it
+/// helps the chunk with the most paths left. The paths' records are folded into their
+/// chunk's summary in path order ([`Fold`]).
+pub(crate) struct Wave<'o, O: Observer> {
+    observer: &'o O,
+    progress: &'o (dyn Fn(u64) + Sync),
+    /// The wave's first chunk index.
+    first: u64,
+    chunks: Vec<Slot<O>>,
+    /// The next chunk no thread has started.
+    fresh: AtomicUsize,
+    /// Lanes a block fills at most: the wave's paths shared evenly among one block per
+    /// thread, but among no more blocks than it takes to hold them all (5 paths run in
+    /// one block of 5, 100 paths on two threads in two blocks of 50): a block's step
+    /// costs nearly as much with few lanes as with many (with 32, about 3/4 of 64's),
+    /// so splitting paths that fit in one block would cost more work for little time.
+    lanes: usize,
+    /// The smallest path that failed (`u64::MAX`: none yet), and its error.
+    halt: AtomicU64,
+    error: Mutex<Option<(u64, EngineError<O::Error>)>>,
+}
+
+/// One chunk of a wave.
+struct Slot<O: Observer> {
+    paths: Range<u64>,
+    /// The next path to claim (may overshoot the end).
+    next: AtomicU64,
+    fold: Mutex<Fold<O>>,
+}
+
+/// A chunk's summary as its paths finish.
+struct Fold<O: Observer> {
+    summary: O::Chunk,
+    /// The next path the summary takes.
+    next: u64,
+    /// Finished paths waiting for an earlier one: path `paths.start + i` at
+    /// `waiting[i]`, with its flags and record.
+    waiting: Vec<Option<(Vec<bool>, O::Path)>>,
+    /// Flags and records not in use, handed back to workers for their next paths.
+    spare: Vec<(Vec<bool>, O::Path)>,
+}
+
+impl<'o, O: Observer> Wave<'o, O> {
+    fn new(
+        observer: &'o O,
+        progress: &'o (dyn Fn(u64) + Sync),
+        chunks: Range<u64>,
+        paths: u64,
+        threads: usize,
+    ) -> Self {
+        let range = |c: u64| c * CHUNK_PATHS..((c + 1) * CHUNK_PATHS).min(paths);
+        let total = range(chunks.end - 1).end - range(chunks.start).start;
+        let blocks = total.div_ceil(LANES as u64).clamp(1, threads.max(1) as u64);
+        Wave {
+            observer,
+            progress,
+            first: chunks.start,
+            chunks: chunks
+                .clone()
+                .map(|c| Slot {
+                    paths: range(c),
+                    next: AtomicU64::new(range(c).start),
+                    fold: Mutex::new(Fold {
+                        summary: observer.new_chunk(),
+                        next: range(c).start,
+                        waiting: Vec::new(),
+                        spare: Vec::new(),
+                    }),
+                })
+                .collect(),
+            fresh: AtomicUsize::new(0),
+            lanes: (total.div_ceil(blocks) as usize).clamp(1, LANES),
+            halt: AtomicU64::new(u64::MAX),
+            error: Mutex::new(None),
+        }
+    }
+
+    /// One thread's share: a worker (built once there is a path for it) runs the paths
+    /// it claims until none is left.
+    fn work<S: Scheme + Copy>(&self, engine: &Engine<'_>, scheme: S) {
+        let mut feed = Feed {
+            wave: self,
+            current: None,
+            held: None,
+        };
+        feed.held = feed.claim();
+        if feed.held.is_some() {
+            Worker::new(engine, self.observer, scheme).run(&mut feed);
+        }
+    }
+
+    /// The chunk summaries in chunk order, or the error of the smallest failed path.
+    fn into_summaries(self) -> Result<Vec<O::Chunk>, EngineError<O::Error>> {
+        if let Some((_, e)) = self
+            .error
+            .into_inner()
+            .unwrap_or_else(PoisonError::into_inner)
+        {
+            return Err(e);
+        }
+        Ok(self
+            .chunks
+            .into_iter()
+            .map(|slot| {
+                let fold = slot
+                    .fold
+                    .into_inner()
+                    .unwrap_or_else(PoisonError::into_inner);
+                debug_assert_eq!(fold.next, slot.paths.end, "every path folded");
+                fold.summary
+            })
+            .collect())
+    }
+}
+
+/// One worker's access to a wave: the chunk it is claiming paths from.
+pub(crate) struct Feed<'w, 'o, O: Observer> {
+    wave: &'w Wave<'o, O>,
+    current: Option<usize>,
+    /// A path claimed before the worker was built.
+    held: Option<u64>,
+}
+
+impl<O: Observer> Feed<'_, '_, O> {
+    /// The next path to run, if any is left: from the current chunk, else from a chunk
+    /// no one has started, else from the chunk with the most paths left. After a
+    /// failure only paths before the failed one are handed out.
+    pub(crate) fn claim(&mut self) -> Option<u64> {
+        if let Some(path) = self.held.take() {
+            return Some(path);
+        }
+        let wave = self.wave;
+        loop {
+            let halt = wave.halt.load(Ordering::Acquire);
+            let left = |slot: &Slot<O>| {
+                slot.paths
+                    .end
+                    .min(halt)
+                    .saturating_sub(slot.next.load(Ordering::Relaxed))
+            };
+            if let Some(slot) = self.current.map(|c| &wave.chunks[c])
+                && left(slot) > 0
+            {
+                let path = slot.next.fetch_add(1, Ordering::Relaxed);
+                if path < slot.paths.end.min(halt) {
+                    return Some(path);
+                }
+            }
+            let fresh = wave.fresh.fetch_add(1, Ordering::Relaxed);
+            if fresh < wave.chunks.len() {
+                self.current = Some(fresh);
+                continue;
+            }
+            let busiest = (wave.chunks.iter().enumerate())
+                .map(|(c, slot)| (left(slot), std::cmp::Reverse(c)))
+                .max()
+                .filter(|&(n, _)| n > 0)?;
+            self.current = Some(busiest.1.0);
+        }
+    }
+
+    /// Lanes a block fills at most.
+    pub(crate) fn lanes(&self) -> usize {
+        self.wave.lanes
+    }
+
+    /// The smallest path that failed so far (`u64::MAX`: none): the numbers of the
+    /// paths after it are not needed.
+    pub(crate) fn failed_at(&self) -> u64 {
+        self.wave.halt.load(Ordering::Relaxed)
+    }
+
+    /// Path `path` is over: folded into its chunk's summary now if every earlier path
+    /// of the chunk is, else kept (`record` is then exchanged for a spare one).
+    pub(crate) fn finish(&mut self, path: u64, alive: &[bool], record: &mut O::Path) {
+        let wave = self.wave;
+        if path >= wave.halt.load(Ordering::Relaxed) {
+            return;
+        }
+        let slot = &wave.chunks[(path / CHUNK_PATHS - wave.first) as usize];
+        let mut guard = slot.fold.lock().unwrap_or_else(PoisonError::into_inner);
+        let fold = &mut *guard;
+        let start = slot.paths.start;
+        if path != fold.next {
+            let (mut flags, mut kept) =
+                (fold.spare.pop()).unwrap_or_else(|| (Vec::new(), wave.observer.new_path()));
+            flags.clear();
+            flags.extend_from_slice(alive);
+            std::mem::swap(record, &mut kept);
+            let i = (path - start) as usize;
+            if fold.waiting.len() <= i {
+                fold.waiting.resize_with(i + 1, || None);
+            }
+            fold.waiting[i] = Some((flags, kept));
+            return;
+        }
+        (wave.observer).finish_path(path, alive, record, &mut fold.summary);
+        fold.next += 1;
+        while let Some((flags, mut kept)) = (fold.waiting)
+            .get_mut((fold.next - start) as usize)
+            .and_then(Option::take)
+        {
+            (wave.observer).finish_path(fold.next, &flags, &mut kept, &mut fold.summary);
+            fold.spare.push((flags, kept));
+            fold.next += 1;
+        }
+        let done = fold.next == slot.paths.end;
+        drop(guard);
+        if done {
+            (wave.progress)(slot.paths.end - start);
+        }
+    }
+
+    /// Path `path` failed with `error`: kept if no earlier path has failed, and no path
+    /// after it is handed out from now on.
+    pub(crate) fn fail(&mut self, path: u64, error: EngineError<O::Error>) {
+        let mut first = (self.wave.error.lock()).unwrap_or_else(PoisonError::into_inner);
+        if first.as_ref().is_none_or(|&(p, _)| path < p) {
+            *first = Some((path, error));
+            self.wave.halt.fetch_min(path, Ordering::AcqRel);
+        }
     }
 }
 
@@ -324,51 +559,31 @@ impl<'p, 'o, O: Observer, S: Scheme + Copy> Worker<'p, 'o, O, S> {
         Worker { core, stepping }
     }
 
-    fn run_chunk(
-        &mut self,
-        chunk: u64,
-        progress: &(dyn Fn(u64) + Sync),
-    ) -> Result<O::Chunk, EngineError<O::Error>> {
-        let mut summary = self.core.observer.new_chunk();
-        let first = chunk * CHUNK_PATHS;
-        let last = (first + CHUNK_PATHS).min(self.core.engine.settings.paths);
+    /// Runs the paths the feed hands out until none is left.
+    fn run(&mut self, feed: &mut Feed<'_, '_, O>) {
         match &mut self.stepping {
-            Stepping::Lanes { terms, block } => {
-                block.run(&mut self.core, terms, first..last, &mut summary)?;
-            }
+            Stepping::Lanes { terms, block } => block.run(&mut self.core, terms, feed),
             Stepping::PerPoint { terms } => {
-                for path in first..last {
-                    self.core.run_path(terms, path, &mut summary)?;
+                while let Some(path) = feed.claim() {
+                    match self.core.run_path(terms, path) {
+                        Ok(()) => feed.finish(path, &self.core.alive, &mut self.core.path),
+                        Err(e) => feed.fail(path, e),
+                    }
                 }
             }
         }
-        progress(last - first);
-        Ok(summary)
     }
 }
 
 impl<O: Observer, S: Scheme + Copy> Core<'_, '_, O, S> {
     /// Marks process `p` diverged on `path` during `step`, last known at `point`.
-    pub(crate) fn diverge(
-        &mut self,
-        chunk: &mut O::Chunk,
-        p: usize,
-        at: (u64, u64),
-        point: &[f64],
-        reason: String,
-    ) {
+    pub(crate) fn diverge(&mut self, p: usize, at: (u64, u64), point: &[f64], reason: String) {
         self.alive[p] = false;
-        self.observer
-            .diverged(p, at, point, reason, &mut self.path, chunk);
+        self.observer.diverged(p, at, point, reason, &mut self.path);
     }
 
     /// Lets the observer look at the current path after `step` steps, when it asks to.
-    pub(crate) fn look(
-        &mut self,
-        chunk: &mut O::Chunk,
-        path: u64,
-        step: u64,
-    ) -> Result<(), EngineError<O::Error>> {
+    pub(crate) fn look(&mut self, path: u64, step: u64) -> Result<(), EngineError<O::Error>> {
         if !self.observer.looks_at(step) {
             return Ok(());
         }
@@ -382,19 +597,13 @@ impl<O: Observer, S: Scheme + Copy> Core<'_, '_, O, S> {
                 states,
                 &mut self.alive,
                 &mut self.path,
-                chunk,
                 &mut self.scratch,
             )
             .map_err(EngineError::Observer)
     }
 
     /// SGD step `k` of `path` for the worker's own state.
-    pub(crate) fn step_sgd(
-        &mut self,
-        chunk: &mut O::Chunk,
-        path: u64,
-        k: u64,
-    ) -> Result<(), EngineError<O::Error>> {
+    pub(crate) fn step_sgd(&mut self, path: u64, k: u64) -> Result<(), EngineError<O::Error>> {
         let eta = self.engine.settings.eta;
         self.step_start.copy_from_slice(&self.x);
         let r = match &mut self.minibatch {
@@ -415,7 +624,7 @@ impl<O: Observer, S: Scheme + Copy> Core<'_, '_, O, S> {
             }
         };
         let start = std::mem::take(&mut self.step_start);
-        self.diverge(chunk, 0, (path, k), &start, reason);
+        self.diverge(0, (path, k), &start, reason);
         self.step_start = start;
         Ok(())
     }
@@ -424,7 +633,6 @@ impl<O: Observer, S: Scheme + Copy> Core<'_, '_, O, S> {
     fn step_model(
         &mut self,
         term: &mut ModelTerm<'_>,
-        chunk: &mut O::Chunk,
         path: u64,
         k: u64,
         m: usize,
@@ -457,17 +665,16 @@ impl<O: Observer, S: Scheme + Copy> Core<'_, '_, O, S> {
             }
         };
         let start = std::mem::take(&mut self.step_start);
-        self.diverge(chunk, m + 1, (path, k), &start, reason);
+        self.diverge(m + 1, (path, k), &start, reason);
         self.step_start = start;
         Ok(())
     }
 
-    /// One path, stepped alone.
+    /// One path, stepped alone (its record in `self.path`, its flags in `self.alive`).
     fn run_path(
         &mut self,
         terms: &mut [ModelTerm<'_>],
         path: u64,
-        chunk: &mut O::Chunk,
     ) -> Result<(), EngineError<O::Error>> {
         let engine = self.engine;
         let d = self.x.len();
@@ -480,7 +687,7 @@ impl<O: Observer, S: Scheme + Copy> Core<'_, '_, O, S> {
         }
         self.alive.fill(true);
         self.observer.start_path(&mut self.path);
-        self.look(chunk, path, 0)?;
+        self.look(path, 0)?;
         for k in 0..engine.settings.steps {
             if !self.alive.iter().any(|&a| a) {
                 break;
@@ -488,17 +695,15 @@ impl<O: Observer, S: Scheme + Copy> Core<'_, '_, O, S> {
             self.brownian.draw_step(k);
             self.xi.copy_from_slice(self.brownian.xi());
             if self.alive[0] {
-                self.step_sgd(chunk, path, k)?;
+                self.step_sgd(path, k)?;
             }
             for (m, term) in terms.iter_mut().enumerate() {
                 if self.alive[m + 1] {
-                    self.step_model(term, chunk, path, k, m)?;
+                    self.step_model(term, path, k, m)?;
                 }
             }
-            self.look(chunk, path, k + 1)?;
+            self.look(path, k + 1)?;
         }
-        self.observer
-            .finish_path(path, &self.alive, &mut self.path, chunk);
         Ok(())
     }
 }
@@ -545,7 +750,6 @@ pub(crate) mod tap {
             states: States<'_>,
             alive: &mut [bool],
             path: &mut Self::Path,
-            chunk: &mut Self::Chunk,
             scratch: &mut O::Scratch,
         ) -> Result<(), O::Error> {
             for (p, _) in alive.iter().enumerate().filter(|(_, a)| **a) {
@@ -556,8 +760,7 @@ pub(crate) mod tap {
                 };
                 path.1.push((at.1, p, x.to_vec()));
             }
-            self.0
-                .look(at, states, alive, &mut path.0, &mut chunk.0, scratch)
+            self.0.look(at, states, alive, &mut path.0, scratch)
         }
         fn diverged(
             &self,
@@ -566,10 +769,8 @@ pub(crate) mod tap {
             point: &[f64],
             reason: String,
             path: &mut Self::Path,
-            chunk: &mut Self::Chunk,
         ) {
-            self.0
-                .diverged(p, at, point, reason, &mut path.0, &mut chunk.0);
+            self.0.diverged(p, at, point, reason, &mut path.0);
         }
         fn non_finite(&self, p: usize) -> String {
             self.0.non_finite(p)
@@ -583,6 +784,125 @@ pub(crate) mod tap {
         ) {
             self.0.finish_path(index, alive, &mut path.0, &mut chunk.0);
             chunk.1.push(std::mem::take(&mut path.1));
+        }
+    }
+}
+
+/// An observer that makes the first paths of a run wait until `threads` threads have
+/// started one (or a long timeout passes), to show without timing that a run's paths
+/// are spread over the threads.
+#[cfg(test)]
+pub(crate) mod meet {
+    use std::collections::BTreeSet;
+    use std::sync::{Condvar, Mutex, PoisonError};
+    use std::time::Duration;
+
+    use super::{Observer, States};
+
+    /// `O`, with the threads met at the start of paths.
+    pub(crate) struct Meet<O> {
+        pub inner: O,
+        threads: usize,
+        /// The rayon thread indices that started a path, and whether waiting gave up.
+        seen: Mutex<(BTreeSet<usize>, bool)>,
+        met: Condvar,
+    }
+
+    impl<O> Meet<O> {
+        pub(crate) fn new(inner: O, threads: usize) -> Self {
+            Meet {
+                inner,
+                threads,
+                seen: Mutex::new((BTreeSet::new(), false)),
+                met: Condvar::new(),
+            }
+        }
+
+        /// The threads that ran a path.
+        pub(crate) fn threads_seen(&self) -> BTreeSet<usize> {
+            let seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+            seen.0.clone()
+        }
+
+        /// Notes this thread; waits (at most a minute in all) for the others.
+        fn arrive(&self) {
+            let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+            seen.0
+                .insert(rayon::current_thread_index().unwrap_or(usize::MAX));
+            self.met.notify_all();
+            let (guard, timeout) = self
+                .met
+                .wait_timeout_while(seen, Duration::from_secs(60), |(s, gave_up)| {
+                    s.len() < self.threads && !*gave_up
+                })
+                .unwrap_or_else(PoisonError::into_inner);
+            seen = guard;
+            if timeout.timed_out() {
+                seen.1 = true;
+                self.met.notify_all();
+            }
+        }
+    }
+
+    impl<O: Observer> Observer for Meet<O> {
+        type Path = O::Path;
+        type Chunk = O::Chunk;
+        type Scratch = O::Scratch;
+        type Error = O::Error;
+
+        fn new_path(&self) -> O::Path {
+            self.inner.new_path()
+        }
+        fn new_chunk(&self) -> O::Chunk {
+            self.inner.new_chunk()
+        }
+        fn new_scratch(&self) -> O::Scratch {
+            self.inner.new_scratch()
+        }
+        fn start_path(&self, path: &mut O::Path) {
+            self.inner.start_path(path);
+        }
+        fn looks_at(&self, step: u64) -> bool {
+            step == 0 || self.inner.looks_at(step)
+        }
+        fn look(
+            &self,
+            at: (u64, u64),
+            states: States<'_>,
+            alive: &mut [bool],
+            path: &mut O::Path,
+            scratch: &mut O::Scratch,
+        ) -> Result<(), O::Error> {
+            if at.1 == 0 {
+                self.arrive();
+            }
+            if self.inner.looks_at(at.1) {
+                self.inner.look(at, states, alive, path, scratch)
+            } else {
+                Ok(())
+            }
+        }
+        fn diverged(
+            &self,
+            p: usize,
+            at: (u64, u64),
+            point: &[f64],
+            reason: String,
+            path: &mut O::Path,
+        ) {
+            self.inner.diverged(p, at, point, reason, path);
+        }
+        fn non_finite(&self, p: usize) -> String {
+            self.inner.non_finite(p)
+        }
+        fn finish_path(
+            &self,
+            index: u64,
+            alive: &[bool],
+            path: &mut O::Path,
+            chunk: &mut O::Chunk,
+        ) {
+            self.inner.finish_path(index, alive, path, chunk);
         }
     }
 }

@@ -29,16 +29,18 @@
 //! each process's statistics describe one fixed set of paths; a difference uses the
 //! paths on which neither SGD nor the model diverged. A Σ(x) that is finite but not
 //! symmetric positive semidefinite is the problem's fault, not the path's: the run
-//! stops with an error naming the path, step and point.
+//! stops with an error naming the path (the smallest on which it happens), step and
+//! point.
 //!
 //! Invariant: the same seed gives the same numbers on any number of threads and any
 //! batch size. Paths read their own random streams ([`BrownianPath`]); paths are grouped in
-//! chunks of [`CHUNK_PATHS`] consecutive indices, each chunk summarised in path order,
-//! and the chunk summaries merged in chunk order.
+//! chunks of [`CHUNK_PATHS`] consecutive indices, each chunk summarised in path order
+//! (its paths may run on several threads at once: a finished path waits for the earlier
+//! ones), and the chunk summaries merged in chunk order.
 //!
 //! The paths are run by the crate's path engine (`engine.rs`, shared with
 //! [`mod@crate::escape`]); what `simulate` adds is the observer that saves the observables
-//! at the saved steps. Speed: for d ≤ 4 the paths of a chunk are stepped 64 at a time
+//! at the saved steps. Speed: for d ≤ 4 the paths are stepped 64 at a time
 //! (`block.rs`), each model evaluated over the whole block at once (`lanes.rs`,
 //! `LaneTerm::eval_lanes`); every lane computes from its own point only, so a path's
 //! numbers do not depend on which paths share its block.
@@ -177,10 +179,11 @@ pub struct SimConfig {
     pub(crate) seed: u64,
     /// Save every `K`-th SGD step (default 1); the horizon is always saved.
     pub(crate) every: u64,
-    /// Worker threads (default 1). Does not change the numbers.
+    /// Worker threads (default 1); they share the paths, however few (the paths of one
+    /// chunk too). Does not change the numbers.
     pub(crate) threads: usize,
-    /// Paths handed to the thread pool at a time (default 16 chunks per thread);
-    /// bounds memory. Does not change the numbers.
+    /// Paths handed to the thread pool at a time, rounded up to whole chunks (default
+    /// 16 chunks per thread); bounds memory. Does not change the numbers.
     pub(crate) batch: u64,
     /// For a finite sum: simulate SGD with Gaussian noise of the exact minibatch
     /// covariance, `z ~ N(0, Σ(x))` (the *Gaussian surrogate*), instead of real
@@ -462,7 +465,8 @@ pub enum SimError {
     /// The problem cannot be evaluated at its start point.
     #[error("at the start point: {0}")]
     Start(ProblemError),
-    /// Σ(x) is not a covariance at a point a path reached (a failure while running).
+    /// Σ(x) is not a covariance at a point a path reached (the smallest such path; a
+    /// failure while running).
     #[error("path {path}, step {step} (t = {time}): {source}")]
     Problem {
         /// The path index.
@@ -628,6 +632,14 @@ struct Saver<'p, S> {
     layout: Layout,
 }
 
+/// What [`Saver`] keeps of a path while it runs.
+struct SavedPath {
+    /// φ per (saved time, observable, process).
+    values: Vec<f64>,
+    /// Where and why each process diverged on the path, if it did.
+    diverged: Vec<Option<Divergence>>,
+}
+
 /// [`Saver`]'s buffers: the observables at one point and their tape's buffer, and
 /// each copy's values for the scheme to combine.
 struct SaverScratch {
@@ -637,39 +649,38 @@ struct SaverScratch {
 }
 
 impl<S: Scheme> Saver<'_, S> {
-    /// Records a divergence of process `p`: counted, and the chunk's first one is the
-    /// one on the smallest path, whatever order the paths were stepped in.
+    /// Records a divergence of process `p` in the path's record (a process diverges at
+    /// most once on a path: it stops there); [`Observer::finish_path`] counts it.
     fn count(
         &self,
-        stats: &mut ChunkStats,
+        record: &mut SavedPath,
         p: usize,
         (path, step): (u64, u64),
         point: &[f64],
         reason: String,
     ) {
-        stats.diverged[p] += 1;
-        if stats.first[p].as_ref().is_none_or(|f| path < f.path) {
-            stats.first[p] = Some(Divergence {
-                path,
-                step,
-                time: step as f64 * self.config.eta,
-                point: point.to_vec(),
-                reason,
-            });
-        }
+        record.diverged[p] = Some(Divergence {
+            path,
+            step,
+            time: step as f64 * self.config.eta,
+            point: point.to_vec(),
+            reason,
+        });
     }
 }
 
 impl<S: Scheme> Observer for Saver<'_, S> {
-    /// φ per (saved time, observable, process) of the path.
-    type Path = Vec<f64>;
+    type Path = SavedPath;
     type Chunk = ChunkStats;
     type Scratch = SaverScratch;
     type Error = std::convert::Infallible;
 
-    fn new_path(&self) -> Vec<f64> {
+    fn new_path(&self) -> SavedPath {
         let l = self.layout;
-        vec![0.0; l.times * l.observables * l.processes]
+        SavedPath {
+            values: vec![0.0; l.times * l.observables * l.processes],
+            diverged: vec![None; l.processes],
+        }
     }
 
     fn new_chunk(&self) -> ChunkStats {
@@ -685,7 +696,9 @@ impl<S: Scheme> Observer for Saver<'_, S> {
         }
     }
 
-    fn start_path(&self, _: &mut Vec<f64>) {}
+    fn start_path(&self, record: &mut SavedPath) {
+        record.diverged.fill(None);
+    }
 
     fn looks_at(&self, step: u64) -> bool {
         step <= self.steps && self.saved.binary_search(&step).is_ok()
@@ -697,8 +710,7 @@ impl<S: Scheme> Observer for Saver<'_, S> {
         (path, step): (u64, u64),
         states: States<'_>,
         alive: &mut [bool],
-        values: &mut Vec<f64>,
-        stats: &mut ChunkStats,
+        record: &mut SavedPath,
         scratch: &mut SaverScratch,
     ) -> Result<(), Self::Error> {
         let l = self.layout;
@@ -715,12 +727,12 @@ impl<S: Scheme> Observer for Saver<'_, S> {
             match observe(problem, states.sgd, slots, observed) {
                 Ok(()) => {
                     for (o, &v) in observed.iter().enumerate() {
-                        values[l.value(t, o, 0)] = v;
+                        record.values[l.value(t, o, 0)] = v;
                     }
                 }
                 Err(reason) => {
                     alive[0] = false;
-                    self.count(stats, 0, (path, step), states.sgd, reason);
+                    self.count(record, 0, (path, step), states.sgd, reason);
                 }
             }
         }
@@ -749,14 +761,14 @@ impl<S: Scheme> Observer for Saver<'_, S> {
                 Some(reason) => {
                     alive[m + 1] = false;
                     let x = &state[(copies - 1) * d..];
-                    self.count(stats, m + 1, (path, step), x, reason);
+                    self.count(record, m + 1, (path, step), x, reason);
                 }
                 None => {
                     for o in 0..l.observables {
                         let v = self
                             .scheme
                             .combine(&copy_values[o * copies..(o + 1) * copies]);
-                        values[l.value(t, o, m + 1)] = v;
+                        record.values[l.value(t, o, m + 1)] = v;
                     }
                 }
             }
@@ -770,10 +782,9 @@ impl<S: Scheme> Observer for Saver<'_, S> {
         at: (u64, u64),
         point: &[f64],
         reason: String,
-        _: &mut Vec<f64>,
-        stats: &mut ChunkStats,
+        record: &mut SavedPath,
     ) {
-        self.count(stats, p, at, point, reason);
+        self.count(record, p, at, point, reason);
     }
 
     fn non_finite(&self, p: usize) -> String {
@@ -783,15 +794,23 @@ impl<S: Scheme> Observer for Saver<'_, S> {
         }
     }
 
-    /// Pushes the path's saved values (and differences) of every process that did not
-    /// diverge.
+    /// Counts the path's divergences (the chunk's first of each process is on its
+    /// smallest path: paths come in path order) and pushes the path's saved values
+    /// (and differences) of every process that did not diverge.
     fn finish_path(
         &self,
         path: u64,
         alive: &[bool],
-        values: &mut Vec<f64>,
+        record: &mut SavedPath,
         stats: &mut ChunkStats,
     ) {
+        for (p, d) in record.diverged.iter_mut().enumerate() {
+            if let Some(d) = d.take() {
+                stats.diverged[p] += 1;
+                stats.first[p].get_or_insert(d);
+            }
+        }
+        let values = &record.values;
         let l = self.layout;
         if path < self.config.keep_paths {
             let t = l.times - 1;
@@ -1264,5 +1283,34 @@ mod tests {
             }
         }
         assert!(seen.into_iter().all(|s| s));
+    }
+
+    /// A run of one chunk (100 paths) keeps both threads of two busy: the first path a
+    /// thread starts waits until the other thread has started one too, which happens
+    /// only when the chunk's paths are shared out (no timing is involved; a run whose
+    /// paths all went to one thread would wait out the timeout and fail here). One
+    /// thread per point (d = 5) and in lanes (d = 1); the numbers are one thread's.
+    #[test]
+    fn the_paths_of_one_chunk_are_shared_by_the_threads() {
+        let rosenbrock = "var w[5] = 0.5\n\
+            minimize sum(i = 1..4, (w[i+1] - w[i]^2)^2 + 0.1*(1 - w[i])^2)\nnoise sd 0.1";
+        for text in [rosenbrock, "var x = 1\nminimize 0.5*x^2\nnoise sd 0.5"] {
+            let problem = Problem::from_str(text).unwrap();
+            let mut c = SimConfig::builder(0.05, 0.5, 100);
+            c.models(vec![ModelKind::Sme1, ModelKind::Hasme]);
+            c.scheme(SchemeKind::EulerMaruyama);
+            c.threads(2);
+            let config = c.build().unwrap();
+            let (engine, saver) = prepare(&problem, &config, EulerMaruyama).unwrap();
+            let meet = engine::meet::Meet::new(saver, 2);
+            let mut total = ChunkStats::new(&meet.inner.layout);
+            engine
+                .run(EulerMaruyama, &meet, &|_| {}, |chunk| total.merge(chunk))
+                .unwrap();
+            assert_eq!(meet.threads_seen().len(), 2, "{text}");
+            let shared = finish(&meet.inner, total);
+            c.threads(1);
+            assert_eq!(shared, simulate(&problem, &c.build().unwrap()).unwrap());
+        }
     }
 }
