@@ -240,6 +240,8 @@ pub struct Settings {
     pub eta: f64,
     /// How η was chosen.
     pub eta_reason: String,
+    /// Why the quick weak-order experiment runs fewer paths than usual, when it does.
+    pub paths_reason: Option<String>,
     /// The moments configuration, when run.
     pub moments: Option<MomentsConfig>,
     /// The weak-order configuration.
@@ -344,6 +346,9 @@ pub fn run_report(
     let settings = settings(problem, config)?;
     let eta = settings.eta;
     let mut notes = Vec::new();
+    if let Some(why) = &settings.paths_reason {
+        notes.push(format!("weak order, quick mode: {why}"));
+    }
 
     progress.stage("check", 0);
     let check = CheckSummary::new(problem);
@@ -505,14 +510,13 @@ fn settings(problem: &Problem, config: &ReportConfig) -> Result<Settings, Report
     // Ten SGD steps at the largest η: long enough for the errors to build up, short
     // enough that the smallest η (8× more steps) stays cheap.
     let levels = if config.quick { 2 } else { 3 };
-    let paths = match (config.quick, problem.dim()) {
-        // Above 4 variables every model step costs eigendecompositions of d×d
-        // matrices: 100 paths keep `--quick` to seconds at d = 20.
-        (true, d) if d > 4 => 100,
-        (true, _) => 500,
-        (false, _) => 20_000,
+    let etas = WeakOrderConfig::halving(eta, levels);
+    let (paths, paths_reason) = if config.quick {
+        quick_paths(problem, &etas)
+    } else {
+        (20_000, None)
     };
-    let mut wc = WeakOrderConfig::builder(WeakOrderConfig::halving(eta, levels), 10.0 * eta, paths);
+    let mut wc = WeakOrderConfig::builder(etas, 10.0 * eta, paths);
     wc.seed(config.seed).threads(config.threads);
     if config.quick {
         wc.models(vec![ModelKind::Sme1, ModelKind::Hasme])
@@ -563,6 +567,7 @@ fn settings(problem: &Problem, config: &ReportConfig) -> Result<Settings, Report
     Ok(Settings {
         eta,
         eta_reason,
+        paths_reason,
         moments,
         weak_order: wc,
         weak_order_quadrature: wq,
@@ -570,6 +575,50 @@ fn settings(problem: &Problem, config: &ReportConfig) -> Result<Settings, Report
         init_seed: problem.init_seed_if_random(),
         start_file: problem.start_file().map(str::to_string),
     })
+}
+
+/// Tape operations the quick weak-order experiment may cost (two models, every path
+/// and step): one to three seconds on one core at the 10–30 ns an operation measured
+/// on the bundled finite sums.
+pub const QUICK_WORK: f64 = 1e8;
+
+/// The fewest paths a quick weak-order experiment runs, whatever its cost.
+pub const QUICK_MIN_PATHS: u64 = 20;
+
+/// The quick weak-order experiment's paths and, when the cost forced fewer than usual,
+/// why. Usually 500 (100 above 4 variables, where every model step costs
+/// eigendecompositions of d×d matrices); fewer, down to [`QUICK_MIN_PATHS`], when the
+/// work ([`evaluation_work`] per model step, four substeps per SGD step, two models)
+/// would pass [`QUICK_WORK`]. A count from the problem's size, never from a clock, so
+/// the same command gives the same numbers on any machine.
+fn quick_paths(problem: &Problem, etas: &[f64]) -> (u64, Option<String>) {
+    let usual: u64 = if problem.dim() > 4 { 100 } else { 500 };
+    let horizon = 10.0 * etas[0];
+    let steps: f64 = etas.iter().map(|e| (horizon / e).round() * 4.0).sum();
+    let per_path = 2.0 * steps * evaluation_work(problem);
+    let affordable = (QUICK_WORK / per_path).floor();
+    if affordable >= usual as f64 {
+        return (usual, None);
+    }
+    let paths = (affordable as u64).max(QUICK_MIN_PATHS);
+    let rows = problem
+        .finite_sum()
+        .map_or(String::new(), |fs| format!(" over {} rows", fs.n));
+    (
+        paths,
+        Some(format!(
+            "{paths} paths, not {usual}: one model step costs about {:.1e} tape operations here (the {d}×{d} Hessian{rows})",
+            evaluation_work(problem),
+            d = problem.dim()
+        )),
+    )
+}
+
+/// Tape operations of one evaluation of a model's coefficients (value, gradient and
+/// dense Hessian: d + 1 passes of the objective's tape, per row of a finite sum).
+pub fn evaluation_work(problem: &Problem) -> f64 {
+    let rows = problem.finite_sum().map_or(1, |fs| fs.n.max(1));
+    rows as f64 * problem.objective_tape().len() as f64 * (problem.dim() + 1) as f64
 }
 
 fn join_models(models: &[ModelKind]) -> String {
@@ -867,6 +916,9 @@ impl Report {
                 ""
             }
         );
+        if let Some(why) = &self.settings.paths_reason {
+            let _ = writeln!(h, "<p>Quick mode: {}.</p>", html_escape(why));
+        }
 
         let _ = writeln!(h, "<section>\n<h2>{}</h2>", SECTIONS[0]);
         h.push_str(

@@ -96,10 +96,13 @@ fn every_bundled_example_reports_in_quick_mode() {
     assert!(examples.len() >= 9);
     for path in examples {
         let stem = path.file_stem().unwrap().to_string_lossy().to_string();
-        let set: Vec<String> = if stem == "rosenbrock" {
-            vec!["n=4".into()]
-        } else {
-            Vec::new()
+        // The network at its full size takes minutes even at the quick mode's fewest
+        // paths (a 21×21 Hessian over 500 rows per model step); one hidden unit on two
+        // inputs runs the same code.
+        let set: Vec<String> = match stem.as_str() {
+            "rosenbrock" => vec!["n=4".into()],
+            "network" => vec!["h=1".into(), "p=2".into()],
+            _ => Vec::new(),
         };
         let overrides = Overrides::parse(&set).unwrap();
         let problem = Problem::from_file(&path, &overrides).unwrap();
@@ -124,6 +127,27 @@ fn every_bundled_example_reports_in_quick_mode() {
         );
         for name in ["check.json", "derive.json", "weak_order.json"] {
             read_json(&dir, name);
+        }
+        // The quick mode's work budget: the usual paths where a model step is cheap,
+        // fewer (said on the page) where the finite sum makes it expensive.
+        let work = hasme::report::evaluation_work(&problem);
+        let paths = report.settings.weak_order.paths();
+        match stem.as_str() {
+            "cosine" | "saddle" | "report" => {
+                assert_eq!(
+                    (paths, &report.settings.paths_reason),
+                    (500, &None),
+                    "{stem}"
+                )
+            }
+            "softmax" => {
+                assert!(work > 5e4, "{stem}: {work}");
+                assert_eq!(paths, hasme::report::QUICK_MIN_PATHS, "{stem}");
+                let why = report.settings.paths_reason.as_deref().unwrap();
+                assert!(why.starts_with("20 paths, not 100: one model step costs about 8.4e4 tape operations here (the 9×9 Hessian over 150 rows)"), "{why}");
+                assert!(html.contains("<p>Quick mode: 20 paths, not 100"), "{stem}");
+            }
+            _ => {}
         }
         let s = problem.structure();
         assert_eq!(
