@@ -65,6 +65,7 @@ pub mod plot;
 pub mod problem;
 pub mod quadrature;
 pub mod report;
+pub mod shard;
 pub mod sim;
 pub mod stationary;
 pub mod stats;
