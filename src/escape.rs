@@ -956,8 +956,7 @@ impl Observer for Watcher<'_> {
     fn load_chunk(&self, v: &serde_json::Value) -> Option<ChunkOut> {
         let processes = self.config.models.len() + 1;
         let flat = field(v, "outcomes")?.as_array()?;
-        if flat.len() % (2 * processes) != 0 || flat.len() > 2 * processes * CHUNK_PATHS as usize
-        {
+        if flat.len() % (2 * processes) != 0 || flat.len() > 2 * processes * CHUNK_PATHS as usize {
             return None;
         }
         let outcomes = (flat.chunks_exact(2))

@@ -187,17 +187,12 @@ impl RunKey {
 pub fn digest(files: &[PathBuf]) -> Result<String, ShardError> {
     let mut hash = Sha256::new();
     for path in files {
-        let bytes = std::fs::read(path).map_err(|e| {
-            ShardError::Input(format!("cannot read `{}`: {e}", path.display()))
-        })?;
+        let bytes = std::fs::read(path)
+            .map_err(|e| ShardError::Input(format!("cannot read `{}`: {e}", path.display())))?;
         hash.update((bytes.len() as u64).to_le_bytes());
         hash.update(&bytes);
     }
-    let hex: String = hash
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let hex: String = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
     Ok(format!("sha256:{hex}"))
 }
 
@@ -235,11 +230,9 @@ impl Part {
 
     /// Whether it holds every chunk of its shard of every engine run it began.
     pub fn complete(&self) -> bool {
-        self.runs.iter().all(|r| {
-            self.shard
-                .chunks(r.chunks)
-                .all(|c| r.done.contains_key(&c))
-        })
+        self.runs
+            .iter()
+            .all(|r| self.shard.chunks(r.chunks).all(|c| r.done.contains_key(&c)))
     }
 
     /// Chunks held, over all engine runs.
@@ -333,7 +326,9 @@ impl Part {
                 let c = number(d, "chunk")
                     .filter(|&c| c < chunks)
                     .ok_or_else(|| bad("a chunk index out of range"))?;
-                let s = d.get("summary").ok_or_else(|| bad("a chunk without `summary`"))?;
+                let s = d
+                    .get("summary")
+                    .ok_or_else(|| bad("a chunk without `summary`"))?;
                 done.insert(c, s.clone());
             }
             runs.push(RunChunks { chunks, done });
@@ -599,9 +594,8 @@ impl Ledger {
         if !state.dirty {
             return Ok(());
         }
-        crate::output::write_atomic(path, state.part.to_json().as_bytes()).map_err(|e| {
-            ShardError::Run(format!("cannot write the checkpoint: {e}"))
-        })?;
+        crate::output::write_atomic(path, state.part.to_json().as_bytes())
+            .map_err(|e| ShardError::Run(format!("cannot write the checkpoint: {e}")))?;
         state.dirty = false;
         state.last_save = Instant::now();
         Ok(())

@@ -501,7 +501,11 @@ impl<O: Observer> Feed<'_, '_, O> {
         let done = fold.next == slot.paths.end;
         let ledger = wave.ledger.filter(|_| done);
         if let Some((l, r)) = ledger {
-            l.record(r, path / CHUNK_PATHS, wave.observer.save_chunk(&fold.summary));
+            l.record(
+                r,
+                path / CHUNK_PATHS,
+                wave.observer.save_chunk(&fold.summary),
+            );
         }
         drop(guard);
         if done {

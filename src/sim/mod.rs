@@ -886,7 +886,13 @@ impl<S: Scheme> Observer for Saver<'_, S> {
             return None;
         }
         let cells = (grid.chunks_exact(3))
-            .map(|w| Some(Welford::from_parts(w[0].as_u64()?, float(&w[1])?, float(&w[2])?)))
+            .map(|w| {
+                Some(Welford::from_parts(
+                    w[0].as_u64()?,
+                    float(&w[1])?,
+                    float(&w[2])?,
+                ))
+            })
             .collect::<Option<Vec<_>>>()?;
         let diverged = (list("diverged")?.iter())
             .map(Value::as_u64)
