@@ -18,7 +18,7 @@
 //!   summary read from the parts instead of computed, merged in chunk order by the same
 //!   code, so the report and its text and JSON are the single run's.
 //! * **Checkpoint.** The ledger of a run (whole or shard) saved as a part while it runs
-//!   ([`Ledger::maybe_save`], at most every [`SAVE_EVERY`]); the same command given the
+//!   (at most every [`SAVE_EVERY`], and at the end: [`Ledger::save`]); the same command given the
 //!   same file resumes, replaying the chunks it holds. A stop request
 //!   ([`Ledger::stop_flag`], set by a signal handler) makes the engine hand out no
 //!   more paths; the chunks finished by then are kept, the others dropped.
