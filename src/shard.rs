@@ -202,8 +202,9 @@ pub fn digest(files: &[PathBuf]) -> Result<String, ShardError> {
 pub struct RunChunks {
     /// The run's number of chunks.
     pub chunks: u64,
-    /// Chunk index → its summary (the observer's exact form).
-    pub done: BTreeMap<u64, Value>,
+    /// Chunk index → its summary (the observer's exact form), as compact JSON text:
+    /// written once, when the chunk is done, so rewriting a checkpoint only copies it.
+    pub done: BTreeMap<u64, String>,
 }
 
 /// A partial result: the chunks of a run one process computed (a shard, or a
@@ -242,19 +243,7 @@ impl Part {
 
     /// The part as one line of JSON (and a newline).
     pub fn to_json(&self) -> String {
-        let runs: Vec<Value> = self
-            .runs
-            .iter()
-            .map(|r| {
-                let done: Vec<Value> = r
-                    .done
-                    .iter()
-                    .map(|(c, s)| json!({ "chunk": c, "summary": s }))
-                    .collect();
-                json!({ "chunks": r.chunks, "done": done })
-            })
-            .collect();
-        let value = json!({
+        let head = json!({
             "format": FORMAT,
             "version": VERSION,
             "hasme": self.key.hasme,
@@ -263,9 +252,38 @@ impl Part {
             "digest": self.key.digest,
             "shard": { "index": self.shard.index, "count": self.shard.count },
             "complete": self.complete(),
-            "runs": runs,
-        });
-        value.to_string() + "\n"
+        })
+        .to_string();
+        // The summaries are JSON text already: copied, not parsed and printed again.
+        let mut out = String::with_capacity(
+            head.len()
+                + self
+                    .runs
+                    .iter()
+                    .flat_map(|r| r.done.values())
+                    .map(|s| s.len() + 32)
+                    .sum::<usize>()
+                + 16,
+        );
+        out.push_str(head.strip_suffix('}').unwrap_or(&head));
+        out.push_str(",\"runs\":[");
+        for (i, r) in self.runs.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(&format!("{{\"chunks\":{},\"done\":[", r.chunks));
+            for (j, (c, summary)) in r.done.iter().enumerate() {
+                if j > 0 {
+                    out.push(',');
+                }
+                out.push_str(&format!("{{\"chunk\":{c},\"summary\":"));
+                out.push_str(summary);
+                out.push('}');
+            }
+            out.push_str("]}");
+        }
+        out.push_str("]}\n");
+        out
     }
 
     /// Reads a part written by [`Part::to_json`]; `name` (the file) is for errors.
@@ -329,7 +347,7 @@ impl Part {
                 let s = d
                     .get("summary")
                     .ok_or_else(|| bad("a chunk without `summary`"))?;
-                done.insert(c, s.clone());
+                done.insert(c, s.to_string());
             }
             runs.push(RunChunks { chunks, done });
         }
@@ -665,13 +683,15 @@ impl Ledger {
 
     /// The stored summary of chunk `c` of engine run `r`.
     pub(crate) fn stored(&self, r: usize, c: u64) -> Option<Value> {
-        self.state().part.runs[r].done.get(&c).cloned()
+        let state = self.state();
+        serde_json::from_str(state.part.runs[r].done.get(&c)?).ok()
     }
 
     /// Keeps the summary of chunk `c` of engine run `r`, just computed.
     pub(crate) fn record(&self, r: usize, c: u64, summary: Value) {
+        let text = summary.to_string();
         let mut state = self.state();
-        state.part.runs[r].done.insert(c, summary);
+        state.part.runs[r].done.insert(c, text);
         state.dirty = true;
     }
 
@@ -746,7 +766,11 @@ mod tests {
         let mut part = Part::new(key(), Shard { index: 1, count: 3 });
         part.runs.push(RunChunks {
             chunks: 9,
-            done: [(3, json!({"x": bits(f64::NAN)})), (4, json!([1, 2]))].into(),
+            done: [
+                (3, json!({"x": bits(f64::NAN)}).to_string()),
+                (4, "[1,2]".to_string()),
+            ]
+            .into(),
         });
         let back = Part::from_json(&part.to_json(), "p").unwrap();
         assert_eq!(back, part);
@@ -760,7 +784,7 @@ mod tests {
             let mut p = Part::new(key(), Shard { index, count: 3 });
             p.runs.push(RunChunks {
                 chunks: 6,
-                done: chunks.iter().map(|&c| (c, json!(c))).collect(),
+                done: chunks.iter().map(|&c| (c, c.to_string())).collect(),
             });
             p
         };
