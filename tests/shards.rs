@@ -41,15 +41,14 @@ fn ok(o: &Output) -> &Output {
 /// The single run's text and JSON equal those of `hasme merge` over `n` shards, for
 /// every `n` in 1, 3 and 7. The single run uses two threads, the shards one: neither
 /// reaches the numbers.
-fn shards_merge_to_the_single_run(test: &str, example: &str, run: &[&str]) {
-    let dir = with_example(test, example);
+fn shards_merge_to_the_single_run(test: &str, dir: &Path, run: &[&str]) {
     let single = |json: bool| {
         let mut args = run.to_vec();
         args.extend(["--threads", "2", "--quiet"]);
         if json {
             args.push("--json");
         }
-        ok(&hasme_in(&dir, &args)).stdout.clone()
+        ok(&hasme_in(dir, &args)).stdout.clone()
     };
     let (text, json) = (single(false), single(true));
     for n in [1, 3, 7] {
@@ -67,7 +66,7 @@ fn shards_merge_to_the_single_run(test: &str, example: &str, run: &[&str]) {
                 "--out",
                 &part,
             ]);
-            ok(&hasme_in(&dir, &args));
+            ok(&hasme_in(dir, &args));
             parts.push(part);
         }
         // Merged in another order than computed: the order of the parts does not matter.
@@ -76,7 +75,7 @@ fn shards_merge_to_the_single_run(test: &str, example: &str, run: &[&str]) {
             let mut args = vec!["merge"];
             args.extend(parts.iter().map(String::as_str));
             args.extend(extra);
-            ok(&hasme_in(&dir, &args)).stdout.clone()
+            ok(&hasme_in(dir, &args)).stdout.clone()
         };
         assert!(merge(&[]) == text, "{test}: {n} shards, text differs");
         assert!(
@@ -112,16 +111,49 @@ fn seed8() -> Vec<&'static str> {
 
 #[test]
 fn simulate_shards_merge_to_the_single_run() {
-    shards_merge_to_the_single_run("shards-simulate", "cosine.hasme", SIMULATE);
+    let dir = with_example("shards-simulate", "cosine.hasme");
+    shards_merge_to_the_single_run("simulate", &dir, SIMULATE);
+}
+
+#[test]
+fn diverging_runs_merge_to_the_single_run() {
+    // SGD on x⁴ at η = 0.3 blows up on some paths: the first divergence (its path,
+    // step, reason and a point with huge coordinates) travels through the parts.
+    let dir = temp_dir("shards-diverging");
+    std::fs::write(
+        dir.join("quartic.hasme"),
+        "var x = 1\nminimize x^4\nnoise sd 1\n",
+    )
+    .unwrap();
+    let run = [
+        "simulate",
+        "quartic.hasme",
+        "--eta",
+        "0.3",
+        "--horizon",
+        "3",
+        "--paths",
+        "2000",
+        "--models",
+        "sme1,hasme",
+    ];
+    let o = ok(&hasme_in(
+        &dir,
+        &[&run[..], &["--json", "--quiet"]].concat(),
+    ))
+    .clone();
+    assert!(json_unchecked(&o)["diverged"]["sgd"].as_u64().unwrap() > 0);
+    shards_merge_to_the_single_run("diverging", &dir, &run);
 }
 
 #[test]
 fn weak_order_shards_merge_to_the_single_run() {
     // The integration check is on (the default): every η runs twice, the check run
     // pairing its paths with the main run's kept values.
+    let dir = with_example("shards-weak-order", "cosine.hasme");
     shards_merge_to_the_single_run(
-        "shards-weak-order",
-        "cosine.hasme",
+        "weak-order",
+        &dir,
         &[
             "weak-order",
             "cosine.hasme",
@@ -139,9 +171,10 @@ fn weak_order_shards_merge_to_the_single_run() {
 
 #[test]
 fn escape_shards_merge_to_the_single_run() {
+    let dir = with_example("shards-escape", "report.hasme");
     shards_merge_to_the_single_run(
-        "shards-escape",
-        "report.hasme",
+        "escape",
+        &dir,
         &[
             "escape",
             "report.hasme",

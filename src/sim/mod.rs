@@ -1400,4 +1400,51 @@ mod tests {
             assert_eq!(shared, simulate(&problem, &c.build().unwrap()).unwrap());
         }
     }
+
+    /// Shards through ledgers, merged by replaying their parts, give the whole run's
+    /// result to the bit, kept values and divergences included, and so does a run
+    /// resumed from a ledger that holds some of its chunks.
+    #[test]
+    fn shards_replayed_give_the_whole_run() {
+        use crate::shard::{Ledger, Part, RunKey, Shard};
+        let problem = Problem::from_str("var x = 1\nminimize x^4\nnoise sd 1").unwrap();
+        let mut c = SimConfig::builder(0.3, 1.5, 1800);
+        c.models(vec![ModelKind::Sme1, ModelKind::Hasme])
+            .keep_paths(600)
+            .threads(2);
+        let whole = simulate(&problem, &c.build().unwrap()).unwrap();
+        assert!(
+            whole.total_diverged() > 0,
+            "the run has divergences to carry"
+        );
+        let key = RunKey {
+            hasme: "test".into(),
+            command: "simulate".into(),
+            args: Vec::new(),
+            digest: String::new(),
+        };
+        let parts: Vec<Part> = (0..3)
+            .map(|index| {
+                let ledger =
+                    Ledger::compute(Part::new(key.clone(), Shard { index, count: 3 }), None);
+                c.ledger(Some(ledger.clone()));
+                simulate(&problem, &c.build().unwrap()).unwrap();
+                assert!(ledger.partial());
+                ledger.part()
+            })
+            .collect();
+        let names: Vec<String> = (0..3).map(|k| k.to_string()).collect();
+        // Shard 0/3's chunks (0 and 1) done: the resumed run computes the other six.
+        let mut resumed = Part::new(key.clone(), Shard::WHOLE);
+        resumed.runs = parts[0].runs.clone();
+        for replay in [
+            Ledger::replay(parts, &names).unwrap(),
+            Ledger::compute(resumed, None),
+        ] {
+            c.ledger(Some(replay.clone()));
+            assert_eq!(simulate(&problem, &c.build().unwrap()).unwrap(), whole);
+            assert!(!replay.partial());
+            assert!(replay.take_error().is_none());
+        }
+    }
 }
