@@ -85,6 +85,7 @@ use crate::models::ModelKind;
 use crate::moments::Quadratic;
 use crate::plot::LinePlot;
 use crate::problem::{Expression, Problem, ProblemError};
+use crate::shard::{Ledger, field};
 use crate::sim::engine::{self, Engine, EngineError, Observer, Settings, States};
 use crate::sim::terms::NoiseSource;
 use crate::sim::{CHUNK_PATHS, Coupling, EulerMaruyama, MAX_STEPS};
@@ -161,6 +162,10 @@ pub struct EscapeConfig {
     pub(crate) seed: u64,
     /// Worker threads (default 1). Does not change the numbers.
     pub(crate) threads: usize,
+    /// Run a shard, keep a checkpoint or replay parts ([`crate::shard`]; default none).
+    /// With a ledger that computes only part of the paths, the report has no
+    /// processes.
+    pub(crate) ledger: Option<Ledger>,
 }
 
 /// The settings of an escape run, before they are checked: see [`EscapeConfig`].
@@ -189,6 +194,8 @@ impl EscapeConfigBuilder {
         seed: u64,
         /// Worker threads (≥ 1).
         threads: usize,
+        /// The ledger of a shard, checkpoint or merge.
+        ledger: Option<Ledger>,
     }
 
     /// Checks every setting (the same checks as [`escape`] makes, in the same order)
@@ -254,6 +261,7 @@ impl EscapeConfig {
             coupling: Coupling::Coupled,
             seed: 0,
             threads: 1,
+            ledger: None,
         }
     }
 
@@ -792,6 +800,7 @@ fn prepare<'p>(
             threads: config.threads,
             batch: 0,
             minibatch: true,
+            ledger: config.ledger.clone(),
         },
     };
     Ok((engine, Watcher { config, region }))
@@ -919,6 +928,64 @@ impl Observer for Watcher<'_> {
                 });
             }
         }
+    }
+
+    /// `{"outcomes": [step, status, …], "first": [null | {path, step, reason}]}`,
+    /// status 0 escaped, 1 censored, 2 diverged.
+    fn save_chunk(&self, out: &ChunkOut) -> serde_json::Value {
+        use serde_json::{Value, json};
+        let outcomes: Vec<u64> = (out.outcomes.iter())
+            .flat_map(|o| {
+                let status = match o.status {
+                    Status::Escaped => 0,
+                    Status::Censored => 1,
+                    Status::Diverged => 2,
+                };
+                [o.step, status]
+            })
+            .collect();
+        let first: Vec<Value> = (out.first.iter())
+            .map(|d| match d {
+                None => Value::Null,
+                Some(d) => json!({ "path": d.path, "step": d.step, "reason": d.reason }),
+            })
+            .collect();
+        json!({ "outcomes": outcomes, "first": first })
+    }
+
+    fn load_chunk(&self, v: &serde_json::Value) -> Option<ChunkOut> {
+        let processes = self.config.models.len() + 1;
+        let flat = field(v, "outcomes")?.as_array()?;
+        if flat.len() % (2 * processes) != 0 || flat.len() > 2 * processes * CHUNK_PATHS as usize {
+            return None;
+        }
+        let outcomes = (flat.chunks_exact(2))
+            .map(|o| {
+                let status = match o[1].as_u64()? {
+                    0 => Status::Escaped,
+                    1 => Status::Censored,
+                    2 => Status::Diverged,
+                    _ => return None,
+                };
+                Some(Outcome {
+                    step: o[0].as_u64()?,
+                    status,
+                })
+            })
+            .collect::<Option<Vec<_>>>()?;
+        let first = (field(v, "first")?.as_array()?.iter())
+            .map(|d| {
+                if d.is_null() {
+                    return Some(None);
+                }
+                Some(Some(FirstDivergence {
+                    path: field(d, "path")?.as_u64()?,
+                    step: field(d, "step")?.as_u64()?,
+                    reason: field(d, "reason")?.as_str()?.to_string(),
+                }))
+            })
+            .collect::<Option<Vec<_>>>()?;
+        (first.len() == processes).then_some(ChunkOut { outcomes, first })
     }
 }
 
@@ -1071,8 +1138,11 @@ pub fn escape_with_progress(
             }
         })
         .map_err(|e| watcher.error(e))?;
+    // A shard or a stopped run saw only some paths: no statistics of them.
+    let partial = config.ledger.as_ref().is_some_and(Ledger::partial);
     let names: Vec<String> = std::iter::once("sgd".to_string())
         .chain(config.models.iter().map(|m| m.to_string()))
+        .filter(|_| !partial)
         .collect();
     let cap_time = config.max_steps as f64 * config.eta;
     let column = |p: usize| outcomes.iter().skip(p).step_by(processes);

@@ -80,6 +80,7 @@ use crate::models::{Model, ModelKind};
 use crate::plot::{LinePlot, Series, YAxis};
 use crate::problem::{Overrides, Problem, ProblemError};
 use crate::quadrature::{self, Domain, Estimate, QuadratureError};
+use crate::shard::Ledger;
 use crate::sim::{SchemeKind, SimConfig, SimError, SimResult, simulate_with_progress};
 use crate::stats::Welford;
 use serde::Serialize;
@@ -190,6 +191,10 @@ pub struct WeakOrderConfig {
     /// Quadrature only: the target absolute accuracy of each expectation (default
     /// [`DEFAULT_TOLERANCE`]).
     pub(crate) tolerance: f64,
+    /// Run a shard, keep a checkpoint or replay parts ([`crate::shard`]; default none),
+    /// for every simulation. With a ledger that computes only part of the paths, the
+    /// report has no points.
+    pub(crate) ledger: Option<Ledger>,
 }
 
 /// The default target accuracy of `--method quadrature`.
@@ -273,6 +278,8 @@ impl WeakOrderConfigBuilder {
         method: Method,
         /// Quadrature: the target accuracy of each expectation (finite, > 0).
         tolerance: f64,
+        /// The ledger of a shard, checkpoint or merge.
+        ledger: Option<Ledger>,
     }
 
     /// Checks every setting that does not need the problem (in the order
@@ -362,6 +369,7 @@ impl WeakOrderConfig {
             sgd_paths: 0,
             method: Method::MonteCarlo,
             tolerance: DEFAULT_TOLERANCE,
+            ledger: None,
         }
     }
 
@@ -1299,6 +1307,7 @@ fn analyse(
      -> Result<SimResult, WeakOrderError> {
         let mut sim = SimConfig::unchecked(eta, config.horizon, paths);
         sim.keep_paths = check_paths;
+        sim.ledger = config.ledger.clone();
         sim.models = config.models.clone();
         sim.substeps = substeps;
         sim.scheme = config.scheme;
@@ -1318,6 +1327,7 @@ fn analyse(
     let sgd_only = |eta: f64, gaussian: bool| -> Result<SimResult, WeakOrderError> {
         let mut sim = SimConfig::unchecked(eta, config.horizon, config.sgd_paths());
         sim.models = Vec::new();
+        sim.ledger = config.ledger.clone();
         sim.seed = split_seed(config.seed);
         sim.threads = config.threads;
         sim.gaussian_sgd = gaussian;
@@ -1344,6 +1354,10 @@ fn analyse(
         } else {
             None
         };
+        // A shard or a stopped run saw only some paths: no points from them.
+        if config.ledger.as_ref().is_some_and(Ledger::partial) {
+            continue;
+        }
         let mut runs = vec![("", &main)];
         if let Some((minibatch, surrogate)) = &split {
             runs.push(("minibatch SGD run: ", minibatch));

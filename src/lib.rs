@@ -8,7 +8,8 @@
 //! two dimensions also without Monte Carlo noise, by [`quadrature`]), escape
 //! times ([`escape`](mod@escape)); stationary points by Newton's method or gradient
 //! descent ([`stationary`]); drawn by [`plot`], written by [`output`]; one command that runs
-//! what fits a problem and writes an HTML page ([`report`]). See `ARCHITECTURE.md` for
+//! what fits a problem and writes an HTML page ([`report`]); runs split in shards,
+//! checkpointed and merged ([`shard`]). See `ARCHITECTURE.md` for
 //! the code map and the invariants.
 //!
 //! # Using the library
@@ -26,6 +27,7 @@
 //! | `escape` | [`escape()`] | [`EscapeConfig`] | [`EscapeReport`] | [`EscapeError`] |
 //! | `stationary` | [`find_stationary`] | [`StationaryConfig`] | [`StationaryReport`] | [`StationaryError`] |
 //! | `report` | [`run_report`] | [`ReportConfig`] | [`Report`] | [`ReportError`] |
+//! | `--shard`, `--checkpoint`, `merge` | the Monte Carlo calls above, with a [`shard::Ledger`] in their settings ([`shard::Ledger::replay`] for a merge) | the settings' `ledger` | [`shard::Part`] | [`shard::ShardError`] |
 //!
 //! Each analysis is a function named for what it does, taking the [`Problem`] and its
 //! settings; the Monte Carlo ones also come as `*_with_progress`, which call back with
@@ -65,6 +67,7 @@ pub mod plot;
 pub mod problem;
 pub mod quadrature;
 pub mod report;
+pub mod shard;
 pub mod sim;
 pub mod stationary;
 pub mod stats;

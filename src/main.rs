@@ -14,6 +14,7 @@ use hasme::moments::{self, MomentsConfig, MomentsError};
 use hasme::output::{self, OutputError};
 use hasme::problem::StartPoint;
 use hasme::report::ReportError;
+use hasme::shard::{Ledger, Part, RunKey, Shard, ShardError};
 use hasme::sim::{Coupling, SimConfig, SimError, simulate_with_progress};
 use hasme::stationary::{StationaryConfig, StationaryError, Stop, find_stationary};
 use hasme::{ErrorKind, Overrides, Problem, ProblemError};
@@ -113,6 +114,23 @@ enum Command {
     /// gradient descent (a minimum); the point, f, ‖∇f‖, the Hessian's eigenvalues,
     /// index and kind. Its JSON is a --start file.
     Stationary(StationaryArgs),
+    /// Merge the parts of a run computed in shards (`--shard K/N` of simulate,
+    /// weak-order or escape): check they are of one run and cover it, and print what
+    /// the single run prints.
+    Merge(MergeArgs),
+}
+
+#[derive(clap::Args)]
+struct MergeArgs {
+    /// The parts, in any order: the outputs of `--shard K/N` (or their checkpoints).
+    #[arg(required = true, value_name = "PART")]
+    parts: Vec<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Write the output to PATH instead of stdout (`-`: stdout).
+    #[arg(long, value_name = "PATH")]
+    out: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -219,9 +237,26 @@ struct RunArgs {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+    /// Compute only shard K of N (K = 0 … N−1, as SLURM_ARRAY_TASK_ID) of the path
+    /// chunks and write a part (JSON) for `hasme merge` instead of the report.
+    #[arg(long, value_name = "K/N")]
+    shard: Option<String>,
+    /// Save the finished chunks to PATH as the run goes (every few seconds, and on
+    /// SIGINT or SIGTERM); the same command with the same PATH resumes from them.
+    #[arg(long, value_name = "PATH")]
+    checkpoint: Option<PathBuf>,
 }
 
 impl RunArgs {
+    /// The settings of a merge: its output form and target, no shard or checkpoint.
+    fn for_merge(&mut self, merge: &MergeArgs) {
+        self.json = merge.json;
+        self.out = merge.out.clone();
+        self.quiet = true;
+        self.shard = None;
+        self.checkpoint = None;
+    }
+
     /// `--set`, `--init-seed` and `--start`.
     fn overrides(&self) -> Result<Overrides, ProblemError> {
         overrides(&self.set, self.init_seed, self.start.as_ref())
@@ -499,6 +534,8 @@ fn exit_status(err: &anyhow::Error) -> u8 {
         e.kind()
     } else if let Some(e) = err.downcast_ref::<StationaryError>() {
         e.kind()
+    } else if let Some(e) = err.downcast_ref::<ShardError>() {
+        e.kind()
     } else {
         ErrorKind::Input
     };
@@ -627,11 +664,253 @@ fn run(cli: Cli) -> Result<ExitCode> {
             })
         }
         Command::Moments(args) => run_moments(args),
-        Command::Simulate(args) => run_simulate(args),
-        Command::Escape(args) => run_escape(args),
-        Command::WeakOrder(args) => run_weak_order(args),
+        Command::Simulate(args) => run_simulate(args, None),
+        Command::Escape(args) => run_escape(args, None),
+        Command::WeakOrder(args) => run_weak_order(args, None),
         Command::Report(args) => run_report(args),
         Command::Stationary(args) => run_stationary(args),
+        Command::Merge(args) => run_merge(args),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Shards, checkpoints and merges: the library keeps the chunk summaries in a `Ledger`;
+// which run it is, where its parts go and the signals are the CLI's business.
+
+/// How a Monte Carlo command runs: whole (no ledger), as a shard (its part is the
+/// output), with a checkpoint, or replayed from parts by `merge`.
+struct Pieces {
+    ledger: Option<Ledger>,
+    shard: bool,
+}
+
+/// Flags that do not change the numbers, left out of a run's key (with a value, then
+/// without).
+const NOT_THE_RUN: [&str; 6] = [
+    "--shard",
+    "--checkpoint",
+    "--out",
+    "--threads",
+    "--plot",
+    "--batch",
+];
+const NOT_THE_RUN_FLAGS: [&str; 2] = ["--json", "--quiet"];
+
+/// The command's arguments (after its name) that define the run.
+fn run_args() -> Vec<String> {
+    let mut kept = Vec::new();
+    let mut args = std::env::args_os()
+        .skip(2)
+        .map(|a| a.to_string_lossy().into_owned());
+    while let Some(a) = args.next() {
+        if NOT_THE_RUN.contains(&a.as_str()) {
+            args.next();
+        } else if !(NOT_THE_RUN_FLAGS.contains(&a.as_str())
+            || NOT_THE_RUN
+                .iter()
+                .any(|f| a.starts_with(f) && a[f.len()..].starts_with('=')))
+        {
+            kept.push(a);
+        }
+    }
+    kept
+}
+
+/// The digest of the files a problem was read from: the objective file, its data
+/// files, the start file.
+fn files_digest(file: &Path, problem: &Problem, run: &RunArgs) -> Result<String, ShardError> {
+    let mut files = vec![file.to_path_buf()];
+    files.extend(problem.data_files().iter().map(PathBuf::from));
+    files.extend(run.start.clone());
+    hasme::shard::digest(&files)
+}
+
+/// Sets up the ledger of a shard, a checkpoint or a merge (`replay`), after checking
+/// that the files are those of the parts or the checkpoint.
+fn pieces(
+    command: &str,
+    file: &Path,
+    problem: &Problem,
+    run: &RunArgs,
+    plot: Option<&PathBuf>,
+    replay: Option<Ledger>,
+) -> Result<Pieces> {
+    let input = |m: String| anyhow::Error::from(ShardError::Input(m));
+    if let Some(ledger) = replay {
+        if files_digest(file, problem, run)? != ledger.part().key.digest {
+            return Err(input(format!(
+                "`{}` or its data or start file has changed since the parts were computed (their digests differ): merge against the files the shards read",
+                file.display()
+            )));
+        }
+        return Ok(Pieces {
+            ledger: Some(ledger),
+            shard: false,
+        });
+    }
+    if run.shard.is_none() && run.checkpoint.is_none() {
+        return Ok(Pieces {
+            ledger: None,
+            shard: false,
+        });
+    }
+    let shard = match &run.shard {
+        Some(text) => {
+            if run.json {
+                return Err(input(
+                    "--json: a shard writes a part (always JSON), not the report; choose text or JSON when merging (`hasme merge --json`)".into(),
+                ));
+            }
+            if plot.is_some() {
+                return Err(input(
+                    "--plot: a shard has no report to plot; run the whole command for a plot"
+                        .into(),
+                ));
+            }
+            text.parse::<Shard>()?
+        }
+        None => Shard::WHOLE,
+    };
+    let key = RunKey {
+        hasme: env!("CARGO_PKG_VERSION").to_string(),
+        command: command.to_string(),
+        args: run_args(),
+        digest: files_digest(file, problem, run)?,
+    };
+    let mut part = Part::new(key.clone(), shard);
+    if let Some(path) = &run.checkpoint {
+        output::check_target(path)?;
+        if path.is_file() {
+            let name = path.display().to_string();
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| input(format!("cannot read the checkpoint `{name}`: {e}")))?;
+            let saved = Part::from_json(&text, &name)?;
+            let diff = key.difference(&saved.key).or_else(|| {
+                (saved.shard != shard)
+                    .then(|| format!("of shard {} instead of {shard}", saved.shard))
+            });
+            if let Some(diff) = diff {
+                return Err(input(format!(
+                    "`{name}` is a checkpoint of another run: it is {diff}; give another --checkpoint file, or delete it to start afresh"
+                )));
+            }
+            part = saved;
+        }
+    }
+    let ledger = Ledger::compute(part, run.checkpoint.clone());
+    if run.checkpoint.is_some() {
+        stop_on_signals(&ledger)?;
+    }
+    Ok(Pieces {
+        ledger: Some(ledger),
+        shard: run.shard.is_some(),
+    })
+}
+
+/// SIGINT and SIGTERM ask the run to stop (the engine hands out no more paths, the
+/// chunks done are saved); a second one ends the process at once.
+fn stop_on_signals(ledger: &Ledger) -> Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let asked = std::sync::Arc::new(AtomicBool::new(false));
+    for signal in [SIGINT, SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(
+            signal,
+            128 + signal,
+            std::sync::Arc::clone(&asked),
+        )?;
+        signal_hook::flag::register(signal, std::sync::Arc::clone(&asked))?;
+        signal_hook::flag::register_usize(signal, ledger.stop_flag(), signal as usize)?;
+    }
+    Ok(())
+}
+
+/// After the library call (`ok`: it succeeded): saves the checkpoint, and ends the
+/// command when the run stopped (exit 128 + the signal) or was a shard (its part is
+/// the output). `None`: print the report as usual.
+fn settle(pieces: &Pieces, run: &RunArgs, ok: bool) -> Result<Option<ExitCode>> {
+    let Some(ledger) = &pieces.ledger else {
+        return Ok(None);
+    };
+    let saved = ledger.save();
+    if !ok {
+        return Ok(None);
+    }
+    if let Some(e) = ledger.take_error() {
+        return Err(e.into());
+    }
+    saved?;
+    if let Some(signal) = ledger.stopped() {
+        let name = match signal as i32 {
+            signal_hook::consts::SIGINT => "SIGINT",
+            signal_hook::consts::SIGTERM => "SIGTERM",
+            _ => "a signal",
+        };
+        let path = ledger
+            .checkpoint()
+            .map_or(String::new(), |p| p.display().to_string());
+        eprintln!(
+            "interrupted by {name}: {} finished chunks of paths are saved in `{path}`; run the same command again to resume",
+            ledger.part().chunks_done()
+        );
+        return Ok(Some(ExitCode::from((128 + signal).min(255) as u8)));
+    }
+    if pieces.shard {
+        deliver(run.out.as_ref(), &ledger.part().to_json())?;
+        return Ok(Some(ExitCode::SUCCESS));
+    }
+    Ok(None)
+}
+
+fn run_merge(args: MergeArgs) -> Result<ExitCode> {
+    let mut parts = Vec::new();
+    let mut names = Vec::new();
+    for path in &args.parts {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ShardError::Input(format!("cannot read the part `{name}`: {e}")))?;
+        parts.push(Part::from_json(&text, &name)?);
+        names.push(name);
+    }
+    let ledger = Ledger::replay(parts, &names)?;
+    let key = ledger.part().key;
+    let version = env!("CARGO_PKG_VERSION");
+    if key.hasme != version {
+        return Err(ShardError::Input(format!(
+            "the parts were computed by hasme {}, this is {version}: merge them with the version that computed them",
+            key.hasme
+        ))
+        .into());
+    }
+    let argv = ["hasme".to_string(), key.command.clone()]
+        .into_iter()
+        .chain(key.args.iter().cloned());
+    let cli = Cli::try_parse_from(argv).map_err(|e| {
+        ShardError::Input(format!(
+            "the parts' command line `{} {}` does not parse: {e}",
+            key.command,
+            key.args.join(" ")
+        ))
+    })?;
+    match cli.command {
+        Command::Simulate(mut a) => {
+            a.run.for_merge(&args);
+            run_simulate(a, Some(ledger))
+        }
+        Command::WeakOrder(mut a) => {
+            a.run.for_merge(&args);
+            a.plot = None;
+            run_weak_order(a, Some(ledger))
+        }
+        Command::Escape(mut a) => {
+            a.run.for_merge(&args);
+            a.plot = None;
+            run_escape(a, Some(ledger))
+        }
+        _ => Err(ShardError::Input(format!(
+            "parts of `{}`: only simulate, weak-order and escape run in shards",
+            key.command
+        ))
+        .into()),
     }
 }
 
@@ -845,7 +1124,7 @@ fn parse_models(names: &[String]) -> Result<Vec<ModelKind>, ProblemError> {
 
 /// `hasme simulate`: checks the output path first, simulates with a progress bar,
 /// prints (or writes to `--out`) text or JSON; divergences are reported, not errors.
-fn run_simulate(args: SimulateArgs) -> Result<ExitCode> {
+fn run_simulate(args: SimulateArgs, replay: Option<Ledger>) -> Result<ExitCode> {
     let problem = Problem::from_file(&args.file, &args.run.overrides()?)?;
     check_outputs(args.run.out.as_ref(), PRINTED, &[])?;
     let usage = |m: String| ProblemError::Usage(m);
@@ -855,6 +1134,7 @@ fn run_simulate(args: SimulateArgs) -> Result<ExitCode> {
         .parse()
         .map_err(|m| usage(format!("--scheme: {m}")))?;
     let coupling = coupling_of(args.coupling.as_deref(), &problem)?;
+    let pieces = pieces("simulate", &args.file, &problem, &args.run, None, replay)?;
     let config = SimConfig::builder(args.eta, args.horizon, args.paths)
         .models(models)
         .substeps(args.substeps)
@@ -864,10 +1144,14 @@ fn run_simulate(args: SimulateArgs) -> Result<ExitCode> {
         .every(args.every)
         .threads(args.run.threads())
         .batch(args.batch.unwrap_or(0))
+        .ledger(pieces.ledger.clone())
         .build()?;
     let progress = PathProgress::stderr(config.paths(), args.run.quiet);
     let result = simulate_with_progress(&problem, &config, &|n| progress.inc(n));
     progress.finish();
+    if let Some(code) = settle(&pieces, &args.run, result.is_ok())? {
+        return Ok(code);
+    }
     let result = result?;
     let text = if args.run.json {
         let file = args.file.display().to_string();
@@ -891,7 +1175,7 @@ fn run_simulate(args: SimulateArgs) -> Result<ExitCode> {
 
 /// `hasme weak-order`: checks the output paths first, runs the experiment with a
 /// progress bar, writes the plot and the text or JSON (to `--out` if given).
-fn run_weak_order(args: WeakOrderArgs) -> Result<ExitCode> {
+fn run_weak_order(args: WeakOrderArgs, replay: Option<Ledger>) -> Result<ExitCode> {
     use hasme::experiment::{Sweep, WeakOrderConfig, weak_order_with_progress};
     let overrides = args.run.overrides()?;
     let problem = Problem::from_file(&args.file, &overrides)?;
@@ -924,6 +1208,27 @@ fn run_weak_order(args: WeakOrderArgs) -> Result<ExitCode> {
         Some(sweep) => Some(Sweep::parse(sweep)?),
         None => None,
     };
+    let method: hasme::experiment::Method = args
+        .method
+        .parse()
+        .map_err(|m| usage(format!("--method: {m}")))?;
+    if method == hasme::experiment::Method::Quadrature
+        && (args.run.shard.is_some() || args.run.checkpoint.is_some())
+    {
+        return Err(usage(
+            "--shard and --checkpoint share out Monte Carlo paths; --method quadrature has none"
+                .into(),
+        )
+        .into());
+    }
+    let pieces = pieces(
+        "weak-order",
+        &args.file,
+        &problem,
+        &args.run,
+        args.plot.as_ref(),
+        replay,
+    )?;
     let mut config = WeakOrderConfig::builder(etas, args.horizon, args.paths);
     if let Some(models) = models {
         config.models(models);
@@ -940,18 +1245,18 @@ fn run_weak_order(args: WeakOrderArgs) -> Result<ExitCode> {
         .scheme(scheme)
         .integration_check(!args.no_integration_check)
         .sgd_paths(args.sgd_paths.unwrap_or(0))
-        .method(
-            args.method
-                .parse()
-                .map_err(|m| usage(format!("--method: {m}")))?,
-        )
+        .method(method)
         .tolerance(args.tolerance)
         .threads(args.run.threads())
         .sweep(sweep)
+        .ledger(pieces.ledger.clone())
         .build()?;
     let progress = PathProgress::stderr(config.total_paths(&problem), args.run.quiet);
     let report = weak_order_with_progress(&problem, &overrides, &config, &|n| progress.inc(n));
     progress.finish();
+    if let Some(code) = settle(&pieces, &args.run, report.is_ok())? {
+        return Ok(code);
+    }
     let report = report?;
     if let Some(path) = &args.plot {
         deliver(Some(path), &report.plot().to_svg()?)?;
@@ -973,7 +1278,7 @@ fn run_weak_order(args: WeakOrderArgs) -> Result<ExitCode> {
 
 /// `hasme escape`: checks the settings and output paths first, simulates with a
 /// progress bar, prints (or writes to `--out`) text or JSON, and the survival plot.
-fn run_escape(args: EscapeArgs) -> Result<ExitCode> {
+fn run_escape(args: EscapeArgs, replay: Option<Ledger>) -> Result<ExitCode> {
     let problem = Problem::from_file(&args.file, &args.run.overrides()?)?;
     let usage = |m: String| ProblemError::Usage(m);
     let region = match (&args.when, args.radius) {
@@ -1013,16 +1318,28 @@ fn run_escape(args: EscapeArgs) -> Result<ExitCode> {
     )?;
     let models = parse_models(&args.models)?;
     let coupling = coupling_of(args.coupling.as_deref(), &problem)?;
+    let pieces = pieces(
+        "escape",
+        &args.file,
+        &problem,
+        &args.run,
+        args.plot.as_ref(),
+        replay,
+    )?;
     let config = EscapeConfig::builder(args.eta, args.max_steps, args.paths, region)
         .models(models)
         .substeps(args.substeps)
         .coupling(coupling)
         .seed(args.run.seed)
         .threads(args.run.threads())
+        .ledger(pieces.ledger.clone())
         .build()?;
     let progress = PathProgress::stderr(config.paths(), args.run.quiet);
     let report = escape_with_progress(&problem, &config, &|n| progress.inc(n));
     progress.finish();
+    if let Some(code) = settle(&pieces, &args.run, report.is_ok())? {
+        return Ok(code);
+    }
     let report = report?;
     let text = if args.run.json {
         let file = args.file.display().to_string();

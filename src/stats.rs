@@ -76,6 +76,17 @@ impl Welford {
         self.n = n;
     }
 
+    /// The summary with count `n`, mean and `M2` as given: the inverse of
+    /// [`parts`](Welford::parts), for summaries stored and read back exactly.
+    pub fn from_parts(n: u64, mean: f64, m2: f64) -> Welford {
+        Welford { n, mean, m2 }
+    }
+
+    /// The count, the mean and `M2` as kept (the mean of an empty summary is 0).
+    pub fn parts(&self) -> (u64, f64, f64) {
+        (self.n, self.mean, self.m2)
+    }
+
     /// How many numbers were pushed.
     pub fn count(&self) -> u64 {
         self.n
@@ -125,6 +136,16 @@ impl WelfordGrid {
         WelfordGrid {
             cells: vec![Welford::new(); len],
         }
+    }
+
+    /// The grid of the summaries `cells`.
+    pub fn from_cells(cells: Vec<Welford>) -> WelfordGrid {
+        WelfordGrid { cells }
+    }
+
+    /// Every cell, in order.
+    pub fn cells(&self) -> &[Welford] {
+        &self.cells
     }
 
     /// Number of cells.

@@ -358,6 +358,8 @@ pub struct Problem {
     random_starts: Vec<RandomStart>,
     /// Where the start point came from when a start file replaced the file's own.
     start_file: Option<String>,
+    /// The data files read (`data d = "…"`), as resolved, in file order.
+    data_files: Vec<String>,
 }
 
 impl Problem {
@@ -418,6 +420,12 @@ impl Problem {
     /// The start file the start point came from ([`Problem::with_start`]), if any.
     pub fn start_file(&self) -> Option<&str> {
         self.start_file.as_deref()
+    }
+
+    /// The data files the problem read (`data d = "file.csv"`), as resolved from the
+    /// objective file's directory, in file order.
+    pub fn data_files(&self) -> &[String] {
+        &self.data_files
     }
 
     /// The source the problem came from.

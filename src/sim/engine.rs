@@ -34,6 +34,7 @@ use std::sync::{Mutex, PoisonError};
 
 use crate::models::ModelKind;
 use crate::problem::{Problem, ProblemError};
+use crate::shard::{Ledger, Plan, ShardError};
 
 use super::block::Block;
 use super::lanes::LANES;
@@ -58,6 +59,10 @@ pub(crate) struct Settings {
     pub batch: u64,
     /// Real minibatch SGD for a finite sum (else its Gaussian surrogate).
     pub minibatch: bool,
+    /// Which chunks to run, which to read back and which to leave out, and where the
+    /// finished ones go (shards, checkpoints, merges: [`crate::shard`]); `None`: run
+    /// them all.
+    pub ledger: Option<Ledger>,
 }
 
 /// η must be a finite number > 0.
@@ -171,6 +176,12 @@ pub(crate) trait Observer: Sync {
         path: &mut Self::Path,
         chunk: &mut Self::Chunk,
     );
+    /// A chunk's summary as exact data (every `f64` as its bits), for shards and
+    /// checkpoints.
+    fn save_chunk(&self, chunk: &Self::Chunk) -> serde_json::Value;
+    /// The summary [`Observer::save_chunk`] wrote, or `None` if `value` is not one of
+    /// this run's.
+    fn load_chunk(&self, value: &serde_json::Value) -> Option<Self::Chunk>;
 }
 
 /// Why the engine stopped.
@@ -225,16 +236,48 @@ impl<'p> Engine<'p> {
             s.batch.div_ceil(CHUNK_PATHS)
         }
         .max(1);
+        let ledger = s.ledger.as_ref().map(|l| (l, l.begin(chunks)));
+        let plan = |c: u64| match ledger {
+            None => Plan::Compute,
+            Some((l, Some(r))) => l.plan(r, c),
+            Some((_, None)) => Plan::Skip,
+        };
         let mut first = 0;
         while first < chunks {
-            let last = (first + wave).min(chunks);
-            let shared = Wave::new(observer, progress, first..last, s.paths, s.threads);
-            pool.broadcast(|_| shared.work(self, scheme));
-            // Merged in chunk order: the invariant that makes threads invisible.
-            for summary in shared.into_summaries()? {
-                merge(summary);
+            match plan(first) {
+                Plan::Skip => first += 1,
+                Plan::Stored => {
+                    if let Some((l, Some(r))) = ledger {
+                        match l.stored(r, first).and_then(|v| observer.load_chunk(&v)) {
+                            Some(summary) => merge(summary),
+                            None => l.fail(ShardError::Input(format!(
+                                "chunk {first} of engine run {} is not a summary of this run",
+                                r + 1
+                            ))),
+                        }
+                    }
+                    first += 1;
+                }
+                Plan::Compute => {
+                    let mut last = first + 1;
+                    while last < chunks && last - first < wave && plan(last) == Plan::Compute {
+                        last += 1;
+                    }
+                    let record = ledger.and_then(|(l, r)| Some((l, r?)));
+                    let shared =
+                        Wave::new(observer, progress, first..last, s.paths, s.threads, record);
+                    pool.broadcast(|_| shared.work(self, scheme));
+                    // Merged in chunk order: the invariant that makes threads invisible. A
+                    // chunk left unfinished by a stop is left out.
+                    for summary in shared.into_summaries()?.into_iter().flatten() {
+                        merge(summary);
+                    }
+                    first = last;
+                }
             }
-            first = last;
+        }
+        if let Some((l, _)) = ledger {
+            l.maybe_save();
         }
         Ok(())
     }
@@ -261,6 +304,9 @@ pub(crate) struct Wave<'o, O: Observer> {
     /// The smallest path that failed (`u64::MAX`: none yet), and its error.
     halt: AtomicU64,
     error: Mutex<Option<(u64, EngineError<O::Error>)>>,
+    /// Where finished chunks are recorded (the ledger and the engine run's index), and
+    /// who may ask the wave to stop.
+    ledger: Option<(&'o Ledger, usize)>,
 }
 
 /// One chunk of a wave.
@@ -290,6 +336,7 @@ impl<'o, O: Observer> Wave<'o, O> {
         chunks: Range<u64>,
         paths: u64,
         threads: usize,
+        ledger: Option<(&'o Ledger, usize)>,
     ) -> Self {
         let range = |c: u64| c * CHUNK_PATHS..((c + 1) * CHUNK_PATHS).min(paths);
         let total = range(chunks.end - 1).end - range(chunks.start).start;
@@ -315,6 +362,7 @@ impl<'o, O: Observer> Wave<'o, O> {
             lanes: (total.div_ceil(blocks) as usize).clamp(1, LANES),
             halt: AtomicU64::new(u64::MAX),
             error: Mutex::new(None),
+            ledger,
         }
     }
 
@@ -332,8 +380,9 @@ impl<'o, O: Observer> Wave<'o, O> {
         }
     }
 
-    /// The chunk summaries in chunk order, or the error of the smallest failed path.
-    fn into_summaries(self) -> Result<Vec<O::Chunk>, EngineError<O::Error>> {
+    /// The chunk summaries in chunk order (`None` for a chunk a stop left unfinished),
+    /// or the error of the smallest failed path.
+    fn into_summaries(self) -> Result<Vec<Option<O::Chunk>>, EngineError<O::Error>> {
         if let Some((_, e)) = self
             .error
             .into_inner()
@@ -349,8 +398,7 @@ impl<'o, O: Observer> Wave<'o, O> {
                     .fold
                     .into_inner()
                     .unwrap_or_else(PoisonError::into_inner);
-                debug_assert_eq!(fold.next, slot.paths.end, "every path folded");
-                fold.summary
+                (fold.next == slot.paths.end).then_some(fold.summary)
             })
             .collect())
     }
@@ -373,6 +421,9 @@ impl<O: Observer> Feed<'_, '_, O> {
             return Some(path);
         }
         let wave = self.wave;
+        if wave.ledger.is_some_and(|(l, _)| l.stop_requested()) {
+            return None;
+        }
         loop {
             let halt = wave.halt.load(Ordering::Acquire);
             let left = |slot: &Slot<O>| {
@@ -448,9 +499,20 @@ impl<O: Observer> Feed<'_, '_, O> {
             fold.next += 1;
         }
         let done = fold.next == slot.paths.end;
+        let ledger = wave.ledger.filter(|_| done);
+        if let Some((l, r)) = ledger {
+            l.record(
+                r,
+                path / CHUNK_PATHS,
+                wave.observer.save_chunk(&fold.summary),
+            );
+        }
         drop(guard);
         if done {
             (wave.progress)(slot.paths.end - start);
+        }
+        if let Some((l, _)) = ledger {
+            l.maybe_save();
         }
     }
 
@@ -785,6 +847,13 @@ pub(crate) mod tap {
             self.0.finish_path(index, alive, &mut path.0, &mut chunk.0);
             chunk.1.push(std::mem::take(&mut path.1));
         }
+        fn save_chunk(&self, chunk: &Self::Chunk) -> serde_json::Value {
+            self.0.save_chunk(&chunk.0)
+        }
+        /// The inner summary, without traces.
+        fn load_chunk(&self, value: &serde_json::Value) -> Option<Self::Chunk> {
+            Some((self.0.load_chunk(value)?, Vec::new()))
+        }
     }
 }
 
@@ -903,6 +972,12 @@ pub(crate) mod meet {
             chunk: &mut O::Chunk,
         ) {
             self.inner.finish_path(index, alive, path, chunk);
+        }
+        fn save_chunk(&self, chunk: &O::Chunk) -> serde_json::Value {
+            self.inner.save_chunk(chunk)
+        }
+        fn load_chunk(&self, value: &serde_json::Value) -> Option<O::Chunk> {
+            self.inner.load_chunk(value)
         }
     }
 }

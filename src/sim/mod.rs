@@ -125,7 +125,8 @@ use crate::format::{Named, Style};
 
 use crate::models::ModelKind;
 use crate::problem::{Problem, ProblemError};
-use crate::stats::WelfordGrid;
+use crate::shard::{Ledger, bits, field, float, opt_bits, opt_float};
+use crate::stats::{Welford, WelfordGrid};
 
 pub use brownian::{BrownianPath, Coupling, MAX_STEPS};
 pub use schemes::{EulerMaruyama, Scheme, SchemeKind, TalayTubaro};
@@ -194,6 +195,10 @@ pub struct SimConfig {
     /// observable and process ([`SimResult::kept`], default 0): what a paired
     /// comparison of two runs on the same paths needs. Memory grows with it.
     pub(crate) keep_paths: u64,
+    /// Run a shard, keep a checkpoint or replay parts ([`crate::shard`]; default none:
+    /// the whole run, computed here). With a ledger that computes only part of the
+    /// paths, the result describes those paths only.
+    pub(crate) ledger: Option<Ledger>,
 }
 
 /// The settings of a simulation, before they are checked: see [`SimConfig`].
@@ -230,6 +235,8 @@ impl SimConfigBuilder {
         gaussian_sgd: bool,
         /// Keep the horizon values of the first `keep_paths` paths.
         keep_paths: u64,
+        /// The ledger of a shard, checkpoint or merge.
+        ledger: Option<Ledger>,
     }
 
     /// Checks every setting (in the order of the fields, the same checks as
@@ -281,6 +288,8 @@ impl SimConfig {
         gaussian_sgd: bool,
         /// Paths whose horizon values are kept.
         keep_paths: u64,
+        /// The ledger of a shard, checkpoint or merge.
+        ledger: Option<Ledger>,
     }
 
     /// SDE models simulated beside SGD.
@@ -305,6 +314,7 @@ impl SimConfig {
             batch: 0,
             gaussian_sgd: false,
             keep_paths: 0,
+            ledger: None,
         }
     }
 
@@ -837,6 +847,82 @@ impl<S: Scheme> Observer for Saver<'_, S> {
             }
         }
     }
+
+    /// `{"grid": [n, mean, M2, …], "diverged", "first", "kept"}`, numbers as bits.
+    fn save_chunk(&self, stats: &ChunkStats) -> serde_json::Value {
+        use serde_json::{Value, json};
+        let grid: Vec<Value> = (stats.grid.cells().iter())
+            .flat_map(|w| {
+                let (n, mean, m2) = w.parts();
+                [Value::from(n), bits(mean), bits(m2)]
+            })
+            .collect();
+        let first: Vec<Value> = (stats.first.iter())
+            .map(|d| match d {
+                None => Value::Null,
+                Some(d) => json!({
+                    "path": d.path,
+                    "step": d.step,
+                    "time": bits(d.time),
+                    "point": d.point.iter().map(|&x| bits(x)).collect::<Vec<_>>(),
+                    "reason": d.reason,
+                }),
+            })
+            .collect();
+        json!({
+            "grid": grid,
+            "diverged": stats.diverged,
+            "first": first,
+            "kept": stats.kept.iter().map(|&x| opt_bits(x)).collect::<Vec<_>>(),
+        })
+    }
+
+    fn load_chunk(&self, v: &serde_json::Value) -> Option<ChunkStats> {
+        use serde_json::Value;
+        let l = self.layout;
+        let list = |name| field(v, name).and_then(Value::as_array);
+        let grid = list("grid")?;
+        if grid.len() != 3 * l.cells() {
+            return None;
+        }
+        let cells = (grid.chunks_exact(3))
+            .map(|w| {
+                Some(Welford::from_parts(
+                    w[0].as_u64()?,
+                    float(&w[1])?,
+                    float(&w[2])?,
+                ))
+            })
+            .collect::<Option<Vec<_>>>()?;
+        let diverged = (list("diverged")?.iter())
+            .map(Value::as_u64)
+            .collect::<Option<Vec<_>>>()?;
+        let first = (list("first")?.iter())
+            .map(|d| {
+                if d.is_null() {
+                    return Some(None);
+                }
+                Some(Some(Divergence {
+                    path: field(d, "path")?.as_u64()?,
+                    step: field(d, "step")?.as_u64()?,
+                    time: float(field(d, "time")?)?,
+                    point: (field(d, "point")?.as_array()?.iter())
+                        .map(float)
+                        .collect::<Option<Vec<_>>>()?,
+                    reason: field(d, "reason")?.as_str()?.to_string(),
+                }))
+            })
+            .collect::<Option<Vec<_>>>()?;
+        let kept = (list("kept")?.iter())
+            .map(opt_float)
+            .collect::<Option<Vec<_>>>()?;
+        (diverged.len() == l.processes && first.len() == l.processes).then(|| ChunkStats {
+            grid: WelfordGrid::from_cells(cells),
+            diverged,
+            first,
+            kept,
+        })
+    }
 }
 
 /// The engine and the observer of a run, once the configuration and the start point
@@ -875,6 +961,7 @@ fn prepare<'p, S: Scheme>(
             threads: config.threads,
             batch: config.batch,
             minibatch: !config.gaussian_sgd,
+            ledger: config.ledger.clone(),
         },
     };
     let saver = Saver {
@@ -1311,6 +1398,53 @@ mod tests {
             let shared = finish(&meet.inner, total);
             c.threads(1);
             assert_eq!(shared, simulate(&problem, &c.build().unwrap()).unwrap());
+        }
+    }
+
+    /// Shards through ledgers, merged by replaying their parts, give the whole run's
+    /// result to the bit, kept values and divergences included, and so does a run
+    /// resumed from a ledger that holds some of its chunks.
+    #[test]
+    fn shards_replayed_give_the_whole_run() {
+        use crate::shard::{Ledger, Part, RunKey, Shard};
+        let problem = Problem::from_str("var x = 1\nminimize x^4\nnoise sd 1").unwrap();
+        let mut c = SimConfig::builder(0.3, 1.5, 1800);
+        c.models(vec![ModelKind::Sme1, ModelKind::Hasme])
+            .keep_paths(600)
+            .threads(2);
+        let whole = simulate(&problem, &c.build().unwrap()).unwrap();
+        assert!(
+            whole.total_diverged() > 0,
+            "the run has divergences to carry"
+        );
+        let key = RunKey {
+            hasme: "test".into(),
+            command: "simulate".into(),
+            args: Vec::new(),
+            digest: String::new(),
+        };
+        let parts: Vec<Part> = (0..3)
+            .map(|index| {
+                let ledger =
+                    Ledger::compute(Part::new(key.clone(), Shard { index, count: 3 }), None);
+                c.ledger(Some(ledger.clone()));
+                simulate(&problem, &c.build().unwrap()).unwrap();
+                assert!(ledger.partial());
+                ledger.part()
+            })
+            .collect();
+        let names: Vec<String> = (0..3).map(|k| k.to_string()).collect();
+        // Shard 0/3's chunks (0 and 1) done: the resumed run computes the other six.
+        let mut resumed = Part::new(key.clone(), Shard::WHOLE);
+        resumed.runs = parts[0].runs.clone();
+        for replay in [
+            Ledger::replay(parts, &names).unwrap(),
+            Ledger::compute(resumed, None),
+        ] {
+            c.ledger(Some(replay.clone()));
+            assert_eq!(simulate(&problem, &c.build().unwrap()).unwrap(), whole);
+            assert!(!replay.partial());
+            assert!(replay.take_error().is_none());
         }
     }
 }

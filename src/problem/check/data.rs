@@ -16,6 +16,8 @@ pub(crate) struct TableDef {
     pub(crate) name: String,
     pub(crate) table: Table,
     pub(crate) origin: String,
+    /// Read from a file (not inline).
+    pub(crate) file: bool,
     pub(crate) span: Span,
 }
 

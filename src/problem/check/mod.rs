@@ -270,6 +270,7 @@ impl<'a> Checker<'a> {
                     self.tables.push(TableDef {
                         name: name.name.clone(),
                         table,
+                        file: matches!(source, DataSource::File { .. }),
                         origin,
                         span: name.span,
                     });
@@ -474,6 +475,10 @@ impl<'a> Checker<'a> {
                 constant_noise,
             },
             warnings: self.warnings,
+            data_files: (self.tables.iter())
+                .filter(|t| t.file)
+                .map(|t| t.origin.clone())
+                .collect(),
             init_seed: self.overrides.init_seed,
             random_starts: self.random_starts,
             start_file: None,
