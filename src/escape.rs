@@ -1459,13 +1459,10 @@ impl fmt::Display for EscapeReport {
         let region = match &self.region {
             Region::Ball { radius, .. } => {
                 let c = self.centre.as_deref().unwrap_or(&[]);
-                let c: Vec<String> = self
-                    .variables
-                    .iter()
-                    .zip(c)
-                    .map(|(n, v)| format!("{n} = {v}"))
-                    .collect();
-                format!("‖x − c‖ > {radius}, c = ({})", c.join(", "))
+                format!(
+                    "‖x − c‖ > {radius}, c = {}",
+                    crate::format::point(&self.variables, c)
+                )
             }
             Region::When(e) => format!("{e} > 0"),
             Region::File => self.file_region.clone().unwrap_or_default(),

@@ -36,12 +36,25 @@ pub enum Style {
 }
 
 /// A point with its coordinates named, as errors and reports print it:
-/// `(x = 0.1, y = 2)` (each value in Rust's shortest exact form).
+/// `(x = 0.1, y = 2)`, each value exact (it reads back to the same bits) in the
+/// shorter of Rust's plain and scientific forms, so a coordinate of 1e-19 prints as
+/// `1e-19`, not with nineteen zeros.
+///
+/// ```
+/// use hasme::format::point;
+/// let names = ["x".to_string(), "y".to_string()];
+/// assert_eq!(point(&names, &[0.1, 2.0]), "(x = 0.1, y = 2)");
+/// assert_eq!(point(&names, &[2.103917556e-19, -1e21]), "(x = 2.103917556e-19, y = -1e21)");
+/// ```
 pub fn point(names: &[String], x: &[f64]) -> String {
     let parts: Vec<String> = names
         .iter()
         .zip(x)
-        .map(|(n, v)| format!("{n} = {v}"))
+        .map(|(n, &v)| {
+            let (plain, sci) = (format!("{v}"), format!("{v:e}"));
+            let v = if sci.len() < plain.len() { sci } else { plain };
+            format!("{n} = {v}")
+        })
         .collect();
     format!("({})", parts.join(", "))
 }
