@@ -251,7 +251,10 @@ fn the_network_has_a_minimum_near_its_teacher_and_a_saddle_where_it_is_dead() {
     // against entries of order 1e-2 at the random start.
     let at_start = p.noise_cov(&p.start()).unwrap().amax();
     let at_saddle = p.noise_cov(&r.point).unwrap().amax();
-    assert!(at_start > 1e-3 && at_saddle < 1e-20, "{at_start} {at_saddle}");
+    assert!(
+        at_start > 1e-3 && at_saddle < 1e-20,
+        "{at_start} {at_saddle}"
+    );
 }
 
 #[test]
