@@ -42,17 +42,8 @@ enum Command {
     Check {
         /// The objective file (.hasme).
         file: PathBuf,
-        /// Override a param: NAME=VALUE (repeatable).
-        #[arg(long = "set", value_name = "NAME=VALUE")]
-        set: Vec<String>,
-        /// Seed of the random start values (`var w ~ normal(0, 1)`).
-        #[arg(long, default_value_t = 0, value_name = "S")]
-        init_seed: u64,
-        /// Start at the point in FILE.json (`variables` and `point`, as `derive --json`
-        /// and `stationary --json` write them) instead of the file's start values and
-        /// random draws.
-        #[arg(long, value_name = "FILE.json")]
-        start: Option<PathBuf>,
+        #[command(flatten)]
+        problem: ProblemArgs,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -66,17 +57,8 @@ enum Command {
         /// their start values).
         #[arg(long, value_name = "x=..,y=..", allow_hyphen_values = true)]
         at: Option<String>,
-        /// Override a param: NAME=VALUE (repeatable).
-        #[arg(long = "set", value_name = "NAME=VALUE")]
-        set: Vec<String>,
-        /// Seed of the random start values (`var w ~ normal(0, 1)`).
-        #[arg(long, default_value_t = 0, value_name = "S")]
-        init_seed: u64,
-        /// Start at the point in FILE.json (`variables` and `point`, as `derive --json`
-        /// and `stationary --json` write them) instead of the file's start values and
-        /// random draws.
-        #[arg(long, value_name = "FILE.json")]
-        start: Option<PathBuf>,
+        #[command(flatten)]
+        problem: ProblemArgs,
         /// Step size η: adds every requested model's drift and diffusion.
         #[arg(long)]
         eta: Option<f64>,
@@ -148,17 +130,8 @@ struct StationaryArgs {
     /// start point.
     #[arg(long, value_name = "N")]
     max_iter: Option<usize>,
-    /// Override a param: NAME=VALUE (repeatable).
-    #[arg(long = "set", value_name = "NAME=VALUE")]
-    set: Vec<String>,
-    /// Seed of the random start values (`var w ~ normal(0, 1)`).
-    #[arg(long, default_value_t = 0, value_name = "S")]
-    init_seed: u64,
-    /// Start at the point in FILE.json (`variables` and `point`, as `derive --json`
-    /// and `stationary --json` write them) instead of the file's start values and
-    /// random draws.
-    #[arg(long, value_name = "FILE.json")]
-    start: Option<PathBuf>,
+    #[command(flatten)]
+    problem: ProblemArgs,
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -187,6 +160,20 @@ struct ReportArgs {
     /// Worker threads (default: all cores). The numbers do not depend on it.
     #[arg(long)]
     threads: Option<usize>,
+    #[command(flatten)]
+    problem: ProblemArgs,
+    /// No progress bars.
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// The bundled example of `hasme report`.
+const REPORT_EXAMPLE: &str = include_str!("../examples/report.hasme");
+
+/// The flags that pick the problem a command runs on, besides its file: params, the
+/// draw of the random start values, a start file. Every command takes them.
+#[derive(clap::Args)]
+struct ProblemArgs {
     /// Override a param: NAME=VALUE (repeatable).
     #[arg(long = "set", value_name = "NAME=VALUE")]
     set: Vec<String>,
@@ -198,13 +185,18 @@ struct ReportArgs {
     /// random draws.
     #[arg(long, value_name = "FILE.json")]
     start: Option<PathBuf>,
-    /// No progress bars.
-    #[arg(long)]
-    quiet: bool,
 }
 
-/// The bundled example of `hasme report`.
-const REPORT_EXAMPLE: &str = include_str!("../examples/report.hasme");
+impl ProblemArgs {
+    /// The `--set NAME=VALUE` items, the `--init-seed` and the `--start` file.
+    fn overrides(&self) -> Result<Overrides, ProblemError> {
+        let overrides = Overrides::parse(&self.set)?.init_seed(self.init_seed);
+        Ok(match &self.start {
+            Some(path) => overrides.start(StartPoint::from_file(path)?),
+            None => overrides,
+        })
+    }
+}
 
 /// Flags shared by the Monte Carlo commands (`simulate`, `weak-order`, `escape`).
 #[derive(clap::Args)]
@@ -216,17 +208,8 @@ struct RunArgs {
     /// do not depend on it.
     #[arg(long)]
     threads: Option<usize>,
-    /// Override a param: NAME=VALUE (repeatable).
-    #[arg(long = "set", value_name = "NAME=VALUE")]
-    set: Vec<String>,
-    /// Seed of the random start values (`var w ~ normal(0, 1)`).
-    #[arg(long, default_value_t = 0, value_name = "S")]
-    init_seed: u64,
-    /// Start at the point in FILE.json (`variables` and `point`, as `derive --json`
-    /// and `stationary --json` write them) instead of the file's start values and
-    /// random draws.
-    #[arg(long, value_name = "FILE.json")]
-    start: Option<PathBuf>,
+    #[command(flatten)]
+    problem: ProblemArgs,
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -259,7 +242,7 @@ impl RunArgs {
 
     /// `--set`, `--init-seed` and `--start`.
     fn overrides(&self) -> Result<Overrides, ProblemError> {
-        overrides(&self.set, self.init_seed, self.start.as_ref())
+        self.problem.overrides()
     }
 
     /// `--threads`, defaulting to every core.
@@ -301,17 +284,8 @@ struct MomentsArgs {
         value_name = "NAME"
     )]
     models: Vec<String>,
-    /// Override a param: NAME=VALUE (repeatable).
-    #[arg(long = "set", value_name = "NAME=VALUE")]
-    set: Vec<String>,
-    /// Seed of the random start values (`var w ~ normal(0, 1)`).
-    #[arg(long, default_value_t = 0, value_name = "S")]
-    init_seed: u64,
-    /// Start at the point in FILE.json (`variables` and `point`, as `derive --json`
-    /// and `stationary --json` write them) instead of the file's start values and
-    /// random draws.
-    #[arg(long, value_name = "FILE.json")]
-    start: Option<PathBuf>,
+    #[command(flatten)]
+    problem: ProblemArgs,
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -570,19 +544,6 @@ fn deliver(path: Option<&PathBuf>, text: &str) -> Result<()> {
     }
 }
 
-/// `--set NAME=VALUE` items, the `--init-seed` and the `--start` file.
-fn overrides(
-    set: &[String],
-    init_seed: u64,
-    start: Option<&PathBuf>,
-) -> Result<Overrides, ProblemError> {
-    let overrides = Overrides::parse(set)?.init_seed(init_seed);
-    Ok(match start {
-        Some(path) => overrides.start(StartPoint::from_file(path)?),
-        None => overrides,
-    })
-}
-
 fn print_json(value: &impl serde::Serialize) -> Result<()> {
     emit(&format!("{}\n", serde_json::to_string_pretty(value)?))?;
     Ok(())
@@ -592,12 +553,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Check {
             file,
-            set,
-            init_seed,
-            start,
+            problem: which,
             json,
         } => {
-            let problem = Problem::from_file(&file, &overrides(&set, init_seed, start.as_ref())?)?;
+            let problem = Problem::from_file(&file, &which.overrides()?)?;
             let summary = CheckSummary::new(&problem);
             if json {
                 print_json(&summary)?;
@@ -609,16 +568,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Derive {
             file,
             at,
-            set,
-            init_seed,
-            start,
+            problem: which,
             eta,
             model,
             series,
             psd,
             json,
         } => {
-            let problem = Problem::from_file(&file, &overrides(&set, init_seed, start.as_ref())?)?;
+            let problem = Problem::from_file(&file, &which.overrides()?)?;
             let x = problem.point_from_assignments(at.as_deref().unwrap_or(""))?;
             let mut report = DeriveReport::new(&problem, &x)?;
             let mut failed = false;
@@ -721,7 +678,7 @@ fn run_args() -> Vec<String> {
 fn files_digest(file: &Path, problem: &Problem, run: &RunArgs) -> Result<String, ShardError> {
     let mut files = vec![file.to_path_buf()];
     files.extend(problem.data_files().iter().map(PathBuf::from));
-    files.extend(run.start.clone());
+    files.extend(run.problem.start.clone());
     hasme::shard::digest(&files)
 }
 
@@ -956,7 +913,7 @@ fn run_report(args: ReportArgs) -> Result<ExitCode> {
         )
         .into());
     }
-    let overrides = overrides(&args.set, args.init_seed, args.start.as_ref())?;
+    let overrides = args.problem.overrides()?;
     let (problem, label) = match &args.file {
         Some(path) => (
             Problem::from_file(path, &overrides)?,
@@ -979,7 +936,7 @@ fn run_report(args: ReportArgs) -> Result<ExitCode> {
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
         )
         .file_label(Some(label))
-        .set(args.set.clone())
+        .set(args.problem.set.clone())
         .build()?;
     let bars = StageBars {
         quiet: args.quiet,
@@ -997,10 +954,7 @@ fn run_report(args: ReportArgs) -> Result<ExitCode> {
 /// `hasme moments`: checks the output paths first (so a typo fails before the work),
 /// compares, writes the files, prints; exit 1 when a model failed.
 fn run_moments(args: MomentsArgs) -> Result<ExitCode> {
-    let problem = Problem::from_file(
-        &args.file,
-        &overrides(&args.set, args.init_seed, args.start.as_ref())?,
-    )?;
+    let problem = Problem::from_file(&args.file, &args.problem.overrides()?)?;
     let mut config = MomentsConfig::new(args.eta, args.steps)?;
     if let Some(every) = args.every {
         config = config.with_every(every)?;
@@ -1363,10 +1317,7 @@ fn shortest(x: f64) -> String {
 /// ‖∇f‖ on stderr; its report still goes to stdout (the last point, e.g. to continue
 /// from with `--start`), but never to `--out`, which only ever holds a stationary point.
 fn run_stationary(args: StationaryArgs) -> Result<ExitCode> {
-    let problem = Problem::from_file(
-        &args.file,
-        &overrides(&args.set, args.init_seed, args.start.as_ref())?,
-    )?;
+    let problem = Problem::from_file(&args.file, &args.problem.overrides()?)?;
     check_outputs(args.out.as_ref(), PRINTED, &[])?;
     let method = args
         .method
