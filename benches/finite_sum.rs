@@ -68,6 +68,96 @@ fn logistic_regression() -> Problem {
     .expect("valid")
 }
 
+/// A two-layer tanh network over `n` rows of `p` inputs with `h` hidden units
+/// (d = h(p + 2)), its labels from a fixed teacher: the per-example tape of the
+/// blocked-rows comparison.
+fn network(n: usize, p: usize, h: usize) -> Problem {
+    let header: Vec<String> = (1..=p).map(|j| format!("x{j}")).collect();
+    let mut rows = Vec::new();
+    for i in 0..n {
+        let x: Vec<f64> = (0..p).map(|j| u(i, j)).collect();
+        let y: f64 = (0..3)
+            .map(|k| (x.iter().enumerate().map(|(j, v)| v * u(k, j)).sum::<f64>()).tanh())
+            .sum();
+        let cells: Vec<String> = x.iter().map(|v| v.to_string()).collect();
+        rows.push(format!("[{}, {y}]", cells.join(", ")));
+    }
+    Problem::from_str(&format!(
+        "data s = [[{}, y], {}]\nparam p = {p}\nparam h = {h}\n\
+         var W[h, p] = 0.1\nvar b[h] = 0.05\nvar v[h] = 0.2\n\
+         minimize mean(s, 0.5*(sum(j = 1..h, v[j]*tanh(sum(i = 1..p, W[j, i]*s.x[i]) + b[j])) - s.y)^2)\nbatch 16",
+        header.join(", "),
+        rows.join(", ")
+    ))
+    .expect("valid")
+}
+
+/// Rows in blocks against rows one at a time, in the same run: a Hessian-vector
+/// product over the rows (`Problem::hessian_vector_with`, blocked) against the loop of
+/// `Tape::hessian_vector_row` it replaces, and the same for the dense derivatives.
+/// Both give the same bits (tests in `tape::rows`).
+fn rows(c: &mut Criterion) {
+    let mut group = c.benchmark_group("rows");
+    group.measurement_time(Duration::from_secs(3));
+    let p = network(1000, 10, 8);
+    let (d, tape, fs) = (
+        p.dim(),
+        p.objective_tape(),
+        p.finite_sum().expect("a finite sum"),
+    );
+    let x: Vec<f64> = (0..d).map(|i| 0.3 * u(i, 7)).collect();
+    let v: Vec<f64> = (0..d).map(|i| u(i, 11)).collect();
+    let mut ws = Workspace::default();
+    let (mut g, mut hv) = (vec![0.0; d], vec![0.0; d]);
+    group.bench_function("network_n1000_d96/hvp_row_by_row", |b| {
+        b.iter(|| {
+            g.fill(0.0);
+            hv.fill(0.0);
+            for i in 0..fs.n {
+                tape.hessian_vector_row(0, black_box(&x), fs.row(i), &v, &mut ws, &mut g, &mut hv)
+                    .unwrap();
+            }
+        })
+    });
+    group.bench_function("network_n1000_d96/hvp_blocked", |b| {
+        b.iter(|| {
+            p.hessian_vector_with(black_box(&x), &v, &mut ws, &mut g, &mut hv)
+                .unwrap()
+        })
+    });
+    let mut jets = Jets::default();
+    group.bench_function("network_n1000_d96/gradient_row_by_row", |b| {
+        b.iter(|| {
+            g.fill(0.0);
+            for i in 0..fs.n {
+                tape.gradients_row(black_box(&x), fs.row(i), &mut ws, &mut jets)
+                    .unwrap();
+                g.iter_mut()
+                    .zip(jets.gradient(0))
+                    .for_each(|(a, b)| *a += b);
+            }
+        })
+    });
+    group.bench_function("network_n1000_d96/gradient_blocked", |b| {
+        b.iter(|| p.gradient_with(black_box(&x), &mut ws, &mut jets).unwrap())
+    });
+    group.bench_function("network_n1000_d96/hessian_row_by_row", |b| {
+        b.iter(|| {
+            for i in 0..fs.n {
+                tape.derivatives_row(black_box(&x), fs.row(i), &mut ws, &mut jets)
+                    .unwrap();
+            }
+        })
+    });
+    group.bench_function("network_n1000_d96/hessian_blocked", |b| {
+        b.iter(|| {
+            tape.mean_derivatives_with(black_box(&x), &fs.rows, &mut ws, &mut jets, |_| {})
+                .unwrap()
+        })
+    });
+    group.finish();
+}
+
 fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("finite_sum");
     group.measurement_time(Duration::from_secs(3));
@@ -98,5 +188,5 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench);
+criterion_group!(benches, bench, rows);
 criterion_main!(benches);

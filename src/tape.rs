@@ -25,6 +25,10 @@ use nalgebra::{DMatrix, DVector, U1, U8};
 use num_dual::{Derivative, Dual64, DualNum, HyperDualVec};
 use std::collections::HashMap;
 
+mod rows;
+pub(crate) use rows::RowsWorkspace;
+pub use rows::{ROWS, ROWS_HESSIAN_MAX_DIM};
+
 /// Built-in functions of docs/language.md (one argument each; `pow` is an instruction).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Func {
@@ -798,17 +802,37 @@ impl Tape {
         assert!(n > 0, "a mean needs at least one row");
         let mut acc = ws.acc.take().unwrap_or_default();
         acc.reset(self.dim, self.outputs.len());
-        let mut result = Ok(());
-        for (i, row) in rows.chunks_exact(c).enumerate() {
-            if let Err(nf) = self.derivatives_row(x, row, ws, jets) {
-                result = Err((i, nf));
-                break;
-            }
+        let mut take = |acc: &mut Jets, jets: &Jets| {
             each(jets);
             let add = |a: &mut [f64], b: &[f64]| a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
             add(&mut acc.values, &jets.values);
             add(&mut acc.gradients, &jets.gradients);
             add(&mut acc.hessians, &jets.hessians);
+        };
+        let mut result = Ok(());
+        let blocked = self.rows_for_hessians();
+        let mut i = 0;
+        'rows: while i < n {
+            // A block of rows at once when it can (every lane's results are the
+            // scalar ones, taken in row order); otherwise, or when something in the
+            // block is not finite, its rows one by one.
+            let count = if blocked { (n - i).min(ROWS) } else { 1 };
+            let block = &rows[i * c..(i + count) * c];
+            if count > 1 && self.derivatives_rows(x, block, count, &mut ws.rows) {
+                for lane in &ws.rows.jets[..count] {
+                    take(&mut acc, lane);
+                }
+                i += count;
+                continue;
+            }
+            for (r, row) in block.chunks_exact(c).enumerate() {
+                if let Err(nf) = self.derivatives_row(x, row, ws, jets) {
+                    result = Err((i + r, nf));
+                    break 'rows;
+                }
+                take(&mut acc, jets);
+            }
+            i += count;
         }
         if result.is_ok() {
             let scale = 1.0 / n as f64;
@@ -1260,6 +1284,8 @@ pub struct Workspace {
     rev_x: Vec<Dual64>,
     rev_vals: Vec<Dual64>,
     rev_adj: Vec<Dual64>,
+    /// Buffers of the evaluation over blocks of rows.
+    pub(crate) rows: RowsWorkspace,
 }
 
 /// Largest dimension for which `Auto` uses one pass of fixed-size [`Jet`]s (the

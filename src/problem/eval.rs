@@ -6,7 +6,7 @@
 use super::{Derivatives, NoiseKind, Problem, ProblemError};
 use crate::lang::Sources;
 use crate::models::{Local, PSD_TOLERANCE, SYMMETRY_TOLERANCE};
-use crate::tape::{Derivs, Jets, NonFinite, Workspace};
+use crate::tape::{Derivs, Jets, NonFinite, ROWS, Workspace};
 use nalgebra::{DMatrix, DVector, SymmetricEigen};
 
 // Σ is checked with the models' own tolerances, so the problem accepts exactly the
@@ -142,15 +142,35 @@ impl Problem {
         sum.clear();
         sum.resize(d + 1, 0.0);
         let mut result = Ok(());
-        for i in 0..fs.n {
-            if let Err(nf) = self.objective.gradients_row(x, fs.row(i), ws, jets) {
-                result = Err(self.row_eval_error(nf, x, i));
-                break;
-            }
+        let add = |sum: &mut [f64], jets: &Jets| {
             sum[d] += jets.values[0];
             for (s, g) in sum.iter_mut().zip(jets.gradient(0)) {
                 *s += g;
             }
+        };
+        // Blocks of rows at once (each row's gradient is the scalar one, added in row
+        // order); a block with something not finite goes row by row, which names it.
+        let c = fs.columns.len();
+        let mut i = 0;
+        'rows: while i < fs.n {
+            let count = (fs.n - i).min(ROWS);
+            let block = &fs.rows[i * c..(i + count) * c];
+            if count > 1 && self.objective.gradients_rows(x, block, count, &mut ws.rows) {
+                for lane in &ws.rows.jets[..count] {
+                    add(&mut sum, lane);
+                }
+                // As the row-by-row loop leaves it: the last row's buffers.
+                jets.clone_from(&ws.rows.jets[count - 1]);
+            } else {
+                for r in i..i + count {
+                    if let Err(nf) = self.objective.gradients_row(x, fs.row(r), ws, jets) {
+                        result = Err(self.row_eval_error(nf, x, r));
+                        break 'rows;
+                    }
+                    add(&mut sum, jets);
+                }
+            }
+            i += count;
         }
         if result.is_ok() {
             let n = fs.n as f64;
@@ -204,12 +224,38 @@ impl Problem {
                 .hessian_vector_row(0, x, &[], v, ws, grad, hv)
                 .map_err(|nf| self.eval_error(nf, x));
         };
+        // Blocks of rows at once: each lane's ∇F and ∇²F·v are the scalar ones and are
+        // added in row order, so the sums are those of the row-by-row loop. A block
+        // with something not finite goes row by row, which names the row.
+        let c = fs.columns.len();
         let mut sum = 0.0;
-        for i in 0..fs.n {
-            sum += self
-                .objective
-                .hessian_vector_row(0, x, fs.row(i), v, ws, grad, hv)
-                .map_err(|nf| self.row_eval_error(nf, x, i))?;
+        let mut i = 0;
+        while i < fs.n {
+            let count = (fs.n - i).min(ROWS);
+            let block = &fs.rows[i * c..(i + count) * c];
+            if count > 1
+                && self
+                    .objective
+                    .hessian_vector_rows(0, x, block, count, v, &mut ws.rows)
+            {
+                let rows = &ws.rows;
+                for l in 0..count {
+                    sum += rows.values[l];
+                    let lane = l * d..(l + 1) * d;
+                    grad.iter_mut()
+                        .zip(&rows.grad[lane.clone()])
+                        .for_each(|(a, b)| *a += b);
+                    hv.iter_mut().zip(&rows.hv[lane]).for_each(|(a, b)| *a += b);
+                }
+            } else {
+                for r in i..i + count {
+                    sum += self
+                        .objective
+                        .hessian_vector_row(0, x, fs.row(r), v, ws, grad, hv)
+                        .map_err(|nf| self.row_eval_error(nf, x, r))?;
+                }
+            }
+            i += count;
         }
         // The mean as the dense derivatives take it: the sums scaled by 1/n.
         let scale = 1.0 / fs.n as f64;

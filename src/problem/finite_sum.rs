@@ -6,7 +6,7 @@
 use super::eval::NoiseBuffers;
 use super::{Problem, ProblemError};
 use crate::data::FiniteSum;
-use crate::tape::{Jets, NonFinite, Workspace};
+use crate::tape::{Jets, NonFinite, ROWS, Workspace};
 
 impl Problem {
     /// An evaluation error in example `i` of a finite sum: the expression, the point,
@@ -76,11 +76,26 @@ impl Problem {
             ..
         } = buffers;
         comoment_start(self.dim(), mean, delta);
-        for i in 0..fs.n {
-            self.objective
-                .gradients_row(x, fs.row(i), ws, jets)
-                .map_err(|nf| self.row_eval_error(nf, x, i))?;
-            comoment_push(i + 1, jets.gradient(0), mean, delta, out);
+        // Blocks of rows at once (each row's gradient is the scalar one, pushed in row
+        // order); a block with something not finite goes row by row, which names it.
+        let c = fs.columns.len();
+        let mut i = 0;
+        while i < fs.n {
+            let count = (fs.n - i).min(ROWS);
+            let block = &fs.rows[i * c..(i + count) * c];
+            if count > 1 && self.objective.gradients_rows(x, block, count, &mut ws.rows) {
+                for (l, lane) in ws.rows.jets[..count].iter().enumerate() {
+                    comoment_push(i + l + 1, lane.gradient(0), mean, delta, out);
+                }
+            } else {
+                for r in i..i + count {
+                    self.objective
+                        .gradients_row(x, fs.row(r), ws, jets)
+                        .map_err(|nf| self.row_eval_error(nf, x, r))?;
+                    comoment_push(r + 1, jets.gradient(0), mean, delta, out);
+                }
+            }
+            i += count;
         }
         self.minibatch_cov_finish(fs, x, out)
     }
