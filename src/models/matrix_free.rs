@@ -42,14 +42,21 @@
 //! # Ok::<(), ModelError>(())
 //! ```
 
+use nalgebra::{DMatrix, DVector};
+
 use super::ell::ell_pq;
 use super::error::{ModelError, Point};
 use super::krylov::{Lanczos, Ritz};
 use super::workspace::ell_square;
+use super::{Local, Model, ModelKind, ModelOptions};
 
 /// The default relative tolerance of the Lanczos runs: ten decades, the accuracy the
 /// dense path's eigendecomposition has on Hessians of condition number up to about 1e5.
 pub const DEFAULT_KRYLOV_TOLERANCE: f64 = 1e-10;
+
+/// Outside the domain, the largest Ritz value is reported once its residual bound is
+/// below this fraction of it: eight digits, more than an error message shows.
+const OUTSIDE_BOUND: f64 = 1e-8;
 
 /// Settings of the matrix-free coefficients, checked once when built.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -99,31 +106,44 @@ pub struct KrylovVector {
     pub top: Option<Ritz>,
 }
 
-/// Which dense or matrix-free arithmetic computes the model coefficients.
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// Which arithmetic computes the Hessian's part of the model coefficients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum LinearAlgebra {
     /// The d×d Hessian and its eigendecomposition.
     Dense,
-    /// Hessian-vector products and Lanczos.
-    Krylov(KrylovOptions),
+    /// Hessian-vector products and Lanczos ([`KrylovOptions`]).
+    Krylov,
 }
 
-/// Above this dimension [`LinearAlgebra::for_dimension`] picks Lanczos. Measured on the
-/// teacher–student tanh network (docs/performance.md, "Matrix-free coefficients"): the
-/// dense evaluation (d HVPs for H, then an O(d³) eigendecomposition) costs about as
-/// much as the matrix-free one near d = 24 and grows as d², so Lanczos's 10–20 HVPs
-/// win from there on.
+/// Above this dimension [`LinearAlgebra::for_dimension`] picks Lanczos; measured on the
+/// teacher–student tanh network (docs/performance.md, "Matrix-free coefficients").
 pub const KRYLOV_ABOVE: usize = 32;
 
 impl LinearAlgebra {
     /// The rule used when none is asked for: dense for `d ≤` [`KRYLOV_ABOVE`], Lanczos
-    /// with the default tolerance above.
+    /// above. It applies to the models with a matrix-free form
+    /// ([`has_matrix_free_form`]); the others are always dense.
+    ///
+    /// ```
+    /// use hasme::models::matrix_free::LinearAlgebra;
+    /// assert_eq!(LinearAlgebra::for_dimension(21), LinearAlgebra::Dense);
+    /// assert_eq!(LinearAlgebra::for_dimension(400), LinearAlgebra::Krylov);
+    /// ```
     pub fn for_dimension(d: usize) -> LinearAlgebra {
         if d <= KRYLOV_ABOVE {
             LinearAlgebra::Dense
         } else {
-            LinearAlgebra::Krylov(KrylovOptions::default())
+            LinearAlgebra::Krylov
         }
+    }
+}
+
+impl std::fmt::Display for LinearAlgebra {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LinearAlgebra::Dense => "dense",
+            LinearAlgebra::Krylov => "krylov",
+        })
     }
 }
 
@@ -181,6 +201,161 @@ pub fn hasme_diffusion_increment<E: From<ModelError>>(
     Ok(r)
 }
 
+/// Lanczos steps a model's coefficients took.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct LanczosSteps {
+    /// For the drift (`hasme`: the run from g).
+    pub drift: usize,
+    /// For the diffusion (`hasme`: the longest of the runs from the columns of Σ^{1/2}).
+    pub diffusion: usize,
+}
+
+/// A model's drift and diffusion matrix computed without the Hessian (what `derive`
+/// reports).
+#[derive(Clone, Debug, PartialEq)]
+pub struct KrylovCoefficients {
+    /// The drift `b(x)`.
+    pub drift: DVector<f64>,
+    /// `Γ`, symmetric positive semidefinite; for `hasme` formed as `FFᵀ` from the
+    /// increments `F e_j = √η ψ(ηH)^{1/2} Σ^{1/2} e_j`, so it is the covariance of the
+    /// increments a simulator draws.
+    pub diffusion: DMatrix<f64>,
+    /// The Lanczos steps taken (0 for the models that need none).
+    pub steps: LanczosSteps,
+    /// As [`Coefficients::warnings`](super::Coefficients::warnings).
+    pub warnings: Vec<String>,
+}
+
+/// Whether a model has a matrix-free form here: `gf` and `sme1` need no H at all,
+/// `sme2` one HVP, `hasme` Lanczos; `hasme-exact` and `series:K` need the matrix.
+pub fn has_matrix_free_form(kind: ModelKind) -> bool {
+    dense_only(kind).is_none()
+}
+
+/// Why a model has no matrix-free form ([`ModelError::DenseOnly`]), or `None` when it
+/// has one.
+///
+/// ```
+/// use hasme::models::{matrix_free::dense_only, ModelKind};
+/// assert!(dense_only(ModelKind::Hasme).is_none());
+/// let why = dense_only(ModelKind::HasmeExact).unwrap().to_string();
+/// assert!(why.contains("eigenbasis"), "{why}");
+/// ```
+pub fn dense_only(kind: ModelKind) -> Option<ModelError> {
+    let reason = match kind {
+        ModelKind::Gf | ModelKind::Sme1 | ModelKind::Sme2 | ModelKind::Hasme => return None,
+        ModelKind::HasmeExact => {
+            "its diffusion η U (Σ̂ ∘ L) Uᵀ needs the whole eigenbasis U of H (Σ̂ = UᵀΣU)"
+        }
+        ModelKind::Series(_) => "its diffusion terms 𝒬^k(Σ) are products of d×d matrices",
+    };
+    Some(ModelError::DenseOnly {
+        model: kind.to_string(),
+        reason,
+    })
+}
+
+/// A model's coefficients at `local.point` from Hessian-vector products `hvp` (the
+/// Hessian in `local` is never read beyond the checks of [`Local`]). Σ is made usable
+/// as by the dense path (`options.psd`); for `hasme` Γ takes d Lanczos runs, one per
+/// column of Σ^{1/2}: a report's cost, not a simulator's, which draws one increment
+/// per step ([`hasme_diffusion_increment`]).
+///
+/// Errors: [`ModelError::DenseOnly`] for `hasme-exact` and `series:K`; otherwise those
+/// of the dense path (invalid η, Σ not PSD, the domain) and whatever `hvp` returns.
+///
+/// ```
+/// use hasme::models::matrix_free::{coefficients, KrylovOptions};
+/// use hasme::models::{Local, Model, ModelError, ModelKind, ModelOptions};
+/// use nalgebra::{DMatrix, DVector};
+/// let h = DMatrix::from_row_slice(2, 2, &[2.0, 0.5, 0.5, -1.0]);
+/// let local = Local::new(
+///     DVector::from_vec(vec![0.1, 2.0]),
+///     DVector::from_vec(vec![1.0, -0.5]),
+///     h.clone(),
+///     DMatrix::from_row_slice(2, 2, &[0.3, 0.1, 0.1, 0.2]),
+/// )?;
+/// let hvp = |v: &[f64], out: &mut [f64]| {
+///     out.copy_from_slice((&h * DVector::from_column_slice(v)).as_slice());
+///     Ok::<(), ModelError>(())
+/// };
+/// let (o, k) = (ModelOptions::default(), KrylovOptions::default());
+/// let free = coefficients(ModelKind::Hasme, &local, 0.1, &o, &k, hvp)?;
+/// let dense = ModelKind::Hasme.coefficients(&local, 0.1)?;
+/// assert!((&free.drift - &dense.drift).norm() < 1e-12);
+/// assert!((&free.diffusion - &dense.diffusion).norm() < 1e-12);
+/// # Ok::<(), ModelError>(())
+/// ```
+pub fn coefficients<E: From<ModelError>>(
+    kind: ModelKind,
+    local: &Local,
+    eta: f64,
+    options: &ModelOptions,
+    krylov: &KrylovOptions,
+    mut hvp: impl FnMut(&[f64], &mut [f64]) -> Result<(), E>,
+) -> Result<KrylovCoefficients, E> {
+    if let Some(e) = dense_only(kind) {
+        return Err(e.into());
+    }
+    super::check_eta(eta)?;
+    let checked = super::local::check(local)?;
+    let x = local.point.as_slice();
+    let g = local.gradient.as_slice();
+    match kind {
+        ModelKind::Gf | ModelKind::Sme1 | ModelKind::Sme2 => {
+            // The diffusion ηΣ₊ (none for gf) and the warnings are the dense path's own:
+            // they never read H.
+            let base = if kind == ModelKind::Gf {
+                ModelKind::Gf
+            } else {
+                ModelKind::Sme1
+            };
+            let c = base.coefficients_with(local, eta, options)?;
+            let drift = if kind == ModelKind::Sme2 {
+                DVector::from_vec(sme2_drift(g, eta, &mut hvp)?)
+            } else {
+                c.drift
+            };
+            super::finite_or_overflow(drift.iter(), "the drift", local)?;
+            Ok(KrylovCoefficients {
+                drift,
+                diffusion: c.diffusion,
+                steps: LanczosSteps::default(),
+                warnings: c.warnings,
+            })
+        }
+        _ => {
+            let drift = hasme_drift(x, g, eta, krylov, &mut hvp)?;
+            let mut warnings = Vec::new();
+            let noise =
+                super::psd_noise(&checked.noise_cov, options, &local.where_(), &mut warnings)?;
+            let root = noise.psd.sqrt();
+            let d = local.dim();
+            let mut factor = DMatrix::zeros(d, d);
+            let mut diffusion_steps = 0;
+            for j in 0..d {
+                let column: Vec<f64> = root.column(j).iter().copied().collect();
+                let inc = hasme_diffusion_increment(x, &column, eta, krylov, &mut hvp)?;
+                diffusion_steps = diffusion_steps.max(inc.steps);
+                factor.set_column(j, &DVector::from_vec(inc.vector));
+            }
+            let gamma = &factor * factor.transpose();
+            // Exactly symmetric, as the dense Γ.
+            let diffusion = (&gamma + gamma.transpose()) * 0.5;
+            super::finite_or_overflow(diffusion.iter(), "the diffusion Γ", local)?;
+            Ok(KrylovCoefficients {
+                drift: DVector::from_vec(drift.vector),
+                diffusion,
+                steps: LanczosSteps {
+                    drift: drift.steps,
+                    diffusion: diffusion_steps,
+                },
+                warnings,
+            })
+        }
+    }
+}
+
 /// `φ(z) = ℓ(1 − z)` at `z = ηθ < 1`, from `q = −z` exactly.
 fn phi(z: f64) -> f64 {
     ell_pq(1.0 - z, -z)
@@ -236,7 +411,12 @@ fn function_times<E: From<ModelError>>(
             .into());
         }
         // Every Ritz value is ≤ λ_max: one at or beyond 1/η proves the point outside.
+        // The run goes on until that Ritz value has converged (or the space closes), so
+        // the error names an eigenvalue, not an early underestimate of it.
         if eta * top.value >= 1.0 {
+            if more && top.bound > OUTSIDE_BOUND * top.value.abs() {
+                continue;
+            }
             return Err(outside(top.value, eta, point).into());
         }
         if !converged {
