@@ -75,7 +75,7 @@ enum Command {
         psd: Psd,
         /// How sme2 and hasme use the Hessian: dense (the d×d matrix and its
         /// eigendecomposition) or krylov (Hessian-vector products and Lanczos; gf,
-        /// sme1, sme2 and hasme only). Default: dense up to 32 variables, krylov above.
+        /// sme1, sme2 and hasme only). Default: dense up to 24 variables, krylov above.
         #[arg(long, value_enum, value_name = "KIND")]
         linear_algebra: Option<LinearAlgebraArg>,
         /// Relative tolerance of the Lanczos runs, in (0, 1) (default 1e-10).
