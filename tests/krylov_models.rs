@@ -364,3 +364,45 @@ fn krylov_outside_the_domain_is_a_model_failure() {
         "{stderr}"
     );
 }
+
+#[test]
+fn the_finite_sum_factor_times_zeta_has_covariance_sigma() {
+    // A = √(κ/n)[∇F_i − ∇f] column by column (ζ = e_i), then AAᵀ against Σ(x) from the
+    // problem's own co-moment pass: an independent accumulation of the same matrix.
+    use hasme::problem::Overrides;
+    use hasme::tape::{Jets, Workspace};
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let p =
+        hasme::Problem::from_file(root.join("examples/network.hasme"), &Overrides::none()).unwrap();
+    let x = p.start();
+    let d = p.dim();
+    let n = p.finite_sum().unwrap().n;
+    let (mut ws, mut jets) = (Workspace::default(), Jets::default());
+    p.gradient_with(&x, &mut ws, &mut jets).unwrap();
+    let g = jets.gradient(0).to_vec();
+    let mut a = DMatrix::zeros(d, n);
+    let mut zeta = vec![0.0; n];
+    let mut u = vec![0.0; d];
+    for i in 0..n {
+        zeta.fill(0.0);
+        zeta[i] = 1.0;
+        p.noise_factor_times(&x, &g, &zeta, &mut ws, &mut u)
+            .unwrap();
+        a.set_column(i, &DVector::from_column_slice(&u));
+    }
+    let sigma = p.noise_cov(&x).unwrap();
+    let err = (&a * a.transpose() - &sigma).norm() / sigma.norm();
+    // 1e−12: two summation orders of 500 rank-one terms of one sign pattern.
+    assert!(err <= 1e-12, "{err}");
+    // Linear in ζ: a general ζ gives Aζ.
+    let zeta: Vec<f64> = (0..n).map(|i| (i as f64 * 0.37).sin()).collect();
+    p.noise_factor_times(&x, &g, &zeta, &mut ws, &mut u)
+        .unwrap();
+    let reference = &a * DVector::from_column_slice(&zeta);
+    assert!((DVector::from_column_slice(&u) - &reference).norm() <= 1e-12 * reference.norm());
+    // A wrong number of weights is a usage error.
+    let err = p
+        .noise_factor_times(&x, &g, &zeta[..n - 1], &mut ws, &mut u)
+        .unwrap_err();
+    assert!(matches!(err, hasme::ProblemError::Usage(_)), "{err}");
+}
