@@ -406,3 +406,34 @@ fn the_finite_sum_factor_times_zeta_has_covariance_sigma() {
         .unwrap_err();
     assert!(matches!(err, hasme::ProblemError::Usage(_)), "{err}");
 }
+
+#[test]
+fn a_zero_drift_and_noise_still_meet_the_domain_check() {
+    // g = 0 and Σ = 0: no Lanczos run of the coefficients' own, yet outside the domain
+    // it fails as the dense path does, and inside it gives zeros.
+    let d = 30;
+    let mix: Vec<f64> = (0..d * d).map(|i| (i as f64 * 0.77).sin()).collect();
+    let lambda: Vec<f64> = (0..d).map(|i| -2.0 + 0.5 * i as f64).collect(); // λ_max = 12.5
+    let h = symmetric(&lambda, &mix);
+    let local = Local::new(
+        DVector::zeros(d),
+        DVector::zeros(d),
+        h.clone(),
+        DMatrix::zeros(d, d),
+    )
+    .unwrap();
+    let (o, k) = (ModelOptions::default(), KrylovOptions::default());
+    for (eta, inside) in [(0.079, true), (0.081, false)] {
+        let free = matrix_free::coefficients(ModelKind::Hasme, &local, eta, &o, &k, operator(&h));
+        let dense = ModelKind::Hasme.coefficients(&local, eta);
+        assert_eq!(free.is_ok(), inside, "η = {eta}");
+        assert_eq!(dense.is_ok(), inside, "η = {eta}");
+        match free {
+            Ok(c) => assert!(c.drift.iter().chain(c.diffusion.iter()).all(|&v| v == 0.0)),
+            Err(ModelError::StepSizeTooLarge { lambda_max, .. }) => {
+                assert!((lambda_max - 12.5).abs() < 1e-7, "{lambda_max}")
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+}

@@ -344,6 +344,12 @@ pub fn coefficients<E: From<ModelError>>(
                 diffusion_steps = diffusion_steps.max(inc.steps);
                 factor.set_column(j, &DVector::from_vec(inc.vector));
             }
+            // Zero start vectors (g = 0 at a stationary point and Σ = 0) take no step
+            // and so see no eigenvalue: the domain is then checked on its own, as the
+            // dense path always does.
+            if drift.steps == 0 && diffusion_steps == 0 {
+                check_domain(x, eta, &mut hvp)?;
+            }
             let gamma = &factor * factor.transpose();
             // Exactly symmetric, as the dense Γ.
             let diffusion = (&gamma + gamma.transpose()) * 0.5;
@@ -449,6 +455,55 @@ fn function_times<E: From<ModelError>>(
                 steps: lanczos.steps(),
                 top: Some(top),
             });
+        }
+    }
+}
+
+/// The domain check `ηλ_max < 1` alone, by Lanczos from a fixed start vector with
+/// every entry nonzero (`1 + sin(1.7 i)/2`), stepping until the largest Ritz value has
+/// converged (residual bound at most 1e−8 of it, or the space closed) and then deciding
+/// by `θ + ‖r‖`; returns that Ritz value and its bound (or `None` at d = 0). What a
+/// zero drift and diffusion (no Lanczos run of their own) are checked with.
+///
+/// Why wait for convergence here: `θ + ‖r‖` bounds the eigenvalue nearest θ, not
+/// λ_max, and while θ is still climbing towards λ_max the interval around it can hold a
+/// lower eigenvalue only. In [`hasme_drift`] and [`hasme_diffusion_increment`] the
+/// matrix function's own convergence does that work: the result has not converged
+/// while the start vector has a component along an eigenvector the run has not found.
+///
+/// Errors: an invalid η; [`ModelError::StepSizeTooLarge`]; whatever `hvp` returns.
+pub fn check_domain<E: From<ModelError>>(
+    point: &[f64],
+    eta: f64,
+    mut hvp: impl FnMut(&[f64], &mut [f64]) -> Result<(), E>,
+) -> Result<Option<Ritz>, E> {
+    super::check_eta(eta)?;
+    let start: Vec<f64> = (0..point.len())
+        .map(|i| 1.0 + 0.5 * (1.7 * i as f64).sin())
+        .collect();
+    let mut lanczos = Lanczos::new(&start);
+    if lanczos.finished() {
+        return Ok(None);
+    }
+    loop {
+        let more = lanczos.step(&mut hvp)?;
+        let top = *lanczos.ritz().last().expect("a step was taken");
+        if !top.value.is_finite() {
+            return Err(ModelError::Overflow {
+                quantity: "a Hessian-vector product",
+                point: Point::from_slice(point),
+            }
+            .into());
+        }
+        if eta * top.value >= 1.0 {
+            if more && top.bound > OUTSIDE_BOUND * top.value.abs() {
+                continue;
+            }
+            return Err(outside(top.value, eta, point).into());
+        }
+        let converged = top.bound <= OUTSIDE_BOUND * top.value.abs();
+        if !more || (converged && eta * (top.value + top.bound) < 1.0) {
+            return Ok(Some(top));
         }
     }
 }
