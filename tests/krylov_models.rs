@@ -435,5 +435,12 @@ fn a_zero_drift_and_noise_still_meet_the_domain_check() {
             }
             Err(e) => panic!("{e}"),
         }
+        // The same spectrum from a generic g and u: the runs' own checks decide alike
+        // (the case where a Ritz value still climbing could pass θ + ‖r‖).
+        let v: Vec<f64> = (0..d).map(|i| 1.0 + (i as f64 * 0.3).cos()).collect();
+        let x = vec![0.0; d];
+        let drift = hasme_drift(&x, &v, eta, &k, operator(&h));
+        let inc = hasme_diffusion_increment(&x, &v, eta, &k, operator(&h));
+        assert_eq!((drift.is_ok(), inc.is_ok()), (inside, inside), "η = {eta}");
     }
 }
