@@ -8,12 +8,14 @@
 
 use crate::data::FiniteSumSummary;
 use crate::format::{Named, Style};
+use crate::models::matrix_free::{self, KrylovOptions, LanczosSteps, LinearAlgebra};
 use crate::models::{
     Model, ModelError, ModelKind, ModelOptions, diffusion_series_terms, drift_series_terms,
 };
 use crate::problem::{
     MatrixVar, NoiseKind, Problem, ProblemError, RandomStart, Structure, VectorVar,
 };
+use crate::tape::Workspace;
 use nalgebra::DMatrix;
 use serde::Serialize;
 use std::fmt;
@@ -378,6 +380,10 @@ pub struct DeriveReport {
     /// Step size, when model coefficients were asked for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub eta: Option<f64>,
+    /// The relative tolerance of the Lanczos runs, when a model was computed without
+    /// the Hessian (`--linear-algebra krylov`, or the size rule).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub krylov_tolerance: Option<f64>,
     /// Model coefficients by model name.
     #[serde(skip_serializing_if = "Named::is_empty")]
     pub models: Named<String, ModelEntry>,
@@ -419,6 +425,7 @@ impl DeriveReport {
                 .map(|(n, v)| (n.clone(), *v))
                 .collect(),
             eta: None,
+            krylov_tolerance: None,
             models: Named::default(),
             series: None,
             text_sections: Vec::new(),
@@ -524,6 +531,9 @@ pub enum ModelEntry {
         weak_order: u32,
         /// What was noticed (e.g. a clipped Γ).
         warnings: Vec<String>,
+        /// The Lanczos steps, when computed without the Hessian; absent when dense.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        lanczos_steps: Option<LanczosSteps>,
     },
     /// The model failed at this point (e.g. `ηλ_max ≥ 1` for `hasme`).
     Error {
@@ -561,6 +571,13 @@ pub struct ModelRequest {
     pub series_terms: usize,
     /// Fail on (default) or clip a non-PSD Σ or Γ.
     pub options: ModelOptions,
+    /// Dense or matrix-free coefficients; `None`: [`LinearAlgebra::for_dimension`] for
+    /// the models with a matrix-free form, dense for the others. With
+    /// `Some(LinearAlgebra::Krylov)` a model with no matrix-free form (`hasme-exact`,
+    /// `series:K`) is reported as failed ([`ModelError::DenseOnly`]).
+    pub linear_algebra: Option<LinearAlgebra>,
+    /// The Lanczos settings, when the coefficients are matrix-free.
+    pub krylov: KrylovOptions,
 }
 
 impl DeriveReport {
@@ -573,7 +590,7 @@ impl DeriveReport {
     /// use hasme::{Problem, inspect::{DeriveReport, ModelEntry, ModelRequest}, models::{ModelKind, ModelOptions}};
     /// let p = Problem::from_str("var x = 1\nminimize x^2\nnoise sd 0.5").unwrap();
     /// let mut r = DeriveReport::new(&p, &[1.0]).unwrap();
-    /// let req = ModelRequest { eta: 0.1, models: ModelKind::all().to_vec(), series_terms: 2, options: ModelOptions::default() };
+    /// let req = ModelRequest { eta: 0.1, models: ModelKind::all().to_vec(), series_terms: 2, options: ModelOptions::default(), linear_algebra: None, krylov: Default::default() };
     /// let failures = r.add_models(&p, &req).unwrap();
     /// assert!(failures.is_empty());
     /// let Some(ModelEntry::Coefficients { drift, .. }) = r.models.get("sme2") else {
@@ -597,19 +614,54 @@ impl DeriveReport {
             .map(|m| m.to_string().len())
             .max()
             .unwrap_or(0);
+        let rule = LinearAlgebra::for_dimension(local.dim());
+        let mut ws = Workspace::default();
+        let mut grad = vec![0.0; local.dim()];
         for kind in &request.models {
             let name = kind.to_string();
-            match kind.coefficients_with(&local, eta, &request.options) {
-                Ok(c) => {
-                    let diffusion = rows(&c.diffusion);
-                    let drift: Vec<f64> = c.drift.iter().copied().collect();
+            let krylov = match request.linear_algebra {
+                Some(la) => la == LinearAlgebra::Krylov,
+                None => rule == LinearAlgebra::Krylov && matrix_free::has_matrix_free_form(*kind),
+            };
+            let result = if krylov {
+                self.krylov_tolerance = Some(request.krylov.tolerance());
+                let hvp = |v: &[f64], out: &mut [f64]| -> Result<(), ProblemError> {
+                    problem.hessian_vector_with(&self.point, v, &mut ws, &mut grad, out)?;
+                    Ok(())
+                };
+                matrix_free::coefficients(
+                    *kind,
+                    &local,
+                    eta,
+                    &request.options,
+                    &request.krylov,
+                    hvp,
+                )
+                .map(|c| (c.drift, c.diffusion, c.warnings, Some(c.steps)))
+            } else {
+                kind.coefficients_with(&local, eta, &request.options)
+                    .map(|c| (c.drift, c.diffusion, c.warnings, None))
+                    .map_err(ProblemError::from)
+            };
+            let result = match result {
+                Ok(c) => Ok(c),
+                Err(ProblemError::Model(e)) => Err(e),
+                // A Hessian-vector product failed to evaluate: the problem's error, as
+                // when the derivatives themselves fail.
+                Err(e) => return Err(e),
+            };
+            match result {
+                Ok((drift, diffusion, warnings, steps)) => {
+                    let diffusion = rows(&diffusion);
+                    let drift: Vec<f64> = drift.iter().copied().collect();
                     self.models.0.push((
                         name.clone(),
                         ModelEntry::Coefficients {
                             drift: drift.clone(),
                             diffusion: diffusion.clone(),
                             weak_order: kind.weak_order(),
-                            warnings: c.warnings.clone(),
+                            warnings: warnings.clone(),
+                            lanczos_steps: steps,
                         },
                     ));
                     text.push_str(&format!(
@@ -622,7 +674,16 @@ impl DeriveReport {
                         "",
                         matrix(&diffusion, pad)
                     ));
-                    for w in &c.warnings {
+                    if let Some(k) = steps {
+                        text.push_str(&format!(
+                            "\n    {:<width$}  lanczos    drift {} steps, diffusion {} steps (tolerance {:e})",
+                            "",
+                            k.drift,
+                            k.diffusion,
+                            request.krylov.tolerance()
+                        ));
+                    }
+                    for w in &warnings {
                         text.push_str(&format!("\n    {:<width$}  warning: {w}", ""));
                     }
                 }

@@ -9,6 +9,7 @@ use hasme::escape::{EscapeConfig, EscapeError, Region, escape_with_progress};
 use hasme::experiment::WeakOrderError;
 use hasme::format::WithFile;
 use hasme::inspect::{CheckSummary, DeriveReport, ModelRequest};
+use hasme::models::matrix_free::{self, KrylovOptions, LinearAlgebra};
 use hasme::models::{ModelKind, ModelOptions, PsdPolicy};
 use hasme::moments::{self, MomentsConfig, MomentsError};
 use hasme::output::{self, OutputError};
@@ -72,6 +73,14 @@ enum Command {
         /// What to do with a Σ or Γ that is not positive semidefinite.
         #[arg(long, value_enum, default_value_t = Psd::Error)]
         psd: Psd,
+        /// How sme2 and hasme use the Hessian: dense (the d×d matrix and its
+        /// eigendecomposition) or krylov (Hessian-vector products and Lanczos; gf,
+        /// sme1, sme2 and hasme only). Default: dense up to 24 variables, krylov above.
+        #[arg(long, value_enum, value_name = "KIND")]
+        linear_algebra: Option<LinearAlgebraArg>,
+        /// Relative tolerance of the Lanczos runs, in (0, 1) (default 1e-10).
+        #[arg(long, value_name = "T", allow_hyphen_values = true)]
+        krylov_tol: Option<f64>,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -463,6 +472,14 @@ struct EscapeArgs {
     run: RunArgs,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LinearAlgebraArg {
+    /// The d×d Hessian and its eigendecomposition.
+    Dense,
+    /// Hessian-vector products and Lanczos, no d×d Hessian.
+    Krylov,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum Psd {
     /// Fail with the smallest eigenvalue and the point.
@@ -573,18 +590,43 @@ fn run(cli: Cli) -> Result<ExitCode> {
             model,
             series,
             psd,
+            linear_algebra,
+            krylov_tol,
             json,
         } => {
             let problem = Problem::from_file(&file, &which.overrides()?)?;
             let x = problem.point_from_assignments(at.as_deref().unwrap_or(""))?;
             let mut report = DeriveReport::new(&problem, &x)?;
             let mut failed = false;
-            if eta.is_none() && (!model.is_empty() || series.is_some()) {
+            if eta.is_none()
+                && (!model.is_empty()
+                    || series.is_some()
+                    || linear_algebra.is_some()
+                    || krylov_tol.is_some())
+            {
                 return Err(ProblemError::Usage(
-                    "--model and --series need a step size: add --eta".to_string(),
+                    "--model, --series, --linear-algebra and --krylov-tol need a step size: add --eta"
+                        .to_string(),
                 )
                 .into());
             }
+            let krylov = match krylov_tol {
+                None => KrylovOptions::default(),
+                Some(t) => KrylovOptions::new(t)
+                    .map_err(|e| ProblemError::Usage(format!("--krylov-tol: {e}")))?,
+            };
+            if krylov_tol.is_some() && linear_algebra == Some(LinearAlgebraArg::Dense) {
+                return Err(ProblemError::Usage(
+                    "--krylov-tol sets the Lanczos tolerance: it needs --linear-algebra krylov (or no --linear-algebra)"
+                        .to_string(),
+                )
+                .into());
+            }
+            let linear_algebra = linear_algebra.map(|l| match l {
+                LinearAlgebraArg::Dense => LinearAlgebra::Dense,
+                LinearAlgebraArg::Krylov => LinearAlgebra::Krylov,
+            });
+            let explicit_krylov = linear_algebra == Some(LinearAlgebra::Krylov);
             if let Some(eta) = eta {
                 if !(eta.is_finite() && eta > 0.0) {
                     return Err(ProblemError::Usage(format!(
@@ -592,9 +634,31 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     ))
                     .into());
                 }
+                let models = if explicit_krylov && model.is_empty() {
+                    // The default list is every model that has a matrix-free form.
+                    ModelKind::all()
+                        .into_iter()
+                        .filter(|k| matrix_free::has_matrix_free_form(*k))
+                        .collect()
+                } else {
+                    parse_models(&model)?
+                };
+                if explicit_krylov {
+                    if series.is_some() {
+                        return Err(ProblemError::Usage(
+                            "--series prints products of d×d matrices: it needs --linear-algebra dense (or no --linear-algebra)".to_string(),
+                        )
+                        .into());
+                    }
+                    if let Some(e) = models.iter().find_map(|k| matrix_free::dense_only(*k)) {
+                        return Err(
+                            ProblemError::Usage(format!("--linear-algebra krylov: {e}")).into()
+                        );
+                    }
+                }
                 let request = ModelRequest {
                     eta,
-                    models: parse_models(&model)?,
+                    models,
                     series_terms: series.unwrap_or(0),
                     options: ModelOptions {
                         psd: match psd {
@@ -602,6 +666,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                             Psd::Clip => PsdPolicy::Clip,
                         },
                     },
+                    linear_algebra,
+                    krylov,
                 };
                 let failures = report.add_models(&problem, &request)?;
                 for (kind, err) in &failures {

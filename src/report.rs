@@ -363,6 +363,9 @@ pub fn run_report(
         options: ModelOptions {
             psd: PsdPolicy::Error,
         },
+        // The size rule: dense in the report's usual dimensions.
+        linear_algebra: None,
+        krylov: Default::default(),
     };
     for (kind, err) in derive.add_models(problem, &request)? {
         notes.push(format!("derive: model `{kind}` at the start point: {err}"));

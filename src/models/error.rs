@@ -162,6 +162,17 @@ pub enum ModelError {
         point: Point,
     },
 
+    /// A Krylov tolerance that is not a finite number in (0, 1).
+    #[error("the Krylov tolerance must be a finite number in (0, 1), got {tolerance}")]
+    InvalidKrylovTolerance { tolerance: f64 },
+
+    /// A model with no matrix-free form was asked for without the dense Hessian.
+    #[error(
+        "{model} has no matrix-free form: {reason}; use the dense linear algebra \
+         (--linear-algebra dense) for it"
+    )]
+    DenseOnly { model: String, reason: &'static str },
+
     /// A model name that is not one of the known ones.
     #[error(
         "unknown model `{name}`; valid models: gf, sme1, sme2, hasme, hasme-exact, series:K \

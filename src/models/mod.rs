@@ -66,6 +66,7 @@ mod error;
 pub mod krylov;
 pub(crate) mod linalg;
 mod local;
+pub mod matrix_free;
 mod series;
 mod spectral;
 mod workspace;

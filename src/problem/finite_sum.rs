@@ -52,6 +52,79 @@ impl Problem {
             .map_err(|nf| self.row_eval_error(nf, x, i))
     }
 
+    /// `u = A ζ` for the factor `A = √(κ/n) [∇F_1 − ∇f, …, ∇F_n − ∇f]` (d×n) of a
+    /// finite sum's Σ(x) = κ C(x) = AAᵀ (docs/models.md §8): for ζ ~ N(0, I_n), u has
+    /// exactly the covariance Σ(x), with no d×d matrix formed. One reverse pass per
+    /// row; `gradient` is ∇f(x), which the caller has (each row's difference
+    /// `∇F_i − ∇f` is formed before it is weighted, so nothing cancels beyond the row).
+    /// `out` is zero when the problem is not a finite sum over data or has no
+    /// minibatch noise (κ = 0).
+    ///
+    /// ```
+    /// use hasme::Problem;
+    /// use hasme::tape::Workspace;
+    /// let p = Problem::from_str(
+    ///     "data t = [[a], [1], [3]]\nvar x = 0\nminimize mean(t, 0.5*(x - t.a)^2)\nbatch 1",
+    /// )?;
+    /// // ∇F_i = x − a_i = (−1, −3), ∇f = −2, κ = 1: A = √(1/2) [1, −1].
+    /// let mut u = [0.0];
+    /// p.noise_factor_times(&[0.0], &[-2.0], &[1.0, 1.0], &mut Workspace::default(), &mut u)?;
+    /// assert_eq!(u, [0.0]);
+    /// p.noise_factor_times(&[0.0], &[-2.0], &[2.0, 0.0], &mut Workspace::default(), &mut u)?;
+    /// assert!((u[0] - 2.0 / 2f64.sqrt()).abs() < 1e-15);
+    /// # Ok::<(), hasme::ProblemError>(())
+    /// ```
+    pub fn noise_factor_times(
+        &self,
+        x: &[f64],
+        gradient: &[f64],
+        zeta: &[f64],
+        ws: &mut Workspace,
+        out: &mut [f64],
+    ) -> Result<(), ProblemError> {
+        self.check_point(x)?;
+        let d = self.dim();
+        out.fill(0.0);
+        let Some(fs) = self.finite_sum.as_ref() else {
+            return Ok(());
+        };
+        if gradient.len() != d || out.len() != d || zeta.len() != fs.n {
+            return Err(ProblemError::Usage(format!(
+                "the noise factor of a finite sum over {} rows in {d} variables needs a gradient and an output of {d} entries and {} weights (got {}, {} and {})",
+                fs.n,
+                fs.n,
+                gradient.len(),
+                out.len(),
+                zeta.len()
+            )));
+        }
+        if fs.columns.is_empty() || fs.noise_factor() == 0.0 {
+            return Ok(());
+        }
+        let mut jets = Jets::default();
+        for (i, &z) in zeta.iter().enumerate() {
+            self.objective
+                .gradients_row(x, fs.row(i), ws, &mut jets)
+                .map_err(|nf| self.row_eval_error(nf, x, i))?;
+            for ((o, gi), g) in out.iter_mut().zip(jets.gradient(0)).zip(gradient) {
+                *o += z * (gi - g);
+            }
+        }
+        let scale = (fs.noise_factor() / fs.n as f64).sqrt();
+        out.iter_mut().for_each(|o| *o *= scale);
+        if let Some(k) = out.iter().position(|v| !v.is_finite()) {
+            return Err(self.noise_error(
+                format!(
+                    "the minibatch noise factor times ζ is not finite at {} (entry {}): the weights or the per-example gradients are too large",
+                    self.format_point(x),
+                    k + 1
+                ),
+                "this finite sum",
+            ));
+        }
+        Ok(())
+    }
+
     /// Σ(x) = κ C(x) of a finite sum, `C = (1/n) Σ_i (∇F_i − ∇f)(∇F_i − ∇f)ᵀ` from the
     /// per-example gradients (reverse mode, one pass per row), accumulated in one pass
     /// with Welford's co-moment update (no cancellation between a large mean square
