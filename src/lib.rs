@@ -62,6 +62,7 @@ pub mod jet;
 pub mod lang;
 pub mod models;
 pub mod moments;
+pub mod options;
 pub mod output;
 pub mod plot;
 pub mod problem;

@@ -7,15 +7,15 @@ use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
 use hasme::escape::{EscapeConfig, EscapeError, Region, escape_with_progress};
 use hasme::experiment::WeakOrderError;
-use hasme::format::WithFile;
 use hasme::inspect::{CheckSummary, DeriveReport, ModelRequest};
-use hasme::models::{ModelKind, ModelOptions, PsdPolicy};
+use hasme::models::{ModelOptions, PsdPolicy};
 use hasme::moments::{self, MomentsConfig, MomentsError};
+use hasme::options;
 use hasme::output::{self, OutputError};
 use hasme::problem::StartPoint;
 use hasme::report::ReportError;
 use hasme::shard::{Ledger, Part, RunKey, Shard, ShardError};
-use hasme::sim::{Coupling, SimConfig, SimError, simulate_with_progress};
+use hasme::sim::{SimConfig, SimError, simulate_with_progress};
 use hasme::stationary::{StationaryConfig, StationaryError, Stop, find_stationary};
 use hasme::{ErrorKind, Overrides, Problem, ProblemError};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -247,8 +247,7 @@ impl RunArgs {
 
     /// `--threads`, defaulting to every core.
     fn threads(&self) -> usize {
-        self.threads
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        options::threads(self.threads)
     }
 
     /// `--out`, unless it is absent or `-` (standard output).
@@ -545,8 +544,7 @@ fn deliver(path: Option<&PathBuf>, text: &str) -> Result<()> {
 }
 
 fn print_json(value: &impl serde::Serialize) -> Result<()> {
-    emit(&format!("{}\n", serde_json::to_string_pretty(value)?))?;
-    Ok(())
+    emit(&options::json(value)?)
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
@@ -594,7 +592,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
                 let request = ModelRequest {
                     eta,
-                    models: parse_models(&model)?,
+                    models: options::models(&model)?,
                     series_terms: series.unwrap_or(0),
                     options: ModelOptions {
                         psd: match psd {
@@ -931,10 +929,7 @@ fn run_report(args: ReportArgs) -> Result<ExitCode> {
         .eta(args.eta)
         .quick(args.quick)
         .seed(args.seed)
-        .threads(
-            args.threads
-                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
-        )
+        .threads(options::threads(args.threads))
         .file_label(Some(label))
         .set(args.problem.set.clone())
         .build()?;
@@ -959,7 +954,7 @@ fn run_moments(args: MomentsArgs) -> Result<ExitCode> {
     if let Some(every) = args.every {
         config = config.with_every(every)?;
     }
-    config = config.with_models(parse_models(&args.models)?)?;
+    config = config.with_models(options::models(&args.models)?)?;
     check_outputs(
         None,
         "the comparison, which moments always prints",
@@ -1035,59 +1030,18 @@ fn check_outputs(
 /// What `simulate`, `weak-order`, `escape` and `stationary` print without `--out`, for a message.
 const PRINTED: &str = "the text or JSON (send it to a file with --out PATH)";
 
-/// The `--coupling` setting: coupled unless asked otherwise; a finite sum cannot be
-/// coupled (its SGD draws minibatches, not Gaussian numbers).
-fn coupling_of(arg: Option<&str>, problem: &Problem) -> Result<Coupling, ProblemError> {
-    let usage = ProblemError::Usage;
-    let coupling: Coupling = arg
-        .unwrap_or("coupled")
-        .parse()
-        .map_err(|m| usage(format!("--coupling: {m}")))?;
-    if arg.is_some() && coupling == Coupling::Coupled && problem.finite_sum().is_some() {
-        return Err(usage(format!(
-            "--coupling coupled: {} is a finite sum, whose SGD draws real minibatches that share no random numbers with the SDEs; its runs are always independent (omit --coupling)",
-            problem.source().name()
-        )));
-    }
-    Ok(coupling.possible(problem))
-}
-
-fn parse_models(names: &[String]) -> Result<Vec<ModelKind>, ProblemError> {
-    if names.is_empty() {
-        return Ok(ModelKind::all().to_vec());
-    }
-    let mut out: Vec<ModelKind> = Vec::new();
-    for n in names {
-        let n = n.trim();
-        let kinds = if n == "all" {
-            ModelKind::all().to_vec()
-        } else {
-            vec![
-                n.parse::<ModelKind>()
-                    .map_err(|e| ProblemError::Usage(format!("--model: {e}")))?,
-            ]
-        };
-        for k in kinds {
-            if !out.contains(&k) {
-                out.push(k);
-            }
-        }
-    }
-    Ok(out)
-}
-
 /// `hasme simulate`: checks the output path first, simulates with a progress bar,
 /// prints (or writes to `--out`) text or JSON; divergences are reported, not errors.
 fn run_simulate(args: SimulateArgs, replay: Option<Ledger>) -> Result<ExitCode> {
     let problem = Problem::from_file(&args.file, &args.run.overrides()?)?;
     check_outputs(args.run.out.as_ref(), PRINTED, &[])?;
     let usage = |m: String| ProblemError::Usage(m);
-    let models = parse_models(&args.models)?;
+    let models = options::models(&args.models)?;
     let scheme = args
         .scheme
         .parse()
         .map_err(|m| usage(format!("--scheme: {m}")))?;
-    let coupling = coupling_of(args.coupling.as_deref(), &problem)?;
+    let coupling = options::coupling(args.coupling.as_deref(), &problem)?;
     let pieces = pieces("simulate", &args.file, &problem, &args.run, None, replay)?;
     let config = SimConfig::builder(args.eta, args.horizon, args.paths)
         .models(models)
@@ -1108,8 +1062,7 @@ fn run_simulate(args: SimulateArgs, replay: Option<Ledger>) -> Result<ExitCode> 
     }
     let result = result?;
     let text = if args.run.json {
-        let file = args.file.display().to_string();
-        serde_json::to_string_pretty(&WithFile::new(&result, &file))? + "\n"
+        options::json_with_file(&result, &args.file.display().to_string())?
     } else {
         format!("{result}\n")
     };
@@ -1152,7 +1105,7 @@ fn run_weak_order(args: WeakOrderArgs, replay: Option<Ledger>) -> Result<ExitCod
     let models = if args.models.is_empty() {
         None
     } else {
-        Some(parse_models(&args.models)?)
+        Some(options::models(&args.models)?)
     };
     let scheme = args
         .scheme
@@ -1216,8 +1169,7 @@ fn run_weak_order(args: WeakOrderArgs, replay: Option<Ledger>) -> Result<ExitCod
         deliver(Some(path), &report.plot().to_svg()?)?;
     }
     let text = if args.run.json {
-        let file = args.file.display().to_string();
-        serde_json::to_string_pretty(&WithFile::new(&report, &file))? + "\n"
+        options::json_with_file(&report, &args.file.display().to_string())?
     } else {
         format!("{report}")
     };
@@ -1270,8 +1222,8 @@ fn run_escape(args: EscapeArgs, replay: Option<Ledger>) -> Result<ExitCode> {
         PRINTED,
         &[("--plot", args.plot.as_ref())],
     )?;
-    let models = parse_models(&args.models)?;
-    let coupling = coupling_of(args.coupling.as_deref(), &problem)?;
+    let models = options::models(&args.models)?;
+    let coupling = options::coupling(args.coupling.as_deref(), &problem)?;
     let pieces = pieces(
         "escape",
         &args.file,
@@ -1296,8 +1248,7 @@ fn run_escape(args: EscapeArgs, replay: Option<Ledger>) -> Result<ExitCode> {
     }
     let report = report?;
     let text = if args.run.json {
-        let file = args.file.display().to_string();
-        serde_json::to_string_pretty(&WithFile::new(&report, &file))? + "\n"
+        options::json_with_file(&report, &args.file.display().to_string())?
     } else {
         format!("{report}")
     };
@@ -1330,7 +1281,7 @@ fn run_stationary(args: StationaryArgs) -> Result<ExitCode> {
         .build()?;
     let report = find_stationary(&problem, &config)?;
     let text = if args.json {
-        serde_json::to_string_pretty(&report)? + "\n"
+        options::json(&report)?
     } else {
         format!("{report}\n")
     };

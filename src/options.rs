@@ -1,0 +1,95 @@
+//! The command line's option values as the library reads them, shared by the `hasme`
+//! binary and the Python package so that both accept the same words and print the
+//! same bytes: a `--models` list ([`models`]), a `--coupling` ([`coupling`]), the
+//! default thread count ([`threads`]) and a report's `--json` text ([`json`],
+//! [`json_with_file`]).
+//!
+//! Invariant: a setting given the same words here and on the command line is the same
+//! setting, and a report printed here is the command's `--json` output byte for byte.
+
+use crate::format::WithFile;
+use crate::models::ModelKind;
+use crate::problem::{Problem, ProblemError};
+use crate::sim::Coupling;
+use serde::Serialize;
+
+/// The models of a `--models` list: each a model's name or `all` (every model), in the
+/// order given, none twice; an empty list is every model.
+///
+/// ```
+/// use hasme::ModelKind;
+/// use hasme::options::models;
+/// assert_eq!(models(&["sme1".into(), "gf".into(), "sme1".into()])?, [ModelKind::Sme1, ModelKind::Gf]);
+/// assert_eq!(models(&[])?, ModelKind::all());
+/// assert!(models(&["sme3".into()]).is_err());
+/// # Ok::<(), hasme::ProblemError>(())
+/// ```
+pub fn models(names: &[String]) -> Result<Vec<ModelKind>, ProblemError> {
+    if names.is_empty() {
+        return Ok(ModelKind::all().to_vec());
+    }
+    let mut out: Vec<ModelKind> = Vec::new();
+    for n in names {
+        let n = n.trim();
+        let kinds = if n == "all" {
+            ModelKind::all().to_vec()
+        } else {
+            vec![
+                n.parse::<ModelKind>()
+                    .map_err(|e| ProblemError::Usage(format!("--model: {e}")))?,
+            ]
+        };
+        for k in kinds {
+            if !out.contains(&k) {
+                out.push(k);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The `--coupling` setting (`None`: not given): coupled unless asked otherwise; a
+/// finite sum cannot be coupled (its SGD draws minibatches, not Gaussian numbers), so
+/// asking for it is an error and the default falls back to independent.
+pub fn coupling(arg: Option<&str>, problem: &Problem) -> Result<Coupling, ProblemError> {
+    let usage = ProblemError::Usage;
+    let coupling: Coupling = arg
+        .unwrap_or("coupled")
+        .parse()
+        .map_err(|m| usage(format!("--coupling: {m}")))?;
+    if arg.is_some() && coupling == Coupling::Coupled && problem.finite_sum().is_some() {
+        return Err(usage(format!(
+            "--coupling coupled: {} is a finite sum, whose SGD draws real minibatches that share no random numbers with the SDEs; its runs are always independent (omit --coupling)",
+            problem.source().name()
+        )));
+    }
+    Ok(coupling.possible(problem))
+}
+
+/// `--threads` (`None`: not given): every core the system offers.
+pub fn threads(arg: Option<usize>) -> usize {
+    arg.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// What `--json` prints for a report that does not name its file (`check`, `derive`,
+/// `moments`, `stationary`): pretty JSON and a newline.
+///
+/// ```
+/// assert_eq!(hasme::options::json(&serde_json::json!({"a": 1}))?, "{\n  \"a\": 1\n}\n");
+/// # Ok::<(), serde_json::Error>(())
+/// ```
+pub fn json(report: &impl Serialize) -> Result<String, serde_json::Error> {
+    Ok(serde_json::to_string_pretty(report)? + "\n")
+}
+
+/// What `--json` prints for a Monte Carlo report (`simulate`, `weak-order`, `escape`):
+/// the report with `"file": file` appended ([`WithFile`]), pretty, and a newline.
+///
+/// ```
+/// let text = hasme::options::json_with_file(&serde_json::json!({"a": 1}), "f.hasme")?;
+/// assert_eq!(text, "{\n  \"a\": 1,\n  \"file\": \"f.hasme\"\n}\n");
+/// # Ok::<(), serde_json::Error>(())
+/// ```
+pub fn json_with_file(report: &impl Serialize, file: &str) -> Result<String, serde_json::Error> {
+    json(&WithFile::new(report, file))
+}
