@@ -5,7 +5,7 @@
 
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
-use hasme::escape::{EscapeConfig, EscapeError, Region, escape_with_progress};
+use hasme::escape::{EscapeConfig, EscapeError, escape_with_progress};
 use hasme::experiment::WeakOrderError;
 use hasme::inspect::{CheckSummary, DeriveReport, ModelRequest};
 use hasme::models::{ModelOptions, PsdPolicy};
@@ -1087,16 +1087,7 @@ fn run_weak_order(args: WeakOrderArgs, replay: Option<Ledger>) -> Result<ExitCod
     let overrides = args.run.overrides()?;
     let problem = Problem::from_file(&args.file, &overrides)?;
     let usage = |m: String| ProblemError::Usage(m);
-    let etas = match (args.eta_max, args.levels) {
-        (Some(eta_max), Some(levels)) => WeakOrderConfig::halving(eta_max, levels),
-        _ if !args.etas.is_empty() => args.etas.clone(),
-        _ => {
-            return Err(usage(
-                "give the step sizes: --etas 0.2,0.1,0.05 or --eta-max 0.2 --levels 4".into(),
-            )
-            .into());
-        }
-    };
+    let etas = options::etas(&args.etas, args.eta_max, args.levels)?;
     check_outputs(
         args.run.out.as_ref(),
         PRINTED,
@@ -1187,36 +1178,14 @@ fn run_weak_order(args: WeakOrderArgs, replay: Option<Ledger>) -> Result<ExitCod
 fn run_escape(args: EscapeArgs, replay: Option<Ledger>) -> Result<ExitCode> {
     let problem = Problem::from_file(&args.file, &args.run.overrides()?)?;
     let usage = |m: String| ProblemError::Usage(m);
-    let region = match (&args.when, args.radius) {
-        (Some(_), Some(_)) => {
-            return Err(usage("give either --radius (a ball) or --when, not both".into()).into());
+    let centre = args.centre.as_ref().map(|spec| {
+        || {
+            problem
+                .point_from_assignments(spec)
+                .map_err(|e| usage(e.to_string().replace("--at", "--centre")))
         }
-        (Some(_), None) if args.centre.is_some() => {
-            return Err(usage("--centre goes with --radius, not --when".into()).into());
-        }
-        (Some(expr), None) => Region::When(expr.clone()),
-        (None, Some(radius)) => Region::Ball {
-            centre: match &args.centre {
-                Some(spec) => Some(
-                    problem
-                        .point_from_assignments(spec)
-                        .map_err(|e| usage(e.to_string().replace("--at", "--centre")))?,
-                ),
-                None => None,
-            },
-            radius,
-        },
-        (None, None) if problem.escape_region().is_some() => Region::File,
-        (None, None) => {
-            return Err(usage(
-                "give the escape region: --radius R (a ball around --centre, default the start \
-                 point), --when EXPR (escape when EXPR > 0), or an `escape when … > …` \
-                 statement in the file"
-                    .into(),
-            )
-            .into());
-        }
-    };
+    });
+    let region = options::region(args.radius, centre, args.when.as_deref(), &problem)?;
     check_outputs(
         args.run.out.as_ref(),
         PRINTED,

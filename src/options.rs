@@ -7,6 +7,7 @@
 //! Invariant: a setting given the same words here and on the command line is the same
 //! setting, and a report printed here is the command's `--json` output byte for byte.
 
+use crate::escape::Region;
 use crate::format::WithFile;
 use crate::models::ModelKind;
 use crate::problem::{Problem, ProblemError};
@@ -92,4 +93,61 @@ pub fn json(report: &impl Serialize) -> Result<String, serde_json::Error> {
 /// ```
 pub fn json_with_file(report: &impl Serialize, file: &str) -> Result<String, serde_json::Error> {
     json(&WithFile::new(report, file))
+}
+
+/// The step sizes of `weak-order`: the list given (`--etas`), or a halving grid of
+/// `levels` step sizes from `eta_max` down (`--eta-max`, `--levels`); one of the two,
+/// not both.
+///
+/// ```
+/// use hasme::options::etas;
+/// assert_eq!(etas(&[], Some(0.2), Some(3))?, [0.2, 0.1, 0.05]);
+/// assert_eq!(etas(&[0.1, 0.05], None, None)?, [0.1, 0.05]);
+/// assert!(etas(&[], None, None).is_err());
+/// # Ok::<(), hasme::ProblemError>(())
+/// ```
+pub fn etas(
+    list: &[f64],
+    eta_max: Option<f64>,
+    levels: Option<usize>,
+) -> Result<Vec<f64>, ProblemError> {
+    let usage = |m: &str| Err(ProblemError::Usage(m.to_string()));
+    match (list.is_empty(), eta_max, levels) {
+        (true, Some(eta_max), Some(levels)) => {
+            Ok(crate::experiment::WeakOrderConfig::halving(eta_max, levels))
+        }
+        (true, None, None) => {
+            usage("give the step sizes: --etas 0.2,0.1,0.05 or --eta-max 0.2 --levels 4")
+        }
+        (true, _, _) => usage("--eta-max and --levels go together: give both"),
+        (false, None, None) => Ok(list.to_vec()),
+        (false, _, _) => usage("give either --etas or --eta-max with --levels, not both"),
+    }
+}
+
+/// The region of `escape`: a ball (`--radius`, around `--centre`, default the start
+/// point), a condition (`--when EXPR`), or else the file's own `escape when` statement.
+/// `centre` reads the centre given, called only once the settings make a ball.
+pub fn region(
+    radius: Option<f64>,
+    centre: Option<impl FnOnce() -> Result<Vec<f64>, ProblemError>>,
+    when: Option<&str>,
+    problem: &Problem,
+) -> Result<Region, ProblemError> {
+    let usage = |m: &str| Err(ProblemError::Usage(m.to_string()));
+    match (when, radius) {
+        (Some(_), Some(_)) => usage("give either --radius (a ball) or --when, not both"),
+        (Some(_), None) if centre.is_some() => usage("--centre goes with --radius, not --when"),
+        (Some(expr), None) => Ok(Region::When(expr.to_string())),
+        (None, Some(radius)) => Ok(Region::Ball {
+            centre: centre.map(|read| read()).transpose()?,
+            radius,
+        }),
+        (None, None) if problem.escape_region().is_some() => Ok(Region::File),
+        (None, None) => usage(
+            "give the escape region: --radius R (a ball around --centre, default the start \
+             point), --when EXPR (escape when EXPR > 0), or an `escape when … > …` \
+             statement in the file",
+        ),
+    }
 }
