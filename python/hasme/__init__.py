@@ -211,6 +211,7 @@ def _draw(figure: Dict[str, Any], ax: Any) -> Any:
     if figure["y_log"]:
         ax.set_yscale("log")
     if figure["x_ticks"]:
+        ax.minorticks_off()
         ax.set_xticks(figure["x_ticks"])
         ax.set_xticklabels([f"{t:g}" for t in figure["x_ticks"]])
     if figure["x_limits"]:
@@ -219,7 +220,15 @@ def _draw(figure: Dict[str, Any], ax: Any) -> Any:
     ax.set_xlabel(figure["x_label"])
     ax.set_ylabel(figure["y_label"])
     if drawn:
-        ax.legend(title="\n".join(figure["notes"]) or None, fontsize=8)
+        ax.legend(fontsize=8)
+    if figure["notes"]:
+        ax.annotate(
+            "\n".join(figure["notes"]),
+            (0, -0.16),
+            xycoords="axes fraction",
+            va="top",
+            fontsize=7,
+        )
     return ax
 
 

@@ -84,11 +84,10 @@ failures!(
 fn located<'e>(err: &'e (dyn std::error::Error + 'static)) -> Option<&'e Diagnostic> {
     let mut current = Some(err);
     while let Some(e) = current {
-        match e.downcast_ref::<ProblemError>() {
-            Some(ProblemError::Syntax(d) | ProblemError::Check(d) | ProblemError::Eval(d)) => {
-                return Some(d);
-            }
-            _ => {}
+        if let Some(ProblemError::Syntax(d) | ProblemError::Check(d) | ProblemError::Eval(d)) =
+            e.downcast_ref::<ProblemError>()
+        {
+            return Some(d);
         }
         if let Some(d) = e.downcast_ref::<Diagnostic>() {
             return Some(d);
@@ -348,9 +347,7 @@ impl Problem {
             None => {}
             Some(eta) => {
                 if !(eta.is_finite() && eta > 0.0) {
-                    return Err(input(format!(
-                        "eta must be a finite number > 0, got {eta}"
-                    )));
+                    return Err(input(format!("eta must be a finite number > 0, got {eta}")));
                 }
                 let psd = match psd {
                     "error" => PsdPolicy::Error,
@@ -599,10 +596,8 @@ fn watched<T: Send>(
         let mut interrupted = None;
         while let Some(rx) = wait.take() {
             let (finished, rx) = py.detach(move || {
-                let finished = !matches!(
-                    rx.recv_timeout(POLL),
-                    Err(mpsc::RecvTimeoutError::Timeout)
-                );
+                let finished =
+                    !matches!(rx.recv_timeout(POLL), Err(mpsc::RecvTimeoutError::Timeout));
                 (finished, rx)
             });
             let checked = watch.report(progress).and_then(|()| py.check_signals());
@@ -627,7 +622,9 @@ fn watched<T: Send>(
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_default();
-            run_error(format!("internal error (a bug in hasme, please report it): {why}"))
+            run_error(format!(
+                "internal error (a bug in hasme, please report it): {why}"
+            ))
         })
     })
 }
@@ -703,7 +700,10 @@ fn simulate(
         simulate_with_progress(p, &config, &|n| watch.inc(n))
     })?;
     finished(&ledger)?;
-    Ok(Output::new(Report::Simulate(result.or_raise()?), problem.file()))
+    Ok(Output::new(
+        Report::Simulate(result.or_raise()?),
+        problem.file(),
+    ))
 }
 
 /// After a run with a [`stoppable`] ledger: the ledger's own error, if it has one.
@@ -776,7 +776,10 @@ fn weak_order(
     if let Some(ledger) = &ledger {
         finished(ledger)?;
     }
-    Ok(Output::new(Report::WeakOrder(report.or_raise()?), problem.file()))
+    Ok(Output::new(
+        Report::WeakOrder(report.or_raise()?),
+        problem.file(),
+    ))
 }
 
 #[pyfunction]
@@ -802,7 +805,9 @@ fn escape(
     let p = &problem.inner;
     // The centre is read first: a Python object cannot be read inside the region's
     // check, which only reads it for a ball.
-    let centre = centre.map(|c| problem.point(Some(c), "centre")).transpose()?;
+    let centre = centre
+        .map(|c| problem.point(Some(c), "centre"))
+        .transpose()?;
     let region = options::region(radius, centre.map(|c| move || Ok(c)), when, p).or_raise()?;
     let ledger = stoppable("escape");
     let config = EscapeConfig::builder(eta, max_steps, paths, region)
@@ -819,7 +824,10 @@ fn escape(
         escape_with_progress(p, &config, &|n| watch.inc(n))
     })?;
     finished(&ledger)?;
-    Ok(Output::new(Report::Escape(report.or_raise()?), problem.file()))
+    Ok(Output::new(
+        Report::Escape(report.or_raise()?),
+        problem.file(),
+    ))
 }
 
 /// `stationary`: the report, and why it is not a stationary point when it is not.
