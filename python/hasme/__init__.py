@@ -121,6 +121,8 @@ class Result:
     arrays.
     """
 
+    __slots__ = ("_output", "_dict")
+
     def __init__(self, output: _hasme.Output) -> None:
         self._output = output
         self._dict: Optional[Dict[str, Any]] = None
@@ -152,6 +154,8 @@ class Result:
 
 class _Figure(Result):
     """A result whose command draws a figure (``--plot``)."""
+
+    __slots__ = ()
 
     def svg(self) -> str:
         """The figure as SVG, the bytes ``--plot`` writes."""
@@ -235,53 +239,74 @@ def _draw(figure: Dict[str, Any], ax: Any) -> Any:
 class CheckResult(Result):
     """``hasme check``: the problem's summary."""
 
+    __slots__ = ()
+
 
 class DeriveResult(Result):
     """``hasme derive``: f, ∇f, ∇²f, Σ and the observables at a point; with ``eta``,
     each model's drift and diffusion."""
 
+    __slots__ = ()
+
+    def _derivatives(self) -> Tuple[List[float], float, List[float], List[List[float]]]:
+        derivatives = self._output.derivatives()
+        assert derivatives is not None, "a derive result holds derivatives"
+        return derivatives
+
     @property
     def point(self) -> Array:
-        """The point, one value per variable."""
-        return np.asarray(self._data()["point"], dtype=np.float64)
+        """The point, one value per variable, float64 of shape (d,)."""
+        return np.array(self._derivatives()[0], dtype=np.float64)
 
     @property
     def value(self) -> float:
         """f at the point."""
-        return float(self._data()["value"])
+        return self._derivatives()[1]
 
     @property
     def gradient(self) -> Array:
-        """∇f at the point, shape (d,)."""
-        return np.asarray(self._data()["gradient"], dtype=np.float64)
+        """∇f at the point, float64 of shape (d,)."""
+        return np.array(self._derivatives()[2], dtype=np.float64)
 
     @property
     def hessian(self) -> Array:
-        """∇²f at the point, shape (d, d)."""
-        return np.asarray(self._data()["hessian"], dtype=np.float64)
+        """∇²f at the point, float64 of shape (d, d)."""
+        return np.array(self._derivatives()[3], dtype=np.float64).reshape(
+            len(self._derivatives()[0]), -1
+        )
 
 
 class MomentsResult(_Figure):
     """``hasme moments``: exact Gaussian moments of SGD and each model; the figure is
     the W2 distance to SGD against t."""
 
+    __slots__ = ()
+
 
 class SimResult(Result):
     """``hasme simulate``: means, standard errors and coupled differences at t = kη."""
+
+    __slots__ = ()
 
 
 class WeakOrderResult(_Figure):
     """``hasme weak-order``: weak errors over the η grid and the fitted orders; the
     figure is the errors against η on log axes with 95% bars."""
 
+    __slots__ = ()
+
 
 class EscapeResult(_Figure):
     """``hasme escape``: escape times of SGD and each model; the figure is the
     survival curves."""
 
+    __slots__ = ()
+
 
 class StationaryResult(Result):
     """``hasme stationary``: a stationary point and its kind."""
+
+    __slots__ = ()
 
     @property
     def point(self) -> Array:
@@ -296,6 +321,8 @@ class StationaryResult(Result):
 
 class _Part(Result):
     """One part of a report, as its JSON file holds it."""
+
+    __slots__ = ("_text",)
 
     def __init__(self, text: str) -> None:
         self._text = text
@@ -505,15 +532,16 @@ class Problem:
         >>> r.point, r.gradient
         (array([1., 2.]), array([4., 1.]))
         """
+        # The common case, a point and nothing else, is kept short: this call is made
+        # in loops.
+        if type(at) is np.ndarray:
+            at = _point_arg(at)
         output, failures = self._inner.derive(
-            None if at is None else _point_arg(at),
-            eta,
-            _names(models, "models"),
-            series,
-            psd,
+            at, eta, [] if models is None else _names(models, "models"), series, psd
         )
         result = DeriveResult(output)
-        _failed(result, failures)
+        if failures:
+            _failed(result, failures)
         return result
 
     def __repr__(self) -> str:

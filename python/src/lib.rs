@@ -33,7 +33,7 @@ use hasme::stationary::{
 use hasme::{ErrorKind, Overrides, ProblemError};
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyString};
+use pyo3::types::{PyDict, PyList, PyString};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, mpsc};
@@ -229,9 +229,12 @@ impl Problem {
             }
             return from_spec(&spec.join(","));
         }
-        let list = match at.getattr("tolist") {
-            Ok(tolist) => tolist.call0()?,
-            Err(_) => at.clone(),
+        // A list (what the Python layer makes of an array) is read as it is; anything
+        // else with `tolist` (an array given to the module directly) through it.
+        let list = if at.is_instance_of::<PyList>() || !at.hasattr("tolist")? {
+            at.clone()
+        } else {
+            at.call_method0("tolist")?
         };
         let x: Vec<f64> = list.extract().map_err(|_| {
             input(format!(
@@ -425,6 +428,20 @@ impl Output {
             Report::Escape(r) => options::json_with_file(r, file),
         }
         .map_err(|e| run_error(format!("cannot write the report as JSON: {e}")))
+    }
+
+    /// `derive`'s point, f, ∇f and ∇²f, read without the JSON.
+    #[allow(clippy::type_complexity)]
+    fn derivatives(&self) -> Option<(Vec<f64>, f64, Vec<f64>, Vec<Vec<f64>>)> {
+        match &self.report {
+            Report::Derive(r) => Some((
+                r.point.clone(),
+                r.value,
+                r.gradient.clone(),
+                r.hessian.clone(),
+            )),
+            _ => None,
+        }
     }
 
     /// The text the command prints without `--json`.
