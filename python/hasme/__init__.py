@@ -388,6 +388,22 @@ class _Bar:
             self._stream.flush()
 
 
+def _input_error(message: str) -> InputError:
+    """An InputError raised here, not about a place in a file."""
+    err = InputError(message)
+    err.path = err.line = err.column = None
+    return err
+
+
+def _counts(**counts: Optional[int]) -> None:
+    """Checks the whole-number settings (paths, steps, seeds …): an int ≥ 0 or None."""
+    for name, value in counts.items():
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 0
+        ):
+            raise _input_error(f"{name} must be a whole number ≥ 0, got {value!r}")
+
+
 def _progress(progress: ProgressArg) -> Tuple[Optional[Callable[[int, int, str], None]], Optional[_Bar]]:
     if progress is True:
         bar = _Bar(sys.stderr)
@@ -396,13 +412,16 @@ def _progress(progress: ProgressArg) -> Tuple[Optional[Callable[[int, int, str],
         return None, None
     if callable(progress):
         return progress, None
-    raise InputError(f"progress: expected True, False or a function, got {progress!r}")
+    raise _input_error(f"progress: expected True, False or a function, got {progress!r}")
 
 
 def _run(progress: ProgressArg, call: Callable[[Optional[Callable[[int, int, str], None]]], Any]) -> Any:
     callback, bar = _progress(progress)
     try:
         return call(callback)
+    except OverflowError as e:
+        # A count past 2⁶⁴ (the negative ones are caught by _counts).
+        raise _input_error(str(e)) from None
     finally:
         if bar is not None:
             bar.close()
@@ -424,7 +443,7 @@ def _names(value: Optional[Union[str, Sequence[str]]], what: str) -> List[str]:
         return [value]
     names = list(value)
     if not all(isinstance(n, str) for n in names):
-        raise InputError(f"{what}: expected a list of names, got {value!r}")
+        raise _input_error(f"{what}: expected a list of names, got {value!r}")
     return names
 
 
@@ -458,6 +477,7 @@ class Problem:
         ``stationary --json`` write it). Raises InputError on a file that cannot be
         read or is not valid, with the diagnostic's ``path``, ``line`` and ``column``.
         """
+        _counts(init_seed=init_seed)
         return Problem(_hasme.Problem.from_file(path, params, init_seed, start))
 
     @staticmethod
@@ -470,6 +490,7 @@ class Problem:
     ) -> "Problem":
         """Checks an objective given as text; ``name`` stands for the file's name in
         diagnostics and reports. The rest as :meth:`from_file`."""
+        _counts(init_seed=init_seed)
         return Problem(_hasme.Problem.from_source(text, name, params, init_seed, start))
 
     @property
@@ -536,6 +557,8 @@ class Problem:
         # in loops.
         if type(at) is np.ndarray:
             at = _point_arg(at)
+        if series is not None:
+            _counts(series=series)
         output, failures = self._inner.derive(
             at, eta, [] if models is None else _names(models, "models"), series, psd
         )
@@ -551,7 +574,7 @@ class Problem:
 def _point_arg(at: Point) -> Any:
     if isinstance(at, np.ndarray):
         if at.ndim != 1:
-            raise InputError(f"at: expected a 1-D array, got shape {at.shape}")
+            raise _input_error(f"at: expected a 1-D array, got shape {at.shape}")
         return at.tolist()
     return at
 
@@ -574,8 +597,12 @@ def moments(
     >>> moments(p, eta=0.1, steps=10, models=["sme1"]).to_dict()["times"].tolist()[-1]
     1.0
     """
-    output, failures = _hasme.moments(
-        problem._inner, eta=eta, steps=steps, every=every, models=_names(models, "models")
+    _counts(steps=steps, every=every)
+    output, failures = _run(
+        False,
+        lambda _: _hasme.moments(
+            problem._inner, eta=eta, steps=steps, every=every, models=_names(models, "models")
+        ),
     )
     result = MomentsResult(output)
     _failed(result, failures)
@@ -605,6 +632,7 @@ def simulate(
     >>> simulate(p, eta=0.1, horizon=1.0, paths=500, models=["sme1"]).to_dict()["models"]
     ['sme1']
     """
+    _counts(paths=paths, substeps=substeps, every=every, seed=seed, threads=threads)
     return SimResult(
         _run(
             progress,
@@ -657,6 +685,9 @@ def weak_order(
     >>> r = weak_order(p, etas=[0.2, 0.1, 0.05], horizon=1.0, paths=4000)  # doctest: +SKIP
     >>> r.plot()  # doctest: +SKIP
     """
+    _counts(
+        paths=paths, substeps=substeps, sgd_paths=sgd_paths, seed=seed, threads=threads, levels=levels
+    )
     return WeakOrderResult(
         _run(
             progress,
@@ -708,6 +739,7 @@ def escape(
     >>> p = Problem.from_file("examples/saddle.hasme")  # doctest: +SKIP
     >>> escape(p, eta=0.1, radius=0.5, paths=500).plot()  # doctest: +SKIP
     """
+    _counts(max_steps=max_steps, paths=paths, substeps=substeps, seed=seed, threads=threads)
     return EscapeResult(
         _run(
             progress,
@@ -746,8 +778,10 @@ def stationary(
     >>> stationary(p).point
     array([0.        , 0.70710678])
     """
-    output, failure = _hasme.stationary(
-        problem._inner, method=method, tol=tol, max_iter=max_iter
+    _counts(max_iter=max_iter)
+    output, failure = _run(
+        False,
+        lambda _: _hasme.stationary(problem._inner, method=method, tol=tol, max_iter=max_iter),
     )
     result = StationaryResult(output)
     if failure is not None:
@@ -767,6 +801,7 @@ def report(
 ) -> ReportResult:
     """``hasme report``: runs what fits the problem (check, derive, moments, weak
     order, escape) and writes ``out/report.html`` with the JSON of every part."""
+    _counts(seed=seed, threads=threads)
     summary, files, parts = _run(
         progress,
         lambda cb: _hasme.report(

@@ -164,6 +164,11 @@ def test_bad_settings() -> None:
         hasme.simulate(problem, eta=0.3, horizon=1.0)
     with pytest.raises(hasme.InputError, match="scheme"):
         hasme.simulate(problem, eta=0.1, horizon=1.0, scheme="rk4")
+    with pytest.raises(hasme.InputError, match="paths") as caught:
+        hasme.escape(problem, eta=0.1, radius=0.5, paths=-1)
+    assert caught.value.line is None
+    with pytest.raises(hasme.InputError, match="models"):
+        hasme.simulate(problem, eta=0.1, horizon=1.0, models=[1])  # type: ignore[list-item]
     with pytest.raises(hasme.InputError, match="step sizes"):
         hasme.weak_order(problem, horizon=1.0)
     with pytest.raises(hasme.InputError, match="escape region"):
