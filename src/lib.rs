@@ -35,7 +35,9 @@
 //! range is an error when it is set, not a surprise later. Every report has a text form
 //! (`Display`) and a JSON form (`serde::Serialize`), the same bytes the command prints.
 //! Every error says whether the caller's input was wrong or the run failed
-//! ([`ErrorKind`]).
+//! ([`ErrorKind`]). The command line's own words for settings (a `--models` list,
+//! `--coupling`, an escape region) and its `--json` text are library calls too
+//! ([`options`]), shared by the binary and the Python package (`python/`).
 //!
 //! ```
 //! use hasme::{ModelKind, Problem, SimConfig, simulate};
@@ -62,6 +64,7 @@ pub mod jet;
 pub mod lang;
 pub mod models;
 pub mod moments;
+pub mod options;
 pub mod output;
 pub mod plot;
 pub mod problem;

@@ -5,18 +5,18 @@
 
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
-use hasme::escape::{EscapeConfig, EscapeError, Region, escape_with_progress};
+use hasme::escape::{EscapeConfig, EscapeError, escape_with_progress};
 use hasme::experiment::WeakOrderError;
-use hasme::format::WithFile;
 use hasme::inspect::{CheckSummary, DeriveReport, ModelRequest};
-use hasme::models::matrix_free::{self, KrylovOptions, LinearAlgebra};
-use hasme::models::{ModelKind, ModelOptions, PsdPolicy};
+use hasme::models::matrix_free::LinearAlgebra;
+use hasme::models::{ModelOptions, PsdPolicy};
 use hasme::moments::{self, MomentsConfig, MomentsError};
+use hasme::options;
 use hasme::output::{self, OutputError};
 use hasme::problem::StartPoint;
 use hasme::report::ReportError;
 use hasme::shard::{Ledger, Part, RunKey, Shard, ShardError};
-use hasme::sim::{Coupling, SimConfig, SimError, simulate_with_progress};
+use hasme::sim::{SimConfig, SimError, simulate_with_progress};
 use hasme::stationary::{StationaryConfig, StationaryError, Stop, find_stationary};
 use hasme::{ErrorKind, Overrides, Problem, ProblemError};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -256,8 +256,7 @@ impl RunArgs {
 
     /// `--threads`, defaulting to every core.
     fn threads(&self) -> usize {
-        self.threads
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        options::threads(self.threads)
     }
 
     /// `--out`, unless it is absent or `-` (standard output).
@@ -562,8 +561,7 @@ fn deliver(path: Option<&PathBuf>, text: &str) -> Result<()> {
 }
 
 fn print_json(value: &impl serde::Serialize) -> Result<()> {
-    emit(&format!("{}\n", serde_json::to_string_pretty(value)?))?;
-    Ok(())
+    emit(&options::json(value)?)
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
@@ -610,23 +608,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 )
                 .into());
             }
-            let krylov = match krylov_tol {
-                None => KrylovOptions::default(),
-                Some(t) => KrylovOptions::new(t)
-                    .map_err(|e| ProblemError::Usage(format!("--krylov-tol: {e}")))?,
-            };
-            if krylov_tol.is_some() && linear_algebra == Some(LinearAlgebraArg::Dense) {
-                return Err(ProblemError::Usage(
-                    "--krylov-tol sets the Lanczos tolerance: it needs --linear-algebra krylov (or no --linear-algebra)"
-                        .to_string(),
-                )
-                .into());
-            }
             let linear_algebra = linear_algebra.map(|l| match l {
                 LinearAlgebraArg::Dense => LinearAlgebra::Dense,
                 LinearAlgebraArg::Krylov => LinearAlgebra::Krylov,
             });
-            let explicit_krylov = linear_algebra == Some(LinearAlgebra::Krylov);
             if let Some(eta) = eta {
                 if !(eta.is_finite() && eta > 0.0) {
                     return Err(ProblemError::Usage(format!(
@@ -634,28 +619,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     ))
                     .into());
                 }
-                let models = if explicit_krylov && model.is_empty() {
-                    // The default list is every model that has a matrix-free form.
-                    ModelKind::all()
-                        .into_iter()
-                        .filter(|k| matrix_free::has_matrix_free_form(*k))
-                        .collect()
-                } else {
-                    parse_models(&model)?
-                };
-                if explicit_krylov {
-                    if series.is_some() {
-                        return Err(ProblemError::Usage(
-                            "--series prints products of d×d matrices: it needs --linear-algebra dense (or no --linear-algebra)".to_string(),
-                        )
-                        .into());
-                    }
-                    if let Some(e) = models.iter().find_map(|k| matrix_free::dense_only(*k)) {
-                        return Err(
-                            ProblemError::Usage(format!("--linear-algebra krylov: {e}")).into()
-                        );
-                    }
-                }
+                let (models, krylov) =
+                    options::derive_models(&model, series, linear_algebra, krylov_tol)?;
                 let request = ModelRequest {
                     eta,
                     models,
@@ -997,10 +962,7 @@ fn run_report(args: ReportArgs) -> Result<ExitCode> {
         .eta(args.eta)
         .quick(args.quick)
         .seed(args.seed)
-        .threads(
-            args.threads
-                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
-        )
+        .threads(options::threads(args.threads))
         .file_label(Some(label))
         .set(args.problem.set.clone())
         .build()?;
@@ -1025,7 +987,7 @@ fn run_moments(args: MomentsArgs) -> Result<ExitCode> {
     if let Some(every) = args.every {
         config = config.with_every(every)?;
     }
-    config = config.with_models(parse_models(&args.models)?)?;
+    config = config.with_models(options::models(&args.models)?)?;
     check_outputs(
         None,
         "the comparison, which moments always prints",
@@ -1101,59 +1063,18 @@ fn check_outputs(
 /// What `simulate`, `weak-order`, `escape` and `stationary` print without `--out`, for a message.
 const PRINTED: &str = "the text or JSON (send it to a file with --out PATH)";
 
-/// The `--coupling` setting: coupled unless asked otherwise; a finite sum cannot be
-/// coupled (its SGD draws minibatches, not Gaussian numbers).
-fn coupling_of(arg: Option<&str>, problem: &Problem) -> Result<Coupling, ProblemError> {
-    let usage = ProblemError::Usage;
-    let coupling: Coupling = arg
-        .unwrap_or("coupled")
-        .parse()
-        .map_err(|m| usage(format!("--coupling: {m}")))?;
-    if arg.is_some() && coupling == Coupling::Coupled && problem.finite_sum().is_some() {
-        return Err(usage(format!(
-            "--coupling coupled: {} is a finite sum, whose SGD draws real minibatches that share no random numbers with the SDEs; its runs are always independent (omit --coupling)",
-            problem.source().name()
-        )));
-    }
-    Ok(coupling.possible(problem))
-}
-
-fn parse_models(names: &[String]) -> Result<Vec<ModelKind>, ProblemError> {
-    if names.is_empty() {
-        return Ok(ModelKind::all().to_vec());
-    }
-    let mut out: Vec<ModelKind> = Vec::new();
-    for n in names {
-        let n = n.trim();
-        let kinds = if n == "all" {
-            ModelKind::all().to_vec()
-        } else {
-            vec![
-                n.parse::<ModelKind>()
-                    .map_err(|e| ProblemError::Usage(format!("--model: {e}")))?,
-            ]
-        };
-        for k in kinds {
-            if !out.contains(&k) {
-                out.push(k);
-            }
-        }
-    }
-    Ok(out)
-}
-
 /// `hasme simulate`: checks the output path first, simulates with a progress bar,
 /// prints (or writes to `--out`) text or JSON; divergences are reported, not errors.
 fn run_simulate(args: SimulateArgs, replay: Option<Ledger>) -> Result<ExitCode> {
     let problem = Problem::from_file(&args.file, &args.run.overrides()?)?;
     check_outputs(args.run.out.as_ref(), PRINTED, &[])?;
     let usage = |m: String| ProblemError::Usage(m);
-    let models = parse_models(&args.models)?;
+    let models = options::models(&args.models)?;
     let scheme = args
         .scheme
         .parse()
         .map_err(|m| usage(format!("--scheme: {m}")))?;
-    let coupling = coupling_of(args.coupling.as_deref(), &problem)?;
+    let coupling = options::coupling(args.coupling.as_deref(), &problem)?;
     let pieces = pieces("simulate", &args.file, &problem, &args.run, None, replay)?;
     let config = SimConfig::builder(args.eta, args.horizon, args.paths)
         .models(models)
@@ -1174,8 +1095,7 @@ fn run_simulate(args: SimulateArgs, replay: Option<Ledger>) -> Result<ExitCode> 
     }
     let result = result?;
     let text = if args.run.json {
-        let file = args.file.display().to_string();
-        serde_json::to_string_pretty(&WithFile::new(&result, &file))? + "\n"
+        options::json_with_file(&result, &args.file.display().to_string())?
     } else {
         format!("{result}\n")
     };
@@ -1200,16 +1120,7 @@ fn run_weak_order(args: WeakOrderArgs, replay: Option<Ledger>) -> Result<ExitCod
     let overrides = args.run.overrides()?;
     let problem = Problem::from_file(&args.file, &overrides)?;
     let usage = |m: String| ProblemError::Usage(m);
-    let etas = match (args.eta_max, args.levels) {
-        (Some(eta_max), Some(levels)) => WeakOrderConfig::halving(eta_max, levels),
-        _ if !args.etas.is_empty() => args.etas.clone(),
-        _ => {
-            return Err(usage(
-                "give the step sizes: --etas 0.2,0.1,0.05 or --eta-max 0.2 --levels 4".into(),
-            )
-            .into());
-        }
-    };
+    let etas = options::etas(&args.etas, args.eta_max, args.levels)?;
     check_outputs(
         args.run.out.as_ref(),
         PRINTED,
@@ -1218,7 +1129,7 @@ fn run_weak_order(args: WeakOrderArgs, replay: Option<Ledger>) -> Result<ExitCod
     let models = if args.models.is_empty() {
         None
     } else {
-        Some(parse_models(&args.models)?)
+        Some(options::models(&args.models)?)
     };
     let scheme = args
         .scheme
@@ -1282,8 +1193,7 @@ fn run_weak_order(args: WeakOrderArgs, replay: Option<Ledger>) -> Result<ExitCod
         deliver(Some(path), &report.plot().to_svg()?)?;
     }
     let text = if args.run.json {
-        let file = args.file.display().to_string();
-        serde_json::to_string_pretty(&WithFile::new(&report, &file))? + "\n"
+        options::json_with_file(&report, &args.file.display().to_string())?
     } else {
         format!("{report}")
     };
@@ -1301,43 +1211,21 @@ fn run_weak_order(args: WeakOrderArgs, replay: Option<Ledger>) -> Result<ExitCod
 fn run_escape(args: EscapeArgs, replay: Option<Ledger>) -> Result<ExitCode> {
     let problem = Problem::from_file(&args.file, &args.run.overrides()?)?;
     let usage = |m: String| ProblemError::Usage(m);
-    let region = match (&args.when, args.radius) {
-        (Some(_), Some(_)) => {
-            return Err(usage("give either --radius (a ball) or --when, not both".into()).into());
+    let centre = args.centre.as_ref().map(|spec| {
+        || {
+            problem
+                .point_from_assignments(spec)
+                .map_err(|e| usage(e.to_string().replace("--at", "--centre")))
         }
-        (Some(_), None) if args.centre.is_some() => {
-            return Err(usage("--centre goes with --radius, not --when".into()).into());
-        }
-        (Some(expr), None) => Region::When(expr.clone()),
-        (None, Some(radius)) => Region::Ball {
-            centre: match &args.centre {
-                Some(spec) => Some(
-                    problem
-                        .point_from_assignments(spec)
-                        .map_err(|e| usage(e.to_string().replace("--at", "--centre")))?,
-                ),
-                None => None,
-            },
-            radius,
-        },
-        (None, None) if problem.escape_region().is_some() => Region::File,
-        (None, None) => {
-            return Err(usage(
-                "give the escape region: --radius R (a ball around --centre, default the start \
-                 point), --when EXPR (escape when EXPR > 0), or an `escape when … > …` \
-                 statement in the file"
-                    .into(),
-            )
-            .into());
-        }
-    };
+    });
+    let region = options::region(args.radius, centre, args.when.as_deref(), &problem)?;
     check_outputs(
         args.run.out.as_ref(),
         PRINTED,
         &[("--plot", args.plot.as_ref())],
     )?;
-    let models = parse_models(&args.models)?;
-    let coupling = coupling_of(args.coupling.as_deref(), &problem)?;
+    let models = options::models(&args.models)?;
+    let coupling = options::coupling(args.coupling.as_deref(), &problem)?;
     let pieces = pieces(
         "escape",
         &args.file,
@@ -1362,8 +1250,7 @@ fn run_escape(args: EscapeArgs, replay: Option<Ledger>) -> Result<ExitCode> {
     }
     let report = report?;
     let text = if args.run.json {
-        let file = args.file.display().to_string();
-        serde_json::to_string_pretty(&WithFile::new(&report, &file))? + "\n"
+        options::json_with_file(&report, &args.file.display().to_string())?
     } else {
         format!("{report}")
     };
@@ -1396,7 +1283,7 @@ fn run_stationary(args: StationaryArgs) -> Result<ExitCode> {
         .build()?;
     let report = find_stationary(&problem, &config)?;
     let text = if args.json {
-        serde_json::to_string_pretty(&report)? + "\n"
+        options::json(&report)?
     } else {
         format!("{report}\n")
     };
