@@ -102,13 +102,31 @@ impl Problem {
             return Ok(());
         }
         let mut jets = Jets::default();
-        for (i, &z) in zeta.iter().enumerate() {
-            self.objective
-                .gradients_row(x, fs.row(i), ws, &mut jets)
-                .map_err(|nf| self.row_eval_error(nf, x, i))?;
-            for ((o, gi), g) in out.iter_mut().zip(jets.gradient(0)).zip(gradient) {
+        let push = |out: &mut [f64], z: f64, gi: &[f64]| {
+            for ((o, gi), g) in out.iter_mut().zip(gi).zip(gradient) {
                 *o += z * (gi - g);
             }
+        };
+        // Blocks of rows at once, as for Σ; a block with something not finite goes row
+        // by row, which names it.
+        let c = fs.columns.len();
+        let mut i = 0;
+        while i < fs.n {
+            let count = (fs.n - i).min(ROWS);
+            let block = &fs.rows[i * c..(i + count) * c];
+            if count > 1 && self.objective.gradients_rows(x, block, count, &mut ws.rows) {
+                for (l, lane) in ws.rows.jets[..count].iter().enumerate() {
+                    push(out, zeta[i + l], lane.gradient(0));
+                }
+            } else {
+                for (r, &z) in zeta.iter().enumerate().skip(i).take(count) {
+                    self.objective
+                        .gradients_row(x, fs.row(r), ws, &mut jets)
+                        .map_err(|nf| self.row_eval_error(nf, x, r))?;
+                    push(out, z, jets.gradient(0));
+                }
+            }
+            i += count;
         }
         let scale = (fs.noise_factor() / fs.n as f64).sqrt();
         out.iter_mut().for_each(|o| *o *= scale);

@@ -182,11 +182,16 @@ fn rare_rows<D: RowScalar>(op: Op, s: &[Lane<D>]) -> Lane<D> {
     out
 }
 
-/// `dst[l] += term(l)` in every lane whose adjoint does not vanish.
+/// `dst[l] += term(l)` in every lane whose adjoint does not vanish (with `MASKED`
+/// false, no lane does: a loop without branches).
 #[inline(always)]
-fn add_to<D: RowScalar>(dst: &mut Lane<D>, skip: &Lane<bool>, term: impl Fn(usize) -> D) {
+fn add_to<D: RowScalar, const MASKED: bool>(
+    dst: &mut Lane<D>,
+    skip: &Lane<bool>,
+    term: impl Fn(usize) -> D,
+) {
     for l in 0..ROWS {
-        if !skip[l] {
+        if !MASKED || !skip[l] {
             dst[l] += term(l);
         }
     }
@@ -194,18 +199,23 @@ fn add_to<D: RowScalar>(dst: &mut Lane<D>, skip: &Lane<bool>, term: impl Fn(usiz
 
 /// `dst[l] -= term(l)` in every lane whose adjoint does not vanish.
 #[inline(always)]
-fn sub_from<D: RowScalar>(dst: &mut Lane<D>, skip: &Lane<bool>, term: impl Fn(usize) -> D) {
+fn sub_from<D: RowScalar, const MASKED: bool>(
+    dst: &mut Lane<D>,
+    skip: &Lane<bool>,
+    term: impl Fn(usize) -> D,
+) {
     for l in 0..ROWS {
-        if !skip[l] {
+        if !MASKED || !skip[l] {
             dst[l] -= term(l);
         }
     }
 }
 
 /// [`super::adjoint`] over a block: instruction `slot`'s adjoints `vbar` (lanes in
-/// `skip` left out) into its operands' adjoints, the same expressions in every lane.
+/// `skip` left out, when `MASKED`) into its operands' adjoints, the same expressions in
+/// every lane.
 #[inline(always)]
-fn adjoint_rows<D: RowScalar>(
+fn adjoint_rows<D: RowScalar, const MASKED: bool>(
     op: Op,
     v: &[Lane<D>],
     slot: usize,
@@ -218,69 +228,73 @@ fn adjoint_rows<D: RowScalar>(
     match op {
         Op::Var(_) | Op::Const(_) => {}
         Op::Add(a, b) => {
-            add_to(&mut adj[a as usize], skip, |l| vbar[l]);
-            add_to(&mut adj[b as usize], skip, |l| vbar[l]);
+            add_to::<D, MASKED>(&mut adj[a as usize], skip, |l| vbar[l]);
+            add_to::<D, MASKED>(&mut adj[b as usize], skip, |l| vbar[l]);
         }
         Op::Sub(a, b) => {
-            add_to(&mut adj[a as usize], skip, |l| vbar[l]);
-            sub_from(&mut adj[b as usize], skip, |l| vbar[l]);
+            add_to::<D, MASKED>(&mut adj[a as usize], skip, |l| vbar[l]);
+            sub_from::<D, MASKED>(&mut adj[b as usize], skip, |l| vbar[l]);
         }
         Op::AddScaled(a, b, c) => {
-            add_to(&mut adj[a as usize], skip, |l| vbar[l]);
-            add_to(&mut adj[b as usize], skip, |l| vbar[l] * c);
+            add_to::<D, MASKED>(&mut adj[a as usize], skip, |l| vbar[l]);
+            add_to::<D, MASKED>(&mut adj[b as usize], skip, |l| vbar[l] * c);
         }
         Op::Mul(a, b) => {
             let (xa, xb) = (at(a), at(b));
-            add_to(&mut adj[a as usize], skip, |l| vbar[l] * xb[l]);
-            add_to(&mut adj[b as usize], skip, |l| vbar[l] * xa[l]);
+            add_to::<D, MASKED>(&mut adj[a as usize], skip, |l| vbar[l] * xb[l]);
+            add_to::<D, MASKED>(&mut adj[b as usize], skip, |l| vbar[l] * xa[l]);
         }
         Op::Div(a, b) => {
             let xb = at(b);
-            add_to(&mut adj[a as usize], skip, |l| vbar[l] / xb[l]);
-            sub_from(&mut adj[b as usize], skip, |l| vbar[l] * out[l] / xb[l]);
+            add_to::<D, MASKED>(&mut adj[a as usize], skip, |l| vbar[l] / xb[l]);
+            sub_from::<D, MASKED>(&mut adj[b as usize], skip, |l| vbar[l] * out[l] / xb[l]);
         }
         Op::Pow(a, b) => {
             let (xa, xb) = (at(a), at(b));
-            add_to(&mut adj[a as usize], skip, |l| {
+            add_to::<D, MASKED>(&mut adj[a as usize], skip, |l| {
                 vbar[l] * xb[l] * out[l] / xa[l]
             });
-            add_to(&mut adj[b as usize], skip, |l| {
+            add_to::<D, MASKED>(&mut adj[b as usize], skip, |l| {
                 vbar[l] * out[l] * xa[l].ln()
             });
         }
-        Op::AddConst(a, _) => add_to(&mut adj[a as usize], skip, |l| vbar[l]),
-        Op::ConstSub(_, a) | Op::Neg(a) => sub_from(&mut adj[a as usize], skip, |l| vbar[l]),
-        Op::MulConst(a, c) => add_to(&mut adj[a as usize], skip, |l| vbar[l] * c),
-        Op::DivConst(a, c) => add_to(&mut adj[a as usize], skip, |l| vbar[l] / c),
+        Op::AddConst(a, _) => add_to::<D, MASKED>(&mut adj[a as usize], skip, |l| vbar[l]),
+        Op::ConstSub(_, a) | Op::Neg(a) => {
+            sub_from::<D, MASKED>(&mut adj[a as usize], skip, |l| vbar[l])
+        }
+        Op::MulConst(a, c) => add_to::<D, MASKED>(&mut adj[a as usize], skip, |l| vbar[l] * c),
+        Op::DivConst(a, c) => add_to::<D, MASKED>(&mut adj[a as usize], skip, |l| vbar[l] / c),
         Op::ConstDiv(_, a) => {
             let xa = at(a);
-            sub_from(&mut adj[a as usize], skip, |l| vbar[l] * out[l] / xa[l]);
+            sub_from::<D, MASKED>(&mut adj[a as usize], skip, |l| vbar[l] * out[l] / xa[l]);
         }
         Op::PowI(a, n) => {
             if n != 0 {
                 let xa = at(a);
-                add_to(&mut adj[a as usize], skip, |l| {
+                add_to::<D, MASKED>(&mut adj[a as usize], skip, |l| {
                     vbar[l] * xa[l].powi(n - 1) * f64::from(n)
                 });
             }
         }
         Op::PowF(a, c) => {
             let xa = at(a);
-            add_to(&mut adj[a as usize], skip, |l| {
+            add_to::<D, MASKED>(&mut adj[a as usize], skip, |l| {
                 vbar[l] * powf(&xa[l], c - 1.0) * c
             });
         }
-        Op::ConstPow(c, a) => add_to(&mut adj[a as usize], skip, |l| vbar[l] * out[l] * c.ln()),
+        Op::ConstPow(c, a) => {
+            add_to::<D, MASKED>(&mut adj[a as usize], skip, |l| vbar[l] * out[l] * c.ln())
+        }
         Op::Func(f, a) => {
             let xa = at(a);
-            add_to(&mut adj[a as usize], skip, |l| {
+            add_to::<D, MASKED>(&mut adj[a as usize], skip, |l| {
                 vbar[l] * f.derivative(&xa[l], &out[l])
             });
         }
         Op::Max(a, b) | Op::Min(a, b) => {
             let (xa, xb) = (at(a), at(b));
             for l in 0..ROWS {
-                if skip[l] {
+                if MASKED && skip[l] {
                     continue;
                 }
                 let first = if matches!(op, Op::Max(..)) {
@@ -355,8 +369,12 @@ impl Tape {
         adj: &mut Vec<Lane<D>>,
         mut var: impl FnMut(usize, usize, D),
     ) {
-        adj.clear();
-        adj.resize(self.ops.len(), [D::zero(); ROWS]);
+        if adj.len() != self.ops.len() {
+            adj.clear();
+            adj.resize(self.ops.len(), [D::zero(); ROWS]);
+        } else {
+            adj[..=o as usize].fill([D::zero(); ROWS]);
+        }
         adj[o as usize] = std::array::from_fn(|l| if l < count { D::one() } else { D::zero() });
         for (slot, &op) in self.ops.iter().enumerate().take(o as usize + 1).rev() {
             let vbar = adj[slot];
@@ -372,7 +390,11 @@ impl Tape {
                 }
                 continue;
             }
-            adjoint_rows(op, vals, slot, &vbar, &skip, adj);
+            if skip.iter().any(|&s| s) {
+                adjoint_rows::<D, true>(op, vals, slot, &vbar, &skip, adj);
+            } else {
+                adjoint_rows::<D, false>(op, vals, slot, &vbar, &skip, adj);
+            }
         }
     }
 
