@@ -22,6 +22,7 @@ use crate::models::{ModelKind, ModelOptions, PsdPolicy};
 use crate::moments::{self, MomentsConfig, MomentsError, MomentsReport};
 use crate::output::{self, OutputError};
 use crate::plot::PlotError;
+use crate::shard::Ledger;
 use crate::{Overrides, Problem, ProblemError};
 use serde_json::Value;
 use std::fmt::Write as _;
@@ -62,6 +63,9 @@ pub struct ReportConfig {
     pub(crate) file_label: Option<String>,
     /// The `--set NAME=VALUE` overrides, for the reproduce commands.
     pub(crate) set: Vec<String>,
+    /// A ledger every simulation of the report runs under (all chunks computed, in
+    /// order): a front end stops the report through its stop flag.
+    pub(crate) ledger: Option<Ledger>,
 }
 
 /// The settings of a report, before they are checked: see [`ReportConfig`].
@@ -86,6 +90,9 @@ impl ReportConfigBuilder {
         file_label: Option<String>,
         /// The `--set NAME=VALUE` overrides, for the reproduce commands.
         set: Vec<String>,
+        /// A ledger that computes every chunk, for its stop flag (a front end's Ctrl-C):
+        /// the report's simulations stop at the next path and the report fails.
+        ledger: Option<Ledger>,
     }
 
     /// Checks every setting and returns the configuration.
@@ -146,6 +153,7 @@ impl ReportConfig {
             out_dir,
             file_label: None,
             set: Vec::new(),
+            ledger: None,
         }
     }
 
@@ -197,6 +205,10 @@ pub enum ReportError {
     /// JSON could not be built.
     #[error("json: {0}")]
     Json(#[from] serde_json::Error),
+    /// The ledger's stop flag was set before the simulations finished: nothing was
+    /// written.
+    #[error("stopped before its simulations finished: no page or part was written")]
+    Stopped,
 }
 
 impl ReportError {
@@ -209,7 +221,7 @@ impl ReportError {
             ReportError::WeakOrder(e) => e.kind(),
             ReportError::Escape(e) => e.kind(),
             ReportError::Output(e) => e.kind(),
-            ReportError::Plot(_) | ReportError::Json(_) => ErrorKind::Run,
+            ReportError::Plot(_) | ReportError::Json(_) | ReportError::Stopped => ErrorKind::Run,
         }
     }
 }
@@ -390,10 +402,15 @@ pub fn run_report(
         }
     };
 
-    let wc = &settings.weak_order;
+    let mut wc = settings.weak_order.clone();
+    wc.ledger.clone_from(&config.ledger);
     progress.stage("weak order", wc.total_paths(problem));
-    let weak = experiment::weak_order_with_progress(problem, overrides, wc, &|n| progress.inc(n));
+    let weak = experiment::weak_order_with_progress(problem, overrides, &wc, &|n| progress.inc(n));
     progress.finish();
+    let stopped = || config.ledger.as_ref().is_some_and(Ledger::partial);
+    if stopped() {
+        return Err(ReportError::Stopped);
+    }
     let weak = weak?;
     notes.extend(weak.warnings.iter().map(|w| format!("weak order: {w}")));
 
@@ -435,9 +452,14 @@ pub fn run_report(
 
     let escape = match &settings.escape {
         Some(ec) => {
+            let mut ec = ec.clone();
+            ec.ledger.clone_from(&config.ledger);
             progress.stage("escape", ec.paths());
-            let e = escape::escape_with_progress(problem, ec, &|n| progress.inc(n));
+            let e = escape::escape_with_progress(problem, &ec, &|n| progress.inc(n));
             progress.finish();
+            if stopped() {
+                return Err(ReportError::Stopped);
+            }
             Some(e?)
         }
         None => {

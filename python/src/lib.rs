@@ -929,6 +929,7 @@ fn report(
 ) -> PyResult<(String, Vec<String>, Vec<(String, String)>)> {
     let problem = problem.get();
     let file = problem.file();
+    let ledger = stoppable("report");
     let config = ReportConfig::builder(&out)
         .eta(eta)
         .quick(quick)
@@ -936,13 +937,15 @@ fn report(
         .threads(self::threads(threads))
         .file_label(Some(file.clone()))
         .set(problem.set.clone())
+        .ledger(Some(ledger.clone()))
         .build()
         .or_raise()?;
     let watch = Watch::new("report", 0);
-    let report = watched(py, &watch, None, progress, || {
+    let report = watched(py, &watch, Some(ledger.stop_flag()), progress, || {
         hasme::report::run_report(&problem.inner, &problem.overrides, &config, &watch)
-    })?
-    .or_raise()?;
+    })?;
+    finished(&ledger)?;
+    let report = report.or_raise()?;
     let parts = report
         .parts_json(&file)
         .or_raise()?

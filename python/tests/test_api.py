@@ -215,6 +215,30 @@ def test_ctrl_c_stops_a_long_weak_order_within_a_second() -> None:
     assert small.json() == again.json()
 
 
+def test_ctrl_c_stops_a_report_within_a_second(tmp_path: Path) -> None:
+    """A full report (ten seconds of simulations) stops at the next path and writes
+    no page. (A path is the unit of work: a network whose single path takes seconds
+    stops when its running paths end.)"""
+    problem = hasme.Problem.from_file(SADDLE)
+    fired: List[float] = []
+
+    def interrupt() -> None:
+        fired.append(time.monotonic())
+        _thread.interrupt_main()
+
+    timer = threading.Timer(1.0, interrupt)
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            hasme.report(problem, out=tmp_path / "report", threads=2)
+        stopped = time.monotonic()
+    finally:
+        timer.cancel()
+    assert fired, "the report ended before the interrupt"
+    assert stopped - fired[0] < 1.0
+    assert not (tmp_path / "report" / "report.html").exists()
+
+
 def test_progress_callback() -> None:
     problem = hasme.Problem.from_file(SADDLE)
     calls: List[Tuple[int, int, str]] = []
