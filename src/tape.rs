@@ -954,16 +954,7 @@ impl Tape {
             }
         }
         // The Hessian is assembled column by column; symmetrise away round-off.
-        for k in 0..self.outputs.len() {
-            let hess = &mut jets.hessians[k * d * d..(k + 1) * d * d];
-            for i in 0..d {
-                for j in i + 1..d {
-                    let m = 0.5 * (hess[i * d + j] + hess[j * d + i]);
-                    hess[i * d + j] = m;
-                    hess[j * d + i] = m;
-                }
-            }
-        }
+        jets.symmetrise_hessians();
         let finite = jets
             .gradients
             .iter()
@@ -1387,6 +1378,24 @@ pub struct Jets {
 }
 
 impl Jets {
+    /// Each Hessian replaced by the mean of itself and its transpose: a Hessian
+    /// assembled column by column, symmetric up to round-off, made exactly symmetric.
+    fn symmetrise_hessians(&mut self) {
+        let d = self.dim;
+        if d == 0 {
+            return;
+        }
+        for hess in self.hessians.chunks_exact_mut(d * d) {
+            for i in 0..d {
+                for j in i + 1..d {
+                    let m = 0.5 * (hess[i * d + j] + hess[j * d + i]);
+                    hess[i * d + j] = m;
+                    hess[j * d + i] = m;
+                }
+            }
+        }
+    }
+
     /// Sizes the buffers for `outputs` outputs over `dim` variables, keeping their
     /// contents when the sizes are already right.
     fn ensure(&mut self, dim: usize, outputs: usize) {

@@ -358,13 +358,13 @@ fn axpy(a: f64, x: &[f64], y: &mut [f64]) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use nalgebra::DVector;
 
     /// Q diag(s) Qᵀ with Q orthogonal from the QR factorisation of a fixed mixing
     /// matrix: a symmetric matrix with spectrum exactly `s` (to round-off).
-    fn with_spectrum(s: &[f64]) -> DMatrix<f64> {
+    pub(crate) fn with_spectrum(s: &[f64]) -> DMatrix<f64> {
         let d = s.len();
         let m = DMatrix::from_fn(d, d, |i, j| ((i * d + j) as f64 * 0.731 + 0.2).sin());
         let q = m.qr().q();

@@ -535,14 +535,7 @@ mod tests {
     use super::*;
     use nalgebra::{DMatrix, DVector};
 
-    /// Q diag(s) Qᵀ, Q orthogonal from a fixed mixing matrix: spectrum exactly `s`.
-    fn with_spectrum(s: &[f64]) -> DMatrix<f64> {
-        let d = s.len();
-        let m = DMatrix::from_fn(d, d, |i, j| ((i * d + j) as f64 * 0.731 + 0.2).sin());
-        let q = m.qr().q();
-        let a = &q * DMatrix::from_diagonal(&DVector::from_column_slice(s)) * q.transpose();
-        (&a + a.transpose()) * 0.5
-    }
+    use crate::models::krylov::tests::with_spectrum;
 
     fn operator(a: &DMatrix<f64>) -> impl FnMut(&[f64], &mut [f64]) -> Result<(), ModelError> + '_ {
         move |v, out| {

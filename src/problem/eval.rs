@@ -141,37 +141,12 @@ impl Problem {
         let mut sum = std::mem::take(&mut ws.scratch);
         sum.clear();
         sum.resize(d + 1, 0.0);
-        let mut result = Ok(());
-        let add = |sum: &mut [f64], jets: &Jets| {
-            sum[d] += jets.values[0];
-            for (s, g) in sum.iter_mut().zip(jets.gradient(0)) {
+        let result = self.each_example_gradient(fs, x, ws, jets, |_, row| {
+            sum[d] += row.values[0];
+            for (s, g) in sum.iter_mut().zip(row.gradient(0)) {
                 *s += g;
             }
-        };
-        // Blocks of rows at once (each row's gradient is the scalar one, added in row
-        // order); a block with something not finite goes row by row, which names it.
-        let c = fs.columns.len();
-        let mut i = 0;
-        'rows: while i < fs.n {
-            let count = (fs.n - i).min(ROWS);
-            let block = &fs.rows[i * c..(i + count) * c];
-            if count > 1 && self.objective.gradients_rows(x, block, count, &mut ws.rows) {
-                for lane in &ws.rows.jets[..count] {
-                    add(&mut sum, lane);
-                }
-                // As the row-by-row loop leaves it: the last row's buffers.
-                jets.clone_from(&ws.rows.jets[count - 1]);
-            } else {
-                for r in i..i + count {
-                    if let Err(nf) = self.objective.gradients_row(x, fs.row(r), ws, jets) {
-                        result = Err(self.row_eval_error(nf, x, r));
-                        break 'rows;
-                    }
-                    add(&mut sum, jets);
-                }
-            }
-            i += count;
-        }
+        });
         if result.is_ok() {
             let n = fs.n as f64;
             jets.values[0] = sum[d] / n;

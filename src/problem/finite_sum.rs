@@ -107,27 +107,9 @@ impl Problem {
                 *o += z * (gi - g);
             }
         };
-        // Blocks of rows at once, as for Σ; a block with something not finite goes row
-        // by row, which names it.
-        let c = fs.columns.len();
-        let mut i = 0;
-        while i < fs.n {
-            let count = (fs.n - i).min(ROWS);
-            let block = &fs.rows[i * c..(i + count) * c];
-            if count > 1 && self.objective.gradients_rows(x, block, count, &mut ws.rows) {
-                for (l, lane) in ws.rows.jets[..count].iter().enumerate() {
-                    push(out, zeta[i + l], lane.gradient(0));
-                }
-            } else {
-                for (r, &z) in zeta.iter().enumerate().skip(i).take(count) {
-                    self.objective
-                        .gradients_row(x, fs.row(r), ws, &mut jets)
-                        .map_err(|nf| self.row_eval_error(nf, x, r))?;
-                    push(out, z, jets.gradient(0));
-                }
-            }
-            i += count;
-        }
+        self.each_example_gradient(fs, x, ws, &mut jets, |i, row| {
+            push(out, zeta[i], row.gradient(0))
+        })?;
         let scale = (fs.noise_factor() / fs.n as f64).sqrt();
         out.iter_mut().for_each(|o| *o *= scale);
         if let Some(k) = out.iter().position(|v| !v.is_finite()) {
@@ -167,8 +149,25 @@ impl Problem {
             ..
         } = buffers;
         comoment_start(self.dim(), mean, delta);
-        // Blocks of rows at once (each row's gradient is the scalar one, pushed in row
-        // order); a block with something not finite goes row by row, which names it.
+        self.each_example_gradient(fs, x, ws, jets, |i, row| {
+            comoment_push(i + 1, row.gradient(0), mean, delta, out)
+        })?;
+        self.minibatch_cov_finish(fs, x, out)
+    }
+
+    /// Every example's value and gradient at x (of the objective's outputs), in row
+    /// order: `each(i, jets)` for example i (0-based). Rows go in blocks
+    /// ([`crate::tape::ROWS`] at once, each row's numbers those of the row-by-row
+    /// loop); a block with something not finite goes row by row, which names the
+    /// example. `jets` is left as the row-by-row loop leaves it: the last row's.
+    pub(super) fn each_example_gradient(
+        &self,
+        fs: &FiniteSum,
+        x: &[f64],
+        ws: &mut Workspace,
+        jets: &mut Jets,
+        mut each: impl FnMut(usize, &Jets),
+    ) -> Result<(), ProblemError> {
         let c = fs.columns.len();
         let mut i = 0;
         while i < fs.n {
@@ -176,19 +175,20 @@ impl Problem {
             let block = &fs.rows[i * c..(i + count) * c];
             if count > 1 && self.objective.gradients_rows(x, block, count, &mut ws.rows) {
                 for (l, lane) in ws.rows.jets[..count].iter().enumerate() {
-                    comoment_push(i + l + 1, lane.gradient(0), mean, delta, out);
+                    each(i + l, lane);
                 }
+                jets.clone_from(&ws.rows.jets[count - 1]);
             } else {
                 for r in i..i + count {
                     self.objective
                         .gradients_row(x, fs.row(r), ws, jets)
                         .map_err(|nf| self.row_eval_error(nf, x, r))?;
-                    comoment_push(r + 1, jets.gradient(0), mean, delta, out);
+                    each(r, jets);
                 }
             }
             i += count;
         }
-        self.minibatch_cov_finish(fs, x, out)
+        Ok(())
     }
 
     /// `out ← κ/n · out` (the co-moment of the n per-example gradients), symmetric,

@@ -498,16 +498,7 @@ impl Tape {
         }
         // Symmetrised as the scalar Hessian is.
         for lane in &mut jets[..count] {
-            for k in 0..self.outputs.len() {
-                let hess = &mut lane.hessians[k * d * d..(k + 1) * d * d];
-                for i in 0..d {
-                    for j in i + 1..d {
-                        let m = 0.5 * (hess[i * d + j] + hess[j * d + i]);
-                        hess[i * d + j] = m;
-                        hess[j * d + i] = m;
-                    }
-                }
-            }
+            lane.symmetrise_hessians();
         }
         jets[..count]
             .iter()
