@@ -4,10 +4,25 @@
 //! error naming the expression, its place in the file and the point.
 
 use super::{Derivatives, NoiseKind, Problem, ProblemError};
+use crate::data::FiniteSum;
 use crate::lang::Sources;
 use crate::models::{Local, PSD_TOLERANCE, SYMMETRY_TOLERANCE};
 use crate::tape::{Derivs, Jets, NonFinite, ROWS, Workspace};
 use nalgebra::{DMatrix, DVector, SymmetricEigen};
+use rayon::prelude::*;
+use std::cell::RefCell;
+
+/// Rows per parallel chunk of a finite sum's Hessian-vector product: the chunks are
+/// fixed by n alone, so the sums are the same on any number of threads.
+const HVP_CHUNK: usize = 256;
+
+/// One chunk's sums of F_i, ∇F_i and ∇²F_i·v.
+type ChunkSums = (f64, Vec<f64>, Vec<f64>);
+
+thread_local! {
+    /// The buffers of the chunks a thread evaluates (no allocation once grown).
+    static CHUNK_WORKSPACE: RefCell<Workspace> = RefCell::new(Workspace::default());
+}
 
 // Σ is checked with the models' own tolerances, so the problem accepts exactly the
 // covariances the models read: mirror entries may differ by round-off
@@ -199,28 +214,77 @@ impl Problem {
                 .hessian_vector_row(0, x, &[], v, ws, grad, hv)
                 .map_err(|nf| self.eval_error(nf, x));
         };
-        // Blocks of rows at once: each lane's ∇F and ∇²F·v are the scalar ones and are
-        // added in row order, so the sums are those of the row-by-row loop. A block
-        // with something not finite goes row by row, which names the row.
-        let c = fs.columns.len();
+        // Chunks of rows in parallel, each summed in row order and the chunk sums added
+        // in chunk order: the same bits on any number of threads.
         let mut sum = 0.0;
-        let mut i = 0;
-        while i < fs.n {
-            let count = (fs.n - i).min(ROWS);
+        if fs.n <= HVP_CHUNK {
+            sum = self.hessian_vector_rows_with(fs, x, v, 0..fs.n, ws, grad, hv)?;
+        } else {
+            let starts: Vec<usize> = (0..fs.n).step_by(HVP_CHUNK).collect();
+            let parts: Vec<Result<ChunkSums, ProblemError>> = starts
+                .par_iter()
+                .map(|&start| {
+                    CHUNK_WORKSPACE.with(|cell| {
+                        let ws = &mut cell.borrow_mut();
+                        let (mut g, mut h) = (vec![0.0; d], vec![0.0; d]);
+                        let rows = start..(start + HVP_CHUNK).min(fs.n);
+                        let s =
+                            self.hessian_vector_rows_with(fs, x, v, rows, ws, &mut g, &mut h)?;
+                        Ok((s, g, h))
+                    })
+                })
+                .collect();
+            for part in parts {
+                let (s, g, h) = part?;
+                sum += s;
+                grad.iter_mut().zip(&g).for_each(|(a, b)| *a += b);
+                hv.iter_mut().zip(&h).for_each(|(a, b)| *a += b);
+            }
+        }
+        // The mean as the dense derivatives take it: the sums scaled by 1/n.
+        let scale = 1.0 / fs.n as f64;
+        grad.iter_mut()
+            .chain(hv.iter_mut())
+            .for_each(|a| *a *= scale);
+        Ok(sum * scale)
+    }
+
+    /// The sums over the examples `rows` of F_i, ∇F_i and ∇²F_i·v, added into `grad`
+    /// and `hv` in row order. Blocks of rows at once: each lane's numbers are the
+    /// scalar ones; a block with something not finite goes row by row, which names the
+    /// row.
+    #[allow(clippy::too_many_arguments)]
+    fn hessian_vector_rows_with(
+        &self,
+        fs: &FiniteSum,
+        x: &[f64],
+        v: &[f64],
+        rows: std::ops::Range<usize>,
+        ws: &mut Workspace,
+        grad: &mut [f64],
+        hv: &mut [f64],
+    ) -> Result<f64, ProblemError> {
+        let (c, d) = (fs.columns.len(), self.dim());
+        let mut sum = 0.0;
+        let mut i = rows.start;
+        while i < rows.end {
+            let count = (rows.end - i).min(ROWS);
             let block = &fs.rows[i * c..(i + count) * c];
             if count > 1
                 && self
                     .objective
                     .hessian_vector_rows(0, x, block, count, v, &mut ws.rows)
             {
-                let rows = &ws.rows;
+                let lanes = &ws.rows;
                 for l in 0..count {
-                    sum += rows.values[l];
+                    sum += lanes.values[l];
                     let lane = l * d..(l + 1) * d;
                     grad.iter_mut()
-                        .zip(&rows.grad[lane.clone()])
+                        .zip(&lanes.grad[lane.clone()])
                         .for_each(|(a, b)| *a += b);
-                    hv.iter_mut().zip(&rows.hv[lane]).for_each(|(a, b)| *a += b);
+                    hv.iter_mut()
+                        .zip(&lanes.hv[lane])
+                        .for_each(|(a, b)| *a += b);
                 }
             } else {
                 for r in i..i + count {
@@ -232,12 +296,7 @@ impl Problem {
             }
             i += count;
         }
-        // The mean as the dense derivatives take it: the sums scaled by 1/n.
-        let scale = 1.0 / fs.n as f64;
-        grad.iter_mut()
-            .chain(hv.iter_mut())
-            .for_each(|a| *a *= scale);
-        Ok(sum * scale)
+        Ok(sum)
     }
 
     /// Value, gradient and Hessian of f at x into reusable buffers (no allocation

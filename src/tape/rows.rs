@@ -683,6 +683,50 @@ mod tests {
         );
     }
 
+    /// Over more rows than one parallel chunk (256), a Hessian-vector product is the
+    /// same on one and two threads, and equals the chunks' row-by-row sums added in
+    /// chunk order.
+    #[test]
+    fn a_long_hessian_vector_product_is_the_same_on_any_number_of_threads() {
+        let p = every_instruction(600);
+        let (tape, fs) = (p.objective_tape(), p.finite_sum().unwrap());
+        let d = p.dim();
+        let x = point(d);
+        let v: Vec<f64> = (0..d).map(|i| (0.7 * i as f64).cos()).collect();
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let (mut g, mut hv) = (vec![0.0; d], vec![0.0; d]);
+                let f = p
+                    .hessian_vector_with(&x, &v, &mut Workspace::default(), &mut g, &mut hv)
+                    .unwrap();
+                (f, g, hv)
+            })
+        };
+        let one = run(1);
+        assert_eq!(one, run(2));
+        let mut ws = Workspace::default();
+        let (mut f, mut g, mut hv) = (0.0, vec![0.0; d], vec![0.0; d]);
+        for start in (0..fs.n).step_by(256) {
+            let (mut cf, mut cg, mut ch) = (0.0, vec![0.0; d], vec![0.0; d]);
+            for i in start..(start + 256).min(fs.n) {
+                cf += tape
+                    .hessian_vector_row(0, &x, fs.row(i), &v, &mut ws, &mut cg, &mut ch)
+                    .unwrap();
+            }
+            f += cf;
+            g.iter_mut().zip(&cg).for_each(|(a, b)| *a += b);
+            hv.iter_mut().zip(&ch).for_each(|(a, b)| *a += b);
+        }
+        let scale = 1.0 / fs.n as f64;
+        assert_eq!(one.0.to_bits(), (f * scale).to_bits());
+        assert_eq!(one.1, g.iter().map(|a| a * scale).collect::<Vec<_>>());
+        assert_eq!(one.2, hv.iter().map(|a| a * scale).collect::<Vec<_>>());
+    }
+
     /// A row whose value is not finite, inside a block: the block falls back to the
     /// rows one by one and the error names that row, for every blocked evaluation.
     #[test]
