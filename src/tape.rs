@@ -1089,12 +1089,7 @@ impl Tape {
     ) -> Result<(), NonFinite> {
         self.check_inputs(x, row);
         let d = self.dim;
-        jets.dim = d;
-        jets.values.clear();
-        jets.values.resize(self.outputs.len(), 0.0);
-        jets.gradients.clear();
-        jets.gradients.resize(self.outputs.len() * d, 0.0);
-        jets.hessians.clear();
+        jets.reset_gradients(d, self.outputs.len());
         let Workspace { f, f_adj, f_x, .. } = ws;
         let input: &[f64] = if row.is_empty() {
             x
@@ -1378,6 +1373,17 @@ pub struct Jets {
 }
 
 impl Jets {
+    /// Values and gradients of `outputs` outputs over `dim` variables, zeroed, and no
+    /// Hessians: what the reverse-mode gradients fill.
+    pub(crate) fn reset_gradients(&mut self, dim: usize, outputs: usize) {
+        self.dim = dim;
+        self.values.clear();
+        self.values.resize(outputs, 0.0);
+        self.gradients.clear();
+        self.gradients.resize(outputs * dim, 0.0);
+        self.hessians.clear();
+    }
+
     /// Each Hessian replaced by the mean of itself and its transpose: a Hessian
     /// assembled column by column, symmetric up to round-off, made exactly symmetric.
     fn symmetrise_hessians(&mut self) {

@@ -164,6 +164,7 @@ impl Problem {
         });
         if result.is_ok() {
             let n = fs.n as f64;
+            jets.reset_gradients(d, self.objective.outputs());
             jets.values[0] = sum[d] / n;
             for (g, s) in jets.gradients.iter_mut().zip(&sum) {
                 *g = s / n;

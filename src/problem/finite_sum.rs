@@ -159,7 +159,7 @@ impl Problem {
     /// order: `each(i, jets)` for example i (0-based). Rows go in blocks
     /// ([`crate::tape::ROWS`] at once, each row's numbers those of the row-by-row
     /// loop); a block with something not finite goes row by row, which names the
-    /// example. `jets` is left as the row-by-row loop leaves it: the last row's.
+    /// example. `jets` is scratch for the rows that go one by one.
     pub(super) fn each_example_gradient(
         &self,
         fs: &FiniteSum,
@@ -177,7 +177,6 @@ impl Problem {
                 for (l, lane) in ws.rows.jets[..count].iter().enumerate() {
                     each(i + l, lane);
                 }
-                jets.clone_from(&ws.rows.jets[count - 1]);
             } else {
                 for r in i..i + count {
                     self.objective

@@ -17,7 +17,7 @@ use super::{
     Dual64, Jets, Op, STATIC_MAX_DIM, Slot, Tape, TapeScalar, max_takes_first, min_takes_first,
     outlined, powf,
 };
-use std::ops::{AddAssign, SubAssign};
+use std::ops::AddAssign;
 
 /// Rows per block.
 pub const ROWS: usize = 8;
@@ -51,7 +51,7 @@ pub struct RowsWorkspace {
 
 /// A number type of the blocked sweeps: the scalar sweeps skip exactly the adjoints
 /// that vanish.
-trait RowScalar: TapeScalar + Copy + AddAssign + SubAssign {
+trait RowScalar: TapeScalar + Copy + AddAssign {
     fn vanishes(&self) -> bool;
 }
 
@@ -183,7 +183,8 @@ fn rare_rows<D: RowScalar>(op: Op, s: &[Lane<D>]) -> Lane<D> {
 }
 
 /// `dst[l] += term(l)` in every lane whose adjoint does not vanish (with `MASKED`
-/// false, no lane does: a loop without branches).
+/// false, no lane does: a loop without branches). The scalar code's `a -= t` is
+/// `add_to` of `−t`: IEEE subtraction is the addition of the negation, bit for bit.
 #[inline(always)]
 fn add_to<D: RowScalar, const MASKED: bool>(
     dst: &mut Lane<D>,
@@ -193,20 +194,6 @@ fn add_to<D: RowScalar, const MASKED: bool>(
     for l in 0..ROWS {
         if !MASKED || !skip[l] {
             dst[l] += term(l);
-        }
-    }
-}
-
-/// `dst[l] -= term(l)` in every lane whose adjoint does not vanish.
-#[inline(always)]
-fn sub_from<D: RowScalar, const MASKED: bool>(
-    dst: &mut Lane<D>,
-    skip: &Lane<bool>,
-    term: impl Fn(usize) -> D,
-) {
-    for l in 0..ROWS {
-        if !MASKED || !skip[l] {
-            dst[l] -= term(l);
         }
     }
 }
@@ -233,7 +220,7 @@ fn adjoint_rows<D: RowScalar, const MASKED: bool>(
         }
         Op::Sub(a, b) => {
             add_to::<D, MASKED>(&mut adj[a as usize], skip, |l| vbar[l]);
-            sub_from::<D, MASKED>(&mut adj[b as usize], skip, |l| vbar[l]);
+            add_to::<D, MASKED>(&mut adj[b as usize], skip, |l| -vbar[l]);
         }
         Op::AddScaled(a, b, c) => {
             add_to::<D, MASKED>(&mut adj[a as usize], skip, |l| vbar[l]);
@@ -247,7 +234,7 @@ fn adjoint_rows<D: RowScalar, const MASKED: bool>(
         Op::Div(a, b) => {
             let xb = at(b);
             add_to::<D, MASKED>(&mut adj[a as usize], skip, |l| vbar[l] / xb[l]);
-            sub_from::<D, MASKED>(&mut adj[b as usize], skip, |l| vbar[l] * out[l] / xb[l]);
+            add_to::<D, MASKED>(&mut adj[b as usize], skip, |l| -(vbar[l] * out[l] / xb[l]));
         }
         Op::Pow(a, b) => {
             let (xa, xb) = (at(a), at(b));
@@ -260,13 +247,13 @@ fn adjoint_rows<D: RowScalar, const MASKED: bool>(
         }
         Op::AddConst(a, _) => add_to::<D, MASKED>(&mut adj[a as usize], skip, |l| vbar[l]),
         Op::ConstSub(_, a) | Op::Neg(a) => {
-            sub_from::<D, MASKED>(&mut adj[a as usize], skip, |l| vbar[l])
+            add_to::<D, MASKED>(&mut adj[a as usize], skip, |l| -vbar[l])
         }
         Op::MulConst(a, c) => add_to::<D, MASKED>(&mut adj[a as usize], skip, |l| vbar[l] * c),
         Op::DivConst(a, c) => add_to::<D, MASKED>(&mut adj[a as usize], skip, |l| vbar[l] / c),
         Op::ConstDiv(_, a) => {
             let xa = at(a);
-            sub_from::<D, MASKED>(&mut adj[a as usize], skip, |l| vbar[l] * out[l] / xa[l]);
+            add_to::<D, MASKED>(&mut adj[a as usize], skip, |l| -(vbar[l] * out[l] / xa[l]));
         }
         Op::PowI(a, n) => {
             if n != 0 {
@@ -423,12 +410,7 @@ impl Tape {
             rw.jets.resize_with(ROWS, Jets::default);
         }
         for jets in &mut rw.jets[..count] {
-            jets.dim = d;
-            jets.values.clear();
-            jets.values.resize(self.outputs.len(), 0.0);
-            jets.gradients.clear();
-            jets.gradients.resize(self.outputs.len() * d, 0.0);
-            jets.hessians.clear();
+            jets.reset_gradients(d, self.outputs.len());
         }
         let RowsWorkspace {
             fx, f, f_adj, jets, ..
