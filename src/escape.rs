@@ -82,13 +82,14 @@ use serde::Serialize;
 
 use crate::format::Named;
 use crate::models::ModelKind;
+use crate::models::matrix_free::{KrylovOptions, LinearAlgebra};
 use crate::moments::Quadratic;
 use crate::plot::LinePlot;
 use crate::problem::{Expression, Problem, ProblemError};
 use crate::shard::{Ledger, field};
 use crate::sim::engine::{self, Engine, EngineError, Observer, Settings, States};
 use crate::sim::terms::NoiseSource;
-use crate::sim::{CHUNK_PATHS, Coupling, EulerMaruyama, MAX_STEPS};
+use crate::sim::{CHUNK_PATHS, Coupling, EulerMaruyama, LanczosTally, MAX_STEPS};
 use crate::stats::Welford;
 
 /// The two-sided 97.5 % standard normal quantile, for 95 % intervals (the same
@@ -162,6 +163,11 @@ pub struct EscapeConfig {
     pub(crate) seed: u64,
     /// Worker threads (default 1). Does not change the numbers.
     pub(crate) threads: usize,
+    /// Dense or matrix-free model coefficients (default `None`: by the size rule), as
+    /// [`crate::SimConfig`]'s.
+    pub(crate) linear_algebra: Option<LinearAlgebra>,
+    /// The Lanczos tolerance of the matrix-free coefficients (default 1e−10).
+    pub(crate) krylov: KrylovOptions,
     /// Run a shard, keep a checkpoint or replay parts ([`crate::shard`]; default none).
     /// With a ledger that computes only part of the paths, the report has no
     /// processes.
@@ -194,6 +200,10 @@ impl EscapeConfigBuilder {
         seed: u64,
         /// Worker threads (≥ 1).
         threads: usize,
+        /// Dense or matrix-free coefficients (`None`: by the size rule).
+        linear_algebra: Option<LinearAlgebra>,
+        /// The Lanczos tolerance of the matrix-free coefficients.
+        krylov: KrylovOptions,
         /// The ledger of a shard, checkpoint or merge.
         ledger: Option<Ledger>,
     }
@@ -261,6 +271,8 @@ impl EscapeConfig {
             coupling: Coupling::Coupled,
             seed: 0,
             threads: 1,
+            linear_algebra: None,
+            krylov: KrylovOptions::default(),
             ledger: None,
         }
     }
@@ -783,6 +795,9 @@ fn prepare<'p>(
 ) -> Result<(Engine<'p>, Watcher<'p>), EscapeError> {
     let start = problem.start();
     problem.objective_derivatives(&start)?;
+    let linear_algebra =
+        engine::linear_algebra(config.linear_algebra, problem.dim(), &config.models)
+            .map_err(EscapeError::Config)?;
     let noise = NoiseSource::for_problem(problem, &start)?;
     let region = compile_region(problem, &config.region, &start)?;
     let engine = Engine {
@@ -800,6 +815,8 @@ fn prepare<'p>(
             threads: config.threads,
             batch: 0,
             minibatch: true,
+            linear_algebra,
+            krylov: config.krylov,
             ledger: config.ledger.clone(),
         },
     };
@@ -1081,6 +1098,12 @@ pub struct EscapeReport {
     pub processes: Vec<ProcessEscape>,
     /// Exact growth factors, for a quadratic with constant noise.
     pub growth_rates: Option<GrowthRates>,
+    /// The Lanczos tolerance when the models' coefficients were matrix-free, `None`
+    /// when dense.
+    pub krylov_tolerance: Option<f64>,
+    /// The Lanczos steps of the run's matrix-free `hasme` evaluations (zero when
+    /// dense).
+    pub lanczos: LanczosTally,
 }
 
 /// Runs the escape simulation: `hasme escape`.
@@ -1120,6 +1143,8 @@ pub fn escape_with_progress(
     };
     let (engine, watcher) = prepare(problem, config)?;
     let start = engine.start.clone();
+    let krylov_tolerance = (engine.settings.linear_algebra == LinearAlgebra::Krylov)
+        .then(|| config.krylov.tolerance());
     let centre = match &watcher.region {
         Compiled::Ball { centre, .. } => Some(centre.clone()),
         Compiled::When(_) | Compiled::File(_) => None,
@@ -1128,7 +1153,7 @@ pub fn escape_with_progress(
     let mut outcomes = Vec::with_capacity(config.paths as usize * processes);
     let mut first: Vec<Option<FirstDivergence>> = vec![None; processes];
     // In chunk order: the first divergence is the smallest path's, whatever the threads.
-    engine
+    let lanczos = engine
         .run(EulerMaruyama, &watcher, progress, |chunk| {
             outcomes.extend(chunk.outcomes);
             for (a, b) in first.iter_mut().zip(chunk.first) {
@@ -1213,6 +1238,8 @@ pub fn escape_with_progress(
         start,
         processes: reports,
         growth_rates: growth_rates(problem, config.eta, &config.models),
+        krylov_tolerance,
+        lanczos,
     })
 }
 
@@ -1307,6 +1334,9 @@ impl Serialize for EscapeReport {
             substeps: self.substeps,
             scheme: "em",
             coupling: self.coupling.to_string(),
+            linear_algebra: self.krylov_tolerance.map(|_| "krylov"),
+            krylov_tol: self.krylov_tolerance,
+            lanczos_steps: self.krylov_tolerance.map(|_| &self.lanczos),
             region,
             variables: &self.variables,
             start: &self.start,
@@ -1332,6 +1362,12 @@ struct EscapeJson<'a> {
     substeps: usize,
     scheme: &'static str,
     coupling: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    linear_algebra: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    krylov_tol: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lanczos_steps: Option<&'a LanczosTally>,
     region: RegionJson<'a>,
     variables: &'a [String],
     start: &'a [f64],
@@ -1479,6 +1515,9 @@ impl fmt::Display for EscapeReport {
             self.coupling,
             self.seed
         )?;
+        if let Some(tol) = self.krylov_tolerance {
+            writeln!(f, "{}\n{}", crate::sim::krylov_line(tol), self.lanczos)?;
+        }
         writeln!(
             f,
             "times in units of t = kη; mean: restricted to the cap (r) where censored"

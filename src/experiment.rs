@@ -76,12 +76,15 @@
 
 use crate::ErrorKind;
 use crate::format::{Named, Style};
+use crate::models::matrix_free::{KrylovOptions, LinearAlgebra};
 use crate::models::{Model, ModelKind};
 use crate::plot::{LinePlot, Series, YAxis};
 use crate::problem::{Overrides, Problem, ProblemError};
 use crate::quadrature::{self, Domain, Estimate, QuadratureError};
 use crate::shard::Ledger;
-use crate::sim::{SchemeKind, SimConfig, SimError, SimResult, simulate_with_progress};
+use crate::sim::{
+    LanczosTally, SchemeKind, SimConfig, SimError, SimResult, simulate_with_progress,
+};
 use crate::stats::Welford;
 use serde::Serialize;
 use std::fmt;
@@ -186,6 +189,15 @@ pub struct WeakOrderConfig {
     /// (minibatch SGD and its Gaussian surrogate); 0 (the default) means
     /// [`SGD_PATHS_FACTOR`] × `paths`.
     pub(crate) sgd_paths: u64,
+    /// Finite sums only: measure the error against SGD with Gaussian noise of the exact
+    /// minibatch covariance (the Gaussian surrogate, coupled to the models: no
+    /// SGD-only runs) instead of against minibatch SGD (default false).
+    pub(crate) gaussian_sgd: bool,
+    /// Dense or matrix-free model coefficients (default `None`: by the size rule), as
+    /// [`SimConfig`]'s.
+    pub(crate) linear_algebra: Option<LinearAlgebra>,
+    /// The Lanczos tolerance of the matrix-free coefficients (default 1e−10).
+    pub(crate) krylov: KrylovOptions,
     /// How the expectations are computed (default Monte Carlo).
     pub(crate) method: Method,
     /// Quadrature only: the target absolute accuracy of each expectation (default
@@ -274,6 +286,12 @@ impl WeakOrderConfigBuilder {
         integration_check: bool,
         /// Finite sums: paths of each SGD-only run (0: [`SGD_PATHS_FACTOR`] × paths).
         sgd_paths: u64,
+        /// Finite sums: measure against the Gaussian surrogate of SGD.
+        gaussian_sgd: bool,
+        /// Dense or matrix-free coefficients (`None`: by the size rule).
+        linear_algebra: Option<LinearAlgebra>,
+        /// The Lanczos tolerance of the matrix-free coefficients.
+        krylov: KrylovOptions,
         /// Monte Carlo or quadrature.
         method: Method,
         /// Quadrature: the target accuracy of each expectation (finite, > 0).
@@ -367,6 +385,9 @@ impl WeakOrderConfig {
             sweep: None,
             integration_check: true,
             sgd_paths: 0,
+            gaussian_sgd: false,
+            linear_algebra: None,
+            krylov: KrylovOptions::default(),
             method: Method::MonteCarlo,
             tolerance: DEFAULT_TOLERANCE,
             ledger: None,
@@ -422,7 +443,7 @@ impl WeakOrderConfig {
             return self.etas.len() as u64 * sweeps;
         }
         let mut total = self.simulations().saturating_mul(self.paths);
-        if problem.finite_sum().is_some() {
+        if problem.finite_sum().is_some() && !self.gaussian_sgd {
             let sweeps = 1 + self.sweep.as_ref().map_or(0, |s| s.values.len() as u64);
             let sgd = 2 * self.etas.len() as u64 * sweeps;
             total = total.saturating_add(sgd.saturating_mul(self.sgd_paths()));
@@ -434,10 +455,19 @@ impl WeakOrderConfig {
     /// largest down.
     fn check(&self, problem: &Problem) -> Result<Vec<f64>, WeakOrderError> {
         let etas = self.check_settings()?;
+        let bad = |m: String| Err(WeakOrderError::Config(m));
         if self.method == Method::Quadrature {
             crate::quadrature::supported(problem)?;
+            if self.linear_algebra.is_some() || self.gaussian_sgd {
+                return bad(
+                    "--linear-algebra and --sgd-noise apply to --method monte-carlo only (quadrature integrates exactly in one or two variables, against minibatch SGD)"
+                        .into(),
+                );
+            }
+        } else {
+            crate::sim::engine::linear_algebra(self.linear_algebra, problem.dim(), &self.models)
+                .map_err(WeakOrderError::Config)?;
         }
-        let bad = |m: String| Err(WeakOrderError::Config(m));
         for name in &self.observables {
             if !problem.observable_names().contains(name) {
                 return bad(format!(
@@ -467,6 +497,12 @@ impl WeakOrderConfig {
     /// largest down.
     fn check_settings(&self) -> Result<Vec<f64>, WeakOrderError> {
         let bad = |m: String| Err(WeakOrderError::Config(m));
+        if self.gaussian_sgd && self.sgd_paths != 0 {
+            return bad(
+                "--sgd-paths sizes the split estimator's SGD-only runs, which --sgd-noise gaussian does not make"
+                    .into(),
+            );
+        }
         if self.etas.is_empty() {
             return bad("give at least one step size (--etas or --eta-max with --levels)".into());
         }
@@ -1111,6 +1147,12 @@ pub struct WeakOrderReport {
     pub warnings: Vec<String>,
     /// `true` for a finite sum: the split estimator (see the module documentation).
     pub split: bool,
+    /// The Lanczos tolerance when the models' coefficients were matrix-free, `None`
+    /// when dense.
+    pub krylov_tolerance: Option<f64>,
+    /// The Lanczos steps of every simulation's matrix-free `hasme` evaluations (zero
+    /// when dense).
+    pub lanczos: LanczosTally,
     /// Quadrature: the grid box of each η (at the file's param values).
     pub domains: Vec<(f64, Domain)>,
 }
@@ -1147,11 +1189,24 @@ pub fn weak_order_with_progress(
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<WeakOrderReport, WeakOrderError> {
     let etas = config.check(problem)?;
+    let krylov_tolerance = match config.method {
+        Method::Quadrature => None,
+        Method::MonteCarlo => {
+            let la = crate::sim::engine::linear_algebra(
+                config.linear_algebra,
+                problem.dim(),
+                &config.models,
+            )
+            .map_err(WeakOrderError::Config)?;
+            (la == LinearAlgebra::Krylov).then(|| config.krylov.tolerance())
+        }
+    };
     let mut config = config.clone();
     config.etas = etas;
     let mut warnings = Vec::new();
     let mut domains = Vec::new();
     let quadrature = config.method == Method::Quadrature;
+    let lanczos = std::cell::Cell::new(LanczosTally::default());
     let run = |p: &Problem,
                warnings: &mut Vec<String>,
                domains: Option<&mut Vec<(f64, Domain)>>,
@@ -1160,7 +1215,7 @@ pub fn weak_order_with_progress(
         if quadrature {
             analyse_quadrature(p, &config, progress, warnings, domains, tag)
         } else {
-            analyse(p, &config, progress, warnings, tag)
+            analyse(p, &config, progress, warnings, tag, &lanczos)
         }
     };
     let observables = run(problem, &mut warnings, Some(&mut domains), "")?;
@@ -1184,6 +1239,8 @@ pub fn weak_order_with_progress(
             Some((sweep.param.clone(), runs))
         }
     };
+    let split = problem.finite_sum().is_some() && !config.gaussian_sgd;
+    let lanczos = lanczos.get();
     Ok(WeakOrderReport {
         init_seed: problem.init_seed_if_random(),
         start_file: problem.start_file().map(str::to_string),
@@ -1192,7 +1249,9 @@ pub fn weak_order_with_progress(
         observables,
         sweep,
         warnings,
-        split: problem.finite_sum().is_some(),
+        split,
+        krylov_tolerance,
+        lanczos,
         domains,
     })
 }
@@ -1288,6 +1347,7 @@ fn analyse(
     progress: &(dyn Fn(u64) + Sync),
     warnings: &mut Vec<String>,
     tag: &str,
+    lanczos: &std::cell::Cell<LanczosTally>,
 ) -> Result<Vec<ObservableAnalysis>, WeakOrderError> {
     let names: Vec<String> = if config.observables.is_empty() {
         problem.observable_names().to_vec()
@@ -1295,6 +1355,10 @@ fn analyse(
         config.observables.clone()
     };
     let finite_sum = problem.finite_sum().is_some();
+    // One choice of coefficients (and so of the noise's dimension) for every run.
+    let linear_algebra =
+        crate::sim::engine::linear_algebra(config.linear_algebra, problem.dim(), &config.models)
+            .map_err(WeakOrderError::Config)?;
     let check_paths = if config.integration_check {
         config.check_paths()
     } else {
@@ -1313,6 +1377,8 @@ fn analyse(
         sim.scheme = config.scheme;
         sim.seed = config.seed;
         sim.threads = config.threads;
+        sim.linear_algebra = Some(linear_algebra);
+        sim.krylov = config.krylov;
         // A finite sum's models are coupled to its Gaussian surrogate (split estimator).
         sim.gaussian_sgd = finite_sum;
         // Only t = 0 and T are needed: save every N-th step.
@@ -1330,6 +1396,8 @@ fn analyse(
         sim.ledger = config.ledger.clone();
         sim.seed = split_seed(config.seed);
         sim.threads = config.threads;
+        sim.linear_algebra = Some(linear_algebra);
+        sim.krylov = config.krylov;
         sim.gaussian_sgd = gaussian;
         sim.every = ((config.horizon / eta).round() as u64).max(1);
         simulate_with_progress(problem, &sim, progress).map_err(|source| WeakOrderError::Sim {
@@ -1341,15 +1409,22 @@ fn analyse(
     let mut points: Vec<Vec<Vec<Point>>> = vec![vec![Vec::new(); config.models.len()]; names.len()];
     for &eta in &config.etas {
         let main = simulate_at(eta, config.substeps, config.paths, progress)?;
+        let add = |r: &SimResult| {
+            let mut total = lanczos.get();
+            total.merge(&r.lanczos);
+            lanczos.set(total);
+        };
+        add(&main);
         let check = if config.integration_check {
             let c = simulate_at(eta, config.check_substeps(), check_paths, &|_| {})?;
+            add(&c);
             // Progress counts the check as a full run (`WeakOrderConfig::simulations`).
             progress(config.paths);
             Some(c)
         } else {
             None
         };
-        let split = if finite_sum {
+        let split = if finite_sum && !config.gaussian_sgd {
             Some((sgd_only(eta, false)?, sgd_only(eta, true)?))
         } else {
             None
@@ -1678,6 +1753,9 @@ impl Serialize for WeakOrderReport {
             scheme: c.scheme.to_string(),
             coupling: "coupled",
             sgd_noise: if self.split { "minibatch" } else { "gaussian" },
+            linear_algebra: self.krylov_tolerance.map(|_| "krylov"),
+            krylov_tol: self.krylov_tolerance,
+            lanczos_steps: self.krylov_tolerance.map(|_| &self.lanczos),
             estimator: if self.split { "split" } else { "coupled" },
             sgd_paths: self.split.then(|| c.sgd_paths()),
             models: c.models.iter().map(|m| m.to_string()).collect(),
@@ -1706,6 +1784,12 @@ struct WeakOrderJson<'a> {
     scheme: String,
     coupling: &'static str,
     sgd_noise: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    linear_algebra: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    krylov_tol: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lanczos_steps: Option<&'a LanczosTally>,
     estimator: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     sgd_paths: Option<u64>,
@@ -2116,11 +2200,19 @@ impl fmt::Display for WeakOrderReport {
                 c.paths,
                 c.sgd_paths()
             )?;
+        } else if c.gaussian_sgd {
+            writeln!(
+                f,
+                "coupled, against SGD with Gaussian noise of the minibatch covariance (--sgd-noise gaussian): SGD and the SDEs share their Gaussian draws; each error is the mean of the paired differences"
+            )?;
         } else {
             writeln!(
                 f,
                 "coupled: SGD and the SDEs share their Gaussian draws; each error is the mean of the paired differences"
             )?;
+        }
+        if let Some(tol) = self.krylov_tolerance {
+            writeln!(f, "{}\n{}", crate::sim::krylov_line(tol), self.lanczos)?;
         }
         write_analyses(f, &self.observables)?;
         if let Some((param, runs)) = &self.sweep {

@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use hasme::escape::{EscapeConfig, EscapeError, escape_with_progress};
 use hasme::experiment::WeakOrderError;
 use hasme::inspect::{CheckSummary, DeriveReport, ModelRequest};
-use hasme::models::matrix_free::LinearAlgebra;
+use hasme::models::matrix_free::{KrylovOptions, LinearAlgebra};
 use hasme::models::{ModelOptions, PsdPolicy};
 use hasme::moments::{self, MomentsConfig, MomentsError};
 use hasme::options;
@@ -344,8 +344,22 @@ struct SimulateArgs {
     /// bound). The numbers do not depend on it.
     #[arg(long, hide = true)]
     batch: Option<u64>,
+    /// Finite sums: SGD's noise, minibatch (real minibatches, the default) or gaussian
+    /// (Gaussian noise of the exact minibatch covariance, coupled to the SDEs).
+    #[arg(long, value_enum, value_name = "KIND")]
+    sgd_noise: Option<SgdNoiseArg>,
+    #[command(flatten)]
+    coefficients: CoefficientArgs,
     #[command(flatten)]
     run: RunArgs,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum SgdNoiseArg {
+    /// Real minibatches of the finite sum.
+    Minibatch,
+    /// Gaussian noise of the exact minibatch covariance Σ(x).
+    Gaussian,
 }
 
 #[derive(clap::Args)]
@@ -398,6 +412,13 @@ struct WeakOrderArgs {
     /// and its Gaussian surrogate). Default: 16 × --paths.
     #[arg(long, value_name = "N")]
     sgd_paths: Option<u64>,
+    /// Finite sums: the SGD the error is measured against, minibatch (real minibatches,
+    /// the default: the split estimator) or gaussian (Gaussian noise of the exact
+    /// minibatch covariance, coupled to the SDEs: no SGD-only runs).
+    #[arg(long, value_enum, value_name = "KIND")]
+    sgd_noise: Option<SgdNoiseArg>,
+    #[command(flatten)]
+    coefficients: CoefficientArgs,
     /// Rerun the analysis with a param varied: NAME=v1,v2,…
     #[arg(long, value_name = "NAME=v1,v2,…")]
     sweep: Option<String>,
@@ -463,6 +484,8 @@ struct EscapeArgs {
     /// sums (minibatch SGD) are always independent.
     #[arg(long)]
     coupling: Option<String>,
+    #[command(flatten)]
+    coefficients: CoefficientArgs,
     /// Also write the survival curves (SVG) to PATH (`-`: stdout, when --out sends the
     /// text or JSON to a file).
     #[arg(long, value_name = "PATH.svg")]
@@ -471,12 +494,44 @@ struct EscapeArgs {
     run: RunArgs,
 }
 
+/// How the models of a run use the Hessian (`simulate`, `weak-order`, `escape`).
+#[derive(clap::Args)]
+struct CoefficientArgs {
+    /// How sme2 and hasme use the Hessian: dense (the d×d matrix and its
+    /// eigendecomposition) or krylov (Hessian-vector products and Lanczos, no d×d
+    /// matrix; gf, sme1, sme2 and hasme only; a finite sum's noise then enters by the
+    /// factor of Σ over its rows). Default: krylov above 24 variables when every model
+    /// has a matrix-free form, dense otherwise.
+    #[arg(long, value_enum, value_name = "KIND")]
+    linear_algebra: Option<LinearAlgebraArg>,
+    /// Relative tolerance of the Lanczos runs, in (0, 1) (default 1e-10).
+    #[arg(long, value_name = "T", allow_hyphen_values = true)]
+    krylov_tol: Option<f64>,
+}
+
+impl CoefficientArgs {
+    /// The choice asked for (`None`: the size rule) and the Lanczos settings.
+    fn resolve(&self) -> Result<(Option<LinearAlgebra>, KrylovOptions), ProblemError> {
+        let la = self.linear_algebra.map(LinearAlgebraArg::kind);
+        Ok((la, options::krylov_options(la, self.krylov_tol)?))
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum LinearAlgebraArg {
     /// The d×d Hessian and its eigendecomposition.
     Dense,
     /// Hessian-vector products and Lanczos, no d×d Hessian.
     Krylov,
+}
+
+impl LinearAlgebraArg {
+    fn kind(self) -> LinearAlgebra {
+        match self {
+            LinearAlgebraArg::Dense => LinearAlgebra::Dense,
+            LinearAlgebraArg::Krylov => LinearAlgebra::Krylov,
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -608,10 +663,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 )
                 .into());
             }
-            let linear_algebra = linear_algebra.map(|l| match l {
-                LinearAlgebraArg::Dense => LinearAlgebra::Dense,
-                LinearAlgebraArg::Krylov => LinearAlgebra::Krylov,
-            });
+            let linear_algebra = linear_algebra.map(LinearAlgebraArg::kind);
             if let Some(eta) = eta {
                 if !(eta.is_finite() && eta > 0.0) {
                     return Err(ProblemError::Usage(format!(
@@ -1074,10 +1126,18 @@ fn run_simulate(args: SimulateArgs, replay: Option<Ledger>) -> Result<ExitCode> 
         .scheme
         .parse()
         .map_err(|m| usage(format!("--scheme: {m}")))?;
-    let coupling = options::coupling(args.coupling.as_deref(), &problem)?;
+    let coupling = options::coupling(
+        args.coupling.as_deref(),
+        &problem,
+        args.sgd_noise == Some(SgdNoiseArg::Gaussian),
+    )?;
     let pieces = pieces("simulate", &args.file, &problem, &args.run, None, replay)?;
+    let (linear_algebra, krylov) = args.coefficients.resolve()?;
     let config = SimConfig::builder(args.eta, args.horizon, args.paths)
         .models(models)
+        .linear_algebra(linear_algebra)
+        .krylov(krylov)
+        .gaussian_sgd(args.sgd_noise == Some(SgdNoiseArg::Gaussian))
         .substeps(args.substeps)
         .scheme(scheme)
         .coupling(coupling)
@@ -1160,6 +1220,7 @@ fn run_weak_order(args: WeakOrderArgs, replay: Option<Ledger>) -> Result<ExitCod
         args.plot.as_ref(),
         replay,
     )?;
+    let (linear_algebra, krylov) = args.coefficients.resolve()?;
     let mut config = WeakOrderConfig::builder(etas, args.horizon, args.paths);
     if let Some(models) = models {
         config.models(models);
@@ -1176,6 +1237,9 @@ fn run_weak_order(args: WeakOrderArgs, replay: Option<Ledger>) -> Result<ExitCod
         .scheme(scheme)
         .integration_check(!args.no_integration_check)
         .sgd_paths(args.sgd_paths.unwrap_or(0))
+        .gaussian_sgd(args.sgd_noise == Some(SgdNoiseArg::Gaussian))
+        .linear_algebra(linear_algebra)
+        .krylov(krylov)
         .method(method)
         .tolerance(args.tolerance)
         .threads(args.run.threads())
@@ -1225,7 +1289,7 @@ fn run_escape(args: EscapeArgs, replay: Option<Ledger>) -> Result<ExitCode> {
         &[("--plot", args.plot.as_ref())],
     )?;
     let models = options::models(&args.models)?;
-    let coupling = options::coupling(args.coupling.as_deref(), &problem)?;
+    let coupling = options::coupling(args.coupling.as_deref(), &problem, false)?;
     let pieces = pieces(
         "escape",
         &args.file,
@@ -1234,8 +1298,11 @@ fn run_escape(args: EscapeArgs, replay: Option<Ledger>) -> Result<ExitCode> {
         args.plot.as_ref(),
         replay,
     )?;
+    let (linear_algebra, krylov) = args.coefficients.resolve()?;
     let config = EscapeConfig::builder(args.eta, args.max_steps, args.paths, region)
         .models(models)
+        .linear_algebra(linear_algebra)
+        .krylov(krylov)
         .substeps(args.substeps)
         .coupling(coupling)
         .seed(args.run.seed)

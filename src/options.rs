@@ -50,8 +50,36 @@ pub fn models(names: &[String]) -> Result<Vec<ModelKind>, ProblemError> {
     Ok(out)
 }
 
-/// The `--coupling` setting (`None`: not given): coupled unless asked otherwise; a
-/// finite sum cannot be coupled (its SGD draws minibatches, not Gaussian numbers), so
+/// The Lanczos settings from `--krylov-tol` (checked), which needs the matrix-free
+/// coefficients to be possible (not `--linear-algebra dense`).
+///
+/// ```
+/// use hasme::models::matrix_free::LinearAlgebra;
+/// use hasme::options::krylov_options;
+/// assert_eq!(krylov_options(None, Some(1e-8))?.tolerance(), 1e-8);
+/// assert!(krylov_options(Some(LinearAlgebra::Dense), Some(1e-8)).is_err());
+/// assert!(krylov_options(None, Some(2.0)).is_err());
+/// # Ok::<(), hasme::ProblemError>(())
+/// ```
+pub fn krylov_options(
+    linear_algebra: Option<LinearAlgebra>,
+    krylov_tol: Option<f64>,
+) -> Result<KrylovOptions, ProblemError> {
+    let krylov = match krylov_tol {
+        None => KrylovOptions::default(),
+        Some(t) => {
+            KrylovOptions::new(t).map_err(|e| ProblemError::Usage(format!("--krylov-tol: {e}")))?
+        }
+    };
+    if krylov_tol.is_some() && linear_algebra == Some(LinearAlgebra::Dense) {
+        return Err(ProblemError::Usage(
+            "--krylov-tol sets the Lanczos tolerance: it needs --linear-algebra krylov (or no --linear-algebra)"
+                .to_string(),
+        ));
+    }
+    Ok(krylov)
+}
+
 /// `derive`'s models and Lanczos settings from its `--model` list, `--series`,
 /// `--linear-algebra` and `--krylov-tol`: with an explicit `krylov`, the default list is
 /// every model with a matrix-free form, and `--series` or a dense-only model is an
@@ -73,18 +101,7 @@ pub fn derive_models(
     linear_algebra: Option<LinearAlgebra>,
     krylov_tol: Option<f64>,
 ) -> Result<(Vec<ModelKind>, KrylovOptions), ProblemError> {
-    let krylov = match krylov_tol {
-        None => KrylovOptions::default(),
-        Some(t) => {
-            KrylovOptions::new(t).map_err(|e| ProblemError::Usage(format!("--krylov-tol: {e}")))?
-        }
-    };
-    if krylov_tol.is_some() && linear_algebra == Some(LinearAlgebra::Dense) {
-        return Err(ProblemError::Usage(
-            "--krylov-tol sets the Lanczos tolerance: it needs --linear-algebra krylov (or no --linear-algebra)"
-                .to_string(),
-        ));
-    }
+    let krylov = krylov_options(linear_algebra, krylov_tol)?;
     let explicit_krylov = linear_algebra == Some(LinearAlgebra::Krylov);
     let kinds = if explicit_krylov && names.is_empty() {
         // The default list is every model that has a matrix-free form.
@@ -108,16 +125,27 @@ pub fn derive_models(
     Ok((kinds, krylov))
 }
 
-/// asking for it is an error and the default falls back to independent.
-pub fn coupling(arg: Option<&str>, problem: &Problem) -> Result<Coupling, ProblemError> {
+/// The `--coupling` setting (`None`: not given): coupled unless asked otherwise; a
+/// finite sum's minibatch SGD cannot be coupled (it draws minibatches, not Gaussian
+/// numbers), so asking for it is an error and the default falls back to independent;
+/// its Gaussian surrogate (`gaussian_sgd`) can.
+pub fn coupling(
+    arg: Option<&str>,
+    problem: &Problem,
+    gaussian_sgd: bool,
+) -> Result<Coupling, ProblemError> {
     let usage = ProblemError::Usage;
     let coupling: Coupling = arg
         .unwrap_or("coupled")
         .parse()
         .map_err(|m| usage(format!("--coupling: {m}")))?;
+    if gaussian_sgd {
+        // A finite sum's Gaussian surrogate draws Gaussian numbers like any SGD.
+        return Ok(coupling);
+    }
     if arg.is_some() && coupling == Coupling::Coupled && problem.finite_sum().is_some() {
         return Err(usage(format!(
-            "--coupling coupled: {} is a finite sum, whose SGD draws real minibatches that share no random numbers with the SDEs; its runs are always independent (omit --coupling)",
+            "--coupling coupled: {} is a finite sum, whose SGD draws real minibatches that share no random numbers with the SDEs; its runs are always independent (omit --coupling, or simulate SGD's Gaussian surrogate with --sgd-noise gaussian)",
             problem.source().name()
         )));
     }

@@ -393,3 +393,43 @@ fn a_complete_checkpoint_is_a_part() {
     let whole = ok(&hasme_in(&dir, &args)).stdout.clone();
     assert!(ok(&hasme_in(&dir, &["merge", "ck.json", "--json"])).stdout == whole);
 }
+
+/// Matrix-free runs: a finite sum on the factor of Σ (its noise n-dimensional), with
+/// the Lanczos tally of each chunk travelling through the parts (the merged report's
+/// `lanczos_steps` are the single run's).
+#[test]
+fn matrix_free_shards_merge_to_the_single_run() {
+    let dir = with_example("shards-krylov", "finite_sum.hasme");
+    let common = [
+        "--models",
+        "sme2,hasme",
+        "--linear-algebra",
+        "krylov",
+        "--sgd-noise",
+        "gaussian",
+        "--paths",
+        "600",
+        "--seed",
+        "3",
+    ];
+    let mut simulate = vec![
+        "simulate",
+        "finite_sum.hasme",
+        "--eta",
+        "0.2",
+        "--horizon",
+        "0.4",
+    ];
+    simulate.extend(common);
+    shards_merge_to_the_single_run("simulate krylov", &dir, &simulate);
+    let mut weak = vec![
+        "weak-order",
+        "finite_sum.hasme",
+        "--etas",
+        "0.2,0.1",
+        "--horizon",
+        "0.4",
+    ];
+    weak.extend(common);
+    shards_merge_to_the_single_run("weak-order krylov", &dir, &weak);
+}

@@ -21,6 +21,7 @@
 
 use super::Scheme;
 use super::engine::{Core, EngineError, Feed, Observer};
+use super::krylov::LanczosTally;
 use super::lanes::{LANES, LANES_MAX_DIM, LaneTape, Order, Row};
 use super::terms::{
     Failure, LaneCoefficients, LaneTerm, batched_noise, clearly_covariance, sgd_move,
@@ -251,7 +252,12 @@ impl<P> Block<P> {
     fn finish_lane<O: Observer<Path = P>>(&mut self, feed: &mut Feed<'_, '_, O>, l: usize) {
         if let Some(path) = self.free_lane(l) {
             let lane = &mut self.lanes[l];
-            feed.finish(path, &lane.alive, &mut lane.record);
+            feed.finish(
+                path,
+                &lane.alive,
+                &mut lane.record,
+                &LanczosTally::default(),
+            );
         }
     }
 

@@ -37,10 +37,15 @@ use crate::problem::{Problem, ProblemError};
 use crate::shard::{Ledger, Plan, ShardError};
 
 use super::block::Block;
+use super::krylov::{KrylovTerm, LanczosTally, NoiseDrive};
 use super::lanes::LANES;
 use super::minibatch::MinibatchSgd;
-use super::terms::{Choice, Evaluator, Failure, LaneTerm, ModelTerm, NoiseSource, sgd_step};
+use super::terms::{
+    Choice, Coefficients, Evaluator, Failure, LaneTerm, ModelTerm, NoiseSource, Term,
+    sgd_factor_step, sgd_step,
+};
 use super::{BrownianPath, CHUNK_PATHS, Coupling, MAX_SUBSTEPS, Scheme};
+use crate::models::matrix_free::{self, KRYLOV_ABOVE, KrylovOptions, LinearAlgebra};
 
 /// The settings every run of the engine has, checked by the callers through
 /// [`check_eta`] and its siblings (each command orders its own checks).
@@ -59,6 +64,10 @@ pub(crate) struct Settings {
     pub batch: u64,
     /// Real minibatch SGD for a finite sum (else its Gaussian surrogate).
     pub minibatch: bool,
+    /// Dense or matrix-free model coefficients ([`linear_algebra`] resolves the
+    /// request), and the Lanczos tolerance of the matrix-free ones.
+    pub linear_algebra: LinearAlgebra,
+    pub krylov: KrylovOptions,
     /// Which chunks to run, which to read back and which to leave out, and where the
     /// finished ones go (shards, checkpoints, merges: [`crate::shard`]); `None`: run
     /// them all.
@@ -71,6 +80,29 @@ pub(crate) fn check_eta(eta: f64) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("η must be a finite number > 0, got {eta}"))
+    }
+}
+
+/// The coefficients a run of `models` on a problem in `d` variables uses: those asked
+/// for, or by the size rule when none is ([`LinearAlgebra::for_dimension`]:
+/// matrix-free above [`KRYLOV_ABOVE`] variables when every model has a matrix-free
+/// form, dense otherwise; one choice for the whole run, since the matrix-free runs of a
+/// finite sum draw their noise in another dimension). Asking for `krylov` with a model
+/// that has no matrix-free form is an error naming it.
+pub(crate) fn linear_algebra(
+    asked: Option<LinearAlgebra>,
+    d: usize,
+    models: &[ModelKind],
+) -> Result<LinearAlgebra, String> {
+    let dense_only = models.iter().find_map(|&k| matrix_free::dense_only(k));
+    match (asked, dense_only) {
+        (Some(LinearAlgebra::Krylov), Some(e)) => Err(format!(
+            "{e}; run it with --linear-algebra dense, or leave it out of --models"
+        )),
+        (Some(la), _) => Ok(la),
+        (None, Some(_)) => Ok(LinearAlgebra::Dense),
+        (None, None) if d > KRYLOV_ABOVE => Ok(LinearAlgebra::Krylov),
+        (None, None) => Ok(LinearAlgebra::Dense),
     }
 }
 
@@ -213,15 +245,18 @@ impl<'p> Engine<'p> {
     /// order and calls `progress(n)` when `n` more paths are done (from any thread).
     /// When paths fail ([`EngineError::Fatal`], or the observer's error), the error is
     /// the smallest such path's, as that path alone would report it, and nothing is
-    /// merged from the wave it belongs to.
+    /// merged from the wave it belongs to. Returns the Lanczos steps of the merged
+    /// chunks' model evaluations (zero on the dense path).
     pub(crate) fn run<S: Scheme + Copy, O: Observer>(
         &self,
         scheme: S,
         observer: &O,
         progress: &(dyn Fn(u64) + Sync),
         mut merge: impl FnMut(O::Chunk),
-    ) -> Result<(), EngineError<O::Error>> {
+    ) -> Result<LanczosTally, EngineError<O::Error>> {
         let s = &self.settings;
+        let krylov = s.linear_algebra == LinearAlgebra::Krylov;
+        let mut total = LanczosTally::default();
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(s.threads)
             .build()
@@ -248,8 +283,16 @@ impl<'p> Engine<'p> {
                 Plan::Skip => first += 1,
                 Plan::Stored => {
                     if let Some((l, Some(r))) = ledger {
-                        match l.stored(r, first).and_then(|v| observer.load_chunk(&v)) {
-                            Some(summary) => merge(summary),
+                        let stored = l.stored(r, first);
+                        let read = stored.as_ref().and_then(|v| {
+                            let (summary, tally) = stored_chunk(v, krylov)?;
+                            Some((observer.load_chunk(summary)?, tally))
+                        });
+                        match read {
+                            Some((summary, tally)) => {
+                                total.merge(&tally);
+                                merge(summary);
+                            }
                             None => l.fail(ShardError::Input(format!(
                                 "chunk {first} of engine run {} is not a summary of this run",
                                 r + 1
@@ -264,12 +307,15 @@ impl<'p> Engine<'p> {
                         last += 1;
                     }
                     let record = ledger.and_then(|(l, r)| Some((l, r?)));
-                    let shared =
-                        Wave::new(observer, progress, first..last, s.paths, s.threads, record);
+                    let range = first..last;
+                    let shared = Wave::new(
+                        observer, progress, range, s.paths, s.threads, record, krylov,
+                    );
                     pool.broadcast(|_| shared.work(self, scheme));
                     // Merged in chunk order: the invariant that makes threads invisible. A
                     // chunk left unfinished by a stop is left out.
-                    for summary in shared.into_summaries()?.into_iter().flatten() {
+                    for (summary, tally) in shared.into_summaries()?.into_iter().flatten() {
+                        total.merge(&tally);
                         merge(summary);
                     }
                     first = last;
@@ -279,7 +325,7 @@ impl<'p> Engine<'p> {
         if let Some((l, _)) = ledger {
             l.maybe_save();
         }
-        Ok(())
+        Ok(total)
     }
 }
 
@@ -307,6 +353,53 @@ pub(crate) struct Wave<'o, O: Observer> {
     /// Where finished chunks are recorded (the ledger and the engine run's index), and
     /// who may ask the wave to stop.
     ledger: Option<(&'o Ledger, usize)>,
+    /// A matrix-free run: chunks carry their Lanczos tally ([`saved_chunk`]).
+    krylov: bool,
+}
+
+/// A finished chunk as the ledger keeps it: the observer's summary, and for a
+/// matrix-free run `{"observer": summary, "lanczos": [evaluations, drift steps, most
+/// drift steps, diffusion steps, most diffusion steps]}`.
+fn saved_chunk(summary: serde_json::Value, tally: Option<&LanczosTally>) -> serde_json::Value {
+    match tally {
+        None => summary,
+        Some(t) => serde_json::json!({
+            "observer": summary,
+            "lanczos": [t.evaluations, t.drift_sum, t.drift_max, t.diffusion_sum, t.diffusion_max],
+        }),
+    }
+}
+
+/// [`saved_chunk`] read back: the observer's summary and the tally (zero for a dense
+/// run), or `None` if `value` is not of the run's form.
+fn stored_chunk(
+    value: &serde_json::Value,
+    krylov: bool,
+) -> Option<(&serde_json::Value, LanczosTally)> {
+    if !krylov {
+        return Some((value, LanczosTally::default()));
+    }
+    let counts: Vec<u64> = (value.get("lanczos")?.as_array()?.iter())
+        .map(serde_json::Value::as_u64)
+        .collect::<Option<_>>()?;
+    let &[
+        evaluations,
+        drift_sum,
+        drift_max,
+        diffusion_sum,
+        diffusion_max,
+    ] = &counts[..]
+    else {
+        return None;
+    };
+    let tally = LanczosTally {
+        evaluations,
+        drift_sum,
+        drift_max,
+        diffusion_sum,
+        diffusion_max,
+    };
+    Some((value.get("observer")?, tally))
 }
 
 /// One chunk of a wave.
@@ -320,6 +413,9 @@ struct Slot<O: Observer> {
 /// A chunk's summary as its paths finish.
 struct Fold<O: Observer> {
     summary: O::Chunk,
+    /// The Lanczos steps of the chunk's finished paths (sums and maxima: the order the
+    /// paths finish in does not matter).
+    tally: LanczosTally,
     /// The next path the summary takes.
     next: u64,
     /// Finished paths waiting for an earlier one: path `paths.start + i` at
@@ -337,6 +433,7 @@ impl<'o, O: Observer> Wave<'o, O> {
         paths: u64,
         threads: usize,
         ledger: Option<(&'o Ledger, usize)>,
+        krylov: bool,
     ) -> Self {
         let range = |c: u64| c * CHUNK_PATHS..((c + 1) * CHUNK_PATHS).min(paths);
         let total = range(chunks.end - 1).end - range(chunks.start).start;
@@ -352,6 +449,7 @@ impl<'o, O: Observer> Wave<'o, O> {
                     next: AtomicU64::new(range(c).start),
                     fold: Mutex::new(Fold {
                         summary: observer.new_chunk(),
+                        tally: LanczosTally::default(),
                         next: range(c).start,
                         waiting: Vec::new(),
                         spare: Vec::new(),
@@ -363,6 +461,7 @@ impl<'o, O: Observer> Wave<'o, O> {
             halt: AtomicU64::new(u64::MAX),
             error: Mutex::new(None),
             ledger,
+            krylov,
         }
     }
 
@@ -382,7 +481,10 @@ impl<'o, O: Observer> Wave<'o, O> {
 
     /// The chunk summaries in chunk order (`None` for a chunk a stop left unfinished),
     /// or the error of the smallest failed path.
-    fn into_summaries(self) -> Result<Vec<Option<O::Chunk>>, EngineError<O::Error>> {
+    #[allow(clippy::type_complexity)]
+    fn into_summaries(
+        self,
+    ) -> Result<Vec<Option<(O::Chunk, LanczosTally)>>, EngineError<O::Error>> {
         if let Some((_, e)) = self
             .error
             .into_inner()
@@ -398,7 +500,7 @@ impl<'o, O: Observer> Wave<'o, O> {
                     .fold
                     .into_inner()
                     .unwrap_or_else(PoisonError::into_inner);
-                (fold.next == slot.paths.end).then_some(fold.summary)
+                (fold.next == slot.paths.end).then_some((fold.summary, fold.tally))
             })
             .collect())
     }
@@ -466,7 +568,13 @@ impl<O: Observer> Feed<'_, '_, O> {
 
     /// Path `path` is over: folded into its chunk's summary now if every earlier path
     /// of the chunk is, else kept (`record` is then exchanged for a spare one).
-    pub(crate) fn finish(&mut self, path: u64, alive: &[bool], record: &mut O::Path) {
+    pub(crate) fn finish(
+        &mut self,
+        path: u64,
+        alive: &[bool],
+        record: &mut O::Path,
+        tally: &LanczosTally,
+    ) {
         let wave = self.wave;
         if path >= wave.halt.load(Ordering::Relaxed) {
             return;
@@ -474,6 +582,7 @@ impl<O: Observer> Feed<'_, '_, O> {
         let slot = &wave.chunks[(path / CHUNK_PATHS - wave.first) as usize];
         let mut guard = slot.fold.lock().unwrap_or_else(PoisonError::into_inner);
         let fold = &mut *guard;
+        fold.tally.merge(tally);
         let start = slot.paths.start;
         if path != fold.next {
             let (mut flags, mut kept) =
@@ -501,11 +610,9 @@ impl<O: Observer> Feed<'_, '_, O> {
         let done = fold.next == slot.paths.end;
         let ledger = wave.ledger.filter(|_| done);
         if let Some((l, r)) = ledger {
-            l.record(
-                r,
-                path / CHUNK_PATHS,
-                wave.observer.save_chunk(&fold.summary),
-            );
+            let summary = wave.observer.save_chunk(&fold.summary);
+            let tally = wave.krylov.then_some(&fold.tally);
+            l.record(r, path / CHUNK_PATHS, saved_chunk(summary, tally));
         }
         drop(guard);
         if done {
@@ -535,8 +642,30 @@ enum Stepping<'p, P> {
         block: Box<Block<P>>,
     },
     PerPoint {
-        terms: Vec<ModelTerm<'p>>,
+        terms: Vec<PointTerm<'p>>,
     },
+}
+
+/// A model's term stepped one path at a time: dense (the factor σ) or matrix-free
+/// (the increment σΔW).
+#[derive(Debug)]
+enum PointTerm<'p> {
+    Dense(Box<ModelTerm<'p>>),
+    Krylov(Box<KrylovTerm<'p>>),
+}
+
+impl Term for PointTerm<'_> {
+    fn eval(
+        &mut self,
+        x: &[f64],
+        dw: &[f64],
+        dw2: Option<&[f64]>,
+    ) -> Result<Coefficients<'_>, Failure> {
+        match self {
+            PointTerm::Dense(t) => t.eval(x, dw, dw2),
+            PointTerm::Krylov(t) => t.eval(x, dw, dw2),
+        }
+    }
 }
 
 /// One worker's state beside its terms: the current path's processes, the random
@@ -549,6 +678,9 @@ pub(crate) struct Core<'p, 'o, O: Observer, S> {
     pub sgd: Evaluator<'p>,
     /// Real minibatch SGD, for finite sums (instead of Gaussian noise).
     pub minibatch: Option<MinibatchSgd>,
+    /// A matrix-free run's noise: SGD's Gaussian noise by the factor of a finite
+    /// sum's Σ (n-dimensional ξ and Brownian increments), `None` for Σ^{1/2}.
+    pub drive: Option<NoiseDrive>,
     /// SGD's state.
     pub x: Vec<f64>,
     /// Models' states, `copies × d` each.
@@ -577,25 +709,43 @@ impl<'p, 'o, O: Observer, S: Scheme + Copy> Worker<'p, 'o, O, S> {
         let d = problem.dim();
         let grid = s.substeps * scheme.increments_per_substep();
         let processes = s.models.len() + 1;
+        let krylov = s.linear_algebra == LinearAlgebra::Krylov;
+        let drive = krylov.then(|| NoiseDrive::of(problem));
+        // The dimension of ξ and of the Brownian increments.
+        let m = drive.map_or(d, |drive| drive.dimension(problem));
         let core = Core {
             engine,
             observer,
             scheme,
-            brownian: BrownianPath::new(s.seed, d, s.eta, grid, s.coupling),
+            brownian: BrownianPath::new(s.seed, m, s.eta, grid, s.coupling),
             sgd: Evaluator::new(problem, &engine.noise),
             minibatch: problem
                 .finite_sum()
                 .filter(|_| s.minibatch)
                 .map(|fs| MinibatchSgd::new(fs, s.seed, d)),
+            drive,
             x: vec![0.0; d],
             states: vec![vec![0.0; d * scheme.copies()]; s.models.len()],
             alive: vec![true; processes],
             step_start: vec![0.0; d],
             tmp: vec![0.0; d],
-            xi: vec![0.0; d],
+            xi: vec![0.0; m],
             path: observer.new_path(),
             scratch: observer.new_scratch(),
         };
+        if krylov {
+            let terms = s
+                .models
+                .iter()
+                .map(|&k| {
+                    let ev = Evaluator::new(problem, &engine.noise);
+                    let drive = drive.unwrap_or(NoiseDrive::Root);
+                    PointTerm::Krylov(Box::new(KrylovTerm::new(k, s.eta, s.krylov, drive, ev)))
+                })
+                .collect();
+            let stepping = Stepping::PerPoint { terms };
+            return Worker { core, stepping };
+        }
         let choices: Vec<Choice<'p>> = s
             .models
             .iter()
@@ -615,7 +765,10 @@ impl<'p, 'o, O: Observer, S: Scheme + Copy> Worker<'p, 'o, O, S> {
                 block: Box::new(block),
             },
             None => Stepping::PerPoint {
-                terms: choices.into_iter().map(Choice::into_point).collect(),
+                terms: choices
+                    .into_iter()
+                    .map(|c| PointTerm::Dense(Box::new(c.into_point())))
+                    .collect(),
             },
         };
         Worker { core, stepping }
@@ -627,8 +780,20 @@ impl<'p, 'o, O: Observer, S: Scheme + Copy> Worker<'p, 'o, O, S> {
             Stepping::Lanes { terms, block } => block.run(&mut self.core, terms, feed),
             Stepping::PerPoint { terms } => {
                 while let Some(path) = feed.claim() {
-                    match self.core.run_path(terms, path) {
-                        Ok(()) => feed.finish(path, &self.core.alive, &mut self.core.path),
+                    let mut tally = LanczosTally::default();
+                    for t in terms.iter_mut() {
+                        if let PointTerm::Krylov(t) = t {
+                            t.tally = LanczosTally::default();
+                        }
+                    }
+                    let run = self.core.run_path(terms, path);
+                    for t in terms.iter() {
+                        if let PointTerm::Krylov(t) = t {
+                            tally.merge(&t.tally);
+                        }
+                    }
+                    match run {
+                        Ok(()) => feed.finish(path, &self.core.alive, &mut self.core.path, &tally),
                         Err(e) => feed.fail(path, e),
                     }
                 }
@@ -670,6 +835,9 @@ impl<O: Observer, S: Scheme + Copy> Core<'_, '_, O, S> {
         self.step_start.copy_from_slice(&self.x);
         let r = match &mut self.minibatch {
             Some(mb) => mb.step(self.engine.problem, eta, &mut self.x, (path, k)),
+            None if self.drive == Some(NoiseDrive::Factor) => {
+                sgd_factor_step(&mut self.sgd, eta, &mut self.x, &self.xi, &mut self.tmp)
+            }
             None => sgd_step(&mut self.sgd, eta, &mut self.x, &self.xi, &mut self.tmp),
         };
         let reason = match r {
@@ -694,7 +862,7 @@ impl<O: Observer, S: Scheme + Copy> Core<'_, '_, O, S> {
     /// The substeps of model `m` over SGD step `k` of `path`.
     fn step_model(
         &mut self,
-        term: &mut ModelTerm<'_>,
+        term: &mut PointTerm<'_>,
         path: u64,
         k: u64,
         m: usize,
@@ -702,7 +870,7 @@ impl<O: Observer, S: Scheme + Copy> Core<'_, '_, O, S> {
         let s = &self.engine.settings;
         let d = self.x.len();
         let h = s.eta / s.substeps as f64;
-        let per_substep = self.scheme.increments_per_substep() * d;
+        let per_substep = self.scheme.increments_per_substep() * self.xi.len();
         let state = &mut self.states[m];
         self.step_start.copy_from_slice(&state[state.len() - d..]);
         let increments = self.brownian.increments();
@@ -735,7 +903,7 @@ impl<O: Observer, S: Scheme + Copy> Core<'_, '_, O, S> {
     /// One path, stepped alone (its record in `self.path`, its flags in `self.alive`).
     fn run_path(
         &mut self,
-        terms: &mut [ModelTerm<'_>],
+        terms: &mut [PointTerm<'_>],
         path: u64,
     ) -> Result<(), EngineError<O::Error>> {
         let engine = self.engine;

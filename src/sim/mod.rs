@@ -111,6 +111,7 @@ macro_rules! multiversion {
 mod block;
 pub(crate) mod brownian;
 pub(crate) mod engine;
+pub(crate) mod krylov;
 mod lanes;
 pub mod minibatch;
 pub(crate) mod schemes;
@@ -124,13 +125,15 @@ use serde::Serialize;
 use crate::format::{Named, Style};
 
 use crate::models::ModelKind;
+use crate::models::matrix_free::{KrylovOptions, LinearAlgebra};
 use crate::problem::{Problem, ProblemError};
 use crate::shard::{Ledger, bits, field, float, opt_bits, opt_float};
 use crate::stats::{Welford, WelfordGrid};
 
 pub use brownian::{BrownianPath, Coupling, MAX_STEPS};
+pub use krylov::LanczosTally;
 pub use schemes::{EulerMaruyama, Scheme, SchemeKind, TalayTubaro};
-pub use terms::{Failure, Term};
+pub use terms::{Coefficients, Failure, Term};
 
 use engine::{Engine, EngineError, Observer, Settings, States};
 use terms::NoiseSource;
@@ -195,6 +198,14 @@ pub struct SimConfig {
     /// observable and process ([`SimResult::kept`], default 0): what a paired
     /// comparison of two runs on the same paths needs. Memory grows with it.
     pub(crate) keep_paths: u64,
+    /// Dense or matrix-free model coefficients (docs/models.md §8); default `None`: by
+    /// the size rule (matrix-free above [`KRYLOV_ABOVE`](crate::models::matrix_free::KRYLOV_ABOVE) variables when every model
+    /// has a matrix-free form). A matrix-free run of a finite sum drives SGD's
+    /// Gaussian surrogate and the SDEs by the factor of Σ, n-dimensional noise: its
+    /// numbers are those of the dense run in law, not path by path.
+    pub(crate) linear_algebra: Option<LinearAlgebra>,
+    /// The Lanczos tolerance of the matrix-free coefficients (default 1e−10).
+    pub(crate) krylov: KrylovOptions,
     /// Run a shard, keep a checkpoint or replay parts ([`crate::shard`]; default none:
     /// the whole run, computed here). With a ledger that computes only part of the
     /// paths, the result describes those paths only.
@@ -235,6 +246,10 @@ impl SimConfigBuilder {
         gaussian_sgd: bool,
         /// Keep the horizon values of the first `keep_paths` paths.
         keep_paths: u64,
+        /// Dense or matrix-free coefficients (`None`: by the size rule).
+        linear_algebra: Option<LinearAlgebra>,
+        /// The Lanczos tolerance of the matrix-free coefficients.
+        krylov: KrylovOptions,
         /// The ledger of a shard, checkpoint or merge.
         ledger: Option<Ledger>,
     }
@@ -288,6 +303,10 @@ impl SimConfig {
         gaussian_sgd: bool,
         /// Paths whose horizon values are kept.
         keep_paths: u64,
+        /// Dense or matrix-free coefficients, as asked (`None`: by the size rule).
+        linear_algebra: Option<LinearAlgebra>,
+        /// The Lanczos tolerance of the matrix-free coefficients.
+        krylov: KrylovOptions,
         /// The ledger of a shard, checkpoint or merge.
         ledger: Option<Ledger>,
     }
@@ -314,6 +333,8 @@ impl SimConfig {
             batch: 0,
             gaussian_sgd: false,
             keep_paths: 0,
+            linear_algebra: None,
+            krylov: KrylovOptions::default(),
             ledger: None,
         }
     }
@@ -448,6 +469,12 @@ pub struct SimResult {
     pub sgd_noise: &'static str,
     /// Process names: `sgd`, then the models.
     pub processes: Vec<String>,
+    /// The Lanczos tolerance when the models' coefficients were matrix-free
+    /// ([`SimConfig::linear_algebra`]), `None` when dense.
+    pub krylov_tolerance: Option<f64>,
+    /// The Lanczos steps of the run's matrix-free `hasme` evaluations (zero when
+    /// dense).
+    pub lanczos: LanczosTally,
     /// Per observable, per process.
     pub observables: Vec<ObservableStats>,
     /// Paths on which each process diverged.
@@ -640,6 +667,8 @@ struct Saver<'p, S> {
     steps: u64,
     saved: Vec<u64>,
     layout: Layout,
+    /// The coefficients the run uses.
+    linear_algebra: LinearAlgebra,
 }
 
 /// What [`Saver`] keeps of a path while it runs.
@@ -940,6 +969,9 @@ fn prepare<'p, S: Scheme>(
         .objective_derivatives(&start)
         .map_err(SimError::Start)?;
     problem.observables(&start).map_err(SimError::Start)?;
+    let linear_algebra =
+        engine::linear_algebra(config.linear_algebra, problem.dim(), &config.models)
+            .map_err(SimError::Config)?;
     let noise = NoiseSource::for_problem(problem, &start).map_err(SimError::Start)?;
     let layout = Layout {
         times: saved.len(),
@@ -961,6 +993,8 @@ fn prepare<'p, S: Scheme>(
             threads: config.threads,
             batch: config.batch,
             minibatch: !config.gaussian_sgd,
+            linear_algebra,
+            krylov: config.krylov,
             ledger: config.ledger.clone(),
         },
     };
@@ -971,6 +1005,7 @@ fn prepare<'p, S: Scheme>(
         steps,
         saved,
         layout,
+        linear_algebra,
     };
     Ok((engine, saver))
 }
@@ -999,10 +1034,10 @@ fn run<S: Scheme + Copy>(
 ) -> Result<SimResult, SimError> {
     let (engine, saver) = prepare(problem, config, scheme)?;
     let mut total = ChunkStats::new(&saver.layout);
-    engine
+    let lanczos = engine
         .run(scheme, &saver, progress, |c| total.merge(c))
         .map_err(|e| sim_error(config, e))?;
-    Ok(finish(&saver, total))
+    Ok(finish(&saver, total, lanczos))
 }
 
 /// What the engine's processes were at every saved step of every path of an
@@ -1035,7 +1070,7 @@ fn finite(x: Option<f64>) -> Option<f64> {
     x.filter(|v| v.is_finite())
 }
 
-fn finish<S>(plan: &Saver<'_, S>, total: ChunkStats) -> SimResult {
+fn finish<S>(plan: &Saver<'_, S>, total: ChunkStats, lanczos: LanczosTally) -> SimResult {
     let config = plan.config;
     let l = plan.layout;
     let mut processes = vec!["sgd".to_string()];
@@ -1098,6 +1133,9 @@ fn finish<S>(plan: &Saver<'_, S>, total: ChunkStats) -> SimResult {
             "gaussian"
         },
         processes,
+        krylov_tolerance: (plan.linear_algebra == LinearAlgebra::Krylov)
+            .then(|| config.krylov.tolerance()),
+        lanczos,
         observables,
         diverged: total.diverged,
         pairs,
@@ -1144,6 +1182,9 @@ impl Serialize for SimResult {
             substeps: self.substeps,
             coupling: self.coupling.to_string(),
             sgd_noise: self.sgd_noise,
+            linear_algebra: self.krylov_tolerance.map(|_| "krylov"),
+            krylov_tol: self.krylov_tolerance,
+            lanczos_steps: self.krylov_tolerance.map(|_| &self.lanczos),
             models: &self.processes[1..],
             variables: &self.variables,
             observables: self
@@ -1191,6 +1232,12 @@ struct SimJson<'a> {
     substeps: usize,
     coupling: String,
     sgd_noise: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    linear_algebra: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    krylov_tol: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lanczos_steps: Option<&'a LanczosTally>,
     models: &'a [String],
     variables: &'a [String],
     observables: Named<&'a str, Named<&'a str, SeriesJson<'a>>>,
@@ -1225,6 +1272,13 @@ impl<'a> From<&'a Series> for SeriesJson<'a> {
     }
 }
 
+/// The line a matrix-free run's report adds (`simulate`, `weak-order`, `escape`).
+pub(crate) fn krylov_line(tolerance: f64) -> String {
+    format!(
+        "matrix-free coefficients (Lanczos on Hessian-vector products, relative tolerance {tolerance:e}); a finite sum's noise by the factor of Σ over its rows"
+    )
+}
+
 fn cell(x: Option<f64>) -> String {
     crate::format::cell(x, Style::Sci(6))
 }
@@ -1252,6 +1306,9 @@ impl fmt::Display for SimResult {
             self.coupling,
             self.seed
         )?;
+        if let Some(tol) = self.krylov_tolerance {
+            writeln!(f, "{}\n{}", krylov_line(tol), self.lanczos)?;
+        }
         let last = self.times.len() - 1;
         for o in &self.observables {
             writeln!(f, "\nobservable `{}` at t = {}", o.name, self.times[last])?;
@@ -1391,11 +1448,11 @@ mod tests {
             let (engine, saver) = prepare(&problem, &config, EulerMaruyama).unwrap();
             let meet = engine::meet::Meet::new(saver, 2);
             let mut total = ChunkStats::new(&meet.inner.layout);
-            engine
+            let lanczos = engine
                 .run(EulerMaruyama, &meet, &|_| {}, |chunk| total.merge(chunk))
                 .unwrap();
             assert_eq!(meet.threads_seen().len(), 2, "{text}");
-            let shared = finish(&meet.inner, total);
+            let shared = finish(&meet.inner, total, lanczos);
             c.threads(1);
             assert_eq!(shared, simulate(&problem, &c.build().unwrap()).unwrap());
         }

@@ -20,7 +20,7 @@
 //! Euler–Maruyama with 32 substeps still carries a bias of half the `hasme` weak
 //! error at η = 0.025; extrapolation removes it.
 
-use super::terms::{Failure, Term};
+use super::terms::{Coefficients, Failure, Term};
 
 /// An SDE integrator: one substep at a time, reading given Brownian increments.
 pub trait Scheme: Sync {
@@ -79,7 +79,24 @@ fn euler<T: Term + ?Sized>(
     dw2: Option<&[f64]>,
 ) -> Result<(), Failure> {
     let d = x.len();
-    let (drift, factor) = term.eval(x)?;
+    let (drift, factor) = match term.eval(x, dw, dw2)? {
+        Coefficients::Factor(drift, factor) => (drift, factor),
+        Coefficients::Increment(drift, increment) => {
+            match increment {
+                Some(inc) => {
+                    for i in 0..d {
+                        x[i] += drift[i] * h + inc[i];
+                    }
+                }
+                None => {
+                    for i in 0..d {
+                        x[i] += drift[i] * h;
+                    }
+                }
+            }
+            return Ok(());
+        }
+    };
     match (factor, dw2) {
         (None, _) => {
             for i in 0..d {
@@ -185,7 +202,7 @@ impl Scheme for TalayTubaro {
     ) -> Result<(), Failure> {
         let d = state.len() / 2;
         let (coarse, fine) = state.split_at_mut(d);
-        let (dw1, dw2) = dw.split_at(d);
+        let (dw1, dw2) = dw.split_at(dw.len() / 2);
         euler(term, coarse, h, dw1, Some(dw2))?;
         euler(term, fine, 0.5 * h, dw1, None)?;
         euler(term, fine, 0.5 * h, dw2, None)
@@ -269,9 +286,14 @@ mod tests {
     struct Decay(Vec<f64>);
 
     impl Term for Decay {
-        fn eval(&mut self, x: &[f64]) -> Result<(&[f64], Option<&[f64]>), Failure> {
+        fn eval(
+            &mut self,
+            x: &[f64],
+            _dw: &[f64],
+            _dw2: Option<&[f64]>,
+        ) -> Result<Coefficients<'_>, Failure> {
             self.0[0] = -x[0];
-            Ok((&self.0, None))
+            Ok(Coefficients::Factor(&self.0, None))
         }
     }
 

@@ -132,7 +132,7 @@ impl<'p> Evaluator<'p> {
     }
 
     /// Value and gradient of f at `x` (into `self.jets`, no Hessian): SGD's need.
-    fn gradient(&mut self, x: &[f64]) -> Result<(), Failure> {
+    pub(crate) fn gradient(&mut self, x: &[f64]) -> Result<(), Failure> {
         finite_state(x)?;
         self.problem
             .gradient_with(x, &mut self.ws, &mut self.jets)
@@ -142,7 +142,7 @@ impl<'p> Evaluator<'p> {
     /// Σ(x) (state-dependent case) into `self.cov`; the symmetric square root too when
     /// `with_sqrt`. Non-finite Σ is a divergence; a finite Σ that is not symmetric PSD
     /// is fatal.
-    fn state_noise(&mut self, x: &[f64], with_sqrt: bool) -> Result<(), Failure> {
+    pub(crate) fn state_noise(&mut self, x: &[f64], with_sqrt: bool) -> Result<(), Failure> {
         match self
             .problem
             .noise_cov_into(x, &mut self.noise_buffers, &mut self.cov)
@@ -198,6 +198,27 @@ impl<'p> Evaluator<'p> {
         }
     }
 
+    /// ∇f at `x` (into `self.jets`, [`Evaluator::gradient_at`]) and `u = A(x)ζ` for
+    /// the factor A of a finite sum's Σ(x) (`ζ` of n entries), in one pass over the
+    /// rows ([`Problem::gradient_and_factor_with`]): the matrix-free steps' need.
+    pub(crate) fn gradient_and_factor(
+        &mut self,
+        x: &[f64],
+        zeta: &[f64],
+        u: &mut [f64],
+    ) -> Result<(), Failure> {
+        finite_state(x)?;
+        self.problem
+            .gradient_and_factor_with(x, zeta, &mut self.ws, &mut self.jets, u)
+            .map_err(|e| Failure::Diverged(e.to_string()))
+    }
+
+    /// ∇f as the last [`Evaluator::gradient`] or [`Evaluator::gradient_and_factor`]
+    /// left it.
+    pub(crate) fn gradient_at(&self) -> &[f64] {
+        self.jets.gradient(0)
+    }
+
     /// SGD's noise factor Σ^{1/2} (none for Σ = 0), as [`Evaluator::sgd_noise`] left it.
     pub(crate) fn sgd_sqrt(&self) -> Option<&[f64]> {
         self.noise_refs(true, true).1
@@ -227,7 +248,11 @@ impl<'p> Evaluator<'p> {
 impl Evaluator<'_> {
     /// Σ and its square root as last evaluated: the constant ones, or those of the
     /// last [`Evaluator::state_noise`] call (`sqrt` only when it computed one).
-    fn noise_refs(&self, needs_noise: bool, with_sqrt: bool) -> (Option<&[f64]>, Option<&[f64]>) {
+    pub(crate) fn noise_refs(
+        &self,
+        needs_noise: bool,
+        with_sqrt: bool,
+    ) -> (Option<&[f64]>, Option<&[f64]>) {
         match self.noise {
             _ if !needs_noise => (None, None),
             NoiseSource::Zero => (None, None),
@@ -248,6 +273,23 @@ pub(crate) fn sgd_step(
     ev.gradient(x)?;
     ev.sgd_noise(x, None)?;
     sgd_move(eta, x, xi, ev.jets.gradient(0), ev.sgd_sqrt(), tmp);
+    Ok(())
+}
+
+/// One step of a finite sum's Gaussian surrogate SGD in place, by the factor of Σ(x)
+/// (docs/models.md §8): `x ← x + η(A(x) ξ − ∇f(x))`, `ξ` of n entries, so `z = −Aξ`
+/// has exactly the covariance Σ(x) with no d×d matrix.
+pub(crate) fn sgd_factor_step(
+    ev: &mut Evaluator<'_>,
+    eta: f64,
+    x: &mut [f64],
+    xi: &[f64],
+    tmp: &mut [f64],
+) -> Result<(), Failure> {
+    ev.gradient_and_factor(x, xi, tmp)?;
+    for ((x, u), g) in x.iter_mut().zip(tmp.iter()).zip(ev.gradient_at()) {
+        *x += eta * (u - g);
+    }
     Ok(())
 }
 
@@ -277,11 +319,29 @@ pub(crate) fn sgd_move(
     }
 }
 
-/// A drift and a diffusion factor at a point: what a [`super::Scheme`] steps with.
+/// A drift and a diffusion at a point: what a [`super::Scheme`] steps with.
 pub trait Term {
-    /// Evaluates the coefficients at `x`; returns the drift and, unless the diffusion
-    /// is zero, the factor `σ` (row-major `d×d`).
-    fn eval(&mut self, x: &[f64]) -> Result<(&[f64], Option<&[f64]>), Failure>;
+    /// Evaluates the coefficients at `x` for a move driven by the Brownian increment
+    /// `dw` (plus `dw2` when given: a coarse move over two increments). A term gives
+    /// either its factor `σ(x)` ([`Coefficients::Factor`], not reading the increments)
+    /// or, matrix-free, the increment `σ(x)(dw + dw2)` itself
+    /// ([`Coefficients::Increment`]).
+    fn eval(
+        &mut self,
+        x: &[f64],
+        dw: &[f64],
+        dw2: Option<&[f64]>,
+    ) -> Result<Coefficients<'_>, Failure>;
+}
+
+/// A term's coefficients at a point ([`Term::eval`]).
+#[derive(Clone, Copy, Debug)]
+pub enum Coefficients<'a> {
+    /// The drift and, unless the diffusion is zero, the factor `σ` (row-major `d×d`).
+    Factor(&'a [f64], Option<&'a [f64]>),
+    /// The drift and, unless the diffusion is zero, the increment `σ(x)ΔW` for the
+    /// increments given (docs/models.md §8: how the matrix-free models step).
+    Increment(&'a [f64], Option<&'a [f64]>),
 }
 
 /// The coefficients of one model at one point ([`Term::eval`]), evaluated without
@@ -1036,7 +1096,20 @@ multiversion! {
 }
 
 impl Term for ModelTerm<'_> {
-    fn eval(&mut self, x: &[f64]) -> Result<(&[f64], Option<&[f64]>), Failure> {
+    fn eval(
+        &mut self,
+        x: &[f64],
+        _dw: &[f64],
+        _dw2: Option<&[f64]>,
+    ) -> Result<Coefficients<'_>, Failure> {
+        let (drift, factor) = self.factor_at(x)?;
+        Ok(Coefficients::Factor(drift, factor))
+    }
+}
+
+impl ModelTerm<'_> {
+    /// The drift and, unless the diffusion is zero, the factor at `x`.
+    pub(crate) fn factor_at(&mut self, x: &[f64]) -> Result<(&[f64], Option<&[f64]>), Failure> {
         let d = x.len();
         let (needs_noise, one_term) = self.noise_needs(d);
         let state = needs_noise && matches!(self.ev.noise, NoiseSource::State);
@@ -1235,7 +1308,7 @@ mod tests {
             let local = p.local(&x).expect("finite");
             for kind in ModelKind::all().into_iter().chain([ModelKind::Series(3)]) {
                 let mut term = ModelTerm::new(kind, eta, Evaluator::new(&p, &noise));
-                let ours = term.eval(&x);
+                let ours = term.factor_at(&x);
                 match (kind.coefficients(&local, eta), ours) {
                     (Ok(c), Ok((drift, factor))) => {
                         assert_close(drift, c.drift.as_slice(), &format!("{kind} drift"));
@@ -1362,7 +1435,7 @@ mod tests {
             term.eval_lanes(&rows_of(&xs, 2), &live, &mut out);
             for (l, x) in points.iter().enumerate() {
                 let mut one = ModelTerm::new(kind, 0.1, Evaluator::new(p, &noise));
-                match (one.eval(x), out.failure[l].take()) {
+                match (one.factor_at(x), out.failure[l].take()) {
                     (Ok((drift, factor)), None) => {
                         assert_close(&out.drift_at(l, 2), drift, &format!("{kind} drift"));
                         if let Some(f) = factor {
