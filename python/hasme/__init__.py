@@ -632,11 +632,18 @@ def simulate(
     every: int = 1,
     seed: int = 0,
     threads: Optional[int] = None,
+    sgd_noise: str = "minibatch",
+    linear_algebra: Optional[str] = None,
+    krylov_tol: Optional[float] = None,
     progress: ProgressArg = False,
 ) -> SimResult:
     """``hasme simulate``: SGD and each model (default: all) simulated side by side
     over ``paths`` coupled paths up to ``horizon``; means and standard errors at
     t = kη. ``threads`` (default: every core) does not change the numbers.
+    ``sgd_noise="gaussian"``: a finite sum's SGD with Gaussian noise of the minibatch
+    covariance, coupled to the models. ``linear_algebra``: ``"dense"`` or
+    ``"krylov"`` (matrix-free coefficients; default by size), ``krylov_tol`` its
+    Lanczos tolerance.
 
     >>> p = Problem.from_source("var x = 1\\nminimize 0.5*x^2\\nnoise sd 0.5")
     >>> simulate(p, eta=0.1, horizon=1.0, paths=500, models=["sme1"]).to_dict()["models"]
@@ -658,6 +665,9 @@ def simulate(
                 every=every,
                 seed=seed,
                 threads=threads,
+                sgd_noise=sgd_noise,
+                linear_algebra=linear_algebra,
+                krylov_tol=krylov_tol,
                 progress=cb,
             ),
         )
@@ -683,6 +693,9 @@ def weak_order(
     threads: Optional[int] = None,
     eta_max: Optional[float] = None,
     levels: Optional[int] = None,
+    sgd_noise: str = "minibatch",
+    linear_algebra: Optional[str] = None,
+    krylov_tol: Optional[float] = None,
     progress: ProgressArg = False,
 ) -> WeakOrderResult:
     """``hasme weak-order``: the weak error |E φ(x_N) − E φ(X_T)| of each model
@@ -690,6 +703,9 @@ def weak_order(
     halving grid: ``eta_max`` with ``levels``) at ``horizon``, with 95% intervals and
     the fitted order in η; ``sweep="NAME=v1,v2"`` reruns it with a param varied,
     ``method="quadrature"`` computes it without Monte Carlo (d ≤ 2).
+    ``sgd_noise="gaussian"`` measures a finite sum's error against SGD with Gaussian
+    noise of the minibatch covariance (coupled, no SGD-only runs);
+    ``linear_algebra``/``krylov_tol`` as for :func:`simulate`.
 
     >>> p = Problem.from_file("examples/cosine.hasme")  # doctest: +SKIP
     >>> r = weak_order(p, etas=[0.2, 0.1, 0.05], horizon=1.0, paths=4000)  # doctest: +SKIP
@@ -719,6 +735,9 @@ def weak_order(
                 tolerance=tolerance,
                 seed=seed,
                 threads=threads,
+                sgd_noise=sgd_noise,
+                linear_algebra=linear_algebra,
+                krylov_tol=krylov_tol,
                 progress=cb,
             ),
         )
@@ -739,12 +758,15 @@ def escape(
     coupling: Optional[str] = None,
     seed: int = 0,
     threads: Optional[int] = None,
+    linear_algebra: Optional[str] = None,
+    krylov_tol: Optional[float] = None,
     progress: ProgressArg = False,
 ) -> EscapeResult:
     """``hasme escape``: escape times of SGD and each model (default: all) from a ball
     of ``radius`` around ``centre`` (default: the start point), or from where
     ``when > 0``, or from the file's ``escape when`` region; censored at
-    ``max_steps`` SGD steps.
+    ``max_steps`` SGD steps. ``linear_algebra``/``krylov_tol`` as for
+    :func:`simulate`.
 
     >>> p = Problem.from_file("examples/saddle.hasme")  # doctest: +SKIP
     >>> escape(p, eta=0.1, radius=0.5, paths=500).plot()  # doctest: +SKIP
@@ -766,6 +788,8 @@ def escape(
                 coupling=coupling,
                 seed=seed,
                 threads=threads,
+                linear_algebra=linear_algebra,
+                krylov_tol=krylov_tol,
                 progress=cb,
             ),
         )

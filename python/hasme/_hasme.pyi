@@ -91,6 +91,9 @@ def simulate(
     every: int,
     seed: int,
     threads: Optional[int],
+    sgd_noise: str,
+    linear_algebra: Optional[str],
+    krylov_tol: Optional[float],
     progress: Progress,
 ) -> Output: ...
 def weak_order(
@@ -112,6 +115,9 @@ def weak_order(
     tolerance: float,
     seed: int,
     threads: Optional[int],
+    sgd_noise: str,
+    linear_algebra: Optional[str],
+    krylov_tol: Optional[float],
     progress: Progress,
 ) -> Output: ...
 def escape(
@@ -128,6 +134,8 @@ def escape(
     coupling: Optional[str],
     seed: int,
     threads: Optional[int],
+    linear_algebra: Optional[str],
+    krylov_tol: Optional[float],
     progress: Progress,
 ) -> Output: ...
 def stationary(

@@ -19,7 +19,7 @@ use hasme::experiment::{
 };
 use hasme::inspect::{CheckSummary, DeriveReport, ModelRequest};
 use hasme::lang::{Diagnostic, Source};
-use hasme::models::matrix_free::LinearAlgebra;
+use hasme::models::matrix_free::{KrylovOptions, LinearAlgebra};
 use hasme::models::{ModelOptions, PsdPolicy};
 use hasme::moments::{MomentsConfig, MomentsError, MomentsReport};
 use hasme::options;
@@ -371,16 +371,7 @@ impl Problem {
                         )));
                     }
                 };
-                let linear_algebra = match linear_algebra {
-                    None => None,
-                    Some("dense") => Some(LinearAlgebra::Dense),
-                    Some("krylov") => Some(LinearAlgebra::Krylov),
-                    Some(other) => {
-                        return Err(input(format!(
-                            "linear_algebra: expected `dense` or `krylov`, got `{other}`"
-                        )));
-                    }
-                };
+                let linear_algebra = linear_algebra_arg(linear_algebra)?;
                 let (models, krylov) =
                     options::derive_models(&models, series, linear_algebra, krylov_tol)
                         .or_raise()?;
@@ -703,7 +694,7 @@ fn moments(
 }
 
 #[pyfunction]
-#[pyo3(signature = (problem, *, eta, horizon, paths, models, substeps, scheme, coupling, every, seed, threads, progress))]
+#[pyo3(signature = (problem, *, eta, horizon, paths, models, substeps, scheme, coupling, every, seed, threads, sgd_noise, linear_algebra, krylov_tol, progress))]
 #[allow(clippy::too_many_arguments)]
 fn simulate(
     py: Python<'_>,
@@ -718,6 +709,9 @@ fn simulate(
     every: u64,
     seed: u64,
     threads: Option<usize>,
+    sgd_noise: &str,
+    linear_algebra: Option<&str>,
+    krylov_tol: Option<f64>,
     progress: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<Output> {
     let problem = problem.get();
@@ -725,12 +719,17 @@ fn simulate(
     let scheme = scheme
         .parse()
         .map_err(|m| input(format!("--scheme: {m}")))?;
+    let gaussian = gaussian_sgd(sgd_noise)?;
+    let (linear_algebra, krylov) = coefficients(linear_algebra, krylov_tol)?;
     let ledger = stoppable("simulate");
     let config = SimConfig::builder(eta, horizon, paths)
         .models(options::models(&models).or_raise()?)
         .substeps(substeps)
         .scheme(scheme)
-        .coupling(options::coupling(coupling, p).or_raise()?)
+        .coupling(options::coupling(coupling, p, gaussian).or_raise()?)
+        .gaussian_sgd(gaussian)
+        .linear_algebra(linear_algebra)
+        .krylov(krylov)
         .seed(seed)
         .every(every)
         .threads(self::threads(threads))
@@ -748,6 +747,39 @@ fn simulate(
     ))
 }
 
+/// `linear_algebra="dense"|"krylov"` (`None`: by size).
+fn linear_algebra_arg(name: Option<&str>) -> PyResult<Option<LinearAlgebra>> {
+    match name {
+        None => Ok(None),
+        Some("dense") => Ok(Some(LinearAlgebra::Dense)),
+        Some("krylov") => Ok(Some(LinearAlgebra::Krylov)),
+        Some(other) => Err(input(format!(
+            "linear_algebra: expected `dense` or `krylov`, got `{other}`"
+        ))),
+    }
+}
+
+/// `linear_algebra` and `krylov_tol` of a run, checked.
+fn coefficients(
+    linear_algebra: Option<&str>,
+    krylov_tol: Option<f64>,
+) -> PyResult<(Option<LinearAlgebra>, KrylovOptions)> {
+    let la = linear_algebra_arg(linear_algebra)?;
+    Ok((la, options::krylov_options(la, krylov_tol).or_raise()?))
+}
+
+/// `sgd_noise="minibatch"|"gaussian"`: whether a finite sum's SGD is its Gaussian
+/// surrogate.
+fn gaussian_sgd(sgd_noise: &str) -> PyResult<bool> {
+    match sgd_noise {
+        "minibatch" => Ok(false),
+        "gaussian" => Ok(true),
+        other => Err(input(format!(
+            "sgd_noise: expected `minibatch` or `gaussian`, got `{other}`"
+        ))),
+    }
+}
+
 /// After a run with a [`stoppable`] ledger: the ledger's own error, if it has one.
 fn finished(ledger: &Ledger) -> PyResult<()> {
     match ledger.take_error() {
@@ -757,7 +789,7 @@ fn finished(ledger: &Ledger) -> PyResult<()> {
 }
 
 #[pyfunction]
-#[pyo3(signature = (problem, *, etas, eta_max, levels, horizon, paths, models, observables, substeps, scheme, no_integration_check, sgd_paths, sweep, method, tolerance, seed, threads, progress))]
+#[pyo3(signature = (problem, *, etas, eta_max, levels, horizon, paths, models, observables, substeps, scheme, no_integration_check, sgd_paths, sweep, method, tolerance, seed, threads, sgd_noise, linear_algebra, krylov_tol, progress))]
 #[allow(clippy::too_many_arguments)]
 fn weak_order(
     py: Python<'_>,
@@ -778,6 +810,9 @@ fn weak_order(
     tolerance: f64,
     seed: u64,
     threads: Option<usize>,
+    sgd_noise: &str,
+    linear_algebra: Option<&str>,
+    krylov_tol: Option<f64>,
     progress: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<Output> {
     let problem = problem.get();
@@ -790,6 +825,8 @@ fn weak_order(
     let method: Method = method
         .parse()
         .map_err(|m| input(format!("--method: {m}")))?;
+    let gaussian = gaussian_sgd(sgd_noise)?;
+    let (linear_algebra, krylov) = coefficients(linear_algebra, krylov_tol)?;
     // Quadrature has no paths to stop: it runs to its end.
     let ledger = (method == Method::MonteCarlo).then(|| stoppable("weak-order"));
     let mut config = WeakOrderConfig::builder(etas, horizon, paths);
@@ -803,6 +840,9 @@ fn weak_order(
         .scheme(scheme)
         .integration_check(!no_integration_check)
         .sgd_paths(sgd_paths.unwrap_or(0))
+        .gaussian_sgd(gaussian)
+        .linear_algebra(linear_algebra)
+        .krylov(krylov)
         .method(method)
         .tolerance(tolerance)
         .threads(self::threads(threads))
@@ -825,7 +865,7 @@ fn weak_order(
 }
 
 #[pyfunction]
-#[pyo3(signature = (problem, *, eta, radius, centre, when, max_steps, paths, models, substeps, coupling, seed, threads, progress))]
+#[pyo3(signature = (problem, *, eta, radius, centre, when, max_steps, paths, models, substeps, coupling, seed, threads, linear_algebra, krylov_tol, progress))]
 #[allow(clippy::too_many_arguments)]
 fn escape(
     py: Python<'_>,
@@ -841,10 +881,13 @@ fn escape(
     coupling: Option<&str>,
     seed: u64,
     threads: Option<usize>,
+    linear_algebra: Option<&str>,
+    krylov_tol: Option<f64>,
     progress: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<Output> {
     let problem = problem.get();
     let p = &problem.inner;
+    let (linear_algebra, krylov) = coefficients(linear_algebra, krylov_tol)?;
     // The centre is read first: a Python object cannot be read inside the region's
     // check, which only reads it for a ball.
     let centre = centre
@@ -854,8 +897,10 @@ fn escape(
     let ledger = stoppable("escape");
     let config = EscapeConfig::builder(eta, max_steps, paths, region)
         .models(options::models(&models).or_raise()?)
+        .linear_algebra(linear_algebra)
+        .krylov(krylov)
         .substeps(substeps)
-        .coupling(options::coupling(coupling, p).or_raise()?)
+        .coupling(options::coupling(coupling, p, false).or_raise()?)
         .seed(seed)
         .threads(self::threads(threads))
         .ledger(Some(ledger.clone()))

@@ -123,6 +123,42 @@ def test_simulate_finite_sum() -> None:
     )  # fmt: skip
 
 
+def test_matrix_free_runs() -> None:
+    problem = hasme.Problem.from_file("examples/finite_sum.hasme")
+    result = hasme.simulate(
+        problem, eta=0.2, horizon=0.4, paths=300, models=["sme2", "hasme"],
+        sgd_noise="gaussian", linear_algebra="krylov", krylov_tol=1e-9,
+    )  # fmt: skip
+    assert result.json() == cli(
+        "simulate", "examples/finite_sum.hasme", "--eta", "0.2", "--horizon", "0.4",
+        "--paths", "300", "--models", "sme2,hasme", "--sgd-noise", "gaussian",
+        "--linear-algebra", "krylov", "--krylov-tol", "1e-9", "--json",
+    )  # fmt: skip
+    assert result.to_dict()["lanczos_steps"]["evaluations"] > 0
+    weak = hasme.weak_order(
+        problem, etas=[0.2, 0.1], horizon=0.4, paths=200, models=["sme2", "hasme"],
+        sgd_noise="gaussian", linear_algebra="krylov",
+    )  # fmt: skip
+    assert weak.json() == cli(
+        "weak-order", "examples/finite_sum.hasme", "--etas", "0.2,0.1", "--horizon", "0.4",
+        "--paths", "200", "--models", "sme2,hasme", "--sgd-noise", "gaussian",
+        "--linear-algebra", "krylov", "--json",
+    )  # fmt: skip
+    escape = hasme.escape(
+        hasme.Problem.from_file("examples/saddle.hasme"), eta=0.1, radius=0.5, paths=50,
+        max_steps=200, models=["sme2", "hasme"], linear_algebra="krylov",
+    )  # fmt: skip
+    assert escape.json() == cli(
+        "escape", "examples/saddle.hasme", "--eta", "0.1", "--radius", "0.5", "--paths",
+        "50", "--max-steps", "200", "--models", "sme2,hasme", "--linear-algebra", "krylov",
+        "--json",
+    )  # fmt: skip
+    with pytest.raises(hasme.InputError, match="eigenbasis"):
+        hasme.simulate(problem, eta=0.2, horizon=0.4, models="hasme-exact", linear_algebra="krylov")
+    with pytest.raises(hasme.InputError, match="sgd_noise"):
+        hasme.simulate(problem, eta=0.2, horizon=0.4, sgd_noise="uniform")
+
+
 def test_weak_order() -> None:
     problem = hasme.Problem.from_file("examples/cosine.hasme")
     result = hasme.weak_order(problem, etas=[0.2, 0.1], horizon=1.0, paths=800, seed=2)
