@@ -794,10 +794,10 @@ fn prepare<'p>(
     config: &'p EscapeConfig,
 ) -> Result<(Engine<'p>, Watcher<'p>), EscapeError> {
     let start = problem.start();
-    problem.objective_derivatives(&start)?;
     let linear_algebra =
         engine::linear_algebra(config.linear_algebra, problem.dim(), &config.models)
             .map_err(EscapeError::Config)?;
+    engine::check_start(problem, &start, linear_algebra)?;
     let noise = NoiseSource::for_problem(problem, &start)?;
     let region = compile_region(problem, &config.region, &start)?;
     let engine = Engine {

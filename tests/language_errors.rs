@@ -1045,14 +1045,14 @@ fn matrix_errors_name_the_index_and_the_shape() {
         Kind::Check,
         1,
         10,
-        "a number of columns must be an integer from 1 to 5000, found 0.5",
+        "a number of columns must be an integer from 1 to 20000, found 0.5",
     );
     expect_error(
-        "var W[100, 100]\nminimize 1",
+        "var W[200, 101]\nminimize 1",
         Kind::Check,
         1,
         6,
-        "more than 5000 variables in all",
+        "more than 20000 variables in all",
     );
     // Param literals against the declared shape.
     expect_error(

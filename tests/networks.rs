@@ -399,7 +399,7 @@ fn draws_are_read_in_declaration_order_and_row_major() {
     }
 }
 
-/// Mean and variance of 5000 draws (the most variables a problem may have) within bands that follow from their count: the
+/// Mean and variance of 5000 draws (the most for which a dense Hessian may be formed) within bands that follow from their count: the
 /// sample mean has standard error S/√n, the sample variance S²·√(2/(n−1)) for a
 /// normal and σ²·√((μ₄/σ⁴ − (n−3)/(n−1))/n) ≈ σ²·√(0.8/n) for a uniform (μ₄/σ⁴ = 9/5);
 /// four standard errors each (sixteen checks over four seeds) fail by chance with

@@ -47,6 +47,19 @@ impl Problem {
         Ok(())
     }
 
+    /// A d×d matrix (`what`) may be formed: d ≤ [`DENSE_LIMIT`](super::DENSE_LIMIT).
+    pub(super) fn check_dense(&self, what: &str) -> Result<(), ProblemError> {
+        let d = self.dim();
+        if d <= super::DENSE_LIMIT {
+            return Ok(());
+        }
+        Err(ProblemError::Usage(format!(
+            "{what} of {d} variables is a {d}×{d} matrix ({} MB), beyond the dense limit of {} variables: use the matrix-free coefficients (--linear-algebra krylov with gf, sme1, sme2 or hasme; a finite sum's noise then needs no d×d matrix)",
+            d * d * 8 / 1_000_000,
+            super::DENSE_LIMIT
+        )))
+    }
+
     pub(super) fn eval_error(&self, nf: NonFinite, x: &[f64]) -> ProblemError {
         self.eval_error_in(Sources::file(&self.source), nf, x)
     }
@@ -320,6 +333,7 @@ impl Problem {
         jets: &mut Jets,
     ) -> Result<(), ProblemError> {
         self.check_point(x)?;
+        self.check_dense("the Hessian")?;
         match &self.finite_sum {
             Some(fs) if !fs.columns.is_empty() => self
                 .objective
@@ -334,6 +348,7 @@ impl Problem {
 
     /// Σ(x), checked symmetric and positive semidefinite.
     pub fn noise_cov(&self, x: &[f64]) -> Result<DMatrix<f64>, ProblemError> {
+        self.check_dense("the noise covariance Σ")?;
         let d = self.dim();
         let mut out = vec![0.0; d * d];
         self.noise_cov_into(x, &mut NoiseBuffers::default(), &mut out)?;
@@ -360,6 +375,7 @@ impl Problem {
         out: &mut [f64],
     ) -> Result<(), ProblemError> {
         self.check_point(x)?;
+        self.check_dense("the noise covariance Σ")?;
         let d = self.dim();
         assert_eq!(out.len(), d * d, "Σ has d² entries");
         if let Some(fs) = &self.finite_sum {

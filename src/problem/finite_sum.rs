@@ -319,6 +319,7 @@ impl Problem {
             return self.noise_cov_into(x, buffers, cov);
         };
         self.check_point(x)?;
+        self.check_dense("the Hessian")?;
         assert_eq!(cov.len(), self.dim() * self.dim(), "Σ has d² entries");
         cov.fill(0.0);
         let NoiseBuffers { mean, delta, .. } = buffers;

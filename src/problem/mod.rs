@@ -41,9 +41,13 @@ use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
 
-/// Most variables a problem may have: derivatives are dense (a d×d Hessian per point),
-/// so 5000 variables already mean 200 MB per Hessian.
-pub const MAX_DIMENSION: usize = 5000;
+/// Most variables a problem may have. Above [`DENSE_LIMIT`] only the matrix-free paths
+/// run (gradients, Hessian-vector products, a finite sum's noise factor).
+pub const MAX_DIMENSION: usize = 20_000;
+
+/// Most variables for which a d×d matrix (the Hessian, Σ) is formed: 5000 variables
+/// already mean 200 MB per matrix. Beyond it, what needs one is an error that says so.
+pub const DENSE_LIMIT: usize = 5000;
 
 /// A vector variable `w[n]`: coordinates `start..start + len` of the point, named
 /// `w[1]` … `w[n]`.

@@ -106,6 +106,23 @@ pub(crate) fn linear_algebra(
     }
 }
 
+/// The objective evaluated once at the start point, as the run's coefficients will
+/// need it (the Hessian on the dense path, the gradient on the matrix-free one, which
+/// forms no d×d matrix), so a problem invalid there fails before any path runs.
+pub(crate) fn check_start(
+    problem: &Problem,
+    start: &[f64],
+    linear_algebra: LinearAlgebra,
+) -> Result<(), ProblemError> {
+    match linear_algebra {
+        LinearAlgebra::Dense => problem.objective_derivatives(start).map(|_| ()),
+        LinearAlgebra::Krylov => {
+            let mut jets = crate::tape::Jets::default();
+            problem.gradient_with(start, &mut crate::tape::Workspace::default(), &mut jets)
+        }
+    }
+}
+
 /// At least one path.
 pub(crate) fn check_paths(paths: u64) -> Result<(), String> {
     if paths == 0 {

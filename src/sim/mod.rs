@@ -963,15 +963,13 @@ fn prepare<'p, S: Scheme>(
 ) -> Result<(Engine<'p>, Saver<'p, S>), SimError> {
     let (steps, saved) = config.plan()?;
     let start = problem.start();
-    // Evaluate everything once at the start point, so a problem that is invalid there
-    // fails before any path runs, with the problem's own message.
-    problem
-        .objective_derivatives(&start)
-        .map_err(SimError::Start)?;
-    problem.observables(&start).map_err(SimError::Start)?;
     let linear_algebra =
         engine::linear_algebra(config.linear_algebra, problem.dim(), &config.models)
             .map_err(SimError::Config)?;
+    // Evaluate everything once at the start point, so a problem that is invalid there
+    // fails before any path runs, with the problem's own message.
+    engine::check_start(problem, &start, linear_algebra).map_err(SimError::Start)?;
+    problem.observables(&start).map_err(SimError::Start)?;
     let noise = NoiseSource::for_problem(problem, &start).map_err(SimError::Start)?;
     let layout = Layout {
         times: saved.len(),

@@ -110,16 +110,26 @@ pub(crate) struct Evaluator<'p> {
 
 impl<'p> Evaluator<'p> {
     pub(crate) fn new(problem: &'p Problem, noise: &'p NoiseSource) -> Evaluator<'p> {
-        let d = problem.dim();
         Evaluator {
             problem,
             noise,
             ws: Workspace::default(),
             jets: Jets::default(),
-            cov: vec![0.0; d * d],
+            cov: Vec::new(),
             noise_buffers: NoiseBuffers::default(),
-            sqrt: vec![0.0; d * d],
-            scratch: EigenScratch::new(d),
+            sqrt: Vec::new(),
+            scratch: EigenScratch::new(0),
+        }
+    }
+
+    /// Sizes the d×d buffers of a state-dependent Σ on first use: an evaluator that
+    /// never forms Σ(x) (the matrix-free path, a constant Σ) holds no d×d matrix.
+    fn size_noise(&mut self) {
+        let d = self.problem.dim();
+        if self.cov.len() != d * d {
+            self.cov = vec![0.0; d * d];
+            self.sqrt = vec![0.0; d * d];
+            self.scratch = EigenScratch::new(d);
         }
     }
 
@@ -143,6 +153,7 @@ impl<'p> Evaluator<'p> {
     /// `with_sqrt`. Non-finite Σ is a divergence; a finite Σ that is not symmetric PSD
     /// is fatal.
     pub(crate) fn state_noise(&mut self, x: &[f64], with_sqrt: bool) -> Result<(), Failure> {
+        self.size_noise();
         match self
             .problem
             .noise_cov_into(x, &mut self.noise_buffers, &mut self.cov)
@@ -191,6 +202,7 @@ impl<'p> Evaluator<'p> {
         }
         match checked {
             Some(c) => {
+                self.size_noise();
                 self.cov.copy_from_slice(c);
                 self.noise_sqrt(x)
             }
@@ -229,6 +241,7 @@ impl<'p> Evaluator<'p> {
     /// finite sum's Σ is a covariance by construction, so every failure is a divergence.
     fn derivatives_and_state_noise(&mut self, x: &[f64], with_sqrt: bool) -> Result<(), Failure> {
         finite_state(x)?;
+        self.size_noise();
         self.problem
             .derivatives_and_noise_with(
                 x,
@@ -668,6 +681,7 @@ impl LaneTerm<'_> {
                 .and_then(|nl| clearly_covariance(kind, nl, l));
             let ok = match batched {
                 Some(c) => {
+                    ev.size_noise();
                     ev.cov.copy_from_slice(&c);
                     !one_term || ev.noise_sqrt(x).is_ok()
                 }
