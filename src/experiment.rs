@@ -1593,7 +1593,12 @@ impl WeakOrderReport {
     /// the point is left out of the fit), 95% error bars where the interval stays above
     /// 0, ticks at the step sizes of the run, and the reference slopes 1 and 2 as grey
     /// guides through the geometric mean of the largest-η errors.
+    ///
+    /// With a sweep, the figure is the sweep's instead ([`WeakOrderReport::sweep_plot`]).
     pub fn plot(&self) -> LinePlot {
+        if let Some((param, runs)) = &self.sweep {
+            return self.sweep_plot(param, runs);
+        }
         let several = self.observables.len() > 1;
         let mut plot = LinePlot::new("Weak error against η", "η", "|E φ(x_N) − E φ(X_T)|")
             .x_axis(YAxis::Log)
@@ -1661,6 +1666,68 @@ impl WeakOrderReport {
         .note(format!(
             "Open markers: not fitted (|e| ≤ {NOISE_FLOOR_SE} se, below the noise floor). Grey dotted: slopes 1 and 2."
         ))
+    }
+}
+
+impl WeakOrderReport {
+    /// The sweep's figure: each model's error constant C (`e ≈ Cηᵖ` at its nominal
+    /// order) against the swept param, log-log, with its 95% interval; where no
+    /// constant is resolved, an open marker at its upper bound (`constant_upper_bound`).
+    fn sweep_plot(&self, param: &str, runs: &[SweepRun]) -> LinePlot {
+        let several = self.observables.len() > 1;
+        let values: Vec<f64> = runs.iter().map(|r| r.value).collect();
+        let positive = values.iter().all(|&v| v > 0.0);
+        let mut plot = LinePlot::new(
+            format!("Weak-error constant against {param}"),
+            param.to_string(),
+            "C  (e ≈ C ηᵖ, p the nominal order)",
+        )
+        .y_axis(YAxis::Log)
+        .x_ticks(values.clone());
+        if positive {
+            plot = plot.x_axis(YAxis::Log);
+        }
+        for (o, obs) in self.observables.iter().enumerate() {
+            for (k, m) in obs.models.iter().enumerate() {
+                let name = if several {
+                    format!("{}: {}", obs.name, m.model)
+                } else {
+                    m.model.to_string()
+                };
+                let (mut pts, mut bars, mut open) = (Vec::new(), Vec::new(), Vec::new());
+                for r in runs {
+                    let a = &r.observables[o].models[k];
+                    match (&a.constant, a.constant_bound) {
+                        (Some(c), _) => {
+                            pts.push((r.value, c.value));
+                            bars.push(c.ci);
+                            open.push(false);
+                        }
+                        (None, Some(bound)) if bound > 0.0 => {
+                            pts.push((r.value, bound));
+                            bars.push((f64::NAN, f64::NAN));
+                            open.push(true);
+                        }
+                        _ => {}
+                    }
+                }
+                plot = plot.with(Series::new(name, pts).error_bars(bars).open(open));
+            }
+        }
+        let c = &self.config;
+        let etas: Vec<String> = c.etas.iter().map(|e| e.to_string()).collect();
+        let how = match c.method {
+            Method::Quadrature => format!(
+                "quadrature, T = {}, tolerance {:e}; bars: the interval of C",
+                c.horizon, c.tolerance
+            ),
+            Method::MonteCarlo => format!(
+                "{} paths, T = {}, {} substeps ({}), seed {}; bars: 95% CI of C",
+                c.paths, c.horizon, c.substeps, c.scheme, c.seed
+            ),
+        };
+        plot.note(format!("η = {}; {how}.", etas.join(", ")))
+            .note("Open markers: no constant resolved; the marker is its upper bound.".to_string())
     }
 }
 

@@ -108,6 +108,64 @@ fn weak_order_plot_has_ticks_at_the_step_sizes_and_a_marker_per_estimate() {
     assert!(!svg.contains("(guide)"));
 }
 
+/// With `--sweep` the figure is the constants against the param: ticks at the swept
+/// values, a filled marker per resolved constant and an open one (its upper bound)
+/// per value where none is resolved.
+#[test]
+fn weak_order_sweep_plot_draws_the_constants_against_the_param() {
+    let dir = temp_dir("plots-weak-order-sweep");
+    let svg = dir.join("sweep.svg");
+    let o = hasme(&[
+        "weak-order",
+        "examples/stiff.hasme",
+        "--etas",
+        "0.1,0.05",
+        "--horizon",
+        "0.5",
+        "--paths",
+        "2000",
+        "--models",
+        "sme2,hasme",
+        "--observables",
+        "x2",
+        "--sweep",
+        "lambda=1,4",
+        "--no-integration-check",
+        "--quiet",
+        "--json",
+        "--plot",
+        svg.to_str().unwrap(),
+    ]);
+    let report = json(&o);
+    let svg = std::fs::read_to_string(&svg).unwrap();
+    assert!(svg.contains("Weak-error constant against lambda"));
+    for tick in ["1", "4"] {
+        assert!(
+            svg.contains(&format!(">\n{tick}\n</text>")),
+            "no tick at {tick}"
+        );
+    }
+    let observable = report["observables"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .next()
+        .unwrap()
+        .clone();
+    let mut resolved = 0;
+    for model in ["sme2", "hasme"] {
+        let constants = &report["sweep"]["constants"][&observable][model];
+        resolved += constants
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c.is_number())
+            .count();
+    }
+    // Filled markers are polygons: one per resolved constant and one per legend swatch.
+    assert_eq!(svg.matches("<polygon").count(), resolved + 2);
+}
+
 #[test]
 fn moments_plot_marks_every_reported_step() {
     let dir = temp_dir("plots-moments");
