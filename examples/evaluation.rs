@@ -1,9 +1,9 @@
 //! One HA-SME evaluation of a finite sum from the library, timed: what a simulator
 //! step of `hasme` needs at large d without any d×d matrix (docs/models.md §8).
 //!
-//! At the point x: ∇f over the rows (in blocks), the noise `u = Aζ` with the
-//! finite sum's factor `A = √(κ/n)[∇F_i − ∇f]` for a given ζ ∈ Rⁿ
-//! (`Problem::noise_factor_times`), the drift `−φ(ηH)g` and the diffusion increment
+//! At the point x: ∇f over the rows (in blocks) and, in the same pass, the noise
+//! `u = Aζ` with the finite sum's factor `A = √(κ/n)[∇F_i − ∇f]` for a given ζ ∈ Rⁿ
+//! (`Problem::gradient_and_factor_with`), the drift `−φ(ηH)g` and the diffusion increment
 //! `√η ψ(ηH)^{1/2} u` by Lanczos on Hessian-vector products. Prints JSON: the drift, the
 //! increment, the Lanczos steps and the best time of `REPEATS` evaluations.
 //!
@@ -50,19 +50,17 @@ fn run(args: &[String]) -> Result<String, String> {
         (Workspace::default(), Jets::default(), Workspace::default());
     let (mut u, mut hvp_grad) = (vec![0.0; d], vec![0.0; d]);
     let mut evaluate = || -> Result<_, String> {
+        // ∇f and u = Aζ in one pass over the rows, as a simulator step takes them.
         problem
-            .gradient_with(&x, &mut ws, &mut jets)
+            .gradient_and_factor_with(&x, &zeta, &mut ws, &mut jets, &mut u)
             .map_err(|e| e.to_string())?;
-        let g = jets.gradient(0).to_vec();
-        problem
-            .noise_factor_times(&x, &g, &zeta, &mut ws, &mut u)
-            .map_err(|e| e.to_string())?;
+        let g = jets.gradient(0);
         let mut hvp = |v: &[f64], out: &mut [f64]| {
             problem
                 .hessian_vector_with(&x, v, &mut hvp_ws, &mut hvp_grad, out)
                 .map(|_| ())
         };
-        let drift = hasme_drift(&x, &g, eta, &options, &mut hvp).map_err(|e| e.to_string())?;
+        let drift = hasme_drift(&x, g, eta, &options, &mut hvp).map_err(|e| e.to_string())?;
         let increment = hasme_diffusion_increment(&x, &u, eta, &options, &mut hvp)
             .map_err(|e| e.to_string())?;
         Ok((drift, increment))

@@ -30,6 +30,10 @@ Not run by the tests: it needs JAX (`pip install jax`). Usage:
 
   python3 benches/baseline/jax_network.py --hidden 32 --inputs 20 --rows 2000 \
       --hasme target/release/examples/evaluation
+
+With --write-only it writes the objective file, the point and zeta and stops (numpy
+only, no JAX): the inputs of `examples/evaluation.rs` at sizes JAX's dense Hessian
+cannot take, e.g. d = 6400 for the peak-memory figure of docs/performance.md.
 """
 
 import argparse
@@ -41,11 +45,12 @@ import time
 
 import numpy as np
 
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
+if "--write-only" not in sys.argv:
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    import jax
+    import jax.numpy as jnp
 
-jax.config.update("jax_enable_x64", True)
+    jax.config.update("jax_enable_x64", True)
 
 
 def write_problem(directory, hidden, inputs, rows, batch, seed):
@@ -136,6 +141,11 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--dir", default="target/jax-network")
     parser.add_argument("--hasme", help="the hasme binary (omit to time JAX only)")
+    parser.add_argument(
+        "--write-only",
+        action="store_true",
+        help="write the objective file, point.json and zeta.json, then stop (no JAX)",
+    )
     args = parser.parse_args()
 
     x, y, point = write_problem(
@@ -143,6 +153,12 @@ def main():
     )
     d = point.size
     zeta = np.random.default_rng(args.seed + 1).standard_normal(args.rows)
+    zeta_file = os.path.join(args.dir, "zeta.json")
+    with open(zeta_file, "w") as out:
+        json.dump([float(v) for v in zeta], out)
+    if args.write_only:
+        print(f"d = {d}, n = {args.rows}: {args.dir}/network.hasme, point.json, zeta.json")
+        return 0
     evaluate = evaluation(
         jnp.asarray(x), jnp.asarray(y), args.hidden, args.inputs, args.batch, args.eta
     )
@@ -167,9 +183,6 @@ def main():
     if not args.hasme:
         return 0
 
-    zeta_file = os.path.join(args.dir, "zeta.json")
-    with open(zeta_file, "w") as out:
-        json.dump([float(v) for v in zeta], out)
     command = [
         args.hasme,
         os.path.join(args.dir, "network.hasme"),
