@@ -88,6 +88,7 @@ use crate::plot::LinePlot;
 use crate::problem::{Expression, Problem, ProblemError};
 use crate::shard::{Ledger, field};
 use crate::sim::engine::{self, Engine, EngineError, Observer, Settings, States};
+use crate::sim::krylov::{KrylovJson, krylov_lines};
 use crate::sim::terms::NoiseSource;
 use crate::sim::{CHUNK_PATHS, Coupling, EulerMaruyama, LanczosTally, MAX_STEPS};
 use crate::stats::Welford;
@@ -1334,9 +1335,7 @@ impl Serialize for EscapeReport {
             substeps: self.substeps,
             scheme: "em",
             coupling: self.coupling.to_string(),
-            linear_algebra: self.krylov_tolerance.map(|_| "krylov"),
-            krylov_tol: self.krylov_tolerance,
-            lanczos_steps: self.krylov_tolerance.map(|_| &self.lanczos),
+            krylov: KrylovJson::new(self.krylov_tolerance, &self.lanczos),
             region,
             variables: &self.variables,
             start: &self.start,
@@ -1362,12 +1361,8 @@ struct EscapeJson<'a> {
     substeps: usize,
     scheme: &'static str,
     coupling: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    linear_algebra: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    krylov_tol: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    lanczos_steps: Option<&'a LanczosTally>,
+    #[serde(flatten)]
+    krylov: KrylovJson<'a>,
     region: RegionJson<'a>,
     variables: &'a [String],
     start: &'a [f64],
@@ -1515,9 +1510,7 @@ impl fmt::Display for EscapeReport {
             self.coupling,
             self.seed
         )?;
-        if let Some(tol) = self.krylov_tolerance {
-            writeln!(f, "{}\n{}", crate::sim::krylov_line(tol), self.lanczos)?;
-        }
+        krylov_lines(f, self.krylov_tolerance, &self.lanczos)?;
         writeln!(
             f,
             "times in units of t = kη; mean: restricted to the cap (r) where censored"

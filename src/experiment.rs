@@ -82,6 +82,7 @@ use crate::plot::{LinePlot, Series, YAxis};
 use crate::problem::{Overrides, Problem, ProblemError};
 use crate::quadrature::{self, Domain, Estimate, QuadratureError};
 use crate::shard::Ledger;
+use crate::sim::krylov::{KrylovJson, krylov_lines};
 use crate::sim::{
     LanczosTally, SchemeKind, SimConfig, SimError, SimResult, simulate_with_progress,
 };
@@ -1820,9 +1821,7 @@ impl Serialize for WeakOrderReport {
             scheme: c.scheme.to_string(),
             coupling: "coupled",
             sgd_noise: if self.split { "minibatch" } else { "gaussian" },
-            linear_algebra: self.krylov_tolerance.map(|_| "krylov"),
-            krylov_tol: self.krylov_tolerance,
-            lanczos_steps: self.krylov_tolerance.map(|_| &self.lanczos),
+            krylov: KrylovJson::new(self.krylov_tolerance, &self.lanczos),
             estimator: if self.split { "split" } else { "coupled" },
             sgd_paths: self.split.then(|| c.sgd_paths()),
             models: c.models.iter().map(|m| m.to_string()).collect(),
@@ -1851,12 +1850,8 @@ struct WeakOrderJson<'a> {
     scheme: String,
     coupling: &'static str,
     sgd_noise: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    linear_algebra: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    krylov_tol: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    lanczos_steps: Option<&'a LanczosTally>,
+    #[serde(flatten)]
+    krylov: KrylovJson<'a>,
     estimator: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     sgd_paths: Option<u64>,
@@ -2278,9 +2273,7 @@ impl fmt::Display for WeakOrderReport {
                 "coupled: SGD and the SDEs share their Gaussian draws; each error is the mean of the paired differences"
             )?;
         }
-        if let Some(tol) = self.krylov_tolerance {
-            writeln!(f, "{}\n{}", crate::sim::krylov_line(tol), self.lanczos)?;
-        }
+        krylov_lines(f, self.krylov_tolerance, &self.lanczos)?;
         write_analyses(f, &self.observables)?;
         if let Some((param, runs)) = &self.sweep {
             writeln!(

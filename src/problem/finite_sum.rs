@@ -112,17 +112,22 @@ impl Problem {
         })?;
         let scale = (fs.noise_factor() / fs.n as f64).sqrt();
         out.iter_mut().for_each(|o| *o *= scale);
-        if let Some(k) = out.iter().position(|v| !v.is_finite()) {
-            return Err(self.noise_error(
+        self.check_factor_product(x, out)
+    }
+
+    /// `u = Aζ` must be finite: else an error naming the point and the entry.
+    fn check_factor_product(&self, x: &[f64], u: &[f64]) -> Result<(), ProblemError> {
+        match u.iter().position(|v| !v.is_finite()) {
+            None => Ok(()),
+            Some(k) => Err(self.noise_error(
                 format!(
                     "the minibatch noise factor times ζ is not finite at {} (entry {}): the weights or the per-example gradients are too large",
                     self.format_point(x),
                     k + 1
                 ),
                 "this finite sum",
-            ));
+            )),
         }
-        Ok(())
     }
 
     /// f(x) and ∇f(x) into `jets` (as [`Problem::gradient_with`], the same bits) and
@@ -189,17 +194,7 @@ impl Problem {
         }
         ws.scratch = sum;
         result?;
-        if let Some(k) = u.iter().position(|v| !v.is_finite()) {
-            return Err(self.noise_error(
-                format!(
-                    "the minibatch noise factor times ζ is not finite at {} (entry {}): the weights or the per-example gradients are too large",
-                    self.format_point(x),
-                    k + 1
-                ),
-                "this finite sum",
-            ));
-        }
-        Ok(())
+        self.check_factor_product(x, u)
     }
 
     /// Σ(x) = κ C(x) of a finite sum, `C = (1/n) Σ_i (∇F_i − ∇f)(∇F_i − ∇f)ᵀ` from the

@@ -142,6 +142,45 @@ impl std::fmt::Display for LanczosTally {
     }
 }
 
+/// The JSON fields of a run on matrix-free coefficients (`simulate`, `weak-order`,
+/// `escape`): `linear_algebra` (`"krylov"`), `krylov_tol` and `lanczos_steps`, all
+/// absent on the dense path (flattened into each report's JSON).
+#[derive(serde::Serialize)]
+pub(crate) struct KrylovJson<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    linear_algebra: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    krylov_tol: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lanczos_steps: Option<&'a LanczosTally>,
+}
+
+impl KrylovJson<'_> {
+    /// The fields for a run with Lanczos tolerance `tolerance` (`None`: dense).
+    pub(crate) fn new(tolerance: Option<f64>, tally: &LanczosTally) -> KrylovJson<'_> {
+        KrylovJson {
+            linear_algebra: tolerance.map(|_| "krylov"),
+            krylov_tol: tolerance,
+            lanczos_steps: tolerance.map(|_| tally),
+        }
+    }
+}
+
+/// The lines a matrix-free run's text report adds (none on the dense path).
+pub(crate) fn krylov_lines(
+    f: &mut std::fmt::Formatter<'_>,
+    tolerance: Option<f64>,
+    tally: &LanczosTally,
+) -> std::fmt::Result {
+    match tolerance {
+        None => Ok(()),
+        Some(tol) => writeln!(
+            f,
+            "matrix-free coefficients (Lanczos on Hessian-vector products, relative tolerance {tol:e}); a finite sum's noise by the factor of Σ over its rows\n{tally}"
+        ),
+    }
+}
+
 /// One model's matrix-free coefficients at the simulator's current point.
 #[derive(Debug)]
 pub(crate) struct KrylovTerm<'p> {

@@ -1180,9 +1180,7 @@ impl Serialize for SimResult {
             substeps: self.substeps,
             coupling: self.coupling.to_string(),
             sgd_noise: self.sgd_noise,
-            linear_algebra: self.krylov_tolerance.map(|_| "krylov"),
-            krylov_tol: self.krylov_tolerance,
-            lanczos_steps: self.krylov_tolerance.map(|_| &self.lanczos),
+            krylov: krylov::KrylovJson::new(self.krylov_tolerance, &self.lanczos),
             models: &self.processes[1..],
             variables: &self.variables,
             observables: self
@@ -1230,12 +1228,8 @@ struct SimJson<'a> {
     substeps: usize,
     coupling: String,
     sgd_noise: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    linear_algebra: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    krylov_tol: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    lanczos_steps: Option<&'a LanczosTally>,
+    #[serde(flatten)]
+    krylov: krylov::KrylovJson<'a>,
     models: &'a [String],
     variables: &'a [String],
     observables: Named<&'a str, Named<&'a str, SeriesJson<'a>>>,
@@ -1270,13 +1264,6 @@ impl<'a> From<&'a Series> for SeriesJson<'a> {
     }
 }
 
-/// The line a matrix-free run's report adds (`simulate`, `weak-order`, `escape`).
-pub(crate) fn krylov_line(tolerance: f64) -> String {
-    format!(
-        "matrix-free coefficients (Lanczos on Hessian-vector products, relative tolerance {tolerance:e}); a finite sum's noise by the factor of Σ over its rows"
-    )
-}
-
 fn cell(x: Option<f64>) -> String {
     crate::format::cell(x, Style::Sci(6))
 }
@@ -1304,9 +1291,7 @@ impl fmt::Display for SimResult {
             self.coupling,
             self.seed
         )?;
-        if let Some(tol) = self.krylov_tolerance {
-            writeln!(f, "{}\n{}", krylov_line(tol), self.lanczos)?;
-        }
+        krylov::krylov_lines(f, self.krylov_tolerance, &self.lanczos)?;
         let last = self.times.len() - 1;
         for o in &self.observables {
             writeln!(f, "\nobservable `{}` at t = {}", o.name, self.times[last])?;
