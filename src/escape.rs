@@ -799,7 +799,7 @@ fn prepare<'p>(
         engine::linear_algebra(config.linear_algebra, problem.dim(), &config.models)
             .map_err(EscapeError::Config)?;
     engine::check_start(problem, &start, linear_algebra)?;
-    let noise = NoiseSource::for_problem(problem, &start)?;
+    let noise = NoiseSource::for_problem(problem, &start, linear_algebra == LinearAlgebra::Krylov)?;
     let region = compile_region(problem, &config.region, &start)?;
     let engine = Engine {
         problem,

@@ -338,3 +338,30 @@ fn reports_say_when_the_coefficients_were_matrix_free() {
     assert_eq!(weak["linear_algebra"], "krylov");
     assert_eq!(weak["krylov_tol"], 1e-9);
 }
+
+/// Beyond the dense limit (d = 6000 > 5000): a matrix-free run with `noise sd` (read as
+/// its diagonal) needs no d×d matrix and runs; what needs one (`derive`'s Hessian, a
+/// dense run) is an input error saying so.
+#[test]
+fn beyond_the_dense_limit_only_the_matrix_free_path_runs() {
+    let file = temp_file(
+        "krylov_sim_large.hasme",
+        "var w[6000] = 0.5\nminimize sum(i = 1..6000, 0.5*w[i]^2 + 0.1*cos(w[i]))\nnoise sd 0.1",
+    );
+    let f = file.to_str().unwrap();
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "simulate", f, "--eta", "0.1", "--horizon", "0.2", "--paths", "4", "--models",
+            "sme2,hasme", "--substeps", "2", "--json", "--quiet",
+        ];
+        args.extend(extra);
+        hasme(&args)
+    };
+    let v = json(&run(&[]));
+    assert_eq!(v["linear_algebra"], "krylov");
+    assert_eq!(v["diverged"]["hasme"], 0);
+    for o in [run(&["--linear-algebra", "dense"]), hasme(&["derive", f])] {
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(stderr(&o).contains("dense limit of 5000"), "{}", stderr(&o));
+    }
+}

@@ -432,6 +432,66 @@ impl Problem {
         Ok(())
     }
 
+    /// The diagonal of Σ(x) (d entries) for `noise sd` and `noise diag`, whose Σ is
+    /// diagonal: what the matrix-free simulators need, with no d×d matrix. Checked:
+    /// finite (else the evaluation error) and non-negative up to round-off (an entry
+    /// below −1e−12 of the largest is the covariance's fault: not positive
+    /// semidefinite, naming the point and the entry).
+    ///
+    /// Errors also for any other kind of noise (a usage error: its Σ is not diagonal).
+    ///
+    /// ```
+    /// use hasme::Problem;
+    /// use hasme::problem::NoiseBuffers;
+    /// let p = Problem::from_str("var x, y\nminimize x^2 + y^2\nnoise diag [1 + x^2, 0.5]").unwrap();
+    /// let mut out = [0.0; 2];
+    /// p.noise_diagonal_into(&[1.0, 0.0], &mut NoiseBuffers::default(), &mut out).unwrap();
+    /// assert_eq!(out, [2.0, 0.5]);
+    /// ```
+    pub fn noise_diagonal_into(
+        &self,
+        x: &[f64],
+        buffers: &mut NoiseBuffers,
+        out: &mut [f64],
+    ) -> Result<(), ProblemError> {
+        self.check_point(x)?;
+        let d = self.dim();
+        let kind = self.noise.kind;
+        if !matches!(kind, NoiseKind::Sd | NoiseKind::Diag) || out.len() != d {
+            return Err(ProblemError::Usage(format!(
+                "the diagonal of Σ is read for `noise sd` and `noise diag` into {d} entries (this noise is `{kind}`, the output has {})",
+                out.len()
+            )));
+        }
+        let NoiseBuffers { slots, values, .. } = buffers;
+        values.clear();
+        values.resize(self.noise.tape.outputs(), 0.0);
+        self.noise
+            .tape
+            .values_with(x, slots, values)
+            .map_err(|nf| self.eval_error(nf, x))?;
+        match kind {
+            NoiseKind::Sd => out.fill(values[0]),
+            _ => out.copy_from_slice(&values[..d]),
+        }
+        let scale = out.iter().fold(0.0f64, |a, v| a.max(v.abs()));
+        match out
+            .iter()
+            .position(|&v| v < -PSD_TOLERANCE * scale.max(f64::MIN_POSITIVE))
+        {
+            None => Ok(()),
+            Some(i) => Err(self.noise_error(
+                format!(
+                    "Σ(x) is not positive semidefinite at {}: diagonal entry {} is {:e}",
+                    self.format_point(x),
+                    i + 1,
+                    out[i]
+                ),
+                "this covariance",
+            )),
+        }
+    }
+
     pub(super) fn noise_error(&self, message: String, label: &str) -> ProblemError {
         ProblemError::Eval(Box::new(self.source.diagnostic(
             self.noise.span,

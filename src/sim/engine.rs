@@ -42,7 +42,7 @@ use super::lanes::LANES;
 use super::minibatch::MinibatchSgd;
 use super::terms::{
     Choice, Coefficients, Evaluator, Failure, LaneTerm, ModelTerm, NoiseSource, Term,
-    sgd_factor_step, sgd_step,
+    sgd_factor_step, sgd_root_step, sgd_step,
 };
 use super::{BrownianPath, CHUNK_PATHS, Coupling, MAX_SUBSTEPS, Scheme};
 use crate::models::matrix_free::{self, KRYLOV_ABOVE, KrylovOptions, LinearAlgebra};
@@ -854,6 +854,9 @@ impl<O: Observer, S: Scheme + Copy> Core<'_, '_, O, S> {
             Some(mb) => mb.step(self.engine.problem, eta, &mut self.x, (path, k)),
             None if self.drive == Some(NoiseDrive::Factor) => {
                 sgd_factor_step(&mut self.sgd, eta, &mut self.x, &self.xi, &mut self.tmp)
+            }
+            None if self.drive == Some(NoiseDrive::Root) => {
+                sgd_root_step(&mut self.sgd, eta, &mut self.x, &self.xi, &mut self.tmp)
             }
             None => sgd_step(&mut self.sgd, eta, &mut self.x, &self.xi, &mut self.tmp),
         };

@@ -18,12 +18,11 @@
 //! (`sme1` and `sme2` with the same drive agree path by path to round-off).
 
 use crate::models::ModelKind;
-use crate::models::linalg::mat_vec;
 use crate::models::matrix_free::{self, KrylovOptions};
 use crate::problem::ProblemError;
 use crate::tape::Workspace;
 
-use super::terms::{Coefficients, Evaluator, Failure, NoiseSource, Term};
+use super::terms::{Coefficients, Evaluator, Failure, Term};
 
 /// How the SDEs' noise enters a matrix-free run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -232,32 +231,18 @@ impl<'p> KrylovTerm<'p> {
     /// ∇f at `x` and the move's noise `u` (none when Σ = 0 or the model has no
     /// diffusion) from the summed increment in `self.dw`.
     fn gradient_and_noise(&mut self, x: &[f64]) -> Result<bool, Failure> {
-        let d = x.len();
         if self.kind == ModelKind::Gf {
             self.ev.gradient(x)?;
             return Ok(false);
         }
-        match (self.drive, self.ev.noise) {
-            (NoiseDrive::Factor, _) => {
+        match self.drive {
+            NoiseDrive::Factor => {
                 self.ev.gradient_and_factor(x, &self.dw, &mut self.u)?;
                 Ok(true)
             }
-            (NoiseDrive::Root, NoiseSource::Zero) => {
+            NoiseDrive::Root => {
                 self.ev.gradient(x)?;
-                Ok(false)
-            }
-            (NoiseDrive::Root, NoiseSource::Constant { sqrt, .. }) => {
-                self.ev.gradient(x)?;
-                mat_vec(d, sqrt, &self.dw, &mut self.u);
-                Ok(true)
-            }
-            (NoiseDrive::Root, NoiseSource::State) => {
-                self.ev.gradient(x)?;
-                self.ev.state_noise(x, true)?;
-                let (_, sqrt) = self.ev.noise_refs(true, true);
-                let sqrt = sqrt.expect("state_noise(x, true) computes the root");
-                mat_vec(d, sqrt, &self.dw, &mut self.u);
-                Ok(true)
+                self.ev.noise_times(x, &self.dw, &mut self.u)
             }
         }
     }
@@ -351,6 +336,7 @@ mod tests {
     use super::*;
     use crate::models::linalg::mat_vec;
     use crate::problem::{Overrides, Problem};
+    use crate::sim::terms::NoiseSource;
     use crate::sim::terms::{ModelTerm, sgd_factor_step};
     use crate::tape::Jets;
     use rand::SeedableRng;
@@ -400,7 +386,7 @@ mod tests {
         let p = network();
         let (d, n) = (p.dim(), p.finite_sum().unwrap().n);
         let x = p.start();
-        let noise = NoiseSource::for_problem(&p, &x).unwrap();
+        let noise = NoiseSource::for_problem(&p, &x, false).unwrap();
         let mut ev = Evaluator::new(&p, &noise);
         let sigma = p.noise_cov(&x).unwrap();
         let mut g = Jets::default();
@@ -443,6 +429,40 @@ mod tests {
         }
     }
 
+    /// A diagonal Σ(x) (`noise diag`, state-dependent; `noise sd`) is read as its
+    /// diagonal: the matrix-free `sme1` increment is the dense factor's σ·ΔW.
+    #[test]
+    fn diagonal_noise_moves_as_the_dense_root() {
+        for noise in ["noise diag [0.2 + 0.1*x[1]^2, 0.3, 0.1, 0.4 + x[2]^2, 0.05, 0.2]", "noise sd 0.3 + 0.1*x[3]^2"] {
+            let p = Problem::from_str(&format!(
+                "var x[6] = 0.3\nminimize sum(i = 1..6, 0.5*i*x[i]^2 + 0.1*cos(x[i]))\n{noise}"
+            ))
+            .unwrap();
+            let d = p.dim();
+            let x: Vec<f64> = (0..d).map(|i| 0.1 * i as f64 - 0.2).collect();
+            let dense_noise = NoiseSource::for_problem(&p, &x, false).unwrap();
+            let free_noise = NoiseSource::for_problem(&p, &x, true).unwrap();
+            let mut dense = ModelTerm::new(ModelKind::Sme1, 0.1, Evaluator::new(&p, &dense_noise));
+            let mut free = KrylovTerm::new(
+                ModelKind::Sme1,
+                0.1,
+                KrylovOptions::default(),
+                NoiseDrive::Root,
+                Evaluator::new(&p, &free_noise),
+            );
+            let sigma = dense.factor_at(&x).unwrap().1.unwrap().to_vec();
+            let dw: Vec<f64> = (0..d).map(|i| 0.3 - 0.17 * i as f64).collect();
+            let mut want = vec![0.0; d];
+            mat_vec(d, &sigma, &dw, &mut want);
+            let Coefficients::Increment(_, Some(inc)) = free.eval(&x, &dw, None).unwrap() else {
+                panic!("{noise}: an increment");
+            };
+            for i in 0..d {
+                assert!((inc[i] - want[i]).abs() <= 1e-14, "{noise}: {i}: {} vs {}", inc[i], want[i]);
+            }
+        }
+    }
+
     /// On a problem with a constant Σ (the square-root drive, d-dimensional ΔW) the
     /// matrix-free `sme1` and `sme2` moves are the dense ones to round-off, and the
     /// matrix-free `hasme` drift is the dense drift to the Lanczos tolerance; its
@@ -458,7 +478,7 @@ mod tests {
         .unwrap();
         let d = p.dim();
         let x = p.start();
-        let noise = NoiseSource::for_problem(&p, &x).unwrap();
+        let noise = NoiseSource::for_problem(&p, &x, false).unwrap();
         let eta = 0.1;
         let options = KrylovOptions::default();
         for kind in [ModelKind::Sme1, ModelKind::Sme2, ModelKind::Hasme] {

@@ -970,7 +970,8 @@ fn prepare<'p, S: Scheme>(
     // fails before any path runs, with the problem's own message.
     engine::check_start(problem, &start, linear_algebra).map_err(SimError::Start)?;
     problem.observables(&start).map_err(SimError::Start)?;
-    let noise = NoiseSource::for_problem(problem, &start).map_err(SimError::Start)?;
+    let diagonal = linear_algebra == LinearAlgebra::Krylov;
+    let noise = NoiseSource::for_problem(problem, &start, diagonal).map_err(SimError::Start)?;
     let layout = Layout {
         times: saved.len(),
         observables: problem.observable_names().len(),

@@ -48,15 +48,21 @@ pub(crate) enum NoiseSource {
 
 impl NoiseSource {
     /// Chooses the cheapest source for `problem`, evaluating Σ at `start` once when it
-    /// is constant.
+    /// is constant. For a matrix-free run (`diagonal`) a `noise sd` or `noise diag` is
+    /// read as its diagonal at each point ([`Evaluator::noise_times`]: O(d), no d×d
+    /// matrix), whether or not it depends on x.
     pub(crate) fn for_problem(
         problem: &Problem,
         start: &[f64],
+        diagonal: bool,
     ) -> Result<NoiseSource, ProblemError> {
-        if problem.noise_kind() == NoiseKind::None {
+        let kind = problem.noise_kind();
+        if kind == NoiseKind::None {
             return Ok(NoiseSource::Zero);
         }
-        if !problem.structure().constant_noise {
+        if !problem.structure().constant_noise
+            || (diagonal && matches!(kind, NoiseKind::Sd | NoiseKind::Diag))
+        {
             return Ok(NoiseSource::State);
         }
         let d = problem.dim();
@@ -105,6 +111,8 @@ pub(crate) struct Evaluator<'p> {
     noise_buffers: NoiseBuffers,
     /// Σ(x)^{1/2} when state-dependent and asked for.
     sqrt: Vec<f64>,
+    /// The diagonal of Σ(x) (`noise sd`, `noise diag`) on the matrix-free path.
+    diag: Vec<f64>,
     scratch: EigenScratch,
 }
 
@@ -118,7 +126,54 @@ impl<'p> Evaluator<'p> {
             cov: Vec::new(),
             noise_buffers: NoiseBuffers::default(),
             sqrt: Vec::new(),
+            diag: Vec::new(),
             scratch: EigenScratch::new(0),
+        }
+    }
+
+    /// `u = Σ(x)^{1/2} ΔW` for the d-dimensional increment `dw` into `u`: `false` (u
+    /// untouched) when Σ = 0. A diagonal Σ (`noise sd`, `noise diag`) is read as its
+    /// diagonal at `x`, O(d); a constant Σ uses its root; any other Σ(x) is formed and
+    /// factored at `x` (d×d). The matrix-free steps' noise when it is not a finite
+    /// sum's. Failures as [`Evaluator::state_noise`]'s.
+    pub(crate) fn noise_times(
+        &mut self,
+        x: &[f64],
+        dw: &[f64],
+        u: &mut [f64],
+    ) -> Result<bool, Failure> {
+        let d = x.len();
+        match self.noise {
+            NoiseSource::Zero => Ok(false),
+            NoiseSource::Constant { sqrt, .. } => {
+                mat_vec(d, sqrt, dw, u);
+                Ok(true)
+            }
+            NoiseSource::State
+                if matches!(self.problem.noise_kind(), NoiseKind::Sd | NoiseKind::Diag) =>
+            {
+                self.diag.resize(d, 0.0);
+                if let Err(e) =
+                    (self.problem).noise_diagonal_into(x, &mut self.noise_buffers, &mut self.diag)
+                {
+                    // Not finite: the path left where the noise is defined; finite but
+                    // negative: the problem's fault.
+                    return Err(if self.diag.iter().all(|v| v.is_finite()) {
+                        Failure::Fatal(e)
+                    } else {
+                        Failure::Diverged(e.to_string())
+                    });
+                }
+                for ((u, &v), &w) in u.iter_mut().zip(&self.diag).zip(dw) {
+                    *u = v.max(0.0).sqrt() * w;
+                }
+                Ok(true)
+            }
+            NoiseSource::State => {
+                self.state_noise(x, true)?;
+                mat_vec(d, &self.sqrt, dw, u);
+                Ok(true)
+            }
         }
     }
 
@@ -302,6 +357,24 @@ pub(crate) fn sgd_factor_step(
     ev.gradient_and_factor(x, xi, tmp)?;
     for ((x, u), g) in x.iter_mut().zip(tmp.iter()).zip(ev.gradient_at()) {
         *x += eta * (u - g);
+    }
+    Ok(())
+}
+
+/// One Gaussian SGD step of a matrix-free run whose noise is not a finite sum's:
+/// `x ← x + η(Σ(x)^{1/2}ξ − ∇f(x))` with the noise of [`Evaluator::noise_times`] (a
+/// diagonal Σ read as its diagonal, no d×d matrix).
+pub(crate) fn sgd_root_step(
+    ev: &mut Evaluator<'_>,
+    eta: f64,
+    x: &mut [f64],
+    xi: &[f64],
+    tmp: &mut [f64],
+) -> Result<(), Failure> {
+    ev.gradient(x)?;
+    let noisy = ev.noise_times(x, xi, tmp)?;
+    for (i, g) in ev.gradient_at().iter().enumerate() {
+        x[i] += eta * (if noisy { tmp[i] } else { 0.0 } - g);
     }
     Ok(())
 }
@@ -1234,7 +1307,7 @@ mod tests {
     fn terms_choose_their_form_once() {
         let form = |text: &str, kind: ModelKind| {
             let p = Problem::from_str(text).expect("a valid problem");
-            let noise = NoiseSource::for_problem(&p, &p.start()).expect("Σ is valid");
+            let noise = NoiseSource::for_problem(&p, &p.start(), false).expect("Σ is valid");
             match Choice::of(kind, 0.1, Evaluator::new(&p, &noise)) {
                 Choice::Lanes(t) => Some(t.form()),
                 Choice::PerPoint(_) => None,
@@ -1318,7 +1391,7 @@ mod tests {
             let sigma = [s.0, s.1 * (s.0 * s.2).sqrt(), s.2];
             let p = problem([h.0, h.1, h.2], sigma, state);
             let x = [x.0, x.1];
-            let noise = NoiseSource::for_problem(&p, &p.start()).expect("Σ is valid");
+            let noise = NoiseSource::for_problem(&p, &p.start(), false).expect("Σ is valid");
             let local = p.local(&x).expect("finite");
             for kind in ModelKind::all().into_iter().chain([ModelKind::Series(3)]) {
                 let mut term = ModelTerm::new(kind, eta, Evaluator::new(&p, &noise));
@@ -1354,7 +1427,7 @@ mod tests {
         ) {
             let sigma = [s.0, s.1 * (s.0 * s.2).sqrt(), s.2];
             let p = problem([h.0, h.1, h.2], sigma, state);
-            let noise = NoiseSource::for_problem(&p, &p.start()).expect("Σ is valid");
+            let noise = NoiseSource::for_problem(&p, &p.start(), false).expect("Σ is valid");
             let (n, at) = (lanes.0 + 1, lanes.1.min(lanes.0));
             let mut xs = others.clone();
             // The point under test at lane `at` and lane `n − 1`.
@@ -1399,7 +1472,7 @@ mod tests {
                 "var x = 0.3\nminimize 0.5*{a}*x^2 + {b}*cos(x)\n{noise_line}"
             ))
             .expect("a valid problem");
-            let source = NoiseSource::for_problem(&p, &p.start()).expect("Σ is valid");
+            let source = NoiseSource::for_problem(&p, &p.start(), false).expect("Σ is valid");
             let live = std::array::from_fn(|l| l < points.len());
             for kind in ModelKind::all().into_iter().chain([ModelKind::Series(3)]) {
                 let mut term = lane_term(kind, eta, Evaluator::new(&p, &source));
@@ -1433,7 +1506,7 @@ mod tests {
     }
 
     fn batched_noise_as_one_point_at_a_time(p: &Problem) {
-        let noise = NoiseSource::for_problem(p, &p.start()).unwrap();
+        let noise = NoiseSource::for_problem(p, &p.start(), false).unwrap();
         let points = [
             [0.2, 0.3],  // a covariance
             [1.5, 0.0],  // 1 − x < 0: not PSD
@@ -1546,7 +1619,7 @@ mod tests {
     #[test]
     fn sgd_step_moves_with_the_noise() {
         let p = problem([2.0, 0.0, 1.0], [0.25, 0.0, 0.04], false);
-        let noise = NoiseSource::for_problem(&p, &p.start()).unwrap();
+        let noise = NoiseSource::for_problem(&p, &p.start(), false).unwrap();
         let mut ev = Evaluator::new(&p, &noise);
         let mut x = [0.3, -0.2];
         let g = p.objective_derivatives(&x).unwrap().gradient;
@@ -1563,14 +1636,14 @@ mod tests {
         // A 2×2 covariance needs two variables; build a 1-d one instead.
         assert!(p.is_some());
         let p = Problem::from_str("var x = 0\nminimize x^2\nnoise diag [1 - x]").unwrap();
-        let noise = NoiseSource::for_problem(&p, &p.start()).unwrap();
+        let noise = NoiseSource::for_problem(&p, &p.start(), false).unwrap();
         let mut ev = Evaluator::new(&p, &noise);
         let mut tmp = [0.0];
         let mut x = [2.0];
         let r = sgd_step(&mut ev, 0.1, &mut x, &[0.0], &mut tmp);
         assert!(matches!(r, Err(Failure::Fatal(_))), "{r:?}");
         let p = Problem::from_str("var x = 0\nminimize x^2\nnoise diag [sqrt(1 - x)]").unwrap();
-        let noise = NoiseSource::for_problem(&p, &p.start()).unwrap();
+        let noise = NoiseSource::for_problem(&p, &p.start(), false).unwrap();
         let mut ev = Evaluator::new(&p, &noise);
         let mut x = [2.0];
         let r = sgd_step(&mut ev, 0.1, &mut x, &[0.0], &mut tmp);
