@@ -351,8 +351,20 @@ fn beyond_the_dense_limit_only_the_matrix_free_path_runs() {
     let f = file.to_str().unwrap();
     let run = |extra: &[&str]| {
         let mut args = vec![
-            "simulate", f, "--eta", "0.1", "--horizon", "0.2", "--paths", "4", "--models",
-            "sme2,hasme", "--substeps", "2", "--json", "--quiet",
+            "simulate",
+            f,
+            "--eta",
+            "0.1",
+            "--horizon",
+            "0.2",
+            "--paths",
+            "4",
+            "--models",
+            "sme2,hasme",
+            "--substeps",
+            "2",
+            "--json",
+            "--quiet",
         ];
         args.extend(extra);
         hasme(&args)

@@ -433,7 +433,10 @@ mod tests {
     /// diagonal: the matrix-free `sme1` increment is the dense factor's σ·ΔW.
     #[test]
     fn diagonal_noise_moves_as_the_dense_root() {
-        for noise in ["noise diag [0.2 + 0.1*x[1]^2, 0.3, 0.1, 0.4 + x[2]^2, 0.05, 0.2]", "noise sd 0.3 + 0.1*x[3]^2"] {
+        for noise in [
+            "noise diag [0.2 + 0.1*x[1]^2, 0.3, 0.1, 0.4 + x[2]^2, 0.05, 0.2]",
+            "noise sd 0.3 + 0.1*x[3]^2",
+        ] {
             let p = Problem::from_str(&format!(
                 "var x[6] = 0.3\nminimize sum(i = 1..6, 0.5*i*x[i]^2 + 0.1*cos(x[i]))\n{noise}"
             ))
@@ -458,7 +461,12 @@ mod tests {
                 panic!("{noise}: an increment");
             };
             for i in 0..d {
-                assert!((inc[i] - want[i]).abs() <= 1e-14, "{noise}: {i}: {} vs {}", inc[i], want[i]);
+                assert!(
+                    (inc[i] - want[i]).abs() <= 1e-14,
+                    "{noise}: {i}: {} vs {}",
+                    inc[i],
+                    want[i]
+                );
             }
         }
     }
