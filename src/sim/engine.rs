@@ -42,7 +42,7 @@ use super::lanes::LANES;
 use super::minibatch::MinibatchSgd;
 use super::terms::{
     Choice, Coefficients, Evaluator, Failure, LaneTerm, ModelTerm, NoiseSource, Term,
-    sgd_factor_step, sgd_root_step, sgd_step,
+    sgd_matrix_free_step, sgd_step,
 };
 use super::{BrownianPath, CHUNK_PATHS, Coupling, MAX_SUBSTEPS, Scheme};
 use crate::models::matrix_free::{self, KRYLOV_ABOVE, KrylovOptions, LinearAlgebra};
@@ -852,13 +852,13 @@ impl<O: Observer, S: Scheme + Copy> Core<'_, '_, O, S> {
         self.step_start.copy_from_slice(&self.x);
         let r = match &mut self.minibatch {
             Some(mb) => mb.step(self.engine.problem, eta, &mut self.x, (path, k)),
-            None if self.drive == Some(NoiseDrive::Factor) => {
-                sgd_factor_step(&mut self.sgd, eta, &mut self.x, &self.xi, &mut self.tmp)
-            }
-            None if self.drive == Some(NoiseDrive::Root) => {
-                sgd_root_step(&mut self.sgd, eta, &mut self.x, &self.xi, &mut self.tmp)
-            }
-            None => sgd_step(&mut self.sgd, eta, &mut self.x, &self.xi, &mut self.tmp),
+            None => match self.drive {
+                Some(drive) => {
+                    let (x, xi, tmp) = (&mut self.x, &self.xi, &mut self.tmp);
+                    sgd_matrix_free_step(&mut self.sgd, drive, eta, x, xi, tmp)
+                }
+                None => sgd_step(&mut self.sgd, eta, &mut self.x, &self.xi, &mut self.tmp),
+            },
         };
         let reason = match r {
             Ok(()) if self.x.iter().all(|v| v.is_finite()) => return Ok(()),

@@ -235,16 +235,7 @@ impl<'p> KrylovTerm<'p> {
             self.ev.gradient(x)?;
             return Ok(false);
         }
-        match self.drive {
-            NoiseDrive::Factor => {
-                self.ev.gradient_and_factor(x, &self.dw, &mut self.u)?;
-                Ok(true)
-            }
-            NoiseDrive::Root => {
-                self.ev.gradient(x)?;
-                self.ev.noise_times(x, &self.dw, &mut self.u)
-            }
-        }
+        (self.ev).gradient_and_noise(x, self.drive, &self.dw, &mut self.u)
     }
 }
 
@@ -337,7 +328,7 @@ mod tests {
     use crate::models::linalg::mat_vec;
     use crate::problem::{Overrides, Problem};
     use crate::sim::terms::NoiseSource;
-    use crate::sim::terms::{ModelTerm, sgd_factor_step};
+    use crate::sim::terms::{ModelTerm, sgd_matrix_free_step};
     use crate::tape::Jets;
     use rand::SeedableRng;
     use rand_chacha::ChaCha8Rng;
@@ -399,7 +390,7 @@ mod tests {
         for _ in 0..samples {
             let xi = normals(&mut rng, n);
             y.copy_from_slice(&x);
-            sgd_factor_step(&mut ev, 1.0, &mut y, &xi, &mut tmp).unwrap();
+            sgd_matrix_free_step(&mut ev, NoiseDrive::Factor, 1.0, &mut y, &xi, &mut tmp).unwrap();
             // η = 1: y − x + ∇f = Aξ.
             let z: Vec<f64> = (0..d).map(|i| y[i] - x[i] + g.gradient(0)[i]).collect();
             for i in 0..d {

@@ -19,6 +19,7 @@ use crate::problem::{NoiseBuffers, NoiseKind, Problem, ProblemError};
 use crate::tape::{Jets, Workspace};
 use nalgebra::{DMatrix, DVector};
 
+use super::krylov::NoiseDrive;
 use super::lanes::{LANES, LANES_MAX_DIM, LaneTape, Order, Row};
 use super::vmath::ell as ell_lanes;
 use crate::models::linalg::{EigenScratch, JACOBI_MAX_DIM, NoConvergence, mat_vec, sym_sqrt};
@@ -128,6 +129,28 @@ impl<'p> Evaluator<'p> {
             sqrt: Vec::new(),
             diag: Vec::new(),
             scratch: EigenScratch::new(0),
+        }
+    }
+
+    /// ∇f at `x` (into `self.jets`) and the noise `u` of the increment `dw` for the
+    /// matrix-free `drive` ([`Problem::gradient_and_factor_with`] in one pass for a
+    /// finite sum's factor, else [`Evaluator::noise_times`]): `false` when Σ = 0.
+    pub(crate) fn gradient_and_noise(
+        &mut self,
+        x: &[f64],
+        drive: NoiseDrive,
+        dw: &[f64],
+        u: &mut [f64],
+    ) -> Result<bool, Failure> {
+        match drive {
+            NoiseDrive::Factor => {
+                self.gradient_and_factor(x, dw, u)?;
+                Ok(true)
+            }
+            NoiseDrive::Root => {
+                self.gradient(x)?;
+                self.noise_times(x, dw, u)
+            }
         }
     }
 
@@ -344,35 +367,20 @@ pub(crate) fn sgd_step(
     Ok(())
 }
 
-/// One step of a finite sum's Gaussian surrogate SGD in place, by the factor of Σ(x)
-/// (docs/models.md §8): `x ← x + η(A(x) ξ − ∇f(x))`, `ξ` of n entries, so `z = −Aξ`
-/// has exactly the covariance Σ(x) with no d×d matrix.
-pub(crate) fn sgd_factor_step(
+/// One Gaussian SGD step of a matrix-free run in place (docs/models.md §8):
+/// `x ← x + η(u − ∇f(x))` with the noise `u` of [`Evaluator::gradient_and_noise`] for
+/// ξ: for a finite sum `u = A(x)ξ`, ξ of n entries, so `z = −Aξ` has exactly the
+/// covariance Σ(x); otherwise `u = Σ(x)^{1/2}ξ` (a diagonal Σ read as its diagonal).
+/// No d×d matrix either way, but for a state-dependent full `noise cov`.
+pub(crate) fn sgd_matrix_free_step(
     ev: &mut Evaluator<'_>,
+    drive: NoiseDrive,
     eta: f64,
     x: &mut [f64],
     xi: &[f64],
     tmp: &mut [f64],
 ) -> Result<(), Failure> {
-    ev.gradient_and_factor(x, xi, tmp)?;
-    for ((x, u), g) in x.iter_mut().zip(tmp.iter()).zip(ev.gradient_at()) {
-        *x += eta * (u - g);
-    }
-    Ok(())
-}
-
-/// One Gaussian SGD step of a matrix-free run whose noise is not a finite sum's:
-/// `x ← x + η(Σ(x)^{1/2}ξ − ∇f(x))` with the noise of [`Evaluator::noise_times`] (a
-/// diagonal Σ read as its diagonal, no d×d matrix).
-pub(crate) fn sgd_root_step(
-    ev: &mut Evaluator<'_>,
-    eta: f64,
-    x: &mut [f64],
-    xi: &[f64],
-    tmp: &mut [f64],
-) -> Result<(), Failure> {
-    ev.gradient(x)?;
-    let noisy = ev.noise_times(x, xi, tmp)?;
+    let noisy = ev.gradient_and_noise(x, drive, xi, tmp)?;
     for (i, g) in ev.gradient_at().iter().enumerate() {
         x[i] += eta * (if noisy { tmp[i] } else { 0.0 } - g);
     }
