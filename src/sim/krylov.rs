@@ -9,8 +9,9 @@
 //! * `u` is the noise of the move: for a finite sum `u = A(x)ΔW` with the factor
 //!   `A = √(κ/n)[∇F_i − ∇f]` and an n-dimensional Brownian increment (the run's
 //!   Brownian paths and SGD's `ξ` then have n entries: [`NoiseDrive::Factor`]);
-//!   otherwise `u = Σ^{1/2}ΔW` with the d-dimensional increment (Σ constant and
-//!   factored once, or Σ(x) factored at the point).
+//!   otherwise `u = Σ^{1/2}ΔW` with the d-dimensional increment (`noise sd` and
+//!   `noise diag` read as their diagonal at the point, a constant Σ factored once, a
+//!   state-dependent full Σ(x) factored at the point).
 //!
 //! The increments are what the dense path's `σΔW` is only in law: `ψ^{1/2}Σ^{1/2}` and
 //! the dense `(ψ^{1/2}Σψ^{1/2})^{1/2}` are two square roots of the same Γ, so a
@@ -27,7 +28,7 @@ use super::terms::{Coefficients, Evaluator, Failure, Term};
 /// How the SDEs' noise enters a matrix-free run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum NoiseDrive {
-    /// `u = Σ^{1/2} ΔW`, ΔW with d entries (Σ constant, or Σ(x) from the problem).
+    /// `u = Σ^{1/2} ΔW`, ΔW with d entries ([`Evaluator::noise_times`]).
     Root,
     /// A finite sum's factor: `u = A(x) ΔW`, ΔW with n entries (the rows).
     Factor,
