@@ -1595,7 +1595,7 @@ impl WeakOrderReport {
     /// 0, ticks at the step sizes of the run, and the reference slopes 1 and 2 as grey
     /// guides through the geometric mean of the largest-η errors.
     ///
-    /// With a sweep, the figure is the sweep's instead ([`WeakOrderReport::sweep_plot`]).
+    /// With a sweep, the figure is the sweep's instead: each model's constant C against the param.
     pub fn plot(&self) -> LinePlot {
         if let Some((param, runs)) = &self.sweep {
             return self.sweep_plot(param, runs);
