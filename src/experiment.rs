@@ -453,11 +453,15 @@ impl WeakOrderConfig {
     }
 
     /// Checks the configuration against the problem; returns the etas sorted from the
-    /// largest down.
-    fn check(&self, problem: &Problem) -> Result<Vec<f64>, WeakOrderError> {
+    /// largest down and, for Monte Carlo, the coefficients every simulation uses (one
+    /// choice for the run: it sets the noise's dimension).
+    fn check(
+        &self,
+        problem: &Problem,
+    ) -> Result<(Vec<f64>, Option<LinearAlgebra>), WeakOrderError> {
         let etas = self.check_settings()?;
         let bad = |m: String| Err(WeakOrderError::Config(m));
-        if self.method == Method::Quadrature {
+        let linear_algebra = if self.method == Method::Quadrature {
             crate::quadrature::supported(problem)?;
             if self.linear_algebra.is_some() || self.gaussian_sgd {
                 return bad(
@@ -465,10 +469,15 @@ impl WeakOrderConfig {
                         .into(),
                 );
             }
+            None
         } else {
-            crate::sim::engine::linear_algebra(self.linear_algebra, problem.dim(), &self.models)
-                .map_err(WeakOrderError::Config)?;
-        }
+            let la = crate::sim::engine::linear_algebra(
+                self.linear_algebra,
+                problem.dim(),
+                &self.models,
+            );
+            Some(la.map_err(WeakOrderError::Config)?)
+        };
         for name in &self.observables {
             if !problem.observable_names().contains(name) {
                 return bad(format!(
@@ -491,7 +500,7 @@ impl WeakOrderConfig {
                 }
             ));
         }
-        Ok(etas)
+        Ok((etas, linear_algebra))
     }
 
     /// The checks that do not need the problem; returns the etas sorted from the
@@ -1189,21 +1198,13 @@ pub fn weak_order_with_progress(
     config: &WeakOrderConfig,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<WeakOrderReport, WeakOrderError> {
-    let etas = config.check(problem)?;
-    let krylov_tolerance = match config.method {
-        Method::Quadrature => None,
-        Method::MonteCarlo => {
-            let la = crate::sim::engine::linear_algebra(
-                config.linear_algebra,
-                problem.dim(),
-                &config.models,
-            )
-            .map_err(WeakOrderError::Config)?;
-            (la == LinearAlgebra::Krylov).then(|| config.krylov.tolerance())
-        }
-    };
+    let (etas, linear_algebra) = config.check(problem)?;
+    let krylov_tolerance =
+        (linear_algebra == Some(LinearAlgebra::Krylov)).then(|| config.krylov.tolerance());
     let mut config = config.clone();
     config.etas = etas;
+    // Resolved once: every simulation (sweep values included) uses it.
+    config.linear_algebra = linear_algebra;
     let mut warnings = Vec::new();
     let mut domains = Vec::new();
     let quadrature = config.method == Method::Quadrature;
@@ -1356,10 +1357,6 @@ fn analyse(
         config.observables.clone()
     };
     let finite_sum = problem.finite_sum().is_some();
-    // One choice of coefficients (and so of the noise's dimension) for every run.
-    let linear_algebra =
-        crate::sim::engine::linear_algebra(config.linear_algebra, problem.dim(), &config.models)
-            .map_err(WeakOrderError::Config)?;
     let check_paths = if config.integration_check {
         config.check_paths()
     } else {
@@ -1378,7 +1375,7 @@ fn analyse(
         sim.scheme = config.scheme;
         sim.seed = config.seed;
         sim.threads = config.threads;
-        sim.linear_algebra = Some(linear_algebra);
+        sim.linear_algebra = config.linear_algebra;
         sim.krylov = config.krylov;
         // A finite sum's models are coupled to its Gaussian surrogate (split estimator).
         sim.gaussian_sgd = finite_sum;
@@ -1397,7 +1394,7 @@ fn analyse(
         sim.ledger = config.ledger.clone();
         sim.seed = split_seed(config.seed);
         sim.threads = config.threads;
-        sim.linear_algebra = Some(linear_algebra);
+        sim.linear_algebra = config.linear_algebra;
         sim.krylov = config.krylov;
         sim.gaussian_sgd = gaussian;
         sim.every = ((config.horizon / eta).round() as u64).max(1);

@@ -381,18 +381,10 @@ impl Problem {
         if let Some(fs) = &self.finite_sum {
             return self.minibatch_cov_into(fs, x, buffers, out);
         }
+        self.noise_values(x, buffers)?;
         let NoiseBuffers {
-            slots,
-            values,
-            scratch,
-            ..
+            values, scratch, ..
         } = buffers;
-        values.clear();
-        values.resize(self.noise.tape.outputs(), 0.0);
-        self.noise
-            .tape
-            .values_with(x, slots, values)
-            .map_err(|nf| self.eval_error(nf, x))?;
         out.fill(0.0);
         match self.noise.kind {
             NoiseKind::None | NoiseKind::Minibatch => {}
@@ -463,13 +455,8 @@ impl Problem {
                 out.len()
             )));
         }
-        let NoiseBuffers { slots, values, .. } = buffers;
-        values.clear();
-        values.resize(self.noise.tape.outputs(), 0.0);
-        self.noise
-            .tape
-            .values_with(x, slots, values)
-            .map_err(|nf| self.eval_error(nf, x))?;
+        self.noise_values(x, buffers)?;
+        let values = &buffers.values;
         match kind {
             NoiseKind::Sd => out.fill(values[0]),
             _ => out.copy_from_slice(&values[..d]),
@@ -490,6 +477,18 @@ impl Problem {
                 "this covariance",
             )),
         }
+    }
+
+    /// The `noise` statement's outputs at `x` into `buffers.values` (its tape's values:
+    /// one for `sd`, d for `diag`, d² for `cov`).
+    fn noise_values(&self, x: &[f64], buffers: &mut NoiseBuffers) -> Result<(), ProblemError> {
+        let NoiseBuffers { slots, values, .. } = buffers;
+        values.clear();
+        values.resize(self.noise.tape.outputs(), 0.0);
+        self.noise
+            .tape
+            .values_with(x, slots, values)
+            .map_err(|nf| self.eval_error(nf, x))
     }
 
     pub(super) fn noise_error(&self, message: String, label: &str) -> ProblemError {

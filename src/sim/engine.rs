@@ -45,7 +45,7 @@ use super::terms::{
     sgd_matrix_free_step, sgd_step,
 };
 use super::{BrownianPath, CHUNK_PATHS, Coupling, MAX_SUBSTEPS, Scheme};
-use crate::models::matrix_free::{self, KRYLOV_ABOVE, KrylovOptions, LinearAlgebra};
+use crate::models::matrix_free::{self, KrylovOptions, LinearAlgebra};
 
 /// The settings every run of the engine has, checked by the callers through
 /// [`check_eta`] and its siblings (each command orders its own checks).
@@ -84,9 +84,8 @@ pub(crate) fn check_eta(eta: f64) -> Result<(), String> {
 }
 
 /// The coefficients a run of `models` on a problem in `d` variables uses: those asked
-/// for, or by the size rule when none is ([`LinearAlgebra::for_dimension`]:
-/// matrix-free above [`KRYLOV_ABOVE`] variables when every model has a matrix-free
-/// form, dense otherwise; one choice for the whole run, since the matrix-free runs of a
+/// for, or by the size rule when none is ([`LinearAlgebra::for_dimension`] when every
+/// model has a matrix-free form, dense otherwise; one choice for the whole run, since the matrix-free runs of a
 /// finite sum draw their noise in another dimension). Asking for `krylov` with a model
 /// that has no matrix-free form is an error naming it.
 pub(crate) fn linear_algebra(
@@ -101,8 +100,7 @@ pub(crate) fn linear_algebra(
         )),
         (Some(la), _) => Ok(la),
         (None, Some(_)) => Ok(LinearAlgebra::Dense),
-        (None, None) if d > KRYLOV_ABOVE => Ok(LinearAlgebra::Krylov),
-        (None, None) => Ok(LinearAlgebra::Dense),
+        (None, None) => Ok(LinearAlgebra::for_dimension(d)),
     }
 }
 
@@ -726,8 +724,7 @@ impl<'p, 'o, O: Observer, S: Scheme + Copy> Worker<'p, 'o, O, S> {
         let d = problem.dim();
         let grid = s.substeps * scheme.increments_per_substep();
         let processes = s.models.len() + 1;
-        let krylov = s.linear_algebra == LinearAlgebra::Krylov;
-        let drive = krylov.then(|| NoiseDrive::of(problem));
+        let drive = (s.linear_algebra == LinearAlgebra::Krylov).then(|| NoiseDrive::of(problem));
         // The dimension of ξ and of the Brownian increments.
         let m = drive.map_or(d, |drive| drive.dimension(problem));
         let core = Core {
@@ -750,13 +747,12 @@ impl<'p, 'o, O: Observer, S: Scheme + Copy> Worker<'p, 'o, O, S> {
             path: observer.new_path(),
             scratch: observer.new_scratch(),
         };
-        if krylov {
+        if let Some(drive) = drive {
             let terms = s
                 .models
                 .iter()
                 .map(|&k| {
                     let ev = Evaluator::new(problem, &engine.noise);
-                    let drive = drive.unwrap_or(NoiseDrive::Root);
                     PointTerm::Krylov(Box::new(KrylovTerm::new(k, s.eta, s.krylov, drive, ev)))
                 })
                 .collect();
@@ -797,16 +793,12 @@ impl<'p, 'o, O: Observer, S: Scheme + Copy> Worker<'p, 'o, O, S> {
             Stepping::Lanes { terms, block } => block.run(&mut self.core, terms, feed),
             Stepping::PerPoint { terms } => {
                 while let Some(path) = feed.claim() {
+                    let run = self.core.run_path(terms, path);
+                    // The path's Lanczos steps, each term's count left at zero for the next.
                     let mut tally = LanczosTally::default();
                     for t in terms.iter_mut() {
                         if let PointTerm::Krylov(t) = t {
-                            t.tally = LanczosTally::default();
-                        }
-                    }
-                    let run = self.core.run_path(terms, path);
-                    for t in terms.iter() {
-                        if let PointTerm::Krylov(t) = t {
-                            tally.merge(&t.tally);
+                            tally.merge(&std::mem::take(&mut t.tally));
                         }
                     }
                     match run {
