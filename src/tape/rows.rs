@@ -313,6 +313,10 @@ impl Tape {
         var: impl Fn(usize, f64) -> D,
         xs: &mut Vec<Lane<D>>,
     ) {
+        assert!(
+            x.len() == self.dim && rows.len() == count * self.data && (1..=ROWS).contains(&count),
+            "a block is 1 to {ROWS} whole rows at a point of the tape's dimension"
+        );
         let c = self.data;
         xs.clear();
         xs.extend(x.iter().enumerate().map(|(i, &xi)| [var(i, xi); ROWS]));
@@ -385,12 +389,18 @@ impl Tape {
         }
     }
 
-    fn lane_jets(&self, rw: &mut RowsWorkspace, count: usize) {
+    /// The first `count` lanes' jets sized for this tape: with Hessians
+    /// (`Jets::ensure`), or values and gradients only, zeroed (`Jets::reset_gradients`).
+    fn lane_jets(&self, rw: &mut RowsWorkspace, count: usize, hessians: bool) {
         if rw.jets.len() < ROWS {
             rw.jets.resize_with(ROWS, Jets::default);
         }
         for jets in &mut rw.jets[..count] {
-            jets.ensure(self.dim, self.outputs.len());
+            if hessians {
+                jets.ensure(self.dim, self.outputs.len());
+            } else {
+                jets.reset_gradients(self.dim, self.outputs.len());
+            }
         }
     }
 
@@ -405,13 +415,7 @@ impl Tape {
         rw: &mut RowsWorkspace,
     ) -> bool {
         let d = self.dim;
-        assert!(x.len() == d && rows.len() == count * self.data && (1..=ROWS).contains(&count));
-        if rw.jets.len() < ROWS {
-            rw.jets.resize_with(ROWS, Jets::default);
-        }
-        for jets in &mut rw.jets[..count] {
-            jets.reset_gradients(d, self.outputs.len());
-        }
+        self.lane_jets(rw, count, false);
         let RowsWorkspace {
             fx, f, f_adj, jets, ..
         } = rw;
@@ -443,8 +447,7 @@ impl Tape {
         rw: &mut RowsWorkspace,
     ) -> bool {
         let d = self.dim;
-        assert!(x.len() == d && rows.len() == count * self.data && (1..=ROWS).contains(&count));
-        self.lane_jets(rw, count);
+        self.lane_jets(rw, count, true);
         let RowsWorkspace {
             x: xs,
             vals,
@@ -500,12 +503,7 @@ impl Tape {
         rw: &mut RowsWorkspace,
     ) -> bool {
         let d = self.dim;
-        assert!(
-            x.len() == d
-                && v.len() == d
-                && rows.len() == count * self.data
-                && (1..=ROWS).contains(&count)
-        );
+        assert_eq!(v.len(), d, "a direction of the tape's dimension");
         let RowsWorkspace {
             x: xs,
             vals,
