@@ -557,6 +557,9 @@ pub struct Tape {
     ops: Vec<Op>,
     spans: Vec<Span>,
     outputs: Vec<Slot>,
+    /// The instructions as the sweeps over blocks of rows run them (boxed: a tape
+    /// stays small to move).
+    block: Box<rows::BlockProgram>,
 }
 
 impl Tape {
@@ -1719,10 +1722,11 @@ impl TapeBuilder {
                 spans.push(self.spans[k]);
             }
         }
-        let outputs = out_slots.iter().map(|&s| map[s as usize]).collect();
+        let outputs: Vec<Slot> = out_slots.iter().map(|&s| map[s as usize]).collect();
         Tape {
             dim: self.dim,
             data: self.data,
+            block: Box::new(rows::BlockProgram::new(self.dim, &ops, &outputs)),
             ops,
             spans,
             outputs,

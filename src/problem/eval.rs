@@ -7,7 +7,7 @@ use super::{Derivatives, NoiseKind, Problem, ProblemError};
 use crate::data::FiniteSum;
 use crate::lang::Sources;
 use crate::models::{Local, PSD_TOLERANCE, SYMMETRY_TOLERANCE};
-use crate::tape::{Derivs, Jets, NonFinite, ROWS, Workspace};
+use crate::tape::{Derivs, Jets, NonFinite, Workspace};
 use nalgebra::{DMatrix, DVector, SymmetricEigen};
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -263,10 +263,10 @@ impl Problem {
         Ok(sum * scale)
     }
 
-    /// The sums over the examples `rows` of F_i, ∇F_i and ∇²F_i·v, added into `grad`
-    /// and `hv` in row order. Blocks of rows at once: each lane's numbers are the
-    /// scalar ones; a block with something not finite goes row by row, which names the
-    /// row.
+    /// The sums over the examples `rows` of F_i, ∇F_i and ∇²F_i·v, `grad` and `hv`
+    /// written (from zero), each entry's terms added in row order. Blocks of rows at
+    /// once: each row's numbers are the scalar ones; when something is not finite, the
+    /// sums start again row by row, which names the row.
     #[allow(clippy::too_many_arguments)]
     fn hessian_vector_rows_with(
         &self,
@@ -278,37 +278,23 @@ impl Problem {
         grad: &mut [f64],
         hv: &mut [f64],
     ) -> Result<f64, ProblemError> {
-        let (c, d) = (fs.columns.len(), self.dim());
+        let c = fs.columns.len();
+        grad.fill(0.0);
+        hv.fill(0.0);
+        let block = &fs.rows[rows.start * c..rows.end * c];
+        if let Some(sum) =
+            (self.objective).hessian_vector_rows(0, x, v, block, rows.len(), &mut ws.rows, grad, hv)
+        {
+            return Ok(sum);
+        }
+        grad.fill(0.0);
+        hv.fill(0.0);
         let mut sum = 0.0;
-        let mut i = rows.start;
-        while i < rows.end {
-            let count = (rows.end - i).min(ROWS);
-            let block = &fs.rows[i * c..(i + count) * c];
-            if count > 1
-                && self
-                    .objective
-                    .hessian_vector_rows(0, x, block, count, v, &mut ws.rows)
-            {
-                let lanes = &ws.rows;
-                for l in 0..count {
-                    sum += lanes.values[l];
-                    let lane = l * d..(l + 1) * d;
-                    grad.iter_mut()
-                        .zip(&lanes.grad[lane.clone()])
-                        .for_each(|(a, b)| *a += b);
-                    hv.iter_mut()
-                        .zip(&lanes.hv[lane])
-                        .for_each(|(a, b)| *a += b);
-                }
-            } else {
-                for r in i..i + count {
-                    sum += self
-                        .objective
-                        .hessian_vector_row(0, x, fs.row(r), v, ws, grad, hv)
-                        .map_err(|nf| self.row_eval_error(nf, x, r))?;
-                }
-            }
-            i += count;
+        for r in rows {
+            sum += self
+                .objective
+                .hessian_vector_row(0, x, fs.row(r), v, ws, grad, hv)
+                .map_err(|nf| self.row_eval_error(nf, x, r))?;
         }
         Ok(sum)
     }

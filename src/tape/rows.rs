@@ -17,6 +17,7 @@ use super::{
     Dual64, Jets, Op, STATIC_MAX_DIM, Slot, Tape, TapeScalar, max_takes_first, min_takes_first,
     outlined, powf,
 };
+use num_dual::DualNum;
 use std::ops::AddAssign;
 
 /// Rows per block.
@@ -30,170 +31,425 @@ pub const ROWS_HESSIAN_MAX_DIM: usize = 512;
 /// One number per row of a block.
 type Lane<D> = [D; ROWS];
 
+/// A block of dual numbers in structure-of-arrays form: the rows' values, then their
+/// tangents (so the arithmetic on either part is a loop over rows the compiler
+/// vectorises).
+#[derive(Clone, Copy, Debug, Default)]
+struct DualLane {
+    re: Lane<f64>,
+    eps: Lane<f64>,
+}
+
 /// The buffers of the blocked evaluation, kept across calls (no allocation once grown).
 #[derive(Clone, Debug, Default)]
 pub struct RowsWorkspace {
-    fx: Vec<Lane<f64>>,
     f: Vec<Lane<f64>>,
     f_adj: Vec<Lane<f64>>,
-    x: Vec<Lane<Dual64>>,
-    vals: Vec<Lane<Dual64>>,
-    adj: Vec<Lane<Dual64>>,
+    vals: Vec<DualLane>,
+    adj: Vec<DualLane>,
     /// Each lane's results, as [`Tape::derivatives_row`] and [`Tape::gradients_row`]
     /// write them.
     pub(crate) jets: Vec<Jets>,
-    /// Each lane's ∇F and ∇²F·v (`lane·d + i`) of [`Tape::hessian_vector_rows`].
-    pub(crate) grad: Vec<f64>,
-    pub(crate) hv: Vec<f64>,
-    /// Each lane's F of [`Tape::hessian_vector_rows`].
-    pub(crate) values: Vec<f64>,
 }
 
-/// A number type of the blocked sweeps: the scalar sweeps skip exactly the adjoints
-/// that vanish.
-trait RowScalar: TapeScalar + Copy + AddAssign {
-    fn vanishes(&self) -> bool;
+/// An instruction of the blocked sweeps.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum BlockOp {
+    /// A tape instruction (its slots renumbered).
+    Tape(Op),
+    /// `acc + a·b`: a product `a·b` read only by the addition right after it, fused
+    /// into that addition. The same roundings in the same order: the product, then the
+    /// sum (additions commute bit for bit); in the reverse sweep the addition's adjoint
+    /// goes to `acc`, then through the product to `a` and `b`, the order in which the
+    /// two instructions send it (the product's adjoint is the addition's exactly: it
+    /// has no other reader, and `0 + v` is `v` for every adjoint `v`, which is never
+    /// −0). So every lane keeps the scalar code's bits, with half the instructions of
+    /// a dot product (a network layer's `sum(i = 1..p, W[j, i]*x[i])`).
+    MulAdd(Slot, Slot, Slot),
 }
 
-impl RowScalar for f64 {
-    fn vanishes(&self) -> bool {
-        *self == 0.0
+/// The tape's instructions as the blocked sweeps run them: each product that feeds
+/// only the addition right after it fused into that addition ([`BlockOp::MulAdd`]),
+/// the slots renumbered to close the gaps.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(super) struct BlockProgram {
+    ops: Vec<BlockOp>,
+    outputs: Vec<Slot>,
+    /// Each variable the program reads (`i < dim`), with its slot, in slot order.
+    variables: Vec<(u32, Slot)>,
+    /// Each data input the program reads (its column), with its slot.
+    data: Vec<(u32, Slot)>,
+    /// The slot of each variable, if the program reads it.
+    variable_slot: Vec<Option<Slot>>,
+}
+
+impl BlockProgram {
+    /// The program of a tape's instructions and output slots.
+    pub(super) fn new(dim: usize, ops: &[Op], outputs: &[Slot]) -> BlockProgram {
+        let n = ops.len();
+        // Readers of each slot (an output counts as one).
+        let mut readers = vec![0u32; n];
+        for op in ops {
+            for o in op.operands().into_iter().flatten() {
+                readers[o as usize] += 1;
+            }
+        }
+        for &o in outputs {
+            readers[o as usize] += 1;
+        }
+        // The product slot `k − 1` fused into the addition at `k`.
+        let fused_product = |k: usize| -> Option<(Slot, Slot, Slot)> {
+            let t = k.checked_sub(1)? as Slot;
+            let Op::Add(x, y) = ops[k] else { return None };
+            let Op::Mul(a, b) = ops[t as usize] else {
+                return None;
+            };
+            let acc = if y == t {
+                x
+            } else if x == t {
+                y
+            } else {
+                return None;
+            };
+            (readers[t as usize] == 1).then_some((acc, a, b))
+        };
+        let mut map = vec![0 as Slot; n];
+        let mut program = Vec::with_capacity(n);
+        let mut k = 0;
+        while k < n {
+            if let Some((acc, a, b)) = (k + 1 < n).then(|| fused_product(k + 1)).flatten() {
+                let m = |s: Slot| map[s as usize];
+                let fused = BlockOp::MulAdd(m(acc), m(a), m(b));
+                map[k + 1] = program.len() as Slot;
+                program.push(fused);
+                k += 2;
+                continue;
+            }
+            let mut op = ops[k];
+            op.remap(&map);
+            map[k] = program.len() as Slot;
+            program.push(BlockOp::Tape(op));
+            k += 1;
+        }
+        let (mut variables, mut data) = (Vec::new(), Vec::new());
+        let mut variable_slot = vec![None; dim];
+        for (k, op) in program.iter().enumerate() {
+            if let BlockOp::Tape(Op::Var(i)) = *op {
+                if (i as usize) < dim {
+                    variables.push((i, k as Slot));
+                    variable_slot[i as usize] = Some(k as Slot);
+                } else {
+                    data.push((i - dim as u32, k as Slot));
+                }
+            }
+        }
+        BlockProgram {
+            ops: program,
+            outputs: outputs.iter().map(|&o| map[o as usize]).collect(),
+            variables,
+            data,
+            variable_slot,
+        }
+    }
+
+    /// The number of instructions.
+    fn len(&self) -> usize {
+        self.ops.len()
     }
 }
 
-impl RowScalar for Dual64 {
-    fn vanishes(&self) -> bool {
-        self.re == 0.0 && self.eps == 0.0
+/// A block of one number type, one number per row: each operation is the number
+/// type's own, lane by lane (the same roundings in the same order), written over the
+/// whole block so that it vectorises.
+trait Block: Copy + Default {
+    /// The number type of a lane.
+    type Scalar: TapeScalar + Copy + AddAssign;
+    fn lane(&self, l: usize) -> Self::Scalar;
+    fn set_lane(&mut self, l: usize, v: Self::Scalar);
+    /// The lanes' values (the real parts).
+    fn values(&self) -> Lane<f64>;
+    /// Whether each lane vanishes (every part zero): the scalar sweeps skip those
+    /// adjoints.
+    fn vanishing(&self) -> Lane<bool>;
+    fn add(&self, b: &Self) -> Self;
+    fn sub(&self, b: &Self) -> Self;
+    fn mul(&self, b: &Self) -> Self;
+    fn neg(&self) -> Self;
+    /// `self · c`
+    fn scale(&self, c: f64) -> Self;
+    /// `self / c`
+    fn div_const(&self, c: f64) -> Self;
+    /// `self + c`
+    fn add_const(&self, c: f64) -> Self;
+    /// `self += t` in every lane outside `skip` (with `MASKED` false, every lane).
+    fn add_assign<const MASKED: bool>(&mut self, t: &Self, skip: &Lane<bool>);
+
+    #[inline(always)]
+    fn splat(v: Self::Scalar) -> Self {
+        Self::from_fn(|_| v)
+    }
+
+    #[inline(always)]
+    fn from_fn(f: impl Fn(usize) -> Self::Scalar) -> Self {
+        let mut b = Self::default();
+        for l in 0..ROWS {
+            b.set_lane(l, f(l));
+        }
+        b
+    }
+
+    /// Whether the first `count` lanes are finite in every part.
+    #[inline(always)]
+    fn finite(&self, count: usize) -> bool {
+        (0..count).all(|l| self.lane(l).all_finite())
     }
 }
 
-/// `out[l] = f(l)` for every lane.
+/// `out[l] = f(a[l], b[l])` for every lane.
 #[inline(always)]
-fn each<D: Copy>(out: &mut Lane<D>, f: impl Fn(usize) -> D) {
-    for (l, o) in out.iter_mut().enumerate() {
-        *o = f(l);
+fn zip(a: &Lane<f64>, b: &Lane<f64>, f: impl Fn(f64, f64) -> f64) -> Lane<f64> {
+    let mut out = [0.0; ROWS];
+    for l in 0..ROWS {
+        out[l] = f(a[l], b[l]);
+    }
+    out
+}
+
+/// `out[l] = f(a[l])` for every lane.
+#[inline(always)]
+fn map(a: &Lane<f64>, f: impl Fn(f64) -> f64) -> Lane<f64> {
+    let mut out = [0.0; ROWS];
+    for l in 0..ROWS {
+        out[l] = f(a[l]);
+    }
+    out
+}
+
+/// `dst[l] += t[l]` outside `skip` (every lane without `MASKED`: a loop without
+/// branches).
+#[inline(always)]
+fn add_assign_lanes<const MASKED: bool>(dst: &mut Lane<f64>, t: &Lane<f64>, skip: &Lane<bool>) {
+    for l in 0..ROWS {
+        if MASKED {
+            // A select, not a branch: `+ 0` would turn a −0 into +0, so keep `dst`.
+            dst[l] = if skip[l] { dst[l] } else { dst[l] + t[l] };
+        } else {
+            dst[l] += t[l];
+        }
+    }
+}
+
+impl Block for Lane<f64> {
+    type Scalar = f64;
+    #[inline(always)]
+    fn lane(&self, l: usize) -> f64 {
+        self[l]
+    }
+    #[inline(always)]
+    fn set_lane(&mut self, l: usize, v: f64) {
+        self[l] = v;
+    }
+    #[inline(always)]
+    fn values(&self) -> Lane<f64> {
+        *self
+    }
+    #[inline(always)]
+    fn vanishing(&self) -> Lane<bool> {
+        std::array::from_fn(|l| self[l] == 0.0)
+    }
+    #[inline(always)]
+    fn add(&self, b: &Self) -> Self {
+        zip(self, b, |x, y| x + y)
+    }
+    #[inline(always)]
+    fn sub(&self, b: &Self) -> Self {
+        zip(self, b, |x, y| x - y)
+    }
+    #[inline(always)]
+    fn mul(&self, b: &Self) -> Self {
+        zip(self, b, |x, y| x * y)
+    }
+    #[inline(always)]
+    fn neg(&self) -> Self {
+        map(self, |x| -x)
+    }
+    #[inline(always)]
+    fn scale(&self, c: f64) -> Self {
+        map(self, |x| x * c)
+    }
+    #[inline(always)]
+    fn div_const(&self, c: f64) -> Self {
+        map(self, |x| x / c)
+    }
+    #[inline(always)]
+    fn add_const(&self, c: f64) -> Self {
+        map(self, |x| x + c)
+    }
+    #[inline(always)]
+    fn add_assign<const MASKED: bool>(&mut self, t: &Self, skip: &Lane<bool>) {
+        add_assign_lanes::<MASKED>(self, t, skip);
+    }
+}
+
+/// num-dual's `Dual64` arithmetic, part by part: `(a + bε)(c + dε) = ac + (bc + da)ε`,
+/// a scalar multiplies and divides both parts and adds to the value.
+impl Block for DualLane {
+    type Scalar = Dual64;
+    #[inline(always)]
+    fn lane(&self, l: usize) -> Dual64 {
+        Dual64::new(self.re[l], self.eps[l])
+    }
+    #[inline(always)]
+    fn set_lane(&mut self, l: usize, v: Dual64) {
+        self.re[l] = v.re;
+        self.eps[l] = v.eps;
+    }
+    #[inline(always)]
+    fn values(&self) -> Lane<f64> {
+        self.re
+    }
+    #[inline(always)]
+    fn vanishing(&self) -> Lane<bool> {
+        std::array::from_fn(|l| self.re[l] == 0.0 && self.eps[l] == 0.0)
+    }
+    #[inline(always)]
+    fn add(&self, b: &Self) -> Self {
+        DualLane {
+            re: zip(&self.re, &b.re, |x, y| x + y),
+            eps: zip(&self.eps, &b.eps, |x, y| x + y),
+        }
+    }
+    #[inline(always)]
+    fn sub(&self, b: &Self) -> Self {
+        DualLane {
+            re: zip(&self.re, &b.re, |x, y| x - y),
+            eps: zip(&self.eps, &b.eps, |x, y| x - y),
+        }
+    }
+    #[inline(always)]
+    fn mul(&self, b: &Self) -> Self {
+        let eps = std::array::from_fn(|l| self.eps[l] * b.re[l] + b.eps[l] * self.re[l]);
+        DualLane {
+            re: zip(&self.re, &b.re, |x, y| x * y),
+            eps,
+        }
+    }
+    #[inline(always)]
+    fn neg(&self) -> Self {
+        DualLane {
+            re: map(&self.re, |x| -x),
+            eps: map(&self.eps, |x| -x),
+        }
+    }
+    #[inline(always)]
+    fn scale(&self, c: f64) -> Self {
+        DualLane {
+            re: map(&self.re, |x| x * c),
+            eps: map(&self.eps, |x| x * c),
+        }
+    }
+    #[inline(always)]
+    fn div_const(&self, c: f64) -> Self {
+        DualLane {
+            re: map(&self.re, |x| x / c),
+            eps: map(&self.eps, |x| x / c),
+        }
+    }
+    #[inline(always)]
+    fn add_const(&self, c: f64) -> Self {
+        DualLane {
+            re: map(&self.re, |x| x + c),
+            eps: self.eps,
+        }
+    }
+    #[inline(always)]
+    fn add_assign<const MASKED: bool>(&mut self, t: &Self, skip: &Lane<bool>) {
+        add_assign_lanes::<MASKED>(&mut self.re, &t.re, skip);
+        add_assign_lanes::<MASKED>(&mut self.eps, &t.eps, skip);
     }
 }
 
 /// [`super::step`] over a block: the same expression in every lane.
 #[inline(always)]
-fn step_rows<D: RowScalar>(op: Op, s: &[Lane<D>], x: &[Lane<D>], out: &mut Lane<D>) {
+fn step_rows<B: Block>(op: BlockOp, s: &[B], out: &mut B) {
     let at = |i: Slot| &s[i as usize];
+    let op = match op {
+        BlockOp::Tape(op) => op,
+        BlockOp::MulAdd(acc, a, b) => {
+            *out = at(acc).add(&at(a).mul(at(b)));
+            return;
+        }
+    };
+    *out = match op {
+        // Written before the pass (`Tape::set_variables`, `Tape::set_data`).
+        Op::Var(_) => return,
+        Op::Const(c) => B::splat(B::Scalar::from(c)),
+        Op::Add(a, b) => at(a).add(at(b)),
+        Op::AddScaled(a, b, c) => at(a).add(&at(b).scale(c)),
+        Op::Sub(a, b) => at(a).sub(at(b)),
+        Op::Mul(a, b) => at(a).mul(at(b)),
+        Op::AddConst(a, c) => at(a).add_const(c),
+        Op::ConstSub(c, a) => at(a).neg().add_const(c),
+        Op::MulConst(a, c) => at(a).scale(c),
+        Op::DivConst(a, c) => at(a).div_const(c),
+        Op::Neg(a) => at(a).neg(),
+        Op::Max(a, b) | Op::Min(a, b) => {
+            let (a, b) = (at(a), at(b));
+            let (va, vb) = (a.values(), b.values());
+            B::from_fn(|l| {
+                let first = if matches!(op, Op::Max(..)) {
+                    max_takes_first(va[l], vb[l])
+                } else {
+                    min_takes_first(va[l], vb[l])
+                };
+                if first { a.lane(l) } else { b.lane(l) }
+            })
+        }
+        _ => outlined(|| rare_rows(op, s)),
+    };
+}
+
+/// The instructions of [`step_rows`] that go through a univariate function (or a
+/// division), lane by lane in the number type, out of line as in the scalar code.
+fn rare_rows<B: Block>(op: Op, s: &[B]) -> B {
+    let at = |i: Slot| &s[i as usize];
+    let un = |a: Slot, f: &dyn Fn(B::Scalar) -> B::Scalar| {
+        let a = at(a);
+        B::from_fn(|l| f(a.lane(l)))
+    };
     match op {
-        Op::Var(i) => *out = x[i as usize],
-        Op::Const(c) => *out = [D::from(c); ROWS],
-        Op::Add(a, b) => {
-            let (a, b) = (at(a), at(b));
-            each(out, |l| a[l] + b[l]);
-        }
-        Op::AddScaled(a, b, c) => {
-            let (a, b) = (at(a), at(b));
-            each(out, |l| a[l] + b[l] * c);
-        }
-        Op::Sub(a, b) => {
-            let (a, b) = (at(a), at(b));
-            each(out, |l| a[l] - b[l]);
-        }
-        Op::Mul(a, b) => {
-            let (a, b) = (at(a), at(b));
-            each(out, |l| a[l] * b[l]);
-        }
         Op::Div(a, b) => {
             let (a, b) = (at(a), at(b));
-            each(out, |l| a[l] / b[l]);
+            B::from_fn(|l| a.lane(l) / b.lane(l))
         }
-        Op::AddConst(a, c) => {
-            let a = at(a);
-            each(out, |l| a[l] + c);
-        }
-        Op::ConstSub(c, a) => {
-            let a = at(a);
-            each(out, |l| -a[l] + c);
-        }
-        Op::MulConst(a, c) => {
-            let a = at(a);
-            each(out, |l| a[l] * c);
-        }
-        Op::DivConst(a, c) => {
-            let a = at(a);
-            each(out, |l| a[l] / c);
-        }
-        Op::Neg(a) => {
-            let a = at(a);
-            each(out, |l| -a[l]);
-        }
-        Op::Max(a, b) => {
-            let (a, b) = (at(a), at(b));
-            each(out, |l| {
-                if max_takes_first(a[l].re(), b[l].re()) {
-                    a[l]
-                } else {
-                    b[l]
-                }
-            });
-        }
-        Op::Min(a, b) => {
-            let (a, b) = (at(a), at(b));
-            each(out, |l| {
-                if min_takes_first(a[l].re(), b[l].re()) {
-                    a[l]
-                } else {
-                    b[l]
-                }
-            });
-        }
-        _ => *out = outlined(|| rare_rows(op, s)),
-    }
-}
-
-/// The instructions of [`step_rows`] that go through a univariate function, out of
-/// line as in the scalar code.
-fn rare_rows<D: RowScalar>(op: Op, s: &[Lane<D>]) -> Lane<D> {
-    let at = |i: Slot| &s[i as usize];
-    let mut out = [D::zero(); ROWS];
-    match op {
         Op::Pow(a, b) => {
             let (a, b) = (at(a), at(b));
-            each(&mut out, |l| a[l].powd(b[l]));
+            B::from_fn(|l| a.lane(l).powd(b.lane(l)))
         }
-        Op::ConstDiv(c, a) => {
-            let a = at(a);
-            each(&mut out, |l| a[l].recip() * c);
-        }
-        Op::PowI(a, n) => {
-            let a = at(a);
-            each(&mut out, |l| a[l].powi(n));
-        }
-        Op::PowF(a, c) => {
-            let a = at(a);
-            each(&mut out, |l| powf(&a[l], c));
-        }
-        Op::ConstPow(c, a) => {
-            let a = at(a);
-            each(&mut out, |l| (a[l] * c.ln()).exp());
-        }
-        Op::Func(f, a) => {
-            let a = at(a);
-            each(&mut out, |l| f.apply(&a[l]));
-        }
+        Op::ConstDiv(c, a) => un(a, &|v| v.recip() * c),
+        Op::PowI(a, n) => un(a, &|v| v.powi(n)),
+        Op::PowF(a, c) => un(a, &|v| powf(&v, c)),
+        Op::ConstPow(c, a) => un(a, &|v| (v * c.ln()).exp()),
+        Op::Func(f, a) => un(a, &|v| f.apply(&v)),
         // Handled in line by `step_rows`.
-        _ => out = [D::from(f64::NAN); ROWS],
+        _ => B::splat(B::Scalar::from(f64::NAN)),
     }
-    out
 }
 
-/// `dst[l] += term(l)` in every lane whose adjoint does not vanish (with `MASKED`
-/// false, no lane does: a loop without branches). The scalar code's `a -= t` is
-/// `add_to` of `−t`: IEEE subtraction is the addition of the negation, bit for bit.
+/// `dst[l] += term(l)` lane by lane in the number type, in every lane outside `skip`
+/// (every lane without `MASKED`). The scalar code's `a -= t` is `add_to` of `−t`: IEEE
+/// subtraction is the addition of the negation, bit for bit.
 #[inline(always)]
-fn add_to<D: RowScalar, const MASKED: bool>(
-    dst: &mut Lane<D>,
+fn add_to<B: Block, const MASKED: bool>(
+    dst: &mut B,
     skip: &Lane<bool>,
-    term: impl Fn(usize) -> D,
+    term: impl Fn(usize) -> B::Scalar,
 ) {
-    for l in 0..ROWS {
-        if !MASKED || !skip[l] {
-            dst[l] += term(l);
+    for (l, &skipped) in skip.iter().enumerate() {
+        if !MASKED || !skipped {
+            let mut v = dst.lane(l);
+            v += term(l);
+            dst.set_lane(l, v);
         }
     }
 }
@@ -202,97 +458,197 @@ fn add_to<D: RowScalar, const MASKED: bool>(
 /// `skip` left out, when `MASKED`) into its operands' adjoints, the same expressions in
 /// every lane.
 #[inline(always)]
-fn adjoint_rows<D: RowScalar, const MASKED: bool>(
-    op: Op,
-    v: &[Lane<D>],
+fn adjoint_rows<B: Block, const MASKED: bool>(
+    op: BlockOp,
+    v: &[B],
     slot: usize,
-    vbar: &Lane<D>,
+    vbar: &B,
     skip: &Lane<bool>,
-    adj: &mut [Lane<D>],
+    adj: &mut [B],
 ) {
-    let out = &v[slot];
     let at = |i: Slot| &v[i as usize];
+    let op = match op {
+        BlockOp::Tape(op) => op,
+        BlockOp::MulAdd(acc, a, b) => {
+            adj[acc as usize].add_assign::<MASKED>(vbar, skip);
+            let (xa, xb) = (at(a), at(b));
+            adj[a as usize].add_assign::<MASKED>(&vbar.mul(xb), skip);
+            adj[b as usize].add_assign::<MASKED>(&vbar.mul(xa), skip);
+            return;
+        }
+    };
     match op {
         Op::Var(_) | Op::Const(_) => {}
         Op::Add(a, b) => {
-            add_to::<D, MASKED>(&mut adj[a as usize], skip, |l| vbar[l]);
-            add_to::<D, MASKED>(&mut adj[b as usize], skip, |l| vbar[l]);
+            adj[a as usize].add_assign::<MASKED>(vbar, skip);
+            adj[b as usize].add_assign::<MASKED>(vbar, skip);
         }
         Op::Sub(a, b) => {
-            add_to::<D, MASKED>(&mut adj[a as usize], skip, |l| vbar[l]);
-            add_to::<D, MASKED>(&mut adj[b as usize], skip, |l| -vbar[l]);
+            adj[a as usize].add_assign::<MASKED>(vbar, skip);
+            adj[b as usize].add_assign::<MASKED>(&vbar.neg(), skip);
         }
         Op::AddScaled(a, b, c) => {
-            add_to::<D, MASKED>(&mut adj[a as usize], skip, |l| vbar[l]);
-            add_to::<D, MASKED>(&mut adj[b as usize], skip, |l| vbar[l] * c);
+            adj[a as usize].add_assign::<MASKED>(vbar, skip);
+            adj[b as usize].add_assign::<MASKED>(&vbar.scale(c), skip);
         }
         Op::Mul(a, b) => {
             let (xa, xb) = (at(a), at(b));
-            add_to::<D, MASKED>(&mut adj[a as usize], skip, |l| vbar[l] * xb[l]);
-            add_to::<D, MASKED>(&mut adj[b as usize], skip, |l| vbar[l] * xa[l]);
+            adj[a as usize].add_assign::<MASKED>(&vbar.mul(xb), skip);
+            adj[b as usize].add_assign::<MASKED>(&vbar.mul(xa), skip);
         }
+        Op::AddConst(a, _) => adj[a as usize].add_assign::<MASKED>(vbar, skip),
+        Op::ConstSub(_, a) | Op::Neg(a) => adj[a as usize].add_assign::<MASKED>(&vbar.neg(), skip),
+        Op::MulConst(a, c) => adj[a as usize].add_assign::<MASKED>(&vbar.scale(c), skip),
+        Op::DivConst(a, c) => adj[a as usize].add_assign::<MASKED>(&vbar.div_const(c), skip),
+        _ => outlined(|| rare_adjoint::<B, MASKED>(op, v, slot, vbar, skip, adj)),
+    }
+}
+
+/// The adjoints of [`adjoint_rows`] through a univariate function, a division or a
+/// selection, lane by lane in the number type.
+fn rare_adjoint<B: Block, const MASKED: bool>(
+    op: Op,
+    v: &[B],
+    slot: usize,
+    vbar: &B,
+    skip: &Lane<bool>,
+    adj: &mut [B],
+) {
+    let out = &v[slot];
+    let at = |i: Slot| &v[i as usize];
+    let vb = |l: usize| vbar.lane(l);
+    match op {
         Op::Div(a, b) => {
             let xb = at(b);
-            add_to::<D, MASKED>(&mut adj[a as usize], skip, |l| vbar[l] / xb[l]);
-            add_to::<D, MASKED>(&mut adj[b as usize], skip, |l| -(vbar[l] * out[l] / xb[l]));
+            add_to::<B, MASKED>(&mut adj[a as usize], skip, |l| vb(l) / xb.lane(l));
+            add_to::<B, MASKED>(&mut adj[b as usize], skip, |l| {
+                -(vb(l) * out.lane(l) / xb.lane(l))
+            });
         }
         Op::Pow(a, b) => {
             let (xa, xb) = (at(a), at(b));
-            add_to::<D, MASKED>(&mut adj[a as usize], skip, |l| {
-                vbar[l] * xb[l] * out[l] / xa[l]
+            add_to::<B, MASKED>(&mut adj[a as usize], skip, |l| {
+                vb(l) * xb.lane(l) * out.lane(l) / xa.lane(l)
             });
-            add_to::<D, MASKED>(&mut adj[b as usize], skip, |l| {
-                vbar[l] * out[l] * xa[l].ln()
+            add_to::<B, MASKED>(&mut adj[b as usize], skip, |l| {
+                vb(l) * out.lane(l) * xa.lane(l).ln()
             });
         }
-        Op::AddConst(a, _) => add_to::<D, MASKED>(&mut adj[a as usize], skip, |l| vbar[l]),
-        Op::ConstSub(_, a) | Op::Neg(a) => {
-            add_to::<D, MASKED>(&mut adj[a as usize], skip, |l| -vbar[l])
-        }
-        Op::MulConst(a, c) => add_to::<D, MASKED>(&mut adj[a as usize], skip, |l| vbar[l] * c),
-        Op::DivConst(a, c) => add_to::<D, MASKED>(&mut adj[a as usize], skip, |l| vbar[l] / c),
         Op::ConstDiv(_, a) => {
             let xa = at(a);
-            add_to::<D, MASKED>(&mut adj[a as usize], skip, |l| -(vbar[l] * out[l] / xa[l]));
+            add_to::<B, MASKED>(&mut adj[a as usize], skip, |l| {
+                -(vb(l) * out.lane(l) / xa.lane(l))
+            });
         }
-        Op::PowI(a, n) => {
-            if n != 0 {
-                let xa = at(a);
-                add_to::<D, MASKED>(&mut adj[a as usize], skip, |l| {
-                    vbar[l] * xa[l].powi(n - 1) * f64::from(n)
-                });
-            }
+        Op::PowI(a, n) if n != 0 => {
+            let xa = at(a);
+            add_to::<B, MASKED>(&mut adj[a as usize], skip, |l| {
+                vb(l) * xa.lane(l).powi(n - 1) * f64::from(n)
+            });
         }
         Op::PowF(a, c) => {
             let xa = at(a);
-            add_to::<D, MASKED>(&mut adj[a as usize], skip, |l| {
-                vbar[l] * powf(&xa[l], c - 1.0) * c
+            add_to::<B, MASKED>(&mut adj[a as usize], skip, |l| {
+                vb(l) * powf(&xa.lane(l), c - 1.0) * c
             });
         }
         Op::ConstPow(c, a) => {
-            add_to::<D, MASKED>(&mut adj[a as usize], skip, |l| vbar[l] * out[l] * c.ln())
+            add_to::<B, MASKED>(&mut adj[a as usize], skip, |l| vb(l) * out.lane(l) * c.ln())
         }
         Op::Func(f, a) => {
             let xa = at(a);
-            add_to::<D, MASKED>(&mut adj[a as usize], skip, |l| {
-                vbar[l] * f.derivative(&xa[l], &out[l])
+            add_to::<B, MASKED>(&mut adj[a as usize], skip, |l| {
+                vb(l) * f.derivative(&xa.lane(l), &out.lane(l))
             });
         }
         Op::Max(a, b) | Op::Min(a, b) => {
-            let (xa, xb) = (at(a), at(b));
+            let (va, vbv) = (at(a).values(), at(b).values());
             for l in 0..ROWS {
                 if MASKED && skip[l] {
                     continue;
                 }
                 let first = if matches!(op, Op::Max(..)) {
-                    max_takes_first(xa[l].re(), xb[l].re())
+                    max_takes_first(va[l], vbv[l])
                 } else {
-                    min_takes_first(xa[l].re(), xb[l].re())
+                    min_takes_first(va[l], vbv[l])
                 };
-                adj[if first { a } else { b } as usize][l] += vbar[l];
+                let dst = &mut adj[if first { a } else { b } as usize];
+                let mut x = dst.lane(l);
+                x += vb(l);
+                dst.set_lane(l, x);
             }
         }
+        // Handled in line by `adjoint_rows`.
+        _ => {}
     }
+}
+
+/// The forward pass of `program` over a block into `slots` (one per instruction; the
+/// inputs' slots already written).
+#[inline(always)]
+fn forward_body<B: Block>(program: &BlockProgram, slots: &mut [B]) {
+    for (k, &op) in program.ops.iter().enumerate() {
+        let (done, rest) = slots.split_at_mut(k);
+        step_rows(op, done, &mut rest[0]);
+    }
+}
+
+/// The reverse sweep of `program` from slot `o` (its adjoints seeded in `adj[o]`, the
+/// slots below it zero): every instruction's adjoint into its operands', skipping the
+/// lanes whose adjoint vanishes as the scalar sweeps do. A variable's adjoint is left
+/// in its slot.
+#[inline(always)]
+fn reverse_body<B: Block>(program: &BlockProgram, o: Slot, vals: &[B], adj: &mut [B]) {
+    for (slot, &op) in program.ops.iter().enumerate().take(o as usize + 1).rev() {
+        if matches!(op, BlockOp::Tape(Op::Var(_) | Op::Const(_))) {
+            continue;
+        }
+        let vbar = adj[slot];
+        let skip = vbar.vanishing();
+        if skip.iter().all(|&s| s) {
+            continue;
+        }
+        if skip.iter().any(|&s| s) {
+            adjoint_rows::<B, true>(op, vals, slot, &vbar, &skip, adj);
+        } else {
+            adjoint_rows::<B, false>(op, vals, slot, &vbar, &skip, adj);
+        }
+    }
+}
+
+/// [`forward_body`], compiled for AVX when the processor has it (wider vectors for the
+/// same operations: the same bits, see `sim::multiversion!`).
+fn forward<B: Block>(program: &BlockProgram, slots: &mut [B]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx")]
+        #[inline(never)]
+        fn avx<B: Block>(program: &BlockProgram, slots: &mut [B]) {
+            forward_body(program, slots)
+        }
+        if std::arch::is_x86_feature_detected!("avx") {
+            // SAFETY: the processor has AVX (checked just above).
+            return unsafe { avx(program, slots) };
+        }
+    }
+    forward_body(program, slots)
+}
+
+/// [`reverse_body`], compiled for AVX when the processor has it (as [`forward`]).
+fn reverse<B: Block>(program: &BlockProgram, o: Slot, vals: &[B], adj: &mut [B]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx")]
+        #[inline(never)]
+        fn avx<B: Block>(program: &BlockProgram, o: Slot, vals: &[B], adj: &mut [B]) {
+            reverse_body(program, o, vals, adj)
+        }
+        if std::arch::is_x86_feature_detected!("avx") {
+            // SAFETY: the processor has AVX (checked just above).
+            return unsafe { avx(program, o, vals, adj) };
+        }
+    }
+    reverse_body(program, o, vals, adj)
 }
 
 impl Tape {
@@ -303,90 +659,71 @@ impl Tape {
         self.dim > STATIC_MAX_DIM && self.dim <= ROWS_HESSIAN_MAX_DIM && self.data > 0
     }
 
-    /// The inputs of a block: `x` (through `var`, which may seed a tangent) in every
-    /// lane, then each row's data inputs; lanes past `count` repeat the last row.
-    fn block_inputs<D: RowScalar>(
+    /// Sizes `slots` for the blocked program and writes the variables' slots: `x`
+    /// through `var` (which may seed a tangent), the same in every lane.
+    fn set_variables<B: Block>(
         &self,
         x: &[f64],
-        rows: &[f64],
-        count: usize,
-        var: impl Fn(usize, f64) -> D,
-        xs: &mut Vec<Lane<D>>,
+        var: impl Fn(usize, f64) -> B::Scalar,
+        slots: &mut Vec<B>,
     ) {
-        assert!(
-            x.len() == self.dim && rows.len() == count * self.data && (1..=ROWS).contains(&count),
-            "a block is 1 to {ROWS} whole rows at a point of the tape's dimension"
-        );
-        let c = self.data;
-        xs.clear();
-        xs.extend(x.iter().enumerate().map(|(i, &xi)| [var(i, xi); ROWS]));
-        for j in 0..c {
-            xs.push(std::array::from_fn(|l| {
-                D::from(rows[l.min(count - 1) * c + j])
-            }));
+        assert_eq!(x.len(), self.dim, "a point of the tape's dimension");
+        if slots.len() != self.block.len() {
+            slots.clear();
+            slots.resize(self.block.len(), B::default());
+        }
+        for &(i, slot) in &self.block.variables {
+            slots[slot as usize] = B::splat(var(i as usize, x[i as usize]));
         }
     }
 
-    /// The forward pass over a block. Whether every output of the first `count` lanes
-    /// is finite.
-    fn eval_rows<D: RowScalar>(
-        &self,
-        xs: &[Lane<D>],
-        count: usize,
-        slots: &mut Vec<Lane<D>>,
-    ) -> bool {
-        debug_assert_eq!(xs.len(), self.dim + self.data);
-        if slots.len() != self.ops.len() {
-            slots.clear();
-            slots.resize(self.ops.len(), [D::zero(); ROWS]);
+    /// Writes the data inputs' slots: each of the `count` rows in `rows` in its lane,
+    /// lanes past `count` repeating the last row.
+    fn set_data<B: Block>(&self, rows: &[f64], count: usize, slots: &mut [B]) {
+        assert!(
+            rows.len() == count * self.data && (1..=ROWS).contains(&count),
+            "a block is 1 to {ROWS} whole rows"
+        );
+        let c = self.data;
+        for &(j, slot) in &self.block.data {
+            slots[slot as usize] =
+                B::from_fn(|l| B::Scalar::from(rows[l.min(count - 1) * c + j as usize]));
         }
-        for (k, &op) in self.ops.iter().enumerate() {
-            let (done, rest) = slots.split_at_mut(k);
-            step_rows(op, done, xs, &mut rest[0]);
-        }
-        self.outputs
+    }
+
+    /// The forward pass over a block whose inputs are written. Whether every output
+    /// of the first `count` lanes is finite.
+    fn eval_rows<B: Block>(&self, count: usize, slots: &mut [B]) -> bool {
+        let program = &self.block;
+        forward(program, slots);
+        program
+            .outputs
             .iter()
-            .all(|&o| slots[o as usize][..count].iter().all(|v| v.all_finite()))
+            .all(|&o| slots[o as usize].finite(count))
     }
 
     /// The reverse sweep of output slot `o` over the first `count` lanes of a block,
-    /// each as the scalar sweeps do it: `var(lane, i, adjoint)` receives each
-    /// variable's contribution.
-    fn sweep_rows<D: RowScalar>(
-        &self,
-        o: Slot,
-        count: usize,
-        vals: &[Lane<D>],
-        adj: &mut Vec<Lane<D>>,
-        mut var: impl FnMut(usize, usize, D),
-    ) {
-        if adj.len() != self.ops.len() {
+    /// each as the scalar sweeps do it; each variable's adjoint is left in its slot of
+    /// `adj`. A variable has one slot, so that is the lane's whole derivative (where
+    /// the scalar sweep skips a vanishing adjoint, this one leaves its zero, and adding
+    /// a zero to a sum that started at +0 changes no bit).
+    fn sweep_rows<B: Block>(&self, o: Slot, count: usize, vals: &[B], adj: &mut Vec<B>) {
+        let program = &self.block;
+        if adj.len() != program.len() {
             adj.clear();
-            adj.resize(self.ops.len(), [D::zero(); ROWS]);
+            adj.resize(program.len(), B::default());
         } else {
-            adj[..=o as usize].fill([D::zero(); ROWS]);
+            adj[..=o as usize].fill(B::default());
         }
-        adj[o as usize] = std::array::from_fn(|l| if l < count { D::one() } else { D::zero() });
-        for (slot, &op) in self.ops.iter().enumerate().take(o as usize + 1).rev() {
-            let vbar = adj[slot];
-            let skip: Lane<bool> = std::array::from_fn(|l| vbar[l].vanishes());
-            if skip.iter().all(|&s| s) {
-                continue;
-            }
-            if let Op::Var(i) = op {
-                if (i as usize) < self.dim {
-                    for l in (0..count).filter(|&l| !skip[l]) {
-                        var(l, i as usize, vbar[l]);
-                    }
-                }
-                continue;
-            }
-            if skip.iter().any(|&s| s) {
-                adjoint_rows::<D, true>(op, vals, slot, &vbar, &skip, adj);
-            } else {
-                adjoint_rows::<D, false>(op, vals, slot, &vbar, &skip, adj);
-            }
-        }
+        adj[o as usize] = B::from_fn(|l| B::Scalar::from(if l < count { 1.0 } else { 0.0 }));
+        reverse(program, o, vals, adj);
+    }
+
+    /// Each variable read up to slot `o` (its index and slot).
+    fn variables_below(&self, o: Slot) -> impl Iterator<Item = (usize, usize)> + '_ {
+        (self.block.variables.iter())
+            .filter(move |&&(_, slot)| slot <= o)
+            .map(|&(i, slot)| (i as usize, slot as usize))
     }
 
     /// The first `count` lanes' jets sized for this tape: with Hessians
@@ -416,17 +753,19 @@ impl Tape {
     ) -> bool {
         let d = self.dim;
         self.lane_jets(rw, count, false);
-        let RowsWorkspace {
-            fx, f, f_adj, jets, ..
-        } = rw;
-        self.block_inputs(x, rows, count, |_, xi| xi, fx);
-        if !self.eval_rows(fx, count, f) {
+        let RowsWorkspace { f, f_adj, jets, .. } = rw;
+        self.set_variables(x, |_, xi| xi, f);
+        self.set_data(rows, count, f);
+        if !self.eval_rows(count, f) {
             return false;
         }
-        for (k, &o) in self.outputs.iter().enumerate() {
-            self.sweep_rows(o, count, f, f_adj, |l, i, vbar| {
-                jets[l].gradients[k * d + i] += vbar;
-            });
+        for (k, &o) in self.block.outputs.iter().enumerate() {
+            self.sweep_rows(o, count, f, f_adj);
+            for (i, slot) in self.variables_below(o) {
+                for (l, lane) in jets[..count].iter_mut().enumerate() {
+                    lane.gradients[k * d + i] += f_adj[slot][l];
+                }
+            }
             for (l, lane) in jets[..count].iter_mut().enumerate() {
                 lane.values[k] = f[o as usize][l];
             }
@@ -449,22 +788,24 @@ impl Tape {
         let d = self.dim;
         self.lane_jets(rw, count, true);
         let RowsWorkspace {
-            x: xs,
-            vals,
-            adj,
-            jets,
-            ..
+            vals, adj, jets, ..
         } = rw;
-        self.block_inputs(x, rows, count, |_, xi| Dual64::from(xi), xs);
-        for j in 0..d {
-            xs[j] = [Dual64::new(x[j], 1.0); ROWS];
-            if j > 0 {
-                xs[j - 1] = [Dual64::from(x[j - 1]); ROWS];
+        self.set_variables(x, |_, xi| Dual64::from(xi), vals);
+        self.set_data(rows, count, vals);
+        let seed = |vals: &mut [DualLane], j: usize, tangent: f64| {
+            if let Some(slot) = self.block.variable_slot[j] {
+                vals[slot as usize] = DualLane::splat(Dual64::new(x[j], tangent));
             }
-            if !self.eval_rows(xs, count, vals) {
+        };
+        for j in 0..d {
+            seed(vals, j, 1.0);
+            if j > 0 {
+                seed(vals, j - 1, 0.0);
+            }
+            if !self.eval_rows(count, vals) {
                 return false;
             }
-            for (k, &o) in self.outputs.iter().enumerate() {
+            for (k, &o) in self.block.outputs.iter().enumerate() {
                 for lane in &mut jets[..count] {
                     lane.gradients[k * d..(k + 1) * d].fill(0.0);
                     let hess = &mut lane.hessians[k * d * d..(k + 1) * d * d];
@@ -472,12 +813,15 @@ impl Tape {
                         hess[i * d + j] = 0.0;
                     }
                 }
-                self.sweep_rows(o, count, vals, adj, |l, i, vbar| {
-                    jets[l].gradients[k * d + i] += vbar.re;
-                    jets[l].hessians[k * d * d + i * d + j] += vbar.eps;
-                });
+                self.sweep_rows(o, count, vals, adj);
+                for (i, slot) in self.variables_below(o) {
+                    for (l, lane) in jets[..count].iter_mut().enumerate() {
+                        lane.gradients[k * d + i] += adj[slot].re[l];
+                        lane.hessians[k * d * d + i * d + j] += adj[slot].eps[l];
+                    }
+                }
                 for (l, lane) in jets[..count].iter_mut().enumerate() {
-                    lane.values[k] = vals[o as usize][l].re;
+                    lane.values[k] = vals[o as usize].re[l];
                 }
             }
         }
@@ -490,47 +834,60 @@ impl Tape {
             .all(|j| j.gradients.iter().chain(&j.hessians).all(|v| v.is_finite()))
     }
 
-    /// [`Tape::hessian_vector_row`] of output `k` for the `count` rows in `rows`: lane
-    /// `l`'s F into `rw.values[l]`, its ∇F and ∇²F·v into `rw.grad` and `rw.hv` at
-    /// `l·d..(l+1)·d` (each from zero). `false` when something is not finite.
+    /// [`Tape::hessian_vector_row`] of output `k` over the `n` rows in `rows`, in blocks
+    /// of [`ROWS`]: each row's ∇F and ∇²F·v added into `grad` and `hv` and its F into
+    /// the returned sum, row after row (so the same bits as `n` calls of the scalar
+    /// code, which adds a row's terms into the same sums). `None` when something is
+    /// not finite in some row; `grad` and `hv` then hold part of the sums, and the
+    /// caller starts again row by row, which names the row.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn hessian_vector_rows(
         &self,
         k: usize,
         x: &[f64],
-        rows: &[f64],
-        count: usize,
         v: &[f64],
+        rows: &[f64],
+        n: usize,
         rw: &mut RowsWorkspace,
-    ) -> bool {
-        let d = self.dim;
-        assert_eq!(v.len(), d, "a direction of the tape's dimension");
-        let RowsWorkspace {
-            x: xs,
-            vals,
-            adj,
-            grad,
-            hv,
-            values,
-            ..
-        } = rw;
-        self.block_inputs(x, rows, count, |i, xi| Dual64::new(xi, v[i]), xs);
-        if !self.eval_rows(xs, count, vals) {
-            return false;
+        grad: &mut [f64],
+        hv: &mut [f64],
+    ) -> Option<f64> {
+        let (d, c) = (self.dim, self.data);
+        assert!(
+            v.len() == d && grad.len() == d && hv.len() == d && rows.len() == n * c,
+            "a direction and sums of the tape's dimension, and whole rows"
+        );
+        let RowsWorkspace { vals, adj, .. } = rw;
+        // The point and the direction are the same in every block: written once.
+        self.set_variables(x, |i, xi| Dual64::new(xi, v[i]), vals);
+        let o = self.block.outputs[k];
+        let mut sum = 0.0;
+        for start in (0..n).step_by(ROWS) {
+            let count = (n - start).min(ROWS);
+            self.set_data(&rows[start * c..(start + count) * c], count, vals);
+            if !self.eval_rows(count, vals) {
+                return None;
+            }
+            self.sweep_rows(o, count, vals, adj);
+            let mut finite = true;
+            for (i, slot) in self.variables_below(o) {
+                let a = &adj[slot];
+                let (mut g, mut h) = (grad[i], hv[i]);
+                for l in 0..count {
+                    g += a.re[l];
+                    h += a.eps[l];
+                    finite &= a.re[l].is_finite() & a.eps[l].is_finite();
+                }
+                (grad[i], hv[i]) = (g, h);
+            }
+            if !finite {
+                return None;
+            }
+            for &value in &vals[o as usize].re[..count] {
+                sum += value;
+            }
         }
-        for buf in [&mut *grad, &mut *hv] {
-            buf.clear();
-            buf.resize(count * d, 0.0);
-        }
-        let o = self.outputs[k];
-        let mut finite = true;
-        self.sweep_rows(o, count, vals, adj, |l, i, vbar| {
-            grad[l * d + i] += vbar.re;
-            hv[l * d + i] += vbar.eps;
-            finite &= vbar.re.is_finite() && vbar.eps.is_finite();
-        });
-        values.clear();
-        values.extend((0..count).map(|l| vals[o as usize][l].re));
-        finite
+        Some(sum)
     }
 }
 
@@ -597,16 +954,65 @@ mod tests {
                     .unwrap();
                 assert_eq!(rw.jets[l], jets, "count {count}, lane {l}");
             }
-            assert!(tape.hessian_vector_rows(0, &x, block, count, &v, &mut rw));
+            // Sums from a nonzero start, as a chunk's running sums are.
+            let start: Vec<f64> = (0..d).map(|i| 0.1 * i as f64 - 0.3).collect();
+            let (mut bg, mut bhv) = (start.clone(), start.clone());
+            let sum = tape
+                .hessian_vector_rows(0, &x, &v, block, count, &mut rw, &mut bg, &mut bhv)
+                .unwrap();
+            let (mut g, mut hv, mut f) = (start.clone(), start.clone(), 0.0);
             for l in 0..count {
-                let (mut g, mut hv) = (vec![0.0; d], vec![0.0; d]);
-                let f = tape
+                f += tape
                     .hessian_vector_row(0, &x, fs.row(l), &v, &mut ws, &mut g, &mut hv)
                     .unwrap();
-                assert_eq!(rw.values[l].to_bits(), f.to_bits());
-                assert_eq!(&rw.grad[l * d..(l + 1) * d], &g[..]);
-                assert_eq!(&rw.hv[l * d..(l + 1) * d], &hv[..]);
             }
+            assert_eq!(sum.to_bits(), f.to_bits());
+            assert_eq!(bg, g, "count {count}");
+            assert_eq!(bhv, hv);
+        }
+    }
+
+    /// A product read only by the addition right after it runs fused into that
+    /// addition (a dot product's products all do); one read twice stays a product;
+    /// and either way every lane keeps the scalar code's bits.
+    #[test]
+    fn a_product_read_only_by_the_next_addition_is_fused() {
+        let p = Problem::from_str(
+            "data s = [[a, b], [1, 2], [3, -1], [0.5, 4]]\nvar w[3] = 0.2\n\
+             minimize mean(s, w[1]*s.a + w[2]*s.b + w[3]*w[1] + tanh(w[2]*w[3] + (w[2]*w[3])^2))",
+        )
+        .unwrap();
+        let (tape, fs) = (p.objective_tape(), p.finite_sum().unwrap());
+        let fused = |op: &BlockOp| matches!(op, BlockOp::MulAdd(..));
+        assert_eq!(tape.block.ops.iter().filter(|op| fused(op)).count(), 2);
+        assert_eq!(tape.block.len(), tape.ops().len() - 2);
+        // w[2]*w[3] has two readers: kept, and read by the addition as a slot.
+        let products = (tape.block.ops.iter())
+            .filter(|op| matches!(op, BlockOp::Tape(Op::Mul(..))))
+            .count();
+        assert_eq!(
+            products, 2,
+            "w[1]*s.a opens the sum; w[2]*w[3] is read twice"
+        );
+        let (x, v) = ([0.3, -0.7, 1.1], [1.0, 0.5, -2.0]);
+        let mut rw = RowsWorkspace::default();
+        let (mut ws, mut jets) = (Workspace::default(), Jets::default());
+        let (mut bg, mut bhv) = (vec![0.0; 3], vec![0.0; 3]);
+        let sum = tape
+            .hessian_vector_rows(0, &x, &v, &fs.rows, 3, &mut rw, &mut bg, &mut bhv)
+            .unwrap();
+        let (mut g, mut hv, mut f) = (vec![0.0; 3], vec![0.0; 3], 0.0);
+        for r in 0..3 {
+            f += tape
+                .hessian_vector_row(0, &x, fs.row(r), &v, &mut ws, &mut g, &mut hv)
+                .unwrap();
+        }
+        assert_eq!((sum.to_bits(), bg, bhv), (f.to_bits(), g, hv));
+        assert!(tape.gradients_rows(&x, &fs.rows, 3, &mut rw));
+        for r in 0..3 {
+            tape.gradients_row(&x, fs.row(r), &mut ws, &mut jets)
+                .unwrap();
+            assert_eq!(rw.jets[r].gradients, jets.gradients, "row {r}");
         }
     }
 
