@@ -1,7 +1,13 @@
 //! A finite sum's rows in blocks: the per-example tape run over [`ROWS`] rows at once
 //! in structure-of-arrays form, every instruction dispatched once per block and its
 //! arithmetic done for all the block's rows in one loop (as the simulator's lanes do
-//! over paths).
+//! over paths). A block of dual numbers holds the rows' values, then their tangents,
+//! so each loop vectorises; the sweeps are compiled for AVX too and run so where the
+//! processor has it. The tape's instructions run as a [`BlockProgram`]: a product read
+//! only by the addition right after it is fused into that addition (half the
+//! instructions of a dot product). The point's slots are written once for all the
+//! blocks of a Hessian-vector product, and each variable's adjoint is read from its
+//! slot after the sweep.
 //!
 //! Each lane computes exactly what the scalar code of [`Tape::gradients_row`],
 //! [`Tape::hessian_vector_row`] and the forward-over-reverse Hessian computes (the
@@ -73,6 +79,8 @@ enum BlockOp {
 /// the slots renumbered to close the gaps.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub(super) struct BlockProgram {
+    /// The number of variables (`Op::Var(i)` with `i ≥ dim` reads a data input).
+    dim: usize,
     ops: Vec<BlockOp>,
     outputs: Vec<Slot>,
     /// Each variable the program reads (`i < dim`), with its slot, in slot order.
@@ -144,6 +152,7 @@ impl BlockProgram {
             }
         }
         BlockProgram {
+            dim,
             ops: program,
             outputs: outputs.iter().map(|&o| map[o as usize]).collect(),
             variables,
@@ -413,10 +422,10 @@ fn step_rows<B: Block>(op: BlockOp, s: &[B], out: &mut B) {
 /// division), lane by lane in the number type, out of line as in the scalar code.
 fn rare_rows<B: Block>(op: Op, s: &[B]) -> B {
     let at = |i: Slot| &s[i as usize];
-    let un = |a: Slot, f: &dyn Fn(B::Scalar) -> B::Scalar| {
-        let a = at(a);
+    #[inline(always)]
+    fn un<B: Block>(a: &B, f: impl Fn(B::Scalar) -> B::Scalar) -> B {
         B::from_fn(|l| f(a.lane(l)))
-    };
+    }
     match op {
         Op::Div(a, b) => {
             let (a, b) = (at(a), at(b));
@@ -426,11 +435,11 @@ fn rare_rows<B: Block>(op: Op, s: &[B]) -> B {
             let (a, b) = (at(a), at(b));
             B::from_fn(|l| a.lane(l).powd(b.lane(l)))
         }
-        Op::ConstDiv(c, a) => un(a, &|v| v.recip() * c),
-        Op::PowI(a, n) => un(a, &|v| v.powi(n)),
-        Op::PowF(a, c) => un(a, &|v| powf(&v, c)),
-        Op::ConstPow(c, a) => un(a, &|v| (v * c.ln()).exp()),
-        Op::Func(f, a) => un(a, &|v| f.apply(&v)),
+        Op::ConstDiv(c, a) => un(at(a), |v| v.recip() * c),
+        Op::PowI(a, n) => un(at(a), |v| v.powi(n)),
+        Op::PowF(a, c) => un(at(a), |v| powf(&v, c)),
+        Op::ConstPow(c, a) => un(at(a), |v| (v * c.ln()).exp()),
+        Op::Func(f, a) => un(at(a), |v| f.apply(&v)),
         // Handled in line by `step_rows`.
         _ => B::splat(B::Scalar::from(f64::NAN)),
     }
@@ -595,15 +604,23 @@ fn forward_body<B: Block>(program: &BlockProgram, slots: &mut [B]) {
 
 /// The reverse sweep of `program` from slot `o` (its adjoints seeded in `adj[o]`, the
 /// slots below it zero): every instruction's adjoint into its operands', skipping the
-/// lanes whose adjoint vanishes as the scalar sweeps do. A variable's adjoint is left
-/// in its slot.
+/// lanes whose adjoint vanishes as the scalar sweeps do. Each adjoint is taken as it
+/// is read, so every slot but the variables' is left zero; a variable's adjoint is
+/// left in its slot.
 #[inline(always)]
 fn reverse_body<B: Block>(program: &BlockProgram, o: Slot, vals: &[B], adj: &mut [B]) {
     for (slot, &op) in program.ops.iter().enumerate().take(o as usize + 1).rev() {
-        if matches!(op, BlockOp::Tape(Op::Var(_) | Op::Const(_))) {
-            continue;
+        match op {
+            // The caller takes a variable's adjoint.
+            BlockOp::Tape(Op::Var(i)) if (i as usize) < program.dim => continue,
+            BlockOp::Tape(Op::Var(_) | Op::Const(_)) => {
+                adj[slot] = B::default();
+                continue;
+            }
+            _ => {}
         }
-        let vbar = adj[slot];
+        // Taken: the slot is left zero for the next sweep.
+        let vbar = std::mem::take(&mut adj[slot]);
         let skip = vbar.vanishing();
         if skip.iter().all(|&s| s) {
             continue;
@@ -707,23 +724,34 @@ impl Tape {
     /// `adj`. A variable has one slot, so that is the lane's whole derivative (where
     /// the scalar sweep skips a vanishing adjoint, this one leaves its zero, and adding
     /// a zero to a sum that started at +0 changes no bit).
+    ///
+    /// `adj` is all zero on entry (every sweep leaves it so, once the caller has taken
+    /// the variables' adjoints with [`Tape::take_variable_adjoints`]): no pass to clear
+    /// it.
     fn sweep_rows<B: Block>(&self, o: Slot, count: usize, vals: &[B], adj: &mut Vec<B>) {
         let program = &self.block;
         if adj.len() != program.len() {
             adj.clear();
             adj.resize(program.len(), B::default());
-        } else {
-            adj[..=o as usize].fill(B::default());
         }
         adj[o as usize] = B::from_fn(|l| B::Scalar::from(if l < count { 1.0 } else { 0.0 }));
         reverse(program, o, vals, adj);
     }
 
-    /// Each variable read up to slot `o` (its index and slot).
-    fn variables_below(&self, o: Slot) -> impl Iterator<Item = (usize, usize)> + '_ {
-        (self.block.variables.iter())
-            .filter(move |&&(_, slot)| slot <= o)
-            .map(|&(i, slot)| (i as usize, slot as usize))
+    /// `each(i, adjoint)` for each variable read up to slot `o`, after
+    /// [`Tape::sweep_rows`] from `o`; each adjoint is taken (its slot left zero, as the
+    /// next sweep needs it).
+    fn take_variable_adjoints<B: Block>(
+        &self,
+        o: Slot,
+        adj: &mut [B],
+        mut each: impl FnMut(usize, &B),
+    ) {
+        for &(i, slot) in &self.block.variables {
+            if slot <= o {
+                each(i as usize, &std::mem::take(&mut adj[slot as usize]));
+            }
+        }
     }
 
     /// The first `count` lanes' jets sized for this tape: with Hessians
@@ -761,11 +789,11 @@ impl Tape {
         }
         for (k, &o) in self.block.outputs.iter().enumerate() {
             self.sweep_rows(o, count, f, f_adj);
-            for (i, slot) in self.variables_below(o) {
+            self.take_variable_adjoints(o, f_adj, |i, a| {
                 for (l, lane) in jets[..count].iter_mut().enumerate() {
-                    lane.gradients[k * d + i] += f_adj[slot][l];
+                    lane.gradients[k * d + i] += a[l];
                 }
-            }
+            });
             for (l, lane) in jets[..count].iter_mut().enumerate() {
                 lane.values[k] = f[o as usize][l];
             }
@@ -814,12 +842,12 @@ impl Tape {
                     }
                 }
                 self.sweep_rows(o, count, vals, adj);
-                for (i, slot) in self.variables_below(o) {
+                self.take_variable_adjoints(o, adj, |i, a| {
                     for (l, lane) in jets[..count].iter_mut().enumerate() {
-                        lane.gradients[k * d + i] += adj[slot].re[l];
-                        lane.hessians[k * d * d + i * d + j] += adj[slot].eps[l];
+                        lane.gradients[k * d + i] += a.re[l];
+                        lane.hessians[k * d * d + i * d + j] += a.eps[l];
                     }
-                }
+                });
                 for (l, lane) in jets[..count].iter_mut().enumerate() {
                     lane.values[k] = vals[o as usize].re[l];
                 }
@@ -838,8 +866,8 @@ impl Tape {
     /// of [`ROWS`]: each row's ∇F and ∇²F·v added into `grad` and `hv` and its F into
     /// the returned sum, row after row (so the same bits as `n` calls of the scalar
     /// code, which adds a row's terms into the same sums). `None` when something is
-    /// not finite in some row; `grad` and `hv` then hold part of the sums, and the
-    /// caller starts again row by row, which names the row.
+    /// not finite in some row (or a sum overflows); `grad` and `hv` then hold part of
+    /// the sums, and the caller starts again row by row, which names the row.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn hessian_vector_rows(
         &self,
@@ -869,25 +897,25 @@ impl Tape {
                 return None;
             }
             self.sweep_rows(o, count, vals, adj);
-            let mut finite = true;
-            for (i, slot) in self.variables_below(o) {
-                let a = &adj[slot];
+            self.take_variable_adjoints(o, adj, |i, a| {
                 let (mut g, mut h) = (grad[i], hv[i]);
                 for l in 0..count {
                     g += a.re[l];
                     h += a.eps[l];
-                    finite &= a.re[l].is_finite() & a.eps[l].is_finite();
                 }
                 (grad[i], hv[i]) = (g, h);
-            }
-            if !finite {
-                return None;
-            }
+            });
             for &value in &vals[o as usize].re[..count] {
                 sum += value;
             }
         }
-        Some(sum)
+        // A term that is not finite leaves its sum not finite (∞ stays ∞ or becomes
+        // NaN, NaN stays), so one look at the sums finds it; a sum that overflows from
+        // finite terms sends the caller row by row too, which gives the same sums.
+        grad.iter()
+            .chain(hv.iter())
+            .all(|v| v.is_finite())
+            .then_some(sum)
     }
 }
 
