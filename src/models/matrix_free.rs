@@ -117,11 +117,13 @@ pub enum LinearAlgebra {
 
 /// Above this dimension [`LinearAlgebra::for_dimension`] picks Lanczos. Measured on the
 /// teacher–student tanh networks of `benches/network.rs` (docs/performance.md,
-/// "Matrix-free coefficients"): over two runs the dense evaluation takes 0.77× the
-/// matrix-free one at d = 12, 0.87–1.15× at d = 16, 1.24–1.35× at d = 24 and 2.0–2.2×
-/// at d = 48, so the crossover lies near d = 16. Above 24 Lanczos is ahead in every
-/// run by more than their spread; at or below it every existing output (the bundled
-/// examples have d ≤ 21) stays the dense path's, bit for bit.
+/// "Matrix-free coefficients"): paired against one gradient, the dense evaluation is
+/// level with the matrix-free one or ahead at d = 12 and behind from d = 16 on
+/// (1.2–2.1× the matrix-free time at 16, 1.4–2.2× at 24, 3.4–4.0× at 48), so on
+/// finite sums the crossover lies between 12 and 16. The switch stays above 24: at or
+/// below it every existing output (the bundled examples have d ≤ 21) stays the dense
+/// path's, bit for bit, and an objective without data has a cheap dense Hessian
+/// (static jets) that moves the crossover up.
 pub const KRYLOV_ABOVE: usize = 24;
 
 impl LinearAlgebra {
