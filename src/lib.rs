@@ -51,6 +51,9 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+#[macro_use]
+mod multiversion;
+
 mod config;
 pub mod data;
 pub mod escape;

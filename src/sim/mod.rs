@@ -67,47 +67,6 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-/// Defines `$name` twice over: compiled for AVX, run when the processor has it, and
-/// as compiled for the baseline (also callable as `$base`, for the tests): wider
-/// vectors for the same operations. The numbers are the same bits either way: every
-/// operation used (+, −, ×, ÷, √, comparisons, bit operations) is correctly rounded or
-/// exact in both instruction sets, and Rust never fuses a multiply and an add on its own.
-///
-/// The body is written out in a `#[target_feature(enable = "avx")]` function, so it is
-/// compiled for AVX whatever the optimiser decides about inlining (the `#[inline(always)]`
-/// functions it calls are inlined into it); handing a function or a closure to such a
-/// wrapper instead leaves it to the optimiser, which may keep the call.
-macro_rules! multiversion {
-    (
-        $(#[$m:meta])*
-        $vis:vis fn $name:ident $(<$(const $cp:ident : $cpt:ty),*>)?
-            ($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)?
-        $body:block
-        baseline $base:ident
-    ) => {
-        $(#[$m])*
-        #[inline(always)]
-        $vis fn $name $(<$(const $cp: $cpt),*>)? ($($arg: $ty),*) $(-> $ret)? {
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx")]
-                #[inline(never)]
-                fn avx $(<$(const $cp: $cpt),*>)? ($($arg: $ty),*) $(-> $ret)? $body
-                if std::arch::is_x86_feature_detected!("avx") {
-                    // SAFETY: the processor has AVX (checked just above).
-                    return unsafe { avx $(::<$($cp),*>)? ($($arg),*) };
-                }
-            }
-            $base $(::<$($cp),*>)? ($($arg),*)
-        }
-
-        /// The same function compiled for the baseline instruction set only.
-        #[inline(always)]
-        #[allow(dead_code)]
-        $vis fn $base $(<$(const $cp: $cpt),*>)? ($($arg: $ty),*) $(-> $ret)? $body
-    };
-}
-
 mod block;
 pub(crate) mod brownian;
 pub(crate) mod engine;

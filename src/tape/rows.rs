@@ -592,80 +592,50 @@ fn rare_adjoint<B: Block, const MASKED: bool>(
     }
 }
 
-/// The forward pass of `program` over a block into `slots` (one per instruction; the
-/// inputs' slots already written).
-#[inline(always)]
-fn forward_body<B: Block>(program: &BlockProgram, slots: &mut [B]) {
-    for (k, &op) in program.ops.iter().enumerate() {
-        let (done, rest) = slots.split_at_mut(k);
-        step_rows(op, done, &mut rest[0]);
+multiversion! {
+    /// The forward pass of `program` over a block into `slots` (one per instruction;
+    /// the inputs' slots already written). Compiled for AVX too (wider vectors for the
+    /// same operations: the same bits).
+    fn forward<B: Block>(program: &BlockProgram, slots: &mut [B]) {
+        for (k, &op) in program.ops.iter().enumerate() {
+            let (done, rest) = slots.split_at_mut(k);
+            step_rows(op, done, &mut rest[0]);
+        }
     }
+    baseline forward_base
 }
 
-/// The reverse sweep of `program` from slot `o` (its adjoints seeded in `adj[o]`, the
-/// slots below it zero): every instruction's adjoint into its operands', skipping the
-/// lanes whose adjoint vanishes as the scalar sweeps do. Each adjoint is taken as it
-/// is read, so every slot but the variables' is left zero; a variable's adjoint is
-/// left in its slot.
-#[inline(always)]
-fn reverse_body<B: Block>(program: &BlockProgram, o: Slot, vals: &[B], adj: &mut [B]) {
-    for (slot, &op) in program.ops.iter().enumerate().take(o as usize + 1).rev() {
-        match op {
-            // The caller takes a variable's adjoint.
-            BlockOp::Tape(Op::Var(i)) if (i as usize) < program.dim => continue,
-            BlockOp::Tape(Op::Var(_) | Op::Const(_)) => {
-                adj[slot] = B::default();
+multiversion! {
+    /// The reverse sweep of `program` from slot `o` (its adjoints seeded in `adj[o]`,
+    /// the slots below it zero): every instruction's adjoint into its operands',
+    /// skipping the lanes whose adjoint vanishes as the scalar sweeps do. Each adjoint
+    /// is taken as it is read, so every slot but the variables' is left zero; a
+    /// variable's adjoint is left in its slot. Compiled for AVX too, as [`forward`].
+    fn reverse<B: Block>(program: &BlockProgram, o: Slot, vals: &[B], adj: &mut [B]) {
+        for (slot, &op) in program.ops.iter().enumerate().take(o as usize + 1).rev() {
+            match op {
+                // The caller takes a variable's adjoint.
+                BlockOp::Tape(Op::Var(i)) if (i as usize) < program.dim => continue,
+                BlockOp::Tape(Op::Var(_) | Op::Const(_)) => {
+                    adj[slot] = B::default();
+                    continue;
+                }
+                _ => {}
+            }
+            // Taken: the slot is left zero for the next sweep.
+            let vbar = std::mem::take(&mut adj[slot]);
+            let skip = vbar.vanishing();
+            if skip.iter().all(|&s| s) {
                 continue;
             }
-            _ => {}
-        }
-        // Taken: the slot is left zero for the next sweep.
-        let vbar = std::mem::take(&mut adj[slot]);
-        let skip = vbar.vanishing();
-        if skip.iter().all(|&s| s) {
-            continue;
-        }
-        if skip.iter().any(|&s| s) {
-            adjoint_rows::<B, true>(op, vals, slot, &vbar, &skip, adj);
-        } else {
-            adjoint_rows::<B, false>(op, vals, slot, &vbar, &skip, adj);
+            if skip.iter().any(|&s| s) {
+                adjoint_rows::<B, true>(op, vals, slot, &vbar, &skip, adj);
+            } else {
+                adjoint_rows::<B, false>(op, vals, slot, &vbar, &skip, adj);
+            }
         }
     }
-}
-
-/// [`forward_body`], compiled for AVX when the processor has it (wider vectors for the
-/// same operations: the same bits, see `sim::multiversion!`).
-fn forward<B: Block>(program: &BlockProgram, slots: &mut [B]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx")]
-        #[inline(never)]
-        fn avx<B: Block>(program: &BlockProgram, slots: &mut [B]) {
-            forward_body(program, slots)
-        }
-        if std::arch::is_x86_feature_detected!("avx") {
-            // SAFETY: the processor has AVX (checked just above).
-            return unsafe { avx(program, slots) };
-        }
-    }
-    forward_body(program, slots)
-}
-
-/// [`reverse_body`], compiled for AVX when the processor has it (as [`forward`]).
-fn reverse<B: Block>(program: &BlockProgram, o: Slot, vals: &[B], adj: &mut [B]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx")]
-        #[inline(never)]
-        fn avx<B: Block>(program: &BlockProgram, o: Slot, vals: &[B], adj: &mut [B]) {
-            reverse_body(program, o, vals, adj)
-        }
-        if std::arch::is_x86_feature_detected!("avx") {
-            // SAFETY: the processor has AVX (checked just above).
-            return unsafe { avx(program, o, vals, adj) };
-        }
-    }
-    reverse_body(program, o, vals, adj)
+    baseline reverse_base
 }
 
 impl Tape {
