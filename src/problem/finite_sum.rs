@@ -241,23 +241,26 @@ impl Problem {
         mut each: impl FnMut(usize, &Jets),
     ) -> Result<(), ProblemError> {
         let c = fs.columns.len();
-        let mut i = 0;
-        while i < fs.n {
-            let count = (fs.n - i).min(ROWS);
-            let block = &fs.rows[i * c..(i + count) * c];
-            if count > 1 && self.objective.gradients_rows(x, block, count, &mut ws.rows) {
-                for (l, lane) in ws.rows.jets[..count].iter().enumerate() {
-                    each(i + l, lane);
-                }
-            } else {
-                for r in i..i + count {
-                    self.objective
-                        .gradients_row(x, fs.row(r), ws, jets)
-                        .map_err(|nf| self.row_eval_error(nf, x, r))?;
-                    each(r, jets);
-                }
+        let mut start = 0;
+        while start < fs.n {
+            let blocked = self.objective.gradients_rows(
+                x,
+                &fs.rows[start * c..],
+                fs.n - start,
+                &mut ws.rows,
+                |r, lane| each(start + r, lane),
+            );
+            let Err(r) = blocked else { break };
+            // A block with something not finite: its rows one by one, which names the
+            // example; then the blocks go on after it.
+            let end = (start + r + ROWS).min(fs.n);
+            for i in start + r..end {
+                self.objective
+                    .gradients_row(x, fs.row(i), ws, jets)
+                    .map_err(|nf| self.row_eval_error(nf, x, i))?;
+                each(i, jets);
             }
-            i += count;
+            start = end;
         }
         Ok(())
     }

@@ -726,11 +726,11 @@ impl Tape {
 
     /// The first `count` lanes' jets sized for this tape: with Hessians
     /// (`Jets::ensure`), or values and gradients only, zeroed (`Jets::reset_gradients`).
-    fn lane_jets(&self, rw: &mut RowsWorkspace, count: usize, hessians: bool) {
-        if rw.jets.len() < ROWS {
-            rw.jets.resize_with(ROWS, Jets::default);
+    fn lane_jets(&self, lanes: &mut Vec<Jets>, count: usize, hessians: bool) {
+        if lanes.len() < ROWS {
+            lanes.resize_with(ROWS, Jets::default);
         }
-        for jets in &mut rw.jets[..count] {
+        for jets in &mut lanes[..count] {
             if hessians {
                 jets.ensure(self.dim, self.outputs.len());
             } else {
@@ -739,38 +739,53 @@ impl Tape {
         }
     }
 
-    /// [`Tape::gradients_row`] for the `count` rows in `rows` (`count` whole rows),
-    /// into `rw.jets[..count]` (values and gradients; no Hessians). `false` when a
-    /// value or gradient is not finite in some lane: rerun those rows one by one.
+    /// [`Tape::gradients_row`] for the `n` rows in `rows`, in blocks of [`ROWS`] (the
+    /// point written once for all of them): `each(r, jets)` for each row `r` in order,
+    /// with its values and gradients (no Hessians). `Err(r)` when a value or gradient
+    /// is not finite in the block that starts at row `r`: the rows before it went to
+    /// `each`, none of the block's; the caller takes those one by one.
     pub(crate) fn gradients_rows(
         &self,
         x: &[f64],
         rows: &[f64],
-        count: usize,
+        n: usize,
         rw: &mut RowsWorkspace,
-    ) -> bool {
-        let d = self.dim;
-        self.lane_jets(rw, count, false);
+        mut each: impl FnMut(usize, &Jets),
+    ) -> Result<(), usize> {
+        let (d, c) = (self.dim, self.data);
+        assert_eq!(rows.len(), n * c, "whole rows");
         let RowsWorkspace { f, f_adj, jets, .. } = rw;
         self.set_variables(x, |_, xi| xi, f);
-        self.set_data(rows, count, f);
-        if !self.eval_rows(count, f) {
-            return false;
-        }
-        for (k, &o) in self.block.outputs.iter().enumerate() {
-            self.sweep_rows(o, count, f, f_adj);
-            self.take_variable_adjoints(o, f_adj, |i, a| {
+        for start in (0..n).step_by(ROWS) {
+            let count = (n - start).min(ROWS);
+            self.lane_jets(jets, count, false);
+            self.set_data(&rows[start * c..(start + count) * c], count, f);
+            if !self.eval_rows(count, f) {
+                return Err(start);
+            }
+            for (k, &o) in self.block.outputs.iter().enumerate() {
+                self.sweep_rows(o, count, f, f_adj);
+                self.take_variable_adjoints(o, f_adj, |i, a| {
+                    for (l, lane) in jets[..count].iter_mut().enumerate() {
+                        lane.gradients[k * d + i] += a[l];
+                    }
+                });
                 for (l, lane) in jets[..count].iter_mut().enumerate() {
-                    lane.gradients[k * d + i] += a[l];
+                    lane.values[k] = f[o as usize][l];
                 }
-            });
-            for (l, lane) in jets[..count].iter_mut().enumerate() {
-                lane.values[k] = f[o as usize][l];
+            }
+            let lanes = &jets[..count];
+            if !lanes
+                .iter()
+                .all(|j| j.gradients.iter().all(|v| v.is_finite()))
+            {
+                return Err(start);
+            }
+            for (l, lane) in lanes.iter().enumerate() {
+                each(start + l, lane);
             }
         }
-        jets[..count]
-            .iter()
-            .all(|j| j.gradients.iter().all(|v| v.is_finite()))
+        Ok(())
     }
 
     /// The forward-over-reverse Hessian of [`Tape::derivatives_row`] (values,
@@ -784,10 +799,10 @@ impl Tape {
         rw: &mut RowsWorkspace,
     ) -> bool {
         let d = self.dim;
-        self.lane_jets(rw, count, true);
         let RowsWorkspace {
             vals, adj, jets, ..
         } = rw;
+        self.lane_jets(jets, count, true);
         self.set_variables(x, |_, xi| Dual64::from(xi), vals);
         self.set_data(rows, count, vals);
         let seed = |vals: &mut [DualLane], j: usize, tangent: f64| {
@@ -924,6 +939,23 @@ mod tests {
         .expect("valid")
     }
 
+    /// Each row's jets from [`Tape::gradients_rows`] over the `n` rows in `rows`.
+    fn blocked_gradients(
+        tape: &Tape,
+        x: &[f64],
+        rows: &[f64],
+        n: usize,
+        rw: &mut RowsWorkspace,
+    ) -> Vec<Jets> {
+        let mut out = Vec::new();
+        tape.gradients_rows(x, rows, n, rw, |r, jets| {
+            assert_eq!(r, out.len(), "rows in order");
+            out.push(jets.clone());
+        })
+        .expect("finite");
+        out
+    }
+
     fn point(d: usize) -> Vec<f64> {
         (0..d).map(|i| 0.2 + 0.05 * i as f64).collect()
     }
@@ -939,12 +971,13 @@ mod tests {
         let (mut ws, mut jets) = (Workspace::default(), Jets::default());
         for count in 1..=ROWS {
             let block = &fs.rows[..count * c];
-            assert!(tape.gradients_rows(&x, block, count, &mut rw));
-            for l in 0..count {
+            let blocked = blocked_gradients(tape, &x, block, count, &mut rw);
+            assert_eq!(blocked.len(), count);
+            for (l, lane) in blocked.iter().enumerate() {
                 tape.gradients_row(&x, fs.row(l), &mut ws, &mut jets)
                     .unwrap();
-                assert_eq!(rw.jets[l].values, jets.values, "count {count}, lane {l}");
-                assert_eq!(rw.jets[l].gradients, jets.gradients);
+                assert_eq!(lane.values, jets.values, "count {count}, lane {l}");
+                assert_eq!(lane.gradients, jets.gradients);
             }
             assert!(tape.derivatives_rows(&x, block, count, &mut rw));
             for l in 0..count {
@@ -1006,11 +1039,12 @@ mod tests {
                 .unwrap();
         }
         assert_eq!((sum.to_bits(), bg, bhv), (f.to_bits(), g, hv));
-        assert!(tape.gradients_rows(&x, &fs.rows, 3, &mut rw));
-        for r in 0..3 {
+        let blocked = blocked_gradients(tape, &x, &fs.rows, 3, &mut rw);
+        assert_eq!(blocked.len(), 3);
+        for (r, row) in blocked.iter().enumerate() {
             tape.gradients_row(&x, fs.row(r), &mut ws, &mut jets)
                 .unwrap();
-            assert_eq!(rw.jets[r].gradients, jets.gradients, "row {r}");
+            assert_eq!(row.gradients, jets.gradients, "row {r}");
         }
     }
 
