@@ -406,16 +406,25 @@ fn step_rows<B: Block>(op: BlockOp, s: &[B], out: &mut B) {
             let (a, b) = (at(a), at(b));
             let (va, vb) = (a.values(), b.values());
             B::from_fn(|l| {
-                let first = if matches!(op, Op::Max(..)) {
-                    max_takes_first(va[l], vb[l])
+                if takes_first(op, va[l], vb[l]) {
+                    a.lane(l)
                 } else {
-                    min_takes_first(va[l], vb[l])
-                };
-                if first { a.lane(l) } else { b.lane(l) }
+                    b.lane(l)
+                }
             })
         }
         _ => outlined(|| rare_rows(op, s)),
     };
+}
+
+/// Whether `max` or `min` (`op`) of values `a` and `b` is its first operand.
+#[inline(always)]
+fn takes_first(op: Op, a: f64, b: f64) -> bool {
+    if matches!(op, Op::Max(..)) {
+        max_takes_first(a, b)
+    } else {
+        min_takes_first(a, b)
+    }
 }
 
 /// The instructions of [`step_rows`] that go through a univariate function (or a
@@ -576,11 +585,7 @@ fn rare_adjoint<B: Block, const MASKED: bool>(
                 if MASKED && skip[l] {
                     continue;
                 }
-                let first = if matches!(op, Op::Max(..)) {
-                    max_takes_first(va[l], vbv[l])
-                } else {
-                    min_takes_first(va[l], vbv[l])
-                };
+                let first = takes_first(op, va[l], vbv[l]);
                 let dst = &mut adj[if first { a } else { b } as usize];
                 let mut x = dst.lane(l);
                 x += vb(l);
